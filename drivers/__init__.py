@@ -1,0 +1,1 @@
+"""Machine drivers: one module per driver behind one small interface (drivers.base)."""

@@ -1,0 +1,76 @@
+"""The `generic` driver: an existing host reached over SSH; dockyard only provisions it."""
+
+import os
+import shutil
+import socket
+
+from provisioner.errors import DriverError, PreCreateCheckError
+
+from .base import Driver, Flag, State
+
+
+class GenericDriver(Driver):
+    name = "generic"
+    flags = [
+        Flag("generic-ip-address", "IP address or host name of the host", envvar="GENERIC_IP_ADDRESS"),
+        Flag("generic-ssh-user", "SSH user", default="root", envvar="GENERIC_SSH_USER"),
+        Flag("generic-ssh-key", "SSH private key path (default: a new key is made for the machine; "
+             "it must then already be authorized on the host)", envvar="GENERIC_SSH_KEY"),
+        Flag("generic-ssh-port", "SSH port", default=22, type=int, envvar="GENERIC_SSH_PORT"),
+        Flag("generic-engine-port", "Engine port", default=2376, type=int, envvar="GENERIC_ENGINE_PORT"),
+    ]
+
+    def set_config_from_flags(self, options):
+        ip = options.get("generic_ip_address")
+        if not ip:
+            raise DriverError("generic driver requires the --generic-ip-address option")
+        key = options.get("generic_ssh_key")
+        self.config.update(
+            IPAddress=ip,
+            SSHUser=options.get("generic_ssh_user") or "root",
+            SSHPort=int(options.get("generic_ssh_port") or 22),
+            EnginePort=int(options.get("generic_engine_port") or 2376),
+            UserSSHKey=os.path.abspath(os.path.expanduser(key)) if key else "",
+        )
+
+    def pre_create_check(self):
+        key = self.config.get("UserSSHKey")
+        if key and not os.path.isfile(key):
+            raise PreCreateCheckError(f"SSH key does not exist: {key}")
+        for port_key in ("SSHPort", "EnginePort"):
+            if not 0 < int(self.config[port_key]) < 65536:
+                raise PreCreateCheckError(f"invalid port {self.config[port_key]}")
+        try:
+            socket.getaddrinfo(self.config["IPAddress"], None)
+        except socket.gaierror as e:
+            raise PreCreateCheckError(f'cannot resolve "{self.config["IPAddress"]}": {e}') from None
+
+    def create(self):
+        # Use a copy of the user's key so the machine dir is self-contained (store can move).
+        key = self.config.get("UserSSHKey")
+        if key:
+            dest = self.path(os.path.basename(key))
+            shutil.copyfile(key, dest)
+            os.chmod(dest, 0o600)
+            self.config["SSHKeyPath"] = os.path.basename(key)
+
+    def ip(self):
+        return self.config["IPAddress"]
+
+    def state(self):
+        # An existing host: reachable SSH port means Running.
+        try:
+            with socket.create_connection((self.ip(), self.ssh_port()), timeout=3):
+                return State.RUNNING
+        except OSError:
+            return State.STOPPED
+
+    def remove(self):
+        """The host is not ours to delete; only the local record goes."""
+
+    def restart(self):
+        """Reboot the host over SSH (the only lifecycle verb an existing host supports)."""
+        from provisioner.ssh import SSHSession  # local import: drivers stay light to import
+
+        with SSHSession(self.ssh_target()) as s:
+            s.run("(sleep 1; reboot) >/dev/null 2>&1 &", sudo=True, check=False)

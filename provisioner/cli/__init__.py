@@ -1,0 +1,1 @@
+"""The `dockyard` CLI (click): one module per command group, plus output formatting."""

@@ -1,0 +1,107 @@
+"""`dockyard create`: the shared engine/TLS flags plus the chosen driver's own flags."""
+
+import os
+
+import click
+
+from drivers import registry
+
+from .. import machine
+from ..errors import UsageError
+from .common import info, store_of
+from .main import cli
+
+DRIVER_ENV = ("DOCKYARD_DRIVER", "MACHINE_DRIVER")
+
+
+def _driver_from_args(args):
+    """Find -d/--driver before click parses, so only that driver's flags are added (as Docker Machine)."""
+    for i, a in enumerate(args):
+        if a in ("-d", "--driver") and i + 1 < len(args):
+            return args[i + 1]
+        for prefix in ("--driver=", "-d="):
+            if a.startswith(prefix):
+                return a[len(prefix):]
+        if a.startswith("-d") and len(a) > 2 and not a.startswith("--"):
+            return a[2:]
+    for env in DRIVER_ENV:
+        if os.environ.get(env):
+            return os.environ[env]
+    return None
+
+
+def _driver_option(flag):
+    kwargs = dict(help=flag.help, envvar=flag.envvar, show_envvar=bool(flag.envvar))
+    if flag.is_flag:
+        return click.Option([f"--{flag.name}"], is_flag=True, default=bool(flag.default), **kwargs)
+    if flag.multiple:
+        return click.Option([f"--{flag.name}"], multiple=True, type=flag.type, **kwargs)
+    return click.Option([f"--{flag.name}"], type=flag.type, default=flag.default,
+                        show_default=flag.default not in (None, ""), **kwargs)
+
+
+class CreateCommand(click.Command):
+    def parse_args(self, ctx, args):
+        name = _driver_from_args(args)
+        if name:
+            try:
+                cls = registry.get(name)
+            except Exception:
+                cls = None  # reported with the proper message when the command runs
+            if cls is not None:
+                self.params.extend(_driver_option(f) for f in cls.flags)
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter):
+        super().format_help(ctx, formatter)
+        formatter.write_paragraph()
+        formatter.write_text("Driver flags are shown by: dockyard create -d DRIVER --help. "
+                             "Drivers: " + ", ".join(registry.names()))
+
+
+def _kv_list(values, what):
+    for v in values:
+        if "=" not in v or v.startswith("="):
+            raise UsageError(f'invalid {what} "{v}": expected KEY=VALUE')
+    return list(values)
+
+
+@cli.command(cls=CreateCommand, context_settings={"ignore_unknown_options": False})
+@click.argument("name", required=False)
+@click.option("-d", "--driver", envvar=list(DRIVER_ENV), help="Driver that makes the machine.",
+              metavar="DRIVER")
+@click.option("--engine-opt", multiple=True, help="Engine option KEY=VALUE (repeatable).")
+@click.option("--engine-env", multiple=True, help="Environment variable KEY=VALUE for the engine (repeatable).")
+@click.option("--engine-label", multiple=True, help="Engine label KEY=VALUE (repeatable).")
+@click.option("--engine-insecure-registry", multiple=True, help="Insecure registry the engine may use (repeatable).")
+@click.option("--engine-registry-mirror", multiple=True, envvar="ENGINE_REGISTRY_MIRROR",
+              help="Registry mirror (repeatable).")
+@click.option("--engine-storage-driver", default="overlay2", show_default=True, help="Engine storage driver.")
+@click.option("--engine-port", type=click.IntRange(1, 65535), default=None,
+              help="Engine TCP port (default 2376, or the driver's own flag).")
+@click.option("--tls-san", multiple=True, help="Extra subject alternative name for the server cert (repeatable).")
+@click.pass_context
+def create(ctx, name, driver, engine_opt, engine_env, engine_label, engine_insecure_registry,
+           engine_registry_mirror, engine_storage_driver, engine_port, tls_san, **driver_options):
+    """Create a machine."""
+    if not name:
+        raise UsageError("Error: No machine name specified")
+    if not driver:
+        raise UsageError("Error: No driver specified: use -d/--driver (drivers: "
+                         + ", ".join(registry.names()) + ")")
+    registry.get(driver)  # DriverNotFound with the list of known drivers
+    labels = _kv_list(engine_label, "--engine-label")
+    if f"provider={driver}" not in labels:
+        labels.append(f"provider={driver}")
+    engine_options = {
+        "ArbitraryFlags": _kv_list(engine_opt, "--engine-opt"),
+        "Env": _kv_list(engine_env, "--engine-env"),
+        "InsecureRegistry": list(engine_insecure_registry),
+        "Labels": labels,
+        "RegistryMirror": list(engine_registry_mirror),
+        "StorageDriver": engine_storage_driver,
+        "TlsVerify": True,
+    }
+    if engine_port:
+        engine_options["Port"] = engine_port
+    machine.create(store_of(ctx), name, driver, driver_options, engine_options, list(tls_san), info)

@@ -1,0 +1,88 @@
+"""Commands that change machines: start, stop, restart, kill, rm, provision, upgrade, regenerate-certs."""
+
+import click
+
+from .. import machine
+from ..errors import DockyardError, UsageError
+from .common import confirm, for_each, info, many_names, store_of
+from .main import cli
+
+
+def _verb(name, method, help_text, after=None):
+    @cli.command(name, help=help_text)
+    @click.argument("names", nargs=-1)
+    @click.pass_context
+    def command(ctx, names):
+        store = store_of(ctx)
+        for_each(store, many_names(store, names), lambda m, log: getattr(m, method)(log))
+        if after:
+            info(after)
+
+    return command
+
+
+_verb("start", "start", "Start machines.",
+      after="Started machines may have new IP addresses; dockyard re-issues server certs when they do.")
+_verb("stop", "stop", "Stop machines (gracefully).")
+_verb("kill", "kill", "Kill machines (power off at once).")
+_verb("restart", "restart", "Restart machines.",
+      after="Restarted machines may have new IP addresses; dockyard re-issues server certs when they do.")
+_verb("upgrade", "upgrade", "Upgrade the engine on machines to this dockyard's version (containers keep running).")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.pass_context
+def provision(ctx, names):
+    """Re-run provisioning on machines; keeps containers, images and volumes."""
+    store = store_of(ctx)
+
+    def run(m, log):
+        if not m.driver.provisions:
+            raise DockyardError(f'machine "{m.name}" uses the {m.driver.name} driver, which is not provisioned')
+        m.require_running()
+        m.provision(log)
+        m.set_status("Running")
+
+    for_each(store, many_names(store, names), run)
+
+
+@cli.command("regenerate-certs")
+@click.argument("names", nargs=-1)
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--client-certs", is_flag=True, help="Also re-issue the client certificate (and the CA if it expires).")
+@click.pass_context
+def regenerate_certs(ctx, names, force, client_certs):
+    """Re-issue TLS certificates and restart the engine; containers, images and volumes are kept."""
+    store = store_of(ctx)
+    names = many_names(store, names)
+    if not force and not confirm("Regenerate TLS machine certs?  Warning: this is irreversible. (y/n): "):
+        return
+    for_each(store, names, lambda m, log: m.regenerate_certs(log, client_certs=client_certs))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("-f", "--force", is_flag=True,
+              help="Remove the local record even if the driver fails to delete the machine; no prompt.")
+@click.option("-y", "yes", is_flag=True, help="Assume yes to the prompt.")
+@click.pass_context
+def rm(ctx, names, force, yes):
+    """Remove machines and everything their drivers made."""
+    store = store_of(ctx)
+    if not names:
+        raise UsageError("Error: Expected to get one or more machine names as arguments")
+    info(f"About to remove {', '.join(names)}")
+    info("WARNING: This action will delete both local reference and remote instance.")
+    if not (force or yes) and not confirm("Are you sure? (y/n): "):
+        return
+    errors = []
+    for n in names:
+        try:
+            machine.remove(store, n, force, info)
+        except DockyardError as e:
+            errors.append(str(e))
+    if errors and not force:
+        raise DockyardError("\n".join(errors))
+    for e in errors:
+        click.echo(e, err=True)

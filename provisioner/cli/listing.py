@@ -1,0 +1,93 @@
+"""Gathering `ls` rows: every machine's state, URL and engine version, concurrently, under one deadline."""
+
+import os
+import threading
+import time
+
+from drivers.base import State
+
+from .. import engine_client
+from ..errors import CertError, DockyardError
+from ..machine import Machine
+from .tables import HostListItem
+
+
+def _cert_problem(m):
+    if m.cert_matches_ip() is False:
+        return (f"IP changed to {m.ip()}, not in the server certificate: "
+                f"run 'dockyard provision {m.name}' or 'dockyard regenerate-certs {m.name}'")
+    return ""
+
+
+def _row(store, name, timeout, docker_host):
+    """One row; raises nothing (errors go into the row)."""
+    try:
+        m = Machine.load(store, name)
+    except DockyardError as e:
+        return HostListItem(Name=name, DriverName="not found", State=str(State.ERROR),
+                            Error=str(e).replace("\n", " "))
+    item = HostListItem(Name=name, DriverName=m.config.get("DriverName", ""), Active="-")
+    item.EngineOptions = m.engine_options
+    started = time.monotonic()
+    try:
+        state = m.state()
+        item.State = str(state)
+        if state == State.ERROR:
+            item.Error = m.error_text()
+            item.Active = ""
+            return item
+        if state != State.RUNNING:
+            return item
+        item.URL = m.url()
+        item.Active = "*" if item.URL and item.URL == docker_host else "-"
+        problem = _cert_problem(m)
+        if problem:
+            item.Error, item.DockerVersion = problem, "Unknown"
+            return item
+        try:
+            v = engine_client.version(item.URL, m.tls_files(), timeout=timeout)
+            item.DockerVersion = "v" + str(v.get("Version", "Unknown"))
+        except CertError as e:
+            item.DockerVersion, item.Error = "Unknown", str(e)
+        except DockyardError as e:
+            item.DockerVersion, item.Error = "Unknown", str(e)
+    except DockyardError as e:
+        item.State, item.Error, item.Active = str(State.ERROR), str(e).replace("\n", " "), ""
+    except Exception as e:  # a broken driver must not break ls for the other machines
+        item.State, item.Error, item.Active = str(State.ERROR), f"{type(e).__name__}: {e}", ""
+    item.ResponseTime = f"{(time.monotonic() - started) * 1000:.0f}ms"
+    return item
+
+
+def gather(store, names, timeout, docker_host=None):
+    """Rows for names, in the given order. Each row not done by the deadline is a Timeout row."""
+    docker_host = os.environ.get("DOCKER_HOST", "") if docker_host is None else docker_host
+    results = {}
+    lock = threading.Lock()
+
+    def work(n):
+        r = _row(store, n, timeout, docker_host)
+        with lock:
+            results[n] = r
+
+    # Daemon threads: a host that hangs past the deadline must not keep the CLI from exiting.
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    rows = []
+    with lock:
+        for n in names:
+            if n in results:
+                rows.append(results[n])
+            else:
+                driver = ""
+                try:
+                    driver = store.load(n).get("DriverName", "")
+                except DockyardError:
+                    pass
+                rows.append(HostListItem(Name=n, DriverName=driver, State=str(State.TIMEOUT),
+                                         ResponseTime=f"{timeout * 1000:.0f}ms"))
+    return rows

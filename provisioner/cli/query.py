@@ -1,0 +1,239 @@
+"""Read-only commands: ls, env, config, inspect, ip, url, status, active, version."""
+
+import json
+import os
+import sys
+
+import click
+
+from drivers.base import State
+
+from .. import __version__, engine_client, pki
+from ..errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
+from . import filters as ls_filters
+from . import gotemplate, listing, shells, tables
+from .common import load, many_names, one_name, store_of
+from .main import cli
+
+SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credential")
+
+
+@cli.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only show machine names.")
+@click.option("--filter", "filter_", multiple=True, metavar="KEY=VALUE",
+              help="Filter: driver, state, name (regex), label (KEY=VALUE). Same key OR'ed, different keys AND'ed.")
+@click.option("-t", "--timeout", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds to wait for each machine's state.")
+@click.option("-f", "--format", "format_", help="Go template, 'table ...' for a header, or 'json'.")
+@click.pass_context
+def ls(ctx, quiet, filter_, timeout, format_):
+    """List machines."""
+    store = store_of(ctx)
+    filters = ls_filters.parse_filters(list(filter_))
+    names = sorted(store.names(), key=tables.natural_sort_key)
+    rows = listing.gather(store, names, timeout)
+    rows = [r for r in rows if ls_filters.match(r, filters, _labels(r))]
+    out = tables.format_ls(rows, fmt=format_, quiet=quiet)
+    if out:
+        click.echo(out, nl=not out.endswith("\n"))
+
+
+def _labels(row):
+    opts = row.EngineOptions or {}
+    return list(opts.get("Labels", [])) if isinstance(opts, dict) else []
+
+
+def _tls_check(m):
+    """env/config: one TLS handshake with a short timeout; clear messages instead of raw x509 errors."""
+    if not m.driver.provisions:
+        return
+    state = m.state()
+    if state == State.ERROR:
+        raise DockyardError(f"Error checking TLS connection: {m.error_text()}")
+    if state != State.RUNNING:
+        raise DockyardError("Error checking TLS connection: Host is not running")
+    if m.cert_matches_ip() is False:
+        raise CertError(
+            f'Error checking TLS connection: the machine\'s IP is now {m.ip()}, which its server certificate '
+            f"does not cover. Run 'dockyard provision {m.name}' (or 'dockyard regenerate-certs {m.name}') "
+            "to re-issue it; containers are kept."
+        )
+    try:
+        engine_client.ping(m.url(), m.tls_files(), timeout=5)
+    except CertError as e:
+        raise CertError(
+            f"Error checking TLS connection: {e}\n"
+            f"You can attempt to regenerate them using 'dockyard regenerate-certs {m.name}' "
+            "(containers, images and volumes are kept)."
+        ) from None
+    except EngineUnreachable as e:
+        raise EngineUnreachable(f"Error checking TLS connection: {e}") from None
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--shell", help="Shell to format for: bash, zsh, fish, powershell, cmd, tcsh, emacs (default: detect).")
+@click.option("-u", "--unset", is_flag=True, help="Print commands that unset the variables.")
+@click.option("--no-proxy", is_flag=True, help="Add the machine's IP to NO_PROXY.")
+@click.option("--swarm", is_flag=True, hidden=True)
+@click.pass_context
+def env(ctx, name, shell, unset, no_proxy, swarm):
+    """Print the commands that point the docker CLI at a machine."""
+    store = store_of(ctx)
+    if swarm:
+        raise UsageError("Swarm mode (classic Swarm) is not supported by dockyard")
+    if not shell:
+        shell, guessed = shells.detect_shell(os.environ)
+        if guessed:
+            click.echo(f"# $SHELL is not set: printing {shell} syntax (use --shell to choose)", err=True)
+    hint = shells.argv_hint(["dockyard"] + sys.argv[1:])
+    if unset:
+        if name:
+            raise UsageError("Error: Expected no machine name when the -u flag is present")
+        names = ["DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME"]
+        if no_proxy:
+            names.append(shells.no_proxy_value(os.environ, "")[0])
+        click.echo(shells.format_unset(shell, names, hint), nl=False)
+        return
+    m = load(store, one_name(store, (name,) if name else ()))
+    _tls_check(m)
+    variables = [
+        ("DOCKER_TLS_VERIFY", "1"),
+        ("DOCKER_HOST", m.url()),
+        ("DOCKER_CERT_PATH", m.dir),
+        ("DOCKER_MACHINE_NAME", m.name),
+    ]
+    if not m.driver.provisions and not os.path.exists(m.path("server.pem")):
+        variables = [v for v in variables if v[0] not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")]
+    if no_proxy:
+        variables.append(shells.no_proxy_value(os.environ, m.ip()))
+    click.echo(shells.format_env(shell, variables, hint), nl=False)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--swarm", is_flag=True, hidden=True)
+@click.pass_context
+def config(ctx, name, swarm):
+    """Print the docker CLI flags for a machine."""
+    store = store_of(ctx)
+    m = load(store, one_name(store, (name,) if name else ()))
+    _tls_check(m)
+    tls = m.tls_files()
+    click.echo(shells.format_config(tls.ca, tls.cert, tls.key, m.url()), nl=False)
+
+
+def redact(value):
+    if isinstance(value, dict):
+        return {k: ("********" if any(w in k.lower() for w in SECRET_WORDS) and v else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def inspect_data(m):
+    """config.json as stored, secrets redacted, store paths made absolute, plus cert expiry."""
+    data = json.loads(json.dumps(m.config))
+    data["Driver"] = m.driver.to_config()
+    store = m.store
+    auth = data.get("HostOptions", {}).get("AuthOptions", {})
+    for k, v in list(auth.items()):
+        if k.endswith("Path") or k == "CertDir":
+            if isinstance(v, str) and v and not k.endswith("RemotePath"):
+                auth[k] = store.abs(v)
+    certs = {}
+    for label, path in (("CA", m.cert_paths.ca), ("Client", m.path("cert.pem")), ("Server", m.path("server.pem"))):
+        if os.path.exists(path):
+            try:
+                certs[label] = pki.cert_info(path)
+            except DockyardError as e:
+                certs[label] = {"Error": str(e)}
+    data["Certificates"] = certs
+    return redact(data)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("-f", "--format", "format_", help="Go template over the JSON keys, or 'json'.")
+@click.pass_context
+def inspect(ctx, name, format_):
+    """Show a machine's configuration as JSON."""
+    store = store_of(ctx)
+    m = load(store, one_name(store, (name,) if name else ()))
+    data = inspect_data(m)
+    if not format_:
+        click.echo(json.dumps(data, indent=4))
+    elif format_ == "json":
+        click.echo(json.dumps(data))
+    else:
+        click.echo(gotemplate.render(format_, data))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.pass_context
+def ip(ctx, names):
+    """Print machines' IP addresses."""
+    store = store_of(ctx)
+    for n in many_names(store, names):
+        click.echo(load(store, n).ip())
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.pass_context
+def url(ctx, name):
+    """Print a machine's engine URL."""
+    store = store_of(ctx)
+    m = load(store, one_name(store, (name,) if name else ()))
+    if m.state() != State.RUNNING:
+        raise HostNotRunning(m.name)
+    click.echo(m.url())
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.pass_context
+def status(ctx, name):
+    """Print a machine's state (exit 0 whatever the state)."""
+    store = store_of(ctx)
+    m = load(store, one_name(store, (name,) if name else ()))
+    try:
+        click.echo(str(m.state()))
+    except DockyardError as e:
+        raise DockyardError(f"error getting state for host {m.name}: {e}") from None
+
+
+@cli.command()
+@click.option("-t", "--timeout", type=click.IntRange(min=1), default=10, show_default=True)
+@click.argument("extra", nargs=-1)
+@click.pass_context
+def active(ctx, timeout, extra):
+    """Print the machine that DOCKER_HOST points at."""
+    if extra:
+        raise UsageError("Error: Too many arguments given")
+    store = store_of(ctx)
+    rows = listing.gather(store, sorted(store.names(), key=tables.natural_sort_key), timeout)
+    for r in rows:
+        if r.Active == "*":
+            click.echo(r.Name)
+            return
+    if any(r.State == str(State.TIMEOUT) for r in rows):
+        raise DockyardError("Error getting active host: timeout")
+    raise DockyardError("No active host found")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.pass_context
+def version(ctx, name):
+    """Print dockyard's version, or a machine's engine version."""
+    if not name:
+        click.echo(f"dockyard version {__version__}")
+        return
+    store = store_of(ctx)
+    m = load(store, name)
+    if m.state() != State.RUNNING:
+        raise HostNotRunning(m.name)
+    click.echo(engine_client.version(m.url(), m.tls_files(), timeout=10).get("Version", "Unknown"))

@@ -1,0 +1,91 @@
+"""A tiny Docker Engine API client over mutual TLS: ping and version, with short timeouts.
+
+Used by create/provision (wait for the engine), ls/version (server version) and env (cert check).
+"""
+
+import http.client
+import json
+import socket
+import ssl
+import time
+from urllib.parse import urlsplit
+
+from .errors import CertError, EngineUnreachable
+
+
+class TLSFiles:
+    def __init__(self, ca, cert, key):
+        self.ca, self.cert, self.key = ca, cert, key
+
+
+def tls_context(files):
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files.ca)
+    ctx.load_cert_chain(files.cert, files.key)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _split(url):
+    parts = urlsplit(url)
+    if parts.scheme not in ("tcp", "https") or not parts.hostname:
+        raise EngineUnreachable(f"unsupported engine URL {url!r}")
+    return parts.hostname, parts.port or 2376
+
+
+def request(url, files, method, path, timeout=5.0):
+    """One request; returns (status, headers dict, body bytes). TLS problems raise CertError."""
+    host, port = _split(url)
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context(files))
+    try:
+        conn.request(method, path, headers={"User-Agent": "dockyard"})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    except ssl.SSLCertVerificationError as e:
+        raise CertError(
+            f'There was an error validating certificates for host "{host}:{port}": {e.verify_message}'
+        ) from None
+    except ssl.SSLError as e:
+        raise CertError(f'TLS handshake with "{host}:{port}" failed: {e.reason or e}') from None
+    except (OSError, http.client.HTTPException) as e:
+        raise EngineUnreachable(f"engine at {host}:{port} does not answer: {e or type(e).__name__}") from None
+    finally:
+        conn.close()
+
+
+def ping(url, files, timeout=5.0):
+    status, headers, body = request(url, files, "GET", "/_ping", timeout)
+    if status != 200:
+        raise EngineUnreachable(f"engine at {url} answered /_ping with HTTP {status}")
+    return headers
+
+
+def version(url, files, timeout=5.0):
+    status, _, body = request(url, files, "GET", "/version", timeout)
+    if status != 200:
+        raise EngineUnreachable(f"engine at {url} answered /version with HTTP {status}")
+    return json.loads(body)
+
+
+def wait_ready(url, files, timeout=60.0, on_retry=None):
+    """Poll /_ping until it answers; CertError is not retried (it will not fix itself)."""
+    deadline = time.monotonic() + timeout
+    delay, last = 0.1, None
+    while True:
+        try:
+            return ping(url, files, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
+        except EngineUnreachable as e:
+            last = e
+        if time.monotonic() + delay > deadline:
+            raise EngineUnreachable(f"engine did not answer /_ping over TLS at {url} within {timeout:.0f}s: {last}")
+        if on_retry:
+            on_retry(last)
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def port_open(host, port, timeout=2.0):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

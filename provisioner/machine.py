@@ -1,0 +1,404 @@
+"""A Machine = its config.json + its driver; the lifecycle verbs (create, start, stop, rm, ...) as named steps."""
+
+import datetime
+import os
+import shutil
+
+from drivers import registry
+from drivers.base import State
+
+from . import engine_client, pki, provision
+from .errors import (
+    CertError, DockyardError, EngineUnreachable, HostAlreadyInState, HostNotRunning, MachineAlreadyExists,
+    ProvisionError,
+)
+from .ssh import wait_for_ssh
+from .store import validate_name
+
+ENGINE_WAIT = 60.0
+SSH_WAIT = 120.0
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_engine_options():
+    return {
+        "ArbitraryFlags": [], "Env": [], "InsecureRegistry": [], "Labels": [], "RegistryMirror": [],
+        "StorageDriver": "overlay2", "TlsVerify": True,
+    }
+
+
+class Step:
+    """Names the step in progress so a failure can say where it happened."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.name = ""
+
+    def __call__(self, name):
+        self.name = name
+        return self
+
+
+class Machine:
+    def __init__(self, store, name, config):
+        self.store = store
+        self.name = name
+        self.config = config
+        self._driver = None
+
+    # -- loading and saving ----------------------------------------------------------
+    @classmethod
+    def load(cls, store, name):
+        return cls(store, name, store.load(name))
+
+    @property
+    def dir(self):
+        return self.store.machine_dir(self.name)
+
+    @property
+    def driver(self):
+        if self._driver is None:
+            cls = registry.get(self.config["DriverName"])
+            self._driver = cls(self.name, self.dir, self.config.get("Driver", {}))
+        return self._driver
+
+    def save(self):
+        self.config["Driver"] = self.driver.to_config()
+        self.store.save(self.name, self.config)
+
+    @property
+    def engine_options(self):
+        return self.config.setdefault("HostOptions", {}).setdefault("EngineOptions", default_engine_options())
+
+    @property
+    def auth(self):
+        return self.config.setdefault("HostOptions", {}).setdefault("AuthOptions", {})
+
+    @property
+    def status(self):
+        return self.config.setdefault("Status", {})
+
+    def set_status(self, state, error="", step=""):
+        self.config["Status"] = {"State": state, "Error": error, "Step": step, "Pid": os.getpid(),
+                                 "Updated": _now()}
+        self.save()
+
+    # -- files -------------------------------------------------------------------
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def tls_files(self):
+        """The client pair as the docker CLI sees it (DOCKER_CERT_PATH = machine dir)."""
+        return engine_client.TLSFiles(self.path("ca.pem"), self.path("cert.pem"), self.path("key.pem"))
+
+    @property
+    def cert_paths(self):
+        return pki.CertPaths(self.store.certs_dir)
+
+    def copy_client_certs(self):
+        cp = self.cert_paths
+        for src, name in ((cp.ca, "ca.pem"), (cp.cert, "cert.pem"), (cp.key, "key.pem")):
+            tmp = self.path("." + name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o600 if name == "key.pem" else 0o644)
+            os.replace(tmp, self.path(name))
+
+    def _auth_defaults(self, extra_sans=()):
+        rel = self.store.rel
+        cp = self.cert_paths
+        self.auth.update(
+            CertDir=rel(cp.dir), CaCertPath=rel(cp.ca), CaPrivateKeyPath=rel(cp.ca_key),
+            ClientCertPath=rel(cp.cert), ClientKeyPath=rel(cp.key),
+            ServerCertPath=rel(self.path("server.pem")), ServerKeyPath=rel(self.path("server-key.pem")),
+            CaCertRemotePath=provision.REMOTE_CA, ServerCertRemotePath=provision.REMOTE_CERT,
+            ServerKeyRemotePath=provision.REMOTE_KEY, StorePath=rel(self.dir),
+        )
+        self.auth.setdefault("ServerCertSANs", list(extra_sans))
+
+    # -- addresses and state ---------------------------------------------------------
+    def url(self):
+        return self.driver.url()
+
+    def ip(self):
+        return self.driver.ip()
+
+    def state(self):
+        """The machine's state: a failed or interrupted create wins over what the driver says."""
+        st = self.status.get("State")
+        if st == "Error":
+            return State.ERROR
+        if st == "Creating":
+            pid = self.status.get("Pid")
+            if pid and _pid_alive(pid):
+                return State.STARTING
+            return State.ERROR
+        return self.driver.state()
+
+    def error_text(self):
+        st = self.status.get("State")
+        if st == "Error":
+            step = self.status.get("Step")
+            return (f"{step}: " if step else "") + (self.status.get("Error") or "unknown error")
+        if st == "Creating" and not _pid_alive(self.status.get("Pid") or 0):
+            return f"create was interrupted during step \"{self.status.get('Step', '?')}\"; run dockyard rm -f {self.name}"
+        return ""
+
+    def cert_matches_ip(self):
+        """Does the server cert cover the machine's current address? (None when unknown.)"""
+        server = self.path("server.pem")
+        if not self.driver.provisions or not os.path.exists(server):
+            return None
+        try:
+            return pki.cert_covers(server, self.ip())
+        except DockyardError:
+            return None
+
+    def require_running(self):
+        if self.state() != State.RUNNING:
+            raise HostNotRunning(self.name)
+
+    # -- SSH ---------------------------------------------------------------------------
+    def ssh_target(self):
+        return self.driver.ssh_target()
+
+    def session(self, timeout=SSH_WAIT, step="Waiting for SSH to be available"):
+        return wait_for_ssh(self.ssh_target(), timeout=timeout, step=step)
+
+    # -- certificates --------------------------------------------------------------------
+    def issue_server_cert(self, log):
+        sans = pki.server_sans(self.ip(), self.name, self.auth.get("ServerCertSANs", []))
+        log("Generating the server certificate...")
+        pki.issue_server_cert(self.cert_paths, self.name, self.path("server.pem"), self.path("server-key.pem"), sans)
+        self.auth["ServerCertIP"] = self.ip()
+
+    def ensure_server_cert(self, log):
+        """Re-issue the server cert when the machine's IP is no longer in it. Returns True if re-issued."""
+        if self.cert_matches_ip() is False:
+            log(f"The machine's IP changed to {self.ip()}; re-issuing its server certificate...")
+            self.issue_server_cert(log)
+            return True
+        return False
+
+    # -- provisioning ------------------------------------------------------------------------
+    def provision(self, log, step=None, session=None):
+        """Full provisioning; keeps containers, images and volumes."""
+        step = step or Step(self)
+        own = session is None
+        session = session or self.session()
+        try:
+            step("detecting the OS and preparing the host")
+            facts = provision.prepare_host(session, self.name, log)
+            self.config["Provisioned"] = facts.to_dict()
+            step("issuing the server certificate")
+            self.copy_client_certs()
+            self.issue_server_cert(log)
+            self.save()
+            step("installing and starting the engine")
+            digest = provision.install_engine(
+                session, facts, self.name, self.engine_options, self.driver.engine_port(),
+                self.path("ca.pem"), self.path("server.pem"), self.path("server-key.pem"),
+                self.store.cache_dir, log,
+            )
+            self.config["Provisioned"]["EngineBundle"] = digest
+            step("waiting for the engine to answer over TLS")
+            self.wait_engine(session, log)
+        finally:
+            if own:
+                session.close()
+
+    def wait_engine(self, session, log, timeout=ENGINE_WAIT):
+        log("Checking connection to the engine...")
+        try:
+            engine_client.wait_ready(self.url(), self.tls_files(), timeout=timeout)
+        except (EngineUnreachable, CertError) as e:
+            logs = provision.engine_logs(session, self.config.get("Provisioned", {}), self.name, self.engine_options)
+            tail = "\n".join(logs.strip().splitlines()[-20:]) if logs.strip() else "(empty)"
+            raise ProvisionError(f"{e}\nLast lines of the engine log:\n{tail}") from None
+        log("The engine is up and running!")
+
+    def restart_engine(self, log, session=None):
+        own = session is None
+        session = session or self.session()
+        try:
+            facts = self.config.get("Provisioned") or {}
+            if not facts:
+                raise ProvisionError(f'machine "{self.name}" was never provisioned; run dockyard provision {self.name}')
+            svc = provision.service_for(session, facts, self.name, self.engine_options)
+            log("Restarting the engine...")
+            svc.restart()
+            self.wait_engine(session, log)
+        finally:
+            if own:
+                session.close()
+
+    def push_server_cert(self, log, session):
+        provision.push_certs(session, self.path("ca.pem"), self.path("server.pem"), self.path("server-key.pem"))
+
+    def regenerate_certs(self, log, client_certs=False):
+        if client_certs:
+            log("Regenerating local certificates")
+            with self.store.lock():
+                pki.ensure_ca(self.cert_paths, log)
+                pki.ensure_client(self.cert_paths, log, force=True)
+        log("Regenerating TLS certificates")
+        self.copy_client_certs()
+        if not self.driver.provisions:
+            return
+        self.require_running()
+        with self.session() as session:
+            self.issue_server_cert(log)
+            self.save()
+            log("Copying certs to the remote machine...")
+            self.push_server_cert(log, session)
+            self.restart_engine(log, session)
+
+    def upgrade(self, log):
+        self.require_running()
+        with self.session() as session:
+            facts = self.config.get("Provisioned") or {}
+            if not facts:
+                raise ProvisionError(f'machine "{self.name}" was never provisioned; run dockyard provision {self.name}')
+            log("Upgrading the engine...")
+            digest = provision.push_bundle(session, self.store.cache_dir, log)
+            self.config["Provisioned"]["EngineBundle"] = digest
+            self.save()
+            self.restart_engine(log, session)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _after_boot(self, log):
+        """After start/restart: wait for SSH, fix the cert if the IP moved, make sure the engine answers."""
+        if not self.driver.provisions:
+            return
+        with self.session() as session:
+            if self.ensure_server_cert(log):
+                self.save()
+                self.push_server_cert(log, session)
+                self.restart_engine(log, session)
+                return
+            try:
+                engine_client.wait_ready(self.url(), self.tls_files(), timeout=ENGINE_WAIT / 2)
+            except (EngineUnreachable, CertError):
+                self.restart_engine(log, session)
+
+    def start(self, log):
+        if self.driver.state() == State.RUNNING:
+            raise HostAlreadyInState(self.name, "running")
+        log(f'Starting "{self.name}"...')
+        self.driver.start()
+        log(f'Machine "{self.name}" was started.')
+        self._after_boot(log)
+        self.save()
+
+    def stop(self, log):
+        if self.driver.state() == State.STOPPED:
+            raise HostAlreadyInState(self.name, "stopped")
+        log(f'Stopping "{self.name}"...')
+        self.driver.stop()
+        self.save()
+        log(f'Machine "{self.name}" was stopped.')
+
+    def kill(self, log):
+        if self.driver.state() == State.STOPPED:
+            raise HostAlreadyInState(self.name, "stopped")
+        log(f'Killing "{self.name}"...')
+        self.driver.kill()
+        self.save()
+        log(f'Machine "{self.name}" was killed.')
+
+    def restart(self, log):
+        log(f'Restarting "{self.name}"...')
+        if self.driver.state() == State.STOPPED:
+            self.driver.start()
+        else:
+            self.driver.restart()
+        self._after_boot(log)
+        self.save()
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+
+
+def create(store, name, driver_name, driver_options, engine_options, tls_sans, log):
+    """Create, provision and record a machine. On failure the machine stays, in state Error, for rm -f."""
+    validate_name(name)
+    store.ensure()
+    if store.exists(name) or os.path.exists(store.machine_dir(name)):
+        raise MachineAlreadyExists(name)
+    driver_cls = registry.get(driver_name)
+    driver = driver_cls(name, store.machine_dir(name), {})
+    driver.set_config_from_flags(driver_options)
+    if engine_options.get("Port"):
+        driver.config["EnginePort"] = engine_options["Port"]
+
+    with store.lock():
+        pki.ensure_ca(pki.CertPaths(store.certs_dir), log)
+        pki.ensure_client(pki.CertPaths(store.certs_dir), log)
+
+    log("Running pre-create checks...")
+    driver.pre_create_check()
+
+    store.reserve(name)
+    m = Machine(store, name, {"DriverName": driver_name, "Created": _now(),
+                              "HostOptions": {"EngineOptions": engine_options}})
+    m._driver = driver
+    m._auth_defaults(tls_sans)
+    step = Step(m)
+    try:
+        step("creating the machine")
+        m.set_status("Creating", step=step.name)
+        log("Creating machine...")
+        driver.create()
+        m.set_status("Creating", step=step.name)
+        m.copy_client_certs()
+        if driver.provisions:
+            step("waiting for SSH")
+            log("Waiting for SSH to be available...")
+            with m.session() as session:
+                m.set_status("Creating", step="provisioning")
+                m.provision(log, step, session)
+        m.set_status("Running")
+    except BaseException as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, KeyboardInterrupt):
+            msg = "interrupted"
+        m.set_status("Error", error=msg, step=step.name)
+        raise
+    log("Docker is up and running!" if driver.provisions else "Machine recorded.")
+    log(f"To see how to connect your Docker Client to the engine running on this machine, run: dockyard env {name}")
+    return m
+
+
+def remove(store, name, force, log):
+    """Delete what the driver made, then the local record. With force, driver errors do not stop removal."""
+    try:
+        m = Machine(store, name, store.load(name))
+    except DockyardError:
+        # A create killed before its first save leaves a bare directory; -f clears it.
+        if not (force and os.path.isdir(store.machine_dir(name))):
+            raise
+        m = None
+    try:
+        if m is not None:
+            m.driver.remove()
+    except Exception as e:
+        if not force:
+            raise DockyardError(f'Error removing host "{name}": {e}') from None
+        log(f'Error removing host "{name}": {e} (removing the local record anyway, as -f was given)')
+    with store.lock():
+        store.remove(name)
+    log(f"Successfully removed {name}")
+
+
+def list_machines(store):
+    return sorted(store.names())
+
