@@ -84,7 +84,3 @@ def main(argv=None):
         sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,23 @@
+#!/bin/sh
+# Installs the Debian packages that the test hosts in tests/hosts/ need (netns + sshd hosts and
+# systemd-nspawn hosts built from an mmdebstrap rootfs). With --build it also pre-builds the
+# cached rootfs ($DOCKYARD_TEST_CACHE or /var/cache/dockyard-tests) so its build time shows up
+# here instead of inside the first test. Needs root.
+set -eu
+
+pkgs="mmdebstrap debian-archive-keyring systemd-container iproute2 openssh-client procps util-linux mount"
+missing=""
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086  # word splitting of the package list is intended
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+if [ "${1:-}" = "--build" ]; then
+    cd "$(dirname "$0")/.."
+    python3 -m tests.hosts.rootfs
+fi

@@ -1,0 +1,140 @@
+"""Query-string parsing the way moby does it: booleans, integers and JSON `filters`."""
+
+import json
+
+from engine.api.errors import BadRequest
+
+# moby's httputils.BoolValue: these spellings (case-insensitive, trimmed) are false.
+_FALSE_WORDS = frozenset(("", "0", "no", "false", "none"))
+
+
+def first(query, name, default=None):
+    """The first value of `name` in a parse_qs-style dict, or `default` if absent."""
+    values = query.get(name)
+    if not values:
+        return default
+    return values[0]
+
+
+def parse_bool(text):
+    """moby semantics: "", 0, no, false, none (any case) are false; anything else true."""
+    return text.strip().lower() not in _FALSE_WORDS
+
+
+def boolean(query, name, default=False):
+    """Boolean query parameter; absent means `default`, present-but-empty means False."""
+    value = first(query, name)
+    if value is None:
+        return default
+    return parse_bool(value)
+
+
+def integer(query, name, default=None):
+    """Integer query parameter; a malformed value is a 400 like moby's strconv errors."""
+    value = first(query, name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise BadRequest('invalid value for %s: "%s"' % (name, value)) from None
+
+
+class Filters:
+    """Parsed `filters` JSON: key -> list of values, in the order they were given.
+
+    Both wire shapes are accepted: {"key": {"val": true}} (docker CLI) and
+    {"key": ["val"]} (docker-py, old CLIs).
+    """
+
+    def __init__(self, mapping=None):
+        self._items = {}
+        for key, values in (mapping or {}).items():
+            for value in values:
+                self.add(key, value)
+
+    @classmethod
+    def from_json(cls, text):
+        if text is None or text.strip() == "":
+            return cls()
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise BadRequest("invalid filter: %s" % exc) from None
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise BadRequest("invalid filter: expected a JSON object")
+        out = cls()
+        for key, values in raw.items():
+            if isinstance(values, dict):
+                # The map-of-bool shape: every key listed is a value (the bool is always true).
+                items = list(values.keys())
+            elif isinstance(values, list):
+                items = values
+            elif isinstance(values, str):
+                items = [values]
+            else:
+                raise BadRequest("invalid filter: bad value for %r" % key)
+            for value in items:
+                if not isinstance(value, str):
+                    raise BadRequest("invalid filter: bad value for %r" % key)
+                out.add(key, value)
+        return out
+
+    @classmethod
+    def from_query(cls, query, name="filters"):
+        return cls.from_json(first(query, name))
+
+    def add(self, key, value):
+        values = self._items.setdefault(key, [])
+        if value not in values:
+            values.append(value)
+
+    def keys(self):
+        return list(self._items.keys())
+
+    def get(self, key):
+        """Values given for `key` (empty list if none)."""
+        return list(self._items.get(key, ()))
+
+    def has(self, key):
+        return key in self._items
+
+    def __len__(self):
+        return len(self._items)
+
+    def __bool__(self):
+        return bool(self._items)
+
+    def __contains__(self, key):
+        return key in self._items
+
+    def as_dict(self):
+        return {key: list(values) for key, values in self._items.items()}
+
+    def validate(self, accepted):
+        """400 `invalid filter 'KEY'` for a key outside `accepted`, as moby."""
+        for key in self._items:
+            if key not in accepted:
+                raise BadRequest("invalid filter '%s'" % key)
+
+    def exact_match(self, key, value):
+        """True when `key` was not filtered on, or `value` is one of its values."""
+        values = self._items.get(key)
+        return not values or value in values
+
+    def match_labels(self, labels, key="label"):
+        """True when every `label` filter ("k" or "k=v") holds for the dict `labels`."""
+        for expr in self._items.get(key, ()):
+            name, sep, want = expr.partition("=")
+            if name not in labels:
+                return False
+            if sep and labels[name] != want:
+                return False
+        return True
+
+
+def filters(query, name="filters"):
+    """Shortcut for Filters.from_query."""
+    return Filters.from_query(query, name)

@@ -1,0 +1,26 @@
+"""The one place where resource modules register their routes and common headers are defined."""
+
+from engine import API_VERSION, __version__
+from engine.api import system
+from engine.api.router import Router
+
+# One module per resource; each has register(router, engine). Later: containers, images,
+# exec, networks, volumes. Order matters only for overlapping patterns.
+RESOURCE_MODULES = (system,)
+
+
+def common_headers():
+    """Headers moby puts on every response."""
+    return [
+        ("Api-Version", API_VERSION),
+        ("Docker-Experimental", "false"),
+        ("Ostype", "linux"),
+        ("Server", "Docker/%s (linux)" % __version__),
+    ]
+
+
+def build_router(engine, modules=RESOURCE_MODULES):
+    router = Router()
+    for module in modules:
+        module.register(router, engine)
+    return router

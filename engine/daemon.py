@@ -1,0 +1,290 @@
+"""dockyard-engine entry point: config, listening sockets, signals and the daemon's lifecycle."""
+
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from engine import __version__
+from engine.api.http import HttpServer
+from engine.api.routes import build_router, common_headers
+from engine.buildinfo import build_info
+from engine.config import ConfigError, parse_config
+from engine.context import Engine, load_or_create_engine_id
+from engine.listeners import ListenerError, make_server_tls_context, open_listener, parse_host
+
+log = logging.getLogger("dockyard.engine")
+
+_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+    "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+}
+_SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt", signal.SIGHUP: "hangup"}
+
+INSECURE_TCP_WARNING = (
+    "WARNING: API is accessible on http://%s without encryption. Anyone who can reach "
+    "this address has root access on this host. Use --tlsverify with certificates instead."
+)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; reported on stderr with exit code 1."""
+
+
+def setup_logging(level):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("dockyard")
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS.get(level, logging.INFO))
+    root.propagate = False
+
+
+def sd_notify(state):
+    """Tell systemd (Type=notify units) about READY=1 / STOPPING=1; no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.connect(addr)
+            sock.sendall(state.encode("ascii"))
+        finally:
+            sock.close()
+    except OSError as exc:
+        log.debug("sd_notify(%s) failed: %s", state, exc)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Daemon:
+    """Owns the listeners, the pid file and the main (accept + signal) loop."""
+
+    def __init__(self, config):
+        self.config = config
+        self.listeners = []
+        self.engine = None
+        self.server = None
+        self.tls_context = None
+        self._pidfile_written = False
+        self._sig_r = self._sig_w = None
+        self._stopping = False
+        self._old_wakeup_fd = None
+
+    # -- startup -------------------------------------------------------------
+    def start(self):
+        cfg = self.config
+        try:
+            specs = [parse_host(h, tls=cfg.tlsverify) for h in cfg.hosts]
+        except ListenerError as exc:
+            raise StartupError(str(exc)) from None
+        tcp = [s for s in specs if s.scheme == "tcp"]
+        if tcp and not cfg.tlsverify:
+            if not cfg.insecure_tcp:
+                raise StartupError(
+                    "refusing to listen on %s without TLS: pass --tlsverify with --tlscacert, "
+                    "--tlscert and --tlskey (or --insecure-tcp to accept that anyone who can "
+                    "connect is root on this host)" % ", ".join(s.raw for s in tcp))
+        if tcp and cfg.tlsverify:
+            try:
+                self.tls_context = make_server_tls_context(cfg.tlscacert, cfg.tlscert, cfg.tlskey)
+            except ListenerError as exc:
+                raise StartupError(str(exc)) from None
+
+        self._install_signals()
+        try:
+            os.makedirs(cfg.data_root, mode=0o711, exist_ok=True)
+            os.makedirs(cfg.exec_root, mode=0o700, exist_ok=True)
+            engine_id = load_or_create_engine_id(cfg.data_root)
+        except OSError as exc:
+            raise StartupError("cannot prepare %s / %s: %s" % (cfg.data_root, cfg.exec_root, exc))
+        self._write_pidfile()
+
+        warnings = []
+        for spec in specs:
+            tls = self.tls_context if spec.scheme == "tcp" and cfg.tlsverify else None
+            try:
+                listener = open_listener(spec, tls_context=tls, group=cfg.group)
+            except ListenerError as exc:
+                raise StartupError(str(exc)) from None
+            self.listeners.append(listener)
+            if spec.scheme == "tcp" and tls is None:
+                text = INSECURE_TCP_WARNING % listener.address
+                warnings.append(text)
+                # Loud on purpose: this is the one configuration that hands out root.
+                sys.stderr.write("\n%s\n%s\n%s\n\n" % ("!" * 78, text, "!" * 78))
+                sys.stderr.flush()
+
+        self.engine = Engine(cfg, engine_id, warnings)
+        router = build_router(self.engine)
+        self.server = HttpServer(router, common_headers(), context=self.engine)
+        for listener in self.listeners:
+            log.info("API listen on %s", listener.address)
+
+    def _install_signals(self):
+        self._sig_r, self._sig_w = os.pipe()
+        os.set_blocking(self._sig_r, False)
+        os.set_blocking(self._sig_w, False)
+        # The C-level handler writes the signal number to the pipe; the main loop reads it.
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._sig_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: None)
+
+    def _write_pidfile(self):
+        path = self.config.pidfile
+        try:
+            with open(path) as fh:
+                old = int(fh.read().strip() or "0")
+        except (OSError, ValueError):
+            old = 0
+        if old and old != os.getpid() and _pid_alive(old):
+            raise StartupError(
+                "pid file found, ensure dockyard-engine is not running or delete %s" % path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = "%s.%d.tmp" % (path, os.getpid())
+            with open(tmp, "w") as fh:
+                fh.write("%d" % os.getpid())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StartupError("cannot write pid file %s: %s" % (path, exc)) from None
+        self._pidfile_written = True
+
+    # -- main loop -------------------------------------------------------------
+    def run(self):
+        sel = selectors.DefaultSelector()
+        for listener in self.listeners:
+            sel.register(listener.sock, selectors.EVENT_READ, listener)
+        sel.register(self._sig_r, selectors.EVENT_READ, None)
+        sd_notify("READY=1")
+        log.info("Daemon has completed initialization (version %s, pid %d)",
+                 __version__, os.getpid())
+        try:
+            while not self._stopping:
+                for key, _ in sel.select():
+                    if key.data is None:
+                        self._handle_signals()
+                    else:
+                        self._accept(key.data)
+        finally:
+            sel.close()
+            self.shutdown()
+        return 0
+
+    def _accept(self, listener):
+        while True:
+            try:
+                sock, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: back off instead of spinning on a readable listener.
+                log.error("accept on %s failed: %s", listener.address, exc)
+                time.sleep(0.05)
+                return
+            sock.setblocking(True)
+            self.server.spawn(sock, peer or listener.address, listener.tls_context)
+
+    def _handle_signals(self):
+        try:
+            data = os.read(self._sig_r, 64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("Processing signal '%s'", _SIGNAL_NAMES[signum])
+                self._stopping = True
+            elif signum == signal.SIGHUP:
+                self.reload_tls()
+
+    def reload_tls(self):
+        """SIGHUP: re-read the TLS files; new connections use them, a bad set keeps the old."""
+        tcp = [l for l in self.listeners if l.tls_context is not None]
+        if not tcp:
+            log.info("SIGHUP: no TLS listener, nothing to reload")
+            return False
+        cfg = self.config
+        try:
+            ctx = make_server_tls_context(cfg.tlscacert, cfg.tlscert, cfg.tlskey)
+        except ListenerError as exc:
+            log.error("TLS reload failed, keeping the current certificates: %s", exc)
+            return False
+        self.tls_context = ctx
+        for listener in tcp:
+            listener.tls_context = ctx
+        log.info("TLS certificates reloaded")
+        return True
+
+    # -- shutdown -------------------------------------------------------------
+    def shutdown(self):
+        sd_notify("STOPPING=1")
+        for listener in self.listeners:
+            listener.close()
+        self.listeners = []
+        self._remove_pidfile()
+        if self._sig_w is not None:
+            try:
+                signal.set_wakeup_fd(self._old_wakeup_fd if self._old_wakeup_fd is not None else -1)
+            except ValueError:
+                pass
+        log.info("Daemon shutdown complete")
+
+    def _remove_pidfile(self):
+        if not self._pidfile_written:
+            return
+        path = self.config.pidfile
+        try:
+            with open(path) as fh:
+                ours = fh.read().strip() == str(os.getpid())
+            if ours:
+                os.unlink(path)
+        except OSError:
+            pass
+        self._pidfile_written = False
+
+
+def main(argv=None):
+    """Run the daemon until SIGTERM/SIGINT. Returns the process exit code."""
+    try:
+        cfg, args = parse_config(argv)
+    except ConfigError as exc:
+        sys.stderr.write("dockyard-engine: error: %s\n" % exc)
+        return 1
+    if args.version:
+        sys.stdout.write("dockyard-engine version %s, build %s\n"
+                         % (__version__, build_info()["commit"]))
+        return 0
+    if args.bundle_info:
+        sys.stdout.write(json.dumps(build_info(), sort_keys=True) + "\n")
+        return 0
+    setup_logging(cfg.log_level)
+    if cfg.config_file:
+        log.info("using config file %s", cfg.config_file)
+    daemon = Daemon(cfg)
+    try:
+        daemon.start()
+    except StartupError as exc:
+        sys.stderr.write("dockyard-engine: error: %s\n" % exc)
+        daemon.shutdown()
+        return 1
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

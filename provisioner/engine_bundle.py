@@ -1,0 +1,213 @@
+"""Builds dockyard-engine.pyz: one reproducible, executable zipapp carrying the `engine` package."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.errors import ProvisionError
+
+BUNDLE_NAME = "dockyard-engine.pyz"
+INTERPRETER = "/usr/bin/env python3"
+# Name of the info file inside the zip; engine/buildinfo.py reads the same name.
+BUNDLE_INFO_NAME = "dockyard_bundle.json"
+# Bump when the layout or the __main__ changes, so old bundles are not mistaken for current.
+BUNDLE_FORMAT = 1
+VENDOR_DIR = "_vendor"
+# Pure-Python packages the engine needs on hosts, by import name. Empty today.
+VENDORED_PACKAGES: tuple[str, ...] = ()
+
+_FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: timestamps carry no information
+_EXCLUDED_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
+_EXCLUDED_SUFFIXES = (".pyc", ".pyo")
+_NATIVE_SUFFIXES = (".so", ".pyd", ".dylib")
+
+MAIN_PY = '''\
+"""Entry point of dockyard-engine.pyz."""
+import os
+import sys
+
+# Vendored pure-Python dependencies live in the zip under _vendor/.
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor"))
+
+from engine.daemon import main
+
+sys.exit(main())
+'''
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a bundle carries, read back from its info file."""
+
+    format: int
+    engine_version: str
+    api_version: str
+    source_sha256: str
+    vendored: tuple[str, ...]
+
+
+def _engine_dir() -> Path:
+    spec = importlib.util.find_spec("engine")
+    if spec is None or not spec.submodule_search_locations:
+        raise ProvisionError("cannot find the engine package to bundle")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _walk(root: Path, prefix: str) -> list[tuple[str, bytes]]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _EXCLUDED_DIRS)
+        for name in sorted(filenames):
+            if name.endswith(_EXCLUDED_SUFFIXES):
+                continue
+            path = Path(dirpath) / name
+            if name.endswith(_NATIVE_SUFFIXES):
+                raise ProvisionError(f"cannot bundle native extension {path}: only pure Python")
+            rel = path.relative_to(root).as_posix()
+            files.append((f"{prefix}/{rel}" if rel else prefix, path.read_bytes()))
+    return files
+
+
+def _vendored_files(names: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    files = []
+    for name in names:
+        if not name.isidentifier():
+            raise ProvisionError(f"cannot vendor {name!r}: give a top-level import name")
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ProvisionError(f"cannot vendor {name!r}: not installed on this machine")
+        if spec.submodule_search_locations:
+            pkg_dir = Path(list(spec.submodule_search_locations)[0])
+            files += _walk(pkg_dir, f"{VENDOR_DIR}/{name}")
+        elif spec.origin and spec.origin.endswith(".py"):
+            files.append((f"{VENDOR_DIR}/{name}.py", Path(spec.origin).read_bytes()))
+        else:
+            raise ProvisionError(f"cannot vendor {name!r}: not a pure-Python module")
+    return files
+
+
+def _engine_version(engine_dir: Path) -> tuple[str, str]:
+    """(__version__, API_VERSION) of the engine source being bundled, without importing it."""
+    tree = ast.parse((engine_dir / "__init__.py").read_text(encoding="utf-8"))
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = node.value.value
+    return str(found.get("__version__", "unknown")), str(found.get("API_VERSION", "unknown"))
+
+
+def _sources(engine_dir: Path, vendored: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    files = _walk(engine_dir, "engine") + _vendored_files(vendored)
+    files.append(("__main__.py", MAIN_PY.encode("utf-8")))
+    return sorted(files)
+
+
+def _digest(files: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256(b"dockyard-bundle-format-%d\0" % BUNDLE_FORMAT)
+    for name, data in files:
+        h.update(name.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0" + data)
+    return h.hexdigest()
+
+
+def source_digest(engine_dir: str | os.PathLike | None = None,
+                  vendored: tuple[str, ...] = VENDORED_PACKAGES) -> str:
+    """Hash of everything that goes into the bundle; equals the bundle's source_sha256."""
+    root = Path(engine_dir) if engine_dir else _engine_dir()
+    return _digest(_sources(root, tuple(vendored)))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _zip_bytes(files: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    buf.write(f"#!{INTERPRETER}\n".encode("utf-8"))
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # unix, whatever machine builds it
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data, compresslevel=9)
+    return buf.getvalue()
+
+
+def bundle_version(path: str | os.PathLike) -> BundleInfo | None:
+    """The BundleInfo embedded in a .pyz, or None if it is missing or not a bundle."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            raw = json.loads(zf.read(BUNDLE_INFO_NAME).decode("utf-8"))
+        return BundleInfo(
+            format=int(raw["format"]),
+            engine_version=str(raw["engine_version"]),
+            api_version=str(raw["api_version"]),
+            source_sha256=str(raw["source_sha256"]),
+            vendored=tuple(raw.get("vendored", ())),
+        )
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return None
+
+
+def build_bundle(dest_dir: str | os.PathLike, *,
+                 engine_dir: str | os.PathLike | None = None,
+                 vendored: tuple[str, ...] = VENDORED_PACKAGES) -> tuple[Path, str]:
+    """Build (or reuse) DEST_DIR/dockyard-engine.pyz. Returns (path, sha256 hex of the file).
+
+    Identical sources give a byte-identical file. If the file already there was
+    built from the same sources it is returned as is (no rewrite).
+    """
+    root = Path(engine_dir) if engine_dir else _engine_dir()
+    if not (root / "__init__.py").is_file():
+        raise ProvisionError(f"{root} is not the engine package")
+    vendored = tuple(vendored)
+    files = _sources(root, vendored)
+    digest = _digest(files)
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / BUNDLE_NAME
+
+    current = bundle_version(target) if target.exists() else None
+    if current is not None and current.source_sha256 == digest and current.format == BUNDLE_FORMAT:
+        return target, file_sha256(target)
+
+    version, api_version = _engine_version(root)
+    info = {
+        "format": BUNDLE_FORMAT,
+        "engine_version": version,
+        "api_version": api_version,
+        "source_sha256": digest,
+        "vendored": list(vendored),
+    }
+    info_bytes = (json.dumps(info, sort_keys=True, indent=1) + "\n").encode("utf-8")
+    payload = _zip_bytes(sorted(files + [(BUNDLE_INFO_NAME, info_bytes)]))
+
+    # Atomic replace: a concurrent reader sees the old or the new file, never half of one.
+    fd, tmp = tempfile.mkstemp(prefix=".dockyard-engine.", suffix=".tmp", dir=dest)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target, hashlib.sha256(payload).hexdigest()

@@ -1,0 +1,694 @@
+"""SSH to machines: paramiko sessions with pinned host keys (commands, sudo, file transfer, interactive
+shells), waiting for SSH to come up, key generation, and argv for the system ssh/scp binaries."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import posixpath
+import select
+import shlex
+import signal
+import socket
+import stat
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from provisioner.errors import (
+    HostKeyChanged,
+    RemoteCommandError,
+    SSHError,
+    SSHTimeout,
+    SudoPasswordRequired,
+)
+
+# paramiko logs transport failures itself; we report them as exceptions, so keep its records off stderr.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+CHUNK = 32768
+_SUDO_PASSWORD_HINTS = ("a password is required", "a terminal is required", "no tty present", "must have a tty")
+_DEFAULT = object()  # "use the process's own stdin/stdout/stderr" (resolved at call time, not import time)
+
+
+class SSHAuthFailed(SSHError):
+    """The server refused our key (wrong key, or the key is not in the user's authorized_keys)."""
+
+
+@dataclass
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class SSHTarget:
+    host: str
+    port: int = 22
+    user: str = "root"
+    key_path: str | None = None
+    host_key_path: str | None = None  # pinned host key file ("keytype base64"); None = no pinning
+    machine: str = ""  # machine name, for messages
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        # The name paramiko (and OpenSSH) look a host up under: the port is part of it unless it is 22.
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def describe(self) -> str:
+        return f'machine "{self.machine}" ({self.address})' if self.machine else f"host {self.address}"
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+def _atomic_write(path, data: bytes, mode: int) -> None:
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def generate_keypair(private_path, comment: str = "dockyard", *, overwrite: bool = False) -> str:
+    """Write a new ed25519 key (OpenSSH format, 0600) and its .pub (0644); return the public key line."""
+    private_path = os.fspath(private_path)
+    if not overwrite and os.path.exists(private_path):
+        raise SSHError(f"SSH key {private_path} already exists")
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    line = public.decode() + (f" {comment}" if comment else "")
+    try:
+        _atomic_write(private_path, private, 0o600)
+        _atomic_write(private_path + ".pub", (line + "\n").encode(), 0o644)
+    except OSError as e:
+        raise SSHError(f"cannot write SSH key {private_path}: {e.strerror or e}") from None
+    return line
+
+
+def load_private_key(path) -> paramiko.PKey:
+    """Load an unencrypted ed25519, rsa or ecdsa private key (OpenSSH or PEM format)."""
+    try:
+        return paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        raise SSHError(
+            f"SSH key {path} is protected by a passphrase; dockyard needs a key without one "
+            f'(remove it with "ssh-keygen -p -f {path}")'
+        ) from None
+    except OSError as e:
+        raise SSHError(f"cannot read SSH key {path}: {e.strerror or e}") from None
+    except Exception as e:  # paramiko/cryptography raise a zoo of types for unparsable keys
+        if "password" in str(e).lower() or "encrypted" in str(e).lower():
+            raise SSHError(f"SSH key {path} is protected by a passphrase; dockyard needs a key without one") from None
+        raise SSHError(f"{path} is not a usable SSH private key (ed25519, rsa or ecdsa expected): {e}") from None
+
+
+def check_key_permissions(path) -> None:
+    """Refuse a private key that group or others can access, as ssh (and Docker Machine) do."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as e:
+        raise SSHError(f"cannot use SSH key {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise SSHError(
+            f"permissions {mode:#o} for SSH key {path} are too open: it must be accessible by its owner only "
+            f'(run "chmod 600 {path}")'
+        )
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint of a public key."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def read_pinned_host_key(path) -> paramiko.PKey | None:
+    """The pinned host key, or None if the file does not exist yet."""
+    try:
+        with open(path, encoding="ascii") as f:
+            fields = f.read().split()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SSHError(f"cannot read pinned host key {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1], validate=True))
+    except Exception as e:
+        raise SSHError(f'pinned host key file {path} is malformed (expected one line "keytype base64"): {e}') from None
+
+
+def write_pinned_host_key(path, key: paramiko.PKey) -> None:
+    _atomic_write(path, f"{key.get_name()} {key.get_base64()}\n".encode(), 0o600)
+
+
+def _host_key_changed(target: SSHTarget, expected: paramiko.PKey, got: paramiko.PKey) -> HostKeyChanged:
+    return HostKeyChanged(
+        f"Host key for {target.describe()} has changed! Expected {fingerprint(expected)} ({expected.get_name()}), "
+        f"got {fingerprint(got)} ({got.get_name()}). Someone could be intercepting the connection, or the host was "
+        f"reinstalled. If the change is legitimate, remove the pinned key file {target.host_key_path} "
+        f"and connect again; it will pin the new key."
+    )
+
+
+class _RememberHostKey(paramiko.MissingHostKeyPolicy):
+    """Runs only when nothing is pinned: keep the offered key so it can be pinned once auth has succeeded."""
+
+    def __init__(self):
+        self.seen = None
+
+    def missing_host_key(self, client, hostname, key):
+        self.seen = key
+
+
+# ------------------------------------------------------------------------------------------- session
+
+
+class SSHSession:
+    """One authenticated SSH connection; use as a context manager."""
+
+    def __init__(self, target: SSHTarget, connect_timeout: float = 10):
+        self.target = target
+        pkey = load_private_key(target.key_path) if target.key_path else None
+        pinned = read_pinned_host_key(target.host_key_path) if target.host_key_path else None
+        client = paramiko.SSHClient()
+        if pinned is not None:
+            client.get_host_keys().add(target.known_hosts_name, pinned.get_name(), pinned)
+        policy = _RememberHostKey()
+        client.set_missing_host_key_policy(policy)
+        try:
+            client.connect(
+                target.host, port=target.port, username=target.user, pkey=pkey,
+                look_for_keys=pkey is None, allow_agent=pkey is None, timeout=connect_timeout,
+                banner_timeout=connect_timeout, auth_timeout=connect_timeout, channel_timeout=connect_timeout,
+            )
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise _host_key_changed(target, e.expected_key, e.key) from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            key = f" with key {target.key_path}" if target.key_path else ""
+            raise SSHAuthFailed(f'authentication as "{target.user}" to {target.address} failed{key}: {e}') from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            client.close()
+            raise SSHError(f"cannot connect to {target.address}: {_error_text(e)}") from None
+        if pinned is None and target.host_key_path and policy.seen is not None:
+            write_pinned_host_key(target.host_key_path, policy.seen)  # trust on first use
+        client.get_transport().set_keepalive(30)
+        self._client = client
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- plumbing
+
+    def _channel(self) -> paramiko.Channel:
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SSHError(f"the SSH connection to {self.target.address} is closed")
+        try:
+            return transport.open_session(timeout=30)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise SSHError(f"cannot open an SSH channel to {self.target.address}: {_error_text(e)}") from None
+
+    def _wrap(self, command: str, sudo: bool, env: dict | None = None) -> str:
+        if env:
+            bad = [k for k in env if not str(k).isidentifier()]
+            if bad:
+                raise SSHError(f"invalid environment variable name(s): {', '.join(map(str, bad))}")
+            # Set variables in the command itself: sshd drops "env" requests outside AcceptEnv, sudo resets them.
+            command = "export " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()) + "; " + command
+        if self._uses_sudo(sudo):
+            command = "sudo -n sh -c " + shlex.quote(command)
+        return command
+
+    def _check_sudo(self, wrapped: bool, status: int, stderr: str) -> None:
+        if not wrapped or status == 0:
+            return
+        for line in stderr.lower().splitlines():
+            if line.startswith("sudo:") and any(h in line for h in _SUDO_PASSWORD_HINTS):
+                raise SudoPasswordRequired(
+                    f'User "{self.target.user}" on {self.target.host} needs a password for sudo; dockyard needs '
+                    f"passwordless sudo (NOPASSWD) for this user"
+                )
+        if status == 127 and "sudo" in stderr and "not found" in stderr:
+            raise SSHError(f'sudo is not installed on {self.target.host}; it is needed to act as root as "{self.target.user}"')
+
+    def _exec(self, command: str, stdin=None, stdout_sink=None, timeout: float | None = None):
+        """Run one command. stdin: None, bytes, a binary file, or callable(write) producing the data.
+        stdout goes to stdout_sink.write or is collected. Returns (exit_status, stdout_bytes, stderr_bytes)."""
+        chan = self._channel()
+        try:
+            chan.exec_command(command)
+            if stdin is None:
+                chan.shutdown_write()
+            else:
+                threading.Thread(target=_feed, args=(chan, stdin), daemon=True).start()
+            out, err = [], []
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise SSHTimeout(f"remote command timed out after {timeout:g}s on {self.target.address}: {command}")
+                select.select([chan], [], [], wait)
+                while chan.recv_ready():
+                    data = chan.recv(CHUNK)
+                    stdout_sink.write(data) if stdout_sink is not None else out.append(data)
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(CHUNK))
+                if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+            status = chan.recv_exit_status()
+            return (255 if status == -1 else status), b"".join(out), b"".join(err)
+        finally:
+            chan.close()
+
+    def _uses_sudo(self, sudo: bool) -> bool:
+        return sudo and self.target.user != "root"
+
+    def _checked(self, label: str, script: str, sudo: bool, **kw) -> CommandResult:
+        """Run a helper script (wrapped in sudo if needed); any failure raises, described by label."""
+        status, out, err = self._exec(self._wrap(script, sudo), **kw)
+        result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
+        self._check_sudo(self._uses_sudo(sudo), status, result.stderr)
+        if status != 0:
+            raise RemoteCommandError(label, status, result.stdout, result.stderr)
+        return result
+
+    # -- commands
+
+    def run(self, command: str, *, sudo: bool = False, check: bool = True, input: bytes | None = None,
+            timeout: float | None = None, env: dict | None = None) -> CommandResult:
+        """Run a command (as root through `sudo -n` if asked and the user is not root); collect its output."""
+        full = self._wrap(command, sudo, env)
+        status, out, err = self._exec(full, stdin=input, timeout=timeout)
+        result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
+        self._check_sudo(self._uses_sudo(sudo), status, result.stderr)
+        if check and status != 0:
+            raise RemoteCommandError(command, status, result.stdout, result.stderr)
+        return result
+
+    # -- files (over plain exec with sh/cat/mktemp/tar: works through sudo and without an sftp subsystem)
+
+    def _upload(self, source, remote_path: str, mode: int, sudo: bool) -> None:
+        directory, base = posixpath.split(remote_path)
+        if not base:
+            raise SSHError(f"remote path {remote_path!r} names a directory, not a file")
+        template = shlex.quote(posixpath.join(directory or ".", f".{base}.XXXXXX"))
+        dest = shlex.quote(remote_path)
+        # Written next to the destination and renamed over it, so readers never see a partial file.
+        script = (
+            f't=$(mktemp {template}) || exit 1; '
+            f'if cat > "$t" && chmod {mode & 0o7777:04o} "$t" && mv -f "$t" {dest}; then exit 0; fi; '
+            f'rm -f "$t"; exit 1'
+        )
+        self._checked(f"upload to {remote_path}", script, sudo, stdin=source)
+
+    def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o644, sudo: bool = False) -> None:
+        self._upload(bytes(data), remote_path, mode, sudo)
+
+    def put_file(self, local, remote: str, mode: int | None = None, sudo: bool = False) -> None:
+        try:
+            f = open(local, "rb")
+        except OSError as e:
+            raise SSHError(f"cannot read {local}: {e.strerror}") from None
+        with f:
+            if mode is None:
+                mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            self._upload(f, remote, mode, sudo)
+
+    def get_file(self, remote: str, local, sudo: bool = False) -> None:
+        local = os.fspath(local)
+        directory = os.path.dirname(os.path.abspath(local))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(local) + ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                self._checked(f"read {remote}", f"cat < {shlex.quote(remote)}", sudo, stdout_sink=f)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, local)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_tree(self, local_dir, remote_dir: str, sudo: bool = False) -> None:
+        """Copy the contents of local_dir into remote_dir (created if missing), like `scp -r`."""
+        local_dir = os.fspath(local_dir)
+        if not os.path.isdir(local_dir):
+            raise SSHError(f"{local_dir} is not a directory")
+
+        def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            # Files a root extractor creates belong to root, as with scp; a plain user gets its own files anyway.
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            return info
+
+        def produce(write):
+            with tarfile.open(fileobj=_WriteTo(write), mode="w|") as tar:
+                tar.add(local_dir, arcname=".", filter=as_root)
+
+        q = shlex.quote(remote_dir)
+        self._checked(f"unpack into {remote_dir}", f"mkdir -p {q} && tar -C {q} -xf -", sudo, stdin=produce)
+
+    def get_tree(self, remote_dir: str, local_dir, sudo: bool = False) -> None:
+        """Copy the contents of remote_dir into local_dir (created if missing), like `scp -r`."""
+        local_dir = os.fspath(local_dir)
+        os.makedirs(local_dir, exist_ok=True)
+        rfd, wfd = os.pipe()
+        failure = []
+
+        def unpack():
+            with os.fdopen(rfd, "rb") as pipe:
+                try:
+                    with tarfile.open(fileobj=pipe, mode="r|") as tar:
+                        tar.extractall(local_dir, filter="data")  # no absolute paths, no escaping links
+                except Exception as e:
+                    failure.append(e)
+                    while pipe.read(CHUNK):  # keep draining so the sender never blocks on a full pipe
+                        pass
+
+        reader = threading.Thread(target=unpack, daemon=True)
+        reader.start()
+        try:
+            with os.fdopen(wfd, "wb") as sink:
+                q = shlex.quote(remote_dir)
+                self._checked(f"pack {remote_dir}", f"tar -C {q} -cf - .", sudo, stdout_sink=sink)
+        finally:
+            reader.join()
+        if failure:
+            raise SSHError(f"cannot unpack {remote_dir} from {self.target.address} into {local_dir}: {failure[0]}")
+
+    # -- streaming and interactive use
+
+    def exec_stream(self, command: str | None, stdin=_DEFAULT, stdout=_DEFAULT, stderr=_DEFAULT) -> int:
+        """Run a command (or the login shell if None) without a PTY, streaming both ways; return its exit status.
+        stdin=None sends no input."""
+        stdin = sys.stdin.buffer if stdin is _DEFAULT else stdin
+        stdout = sys.stdout.buffer if stdout is _DEFAULT else stdout
+        stderr = sys.stderr.buffer if stderr is _DEFAULT else stderr
+        chan = self._channel()
+        try:
+            chan.invoke_shell() if command is None else chan.exec_command(command)
+            in_fd = _fileno(stdin)
+            if stdin is None:
+                chan.shutdown_write()
+            elif in_fd is None:
+                threading.Thread(target=_feed, args=(chan, stdin), daemon=True).start()
+            while True:
+                ready, _, _ = select.select([chan] + ([in_fd] if in_fd is not None else []), [], [])
+                if in_fd is not None and in_fd in ready:
+                    data = os.read(in_fd, CHUNK)
+                    if data:
+                        chan.sendall(data)
+                    else:
+                        chan.shutdown_write()
+                        in_fd = None
+                _drain(chan, stdout, stderr)
+                if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+            status = chan.recv_exit_status()
+            return 255 if status == -1 else status
+        finally:
+            chan.close()
+
+    def interactive(self, command: str | None = None) -> int:
+        """A terminal session: PTY sized like the local terminal (resized on SIGWINCH), local tty in raw mode.
+        Without a local tty, streams stdin/stdout without a PTY. Returns the remote exit status."""
+        if not sys.stdin.isatty():
+            return self.exec_stream(command)
+        import termios
+        import tty
+
+        in_fd = sys.stdin.fileno()
+        out_fd = sys.stdout.fileno()
+        size_fd = out_fd if os.isatty(out_fd) else in_fd
+        cols, rows = _terminal_size(size_fd)
+        chan = self._channel()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        previous = None
+        saved = termios.tcgetattr(in_fd)
+        try:
+            chan.get_pty(term=os.environ.get("TERM") or "xterm", width=cols, height=rows)
+            chan.invoke_shell() if command is None else chan.exec_command(command)
+            with contextlib.suppress(ValueError):  # signals can be set from the main thread only
+                previous = signal.signal(signal.SIGWINCH, lambda *_: _poke(wake_w))
+            tty.setraw(in_fd)
+            watch = [chan, in_fd, wake_r]
+            while True:
+                ready, _, _ = select.select(watch, [], [])
+                if wake_r in ready:
+                    os.read(wake_r, 512)
+                    chan.resize_pty(*_terminal_size(size_fd))
+                if in_fd in ready:
+                    data = os.read(in_fd, CHUNK)
+                    if data:
+                        chan.sendall(data)
+                    else:
+                        chan.shutdown_write()
+                        watch.remove(in_fd)
+                while chan.recv_ready():
+                    _write_all(out_fd, chan.recv(CHUNK))
+                while chan.recv_stderr_ready():
+                    _write_all(out_fd, chan.recv_stderr(CHUNK))
+                if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+            status = chan.recv_exit_status()
+            return 255 if status == -1 else status
+        finally:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+            if previous is not None:
+                signal.signal(signal.SIGWINCH, previous)
+            os.close(wake_r)
+            os.close(wake_w)
+            chan.close()
+
+
+class _WriteTo:
+    """File-like adapter so tarfile can stream straight into a channel."""
+
+    def __init__(self, write):
+        self.write_all = write
+
+    def write(self, data):
+        self.write_all(bytes(data))
+        return len(data)
+
+
+def _feed(chan: paramiko.Channel, source) -> None:
+    """Send stdin data then EOF; runs in a thread so a command that talks back cannot deadlock us."""
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            chan.sendall(source)
+        elif callable(source):
+            source(chan.sendall)
+        else:
+            while chunk := source.read(CHUNK):
+                chan.sendall(chunk)
+        chan.shutdown_write()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # the remote side went away early; its exit status tells the story
+
+
+def _drain(chan, stdout, stderr) -> None:
+    while chan.recv_ready():
+        stdout.write(chan.recv(CHUNK))
+        stdout.flush()
+    while chan.recv_stderr_ready():
+        stderr.write(chan.recv_stderr(CHUNK))
+        stderr.flush()
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno() if stream is not None else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _poke(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, b"w")
+
+
+def _terminal_size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+        return size.columns, size.lines
+    except OSError:
+        return 80, 24
+
+
+def _error_text(e: BaseException) -> str:
+    text = str(e)
+    if isinstance(e, (TimeoutError, socket.timeout)) and not text:
+        return "timed out"
+    return text or type(e).__name__
+
+
+# ------------------------------------------------------------------------------------------- waiting
+
+
+def _wait_for_banner(target: SSHTarget, timeout: float) -> None:
+    """Connect a raw socket and read until the server's identification line (cheap; no SSH handshake)."""
+    with socket.create_connection((target.host, target.port), timeout=timeout) as sock:
+        buf = b""
+        while len(buf) < 16384:  # RFC 4253 lets servers send other lines before the version line
+            chunk = sock.recv(1024)
+            if not chunk:
+                raise ConnectionError("connection closed before the SSH banner")
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.startswith(b"SSH-"):
+                    if line.startswith((b"SSH-2.0-", b"SSH-1.99-")):
+                        return
+                    raise ConnectionError(f"unsupported SSH server version {line.strip()[:60]!r}")
+        raise ConnectionError("no SSH banner in the first 16 KiB")
+
+
+def wait_for_ssh(target: SSHTarget, timeout: float = 120, step: str = "Waiting for SSH", *,
+                 auth_attempts: int = 3) -> SSHSession:
+    """Retry (0.2 s doubling to 3 s) until SSH answers with a banner and accepts our key; return the session.
+    A changed host key fails at once; a key refused auth_attempts times in a row fails without waiting out
+    the timeout (during boot the key may not be installed yet, hence a few tries)."""
+    if target.key_path:
+        load_private_key(target.key_path)  # an unreadable key will not get better by waiting
+    deadline = time.monotonic() + timeout
+    delay, last, refused = 0.2, "no attempt finished", 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            _wait_for_banner(target, min(remaining, 10))
+            return SSHSession(target, connect_timeout=max(min(deadline - time.monotonic(), 10), 1))
+        except SSHAuthFailed as e:
+            refused += 1
+            last = str(e)
+            if refused >= auth_attempts:
+                pub = f" ({target.key_path}.pub)" if target.key_path else ""
+                raise SSHAuthFailed(
+                    f"{step}: {e} (refused {refused} times). Check that the public key{pub} is in "
+                    f"~{target.user}/.ssh/authorized_keys on {target.host}."
+                ) from None
+        except HostKeyChanged:
+            raise
+        except (SSHError, OSError) as e:
+            last = _error_text(e)
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(delay * 2, 3.0)
+    raise SSHTimeout(f"{step} to {target.address} as {target.user} timed out after {timeout:g}s: last error: {last}")
+
+
+# ------------------------------------------------------------------------------------ system ssh/scp
+
+
+def _option_path(path: str) -> str:
+    # ssh expands %-tokens in these options and splits them on spaces unless quoted.
+    path = path.replace("%", "%%")
+    return f'"{path}"' if any(c.isspace() for c in path) else path
+
+
+def _host_key_options(target: SSHTarget) -> list[str]:
+    if not target.host_key_path:
+        return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    key = read_pinned_host_key(target.host_key_path)
+    if key is None:  # never contacted yet: pin it the same way a session does (after a successful login)
+        SSHSession(target).close()
+        key = read_pinned_host_key(target.host_key_path)
+        if key is None:
+            raise SSHError(f"could not pin the host key of {target.describe()}")
+    # The alias names the machine, not host:port, so the pin follows the machine across address changes.
+    alias = f"dockyard.{target.machine}" if target.machine else target.host
+    known_hosts = target.host_key_path + ".known_hosts"
+    line = f"{alias} {key.get_name()} {key.get_base64()}\n".encode()
+    try:
+        with open(known_hosts, "rb") as f:
+            current = f.read()
+    except OSError:
+        current = None
+    if current != line:
+        _atomic_write(known_hosts, line, 0o600)
+    return [
+        "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={_option_path(known_hosts)}",
+        "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={alias}",
+        "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no",
+    ]
+
+
+def _common_options(target: SSHTarget) -> list[str]:
+    opts = [
+        "-F", "/dev/null", "-o", "ConnectionAttempts=3", "-o", "ConnectTimeout=10", "-o", "ControlMaster=no",
+        "-o", "ControlPath=none", "-o", "LogLevel=ERROR",  # ERROR, not QUIET: a changed host key must be seen
+        "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+        "-o", "ServerAliveInterval=60",
+    ] + _host_key_options(target)
+    if target.key_path:
+        check_key_permissions(target.key_path)
+        opts += ["-o", "IdentitiesOnly=yes", "-i", target.key_path]
+    return opts
+
+
+def system_ssh_argv(target: SSHTarget, args: list[str], tty: bool | None = None, *, ssh: str = "ssh") -> list[str]:
+    """argv for the system ssh (Docker Machine's external client) with the pinned host key enforced.
+    tty: True adds -t, False adds -T, None lets ssh decide. args follow user@host unchanged."""
+    argv = [ssh] + _common_options(target) + ["-p", str(target.port)]
+    if tty is not None:
+        argv.append("-t" if tty else "-T")
+    return argv + [f"{target.user}@{target.host}"] + list(args)
+
+
+def system_scp_argv(target: SSHTarget, sources: list[str], dest: str, *, to_remote: bool,
+                    recursive: bool = False, quiet: bool = False, scp: str = "scp") -> list[str]:
+    """argv for the system scp between this computer and one machine: local sources to the remote dest
+    (to_remote=True) or remote sources to a local dest."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+
+    def remote(path: str) -> str:
+        return f"{target.user}@{host}:{path}"
+
+    argv = [scp] + _common_options(target) + ["-P", str(target.port)]
+    argv += (["-r"] if recursive else []) + (["-q"] if quiet else [])
+    if to_remote:
+        return argv + ["--"] + list(sources) + [remote(dest)]
+    return argv + ["--"] + [remote(s) for s in sources] + [dest]
