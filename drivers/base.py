@@ -121,6 +121,20 @@ class Driver:
             return None
         return key if os.path.isabs(key) else self.path(key)
 
+    def ensure_ssh_key(self, filename="id_ed25519"):
+        """A per-machine ed25519 key pair in the machine dir (for drivers that make the host).
+        Returns the public key line; SSHKeyPath is stored relative to the machine dir."""
+        from provisioner.ssh import generate_keypair
+
+        path = self.path(filename)
+        if os.path.exists(path):
+            with open(path + ".pub") as f:
+                public = f.read().strip()
+        else:
+            public = generate_keypair(path, comment=f"dockyard-{self.machine_name}")
+        self.config["SSHKeyPath"] = filename
+        return public
+
     def ssh_target(self):
         """Where and how to reach the host over SSH; the host key is pinned in the machine dir."""
         from provisioner.ssh import SSHTarget  # local import: drivers stay light to import

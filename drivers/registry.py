@@ -1,19 +1,40 @@
 """Driver registry: built-in drivers plus third-party ones from the `dockyard.drivers` entry points."""
 
+import importlib
+import importlib.util
 from importlib.metadata import entry_points
 
 from provisioner.errors import DriverNotFound
 
+# name -> "module:Class". Modules are imported only when their driver is used (libcloud is slow to import).
 BUILTIN = {
     "none": "drivers.none:NoneDriver",
     "generic": "drivers.generic:GenericDriver",
+    "qemu": "drivers.qemu.driver:QemuDriver",
+    "virtualbox": "drivers.virtualbox.driver:VirtualBoxDriver",
+    "amazonec2": "drivers.cloud.amazonec2:AmazonEC2Driver",
+    "digitalocean": "drivers.cloud.digitalocean:DigitalOceanDriver",
+    "google": "drivers.cloud.google:GoogleDriver",
+    "azure": "drivers.cloud.azure:AzureDriver",
+    "openstack": "drivers.cloud.openstack:OpenStackDriver",
+    "linode": "drivers.cloud.linode:LinodeDriver",
+    "vultr": "drivers.cloud.vultr:VultrDriver",
+    "exoscale": "drivers.cloud.exoscale:ExoscaleDriver",
+    "libcloud": "drivers.cloud.generic_libcloud:LibcloudDriver",
 }
+
+
+def _available(spec):
+    module = spec.partition(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _load(spec):
     module, _, attr = spec.partition(":")
-    mod = __import__(module, fromlist=[attr])
-    return getattr(mod, attr)
+    return getattr(importlib.import_module(module), attr)
 
 
 def _entry_points():
@@ -23,14 +44,19 @@ def _entry_points():
         return {}
 
 
+def builtin_names():
+    return sorted(n for n, spec in BUILTIN.items() if _available(spec))
+
+
 def names():
-    return sorted(set(BUILTIN) | set(_entry_points()))
+    return sorted(set(builtin_names()) | set(_entry_points()))
 
 
 def get(name):
     """The driver class registered under name."""
-    if name in BUILTIN:
-        return _load(BUILTIN[name])
+    spec = BUILTIN.get(name)
+    if spec and _available(spec):
+        return _load(spec)
     ep = _entry_points().get(name)
     if ep is None:
         raise DriverNotFound(name, names())

@@ -110,7 +110,8 @@ class Daemon:
         self._install_signals()
         try:
             os.makedirs(cfg.data_root, mode=0o711, exist_ok=True)
-            os.makedirs(cfg.exec_root, mode=0o700, exist_ok=True)
+            # 0711, not 0700: the default unix socket lives here and the docker group must reach it.
+            os.makedirs(cfg.exec_root, mode=0o711, exist_ok=True)
             engine_id = load_or_create_engine_id(cfg.data_root)
         except OSError as exc:
             raise StartupError("cannot prepare %s / %s: %s" % (cfg.data_root, cfg.exec_root, exc))

@@ -218,7 +218,11 @@ class SSHSession:
             client.close()
             raise SSHError(f"cannot connect to {target.address}: {_error_text(e)}") from None
         if pinned is None and target.host_key_path and policy.seen is not None:
-            write_pinned_host_key(target.host_key_path, policy.seen)  # trust on first use
+            try:
+                write_pinned_host_key(target.host_key_path, policy.seen)  # trust on first use
+            except OSError as e:
+                client.close()
+                raise SSHError(f"cannot pin the host key in {target.host_key_path}: {e.strerror or e}") from None
         client.get_transport().set_keepalive(30)
         self._client = client
 
@@ -265,22 +269,24 @@ class SSHSession:
         if status == 127 and "sudo" in stderr and "not found" in stderr:
             raise SSHError(f'sudo is not installed on {self.target.host}; it is needed to act as root as "{self.target.user}"')
 
-    def _exec(self, command: str, stdin=None, stdout_sink=None, timeout: float | None = None):
+    def _exec(self, command: str, stdin=None, stdout_sink=None, timeout: float | None = None, label: str = ""):
         """Run one command. stdin: None, bytes, a binary file, or callable(write) producing the data.
         stdout goes to stdout_sink.write or is collected. Returns (exit_status, stdout_bytes, stderr_bytes)."""
         chan = self._channel()
         try:
             chan.exec_command(command)
+            local_errors, feeder = [], None
             if stdin is None:
                 chan.shutdown_write()
             else:
-                threading.Thread(target=_feed, args=(chan, stdin), daemon=True).start()
+                feeder = threading.Thread(target=_feed, args=(chan, stdin, local_errors), daemon=True)
+                feeder.start()
             out, err = [], []
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
-                    raise SSHTimeout(f"remote command timed out after {timeout:g}s on {self.target.address}: {command}")
+                    raise SSHTimeout(f"remote command timed out after {timeout:g}s on {self.target.address}: {label}")
                 select.select([chan], [], [], wait)
                 while chan.recv_ready():
                     data = chan.recv(CHUNK)
@@ -290,6 +296,11 @@ class SSHSession:
                 if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
             status = chan.recv_exit_status()
+            chan.close()  # unblocks a feeder still waiting to send
+            if feeder is not None:
+                feeder.join()
+            if local_errors:
+                raise SSHError(f"{label or 'remote command'}: {_error_text(local_errors[0])}")
             return (255 if status == -1 else status), b"".join(out), b"".join(err)
         finally:
             chan.close()
@@ -297,12 +308,11 @@ class SSHSession:
     def _uses_sudo(self, sudo: bool) -> bool:
         return sudo and self.target.user != "root"
 
-    def _checked(self, label: str, script: str, sudo: bool, **kw) -> CommandResult:
-        """Run a helper script (wrapped in sudo if needed); any failure raises, described by label."""
-        status, out, err = self._exec(self._wrap(script, sudo), **kw)
+    def _run(self, command: str, label: str, *, sudo=False, check=True, env=None, **kw) -> CommandResult:
+        status, out, err = self._exec(self._wrap(command, sudo, env), label=label, **kw)
         result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
         self._check_sudo(self._uses_sudo(sudo), status, result.stderr)
-        if status != 0:
+        if check and status != 0:
             raise RemoteCommandError(label, status, result.stdout, result.stderr)
         return result
 
@@ -311,32 +321,28 @@ class SSHSession:
     def run(self, command: str, *, sudo: bool = False, check: bool = True, input: bytes | None = None,
             timeout: float | None = None, env: dict | None = None) -> CommandResult:
         """Run a command (as root through `sudo -n` if asked and the user is not root); collect its output."""
-        full = self._wrap(command, sudo, env)
-        status, out, err = self._exec(full, stdin=input, timeout=timeout)
-        result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
-        self._check_sudo(self._uses_sudo(sudo), status, result.stderr)
-        if check and status != 0:
-            raise RemoteCommandError(command, status, result.stdout, result.stderr)
-        return result
+        return self._run(command, command, sudo=sudo, check=check, env=env, stdin=input, timeout=timeout)
 
     # -- files (over plain exec with sh/cat/mktemp/tar: works through sudo and without an sftp subsystem)
 
-    def _upload(self, source, remote_path: str, mode: int, sudo: bool) -> None:
+    def _upload(self, source, size: int, remote_path: str, mode: int, sudo: bool) -> None:
         directory, base = posixpath.split(remote_path)
         if not base:
             raise SSHError(f"remote path {remote_path!r} names a directory, not a file")
         template = shlex.quote(posixpath.join(directory or ".", f".{base}.XXXXXX"))
         dest = shlex.quote(remote_path)
-        # Written next to the destination and renamed over it, so readers never see a partial file.
+        # Written next to the destination and renamed over it only when complete (size checked, as a cut
+        # stream ends like a short file), so readers never see a partial file.
         script = (
             f't=$(mktemp {template}) || exit 1; '
-            f'if cat > "$t" && chmod {mode & 0o7777:04o} "$t" && mv -f "$t" {dest}; then exit 0; fi; '
-            f'rm -f "$t"; exit 1'
+            f'if cat > "$t" && [ $(wc -c < "$t") -eq {size} ] && chmod {mode & 0o7777:04o} "$t" && mv -f "$t" {dest}; '
+            f'then exit 0; fi; rm -f "$t"; exit 1'
         )
-        self._checked(f"upload to {remote_path}", script, sudo, stdin=source)
+        self._run(script, f"upload to {remote_path}", sudo=sudo, stdin=source)
 
     def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o644, sudo: bool = False) -> None:
-        self._upload(bytes(data), remote_path, mode, sudo)
+        data = bytes(data)
+        self._upload(data, len(data), remote_path, mode, sudo)
 
     def put_file(self, local, remote: str, mode: int | None = None, sudo: bool = False) -> None:
         try:
@@ -344,17 +350,18 @@ class SSHSession:
         except OSError as e:
             raise SSHError(f"cannot read {local}: {e.strerror}") from None
         with f:
-            if mode is None:
-                mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-            self._upload(f, remote, mode, sudo)
+            st = os.fstat(f.fileno())
+            self._upload(f, st.st_size, remote, stat.S_IMODE(st.st_mode) if mode is None else mode, sudo)
 
     def get_file(self, remote: str, local, sudo: bool = False) -> None:
         local = os.fspath(local)
-        directory = os.path.dirname(os.path.abspath(local))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(local) + ".")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(local)), prefix=f".{os.path.basename(local)}.")
+        except OSError as e:
+            raise SSHError(f"cannot write {local}: {e.strerror or e}") from None
         try:
             with os.fdopen(fd, "wb") as f:
-                self._checked(f"read {remote}", f"cat < {shlex.quote(remote)}", sudo, stdout_sink=f)
+                self._run(f"cat < {shlex.quote(remote)}", f"read {remote}", sudo=sudo, stdout_sink=f)
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
@@ -381,7 +388,7 @@ class SSHSession:
                 tar.add(local_dir, arcname=".", filter=as_root)
 
         q = shlex.quote(remote_dir)
-        self._checked(f"unpack into {remote_dir}", f"mkdir -p {q} && tar -C {q} -xf -", sudo, stdin=produce)
+        self._run(f"mkdir -p {q} && tar -C {q} -xf -", f"unpack into {remote_dir}", sudo=sudo, stdin=produce)
 
     def get_tree(self, remote_dir: str, local_dir, sudo: bool = False) -> None:
         """Copy the contents of remote_dir into local_dir (created if missing), like `scp -r`."""
@@ -405,7 +412,7 @@ class SSHSession:
         try:
             with os.fdopen(wfd, "wb") as sink:
                 q = shlex.quote(remote_dir)
-                self._checked(f"pack {remote_dir}", f"tar -C {q} -cf - .", sudo, stdout_sink=sink)
+                self._run(f"tar -C {q} -cf - .", f"pack {remote_dir}", sudo=sudo, stdout_sink=sink)
         finally:
             reader.join()
         if failure:
@@ -422,20 +429,12 @@ class SSHSession:
         chan = self._channel()
         try:
             chan.invoke_shell() if command is None else chan.exec_command(command)
-            in_fd = _fileno(stdin)
             if stdin is None:
                 chan.shutdown_write()
-            elif in_fd is None:
+            else:  # a thread, so a full remote window never stops us from draining the output
                 threading.Thread(target=_feed, args=(chan, stdin), daemon=True).start()
             while True:
-                ready, _, _ = select.select([chan] + ([in_fd] if in_fd is not None else []), [], [])
-                if in_fd is not None and in_fd in ready:
-                    data = os.read(in_fd, CHUNK)
-                    if data:
-                        chan.sendall(data)
-                    else:
-                        chan.shutdown_write()
-                        in_fd = None
+                select.select([chan], [], [])
                 _drain(chan, stdout, stderr)
                 if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
@@ -508,19 +507,37 @@ class _WriteTo:
         return len(data)
 
 
-def _feed(chan: paramiko.Channel, source) -> None:
-    """Send stdin data then EOF; runs in a thread so a command that talks back cannot deadlock us."""
+class _RemoteGone(Exception):
+    pass
+
+
+def _feed(chan: paramiko.Channel, source, local_errors: list | None = None) -> None:
+    """Send stdin data then EOF; runs in a thread so a command that talks back cannot deadlock us.
+    A failure on our side (unreadable file) lands in local_errors; the remote going away early is not one."""
+
+    def send(data):
+        try:
+            chan.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise _RemoteGone from e
+
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
-            chan.sendall(source)
+            send(source)
         elif callable(source):
-            source(chan.sendall)
+            source(send)
         else:
-            while chunk := source.read(CHUNK):
-                chan.sendall(chunk)
-        chan.shutdown_write()
-    except (OSError, EOFError, paramiko.SSHException):
-        pass  # the remote side went away early; its exit status tells the story
+            read = getattr(source, "read1", source.read)  # read1: pass on what arrived, don't wait for a full chunk
+            while chunk := read(CHUNK):
+                send(chunk)
+    except _RemoteGone:
+        pass  # its exit status tells the story
+    except Exception as e:
+        if local_errors is not None:
+            local_errors.append(e)
+    finally:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            chan.shutdown_write()
 
 
 def _drain(chan, stdout, stderr) -> None:
@@ -530,13 +547,6 @@ def _drain(chan, stdout, stderr) -> None:
     while chan.recv_stderr_ready():
         stderr.write(chan.recv_stderr(CHUNK))
         stderr.flush()
-
-
-def _fileno(stream) -> int | None:
-    try:
-        return stream.fileno() if stream is not None else None
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -650,7 +660,7 @@ def _host_key_options(target: SSHTarget) -> list[str]:
     if current != line:
         _atomic_write(known_hosts, line, 0o600)
     return [
-        "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={_option_path(known_hosts)}",
+        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={_option_path(known_hosts)}",
         "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={alias}",
         "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no",
     ]

@@ -90,7 +90,7 @@ class Request:
 
     # -- reading ------------------------------------------------------------
     def read_body(self, limit=None):
-        """The whole decoded body; BadRequest (413) beyond `limit` bytes."""
+        """The whole decoded body; 413 beyond `limit` bytes. Read it before hijack()."""
         if limit is None:
             return self.body.read()
         parts, total = [], 0
@@ -258,7 +258,8 @@ class Connection:
         head = "HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Status"))
         for name, value in self.server.base_headers:
             head += "%s: %s\r\n" % (name, value)
-        head += "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        head += "Connection: close\r\n\r\n"
         try:
             self.send_raw(head.encode("latin-1") + body)
         except OSError:

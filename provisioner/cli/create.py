@@ -42,6 +42,9 @@ def _driver_option(flag):
 
 class CreateCommand(click.Command):
     def parse_args(self, ctx, args):
+        if not hasattr(self, "_shared_params"):
+            self._shared_params = list(self.params)
+        self.params = list(self._shared_params)
         name = _driver_from_args(args)
         if name:
             try:

@@ -9,7 +9,7 @@ from drivers.base import State
 from .. import engine_client
 from ..errors import CertError, DockyardError
 from ..machine import Machine
-from .tables import HostListItem
+from .tables import HostListItem, go_duration
 
 
 def _cert_problem(m):
@@ -17,6 +17,16 @@ def _cert_problem(m):
         return (f"IP changed to {m.ip()}, not in the server certificate: "
                 f"run 'dockyard provision {m.name}' or 'dockyard regenerate-certs {m.name}'")
     return ""
+
+
+def stored_item(store, name):
+    """A row with only what config.json knows (name, driver, labels): for filtering before querying."""
+    try:
+        config = store.load(name)
+    except DockyardError:
+        return HostListItem(Name=name, DriverName="not found", State=str(State.ERROR))
+    options = config.get("HostOptions", {}).get("EngineOptions", {})
+    return HostListItem(Name=name, DriverName=config.get("DriverName", ""), EngineOptions=options)
 
 
 def _row(store, name, timeout, docker_host):
@@ -55,7 +65,7 @@ def _row(store, name, timeout, docker_host):
         item.State, item.Error, item.Active = str(State.ERROR), str(e).replace("\n", " "), ""
     except Exception as e:  # a broken driver must not break ls for the other machines
         item.State, item.Error, item.Active = str(State.ERROR), f"{type(e).__name__}: {e}", ""
-    item.ResponseTime = f"{(time.monotonic() - started) * 1000:.0f}ms"
+    item.ResponseTime = go_duration(time.monotonic() - started)
     return item
 
 
@@ -89,5 +99,5 @@ def gather(store, names, timeout, docker_host=None):
                 except DockyardError:
                     pass
                 rows.append(HostListItem(Name=n, DriverName=driver, State=str(State.TIMEOUT),
-                                         ResponseTime=f"{timeout * 1000:.0f}ms"))
+                                         ResponseTime=go_duration(timeout)))
     return rows

@@ -31,16 +31,20 @@ def ls(ctx, quiet, filter_, timeout, format_):
     store = store_of(ctx)
     filters = ls_filters.parse_filters(list(filter_))
     names = sorted(store.names(), key=tables.natural_sort_key)
-    rows = listing.gather(store, names, timeout)
-    rows = [r for r in rows if ls_filters.match(r, filters, _labels(r))]
-    out = tables.format_ls(rows, fmt=format_, quiet=quiet)
+    # Filters that need no state are applied from the stored configs first: cheap, and a dead
+    # host that is filtered out never costs its timeout.
+    static = {k: v for k, v in filters.items() if k != "state"}
+    if static:
+        names = [n for n in names if ls_filters.match(listing.stored_item(store, n), static)]
+    if quiet and not ls_filters.needs_state(filters):
+        out = "".join(n + "\n" for n in names)
+    else:
+        rows = listing.gather(store, names, timeout)
+        if "state" in filters:
+            rows = [r for r in rows if ls_filters.match(r, {"state": filters["state"]})]
+        out = tables.format_ls(rows, fmt=format_, quiet=quiet)
     if out:
         click.echo(out, nl=not out.endswith("\n"))
-
-
-def _labels(row):
-    opts = row.EngineOptions or {}
-    return list(opts.get("Labels", [])) if isinstance(opts, dict) else []
 
 
 def _tls_check(m):
@@ -103,8 +107,6 @@ def env(ctx, name, shell, unset, no_proxy, swarm):
         ("DOCKER_CERT_PATH", m.dir),
         ("DOCKER_MACHINE_NAME", m.name),
     ]
-    if not m.driver.provisions and not os.path.exists(m.path("server.pem")):
-        variables = [v for v in variables if v[0] not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")]
     if no_proxy:
         variables.append(shells.no_proxy_value(os.environ, m.ip()))
     click.echo(shells.format_env(shell, variables, hint), nl=False)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parents[2]
 READY_LINE = "Daemon has completed initialization"

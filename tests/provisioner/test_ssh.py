@@ -7,6 +7,7 @@ Needs root and the Debian packages listed in .ci/ssh-deps.txt (openssh-server, s
 """
 
 import base64
+import ctypes
 import fcntl
 import hashlib
 import io
@@ -76,6 +77,11 @@ def _descendants(pid):
     return found
 
 
+def _die_with_parent():
+    # If pytest itself is killed, the kernel kills the sshd listener too (kept across the exec of unshare/sh/sshd).
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Sshd:
     """A throwaway sshd on 127.0.0.1 with its own host key, authorized_keys and test users."""
 
@@ -141,7 +147,7 @@ class Sshd:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", setup],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -299,13 +305,14 @@ def test_exec_stream_passes_data_and_exit_code(session, tmp_path):
     out, err = io.BytesIO(), io.BytesIO()
     code = session.exec_stream("cat; echo oops >&2; exit 5", stdin=io.BytesIO(b"payload"), stdout=out, stderr=err)
     assert (code, out.getvalue(), err.getvalue()) == (5, b"payload", b"oops\n")
-    # A real file descriptor as stdin takes the select() path.
+    # A large file echoed back: input is fed while output is drained.
+    data = os.urandom(5_000_000)
     source = tmp_path / "in"
-    source.write_bytes(b"x" * 100_000)
+    source.write_bytes(data)
     out = io.BytesIO()
     with open(source, "rb") as f:
-        assert session.exec_stream("wc -c", stdin=f, stdout=out, stderr=io.BytesIO()) == 0
-    assert out.getvalue().strip() == b"100000"
+        assert session.exec_stream("cat", stdin=f, stdout=out, stderr=io.BytesIO()) == 0
+    assert out.getvalue() == data
     # No command: the login shell reads the commands from stdin.
     out = io.BytesIO()
     assert session.exec_stream(None, stdin=io.BytesIO(b"echo from-shell\nexit 9\n"), stdout=out, stderr=io.BytesIO()) == 9
@@ -343,6 +350,22 @@ def test_transfer_errors(session, sshd, tmp_path):
     with pytest.raises(RemoteCommandError, match="read /nonexistent-file"):
         session.get_file("/nonexistent-file", local_dir / "never")
     assert os.listdir(local_dir) == []  # no local temp file left either
+
+
+def test_cut_upload_never_replaces_the_file(session, sshd):
+    remote = f"{sshd.dir}/keep.txt"
+    session.put_bytes(b"original\n", remote)
+
+    def fails_midway(send):
+        send(b"partial")
+        raise OSError("local disk vanished")
+
+    with pytest.raises(SSHError, match="upload to .*keep.txt: local disk vanished"):
+        session._upload(fails_midway, 100, remote, 0o644, False)
+    with pytest.raises(RemoteCommandError, match="upload to"):
+        session._upload(b"short", 100, remote, 0o644, False)  # the stream ended early: same as a cut
+    assert session.run(f"cat {remote}").stdout == "original\n"
+    assert ".keep.txt." not in session.run(f"ls -A {sshd.dir}").stdout
 
 
 def test_put_file_keeps_the_local_mode(session, sshd, tmp_path):
@@ -462,9 +485,9 @@ def test_wrong_key_fails_fast_with_a_clear_error(sshd, tmp_path):
     other = tmp_path / "other_key"
     generate_keypair(other)
     target = SSHTarget(host="127.0.0.1", port=sshd.port, user="root", key_path=str(other))
-    # With a 600 s budget, only the fail-fast path can end this test with SSHAuthFailed (a timeout is SSHTimeout).
+    # Only the fail-fast path can end this with SSHAuthFailed: spinning until the timeout gives SSHTimeout.
     with pytest.raises(SSHAuthFailed) as info:
-        wait_for_ssh(target, timeout=600, step="Waiting for SSH")
+        wait_for_ssh(target, timeout=120, step="Waiting for SSH")
     message = str(info.value)
     assert message.startswith(f'Waiting for SSH: authentication as "root" to 127.0.0.1:{sshd.port} failed with key {other}')
     assert "refused 3 times" in message and f"{other}.pub" in message and "authorized_keys" in message
@@ -474,7 +497,7 @@ def test_wrong_key_fails_fast_with_a_clear_error(sshd, tmp_path):
 def test_unreadable_key_fails_at_once(sshd, tmp_path):
     target = SSHTarget(host="127.0.0.1", port=sshd.port, key_path=str(tmp_path / "nope"))
     with pytest.raises(SSHError, match="cannot read SSH key"):
-        wait_for_ssh(target, timeout=600)
+        wait_for_ssh(target, timeout=120)
 
 
 # ------------------------------------------------------------------------------------------ system ssh

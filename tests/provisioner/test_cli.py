@@ -1,0 +1,153 @@
+"""The CLI contract without hosts: none-driver machines, error strings, exit codes, ls/inspect/env output."""
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+
+from provisioner.cli.main import main
+
+
+@pytest.fixture
+def run(tmp_path, capsys, monkeypatch):
+    store = str(tmp_path / "store")
+    for k in ("DOCKER_HOST", "DOCKYARD_DRIVER", "MACHINE_DRIVER"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SHELL", "/bin/bash")
+
+    def _run(*args):
+        code = 0
+        try:
+            main(["--storage-path", store, *args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    _run.store = store
+    return _run
+
+
+def test_version(run):
+    code, out, _ = run("version")
+    assert code == 0 and out.startswith("dockyard version ")
+
+
+def test_unknown_command(run):
+    code, _, err = run("frobnicate")
+    assert code == 1
+    assert "'frobnicate' is not a dockyard command" in err
+
+
+def test_none_driver_lifecycle(run):
+    code, out, err = run("create", "-d", "none", "--url", "tcp://192.0.2.10:2376", "n1")
+    assert code == 0, err
+    assert run("status", "n1")[1] == "Running\n"
+    assert run("url", "n1")[1] == "tcp://192.0.2.10:2376\n"
+    assert run("ip", "n1")[1] == "192.0.2.10\n"
+    assert run("inspect", "-f", "{{.DriverName}}", "n1")[1] == "none\n"
+    assert run("inspect", "-f", "{{json .DriverName}}", "n1")[1] == '"none"\n'
+    data = json.loads(run("inspect", "n1")[1])
+    assert data["Driver"]["URL"] == "tcp://192.0.2.10:2376"
+    assert data["HostOptions"]["EngineOptions"]["Labels"] == ["provider=none"]
+    code, out, _ = run("env", "n1")
+    assert 'export DOCKER_HOST="tcp://192.0.2.10:2376"' in out
+    assert 'export DOCKER_MACHINE_NAME="n1"' in out
+    assert "# eval $(dockyard" in out
+    code, out, _ = run("env", "--shell", "fish", "n1")
+    assert 'set -gx DOCKER_HOST "tcp://192.0.2.10:2376";' in out
+    code, out, _ = run("env", "-u")
+    assert "unset DOCKER_HOST" in out
+    code, _, err = run("env", "-u", "n1")
+    assert code == 1 and "Expected no machine name when the -u flag is present" in err
+    code, out, _ = run("rm", "-y", "n1")
+    assert code == 0 and "Successfully removed n1" in out
+    assert not os.path.exists(os.path.join(run.store, "machines", "n1"))
+
+
+def test_error_strings_and_exit_codes(run):
+    code, _, err = run("env", "ghost")
+    assert code == 1
+    assert err.strip() == ('Docker machine "ghost" does not exist. Use "dockyard ls" to list machines. '
+                           'Use "dockyard create" to add a new one.')
+    code, _, err = run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "bad_name")
+    assert code == 1 and "Invalid hostname specified. Allowed hostname chars are: 0-9a-zA-Z . -" in err
+    assert run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "dup")[0] == 0
+    code, _, err = run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "dup")
+    assert code == 1 and 'Docker machine "dup" already exists' in err
+    code, _, err = run("create", "-d", "bogus", "x")
+    assert code == 1 and 'Driver "bogus" not found' in err
+    code, _, err = run("create", "-d", "none", "x")
+    assert code == 1 and "--url option is required" in err
+    code, _, err = run("rm")
+    assert code == 1 and "Expected to get one or more machine names as arguments" in err
+    code, _, err = run("url")
+    assert code == 1 and 'No machine name(s) specified and no "default" machine exists' in err
+    code, _, err = run("active", "extra")
+    assert code == 1 and "Too many arguments given" in err
+    code, _, err = run("ls", "--filter", "color=red")
+    assert code == 1 and "Unsupported filter key 'color'" in err
+    code, _, err = run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "--engine-label", "novalue", "y")
+    assert code == 1 and 'invalid --engine-label "novalue"' in err
+
+
+def test_pre_create_check_exits_3(run, tmp_path):
+    code, _, err = run("create", "-d", "generic", "--generic-ip-address", "127.0.0.1",
+                       "--generic-ssh-key", str(tmp_path / "missing-key"), "g1")
+    assert code == 3
+    assert 'Error with pre-create check: "SSH key does not exist:' in err
+    assert not os.path.exists(os.path.join(run.store, "machines", "g1"))  # nothing left behind
+
+
+def test_default_machine_rule(run):
+    run("create", "-d", "none", "--url", "tcp://192.0.2.5:2376", "default")
+    assert run("url")[1] == "tcp://192.0.2.5:2376\n"
+
+
+def _silent_listener():
+    """A TCP listener on 127.0.0.1 that accepts and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns = []
+    stop = threading.Event()
+
+    def loop():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv, stop, conns
+
+
+def test_ls_filters_format_and_timeout(run):
+    srv, stop, conns = _silent_listener()
+    try:
+        port = srv.getsockname()[1]
+        run("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", "hang")
+        run("create", "-d", "none", "--url", "tcp://127.0.0.1:1", "--engine-label", "env=prod", "a10")
+        run("create", "-d", "none", "--url", "tcp://127.0.0.1:1", "a9")
+        code, out, _ = run("ls", "-t", "1")
+        lines = out.splitlines()
+        assert lines[0].split() == ["NAME", "ACTIVE", "DRIVER", "STATE", "URL", "SWARM", "DOCKER", "ERRORS"]
+        assert [ln.split()[0] for ln in lines[1:]] == ["a9", "a10", "hang"]  # natural sort
+        assert lines[3].split()[:3] == ["hang", "none", "Timeout"]
+        assert run("ls", "-q", "--filter", "name=^a")[1].split() == ["a9", "a10"]
+        assert run("ls", "-q", "--filter", "label=env=prod")[1].split() == ["a10"]
+        assert run("ls", "-q", "--filter", "name=9", "--filter", "name=hang")[1].split() == ["a9", "hang"]
+        assert run("ls", "-q", "--filter", "name=a", "--filter", "driver=generic")[1].split() == []
+        code, out, _ = run("ls", "-t", "1", "--format", "{{.Name}}:{{.State}}", "--filter", "name=^a")
+        assert out.split() == ["a9:Running", "a10:Running"]
+        rows = json.loads(run("ls", "-t", "1", "--format", "json", "--filter", "name=a9")[1])
+        assert rows[0]["Name"] == "a9" and rows[0]["DockerVersion"] == "Unknown"
+    finally:
+        stop.set()
+        srv.close()
+        for c in conns:
+            c.close()
