@@ -89,6 +89,10 @@ class SSHTimeout(SSHError):
     """SSH did not become available in time."""
 
 
+class SSHAuthFailed(SSHError):
+    """The server refused our key (wrong key, or the key is not in the user's authorized_keys)."""
+
+
 class HostKeyChanged(SSHError):
     """The host presented a key other than the pinned one."""
 

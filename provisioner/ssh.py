@@ -1,11 +1,9 @@
 """SSH to machines: paramiko sessions with pinned host keys (commands, sudo, file transfer, interactive
-shells), waiting for SSH to come up, key generation, and argv for the system ssh/scp binaries."""
+shells) and waiting for SSH to come up. Keys live in ssh_keys, system ssh/scp argv in ssh_system."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import logging
 import os
 import posixpath
@@ -22,16 +20,27 @@ import time
 from dataclasses import dataclass
 
 import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from provisioner.errors import (
     HostKeyChanged,
     RemoteCommandError,
+    SSHAuthFailed,
     SSHError,
     SSHTimeout,
     SudoPasswordRequired,
 )
+from provisioner.ssh_keys import (  # noqa: F401  (re-exported: callers import keys from here)
+    _RememberHostKey,
+    _atomic_write,
+    _host_key_changed,
+    check_key_permissions,
+    fingerprint,
+    generate_keypair,
+    load_private_key,
+    read_pinned_host_key,
+    write_pinned_host_key,
+)
+from provisioner.ssh_system import system_scp_argv, system_ssh_argv  # noqa: F401  (re-exported)
 
 # paramiko logs transport failures itself; we report them as exceptions, so keep its records off stderr.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -40,9 +49,6 @@ CHUNK = 32768
 _SUDO_PASSWORD_HINTS = ("a password is required", "a terminal is required", "no tty present", "must have a tty")
 _DEFAULT = object()  # "use the process's own stdin/stdout/stderr" (resolved at call time, not import time)
 
-
-class SSHAuthFailed(SSHError):
-    """The server refused our key (wrong key, or the key is not in the user's authorized_keys)."""
 
 
 @dataclass
@@ -73,117 +79,6 @@ class SSHTarget:
 
     def describe(self) -> str:
         return f'machine "{self.machine}" ({self.address})' if self.machine else f"host {self.address}"
-
-
-# ---------------------------------------------------------------------------------------------- keys
-
-
-def _atomic_write(path, data: bytes, mode: int) -> None:
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def generate_keypair(private_path, comment: str = "dockyard", *, overwrite: bool = False) -> str:
-    """Write a new ed25519 key (OpenSSH format, 0600) and its .pub (0644); return the public key line."""
-    private_path = os.fspath(private_path)
-    if not overwrite and os.path.exists(private_path):
-        raise SSHError(f"SSH key {private_path} already exists")
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    line = public.decode() + (f" {comment}" if comment else "")
-    try:
-        _atomic_write(private_path, private, 0o600)
-        _atomic_write(private_path + ".pub", (line + "\n").encode(), 0o644)
-    except OSError as e:
-        raise SSHError(f"cannot write SSH key {private_path}: {e.strerror or e}") from None
-    return line
-
-
-def load_private_key(path) -> paramiko.PKey:
-    """Load an unencrypted ed25519, rsa or ecdsa private key (OpenSSH or PEM format)."""
-    try:
-        return paramiko.PKey.from_path(path)
-    except paramiko.PasswordRequiredException:
-        raise SSHError(
-            f"SSH key {path} is protected by a passphrase; dockyard needs a key without one "
-            f'(remove it with "ssh-keygen -p -f {path}")'
-        ) from None
-    except OSError as e:
-        raise SSHError(f"cannot read SSH key {path}: {e.strerror or e}") from None
-    except Exception as e:  # paramiko/cryptography raise a zoo of types for unparsable keys
-        if "password" in str(e).lower() or "encrypted" in str(e).lower():
-            raise SSHError(f"SSH key {path} is protected by a passphrase; dockyard needs a key without one") from None
-        raise SSHError(f"{path} is not a usable SSH private key (ed25519, rsa or ecdsa expected): {e}") from None
-
-
-def check_key_permissions(path) -> None:
-    """Refuse a private key that group or others can access, as ssh (and Docker Machine) do."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError as e:
-        raise SSHError(f"cannot use SSH key {path}: {e.strerror}") from None
-    if mode & 0o077:
-        raise SSHError(
-            f"permissions {mode:#o} for SSH key {path} are too open: it must be accessible by its owner only "
-            f'(run "chmod 600 {path}")'
-        )
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH-style SHA256 fingerprint of a public key."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-
-
-def read_pinned_host_key(path) -> paramiko.PKey | None:
-    """The pinned host key, or None if the file does not exist yet."""
-    try:
-        with open(path, encoding="ascii") as f:
-            fields = f.read().split()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SSHError(f"cannot read pinned host key {path}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        return paramiko.PKey.from_type_string(fields[0], base64.b64decode(fields[1], validate=True))
-    except Exception as e:
-        raise SSHError(f'pinned host key file {path} is malformed (expected one line "keytype base64"): {e}') from None
-
-
-def write_pinned_host_key(path, key: paramiko.PKey) -> None:
-    _atomic_write(path, f"{key.get_name()} {key.get_base64()}\n".encode(), 0o600)
-
-
-def _host_key_changed(target: SSHTarget, expected: paramiko.PKey, got: paramiko.PKey) -> HostKeyChanged:
-    return HostKeyChanged(
-        f"Host key for {target.describe()} has changed! Expected {fingerprint(expected)} ({expected.get_name()}), "
-        f"got {fingerprint(got)} ({got.get_name()}). Someone could be intercepting the connection, or the host was "
-        f"reinstalled. If the change is legitimate, remove the pinned key file {target.host_key_path} "
-        f"and connect again; it will pin the new key."
-    )
-
-
-class _RememberHostKey(paramiko.MissingHostKeyPolicy):
-    """Runs only when nothing is pinned: keep the offered key so it can be pinned once auth has succeeded."""
-
-    def __init__(self):
-        self.seen = None
-
-    def missing_host_key(self, client, hostname, key):
-        self.seen = key
 
 
 # ------------------------------------------------------------------------------------------- session
@@ -628,77 +523,3 @@ def wait_for_ssh(target: SSHTarget, timeout: float = 120, step: str = "Waiting f
         time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
         delay = min(delay * 2, 3.0)
     raise SSHTimeout(f"{step} to {target.address} as {target.user} timed out after {timeout:g}s: last error: {last}")
-
-
-# ------------------------------------------------------------------------------------ system ssh/scp
-
-
-def _option_path(path: str) -> str:
-    # ssh expands %-tokens in these options and splits them on spaces unless quoted.
-    path = path.replace("%", "%%")
-    return f'"{path}"' if any(c.isspace() for c in path) else path
-
-
-def _host_key_options(target: SSHTarget) -> list[str]:
-    if not target.host_key_path:
-        return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-    key = read_pinned_host_key(target.host_key_path)
-    if key is None:  # never contacted yet: pin it the same way a session does (after a successful login)
-        SSHSession(target).close()
-        key = read_pinned_host_key(target.host_key_path)
-        if key is None:
-            raise SSHError(f"could not pin the host key of {target.describe()}")
-    # The alias names the machine, not host:port, so the pin follows the machine across address changes.
-    alias = f"dockyard.{target.machine}" if target.machine else target.host
-    known_hosts = target.host_key_path + ".known_hosts"
-    line = f"{alias} {key.get_name()} {key.get_base64()}\n".encode()
-    try:
-        with open(known_hosts, "rb") as f:
-            current = f.read()
-    except OSError:
-        current = None
-    if current != line:
-        _atomic_write(known_hosts, line, 0o600)
-    return [
-        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={_option_path(known_hosts)}",
-        "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={alias}",
-        "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no",
-    ]
-
-
-def _common_options(target: SSHTarget) -> list[str]:
-    opts = [
-        "-F", "/dev/null", "-o", "ConnectionAttempts=3", "-o", "ConnectTimeout=10", "-o", "ControlMaster=no",
-        "-o", "ControlPath=none", "-o", "LogLevel=ERROR",  # ERROR, not QUIET: a changed host key must be seen
-        "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
-        "-o", "ServerAliveInterval=60",
-    ] + _host_key_options(target)
-    if target.key_path:
-        check_key_permissions(target.key_path)
-        opts += ["-o", "IdentitiesOnly=yes", "-i", target.key_path]
-    return opts
-
-
-def system_ssh_argv(target: SSHTarget, args: list[str], tty: bool | None = None, *, ssh: str = "ssh") -> list[str]:
-    """argv for the system ssh (Docker Machine's external client) with the pinned host key enforced.
-    tty: True adds -t, False adds -T, None lets ssh decide. args follow user@host unchanged."""
-    argv = [ssh] + _common_options(target) + ["-p", str(target.port)]
-    if tty is not None:
-        argv.append("-t" if tty else "-T")
-    return argv + [f"{target.user}@{target.host}"] + list(args)
-
-
-def system_scp_argv(target: SSHTarget, sources: list[str], dest: str, *, to_remote: bool,
-                    recursive: bool = False, quiet: bool = False, scp: str = "scp") -> list[str]:
-    """argv for the system scp between this computer and one machine: local sources to the remote dest
-    (to_remote=True) or remote sources to a local dest."""
-    host = f"[{target.host}]" if ":" in target.host else target.host
-
-    def remote(path: str) -> str:
-        return f"{target.user}@{host}:{path}"
-
-    argv = [scp] + _common_options(target) + ["-P", str(target.port)]
-    argv += (["-r"] if recursive else []) + (["-q"] if quiet else [])
-    if to_remote:
-        return argv + ["--"] + list(sources) + [remote(dest)]
-    return argv + ["--"] + [remote(s) for s in sources] + [dest]
