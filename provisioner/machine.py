@@ -12,7 +12,6 @@ from .errors import (
     CertError, DockyardError, EngineUnreachable, HostAlreadyInState, HostNotRunning, MachineAlreadyExists,
     ProvisionError,
 )
-from .ssh import wait_for_ssh
 from .store import validate_name
 
 ENGINE_WAIT = 60.0
@@ -165,6 +164,8 @@ class Machine:
         return self.driver.ssh_target()
 
     def session(self, timeout=SSH_WAIT, step="Waiting for SSH to be available"):
+        from .ssh import wait_for_ssh  # paramiko is slow to import; ls/env never need it
+
         return wait_for_ssh(self.ssh_target(), timeout=timeout, step=step)
 
     # -- certificates --------------------------------------------------------------------

@@ -10,7 +10,6 @@ import tempfile
 import click
 
 from ..errors import UsageError
-from ..ssh import SSHSession, system_ssh_argv
 from .common import load, store_of
 from .main import cli
 
@@ -35,6 +34,8 @@ def ssh(ctx, name, command):
         raise UsageError(f'Error: Cannot run SSH command: Host "{name}" is not running')
     if not m.driver.provisions:
         raise UsageError(f'machine "{name}" uses the {m.driver.name} driver, which has no SSH access')
+    from ..ssh import SSHSession, system_ssh_argv  # paramiko is slow to import: only when needed
+
     args = list(command)
     if args and args[0] == "--":
         args = args[1:]
@@ -77,6 +78,8 @@ def scp(ctx, recursive, quiet, source, destination):
     dst_host, dst_path = _split_spec(destination)
     if src_host is None and dst_host is None:
         raise UsageError("Error: neither the source nor the destination names a machine (use NAME:PATH)")
+
+    from ..ssh import SSHSession
 
     def session(name):
         m = load(store, name)
