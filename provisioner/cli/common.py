@@ -93,3 +93,12 @@ def confirm(prompt):
     else:
         reply = click.prompt(prompt.rstrip(), default="", show_default=False, prompt_suffix=" ")
     return reply.strip().lower().startswith("y")
+
+
+def complete_machines(ctx, param, incomplete):
+    """Shell completion of machine names from the store."""
+    from ..store import Store, default_store_path
+
+    root = ctx.find_root()
+    path = root.params.get("storage_path") or default_store_path()
+    return [n for n in sorted(Store(path).names()) if n.startswith(incomplete)]

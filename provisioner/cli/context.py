@@ -6,7 +6,7 @@ import subprocess
 import click
 
 from ..errors import DockyardError
-from .common import load, one_name, store_of
+from .common import complete_machines, load, one_name, store_of
 from .main import cli
 
 
@@ -15,7 +15,7 @@ def _docker(*args):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("--no-switch", is_flag=True, help="Create or update the context but do not make it current.")
 @click.pass_context
 def use(ctx, name, no_switch):

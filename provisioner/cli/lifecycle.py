@@ -4,13 +4,13 @@ import click
 
 from .. import machine
 from ..errors import DockyardError, UsageError
-from .common import confirm, for_each, info, many_names, store_of
+from .common import complete_machines, confirm, for_each, info, many_names, store_of
 from .main import cli
 
 
 def _verb(name, method, help_text, after=None):
     @cli.command(name, help=help_text)
-    @click.argument("names", nargs=-1)
+    @click.argument("names", nargs=-1, shell_complete=complete_machines)
     @click.pass_context
     def command(ctx, names):
         store = store_of(ctx)
@@ -31,7 +31,7 @@ _verb("upgrade", "upgrade", "Upgrade the engine on machines to this dockyard's v
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.pass_context
 def provision(ctx, names):
     """Re-run provisioning on machines; keeps containers, images and volumes."""
@@ -48,7 +48,7 @@ def provision(ctx, names):
 
 
 @cli.command("regenerate-certs")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--client-certs", is_flag=True, help="Also re-issue the client certificate (and the CA if it expires).")
 @click.pass_context
@@ -62,7 +62,7 @@ def regenerate_certs(ctx, names, force, client_certs):
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.option("-f", "--force", is_flag=True,
               help="Remove the local record even if the driver fails to delete the machine; no prompt.")
 @click.option("-y", "yes", is_flag=True, help="Assume yes to the prompt.")

@@ -12,7 +12,7 @@ from .. import __version__, engine_client, pki
 from ..errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
 from . import filters as ls_filters
 from . import gotemplate, listing, shells, tables
-from .common import load, many_names, one_name, store_of
+from .common import complete_machines, load, many_names, one_name, store_of
 from .main import cli
 
 SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credential")
@@ -75,7 +75,7 @@ def _tls_check(m):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("--shell", help="Shell to format for: bash, zsh, fish, powershell, cmd, tcsh, emacs (default: detect).")
 @click.option("-u", "--unset", is_flag=True, help="Print commands that unset the variables.")
 @click.option("--no-proxy", is_flag=True, help="Add the machine's IP to NO_PROXY.")
@@ -113,7 +113,7 @@ def env(ctx, name, shell, unset, no_proxy, swarm):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("--swarm", is_flag=True, hidden=True)
 @click.pass_context
 def config(ctx, name, swarm):
@@ -156,7 +156,7 @@ def inspect_data(m):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("-f", "--format", "format_", help="Go template over the JSON keys, or 'json'.")
 @click.pass_context
 def inspect(ctx, name, format_):
@@ -173,7 +173,7 @@ def inspect(ctx, name, format_):
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.pass_context
 def ip(ctx, names):
     """Print machines' IP addresses."""
@@ -183,7 +183,7 @@ def ip(ctx, names):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.pass_context
 def url(ctx, name):
     """Print a machine's engine URL."""
@@ -195,7 +195,7 @@ def url(ctx, name):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.pass_context
 def status(ctx, name):
     """Print a machine's state (exit 0 whatever the state)."""
@@ -227,7 +227,7 @@ def active(ctx, timeout, extra):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.pass_context
 def version(ctx, name):
     """Print dockyard's version, or a machine's engine version."""

@@ -10,12 +10,12 @@ import tempfile
 import click
 
 from ..errors import UsageError
-from .common import load, store_of
+from .common import complete_machines, load, store_of
 from .main import cli
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_machines)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def ssh(ctx, name, command):

@@ -24,13 +24,13 @@ class Dockyard:
         self.store = str(store)
 
     def argv(self, *args):
-        return [sys.executable, "-m", "provisioner", "--storage-path", self.store, *args]
+        return [sys.executable, "-m", "provisioner", "--storage-path", self.store, *map(str, args)]
 
     def __call__(self, *args, check=True, timeout=300, input=None, env=None):
         p = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
                            input=input, env=clean_env(env), cwd=ROOT)
         if check and p.returncode != 0:
-            raise AssertionError(f"dockyard {' '.join(args)} exited {p.returncode}\n"
+            raise AssertionError(f"dockyard {' '.join(map(str, args))} exited {p.returncode}\n"
                                  f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
         return p
 

@@ -29,7 +29,7 @@ def create_generic(dockyard, host, name, *extra, user="root"):
 
 def test_create_env_docker_version_ls_ssh_scp_rm(dockyard, make_host, tmp_path):
     host = make_host()
-    out = create_generic(dockyard, host, "h1", "--engine-label", "spam=eggs").stdout
+    out = create_generic(dockyard, host, "h1", "--engine-label", "spam=eggs", "--tls-san", "h1.example.test").stdout
     assert "Docker is up and running!" in out
 
     env = dockyard("env", "--shell", "bash", "h1").stdout
@@ -57,6 +57,15 @@ def test_create_env_docker_version_ls_ssh_scp_rm(dockyard, make_host, tmp_path):
     inspect = json.loads(dockyard("inspect", "h1").stdout)
     assert inspect["DriverName"] == "generic" and inspect["Certificates"]["Server"]["Expired"] is False
     assert dockyard("inspect", "-f", "{{.Driver.IPAddress}}", "h1").stdout.strip() == host.ip
+    assert {"h1.example.test", host.ip, "h1", "localhost"} <= set(inspect["Certificates"]["Server"]["SANs"])
+
+    # dockyard use: a docker context the docker CLI can select
+    docker_config = tmp_path / "docker-config"
+    out = dockyard("use", "h1", env={"DOCKER_CONFIG": str(docker_config)}).stdout
+    assert "dockyard-h1" in out
+    p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
+                       timeout=60, env=clean_env({"DOCKER_CONFIG": str(docker_config)}))
+    assert p.returncode == 0 and p.stdout.strip() == engine.__version__, p.stderr
 
     # ssh: the remote exit code passes through, with both clients
     for flags in ([], ["--native-ssh"]):

@@ -151,3 +151,22 @@ def test_ls_filters_format_and_timeout(run):
         srv.close()
         for c in conns:
             c.close()
+
+
+def test_shell_completion_script(tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, _DOCKYARD_COMPLETE="bash_source", PYTHONPATH=os.getcwd())
+    p = subprocess.run([sys.executable, "-m", "provisioner"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and "_dockyard_completion" in p.stdout
+
+
+def test_machine_names_complete(run):
+    import subprocess
+    import sys
+    run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "alpha")
+    run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "beta")
+    env = dict(os.environ, _DOCKYARD_COMPLETE="bash_complete", COMP_WORDS=f"dockyard -s {run.store} env al",
+               COMP_CWORD="4", PYTHONPATH=os.getcwd())
+    p = subprocess.run([sys.executable, "-m", "provisioner"], capture_output=True, text=True, env=env)
+    assert p.stdout.split() == ["plain,alpha"]
