@@ -293,21 +293,19 @@ class Machine:
         self._after_boot(log)
         self.save()
 
-    def stop(self, log):
+    def _power_off(self, log, action, doing, done):
         if self.driver.state() == State.STOPPED:
             raise HostAlreadyInState(self.name, "stopped")
-        log(f'Stopping "{self.name}"...')
-        self.driver.stop()
+        log(f'{doing} "{self.name}"...')
+        action()
         self.save()
-        log(f'Machine "{self.name}" was stopped.')
+        log(f'Machine "{self.name}" was {done}.')
+
+    def stop(self, log):
+        self._power_off(log, self.driver.stop, "Stopping", "stopped")
 
     def kill(self, log):
-        if self.driver.state() == State.STOPPED:
-            raise HostAlreadyInState(self.name, "stopped")
-        log(f'Killing "{self.name}"...')
-        self.driver.kill()
-        self.save()
-        log(f'Machine "{self.name}" was killed.')
+        self._power_off(log, self.driver.kill, "Killing", "killed")
 
     def restart(self, log):
         log(f'Restarting "{self.name}"...')
