@@ -1,13 +1,14 @@
 """`dockyard create`: the shared engine/TLS flags plus the chosen driver's own flags."""
 
+import json
 import os
 
 import click
 
 from drivers import registry
 
-from .. import machine
-from ..errors import UsageError
+from .. import batch, machine
+from ..errors import DockyardError, UsageError
 from .common import info, store_of
 from .main import cli
 
@@ -70,7 +71,11 @@ def _kv_list(values, what):
 
 
 @cli.command(cls=CreateCommand, context_settings={"ignore_unknown_options": False})
-@click.argument("name", required=False)
+@click.argument("names", nargs=-1)
+@click.option("-n", "count", type=click.IntRange(1, 100), default=None, metavar="N",
+              help="Create N machines named NAME-1..NAME-N, in parallel.")
+@click.option("--parallel", type=click.IntRange(1, 32), default=batch.DEFAULT_CONCURRENCY, show_default=True,
+              help="How many machines to create at once (several names or -n).")
 @click.option("-d", "--driver", envvar=list(DRIVER_ENV), help="Driver that makes the machine.",
               metavar="DRIVER")
 @click.option("--engine-opt", multiple=True, help="Engine option KEY=VALUE (repeatable).")
@@ -84,11 +89,12 @@ def _kv_list(values, what):
               help="Engine TCP port (default 2376, or the driver's own flag).")
 @click.option("--tls-san", multiple=True, help="Extra subject alternative name for the server cert (repeatable).")
 @click.pass_context
-def create(ctx, name, driver, engine_opt, engine_env, engine_label, engine_insecure_registry,
+def create(ctx, names, count, parallel, driver, engine_opt, engine_env, engine_label, engine_insecure_registry,
            engine_registry_mirror, engine_storage_driver, engine_port, tls_san, **driver_options):
-    """Create a machine."""
-    if not name:
+    """Create a machine (or several: NAME... or -n N NAME)."""
+    if not names:
         raise UsageError("Error: No machine name specified")
+    names = batch.expand_names(names, count)
     if not driver:
         raise UsageError("Error: No driver specified: use -d/--driver (drivers: "
                          + ", ".join(registry.names()) + ")")
@@ -107,4 +113,17 @@ def create(ctx, name, driver, engine_opt, engine_env, engine_label, engine_insec
     }
     if engine_port:
         engine_options["Port"] = engine_port
-    machine.create(store_of(ctx), name, driver, driver_options, engine_options, list(tls_san), info)
+    store = store_of(ctx)
+    if len(names) == 1:
+        machine.create(store, names[0], driver, driver_options, engine_options, list(tls_san), info)
+        return
+
+    def create_one(name, log):
+        machine.create(store, name, driver, driver_options, json.loads(json.dumps(engine_options)),
+                       list(tls_san), log)
+
+    run = batch.Batch(names, create_one, info, limit=parallel)
+    failed = run.run()
+    if failed:
+        raise DockyardError(run.summary())
+    info(run.summary())

@@ -66,7 +66,7 @@ def cli(ctx, storage_path, debug, native_ssh):
 
 
 def _register():
-    from . import context, create, lifecycle, query, remote  # noqa: F401  (commands attach themselves)
+    from . import context, create, creds, lifecycle, query, remote  # noqa: F401  (commands attach themselves)
 
 
 _register()

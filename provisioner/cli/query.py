@@ -125,10 +125,16 @@ def config(ctx, name, swarm):
     click.echo(shells.format_config(tls.ca, tls.cert, tls.key, m.url()), nl=False)
 
 
+def _is_secret(key):
+    # References to secrets (the keyring entry, where it lives) are not secrets themselves.
+    if key.endswith(("Ref", "Source", "ClientToken")):
+        return False
+    return any(w in key.lower() for w in SECRET_WORDS)
+
+
 def redact(value):
     if isinstance(value, dict):
-        return {k: ("********" if any(w in k.lower() for w in SECRET_WORDS) and v else redact(v))
-                for k, v in value.items()}
+        return {k: ("********" if _is_secret(k) and v else redact(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value

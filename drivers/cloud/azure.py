@@ -1,0 +1,288 @@
+"""The `azure` driver: an Azure VM with a public IP and NIC of its own, in a resource group and virtual
+network that are created when missing, behind a shared network security group. Calls go through libcloud's
+Azure Resource Manager connection (its sign-in and errors); the requests themselves are plain ARM."""
+
+import base64
+import re
+import time
+
+from provisioner.credentials import Field
+from provisioner.errors import DriverError
+
+from ..base import Flag, State
+from .base import CloudDriver, common_flags, key_value_tags
+from .errors import CloudError, CloudNotFound
+
+NET_API = "2023-09-01"
+COMPUTE_API = "2024-03-01"
+RG_API = "2021-04-01"
+DEFAULT_IMAGE = "Canonical:ubuntu-24_04-lts:server:latest"
+ENVIRONMENTS = {"AzurePublicCloud": "default", "AzureChinaCloud": "AzureChinaCloud",
+                "AzureUSGovernment": "AzureUSGovernment", "AzureGermanCloud": "AzureGermanCloud"}
+POWER = {"PowerState/running": State.RUNNING, "PowerState/starting": State.STARTING,
+         "PowerState/stopping": State.STOPPING, "PowerState/stopped": State.STOPPED,
+         "PowerState/deallocating": State.STOPPING, "PowerState/deallocated": State.STOPPED}
+
+
+class _VM:
+    """What the base needs of a node: id, state, addresses."""
+
+    def __init__(self, vm_id, state, public, private):
+        self.id, self.state, self.public_ips, self.private_ips = vm_id, state, public, private
+
+
+class AzureDriver(CloudDriver):
+    name = "azure"
+    imports_key = False  # the key goes into the VM's osProfile
+    default_ssh_user = "docker-user"
+    endpoint_is_api = False
+    credential_fields = [
+        Field("client_id", "AZURE_CLIENT_ID", "azure_client_id"),
+        Field("client_secret", "AZURE_CLIENT_SECRET", "azure_client_secret"),
+    ]
+    flags = [
+        Flag("azure-subscription-id", "Subscription id", envvar="AZURE_SUBSCRIPTION_ID"),
+        Flag("azure-tenant-id", "Tenant (directory) id", envvar="AZURE_TENANT_ID"),
+        Flag("azure-client-id", "Service principal application (client) id", envvar="AZURE_CLIENT_ID"),
+        Flag("azure-client-secret", "Service principal secret", envvar="AZURE_CLIENT_SECRET"),
+        Flag("azure-environment", "Cloud: " + ", ".join(ENVIRONMENTS), default="AzurePublicCloud",
+             envvar="AZURE_ENVIRONMENT"),
+        Flag("azure-ad-endpoint", "Active Directory URL with --azure-endpoint (private clouds)",
+             envvar="AZURE_AD_ENDPOINT"),
+        Flag("azure-location", "Location", default="westeurope", envvar="AZURE_LOCATION"),
+        Flag("azure-resource-group", "Resource group (created when missing)", default="dockyard",
+             envvar="AZURE_RESOURCE_GROUP"),
+        Flag("azure-size", "VM size", default="Standard_B1s", envvar="AZURE_SIZE"),
+        Flag("azure-image", "Image URN publisher:offer:sku:version", default=DEFAULT_IMAGE, envvar="AZURE_IMAGE"),
+        Flag("azure-vnet", "Virtual network (created when missing)", default="dockyard-vnet", envvar="AZURE_VNET"),
+        Flag("azure-subnet", "Subnet", default="dockyard", envvar="AZURE_SUBNET"),
+        Flag("azure-subnet-prefix", "Subnet prefix when it is created", default="192.168.0.0/16",
+             envvar="AZURE_SUBNET_PREFIX"),
+        Flag("azure-disk-size", "OS disk size in GB", default=30, type=int, envvar="AZURE_DISK_SIZE"),
+        Flag("azure-storage-type", "OS disk storage type", default="StandardSSD_LRS", envvar="AZURE_STORAGE_TYPE"),
+        Flag("azure-no-public-ip", "No public IP address", is_flag=True, envvar="AZURE_NO_PUBLIC_IP"),
+        Flag("azure-use-private-ip", "Reach the machine by its private address", is_flag=True,
+             envvar="AZURE_USE_PRIVATE_IP"),
+    ] + common_flags("azure", "AZURE_", ssh_user="docker-user",
+                     firewall_help="Network security group to create or reuse", firewall_default="dockyard-nsg")
+
+    def configure(self, options):
+        for key in ("subscription_id", "tenant_id"):
+            if not self.opt(options, key):
+                raise DriverError(f"azure driver requires --azure-{key.replace('_', '-')}")
+        env = self.opt(options, "environment", "AzurePublicCloud")
+        if env not in ENVIRONMENTS:
+            raise DriverError(f'unknown --azure-environment "{env}" (known: {", ".join(ENVIRONMENTS)})')
+        image = self.opt(options, "image", DEFAULT_IMAGE)
+        if len(image.split(":")) != 4:
+            raise DriverError(f'invalid --azure-image "{image}": expected publisher:offer:sku:version')
+        no_public = bool(self.opt(options, "no_public_ip", False))
+        self.config.update(
+            SubscriptionId=self.opt(options, "subscription_id"), TenantId=self.opt(options, "tenant_id"),
+            Environment=env, ADEndpoint=self.opt(options, "ad_endpoint", "") or "",
+            Location=self.opt(options, "location", "westeurope"),
+            ResourceGroup=self.opt(options, "resource_group", "dockyard"),
+            Size=self.opt(options, "size", "Standard_B1s"), Image=image,
+            VNet=self.opt(options, "vnet", "dockyard-vnet"), Subnet=self.opt(options, "subnet", "dockyard"),
+            SubnetPrefix=self.opt(options, "subnet_prefix", "192.168.0.0/16"),
+            DiskSize=int(self.opt(options, "disk_size", 30)),
+            StorageType=self.opt(options, "storage_type", "StandardSSD_LRS"),
+            NoPublicIP=no_public, UsePrivateAddress=no_public or bool(self.opt(options, "use_private_ip", False)),
+        )
+        key_value_tags(self.config["Tags"])
+
+    def connect(self, secrets, endpoint):
+        from libcloud.compute.drivers.azure_arm import AzureNodeDriver
+
+        env = ENVIRONMENTS[self.config["Environment"]]
+        if endpoint:
+            from libcloud.common.azure_arm import publicEnvironments
+
+            env = dict(publicEnvironments["default"], resourceManagerEndpointUrl=self.config["Endpoint"])
+            if self.config["ADEndpoint"]:
+                env["activeDirectoryEndpointUrl"] = self.config["ADEndpoint"]
+        return AzureNodeDriver(self.config["TenantId"], self.config["SubscriptionId"], secrets["client_id"],
+                               secrets["client_secret"], region=self.config["Location"], cloud_environment=env)
+
+    # -- ARM requests ----------------------------------------------------------------------------------------
+    def rg_path(self):
+        return f"/subscriptions/{self.config['SubscriptionId']}/resourceGroups/{self.config['ResourceGroup']}"
+
+    def net(self, kind, name):
+        return f"{self.rg_path()}/providers/Microsoft.Network/{kind}/{name}"
+
+    def vm_path(self):
+        return f"{self.rg_path()}/providers/Microsoft.Compute/virtualMachines/{self.node_name()}"
+
+    def arm(self, conn, what, path, method="GET", data=None, api=NET_API):
+        return self.rest(conn, what, path, method, data, params={"api-version": api})
+
+    def get_or_none(self, conn, what, path, api=NET_API):
+        try:
+            return self.arm(conn, what, path, api=api)
+        except CloudNotFound:
+            return None
+
+    def wait_provisioned(self, conn, what, path, api=NET_API, timeout=300):
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.arm(conn, what, path, api=api)
+            state = res.get("properties", {}).get("provisioningState")
+            if state == "Succeeded":
+                return res
+            if state == "Failed" or time.monotonic() > deadline:
+                raise CloudError(f"{self.name}: {what}: provisioning state {state}")
+            time.sleep(self.poll_interval)
+
+    def check_access(self, conn):
+        self.arm(conn, "checking the credentials", f"/subscriptions/{self.config['SubscriptionId']}", api=RG_API)
+
+    def resolve(self, conn):
+        sizes = self.arm(conn, "listing VM sizes", f"/subscriptions/{self.config['SubscriptionId']}/providers/"
+                         f"Microsoft.Compute/locations/{self.config['Location']}/vmSizes", api=COMPUTE_API)
+        if self.config["Size"] not in {s["name"] for s in sizes.get("value", [])}:
+            raise CloudNotFound(f'{self.name}: size "{self.config["Size"]}" not offered in {self.config["Location"]}')
+        return {}
+
+    # -- shared objects: resource group, network, security group ---------------------------------------------------
+    def ensure_firewall(self, conn):
+        loc = self.config["Location"]
+        if self.get_or_none(conn, "looking up the resource group", self.rg_path(), RG_API) is None:
+            self.arm(conn, "creating the resource group", self.rg_path(), "PUT", {"location": loc}, RG_API)
+        vnet_path = self.net("virtualNetworks", self.config["VNet"])
+        if self.get_or_none(conn, "looking up the virtual network", vnet_path) is None:
+            self.arm(conn, "creating the virtual network", vnet_path, "PUT", {
+                "location": loc, "properties": {"addressSpace": {"addressPrefixes": [self.config["SubnetPrefix"]]},
+                                                "subnets": [{"name": self.config["Subnet"], "properties": {
+                                                    "addressPrefix": self.config["SubnetPrefix"]}}]}})
+            self.wait_provisioned(conn, "creating the virtual network", vnet_path)
+        name = self.config["FirewallName"]
+        if not name:
+            return
+        path = self.net("networkSecurityGroups", name)
+        nsg = self.get_or_none(conn, f'looking up security group "{name}"', path)
+        rules = list((nsg or {}).get("properties", {}).get("securityRules", []))
+        have = {(r["properties"].get("protocol"), r["properties"].get("destinationPortRange"),
+                 tuple(sorted(r["properties"].get("sourceAddressPrefixes") or [r["properties"].get("sourceAddressPrefix")])))
+                for r in rules}
+        cidrs = tuple(sorted(self.config["SourceCIDRs"]))
+        priority = max([r["properties"].get("priority", 100) for r in rules] + [100])
+        changed = nsg is None
+        for port, proto in self.ports():
+            key = (proto.capitalize(), str(port), cidrs)
+            if key in have:
+                continue
+            priority += 10
+            changed = True
+            rules.append({"name": f"dockyard-{proto}-{port}", "properties": {
+                "protocol": proto.capitalize(), "sourcePortRange": "*", "destinationPortRange": str(port),
+                "sourceAddressPrefixes": list(cidrs), "destinationAddressPrefix": "*", "access": "Allow",
+                "priority": priority, "direction": "Inbound"}})
+        if changed:
+            self.arm(conn, f'writing security group "{name}"', path, "PUT",
+                     {"location": loc, "tags": {"dockyard": "shared"} if nsg is None else (nsg.get("tags") or {}),
+                      "properties": {"securityRules": rules}})
+        self.record(FirewallId=path, FirewallManaged=nsg is None or (nsg.get("tags") or {}).get("dockyard") == "shared")
+
+    def release_firewall(self, conn):
+        path = self.config.get("FirewallId")
+        if not path:
+            return
+        nsg = self.get_or_none(conn, "checking whether the security group is still used", path)
+        if nsg and not nsg.get("properties", {}).get("networkInterfaces"):
+            try:
+                self.arm(conn, "deleting the security group", path, "DELETE")
+            except CloudError:
+                return
+        self.record(FirewallId="", FirewallManaged=False)
+
+    # -- the VM ------------------------------------------------------------------------------------------------------
+    def create_node(self, conn, resolved, user_data):
+        loc, n = self.config["Location"], self.node_name()
+        subnet_id = f"{self.net('virtualNetworks', self.config['VNet'])}/subnets/{self.config['Subnet']}"
+        ipconfig = {"subnet": {"id": subnet_id}, "privateIPAllocationMethod": "Dynamic"}
+        if not self.config["NoPublicIP"]:
+            pip = self.net("publicIPAddresses", f"{n}-ip")
+            self.record(FloatingIPId=pip)
+            self.arm(conn, "creating the public IP", pip, "PUT", {
+                "location": loc, "sku": {"name": "Standard"},
+                "properties": {"publicIPAllocationMethod": "Static", "deleteOption": "Delete"}})
+            self.wait_provisioned(conn, "creating the public IP", pip)
+            ipconfig["publicIPAddress"] = {"id": pip, "properties": {"deleteOption": "Delete"}}
+        nic = self.net("networkInterfaces", f"{n}-nic")
+        nic_props = {"ipConfigurations": [{"name": "ipconfig1", "properties": ipconfig}]}
+        if self.config.get("FirewallId"):
+            nic_props["networkSecurityGroup"] = {"id": self.config["FirewallId"]}
+        self.arm(conn, "creating the network interface", nic, "PUT", {"location": loc, "properties": nic_props})
+        self.wait_provisioned(conn, "creating the network interface", nic)
+        publisher, offer, sku, version = self.config["Image"].split(":")
+        user = self.ssh_user()
+        os_profile = {"computerName": n[:64], "adminUsername": user, "linuxConfiguration": {
+            "disablePasswordAuthentication": True,
+            "ssh": {"publicKeys": [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": self.public_key}]}}}
+        if user_data:
+            os_profile["customData"] = base64.b64encode(user_data.encode()).decode()
+        body = {"location": loc, "tags": {"dockyard-machine": self.machine_name, **key_value_tags(self.config["Tags"])},
+                "properties": {
+                    "hardwareProfile": {"vmSize": self.config["Size"]},
+                    "storageProfile": {
+                        "imageReference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
+                        "osDisk": {"createOption": "FromImage", "diskSizeGB": self.config["DiskSize"],
+                                   "deleteOption": "Delete",
+                                   "managedDisk": {"storageAccountType": self.config["StorageType"]}}},
+                    "osProfile": os_profile,
+                    "networkProfile": {"networkInterfaces": [{"id": nic, "properties": {"deleteOption": "Delete"}}]}}}
+        self.record(NodeId=self.vm_path())
+        self.arm(conn, "creating the VM", self.vm_path(), "PUT", body, COMPUTE_API)
+        return self.get_node(conn)
+
+    def get_node(self, conn):
+        if not self.config.get("NodeId"):
+            return None
+        vm = self.get_or_none(conn, "looking up the VM", self.config["NodeId"] + "/instanceView", COMPUTE_API)
+        if vm is None:
+            return None
+        codes = [s.get("code") for s in vm.get("statuses", [])]
+        state = next((POWER[c] for c in codes if c in POWER), State.STARTING)
+        public, private = [], []
+        nic = self.get_or_none(conn, "reading the network interface", self.net("networkInterfaces",
+                                                                               f"{self.node_name()}-nic"))
+        for cfg in (nic or {}).get("properties", {}).get("ipConfigurations", []):
+            if cfg["properties"].get("privateIPAddress"):
+                private.append(cfg["properties"]["privateIPAddress"])
+        if self.config.get("FloatingIPId"):
+            pip = self.get_or_none(conn, "reading the public IP", self.config["FloatingIPId"])
+            addr = (pip or {}).get("properties", {}).get("ipAddress")
+            if addr:
+                public.append(addr)
+        return _VM(self.config["NodeId"], state, public, private)
+
+    def map_state(self, node):
+        return node.state
+
+    def _vm_action(self, conn, action, what):
+        self.arm(conn, what, f"{self.config['NodeId']}/{action}", "POST", {}, COMPUTE_API)
+
+    def start_node(self, conn, node):
+        self._vm_action(conn, "start", "starting the VM")
+
+    def stop_node(self, conn, node):
+        self._vm_action(conn, "deallocate", "stopping (deallocating) the VM")
+
+    def kill_node(self, conn, node):
+        self.rest(conn, "powering the VM off", f"{self.config['NodeId']}/powerOff", "POST", {},
+                  params={"api-version": COMPUTE_API, "skipShutdown": "true"})
+
+    def reboot_node(self, conn, node):
+        self._vm_action(conn, "restart", "restarting the VM")
+
+    def destroy_node(self, conn, node):
+        # deleteOption=Delete takes the NIC, the public IP and the OS disk along.
+        self.arm(conn, "deleting the VM", self.config["NodeId"], "DELETE", api=COMPUTE_API)
+
+    def find_orphan(self, conn):
+        self.config["NodeId"] = self.vm_path()
+        return self.get_node(conn)
+
+    def node_name(self):
+        return re.sub(r"[^a-zA-Z0-9-]", "-", self.machine_name)[:64]

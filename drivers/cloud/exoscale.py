@@ -1,0 +1,108 @@
+"""The `exoscale` driver: an Exoscale instance through libcloud's CloudStack-compatible driver, with an
+imported key pair and a security group."""
+
+from provisioner.credentials import Field
+
+from ..base import Flag
+from .base import CloudDriver, common_flags
+from .errors import CloudError, CloudNotFound
+
+
+def _named(items, name, what, provider, attr="name"):
+    for item in items:
+        if getattr(item, attr, None) == name or str(getattr(item, "id", "")) == name:
+            return item
+    raise CloudNotFound(f'{provider}: {what} "{name}" not found')
+
+
+class ExoscaleDriver(CloudDriver):
+    name = "exoscale"
+    default_ssh_user = "ubuntu"
+    credential_fields = [
+        Field("api_key", "EXOSCALE_API_KEY", "exoscale_api_key"),
+        Field("api_secret", "EXOSCALE_API_SECRET", "exoscale_api_secret_key"),
+    ]
+    flags = [
+        Flag("exoscale-api-key", "API key", envvar="EXOSCALE_API_KEY"),
+        Flag("exoscale-api-secret-key", "API secret", envvar="EXOSCALE_API_SECRET"),
+        Flag("exoscale-availability-zone", "Zone", default="ch-gva-2", envvar="EXOSCALE_AVAILABILITY_ZONE"),
+        Flag("exoscale-instance-profile", "Instance type (service offering)", default="Small",
+             envvar="EXOSCALE_INSTANCE_PROFILE"),
+        Flag("exoscale-image", "Template name", default="Linux Ubuntu 24.04 LTS 64-bit", envvar="EXOSCALE_IMAGE"),
+        Flag("exoscale-disk-size", "Root disk size in GB", default=20, type=int, envvar="EXOSCALE_DISK_SIZE"),
+    ] + common_flags("exoscale", "EXOSCALE_", ssh_user="ubuntu", endpoint_env="EXOSCALE_ENDPOINT",
+                     firewall_help="Security group to create or reuse", firewall_default="dockyard", tags=False)
+
+    def configure(self, options):
+        self.config.update(
+            Zone=self.opt(options, "availability_zone", "ch-gva-2"),
+            InstanceProfile=self.opt(options, "instance_profile", "Small"),
+            Image=self.opt(options, "image", "Linux Ubuntu 24.04 LTS 64-bit"),
+            DiskSize=int(self.opt(options, "disk_size", 20)),
+        )
+
+    def connect(self, secrets, endpoint):
+        from libcloud.compute.drivers.exoscale import ExoscaleNodeDriver
+
+        kwargs = {}
+        if endpoint:
+            secure, host, port, path = endpoint
+            kwargs = {"secure": secure, "host": host, "port": port, "path": path or "/compute"}
+        return ExoscaleNodeDriver(secrets["api_key"], secrets["api_secret"], **kwargs)
+
+    def resolve(self, conn):
+        with self.api("finding the zone"):
+            location = _named(conn.list_locations(), self.config["Zone"], "zone", self.name)
+        with self.api("finding the instance type"):
+            size = _named(conn.list_sizes(location=location), self.config["InstanceProfile"], "instance type",
+                          self.name)
+        with self.api("finding the template"):
+            image = _named(conn.list_images(location=location), self.config["Image"], "template", self.name)
+        return {"location": location, "size": size, "image": image}
+
+    def ensure_firewall(self, conn):
+        name = self.config["FirewallName"]
+        if not name:
+            return
+        with self.api(f'setting up security group "{name}"'):
+            group = next((g for g in conn.ex_list_security_groups() if g["name"] == name), None)
+            if group is None:
+                group = conn.ex_create_security_group(name, description="dockyard machines")
+                self.record(FirewallManaged=True)
+            self.record(FirewallId=group["id"])
+            have = {(r.get("protocol"), int(r.get("startport", -1)), r.get("cidr"))
+                    for r in group.get("ingressrule", [])}
+            for port, proto in self.ports():
+                for cidr in self.config["SourceCIDRs"]:
+                    if (proto, port, cidr) not in have:
+                        conn.ex_authorize_security_group_ingress(name, proto, cidr, port, port)
+
+    def release_firewall(self, conn):
+        try:
+            with self.api("deleting the security group"):
+                conn.ex_delete_security_group(self.config["FirewallName"])  # refused while in use
+        except CloudError:
+            return
+        self.record(FirewallId="", FirewallManaged=False)
+
+    def create_node(self, conn, resolved, user_data):
+        kwargs = dict(location=resolved["location"], ex_keyname=self.config["KeyPairName"],
+                      ex_userdata=user_data, ex_rootdisksize=self.config["DiskSize"], ex_start_vm=True)
+        if self.config["FirewallName"]:
+            kwargs["ex_security_groups"] = [self.config["FirewallName"]]
+        with self.api("creating the instance"):
+            node = conn.create_node(self.node_name(), resolved["size"], resolved["image"], **kwargs)
+        self.record(NodeId=str(node.id))
+        return node
+
+    def start_node(self, conn, node):
+        with self.api("starting the instance"):
+            conn.ex_start(node)
+
+    def stop_node(self, conn, node):
+        with self.api("stopping the instance"):
+            conn.ex_stop(node)
+
+    def destroy_node(self, conn, node):
+        with self.api("deleting the instance"):
+            conn.destroy_node(node, ex_expunge=True)

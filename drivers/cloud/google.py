@@ -1,0 +1,187 @@
+"""The `google` driver: a Compute Engine instance, the SSH key in instance metadata, and a firewall rule
+that targets a network tag."""
+
+import json
+import os
+import re
+
+from provisioner.credentials import Field
+from provisioner.errors import DriverError
+
+from ..base import Flag
+from .base import CloudDriver, common_flags, list_tags
+from .errors import CloudError, CloudNotFound
+
+DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+
+
+def _service_account(value):
+    """(client_email, key) from a service account JSON key: the file's content or its path."""
+    text = value
+    if value and not value.lstrip().startswith("{") and os.path.isfile(os.path.expanduser(value)):
+        with open(os.path.expanduser(value)) as f:
+            text = f.read()
+    try:
+        data = json.loads(text)
+        return data["client_email"], data
+    except (ValueError, KeyError, TypeError):
+        raise DriverError("google: the credentials are not a service account JSON key "
+                          "(GOOGLE_APPLICATION_CREDENTIALS or --google-credentials-file)") from None
+
+
+class GoogleDriver(CloudDriver):
+    name = "google"
+    imports_key = False  # the public key goes into the instance metadata (ssh-keys)
+    default_ssh_user = "docker-user"
+    credential_fields = [Field("service_account_json", "GOOGLE_APPLICATION_CREDENTIALS", "google_credentials_file")]
+    flags = [
+        Flag("google-credentials-file", "Service account JSON key file (its content is kept in the keyring)",
+             envvar="GOOGLE_APPLICATION_CREDENTIALS"),
+        Flag("google-project", "Project id", envvar="GOOGLE_PROJECT"),
+        Flag("google-zone", "Zone", default="us-central1-a", envvar="GOOGLE_ZONE"),
+        Flag("google-machine-type", "Machine type", default="e2-small", envvar="GOOGLE_MACHINE_TYPE"),
+        Flag("google-machine-image", "Image or image family URL", default=DEFAULT_IMAGE, envvar="GOOGLE_MACHINE_IMAGE"),
+        Flag("google-disk-size", "Boot disk size in GB", default=20, type=int, envvar="GOOGLE_DISK_SIZE"),
+        Flag("google-disk-type", "Boot disk type", default="pd-balanced", envvar="GOOGLE_DISK_TYPE"),
+        Flag("google-network", "VPC network", default="default", envvar="GOOGLE_NETWORK"),
+        Flag("google-subnetwork", "Subnetwork", envvar="GOOGLE_SUBNETWORK"),
+        Flag("google-preemptible", "Preemptible (spot) instance", is_flag=True, envvar="GOOGLE_PREEMPTIBLE"),
+        Flag("google-use-internal-ip", "Reach the machine by its internal address", is_flag=True,
+             envvar="GOOGLE_USE_INTERNAL_IP"),
+        Flag("google-use-internal-ip-only", "No external address at all", is_flag=True,
+             envvar="GOOGLE_USE_INTERNAL_IP_ONLY"),
+    ] + common_flags("google", "GOOGLE_", ssh_user="docker-user",
+                     firewall_help="Firewall rule to create or reuse (it targets the network tag of the same name)",
+                     firewall_default="dockyard-machines")
+
+    def configure(self, options):
+        project = self.opt(options, "project", "")
+        if not project:
+            raise DriverError("google driver requires --google-project (or GOOGLE_PROJECT)")
+        internal_only = bool(self.opt(options, "use_internal_ip_only", False))
+        self.config.update(
+            Project=project, Zone=self.opt(options, "zone", "us-central1-a"),
+            MachineType=self.opt(options, "machine_type", "e2-small"),
+            Image=self.opt(options, "machine_image", DEFAULT_IMAGE),
+            DiskSize=int(self.opt(options, "disk_size", 20)), DiskType=self.opt(options, "disk_type", "pd-balanced"),
+            Network=self.opt(options, "network", "default"), Subnetwork=self.opt(options, "subnetwork", "") or "",
+            Preemptible=bool(self.opt(options, "preemptible", False)),
+            InternalOnly=internal_only,
+            UsePrivateAddress=internal_only or bool(self.opt(options, "use_internal_ip", False)),
+        )
+
+    def connect(self, secrets, endpoint):
+        from libcloud.compute.drivers.gce import GCENodeDriver
+
+        email, key = _service_account(secrets["service_account_json"])
+        # libcloud caches the short-lived access token in a file: keep it in the user's cache, mode 0600.
+        cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dockyard")
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        return GCENodeDriver(email, key, project=self.config["Project"], datacenter=self.config["Zone"],
+                             auth_type="SA", credential_file=os.path.join(cache, f"gce-token-{email}"),
+                             **self.endpoint_kwargs(endpoint))
+
+    def check_access(self, conn):
+        conn.ex_get_zone(self.config["Zone"])
+
+    def resolve(self, conn):
+        with self.api(f'finding zone "{self.config["Zone"]}"'):
+            if conn.ex_get_zone(self.config["Zone"]) is None:
+                raise CloudNotFound(f'{self.name}: unknown zone "{self.config["Zone"]}"')
+        with self.api(f'finding machine type "{self.config["MachineType"]}"'):
+            size = conn.ex_get_size(self.config["MachineType"], self.config["Zone"])
+        with self.api(f'finding image "{self.config["Image"]}"'):
+            image = conn.ex_get_image_from_family(self.config["Image"].rsplit("/", 1)[1],
+                                                  ex_project_list=[self.config["Image"].split("/")[1]]) \
+                if "/family/" in self.config["Image"] else conn.ex_get_image(self.config["Image"])
+        return {"size": size, "image": image}
+
+    def tag(self):
+        return self.config["FirewallName"] or "dockyard-machines"
+
+    def ensure_firewall(self, conn):
+        from libcloud.common.google import ResourceNotFoundError
+
+        name = self.config["FirewallName"]
+        if not name:
+            return
+        allowed = {}
+        for port, proto in self.ports():
+            allowed.setdefault(proto, []).append(str(port))
+        with self.api(f'setting up firewall rule "{name}"'):
+            try:
+                fw = conn.ex_get_firewall(name)
+            except ResourceNotFoundError:
+                conn.ex_create_firewall(name, allowed=[{"IPProtocol": p, "ports": v} for p, v in allowed.items()],
+                                        network=self.config["Network"], source_ranges=self.config["SourceCIDRs"],
+                                        target_tags=[self.tag()], description="dockyard machines")
+                self.record(FirewallId=name, FirewallManaged=True)
+                return
+            have = {(a["IPProtocol"], p) for a in fw.allowed for p in a.get("ports", [])}
+            wanted = {(p, port) for p, ports in allowed.items() for port in ports}
+            ranges = set(fw.source_ranges or [])
+            if not wanted <= have or not set(self.config["SourceCIDRs"]) <= ranges:
+                merged = {}
+                for proto, port in sorted(have | wanted):
+                    merged.setdefault(proto, []).append(port)
+                fw.allowed = [{"IPProtocol": p, "ports": v} for p, v in merged.items()]
+                fw.source_ranges = sorted(ranges | set(self.config["SourceCIDRs"]))
+                conn.ex_update_firewall(fw)
+            self.record(FirewallId=name, FirewallManaged=fw.extra.get("description") == "dockyard machines")
+
+    def release_firewall(self, conn):
+        with self.api("checking whether the firewall rule is still used"):
+            users = [n for n in conn.list_nodes(ex_zone="all")
+                     if self.tag() in (n.extra.get("tags") or []) and n.name != self.node_name()]
+        if users:
+            return
+        try:
+            with self.api("deleting the firewall rule"):
+                conn.ex_destroy_firewall(conn.ex_get_firewall(self.config["FirewallName"]))
+        except CloudError:
+            return
+        self.record(FirewallId="", FirewallManaged=False)
+
+    def create_node(self, conn, resolved, user_data):
+        user = self.ssh_user()
+        metadata = {"ssh-keys": f"{user}:{self.public_key}"}
+        if user_data:
+            metadata["user-data"] = user_data
+        tags = [self.tag()] + [t for t in list_tags(self.config["Tags"]) if t != self.tag()]
+        self.record(NodeId=self.node_name())  # GCE names are the ids within a zone
+        with self.api("creating the instance"):
+            conn.create_node(
+                self.node_name(), resolved["size"], resolved["image"], location=self.config["Zone"],
+                ex_network=self.config["Network"], ex_subnetwork=self.config["Subnetwork"] or None,
+                ex_tags=tags, ex_metadata=metadata, ex_disk_size=self.config["DiskSize"],
+                ex_disk_type=self.config["DiskType"], ex_preemptible=self.config["Preemptible"] or None,
+                external_ip=None if self.config["InternalOnly"] else "ephemeral",
+                ex_labels={"dockyard-machine": self.machine_name.replace(".", "-").lower()},
+            )
+        return self.get_node(conn)
+
+    def get_node(self, conn):
+        from libcloud.common.google import ResourceNotFoundError
+
+        if not self.config.get("NodeId"):
+            return None
+        try:
+            with self.api("looking up the instance"):
+                return conn.ex_get_node(self.config["NodeId"], self.config["Zone"])
+        except CloudNotFound:
+            return None
+        except ResourceNotFoundError:
+            return None
+
+    def find_orphan(self, conn):
+        self.config["NodeId"] = self.node_name()
+        return self.get_node(conn)
+
+    def destroy_node(self, conn, node):
+        with self.api("deleting the instance"):
+            conn.destroy_node(node, destroy_boot_disk=True)
+
+    def node_name(self):
+        # Instance names: lowercase letters, digits and dashes, starting with a letter.
+        name = re.sub(r"[^a-z0-9-]", "-", self.machine_name.lower())
+        return (name if name[:1].isalpha() else "dy-" + name)[:63]
