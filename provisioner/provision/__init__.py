@@ -27,6 +27,9 @@ def engine_config(engine_options, port):
     for item in engine_options.get("ArbitraryFlags", []):
         key, sep, value = item.partition("=")
         opts[key.lstrip("-")] = value if sep else "true"
+    # The engine on its own pulls only from loopback and --insecure-registry hosts; a provisioned
+    # machine is meant to pull from Docker Hub like dockerd, unless the user says otherwise.
+    opts.setdefault("registry-pull", "all")
     return {
         "hosts": [SOCKET, f"tcp://0.0.0.0:{port}"],
         "tlsverify": True,
