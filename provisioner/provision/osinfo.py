@@ -31,7 +31,8 @@ class OSInfo:
     family: str
 
     def install_command(self, packages):
-        return FAMILIES[self.family][1].format(pkgs=" ".join(shlex.quote(p) for p in packages))
+        # replace(), not format(): the shell commands contain braces of their own
+        return FAMILIES[self.family][1].replace("{pkgs}", " ".join(shlex.quote(p) for p in packages))
 
 
 def parse_os_release(text):
