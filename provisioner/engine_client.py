@@ -44,6 +44,10 @@ def request(url, files, method, path, timeout=5.0):
         raise CertError(
             f'There was an error validating certificates for host "{host}:{port}": {e.verify_message}'
         ) from None
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
+        # A port forward (QEMU, VirtualBox) accepts and then drops the connection while nothing listens
+        # behind it yet: not a certificate problem, keep waiting.
+        raise EngineUnreachable(f"engine at {host}:{port} closed the connection during the TLS handshake") from e
     except ssl.SSLError as e:
         raise CertError(f'TLS handshake with "{host}:{port}" failed: {e.reason or e}') from None
     except (OSError, http.client.HTTPException) as e:

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian packages the qemu/virtualbox drivers and their tests need: QEMU (TCG works without
+# KVM), qemu-img, mmdebstrap and e2fsprogs to build the guest image, genisoimage for isoinfo (an independent
+# check of the cloud-init seed ISO). With --build it also pre-builds the cached guest image
+# ($DOCKYARD_IMAGE_CACHE or /var/cache/dockyard-tests/images) so its build time shows here, not in a test.
+set -eu
+
+pkgs="qemu-system-x86 qemu-utils mmdebstrap debian-archive-keyring e2fsprogs genisoimage"
+missing=""
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086  # word splitting of the package list is intended
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+if [ "${1:-}" = "--build" ]; then
+    cd "$(dirname "$0")/.."
+    export DOCKYARD_IMAGE_CACHE="${DOCKYARD_IMAGE_CACHE:-/var/cache/dockyard-tests/images}"
+    python3 -c 'import os; from drivers.guestimage import build; build.ensure_image(os.path.dirname(os.environ["DOCKYARD_IMAGE_CACHE"]))'
+fi

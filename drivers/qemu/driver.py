@@ -1,0 +1,439 @@
+"""The `qemu` driver: a daemonized QEMU per machine over a copy-on-write disk of the guest image, set up by
+cloud-init, reached through 127.0.0.1 port forwards (user-mode networking) and controlled through QMP."""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from provisioner.errors import DriverError, PreCreateCheckError
+
+from ..base import Driver, Flag, State
+from ..guestimage import build, seed, source, tools
+from . import accel as accel_mod, boot, cmdline
+from .qmp import QMP, QMPError
+
+STOP_TIMEOUT = 90.0  # ACPI power-down under emulation takes ~5 s; a hung guest is killed after this
+KILL_WAIT = 10.0
+QMP_STATES = {
+    "running": State.RUNNING, "paused": State.PAUSED, "suspended": State.PAUSED, "debug": State.PAUSED,
+    "shutdown": State.STOPPING, "prelaunch": State.STARTING, "inmigrate": State.STARTING,
+    "internal-error": State.ERROR, "io-error": State.ERROR, "guest-panicked": State.ERROR,
+    "watchdog": State.ERROR,
+}
+FILES = ("disk.qcow2", "seed.iso", "vmlinuz", "initrd", "qemu.pid", "qmp.sock", "serial.log",
+         "serial.log.prev", "qemu.log")
+
+
+def _say(msg):
+    print(msg, flush=True)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port):
+    """Could a listener bind 127.0.0.1:port? (SO_REUSEADDR, as QEMU's forwards use: connections of the last
+    boot lingering in TIME_WAIT do not count.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def process_alive(pid, marker=""):
+    """pid runs (not a zombie) and, if marker is given, its command line contains it (guards pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        if marker:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return marker.encode() in f.read()
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+def guest_ip_for_mac(link_output, addr_output, mac):
+    """The IPv4 address of the interface with MAC mac, from `ip -o link` and `ip -o -4 addr` output."""
+    ifname = None
+    for line in link_output.splitlines():
+        if f"link/ether {mac.lower()}" in line.lower():
+            ifname = line.split(":", 2)[1].strip().split("@")[0]
+    if not ifname:
+        return ""
+    for line in addr_output.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[1] == ifname and words[2] == "inet":
+            return words[3].split("/")[0]
+    return ""
+
+
+class QemuDriver(Driver):
+    name = "qemu"
+    flags = [
+        Flag("qemu-binary", "QEMU system emulator to run", default="qemu-system-x86_64", envvar="QEMU_BINARY"),
+        Flag("qemu-accel", "Acceleration: auto (KVM if it really works, else TCG), kvm or tcg", default="auto",
+             envvar="QEMU_ACCEL"),
+        Flag("qemu-cpus", "Number of virtual CPUs", default=2, type=int, envvar="QEMU_CPUS"),
+        Flag("qemu-memory", "Memory in MB", default=1024, type=int, envvar="QEMU_MEMORY"),
+        Flag("qemu-disk-size", "Disk size in MB", default=20000, type=int, envvar="QEMU_DISK_SIZE"),
+        Flag("qemu-network", 'Networking: "user" (127.0.0.1 port forwards) or "bridge=NAME" (adds a NIC on '
+             "bridge NAME through qemu-bridge-helper, for a routable address)", default="user",
+             envvar="QEMU_NETWORK"),
+        Flag("qemu-restrict", "Cut the VM off from every network but its 127.0.0.1 forwards "
+             "(user-mode restrict=on; containers then have no outbound access)", is_flag=True,
+             envvar="QEMU_RESTRICT"),
+        Flag("qemu-image", "Guest image: a path or http(s) URL of a cloud image (qcow2, raw, vdi) with "
+             "cloud-init; default: dockyard's own Debian image, built once and cached", envvar="QEMU_IMAGE"),
+        Flag("qemu-image-sha256", "sha256 of --qemu-image (required for URLs)", envvar="QEMU_IMAGE_SHA256"),
+        Flag("qemu-boot-timeout", "Seconds to wait for the VM to accept SSH log-ins", default=300, type=int,
+             envvar="QEMU_BOOT_TIMEOUT"),
+    ]
+
+    def __init__(self, machine_name, machine_dir, config=None):
+        super().__init__(machine_name, machine_dir, config)
+        self.log = _say
+
+    # -- configuration ------------------------------------------------------------------
+    def set_config_from_flags(self, options):
+        accel = str(options.get("qemu_accel") or "auto").lower()
+        if accel not in ("auto", "kvm", "tcg"):
+            raise DriverError(f'invalid --qemu-accel "{accel}": expected auto, kvm or tcg')
+        cpus, memory = int(options.get("qemu_cpus") or 2), int(options.get("qemu_memory") or 1024)
+        disk, timeout = int(options.get("qemu_disk_size") or 20000), int(options.get("qemu_boot_timeout") or 300)
+        if cpus < 1 or memory < 256 or disk < 1024 or timeout < 10:
+            raise DriverError("--qemu-cpus must be >= 1, --qemu-memory >= 256 (MB), --qemu-disk-size >= 1024 (MB) "
+                              "and --qemu-boot-timeout >= 10 (s)")
+        try:
+            mode, bridge = cmdline.parse_network(options.get("qemu_network"))
+        except ValueError as e:
+            raise DriverError(str(e)) from None
+        restrict = bool(options.get("qemu_restrict"))
+        if restrict and mode == "bridge":
+            raise DriverError("--qemu-restrict cuts the VM off every network; it cannot be combined with "
+                              "--qemu-network bridge=NAME")
+        self.config.update(
+            Binary=options.get("qemu_binary") or "qemu-system-x86_64", Accel=accel, CPUs=cpus, Memory=memory,
+            DiskSize=disk, Network=mode, Bridge=bridge, Restrict=restrict, BootTimeout=timeout,
+            Image=options.get("qemu_image") or "", ImageSHA256=(options.get("qemu_image_sha256") or "").lower(),
+            SSHUser=build.recipe.SSH_USER,
+        )
+
+    @property
+    def cache_dir(self):
+        return build.store_cache_dir(self.machine_dir)
+
+    # -- addresses -------------------------------------------------------------------------
+    def ip(self):
+        if self.config.get("Network") == "bridge":
+            if not self.config.get("IPAddress"):
+                raise DriverError(f'machine "{self.machine_name}" has no address on bridge '
+                                  f'{self.config.get("Bridge")} yet (is it running?)')
+            return self.config["IPAddress"]
+        return "127.0.0.1"
+
+    def url(self):
+        if self.config.get("Network") == "bridge":
+            return super().url()
+        return f"tcp://127.0.0.1:{self.config['EngineHostPort']}"
+
+    def ssh_host(self):
+        return "127.0.0.1"  # always the user-mode NIC's forward, whatever else the VM has
+
+    # -- files --------------------------------------------------------------------------------
+    def _qmp_path(self):
+        p = self.path("qmp.sock")
+        if len(p.encode()) < 100:  # sun_path holds 108 bytes
+            return p
+        digest = hashlib.sha1(os.path.abspath(self.machine_dir).encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), f"dockyard-qmp-{digest}.sock")
+
+    def _pid(self):
+        try:
+            with open(self.path("qemu.pid")) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        return pid if pid and process_alive(pid, self.path("qemu.pid")) else None
+
+    def _qemu_log(self):
+        try:
+            with open(self.path("qemu.log"), errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+            return lines[-1] if lines else ""
+        except OSError:
+            return ""
+
+    # -- checks ----------------------------------------------------------------------------------
+    def pre_create_check(self):
+        binary = tools.require(self.config["Binary"], "to run the VM")
+        self.config["Binary"] = binary
+        tools.require("qemu-img", "for the VM's copy-on-write disk")
+        try:
+            subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise PreCreateCheckError(f"{binary} does not run: {e}") from None
+        if self.config.get("Image"):
+            source.check(self.config["Image"], self.config.get("ImageSHA256"), "qemu-image")
+        else:
+            build.check_can_build(self.cache_dir)
+        if self.config["Accel"] == "kvm":
+            dev = accel_mod.device_check()
+            if not dev.usable:
+                raise PreCreateCheckError(f"--qemu-accel kvm: {dev.reason}")
+        if self.config.get("Network") == "bridge":
+            bridge = self.config["Bridge"]
+            if not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
+                raise PreCreateCheckError(f'--qemu-network bridge={bridge}: no bridge interface "{bridge}" '
+                                          "on this host")
+            if not any(os.path.exists(p) for p in ("/usr/lib/qemu/qemu-bridge-helper",
+                                                   "/usr/libexec/qemu-bridge-helper")):
+                raise PreCreateCheckError("--qemu-network bridge needs qemu-bridge-helper "
+                                          '(on Debian/Ubuntu: "apt-get install qemu-system-common")')
+
+    # -- create -------------------------------------------------------------------------------------
+    def create(self):
+        timings = {}
+        started = time.monotonic()
+        public_key = self.ensure_ssh_key()
+        image = source.resolve(self.config.get("Image"), self.config.get("ImageSHA256"), self.cache_dir, self.log)
+        timings["Image"] = time.monotonic() - started
+
+        t = time.monotonic()
+        self._choose_accel(image)
+        timings["AccelProbe"] = time.monotonic() - t
+
+        t = time.monotonic()
+        self.config["BaseImage"] = image.to_config()
+        if image.kernel:
+            for name, src in (("vmlinuz", image.kernel), ("initrd", image.initrd)):
+                shutil.copyfile(src, self.path(name))
+            self.config["Cmdline"] = image.cmdline
+        self._make_disk(image)
+        rng = random.SystemRandom()
+        self.config["MAC"] = cmdline.random_mac(rng)
+        nics = [seed.nic("eth0", self.config["MAC"])]
+        if self.config.get("Network") == "bridge":
+            self.config["BridgeMAC"] = cmdline.random_mac(rng)
+            # The bridge NIC gives the routable address; the default route stays on the user-mode NIC.
+            nics.append(seed.nic("eth1", self.config["BridgeMAC"], default_route=False))
+        self.config["InstanceID"] = seed.instance_id(self.machine_name)
+        seed.write_seed(self.path("seed.iso"), seed.render(
+            self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user()))
+        timings["Disk"] = time.monotonic() - t
+
+        t = time.monotonic()
+        for attempt in range(3):
+            self.config["SSHPort"], self.config["EngineHostPort"] = free_port(), free_port()
+            try:
+                self._launch()
+                break
+            except _PortTaken:
+                if attempt == 2:
+                    raise DriverError("QEMU could not bind its 127.0.0.1 port forwards three times in a row; "
+                                      f"see {self.path('qemu.log')}") from None
+        timings["Launch"] = time.monotonic() - t
+        self.log(f"Waiting for the VM to boot (serial console: {self.path('serial.log')})...")
+        timings["BootToSSH"] = self._wait_booted()
+        self.config["Timings"] = {k: round(v, 2) for k, v in timings.items()}
+
+    def _choose_accel(self, image):
+        kernel = image.kernel
+        if not kernel:  # a user's image boots through its own loader; test KVM with our kernel if we have one
+            own = build.cached_image(self.cache_dir)
+            kernel = own.kernel if own else ""
+        chosen, warning = accel_mod.choose(
+            self.config["Accel"],
+            lambda: accel_mod.probe(self.config["Binary"], kernel, build.cache_root(self.cache_dir)))
+        if warning:
+            self.log(f"Warning: {warning}.")
+        self.config["AccelUsed"] = chosen
+
+    def _make_disk(self, image):
+        qemu_img = tools.find("qemu-img") or "qemu-img"
+        info = json.loads(subprocess.run([qemu_img, "info", "--output=json", image.disk], capture_output=True,
+                                         text=True, check=True).stdout)
+        base_mb = -(-int(info["virtual-size"]) // (1 << 20))
+        size_mb = int(self.config["DiskSize"])
+        if size_mb < base_mb:
+            raise DriverError(f"--qemu-disk-size {size_mb} is smaller than the image ({base_mb} MB)")
+        p = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,
+                            self.path("disk.qcow2"), f"{size_mb}M"], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise DriverError(f"cannot create the VM's disk: {p.stderr.strip()}")
+
+    # -- running QEMU ------------------------------------------------------------------------------------
+    def spec(self):
+        c = self.config
+        direct = bool(c.get("Cmdline"))
+        return cmdline.VMSpec(
+            name=self.machine_name, binary=c["Binary"], accel=c.get("AccelUsed") or "tcg", cpus=int(c["CPUs"]),
+            memory_mb=int(c["Memory"]), disk=self.path("disk.qcow2"), seed=self.path("seed.iso"),
+            kernel=self.path("vmlinuz") if direct else "", initrd=self.path("initrd") if direct else "",
+            append=c.get("Cmdline", ""), ssh_port=int(c["SSHPort"]), engine_host_port=int(c["EngineHostPort"]),
+            engine_guest_port=self.engine_port(), mac=c["MAC"], restrict=bool(c.get("Restrict")),
+            bridge=c.get("Bridge", "") if c.get("Network") == "bridge" else "", bridge_mac=c.get("BridgeMAC", ""),
+            pidfile=self.path("qemu.pid"), qmp=self._qmp_path(), serial_log=self.path("serial.log"),
+        )
+
+    def _launch(self):
+        serial = self.path("serial.log")
+        if os.path.exists(serial):
+            os.replace(serial, serial + ".prev")  # keep the previous boot's console for diagnosis
+        for stale in (self.path("qemu.pid"), self._qmp_path()):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        with open(self.path("qemu.log"), "w") as errf:
+            p = subprocess.run(cmdline.build(self.spec()), stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
+                               cwd=self.machine_dir)
+        if p.returncode != 0:
+            with open(self.path("qemu.log"), errors="replace") as f:
+                text = f.read().strip()
+            if "host forwarding rule" in text:
+                raise _PortTaken(text)
+            raise DriverError(f"QEMU did not start (exit {p.returncode}): {text[-800:] or 'no output'}")
+
+    def _wait_booted(self):
+        took = boot.wait_for_login(
+            self.machine_name, self.ssh_target(), self._pid, self.path("serial.log"), 0,
+            float(self.config.get("BootTimeout") or 300), self._qemu_log)
+        if self.config.get("Network") == "bridge":
+            self._learn_bridge_ip()
+        return took
+
+    def _learn_bridge_ip(self):
+        from provisioner.ssh import SSHSession
+
+        deadline = time.monotonic() + 60
+        with SSHSession(self.ssh_target()) as s:
+            while time.monotonic() < deadline:
+                links = s.run("ip -o link", check=False).stdout
+                addrs = s.run("ip -o -4 addr", check=False).stdout
+                ip = guest_ip_for_mac(links, addrs, self.config["BridgeMAC"])
+                if ip:
+                    self.config["IPAddress"] = ip
+                    return
+                time.sleep(1)
+        raise DriverError(f'machine "{self.machine_name}" got no IPv4 address on bridge {self.config["Bridge"]} '
+                          "in 60s: is there a DHCP server on it?")
+
+    def _wait_exit(self, pid, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                return True
+            time.sleep(0.2)
+        return not process_alive(pid)
+
+    def _terminate(self, pid):
+        for sig, wait in ((signal.SIGTERM, KILL_WAIT), (signal.SIGKILL, KILL_WAIT)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            if self._wait_exit(pid, wait):
+                return
+        raise DriverError(f"QEMU (pid {pid}) did not exit after SIGKILL")
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def state(self):
+        pid = self._pid()
+        if not pid:
+            return State.STOPPED
+        try:
+            with QMP(self._qmp_path(), timeout=3) as q:
+                status = q.execute("query-status").get("status", "")
+        except QMPError:
+            # QMP serves one client at a time; a busy monitor does not mean the VM is unwell.
+            return State.RUNNING if process_alive(pid) else State.STOPPED
+        return QMP_STATES.get(status, State.RUNNING)
+
+    def start(self):
+        if self._pid():
+            return
+        base = self.config.get("BaseImage", {}).get("disk", "")
+        if not os.path.exists(self.path("disk.qcow2")):
+            raise DriverError(f'machine "{self.machine_name}" has no disk ({self.path("disk.qcow2")}); remove it '
+                              "and create it again")
+        if base and not os.path.exists(base):
+            raise DriverError(f"the guest image {base} that this machine's disk is based on is gone (cache "
+                              "cleared?); the machine cannot start; remove it and create it again")
+        for key in ("SSHPort", "EngineHostPort"):
+            if not port_free(int(self.config[key])):
+                raise DriverError(f"cannot start: 127.0.0.1:{self.config[key]}, the machine's "
+                                  f"{'SSH' if key == 'SSHPort' else 'engine'} port, is in use by another program; "
+                                  "the machine keeps its ports so its URL stays the same")
+        try:
+            self._launch()
+        except _PortTaken as e:
+            raise DriverError(f"cannot start: {e}") from None
+        if self.config.get("Network") == "bridge":
+            self.config.pop("IPAddress", None)  # DHCP may hand out another one; learnt again below
+        took = self._wait_booted()
+        self.config.setdefault("Timings", {})["LastStartToSSH"] = round(took, 2)
+
+    def stop(self):
+        pid = self._pid()
+        if not pid:
+            return
+        try:
+            with QMP(self._qmp_path()) as q:
+                q.execute("system_powerdown")
+        except QMPError:
+            pass  # no QMP: fall through to the timeout and kill
+        if not self._wait_exit(pid, STOP_TIMEOUT):
+            self.log(f"The VM did not power off within {STOP_TIMEOUT:.0f}s; killing QEMU.")
+            self._terminate(pid)
+
+    def kill(self):
+        pid = self._pid()
+        if not pid:
+            return
+        try:
+            with QMP(self._qmp_path()) as q:
+                q.execute("quit")  # immediate, like pulling the plug, but QEMU flushes its disk metadata
+        except QMPError:
+            pass
+        if not self._wait_exit(pid, KILL_WAIT):
+            self._terminate(pid)
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def remove(self):
+        pid = self._pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if not self._wait_exit(pid, KILL_WAIT):
+                raise DriverError(f"QEMU (pid {pid}) did not exit after SIGKILL")
+        for name in FILES:
+            try:
+                os.unlink(self.path(name))
+            except FileNotFoundError:
+                pass
+        try:
+            os.unlink(self._qmp_path())
+        except FileNotFoundError:
+            pass
+
+
+class _PortTaken(DriverError):
+    """QEMU could not bind a host forward (another program took the port after we picked it)."""
