@@ -220,23 +220,25 @@ class Machine:
             raise ProvisionError(f"{e}\nLast lines of the engine log:\n{tail}") from None
         log("The engine is up and running!")
 
-    def restart_engine(self, log, session=None):
-        own = session is None
-        session = session or self.session()
-        try:
-            facts = self.config.get("Provisioned") or {}
-            if not facts:
-                raise ProvisionError(f'machine "{self.name}" was never provisioned; run dockyard provision {self.name}')
-            svc = provision.service_for(session, facts, self.name, self.engine_options)
-            log("Restarting the engine...")
-            svc.restart()
-            self.wait_engine(session, log)
-        finally:
-            if own:
-                session.close()
+    def _service(self, session):
+        facts = self.config.get("Provisioned") or {}
+        if not facts:
+            raise ProvisionError(f'machine "{self.name}" was never provisioned; run dockyard provision {self.name}')
+        return provision.service_for(session, facts, self.name, self.engine_options)
+
+    def restart_engine(self, log, session):
+        svc = self._service(session)
+        log("Restarting the engine...")
+        svc.restart()
+        self.wait_engine(session, log)
 
     def push_server_cert(self, log, session):
-        provision.push_certs(session, self.path("ca.pem"), self.path("server.pem"), self.path("server-key.pem"))
+        """Send the certs and restart the engine in one round trip, then wait until it answers."""
+        svc = self._service(session)
+        log("Copying certs to the remote machine and restarting the engine...")
+        provision.push_certs(session, self.path("ca.pem"), self.path("server.pem"), self.path("server-key.pem"),
+                             then=svc.restart_cmd)
+        self.wait_engine(session, log)
 
     def regenerate_certs(self, log, client_certs=False):
         if client_certs:
@@ -252,16 +254,12 @@ class Machine:
         with self.session() as session:
             self.issue_server_cert(log)
             self.save()
-            log("Copying certs to the remote machine...")
             self.push_server_cert(log, session)
-            self.restart_engine(log, session)
 
     def upgrade(self, log):
         self.require_running()
         with self.session() as session:
-            facts = self.config.get("Provisioned") or {}
-            if not facts:
-                raise ProvisionError(f'machine "{self.name}" was never provisioned; run dockyard provision {self.name}')
+            self._service(session)  # refuses machines that were never provisioned
             log("Upgrading the engine...")
             digest = provision.push_bundle(session, self.store.cache_dir, log)
             self.config["Provisioned"]["EngineBundle"] = digest
@@ -277,7 +275,6 @@ class Machine:
             if self.ensure_server_cert(log):
                 self.save()
                 self.push_server_cert(log, session)
-                self.restart_engine(log, session)
                 return
             try:
                 engine_client.wait_ready(self.url(), self.tls_files(), timeout=ENGINE_WAIT / 2)

@@ -7,8 +7,11 @@ Nothing here deletes containers, images or volumes: only files under /etc/dockya
 and the service definition are rewritten.
 """
 
-import hashlib
+import io
+import posixpath
 import shlex
+import tarfile
+import time
 
 import templates
 
@@ -44,55 +47,92 @@ def engine_config(engine_options, port):
     }
 
 
-def set_hostname(session, name):
+def _hostname_script(name):
     q = shlex.quote(name)
-    session.run(
+    return (
         f"hostname {q} 2>/dev/null || true; printf '%s\\n' {q} > /etc/hostname; "
         f"if grep -q '^127\\.0\\.1\\.1[[:space:]]' /etc/hosts; then "
         f"sed -i 's/^127\\.0\\.1\\.1[[:space:]].*/127.0.1.1 {name}/' /etc/hosts; "
-        f"else printf '127.0.1.1 %s\\n' {q} >> /etc/hosts; fi",
-        sudo=True,
+        f"else printf '127.0.1.1 %s\\n' {q} >> /etc/hosts; fi"
     )
 
 
-def remote_sha256(session, path):
-    r = session.run(f"sha256sum {shlex.quote(path)} 2>/dev/null", sudo=True, check=False)
-    return r.stdout.split()[0] if r.exit_status == 0 and r.stdout else ""
+def _facts_script(machine_name, set_host_name):
+    """One remote command that reports everything provisioning needs to know (and sets the hostname)."""
+    parts = [
+        "echo '==os-release'; cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null",
+        f"echo '==python'; ({osinfo.PYTHON_CHECK})",
+        f"echo '==init'; {initsys.DETECT}",
+        f"echo '==bundle'; sha256sum {initsys.BUNDLE_PATH} 2>/dev/null",
+    ]
+    if set_host_name:
+        parts.append(_hostname_script(machine_name))
+    return "; ".join(parts) + "; true"
 
 
-def push_certs(session, ca_path, server_cert_path, server_key_path):
-    session.run(f"mkdir -p {initsys.CONFIG_DIR} && chmod 0755 {initsys.CONFIG_DIR}", sudo=True)
-    for local, remote, mode in (
-        (ca_path, REMOTE_CA, 0o644),
-        (server_cert_path, REMOTE_CERT, 0o644),
-        (server_key_path, REMOTE_KEY, 0o600),
-    ):
+def _sections(text):
+    out, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("==") and line[2:] in ("os-release", "python", "init", "bundle"):
+            current = line[2:]
+            out[current] = []
+        elif current:
+            out[current].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+def push_files(session, files, then=None):
+    """Write files onto the host in one round trip: (remote path, bytes, mode) entries travel as one tar,
+    are unpacked into a staging dir and renamed into place (atomic per file), then `then` runs."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i, (_, data, mode) in enumerate(files):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    moves = []
+    for i, (path, _, _) in enumerate(files):
+        d, q = shlex.quote(posixpath.dirname(path)), shlex.quote(path)
+        # mv within one filesystem is a rename: the staging dir lives next to the target.
+        moves.append(f'mkdir -p {d} && s=$(mktemp -d {d}/.dockyard.XXXXXX) && tar -xf "$t" -C "$s" f{i} '
+                     f'&& chown 0:0 "$s/f{i}" && mv -f "$s/f{i}" {q} && rmdir "$s"')
+    script = 't=$(mktemp) && cat > "$t" && ' + " && ".join(moves) + '; rc=$?; rm -f "$t"; [ $rc -eq 0 ]'
+    if then:
+        script += f" && {{ {then}; }}"
+    session.run(script, sudo=True, input=buf.getvalue())
+
+
+def cert_files(ca_path, server_cert_path, server_key_path):
+    files = []
+    for local, remote, mode in ((ca_path, REMOTE_CA, 0o644), (server_cert_path, REMOTE_CERT, 0o644),
+                                (server_key_path, REMOTE_KEY, 0o600)):
         with open(local, "rb") as f:
-            session.put_bytes(f.read(), remote, mode=mode, sudo=True)
+            files.append((remote, f.read(), mode))
+    return files
 
 
-def push_bundle(session, cache_dir, log):
+def push_certs(session, ca_path, server_cert_path, server_key_path, then=None):
+    push_files(session, cert_files(ca_path, server_cert_path, server_key_path), then)
+
+
+def push_bundle(session, cache_dir, log, remote_digest=None):
     """Upload the engine bundle unless the host already has this exact file. Returns its sha256."""
     path, digest = build_bundle(cache_dir)
-    if remote_sha256(session, initsys.BUNDLE_PATH) != digest:
+    if remote_digest is None:
+        r = session.run(f"sha256sum {initsys.BUNDLE_PATH} 2>/dev/null", sudo=True, check=False)
+        remote_digest = r.stdout.split()[0] if r.exit_status == 0 and r.stdout else ""
+    if remote_digest != digest:
         log("Copying the engine to the remote machine...")
-        session.run("mkdir -p /usr/local/lib/dockyard", sudo=True)
         with open(path, "rb") as f:
-            session.put_bytes(f.read(), initsys.BUNDLE_PATH, mode=0o755, sudo=True)
+            push_files(session, [(initsys.BUNDLE_PATH, f.read(), 0o755)])
     return digest
-
-
-def push_config(session, engine_options, port):
-    text = templates.render("engine.json.j2", config=engine_config(engine_options, port))
-    session.put_bytes(text.encode(), initsys.CONFIG_PATH, mode=0o644, sudo=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class HostFacts:
     """What provisioning learned about the host; stored in config.json."""
 
-    def __init__(self, osinfo_, python, init):
-        self.os, self.python, self.init = osinfo_, python, init
+    def __init__(self, osinfo_, python, init, bundle_digest=""):
+        self.os, self.python, self.init, self.bundle_digest = osinfo_, python, init, bundle_digest
 
     def to_dict(self):
         return {"OS": self.os.pretty_name, "OSFamily": self.os.family, "Python": self.python, "Init": self.init}
@@ -100,25 +140,33 @@ class HostFacts:
 
 def prepare_host(session, machine_name, log, set_host_name=True):
     log("Detecting the operating system of the host...")
-    info = osinfo.detect(session)
+    r = session.run(_facts_script(machine_name, set_host_name), sudo=True)
+    sec = _sections(r.stdout)
+    if not sec.get("os-release", "").strip():
+        raise osinfo.ProvisionError("cannot read /etc/os-release on the host: unable to detect its OS")
+    info = osinfo.classify(osinfo.parse_os_release(sec["os-release"]))
     log(f"Provisioning with {info.pretty_name} ({info.family} family)...")
-    python = osinfo.ensure_python(session, info, log)
-    if set_host_name:
-        set_hostname(session, machine_name)
-    return HostFacts(info, python, initsys.detect(session))
+    python = osinfo.parse_python(sec.get("python", ""))
+    if python is None:
+        python = osinfo.ensure_python(session, info, log)
+    else:
+        osinfo.check_python_version(python)
+        python = python[0]
+    init = sec.get("init", "").strip() or "none"
+    bundle = sec.get("bundle", "").split()
+    return HostFacts(info, python, init, bundle[0] if bundle else "")
 
 
 def install_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key,
                    cache_dir, log):
-    """Push bundle, certs, config and service; restart the engine. Returns the bundle digest."""
-    digest = push_bundle(session, cache_dir, log)
-    log("Copying certs to the remote machine...")
-    push_certs(session, ca, server_cert, server_key)
-    log("Setting the engine configuration on the remote machine...")
-    push_config(session, engine_options, port)
+    """Push bundle, certs, config and service; (re)start the engine. Returns the bundle digest."""
+    digest = push_bundle(session, cache_dir, log, remote_digest=facts.bundle_digest)
+    log("Copying certs and the engine configuration to the remote machine...")
     service = initsys.for_host(facts.init, session, machine_name, facts.python, engine_options.get("Env", []))
-    service.install()
-    service.restart()
+    config = templates.render("engine.json.j2", config=engine_config(engine_options, port)).encode()
+    files = cert_files(ca, server_cert, server_key) + [(initsys.CONFIG_PATH, config, 0o644), service.service_file()]
+    log("Starting the engine...")
+    push_files(session, files, then=f"{service.register_cmd} && {service.restart_cmd}")
     return digest
 
 

@@ -1,7 +1,5 @@
 """The engine's service on the host, one class per init system: systemd, OpenRC, or none (a daemon script)."""
 
-import abc
-
 import templates
 
 from .. import __version__
@@ -24,7 +22,7 @@ def _env_pairs(env):
     return pairs
 
 
-class InitSystem(abc.ABC):
+class InitSystem:
     name = "base"
 
     def __init__(self, session, machine, python, env):
@@ -40,17 +38,24 @@ class InitSystem(abc.ABC):
             env=self.env, env_pairs=_env_pairs(self.env), ctl_path=getattr(self, "ctl_path", ""),
         )
 
-    @abc.abstractmethod
-    def install(self):
-        """Write the service definition onto the host."""
+    # Each init system is described declaratively (its service file and shell commands) so that
+    # provisioning can send files and commands to the host in one round trip.
+    template = ""
+    service_path = ""
+    service_mode = 0o644
+    register_cmd = ""
+    restart_cmd = ""
+    stop_cmd = ""
 
-    @abc.abstractmethod
+    def service_file(self):
+        """(remote path, content, mode) of the service definition."""
+        return self.service_path, templates.render(self.template, **self.context()).encode(), self.service_mode
+
     def restart(self):
-        """(Re)start the engine."""
+        self.s.run(self.restart_cmd, sudo=True)
 
-    @abc.abstractmethod
     def stop(self):
-        """Stop the engine; running containers are left alone."""
+        self.s.run(self.stop_cmd, sudo=True, check=False)
 
     def logs(self, lines=30):
         r = self.s.run(f"tail -n {int(lines)} {LOG_PATH} 2>/dev/null", sudo=True, check=False)
@@ -59,19 +64,11 @@ class InitSystem(abc.ABC):
 
 class Systemd(InitSystem):
     name = "systemd"
-    unit_path = "/etc/systemd/system/dockyard-engine.service"
-
-    def install(self):
-        self.s.put_bytes(templates.render("engine.service.j2", **self.context()).encode(), self.unit_path,
-                         mode=0o644, sudo=True)
-        self.s.run("systemctl daemon-reload && systemctl enable dockyard-engine.service >/dev/null 2>&1",
-                   sudo=True)
-
-    def restart(self):
-        self.s.run("systemctl restart dockyard-engine.service", sudo=True)
-
-    def stop(self):
-        self.s.run("systemctl stop dockyard-engine.service", sudo=True, check=False)
+    template = "engine.service.j2"
+    service_path = "/etc/systemd/system/dockyard-engine.service"
+    register_cmd = "systemctl daemon-reload && systemctl enable --no-reload dockyard-engine.service >/dev/null 2>&1"
+    restart_cmd = "systemctl restart dockyard-engine.service"
+    stop_cmd = "systemctl stop dockyard-engine.service"
 
     def logs(self, lines=30):
         r = self.s.run(f"journalctl -u dockyard-engine.service -n {int(lines)} --no-pager -o cat", sudo=True,
@@ -81,35 +78,24 @@ class Systemd(InitSystem):
 
 class OpenRC(InitSystem):
     name = "openrc"
-    script_path = "/etc/init.d/dockyard-engine"
-
-    def install(self):
-        self.s.put_bytes(templates.render("engine.openrc.j2", **self.context()).encode(), self.script_path,
-                         mode=0o755, sudo=True)
-        self.s.run("rc-update add dockyard-engine default >/dev/null 2>&1 || true", sudo=True)
-
-    def restart(self):
-        self.s.run("rc-service dockyard-engine restart", sudo=True)
-
-    def stop(self):
-        self.s.run("rc-service dockyard-engine stop", sudo=True, check=False)
+    template = "engine.openrc.j2"
+    service_path = "/etc/init.d/dockyard-engine"
+    service_mode = 0o755
+    register_cmd = "rc-update add dockyard-engine default >/dev/null 2>&1 || true"
+    restart_cmd = "rc-service dockyard-engine restart"
+    stop_cmd = "rc-service dockyard-engine stop"
 
 
 class NoInit(InitSystem):
     """Hosts without an init system (containers, minimal chroots): a daemonizing control script."""
 
     name = "none"
-    ctl_path = "/usr/local/lib/dockyard/engine-ctl"
-
-    def install(self):
-        self.s.put_bytes(templates.render("engine-ctl.sh.j2", **self.context()).encode(), self.ctl_path,
-                         mode=0o755, sudo=True)
-
-    def restart(self):
-        self.s.run(f"{self.ctl_path} restart", sudo=True)
-
-    def stop(self):
-        self.s.run(f"{self.ctl_path} stop", sudo=True, check=False)
+    template = "engine-ctl.sh.j2"
+    ctl_path = service_path = "/usr/local/lib/dockyard/engine-ctl"
+    service_mode = 0o755
+    register_cmd = "true"
+    restart_cmd = f"{ctl_path} restart"
+    stop_cmd = f"{ctl_path} stop"
 
 
 DETECT = (

@@ -75,14 +75,28 @@ PYTHON_CHECK = (
 )
 
 
+def parse_python(text):
+    """(path, (major, minor)) from PYTHON_CHECK's output, or None when there is no python3."""
+    lines = text.split()
+    if len(lines) < 2 or "." not in lines[1]:
+        return None
+    try:
+        major, minor = (int(x) for x in lines[1].split(".")[:2])
+    except ValueError:
+        return None
+    return lines[0], (major, minor)
+
+
+def check_python_version(found):
+    path, version = found
+    if version < (3, 9):
+        raise ProvisionError(f"the host's python3 ({path}) is {version[0]}.{version[1]}; the engine needs 3.9 or newer")
+
+
 def find_python(session):
     """(path, (major, minor)) of the host's python3, or None."""
     r = session.run(PYTHON_CHECK, check=False)
-    if r.exit_status != 0:
-        return None
-    lines = r.stdout.split()
-    major, minor = (int(x) for x in lines[1].split("."))
-    return lines[0], (major, minor)
+    return parse_python(r.stdout) if r.exit_status == 0 else None
 
 
 def ensure_python(session, osinfo, log):
@@ -93,7 +107,5 @@ def ensure_python(session, osinfo, log):
         found = find_python(session)
         if found is None:
             raise ProvisionError("python3 is still missing on the host after installing it")
-    path, version = found
-    if version < (3, 9):
-        raise ProvisionError(f"the host's python3 is {version[0]}.{version[1]}; the engine needs 3.9 or newer")
-    return path
+    check_python_version(found)
+    return found[0]
