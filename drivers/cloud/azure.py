@@ -10,12 +10,13 @@ from provisioner.credentials import Field
 from provisioner.errors import DriverError
 
 from ..base import Flag, State
-from .base import CloudDriver, common_flags, key_value_tags
+from .base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags, parse_endpoint
 from .errors import CloudError, CloudNotFound
 
 NET_API = "2023-09-01"
 COMPUTE_API = "2024-03-01"
 RG_API = "2021-04-01"
+SUB_API = "2022-12-01"  # Microsoft.Resources subscriptions and their locations
 DEFAULT_IMAGE = "Canonical:ubuntu-24_04-lts:server:latest"
 ENVIRONMENTS = {"AzurePublicCloud": "default", "AzureChinaCloud": "AzureChinaCloud",
                 "AzureUSGovernment": "AzureUSGovernment", "AzureGermanCloud": "AzureGermanCloud"}
@@ -47,7 +48,7 @@ class AzureDriver(CloudDriver):
         Flag("azure-client-secret", "Service principal secret", envvar="AZURE_CLIENT_SECRET"),
         Flag("azure-environment", "Cloud: " + ", ".join(ENVIRONMENTS), default="AzurePublicCloud",
              envvar="AZURE_ENVIRONMENT"),
-        Flag("azure-ad-endpoint", "Active Directory URL with --azure-endpoint (private clouds)",
+        Flag("azure-ad-endpoint", "Active Directory URL with --azure-endpoint (private clouds; port 443 only)",
              envvar="AZURE_AD_ENDPOINT"),
         Flag("azure-location", "Location", default="westeurope", envvar="AZURE_LOCATION"),
         Flag("azure-resource-group", "Resource group (created when missing)", default="dockyard",
@@ -77,6 +78,10 @@ class AzureDriver(CloudDriver):
         if len(image.split(":")) != 4:
             raise DriverError(f'invalid --azure-image "{image}": expected publisher:offer:sku:version')
         no_public = bool(self.opt(options, "no_public_ip", False))
+        ad = self.opt(options, "ad_endpoint", "") or ""
+        if ad and parse_endpoint(ad)[2] != 443:
+            # libcloud signs in to Active Directory on port 443 of the URL's host, whatever the URL says.
+            raise DriverError(f'--azure-ad-endpoint "{ad}": the Azure sign-in goes to port 443 only')
         self.config.update(
             SubscriptionId=self.opt(options, "subscription_id"), TenantId=self.opt(options, "tenant_id"),
             Environment=env, ADEndpoint=self.opt(options, "ad_endpoint", "") or "",
@@ -95,14 +100,17 @@ class AzureDriver(CloudDriver):
         from libcloud.compute.drivers.azure_arm import AzureNodeDriver
 
         env = ENVIRONMENTS[self.config["Environment"]]
+        cls = AzureNodeDriver
         if endpoint:
             from libcloud.common.azure_arm import publicEnvironments
 
-            env = dict(publicEnvironments["default"], resourceManagerEndpointUrl=self.config["Endpoint"])
+            env = dict(publicEnvironments[env], resourceManagerEndpointUrl=self.config["Endpoint"])
             if self.config["ADEndpoint"]:
                 env["activeDirectoryEndpointUrl"] = self.config["ADEndpoint"]
-        return AzureNodeDriver(self.config["TenantId"], self.config["SubscriptionId"], secrets["client_id"],
-                               secrets["client_secret"], region=self.config["Location"], cloud_environment=env)
+            cls = _driver_honouring_port(endpoint)
+        # Signs in at once (client credentials grant); a refused secret is a 400/401 with AAD's reason.
+        return cls(self.config["TenantId"], self.config["SubscriptionId"], secrets["client_id"],
+                   secrets["client_secret"], region=self.config["Location"], cloud_environment=env)
 
     # -- ARM requests ----------------------------------------------------------------------------------------
     def rg_path(self):
@@ -114,8 +122,19 @@ class AzureDriver(CloudDriver):
     def vm_path(self):
         return f"{self.rg_path()}/providers/Microsoft.Compute/virtualMachines/{self.node_name()}"
 
-    def arm(self, conn, what, path, method="GET", data=None, api=NET_API):
-        return self.rest(conn, what, path, method, data, params={"api-version": api})
+    def arm(self, conn, what, path, method="GET", data=None, api=NET_API, params=None):
+        """An ARM request; returns the decoded body ("" when empty)."""
+        from libcloud.common.exceptions import BaseHTTPError
+
+        # Not self.rest(): libcloud's Azure connection JSON-encodes the body itself, so a dict goes in.
+        with self.api(what):
+            try:
+                return conn.connection.request(path, params={"api-version": api, **(params or {})},
+                                               data=data, method=method).object
+            except BaseHTTPError as e:
+                if e.code == 204:  # libcloud counts "204 No Content" (e.g. a DELETE) as a failure
+                    return ""
+                raise
 
     def get_or_none(self, conn, what, path, api=NET_API):
         try:
@@ -135,13 +154,29 @@ class AzureDriver(CloudDriver):
             time.sleep(self.poll_interval)
 
     def check_access(self, conn):
-        self.arm(conn, "checking the credentials", f"/subscriptions/{self.config['SubscriptionId']}", api=RG_API)
+        self.arm(conn, "checking the credentials", f"/subscriptions/{self.config['SubscriptionId']}", api=SUB_API)
 
     def resolve(self, conn):
-        sizes = self.arm(conn, "listing VM sizes", f"/subscriptions/{self.config['SubscriptionId']}/providers/"
-                         f"Microsoft.Compute/locations/{self.config['Location']}/vmSizes", api=COMPUTE_API)
+        sub, loc = f"/subscriptions/{self.config['SubscriptionId']}", self.config["Location"]
+        locations = {x["name"] for x in self.arm(conn, "listing locations", f"{sub}/locations", api=SUB_API)
+                     .get("value", [])}
+        if loc not in locations:
+            raise CloudNotFound(f'{self.name}: unknown location "{loc}" (available: {", ".join(sorted(locations))})')
+        compute = f"{sub}/providers/Microsoft.Compute/locations/{loc}"
+        sizes = self.arm(conn, "listing VM sizes", f"{compute}/vmSizes", api=COMPUTE_API)
         if self.config["Size"] not in {s["name"] for s in sizes.get("value", [])}:
-            raise CloudNotFound(f'{self.name}: size "{self.config["Size"]}" not offered in {self.config["Location"]}')
+            raise CloudNotFound(f'{self.name}: size "{self.config["Size"]}" not offered in {loc}')
+        publisher, offer, sku, version = self.config["Image"].split(":")
+        versions = f"{compute}/publishers/{publisher}/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"
+        missing = CloudNotFound(f'{self.name}: image "{self.config["Image"]}" not found in {loc}')
+        try:
+            if version == "latest":
+                if not self.arm(conn, "finding the image", versions, api=COMPUTE_API, params={"$top": "1"}):
+                    raise missing
+            else:
+                self.arm(conn, "finding the image", f"{versions}/{version}", api=COMPUTE_API)
+        except CloudNotFound:
+            raise missing from None
         return {}
 
     # -- shared objects: resource group, network, security group ---------------------------------------------------
@@ -189,7 +224,10 @@ class AzureDriver(CloudDriver):
         if not path:
             return
         nsg = self.get_or_none(conn, "checking whether the security group is still used", path)
-        if nsg and not nsg.get("properties", {}).get("networkInterfaces"):
+        if nsg is not None:
+            props = nsg.get("properties", {})
+            if props.get("networkInterfaces") or props.get("subnets"):
+                return  # still used: the last machine to go deletes it
             try:
                 self.arm(conn, "deleting the security group", path, "DELETE")
             except CloudError:
@@ -270,8 +308,8 @@ class AzureDriver(CloudDriver):
         self._vm_action(conn, "deallocate", "stopping (deallocating) the VM")
 
     def kill_node(self, conn, node):
-        self.rest(conn, "powering the VM off", f"{self.config['NodeId']}/powerOff", "POST", {},
-                  params={"api-version": COMPUTE_API, "skipShutdown": "true"})
+        self.arm(conn, "powering the VM off", f"{self.config['NodeId']}/powerOff", "POST", api=COMPUTE_API,
+                 params={"skipShutdown": "true"})
 
     def reboot_node(self, conn, node):
         self._vm_action(conn, "restart", "restarting the VM")
@@ -286,3 +324,61 @@ class AzureDriver(CloudDriver):
 
     def node_name(self):
         return re.sub(r"[^a-zA-Z0-9-]", "-", self.machine_name)[:64]
+
+    def _gone(self, conn, what, path, api, timeout):
+        deadline = time.monotonic() + timeout
+        while self.get_or_none(conn, what, path, api) is not None:
+            if time.monotonic() > deadline:
+                raise CloudError(f"{self.name}: {what}: still there after {timeout:.0f}s")
+            time.sleep(self.poll_interval)
+
+    def wait_gone(self, conn, node, timeout=RUNNING_TIMEOUT):
+        # The VM's deletion is asynchronous and takes its NIC along; the security group can be deleted only
+        # once no NIC refers to it.
+        self._gone(conn, "waiting for the VM to be deleted", self.vm_path(), COMPUTE_API, timeout)
+        self._gone(conn, "waiting for the network interface to be deleted",
+                   self.net("networkInterfaces", f"{self.node_name()}-nic"), NET_API, timeout)
+
+    def remove(self):
+        requested = bool(self.config.get("NodeId") or self.config.get("CreateRequested"))
+        super().remove()
+        if not requested:
+            return
+        # A create that failed before the VM existed leaves its NIC and public IP (only a VM's deletion takes
+        # them along); with them gone the security group may be free only now.
+        conn = self.conn()
+        leftovers = [self.net("networkInterfaces", f"{self.node_name()}-nic")]
+        if self.config.get("FloatingIPId"):
+            leftovers.append(self.config["FloatingIPId"])
+        found = False
+        for path in leftovers:
+            if self.get_or_none(conn, "looking for leftovers of the VM", path) is not None:
+                found = True
+                try:
+                    self.arm(conn, "deleting a leftover of the VM", path, "DELETE")
+                except CloudError:
+                    pass  # e.g. already being deleted: wait for it below
+                self._gone(conn, "waiting for a leftover of the VM to be deleted", path, NET_API, RUNNING_TIMEOUT)
+        self.record(FloatingIPId="")
+        if found and self.config.get("FirewallManaged"):
+            with self.shared_lock():
+                self.release_firewall(conn)
+
+
+def _driver_honouring_port(endpoint):
+    """libcloud's Azure driver takes only the host from the Resource Manager URL and talks to port 443; an
+    endpoint override with another port gets a connection that keeps the URL's port and scheme."""
+    from libcloud.common.azure_arm import AzureResourceManagementConnection
+    from libcloud.compute.drivers.azure_arm import AzureNodeDriver
+
+    secure, _host, port, _path = endpoint
+
+    class Connection(AzureResourceManagementConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.port, self.secure = port, int(secure)
+
+    class Driver(AzureNodeDriver):
+        connectionCls = Connection
+
+    return Driver

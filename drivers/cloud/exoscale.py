@@ -1,11 +1,36 @@
-"""The `exoscale` driver: an Exoscale instance through libcloud's CloudStack-compatible driver, with an
-imported key pair and a security group."""
+"""The `exoscale` driver: an instance through libcloud's Exoscale driver (CloudStack API), with an imported
+key pair and a security group.
+
+Exoscale retired that API (its "Compute API v1") on 2024-05-01 and libcloud has no driver for its v2 API, so
+against Exoscale itself the pre-create check stops with an explanation before any request is made. An
+--exoscale-endpoint naming another CloudStack-compatible API still works.
+"""
+
+from urllib.parse import urlsplit
 
 from provisioner.credentials import Field
 
 from ..base import Flag
 from .base import CloudDriver, common_flags
 from .errors import CloudError, CloudNotFound
+
+EXOSCALE_HOSTS = ("exoscale.com", "exoscale.ch")
+
+
+def retired_message():
+    import libcloud
+
+    return ("exoscale: Exoscale retired the CloudStack-compatible API (Compute API v1) on 2024-05-01, and "
+            f"libcloud {libcloud.__version__} reaches Exoscale only through that API, so this driver cannot "
+            "create machines there. Create the instance with Exoscale's own tools (exo CLI, portal) and add it "
+            "with `dockyard create -d generic`; --exoscale-endpoint still works for a CloudStack-compatible API.")
+
+
+class ExoscaleRetired(CloudError):
+    """The endpoint is Exoscale's own, whose CloudStack API is gone."""
+
+    def __init__(self):
+        super().__init__(retired_message())
 
 
 def _named(items, name, what, provider, attr="name"):
@@ -23,7 +48,8 @@ class ExoscaleDriver(CloudDriver):
         Field("api_secret", "EXOSCALE_API_SECRET", "exoscale_api_secret_key"),
     ]
     flags = [
-        Flag("exoscale-api-key", "API key", envvar="EXOSCALE_API_KEY"),
+        Flag("exoscale-api-key", "API key (Exoscale itself retired the API this driver speaks; only a "
+             "CloudStack-compatible --exoscale-endpoint works)", envvar="EXOSCALE_API_KEY"),
         Flag("exoscale-api-secret-key", "API secret", envvar="EXOSCALE_API_SECRET"),
         Flag("exoscale-availability-zone", "Zone", default="ch-gva-2", envvar="EXOSCALE_AVAILABILITY_ZONE"),
         Flag("exoscale-instance-profile", "Instance type (service offering)", default="Small",
@@ -41,8 +67,34 @@ class ExoscaleDriver(CloudDriver):
             DiskSize=int(self.opt(options, "disk_size", 20)),
         )
 
+    def targets_exoscale(self):
+        host = (urlsplit(self.config["Endpoint"]).hostname or "") if self.config.get("Endpoint") else "exoscale.com"
+        return any(host == h or host.endswith("." + h) for h in EXOSCALE_HOSTS)
+
+    def pre_create_check(self):
+        if self.targets_exoscale():
+            from provisioner.errors import PreCreateCheckError
+
+            raise PreCreateCheckError(retired_message())  # before credentials are asked for or stored
+        super().pre_create_check()
+
+    def check_access(self, conn):
+        from libcloud.common.types import ProviderError
+
+        try:
+            conn.list_key_pairs()
+        except ProviderError as e:
+            # What Exoscale's endpoints answer since the retirement (e.g. through a proxy):
+            # 403 "This API is deprecated. See https://changelog.exoscale.com/... for more informations."
+            if getattr(e, "http_code", None) == 403 and "deprecated" in str(getattr(e, "value", e)).lower():
+                raise ExoscaleRetired() from None
+            raise
+
     def connect(self, secrets, endpoint):
         from libcloud.compute.drivers.exoscale import ExoscaleNodeDriver
+
+        if self.targets_exoscale():
+            raise ExoscaleRetired()
 
         kwargs = {}
         if endpoint:
@@ -67,9 +119,12 @@ class ExoscaleDriver(CloudDriver):
         with self.api(f'setting up security group "{name}"'):
             group = next((g for g in conn.ex_list_security_groups() if g["name"] == name), None)
             if group is None:
-                group = conn.ex_create_security_group(name, description="dockyard machines")
-                self.record(FirewallManaged=True)
-            self.record(FirewallId=group["id"])
+                # Not conn.ex_create_security_group: it refuses any name that is a substring of an existing
+                # group's ("dockyard" while "dockyard-old" exists).
+                group = conn.connection._sync_request(
+                    "createSecurityGroup", params={"name": name, "description": "dockyard machines"})["securitygroup"]
+            # Made by dockyard (now or for an earlier machine): the last machine to go deletes it.
+            self.record(FirewallId=group["id"], FirewallManaged=group.get("description") == "dockyard machines")
             have = {(r.get("protocol"), int(r.get("startport", -1)), r.get("cidr"))
                     for r in group.get("ingressrule", [])}
             for port, proto in self.ports():

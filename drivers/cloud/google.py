@@ -1,6 +1,8 @@
 """The `google` driver: a Compute Engine instance, the SSH key in instance metadata, and a firewall rule
 that targets a network tag."""
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -10,9 +12,11 @@ from provisioner.errors import DriverError
 
 from ..base import Flag
 from .base import CloudDriver, common_flags, list_tags
-from .errors import CloudError, CloudNotFound
+from .errors import CloudAuthError, CloudError, CloudNotFound, one_line, translate
 
 DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+# libcloud turns a full resource URL into a path on whatever host the connection talks to.
+API_BASE = "https://www.googleapis.com/compute/v1/"
 
 
 def _service_account(value):
@@ -50,7 +54,9 @@ class GoogleDriver(CloudDriver):
              envvar="GOOGLE_USE_INTERNAL_IP"),
         Flag("google-use-internal-ip-only", "No external address at all", is_flag=True,
              envvar="GOOGLE_USE_INTERNAL_IP_ONLY"),
-    ] + common_flags("google", "GOOGLE_", ssh_user="docker-user",
+        Flag("google-endpoint", "API endpoint URL; the OAuth token request goes there too (proxies, tests)",
+             envvar="GOOGLE_ENDPOINT"),
+    ] + common_flags("google", "GOOGLE_", ssh_user="docker-user", endpoint=False,
                      firewall_help="Firewall rule to create or reuse (it targets the network tag of the same name)",
                      firewall_default="dockyard-machines")
 
@@ -71,29 +77,67 @@ class GoogleDriver(CloudDriver):
         )
 
     def connect(self, secrets, endpoint):
-        from libcloud.compute.drivers.gce import GCENodeDriver
+        from libcloud.common.google import GoogleAuthError, GoogleBaseError
 
         email, key = _service_account(secrets["service_account_json"])
-        # libcloud caches the short-lived access token in a file: keep it in the user's cache, mode 0600.
+        # libcloud caches the short-lived access token in a file: keep it in the user's cache, mode 0600,
+        # one per account and endpoint (a token from a test or proxy endpoint is never offered elsewhere).
         cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dockyard")
         os.makedirs(cache, mode=0o700, exist_ok=True)
-        return GCENodeDriver(email, key, project=self.config["Project"], datacenter=self.config["Zone"],
-                             auth_type="SA", credential_file=os.path.join(cache, f"gce-token-{email}"),
-                             **self.endpoint_kwargs(endpoint))
+        suffix = "-" + hashlib.sha256(self.config["Endpoint"].encode()).hexdigest()[:12] if endpoint else ""
+        cls = _gce_driver_class(endpoint is not None)
+        try:
+            # No datacenter: libcloud would look the zone up before we can say it is unknown.
+            return cls(email, key, project=self.config["Project"], auth_type="SA",
+                       credential_file=os.path.join(cache, f"gce-token-{email}{suffix}"),
+                       **self.endpoint_kwargs(endpoint))
+        except (GoogleAuthError, GoogleBaseError) as e:
+            # The service account's signed token request was refused (e.g. invalid_grant: a deleted or
+            # rotated key): libcloud reports it as a 400, not as refused credentials.
+            if isinstance(e, GoogleBaseError) and getattr(e, "http_code", None) not in (400, 401, 403):
+                raise translate(self.name, "signing in", e) from None
+            raise CloudAuthError(f"{self.name}: signing in as {email}: the provider refused the credentials "
+                                 f"({one_line(getattr(e, 'value', None) or e)})") from None
+
+    @contextlib.contextmanager
+    def api(self, what):
+        from libcloud.common.google import GoogleBaseError
+
+        with super().api(what):
+            try:
+                yield
+            except GoogleBaseError as e:
+                # Google's errors carry {"reason", "message", "domain"}; libcloud keeps the whole dict.
+                if isinstance(e.value, dict):
+                    e.value = e.value.get("message") or e.value.get("reason") or str(e.value)
+                raise
 
     def check_access(self, conn):
-        conn.ex_get_zone(self.config["Zone"])
+        conn.ex_list_zones()
+
+    def image_request(self):
+        """(how, what) to look the image up: ("url", full URL) or ("name", an image name in the project)."""
+        image = self.config["Image"]
+        if image.startswith("https://"):
+            return "url", image
+        if image.startswith("projects/"):
+            return "url", API_BASE + image
+        return "name", image
 
     def resolve(self, conn):
         with self.api(f'finding zone "{self.config["Zone"]}"'):
-            if conn.ex_get_zone(self.config["Zone"]) is None:
-                raise CloudNotFound(f'{self.name}: unknown zone "{self.config["Zone"]}"')
+            zones = {z.name for z in conn.ex_list_zones()}
+        if self.config["Zone"] not in zones:
+            raise CloudNotFound(f'{self.name}: unknown zone "{self.config["Zone"]}" in project '
+                                f'{self.config["Project"]} (zones: {", ".join(sorted(zones))})')
         with self.api(f'finding machine type "{self.config["MachineType"]}"'):
             size = conn.ex_get_size(self.config["MachineType"], self.config["Zone"])
+        how, what = self.image_request()
         with self.api(f'finding image "{self.config["Image"]}"'):
-            image = conn.ex_get_image_from_family(self.config["Image"].rsplit("/", 1)[1],
-                                                  ex_project_list=[self.config["Image"].split("/")[1]]) \
-                if "/family/" in self.config["Image"] else conn.ex_get_image(self.config["Image"])
+            if how == "url" and "/family/" in what:
+                image = conn.ex_get_image_from_family(what)
+            else:  # a URL is fetched as such; a bare name is searched in the project and the public ones
+                image = conn.ex_get_image(what)
         return {"size": size, "image": image}
 
     def tag(self):
@@ -163,25 +207,51 @@ class GoogleDriver(CloudDriver):
     def get_node(self, conn):
         from libcloud.common.google import ResourceNotFoundError
 
-        if not self.config.get("NodeId"):
+        node_id = self.config.get("NodeId")
+        if not node_id:
             return None
+        # Instances are addressed by name within the zone; NodeId is the name until the provider's numeric id
+        # is known, and then guards against another instance that took the name since.
         try:
             with self.api("looking up the instance"):
-                return conn.ex_get_node(self.config["NodeId"], self.config["Zone"])
+                node = conn.ex_get_node(self.node_name(), self.config["Zone"])
         except CloudNotFound:
             return None
         except ResourceNotFoundError:
             return None
+        return node if str(node_id) in (str(node.id), self.node_name()) else None
 
     def find_orphan(self, conn):
         self.config["NodeId"] = self.node_name()
         return self.get_node(conn)
 
     def destroy_node(self, conn, node):
+        # The boot disk is created with autoDelete, so it goes with the instance; asking libcloud to delete
+        # it as well fails with "not found" once the instance deletion has finished.
         with self.api("deleting the instance"):
-            conn.destroy_node(node, destroy_boot_disk=True)
+            conn.destroy_node(node)
 
     def node_name(self):
         # Instance names: lowercase letters, digits and dashes, starting with a letter.
         name = re.sub(r"[^a-z0-9-]", "-", self.machine_name.lower())
         return (name if name[:1].isalpha() else "dy-" + name)[:63]
+
+
+def _gce_driver_class(with_endpoint):
+    """libcloud's GCE driver, or (with an endpoint override) one whose connection accepts the host and port
+    libcloud's base driver hands over positionally: GCEConnection takes its fourth argument as auth_type,
+    so `host=` fails with "multiple values for argument 'auth_type'". Host and port then reach both the API
+    connection and the OAuth token connection made from the same keywords."""
+    from libcloud.compute.drivers.gce import GCEConnection, GCENodeDriver
+
+    if not with_endpoint:
+        return GCENodeDriver
+
+    class EndpointGCEConnection(GCEConnection):
+        def __init__(self, user_id, key, secure, host=None, port=None, **kwargs):
+            super().__init__(user_id, key, secure, host=host, port=port, **kwargs)
+
+    class EndpointGCENodeDriver(GCENodeDriver):
+        connectionCls = EndpointGCEConnection
+
+    return EndpointGCENodeDriver

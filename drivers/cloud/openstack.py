@@ -1,13 +1,15 @@
 """The `openstack` driver: a Nova server, an imported key pair, a security group, an optional floating IP."""
 
+import contextlib
 import re
+import time
 
 from provisioner.credentials import Field
 from provisioner.errors import DriverError
 
 from ..base import Flag
-from .base import CloudDriver, common_flags, key_value_tags
-from .errors import CloudError, CloudNotFound
+from .base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags
+from .errors import CloudError, CloudNotFound, CloudQuotaError, one_line
 
 GROUP_DESCRIPTION = "dockyard machines: SSH and the engine port"
 
@@ -71,7 +73,23 @@ class OpenStackDriver(CloudDriver):
         self.late_address = bool(self.config["FloatingIPPool"]) and not self.config["UsePrivateAddress"]
         if not (self.config["FlavorName"] or self.config["FlavorId"]):
             raise DriverError("openstack driver requires --openstack-flavor-name or --openstack-flavor-id")
+        if not self.config["TenantName"]:
+            # Keystone v3 password auth scoped to a project: without one every call is refused.
+            raise DriverError("openstack driver requires --openstack-tenant-name (or OS_PROJECT_NAME)")
         key_value_tags(self.config["Tags"])
+
+    @contextlib.contextmanager
+    def api(self, what):
+        from libcloud.common.exceptions import BaseHTTPError
+
+        with super().api(what):
+            try:
+                yield
+            except BaseHTTPError as e:
+                # Nova answers "403 Quota exceeded for instances/cores/ram": a quota, not refused credentials.
+                if e.code in (403, 413) and "quota" in str(e.message or "").lower():
+                    raise CloudQuotaError(f"{self.name}: {what}: quota reached ({one_line(e.message)})") from None
+                raise
 
     def connect(self, secrets, endpoint):
         from libcloud.compute.drivers.openstack import OpenStack_2_NodeDriver
@@ -85,7 +103,21 @@ class OpenStackDriver(CloudDriver):
         return OpenStack_2_NodeDriver(secrets["username"], secrets["password"], **kwargs)
 
     def check_access(self, conn):
-        conn.list_key_pairs()
+        from libcloud.common.types import LibcloudError
+
+        try:
+            conn.list_key_pairs()
+        except LibcloudError as e:
+            if "Could not find specified endpoint" not in str(e):
+                raise
+            # Signed in, but the catalogue has no compute endpoint in the region (libcloud's default:
+            # RegionOne): say which regions there are.
+            catalog = conn.connection.service_catalog
+            regions = sorted({r for r in (catalog.get_regions("compute") if catalog else []) if r})
+            wanted = self.config["Region"] or "RegionOne (the default)"
+            raise CloudNotFound(f'{self.name}: no compute endpoint in region "{wanted}" '
+                                f'(regions in the service catalogue: {", ".join(regions) or "none"}); '
+                                "set --openstack-region") from None
 
     def resolve(self, conn):
         with self.api("finding the flavor"):
@@ -99,6 +131,10 @@ class OpenStackDriver(CloudDriver):
             with self.api("finding the network"):
                 networks = [_by_name_or_id(conn.ex_list_networks(), self.config["NetName"], self.config["NetId"],
                                            "network", self.name)]
+        pool = self.config["FloatingIPPool"]
+        if pool:
+            with self.api("finding the floating IP pool"):
+                _by_name_or_id(conn.ex_list_floating_ip_pools(), pool, pool, "floating IP pool", self.name)
         return {"size": size, "image": image, "networks": networks}
 
     # -- security group ---------------------------------------------------------------------------------------
@@ -114,12 +150,23 @@ class OpenStackDriver(CloudDriver):
             if group is None:
                 group = conn.ex_create_security_group(name, GROUP_DESCRIPTION)
             self.record(FirewallId=str(group.id), FirewallManaged=group.description == GROUP_DESCRIPTION)
-            have = {(r.ip_protocol, int(r.from_port), r.ip_range) for r in group.rules
+            # Neutron may store "anywhere" as no prefix at all; libcloud does not tell ingress from egress,
+            # but the default egress rules have no ports, so they never match.
+            have = {(r.ip_protocol, int(r.from_port), r.ip_range or "0.0.0.0/0") for r in group.rules
                     if r.from_port is not None and r.from_port == r.to_port}
             for port, proto in self.ports():
                 for cidr in self.config["SourceCIDRs"]:
                     if (proto, port, cidr) not in have:
-                        conn.ex_create_security_group_rule(group, proto, port, port, cidr)
+                        self._add_rule(conn, group, proto, port, cidr)
+
+    def _add_rule(self, conn, group, proto, port, cidr):
+        from libcloud.common.exceptions import BaseHTTPError
+
+        try:
+            conn.ex_create_security_group_rule(group, proto, port, port, cidr)
+        except BaseHTTPError as e:
+            if e.code != 409:  # 409: the rule exists already (e.g. stored in another spelling)
+                raise
 
     def release_firewall(self, conn):
         name = self.config["FirewallName"]
@@ -156,9 +203,15 @@ class OpenStackDriver(CloudDriver):
             return node
         with self.api(f'taking a floating IP from pool "{pool}"'):
             ip = conn.ex_create_floating_ip(pool)
-            self.record(FloatingIPId=str(ip.id))
-            conn.ex_attach_floating_ip_to_node(node, ip)
+        if ip is None:
+            raise CloudNotFound(f'{self.name}: floating IP pool "{pool}" not found')
+        self.record(FloatingIPId=str(ip.id))
+        with self.api(f"attaching floating IP {ip.ip_address}"):
+            attached = conn.ex_attach_floating_ip_to_node(node, ip)
+        if not attached:
+            raise CloudError(f"{self.name}: could not attach floating IP {ip.ip_address}: the server has no port")
         node.public_ips = [ip.ip_address]
+        self.config["FloatingIPAddress"] = ip.ip_address
         return node
 
     def get_node(self, conn):
@@ -166,10 +219,32 @@ class OpenStackDriver(CloudDriver):
         if not node_id:
             return None
         with self.api("looking up the server"):
-            node = conn.ex_get_node_details(node_id)
-        if node is not None and self.config.get("FloatingIPId") and not node.public_ips:
-            node.public_ips = [a for a in node.extra.get("floating_ips", []) if a]
-        return node
+            return conn.ex_get_node_details(node_id)
+
+    def addresses(self, node):
+        """Nova labels each address fixed or floating; libcloud guesses public/private from the range,
+        which puts a floating IP from a private range (common in private clouds) among the private ones."""
+        floating, fixed = [], []
+        for entries in (node.extra or {}).get("addresses", {}).values():
+            for a in entries:
+                addr = a.get("addr")
+                if addr and a.get("version", 4) == 4:
+                    (floating if a.get("OS-EXT-IPS:type") == "floating" else fixed).append(addr)
+        public, private = super().addresses(node)
+        if self.config.get("FloatingIPAddress") and self.config["FloatingIPAddress"] in floating + list(
+                node.public_ips or []):
+            public = self.config["FloatingIPAddress"]
+        elif floating:
+            public = floating[0]
+        private = next((a for a in fixed if a in (node.private_ips or [])), None) or \
+            next((a for a in fixed if a != public), private)
+        return public, private
+
+    def wait_gone(self, conn, node, timeout=RUNNING_TIMEOUT):
+        # Neutron refuses to delete a security group while the deleted server's port still exists.
+        deadline = time.monotonic() + timeout
+        while self.get_node(conn) is not None and time.monotonic() < deadline:
+            time.sleep(self.poll_interval)
 
     def remove(self):
         super().remove()
@@ -181,6 +256,7 @@ class OpenStackDriver(CloudDriver):
                     if str(ip.id) == ip_id:
                         conn.ex_delete_floating_ip(ip)
             self.record(FloatingIPId="")
+            self.config["FloatingIPAddress"] = ""
 
     def delete_key(self, conn):
         with self.api("deleting the key pair"):

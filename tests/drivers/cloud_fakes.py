@@ -25,7 +25,7 @@ class Request:
 class FakeAPI:
     """Serves model.handle(request) -> (status, body dict or None, headers) and keeps the requests."""
 
-    def __init__(self, model):
+    def __init__(self, model, host="127.0.0.1", port=0, ssl_context=None):
         self.model = model
         self.requests = []
         self.lock = threading.Lock()
@@ -38,6 +38,9 @@ class FakeAPI:
                 body = self.rfile.read(length) if length else b""
                 req = Request(self.command, url.path, dict(urllib.parse.parse_qsl(url.query)),
                               {k.lower(): v for k, v in self.headers.items()}, body.decode())
+                gate = getattr(api.model, "before_handle", None)
+                if gate is not None:  # may block (a test holding requests), so outside the lock
+                    gate(req)
                 with api.lock:
                     api.requests.append(req)
                     try:
@@ -59,10 +62,17 @@ class FakeAPI:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"fake APIs listen on loopback only, not {host}")
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.host, self.port = host, self.server.server_address[1]
+        if ssl_context is not None:  # TLS: the handshake happens on accept
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://{host}:{self.port}"
+        # A short poll interval: close() returns at once instead of after half a second.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
 
     def calls(self, method=None, prefix="", path=None):
@@ -144,3 +154,120 @@ def make_driver(cls, machine_dir, **values):
     d.set_config_from_flags(options_for(cls, **values))
     d.poll_interval = 0.05  # the fakes change state at once
     return d
+
+
+# -- additions for the TLS-only providers (Azure sign-in, Google OAuth) and several machines per test ----------
+
+
+class ThrowawayCA:
+    """A CA made for one test, and server certificates it signs for loopback addresses. ca_path is what the
+    client trusts (libcloud.security.CA_CERTS_PATH); nothing else is trusted while a test uses it."""
+
+    def __init__(self, directory):
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ser, self._ec, self._oid = x509, hashes, serialization, ec, NameOID
+        self.dir = str(directory)
+        self._now = datetime.datetime.now(datetime.UTC)
+        self._day = datetime.timedelta(days=1)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dockyard test CA")])
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(self._now - self._day)
+            .not_valid_after(self._now + self._day)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.ca_path = f"{self.dir}/test-ca.pem"
+        with open(self.ca_path, "wb") as f:
+            f.write(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def server_context(self, *ips):
+        """An ssl.SSLContext serving a certificate for the given loopback IPs (and localhost)."""
+        import ssl
+
+        x509 = self._x509
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        sans = [x509.DNSName("localhost")] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, ips[0] if ips else "localhost")]))
+            .issuer_name(self.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(self._now - self._day)
+            .not_valid_after(self._now + self._day)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.key, self._hashes.SHA256())
+        )
+        base = f"{self.dir}/server-{x509.random_serial_number() % 10**9}"
+        with open(base + ".crt", "wb") as f:
+            f.write(cert.public_bytes(self._ser.Encoding.PEM))
+        with open(base + ".key", "wb") as f:
+            f.write(key.private_bytes(self._ser.Encoding.PEM, self._ser.PrivateFormat.PKCS8,
+                                      self._ser.NoEncryption()))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(base + ".crt", base + ".key")
+        return ctx
+
+    def trust_in_libcloud(self, monkeypatch):
+        """libcloud (requests underneath) trusts this CA only; the environment's bundles are set aside."""
+        import libcloud.security
+
+        for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("SSL_CERT_FILE", self.ca_path)
+        monkeypatch.setattr(libcloud.security, "VERIFY_SSL_CERT", True)
+        monkeypatch.setattr(libcloud.security, "CA_CERTS_PATH", self.ca_path)
+
+
+def fake_api_on_port(model, port, context_for=None, tries=20):
+    """A FakeAPI on a fixed port (for a client that hard-codes 443) of a random 127.x.y.z address, so parallel
+    test runs do not collide; context_for(host) gives its TLS context. None when the port cannot be bound
+    (not root)."""
+    import errno
+    import random
+
+    for _ in range(tries):
+        host = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}.{random.randint(1, 254)}"
+        try:
+            return FakeAPI(model, host=host, port=port, ssl_context=context_for(host) if context_for else None)
+        except PermissionError:
+            return None
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    return None
+
+
+def make_named_driver(cls, name, store_root, **values):
+    """A driver for machine `name` laid out as in a store (STORE/machines/NAME), so the shared-object lock
+    file lands in STORE."""
+    import os
+
+    machine_dir = os.path.join(str(store_root), "machines", name)
+    os.makedirs(machine_dir, exist_ok=True)
+    d = cls(name, machine_dir, {})
+    d.set_config_from_flags(options_for(cls, **values))
+    d.poll_interval = 0.05
+    return d
+
+
+def run_cli(capsys, store, *args):
+    """The real dockyard CLI in this process (so the loopback guard and the test's CA apply):
+    returns (exit code, stdout, stderr)."""
+    from provisioner.cli.main import main
+
+    capsys.readouterr()
+    try:
+        main(["--storage-path", str(store), *map(str, args)])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
