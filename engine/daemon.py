@@ -16,6 +16,7 @@ from engine.buildinfo import build_info
 from engine.config import ConfigError, parse_config
 from engine.context import Engine, load_or_create_engine_id
 from engine.listeners import ListenerError, make_server_tls_context, open_listener, parse_host
+from engine.services import start_services, stop_services
 
 log = logging.getLogger("dockyard.engine")
 
@@ -133,6 +134,12 @@ class Daemon:
                 sys.stderr.flush()
 
         self.engine = Engine(cfg, engine_id, warnings)
+        # Subsystems (engine/services.py); before any thread starts: the runtime forks here.
+        try:
+            start_services(self.engine)
+        except Exception as exc:
+            log.exception("starting the engine's services failed")
+            raise StartupError("cannot start the engine's services: %s" % exc) from None
         router = build_router(self.engine)
         self.server = HttpServer(router, common_headers(), context=self.engine)
         for listener in self.listeners:
@@ -238,6 +245,11 @@ class Daemon:
         for listener in self.listeners:
             listener.close()
         self.listeners = []
+        if self.engine is not None:
+            try:
+                stop_services(self.engine)  # containers keep running (live restore)
+            except Exception:
+                log.exception("stopping the engine's services failed")
         self._remove_pidfile()
         if self._sig_w is not None:
             try:

@@ -22,8 +22,9 @@ BUNDLE_INFO_NAME = "dockyard_bundle.json"
 # Bump when the layout or the __main__ changes, so old bundles are not mistaken for current.
 BUNDLE_FORMAT = 1
 VENDOR_DIR = "_vendor"
-# Pure-Python packages the engine needs on hosts, by import name. Empty today.
-VENDORED_PACKAGES: tuple[str, ...] = ()
+# Pure-Python packages the engine needs on hosts, by import name. pyroute2: bridge networking
+# (netlink, nftables); imported lazily, and from an on-disk copy (engine/network/vendor.py).
+VENDORED_PACKAGES: tuple[str, ...] = ("pyroute2",)
 
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: timestamps carry no information
 _EXCLUDED_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}

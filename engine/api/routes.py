@@ -1,12 +1,12 @@
 """The one place where resource modules register their routes and common headers are defined."""
 
 from engine import API_VERSION, __version__
-from engine.api import system
+from engine.api import archive, containers, events, exec as exec_, images, networks, system, volumes
 from engine.api.router import Router
 
 # One module per resource; each has register(router, engine). Later: containers, images,
 # exec, networks, volumes. Order matters only for overlapping patterns.
-RESOURCE_MODULES = (system,)
+RESOURCE_MODULES = (system, networks, images, volumes, archive, containers, exec_, events)
 
 
 def common_headers():

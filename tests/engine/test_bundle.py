@@ -15,6 +15,7 @@ import pytest
 
 import engine
 from provisioner.engine_bundle import (
+    VENDORED_PACKAGES,
     BUNDLE_INFO_NAME, BUNDLE_NAME, bundle_version, build_bundle, source_digest,
 )
 from provisioner.errors import ProvisionError
@@ -71,7 +72,7 @@ def test_contents(engine_copy, tmp_path):
         assert {zi.date_time for zi in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
         info = json.loads(zf.read(BUNDLE_INFO_NAME))
     assert info["engine_version"] == engine.__version__ and info["api_version"] == "1.50"
-    assert info["vendored"] == []
+    assert info["vendored"] == list(VENDORED_PACKAGES)
     assert bundle_version(path).engine_version == engine.__version__
     assert bundle_version(tmp_path / "nothing.pyz") is None
 

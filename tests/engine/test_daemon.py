@@ -164,7 +164,7 @@ def test_version_too_new_and_too_old(engine):
 
 
 @pytest.mark.parametrize("method,path", [
-    ("GET", "/nope"), ("GET", "/v1.50/containers/abc/json"), ("POST", "/_ping"), ("DELETE", "/info"),
+    ("GET", "/nope"), ("GET", "/v1.50/containerz/abc/json"), ("POST", "/_ping"), ("DELETE", "/info"),
 ])
 def test_unknown_route_is_json_404(engine, method, path):
     status, headers, body = http_get(path, unix=engine.sock, method=method)

@@ -26,6 +26,8 @@ SUBNET = ipaddress.ip_network("10.231.0.0/16")
 INNER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _INDEX_RE = re.compile(r"^dy-(?:v)?(\d+)(?:-|$)")
+# The dockyard engine's default data-root; bound to a real-disk directory (overlay on overlay is refused).
+ENGINE_DATA_ROOT = "/var/lib/dockyard"
 
 
 def state_root() -> Path:
@@ -347,7 +349,7 @@ class TestHost:
         os.chmod(path, mode)
 
     def _write_files(self) -> None:
-        for sub in ("upper", "work", "merged"):
+        for sub in ("upper", "work", "merged", "engine-data"):
             (self.dir / sub).mkdir()
         private, self.public_key = _ed25519_pair()
         self.key_path = self.dir / "id_ed25519"
@@ -381,7 +383,8 @@ class TestHost:
                 f"--network-namespace-path=/run/netns/{self.netns}",
                 "--capability=CAP_NET_ADMIN", "--register=no", "--keep-unit",
                 "--console=passive", "-M", self.netns, f"--hostname={self.name}",
-                "--link-journal=no", "--resolv-conf=off", "--timezone=off"]))
+                "--link-journal=no", "--resolv-conf=off", "--timezone=off",
+                f"--bind={self.dir / 'engine-data'}:{ENGINE_DATA_ROOT}"]))
             argv = ["unshare", "--mount", "--propagation", "private"]
         else:
             lines += [
@@ -391,6 +394,10 @@ class TestHost:
                 'mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"',
                 'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"',
                 'mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"',
+                # the engine's overlay mounts need a data-root that can be an overlay upper dir:
+                # the host's root is an overlay itself, so bind a directory of the real disk there
+                f'mkdir -p "$R{ENGINE_DATA_ROOT}"',
+                f'mount --bind {q(str(self.dir / "engine-data"))} "$R{ENGINE_DATA_ROOT}"',
                 'mount --rbind /dev "$R/dev"',
                 'mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$R/dev/pts"',
                 'mount --bind "$R/dev/pts/ptmx" "$R/dev/ptmx"',

@@ -24,6 +24,8 @@ PACKAGES = (
     "ca-certificates",
     "systemd-sysv",
     "dbus",
+    # The engine writes its NAT rules over netlink itself; `nft` lets tests (and people) read them.
+    "nftables",
 )
 # Docs, man pages and translations are never read by a test host; dropping them saves space and time.
 DPKG_OPTIONS = (

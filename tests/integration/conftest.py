@@ -1,8 +1,11 @@
 """Helpers for end-to-end tests: run the real `dockyard` CLI and the real `docker` CLI against test hosts."""
 
+import glob
 import os
 import subprocess
 import sys
+import time
+import uuid
 
 import pytest
 
@@ -18,13 +21,42 @@ def clean_env(extra=None):
 
 
 class Dockyard:
-    """Runs `python3 -m provisioner` with its own store."""
+    """Runs `python3 -m provisioner` with its own store.
+
+    Engines in test hosts see the machine's cgroup tree; every machine this fixture creates gets its
+    own cgroup parent, removed at the end, so containers of tests leave no cgroups behind. Test engines
+    pull only from local registries."""
 
     def __init__(self, store):
         self.store = str(store)
+        self.cgroup_parent = f"dockyard-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def argv(self, *args):
-        return [sys.executable, "-m", "provisioner", "--storage-path", self.store, *map(str, args)]
+        args = [str(a) for a in args]
+        if args[:1] == ["create"]:
+            extra = []
+            if not any("cgroup-parent=" in a for a in args):
+                extra += ["--engine-opt", f"cgroup-parent={self.cgroup_parent}"]
+            if not any("registry-pull=" in a for a in args):
+                # Test engines never try a public registry (provisioned engines do by default).
+                extra += ["--engine-opt", "registry-pull=local"]
+            args[1:1] = extra
+        return [sys.executable, "-m", "provisioner", "--storage-path", self.store, *args]
+
+    def remove_cgroups(self):
+        """rmdir the fixture's cgroup subtrees, deepest first (cgroups are removed with rmdir)."""
+        for tree in glob.glob(f"/sys/fs/cgroup/*/{self.cgroup_parent}") + \
+                glob.glob(f"/sys/fs/cgroup/unified/{self.cgroup_parent}"):
+            for _ in range(50):
+                dirs = sorted((d for d, _, _ in os.walk(tree)), key=len, reverse=True)
+                for d in dirs:
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+                if not os.path.exists(tree):
+                    break
+                time.sleep(0.1)  # the last processes of a torn-down host may still be exiting
 
     def __call__(self, *args, check=True, timeout=300, input=None, env=None):
         p = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
@@ -50,4 +82,6 @@ class Dockyard:
 
 @pytest.fixture
 def dockyard(tmp_path):
-    return Dockyard(tmp_path / "store")
+    d = Dockyard(tmp_path / "store")
+    yield d
+    d.remove_cgroups()

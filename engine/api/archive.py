@@ -1,0 +1,302 @@
+"""`docker cp`: HEAD/GET/PUT /containers/{id}/archive, with the X-Docker-Container-Path-Stat header.
+
+Paths are resolved like moby does, inside the container: through
+/proc/<pid>/root for a running container (its own mounts, volumes included),
+through its overlay rootfs when stopped. Every lookup goes through
+tarsafe.Scope, so symlinks inside the container can never lead to host files;
+uploads are extracted by tarsafe.safe_extract.
+"""
+
+import base64
+import errno
+import json
+import os
+import stat
+import tarfile
+
+from engine.api.errors import ApiError, BadRequest, NotFound
+from engine.api.responses import Response
+from engine.images import tarsafe
+from engine.timefmt import rfc3339nano
+
+STAT_HEADER = "X-Docker-Container-Path-Stat"
+
+# Go os.FileMode type bits (what the docker CLI decodes from the stat header).
+GO_MODE_DIR = 1 << 31
+GO_MODE_SYMLINK = 1 << 27
+GO_MODE_DEVICE = 1 << 26
+GO_MODE_NAMED_PIPE = 1 << 25
+GO_MODE_SOCKET = 1 << 24
+GO_MODE_SETUID = 1 << 23
+GO_MODE_SETGID = 1 << 22
+GO_MODE_CHAR_DEVICE = 1 << 21
+GO_MODE_STICKY = 1 << 20
+
+
+def register(router, engine):
+    router.add("HEAD", "/containers/{name}/archive", stat_path)
+    router.add("GET", "/containers/{name}/archive", get_archive)
+    router.add("PUT", "/containers/{name}/archive", put_archive)
+
+
+def go_file_mode(st_mode):
+    """st_mode -> Go's os.FileMode bits."""
+    mode = st_mode & 0o777
+    if stat.S_ISDIR(st_mode):
+        mode |= GO_MODE_DIR
+    elif stat.S_ISLNK(st_mode):
+        mode |= GO_MODE_SYMLINK
+    elif stat.S_ISFIFO(st_mode):
+        mode |= GO_MODE_NAMED_PIPE
+    elif stat.S_ISSOCK(st_mode):
+        mode |= GO_MODE_SOCKET
+    elif stat.S_ISBLK(st_mode):
+        mode |= GO_MODE_DEVICE
+    elif stat.S_ISCHR(st_mode):
+        mode |= GO_MODE_DEVICE | GO_MODE_CHAR_DEVICE
+    if st_mode & stat.S_ISUID:
+        mode |= GO_MODE_SETUID
+    if st_mode & stat.S_ISGID:
+        mode |= GO_MODE_SETGID
+    if st_mode & stat.S_ISVTX:
+        mode |= GO_MODE_STICKY
+    return mode
+
+
+def container_root(req, ref):
+    """(container, root path) of the container's filesystem as the engine can reach it."""
+    containers = req.engine.services.get("containers")
+    if containers is None:
+        raise ApiError("the container runtime is not running", 503)
+    ctr = containers.get(ref)
+    pid = getattr(ctr, "pid", 0) or 0
+    if pid:
+        root = "/proc/%d/root" % pid
+        if os.path.exists(root):
+            return ctr, root
+    images = req.engine.services.get("images")
+    rootfs = getattr(ctr, "rootfs", None)
+    if images is not None and not images.rootfs.is_mounted(ctr.id):
+        rootfs = images.rootfs.remount(ctr.id)
+    if not rootfs or not os.path.isdir(rootfs):
+        raise ApiError("container %s has no root filesystem" % ctr.id, 500)
+    return ctr, rootfs
+
+
+def _abs(path):
+    """moby's PreserveTrailingDotOrSeparator(Join("/", path), path)."""
+    if not path:
+        raise BadRequest("path is required")
+    clean = os.path.normpath("/" + path)
+    if clean.startswith("//"):
+        clean = "/" + clean.lstrip("/")
+    if path.endswith("/.") and clean != "/":
+        clean += "/."
+    elif path.endswith("/") and clean != "/":
+        clean += "/"
+    return clean
+
+
+def _display_base(abs_path):
+    stripped = abs_path.rstrip("/")
+    if stripped.endswith("/."):
+        stripped = stripped[:-2]
+    return os.path.basename(stripped) or "/"
+
+
+class _Target:
+    """A resolved path inside the container: parent dir fd + name (None = the root)."""
+
+    def __init__(self, scope, abs_path, follow_final):
+        self.scope = scope
+        self.abs = abs_path
+        self.pfd, self.name, self.parent_parts = scope.resolve(abs_path, follow_final=follow_final)
+
+    def lstat(self):
+        if self.name is None:
+            return os.stat(".", dir_fd=self.pfd)
+        return os.stat(self.name, dir_fd=self.pfd, follow_symlinks=False)
+
+    def close(self):
+        os.close(self.pfd)
+
+
+def _stat_payload(scope, target, st):
+    link_target = ""
+    if stat.S_ISLNK(st.st_mode):
+        link_target = scope.realpath(target.abs.rstrip("/"))
+    return {"name": _display_base(target.abs), "size": st.st_size, "mode": go_file_mode(st.st_mode),
+            "mtime": rfc3339nano(st.st_mtime), "linkTarget": link_target}
+
+
+def _encode_stat(payload):
+    return base64.b64encode(json.dumps(payload).encode("utf-8")).decode("ascii")
+
+
+def _not_found(path, ctr):
+    return NotFound("Could not find the file %s in container %s" % (path, getattr(ctr, "name", "") or ctr.id))
+
+
+def _open_target(req):
+    path = req.query_value("path", "")
+    ctr, root = container_root(req, req.params["name"])
+    abs_path = _abs(path)
+    scope = tarsafe.Scope(root)
+    follow = abs_path.endswith("/") or abs_path.endswith("/.")
+    try:
+        target = _Target(scope, abs_path, follow)
+        st = target.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        scope.close()
+        raise _not_found(path, ctr) from None
+    except OSError as exc:
+        scope.close()
+        if exc.errno == errno.ELOOP:
+            raise BadRequest("too many levels of symbolic links: %s" % path) from None
+        raise
+    if follow and not stat.S_ISDIR(st.st_mode):  # "file/" is ENOTDIR for lstat too
+        target.close()
+        scope.close()
+        raise BadRequest("%s: not a directory" % path)
+    return ctr, scope, target, st
+
+
+def stat_path(req):
+    _, scope, target, st = _open_target(req)
+    try:
+        payload = _stat_payload(scope, target, st)
+    finally:
+        target.close()
+        scope.close()
+    return Response(200, b"", None, [(STAT_HEADER, _encode_stat(payload))])
+
+
+class _ExactReader:
+    """Gives exactly `size` bytes of a file that may change while being read (pads or cuts)."""
+
+    def __init__(self, fh, size):
+        self.fh = fh
+        self.left = size
+
+    def read(self, n=-1):
+        if self.left <= 0:
+            return b""
+        if n is None or n < 0 or n > self.left:
+            n = self.left
+        data = self.fh.read(n)
+        if len(data) < n:
+            data += b"\0" * (n - len(data))
+        self.left -= len(data)
+        return data
+
+
+class _TarWriter:
+    """Streams a subtree to a tarfile without following symlinks (fd-relative all the way)."""
+
+    def __init__(self, tar):
+        self.tar = tar
+        self.inodes = {}
+
+    def _info(self, name, st, link=""):
+        info = tarfile.TarInfo(name)
+        info.mode = st.st_mode & 0o7777
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.mtime = int(st.st_mtime)
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, link
+        elif stat.S_ISREG(st.st_mode):
+            info.size = st.st_size
+        elif stat.S_ISFIFO(st.st_mode):
+            info.type = tarfile.FIFOTYPE
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        else:
+            return None  # sockets cannot go in a tar
+        return info
+
+    def add(self, dir_fd, name, arcname, st):
+        link = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else ""
+        info = self._info(arcname + ("/" if stat.S_ISDIR(st.st_mode) else ""), st, link)
+        if info is None:
+            return
+        if stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.inodes:
+                info.type, info.linkname, info.size = tarfile.LNKTYPE, self.inodes[key], 0
+                self.tar.addfile(info)
+                return
+            if st.st_nlink > 1:
+                self.inodes[key] = arcname
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError:
+                return  # vanished or unreadable meanwhile: skip it like a changing tree
+            with os.fdopen(fd, "rb") as fh:
+                self.tar.addfile(info, _ExactReader(fh, st.st_size))
+            return
+        self.tar.addfile(info)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError:
+                return
+            try:
+                for entry in sorted(os.listdir(fd)):
+                    try:
+                        cst = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    self.add(fd, entry, arcname + "/" + entry, cst)
+            finally:
+                os.close(fd)
+
+
+def get_archive(req):
+    _, scope, target, st = _open_target(req)
+    try:
+        payload = _stat_payload(scope, target, st)
+        stream = req.stream(200, "application/x-tar", [(STAT_HEADER, _encode_stat(payload))])
+        if req.method == "HEAD":
+            return None
+        tar = tarfile.open(fileobj=stream, mode="w|", bufsize=256 << 10, format=tarfile.PAX_FORMAT)
+        try:
+            writer = _TarWriter(tar)
+            rebase = payload["name"]
+            if target.name is None:
+                writer.add(target.pfd, ".", rebase.strip("/") or ".", st)
+            else:
+                writer.add(target.pfd, target.name, rebase, st)
+        finally:
+            tar.close()
+    finally:
+        target.close()
+        scope.close()
+    return None
+
+
+def put_archive(req):
+    path = req.query_value("path", "")
+    ctr, root = container_root(req, req.params["name"])
+    abs_path = _abs(path)
+    no_overwrite = req.query_bool("noOverwriteDirNonDir")
+    copy_uidgid = req.query_bool("copyUIDGID")
+    with tarsafe.Scope(root) as scope:
+        try:
+            real = scope.realpath(abs_path)
+            fd, _ = scope.walk_dir([p for p in real.split("/") if p])
+            os.close(fd)
+        except FileNotFoundError:
+            raise _not_found(path, ctr) from None
+        except NotADirectoryError:
+            raise BadRequest("extraction point is not a directory") from None
+    try:
+        tarsafe.safe_extract(req.body, real, root=root, owner=None if copy_uidgid else (0, 0),
+                             no_overwrite_dir_nondir=no_overwrite, allow_devices=False)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise ApiError("container rootfs is marked read-only", 403) from None
+        raise
+    return Response(200)

@@ -1,0 +1,385 @@
+"""Containers resource: create, list, inspect, start/stop/kill/restart/pause, wait, rm, rename,
+resize, attach, logs, top, stats, update, prune (engine.services["containers"] does the work)."""
+
+import select
+import ssl
+import time
+
+from engine.api.errors import BadRequest, Conflict, NotModified, ServerError
+from engine.api.responses import Response, json_bytes
+from engine.runtime import logs as logmod
+from engine.runtime import relay, stats as statsmod, views
+from engine.runtime.logs import parse_since
+
+MUX = "application/vnd.docker.multiplexed-stream"
+RAW = "application/vnd.docker.raw-stream"
+DOCKER_PY_DELAY = 0.05  # docker-py loses stream bytes glued to the 101 response (§0.8)
+FOLLOW_POLL = 0.05
+
+
+def register(router, engine):
+    router.add("POST", "/containers/create", create)
+    router.add("GET", "/containers/json", list_containers)
+    router.add("POST", "/containers/prune", prune)
+    router.add("GET", "/containers/{id}/json", inspect)
+    router.add("POST", "/containers/{id}/start", start)
+    router.add("POST", "/containers/{id}/stop", stop)
+    router.add("POST", "/containers/{id}/restart", restart)
+    router.add("POST", "/containers/{id}/kill", kill)
+    router.add("POST", "/containers/{id}/pause", pause)
+    router.add("POST", "/containers/{id}/unpause", unpause)
+    router.add("POST", "/containers/{id}/wait", wait)
+    router.add("DELETE", "/containers/{id}", remove)
+    router.add("POST", "/containers/{id}/rename", rename)
+    router.add("POST", "/containers/{id}/resize", resize)
+    router.add("POST", "/containers/{id}/attach", attach)
+    router.add("GET", "/containers/{id}/logs", logs)
+    router.add("GET", "/containers/{id}/top", top)
+    router.add("GET", "/containers/{id}/stats", stats)
+    router.add("POST", "/containers/{id}/update", update)
+
+
+def manager_of(req):
+    mgr = req.engine.services.get("containers")
+    if mgr is None:
+        raise ServerError("the container runtime is not running")
+    return mgr
+
+
+def container_of(req):
+    return manager_of(req).get(req.params["id"])
+
+
+def client_gone(req):
+    """True once the client closed (or sent anything more) while we block: nobody to answer."""
+    sock = req.conn.sock
+    try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        r, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(r)
+
+
+def first_write_at(req):
+    agent = req.headers.get("User-Agent") or ""
+    return time.monotonic() + (DOCKER_PY_DELAY if agent.startswith("docker-sdk-python") else 0.0)
+
+
+# -- create / list / inspect ----------------------------------------------------------------
+def create(req):
+    mgr = manager_of(req)
+    body = req.json(default=None)
+    if body is None:
+        raise BadRequest("config cannot be empty in order to create a container")
+    name = req.query_value("name") or None
+    c, warnings = mgr.create(body, name)
+    return Response(201, json_bytes({"Id": c.id, "Warnings": warnings}), "application/json")
+
+
+def list_containers(req):
+    mgr = manager_of(req)
+    all_ = req.query_bool("all")
+    size = req.query_bool("size")
+    limit = req.query_int("limit", -1)
+    if req.query_bool("latest"):
+        limit = 1
+    items = views.filter_containers(mgr.list(), req.filters(), mgr, all_ or (limit is not None and limit > 0))
+    if limit is not None and limit > 0:
+        items = items[:limit]
+    now = time.time()
+    return [views.summary(c, mgr, size, now) for c in items]
+
+
+def inspect(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    return views.inspect(c, mgr, req.query_bool("size"))
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+def start(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    if req.query_value("checkpoint"):
+        raise BadRequest("checkpoints are not supported")
+    mgr.start(c)
+    return Response(204)
+
+
+def _timeout(req):
+    value = req.query_value("t")
+    if value in (None, ""):
+        value = req.query_value("timeout")
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest('invalid value for t: "%s"' % value) from None
+
+
+def stop(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    if not mgr.stop(c, _timeout(req), req.query_value("signal")):
+        raise NotModified("container already stopped")
+    return Response(204)
+
+
+def restart(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    mgr.restart(c, _timeout(req), req.query_value("signal"))
+    return Response(204)
+
+
+def kill(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    mgr.kill(c, req.query_value("signal"))
+    return Response(204)
+
+
+def pause(req):
+    mgr = manager_of(req)
+    mgr.pause(mgr.get(req.params["id"]))
+    return Response(204)
+
+
+def unpause(req):
+    mgr = manager_of(req)
+    mgr.unpause(mgr.get(req.params["id"]))
+    return Response(204)
+
+
+def wait(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    condition = req.query_value("condition") or "not-running"
+    if condition not in ("not-running", "next-exit", "removed"):
+        raise BadRequest("invalid condition: %s" % condition)
+    # Headers now: `docker run` sends /start only once they arrived (§0.3).
+    stream = req.stream(200, "application/json")
+    code = mgr.wait(c, condition, gone=lambda: client_gone(req))
+    if code is None:
+        req.must_close = True
+        return None
+    body = {"Error": None, "StatusCode": code}
+    err = c.state.get("Error")
+    if err:
+        body["Error"] = {"Message": err}
+    try:
+        stream.write_json(body)
+    except OSError:
+        req.must_close = True
+    return None
+
+
+def remove(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    if req.query_bool("link"):
+        raise BadRequest("dockyard does not support links")
+    mgr.remove(c, force=req.query_bool("force"), volumes=req.query_bool("v"))
+    return Response(204)
+
+
+def rename(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    mgr.rename(c, req.query_value("name") or "")
+    return Response(204)
+
+
+def resize(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    h, w = req.query_int("h", 0), req.query_int("w", 0)
+    mgr.resize(c, h, w)
+    return Response(200, b"", "text/plain; charset=utf-8")
+
+
+def prune(req):
+    mgr = manager_of(req)
+    filters = req.filters()
+    filters.validate(("until", "label", "label!"))
+    deleted = []
+    for cid in mgr.prune():
+        deleted.append(cid)
+    return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
+
+
+def update(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    body = req.json(default={}) or {}
+    warnings = []
+    from engine.runtime.cgroups import Cgroup
+    with c.lock:
+        hc = c.host_config
+        if "RestartPolicy" in body and body["RestartPolicy"]:
+            rp = body["RestartPolicy"]
+            if hc.get("AutoRemove") and (rp.get("Name") or "no") != "no":
+                raise BadRequest("Restart policy cannot be updated because AutoRemove is enabled for "
+                                 "the container")
+            hc["RestartPolicy"] = {"Name": rp.get("Name") or "no",
+                                   "MaximumRetryCount": int(rp.get("MaximumRetryCount") or 0)}
+        res = {}
+        for key in ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares", "CpuPeriod",
+                    "CpuQuota", "PidsLimit", "CpusetCpus", "CpusetMems"):
+            if body.get(key):
+                hc[key] = body[key]
+                res[key] = body[key]
+        if res and c.running:
+            cg = Cgroup.from_dict(c.state.get("Cgroup"))
+            try:
+                cg.set_resources(res)
+            except OSError as exc:
+                raise ServerError("cannot update container resources: %s" % exc) from None
+        c.save_config()
+    mgr.emit(c, "update")
+    return {"Warnings": warnings}
+
+
+# -- attach ---------------------------------------------------------------------------------
+def attach(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    try:
+        keys = relay.parse_detach_keys(req.query_value("detachKeys") or "")
+    except relay.DetachKeyError as exc:
+        raise BadRequest(str(exc)) from None
+    want = {"stdin": req.query_bool("stdin"), "stdout": req.query_bool("stdout"),
+            "stderr": req.query_bool("stderr")}
+    stream_it, with_logs = req.query_bool("stream"), req.query_bool("logs")
+    if not (stream_it or with_logs):
+        raise BadRequest("Bad parameters: you must choose at least one stream")
+    prefix = b""
+    if with_logs:
+        prefix = b"".join(_log_payloads(c, logmod.LogReader(c.log_path).poll(), want["stdout"],
+                                        want["stderr"], False))
+    peer = mgr.attach_socket(c, want) if stream_it else None
+    hijacked = req.hijack(RAW if c.tty else MUX)
+    start_at = first_write_at(req)
+    if peer is None:
+        if prefix:
+            relay._wait_until(start_at)
+            hijacked.sendall(prefix)
+        return None
+    relay.relay_attach(hijacked, peer, stdin=want["stdin"], detach_keys=keys,
+                       first_write_at=start_at, prefix=prefix)
+    hijacked.shutdown_write()
+    relay.drain_client(hijacked)
+    return None
+
+
+# -- logs -----------------------------------------------------------------------------------
+def _log_payloads(c, entries, stdout, stderr, timestamps, since=None, until=None):
+    for entry in entries:
+        if entry.stream == "stdout" and not stdout:
+            continue
+        if entry.stream == "stderr" and not stderr:
+            continue
+        if since is not None and entry.nanos() <= since:
+            continue
+        if until is not None and entry.nanos() > until:
+            continue
+        data = entry.data
+        if timestamps:
+            data = entry.time.encode() + b" " + data
+        yield data if c.tty else relay.frame(2 if entry.stream == "stderr" else 1, data)
+
+
+def logs(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    stdout, stderr = req.query_bool("stdout"), req.query_bool("stderr")
+    if not (stdout or stderr):
+        raise BadRequest("Bad parameters: you must choose at least one stream")
+    follow, timestamps = req.query_bool("follow"), req.query_bool("timestamps")
+    since, until = parse_since(req.query_value("since")), parse_since(req.query_value("until"))
+    tail = (req.query_value("tail") or "all").strip()
+    if tail in ("all", ""):
+        offset = 0
+    else:
+        try:
+            n = int(tail)
+        except ValueError:
+            n = -1
+        offset = logmod.tail_offset(c.log_path, n) if n >= 0 else 0
+    reader = logmod.LogReader(c.log_path, offset)
+    stream = req.stream(200, RAW if c.tty else MUX)
+    try:
+        for chunk in _log_payloads(c, reader.poll(), stdout, stderr, timestamps, since, until):
+            stream.write(chunk)
+        if not follow:
+            return None
+        while True:
+            with c.lock:
+                running = c.running or c.status == "restarting"
+                if running:
+                    c.cond.wait(FOLLOW_POLL)
+            batch = reader.poll()
+            for chunk in _log_payloads(c, batch, stdout, stderr, timestamps, since, until):
+                stream.write(chunk)
+            if until is not None and time.time_ns() > until:
+                return None
+            if not running and not batch:
+                return None
+            if c.removed:
+                return None
+            if client_gone(req):
+                req.must_close = True
+                return None
+    except OSError:
+        req.must_close = True
+        return None
+
+
+# -- top / stats ----------------------------------------------------------------------------
+def top(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    if not c.running:
+        raise Conflict("Container %s is not running" % c.id)
+    try:
+        return statsmod.top(c, req.query_value("ps_args"))
+    except ValueError as exc:
+        raise ServerError(str(exc)) from None
+
+
+def stats(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    stream_it = req.query_bool("stream", True)
+    one_shot = req.query_bool("one-shot")
+    if not stream_it:
+        raw, ts = statsmod.sample(c)
+        if one_shot or not c.running:
+            return statsmod.build(c, raw, ts)
+        prev = statsmod.build(c, raw, ts)["cpu_stats"]
+        time.sleep(0.5)
+        raw2, ts2 = statsmod.sample(c)
+        return statsmod.build(c, raw2, ts2, prev, ts)
+    stream = req.stream(200, "application/json")
+    prev, prev_ts = None, None
+    try:
+        while True:
+            raw, ts = statsmod.sample(c)
+            doc = statsmod.build(c, raw, ts, prev, prev_ts)
+            stream.write_json(doc)
+            prev, prev_ts = doc.get("cpu_stats"), ts
+            if not c.running:
+                return None
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if client_gone(req):
+                    req.must_close = True
+                    return None
+                time.sleep(0.1)
+    except OSError:
+        req.must_close = True
+        return None
+

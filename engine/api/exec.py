@@ -1,0 +1,111 @@
+"""Exec resource: create an exec instance, start it (hijacked stream or detached), resize, inspect."""
+
+from engine.api.containers import MUX, RAW, first_write_at, manager_of
+from engine.api.errors import ApiError, BadRequest, Conflict, ServerError
+from engine.api.responses import Response, json_bytes
+from engine.runtime import relay
+
+
+def register(router, engine):
+    router.add("POST", "/containers/{id}/exec", create)
+    router.add("POST", "/exec/{id}/start", start)
+    router.add("POST", "/exec/{id}/resize", resize)
+    router.add("GET", "/exec/{id}/json", inspect)
+
+
+def execs_of(req):
+    mgr = manager_of(req)
+    if mgr.execs is None:
+        raise ServerError("exec is not available")
+    return mgr.execs
+
+
+def create(req):
+    mgr = manager_of(req)
+    c = mgr.get(req.params["id"])
+    body = req.json(default=None)
+    if not isinstance(body, dict):
+        raise BadRequest("invalid exec config")
+    if body.get("DetachKeys"):
+        try:
+            relay.parse_detach_keys(body["DetachKeys"])
+        except relay.DetachKeyError as exc:
+            raise BadRequest(str(exc)) from None
+    inst = execs_of(req).create(c, body)
+    return Response(201, json_bytes({"Id": inst.id}), "application/json")
+
+
+def start(req):
+    execs = execs_of(req)
+    inst = execs.get(req.params["id"])
+    body = req.json(default={}) or {}
+    detach = bool(body.get("Detach"))
+    tty = body.get("Tty")
+    if tty is None:
+        tty = bool(inst.body.get("Tty"))
+    console = body.get("ConsoleSize") or inst.body.get("ConsoleSize")
+    c = inst.container
+    if inst.started:
+        raise Conflict("Error: Exec command %s is already running" % inst.id)
+    if not c.running:
+        raise Conflict("container %s is not running" % c.id)
+    if detach:
+        proc = execs.spawn(inst, tty=tty, console_size=console, detach=True)
+        execs.run_detached(inst, proc)
+        return Response(200, b"", None)
+    hijacked = req.hijack(RAW if tty else MUX)
+    start_at = first_write_at(req)
+    try:
+        proc = execs.spawn(inst, tty=tty, console_size=console)
+    except ApiError as exc:
+        inst.exit_code, inst.running = 126, False
+        _write_error(hijacked, exc.message, tty, start_at)
+        relay.drain_client(hijacked)
+        return None
+    try:
+        if proc.failure:
+            execs.finish(inst, proc)
+            _write_error(hijacked, "OCI runtime exec failed: exec failed: unable to start container "
+                         "process: %s: unknown" % proc.failure.get("error", ""), tty, start_at)
+            relay.drain_client(hijacked)
+            return None
+        relay.relay_exec(hijacked, proc, detach_keys=_keys(inst), first_write_at=start_at)
+        execs.finish(inst, proc)  # the exit code is recorded before the stream closes
+    finally:
+        proc.close()
+    hijacked.shutdown_write()
+    relay.drain_client(hijacked)
+    return None
+
+
+def _keys(inst):
+    try:
+        return relay.parse_detach_keys(inst.body.get("DetachKeys") or "")
+    except relay.DetachKeyError:
+        return relay.DEFAULT_DETACH_KEYS
+
+
+def _write_error(hijacked, text, tty, start_at):
+    data = (text + "\r\n").encode("utf-8", "replace")
+    relay._wait_until(start_at)
+    try:
+        hijacked.sendall(data if tty else relay.frame(1, data))
+    except OSError:
+        pass
+
+
+def resize(req):
+    inst = execs_of(req).get(req.params["id"])
+    h, w = req.query_int("h", 0), req.query_int("w", 0)
+    proc = inst.proc
+    if proc is None or not inst.running:
+        raise Conflict("exec %s is not running" % inst.id)
+    try:
+        proc.resize(h, w)
+    except OSError as exc:
+        raise ServerError("resize failed: %s" % exc) from None
+    return Response(200, b"", "text/plain; charset=utf-8")
+
+
+def inspect(req):
+    return execs_of(req).get(req.params["id"]).to_api()

@@ -1,0 +1,512 @@
+"""Image archives: `docker load` (docker-archive and OCI layout), `docker save`, `docker import`.
+
+Load reads an archive that was first streamed to disk (request bodies come
+chunked), finds its images through manifest.json (docker save, every version)
+or index.json (OCI layout), checks every layer's diff ID against the config and
+stores config and tags. Save writes the Docker 25+ layout: OCI blobs, index.json
+and oci-layout plus manifest.json and repositories, so docker, skopeo and this
+engine can all read it back. Import turns a rootfs tarball into a one-layer image.
+"""
+
+import hashlib
+import io
+import json
+import logging
+import lzma
+import os
+import posixpath
+import shlex
+import tarfile
+import time
+
+from engine import hostinfo
+from engine.api.errors import BadRequest
+from engine.images import reference
+from engine.images.layers import decompressed, sniff_compression
+from engine.timefmt import rfc3339nano
+
+log = logging.getLogger("dockyard.engine.images")
+
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ANNOTATION_NAME = "io.containerd.image.name"
+ANNOTATION_REF = "org.opencontainers.image.ref.name"
+
+
+class _Archive:
+    """Random access to the members of an archive on disk (outer gzip/bzip2/xz handled by tarfile)."""
+
+    def __init__(self, path):
+        try:
+            self.tar = tarfile.open(path, "r:*")
+            self.members = {}
+            for m in self.tar.getmembers():
+                self.members[posixpath.normpath(m.name.lstrip("/"))] = m
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise BadRequest("invalid archive: %s" % exc) from None
+
+    def has(self, name):
+        return posixpath.normpath(name.lstrip("/")) in self.members
+
+    def open(self, name):
+        member = self.members.get(posixpath.normpath(name.lstrip("/")))
+        if member is None:
+            raise BadRequest("invalid archive: %s is missing" % name)
+        try:
+            fh = self.tar.extractfile(member)
+        except (tarfile.TarError, KeyError) as exc:
+            raise BadRequest("invalid archive: cannot read %s: %s" % (name, exc)) from None
+        if fh is None:
+            raise BadRequest("invalid archive: %s is not a file" % name)
+        return fh
+
+    def read(self, name, limit=64 << 20):
+        data = self.open(name).read(limit + 1)
+        if len(data) > limit:
+            raise BadRequest("invalid archive: %s is too large" % name)
+        return data
+
+    def json(self, name):
+        try:
+            return json.loads(self.read(name).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest("invalid archive: %s is not valid JSON: %s" % (name, exc)) from None
+
+    def close(self):
+        self.tar.close()
+
+
+def _blob_path(digest):
+    if not isinstance(digest, str) or ":" not in digest:
+        raise BadRequest("invalid archive: bad digest %r" % (digest,))
+    algo, hexpart = digest.split(":", 1)
+    return "blobs/%s/%s" % (algo, hexpart)
+
+
+def _platform_ok(desc):
+    plat = desc.get("platform")
+    if not plat:
+        return True
+    return plat.get("os", "linux") == "linux" and plat.get("architecture") in (None, hostinfo.go_arch())
+
+
+def _oci_images(arc):
+    """[(config_path, tags, layer_paths)] from index.json, following nested indexes."""
+    out = []
+
+    def walk(index, inherited_names):
+        for desc in index.get("manifests") or []:
+            mt = desc.get("mediaType", "")
+            ann = desc.get("annotations") or {}
+            names = list(inherited_names)
+            full = ann.get(ANNOTATION_NAME)
+            ref = ann.get(ANNOTATION_REF, "")
+            if full:
+                names.append(full)
+            elif ref and ("/" in ref or ":" in ref):
+                names.append(ref)  # a full reference; a bare tag has no repository to go with it
+            if mt in (MT_OCI_INDEX, MT_DOCKER_LIST):
+                if _platform_ok(desc):
+                    walk(arc.json(_blob_path(desc.get("digest"))), names)
+            elif mt in (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST, ""):
+                if not _platform_ok(desc):
+                    continue
+                manifest = arc.json(_blob_path(desc.get("digest")))
+                if "config" not in manifest:
+                    continue
+                layers = [_blob_path(l.get("digest")) for l in manifest.get("layers") or []]
+                out.append((_blob_path(manifest["config"].get("digest")), names, layers))
+    walk(arc.json("index.json"), [])
+    # One image may be listed once per tag: merge by config.
+    merged = {}
+    for cfg, names, layers in out:
+        if cfg in merged:
+            merged[cfg][1].extend(n for n in names if n not in merged[cfg][1])
+        else:
+            merged[cfg] = (cfg, list(names), layers)
+    return list(merged.values())
+
+
+def _docker_images(arc):
+    manifest = arc.json("manifest.json")
+    if not isinstance(manifest, list):
+        raise BadRequest("invalid archive: manifest.json is not a list")
+    out = []
+    for entry in manifest:
+        if not isinstance(entry, dict) or "Config" not in entry:
+            raise BadRequest("invalid archive: bad manifest.json entry")
+        out.append((entry["Config"], list(entry.get("RepoTags") or []), list(entry.get("Layers") or [])))
+    return out
+
+
+def _progress_bar(current, total, width=50):
+    if total <= 0:
+        return ""
+    filled = int(width * current / total)
+    arrow = ">" if filled < width else ""
+    return "[%s%s%s] %s/%s" % ("=" * filled, arrow, " " * (width - filled - len(arrow)),
+                               _human(current), _human(total))
+
+
+def _human(n):
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return ("%.4g%s" % (n, unit)) if unit != "B" else "%dB" % n
+        n /= 1000.0
+    return str(n)
+
+
+def _inflate(path):
+    """Compressed archives are inflated to a temp file first: members are read out of order, and
+    seeking backwards in a gzip stream means decompressing it again from the start."""
+    with open(path, "rb") as fh:
+        kind = sniff_compression(fh.read(6))
+    if kind is None:
+        return path, None
+    if kind == "zstd":
+        raise BadRequest("zstd-compressed archives are not supported by this engine")
+    out = path + ".tar"
+    try:
+        with open(path, "rb") as src, open(out, "wb") as dst:
+            stream = decompressed(src)
+            while True:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                dst.write(chunk)
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        os.unlink(out)
+        raise BadRequest("invalid archive: %s" % exc) from None
+    return out, out
+
+
+def load(store, path, emit, quiet=True):
+    """Load every image of the archive at `path`; emit(dict) gets the JSON stream messages."""
+    path, temp = _inflate(path)
+    try:
+        return _load(store, path, emit, quiet)
+    finally:
+        if temp:
+            os.unlink(temp)
+
+
+def _load(store, path, emit, quiet):
+    arc = _Archive(path)
+    try:
+        if arc.has("manifest.json"):
+            images = _docker_images(arc)
+        elif arc.has("index.json"):
+            images = _oci_images(arc)
+        elif arc.has("repositories"):
+            raise BadRequest("invalid archive: legacy (pre-1.10) image format without manifest.json "
+                             "is not supported")
+        else:
+            raise BadRequest("invalid archive: no manifest.json or index.json found (is this a "
+                             "`docker save` tarball?)")
+        if not images:
+            raise BadRequest("invalid archive: no images in it")
+        loaded = []
+        for cfg_path, tags, layer_paths in images:
+            raw = arc.read(cfg_path)
+            try:
+                config = json.loads(raw.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest("invalid image config %s: %s" % (cfg_path, exc)) from None
+            diff_ids = list(((config.get("rootfs") or {}).get("diff_ids")) or [])
+            if len(diff_ids) != len(layer_paths):
+                raise BadRequest("invalid manifest, layers length mismatch: expected %d, got %d"
+                                 % (len(diff_ids), len(layer_paths)))
+            for diff_id, layer_path in zip(diff_ids, layer_paths):
+                if store.layers.exists(diff_id):
+                    continue
+                member = arc.open(layer_path)
+                total = arc.members[posixpath.normpath(layer_path.lstrip("/"))].size
+                sid = diff_id.split(":", 1)[-1][:12]
+                report = None
+                if not quiet:
+                    last = [0.0]
+
+                    def report(done, sid=sid, total=total, last=last):
+                        now = time.monotonic()
+                        if now - last[0] < 0.1:
+                            return
+                        last[0] = now
+                        emit({"status": "Loading layer", "progressDetail": {
+                            "current": min(done, total), "total": total},
+                            "progress": _progress_bar(min(done, total), total), "id": sid})
+                try:
+                    store.layers.ingest(member, expected=diff_id, progress=report)
+                except BadRequest as exc:
+                    raise BadRequest("error loading layer %s: %s" % (layer_path, exc.message)) from None
+                if not quiet:
+                    emit({"status": "Loading layer", "progressDetail": {"current": total, "total": total},
+                          "progress": _progress_bar(total, total), "id": sid})
+            img = store.add_config(raw)
+            names = []
+            for tag in tags:
+                parsed = reference.parse(tag, default_tag=True)
+                old = store.tag(img.id, parsed)
+                if old and store.exists(old):
+                    emit({"stream": "The image %s already exists, renaming the old one with ID %s to "
+                                    "empty string\n" % (parsed.tagged, old)})
+                names.append(parsed.tagged)
+            if names:
+                for name in names:
+                    emit({"stream": "Loaded image: %s\n" % name})
+            else:
+                emit({"stream": "Loaded image ID: %s\n" % img.id})
+            loaded.append(img)
+        return loaded
+    finally:
+        arc.close()
+
+
+# -- save ----------------------------------------------------------------------------------
+
+def resolve_save_names(store, names):
+    """[(Image, [tags])] in request order; NotFound for any missing name (before streaming)."""
+    order, tags = [], {}
+
+    def add(img, tag=None):
+        if img.id not in tags:
+            order.append(img)
+            tags[img.id] = []
+        if tag and tag not in tags[img.id]:
+            tags[img.id].append(tag)
+
+    for name in names:
+        if not name:
+            continue
+        parsed = None
+        try:
+            parsed = reference.parse(name)
+        except BadRequest:
+            pass
+        if parsed is not None and not parsed.tag and not parsed.digest:
+            repo_tags = sorted(t for t in store.all_tags() if t.rsplit(":", 1)[0] == parsed.repo)
+            if repo_tags:
+                for t in repo_tags:
+                    add(store.get(t), t)
+                continue
+        img = store.get(name)
+        if parsed is not None and parsed.tag and store.all_tags().get(parsed.tagged) == img.id:
+            add(img, parsed.tagged)
+        else:
+            add(img)
+    return [(img, tags[img.id]) for img in order]
+
+
+class _HashingReader:
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+
+def _add_bytes(tar, name, data, mtime):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = mtime
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar, name, mtime):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    info.mtime = mtime
+    tar.addfile(info)
+
+
+def _json_bytes(obj):
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def save(store, selection, out):
+    """Write the Docker 25+ `docker save` tar for [(Image, [tags])] to out (has .write)."""
+    mtime = 0
+    tar = tarfile.open(fileobj=out, mode="w|", bufsize=1 << 20, format=tarfile.PAX_FORMAT)
+    try:
+        _add_dir(tar, "blobs", mtime)
+        _add_dir(tar, "blobs/sha256", mtime)
+        written = set()
+        index, manifest_json, repositories = [], [], {}
+        for img, tags in selection:
+            layer_descs = []
+            for layer in img.layers():
+                digest = layer.diff_id
+                if digest not in written:
+                    info = tarfile.TarInfo(_blob_path(digest))
+                    info.size = layer.tar_size
+                    info.mode = 0o644
+                    info.mtime = mtime
+                    src = layer.open_tar()
+                    try:
+                        reader = _HashingReader(src)
+                        tar.addfile(info, reader)
+                    finally:
+                        src.close()
+                    if "sha256:" + reader.sha.hexdigest() != digest:
+                        log.error("layer %s no longer matches its diff ID on disk", digest)
+                    written.add(digest)
+                layer_descs.append({"mediaType": MT_OCI_LAYER, "size": layer.tar_size, "digest": digest})
+            if img.id not in written:
+                _add_bytes(tar, _blob_path(img.id), img.raw_config, mtime)
+                written.add(img.id)
+            manifest = _json_bytes({
+                "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                "config": {"mediaType": MT_OCI_CONFIG, "digest": img.id, "size": len(img.raw_config)},
+                "layers": layer_descs})
+            mdigest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            if mdigest not in written:
+                _add_bytes(tar, _blob_path(mdigest), manifest, mtime)
+                written.add(mdigest)
+            base = {"mediaType": MT_OCI_MANIFEST, "digest": mdigest, "size": len(manifest)}
+            if tags:
+                for tag in tags:
+                    parsed = reference.parse(tag, default_tag=True)
+                    desc = dict(base)
+                    desc["annotations"] = {ANNOTATION_NAME: "%s:%s" % (parsed.full_name(), parsed.tag),
+                                           ANNOTATION_REF: parsed.tag}
+                    index.append(desc)
+                    repositories.setdefault(parsed.repo, {})[parsed.tag] = img.hex
+            else:
+                index.append(base)
+            manifest_json.append({"Config": _blob_path(img.id), "RepoTags": list(tags) or None,
+                                  "Layers": [_blob_path(d["digest"]) for d in layer_descs]})
+        _add_bytes(tar, "index.json", _json_bytes({"schemaVersion": 2, "mediaType": MT_OCI_INDEX,
+                                                   "manifests": index}), mtime)
+        _add_bytes(tar, "manifest.json", _json_bytes(manifest_json), mtime)
+        _add_bytes(tar, "oci-layout", _json_bytes({"imageLayoutVersion": "1.0.0"}), mtime)
+        if repositories:
+            _add_bytes(tar, "repositories", _json_bytes(repositories), mtime)
+    finally:
+        tar.close()
+
+
+# -- import --------------------------------------------------------------------------------
+
+_CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",
+                    "VOLUME", "WORKDIR")
+
+
+def _json_or_shell(rest, shell_form):
+    text = rest.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+        except ValueError:
+            pass
+    return ["/bin/sh", "-c", text] if shell_form else text.split()
+
+
+def _pairs(rest, what):
+    """'a=b "c d"=e' or legacy 'KEY value with spaces' -> [(k, v)]."""
+    rest = rest.strip()
+    words = shlex.split(rest) if rest else []
+    if not words:
+        raise BadRequest("%s requires at least one argument" % what)
+    if "=" not in words[0]:
+        key, _, value = rest.partition(" ")
+        if not value.strip():
+            raise BadRequest("%s names can not be blank" % what if not key else
+                             "%s requires at least two arguments" % what)
+        return [(key, value.strip())]
+    out = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise BadRequest("%s names can not be blank" % what)
+        out.append((key, value))
+    return out
+
+
+def apply_changes(config, changes):
+    """Apply Dockerfile-style `--change` lines to a container config dict (docker import/commit)."""
+    for line in changes or []:
+        line = line.strip()
+        if not line:
+            continue
+        cmd, _, rest = line.partition(" ")
+        cmd = cmd.upper()
+        if cmd not in _CHANGE_COMMANDS:
+            raise BadRequest("%s is not a valid change command" % cmd)
+        if cmd in ("CMD", "ENTRYPOINT"):
+            config["Cmd" if cmd == "CMD" else "Entrypoint"] = _json_or_shell(rest, True)
+            if cmd == "ENTRYPOINT":
+                config.setdefault("Cmd", None)
+        elif cmd == "ENV":
+            env = list(config.get("Env") or [])
+            for key, value in _pairs(rest, "ENV"):
+                env = [e for e in env if e.split("=", 1)[0] != key] + ["%s=%s" % (key, value)]
+            config["Env"] = env
+        elif cmd == "LABEL":
+            labels = dict(config.get("Labels") or {})
+            for key, value in _pairs(rest, "LABEL"):
+                labels[key] = value
+            config["Labels"] = labels
+        elif cmd == "EXPOSE":
+            ports = dict(config.get("ExposedPorts") or {})
+            for port in rest.split():
+                if "/" not in port:
+                    port += "/tcp"
+                ports[port.lower()] = {}
+            config["ExposedPorts"] = ports
+        elif cmd == "VOLUME":
+            vols = dict(config.get("Volumes") or {})
+            for v in _json_or_shell(rest, False):
+                vols[v] = {}
+            config["Volumes"] = vols
+        elif cmd == "ONBUILD":
+            config["OnBuild"] = list(config.get("OnBuild") or []) + [rest.strip()]
+        else:
+            key = {"USER": "User", "WORKDIR": "WorkingDir", "STOPSIGNAL": "StopSignal"}[cmd]
+            config[key] = rest.strip()
+    return config
+
+
+def import_rootfs(store, fileobj, repo=None, tag=None, message="", changes=(), source="-",
+                  platform=None):
+    """`docker import`: a rootfs tarball (maybe compressed) -> a new one-layer image (+ tag)."""
+    target = None
+    if repo:
+        target = reference.parse(repo)
+        if tag:
+            target = reference.parse("%s:%s" % (target.repo, tag))
+        if target.digest:
+            raise BadRequest("cannot import digest reference")
+    os_name, arch = "linux", hostinfo.go_arch()
+    if platform:
+        bits = platform.split("/")
+        if bits[0] != "linux" or (len(bits) > 1 and bits[1] != arch):
+            raise BadRequest("image operating system/architecture %r cannot be used on this platform"
+                             % platform)
+    layer = store.layers.ingest(fileobj)
+    created = rfc3339nano()
+    comment = message or "Imported from %s" % source
+    config = apply_changes({}, changes)
+    image_config = {
+        "architecture": arch,
+        "config": config,
+        "created": created,
+        "comment": comment,
+        "history": [{"created": created, "comment": comment}],
+        "os": os_name,
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+    }
+    raw = json.dumps(image_config, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    img = store.add_config(raw)
+    if target is not None:
+        store.tag(img.id, target)
+    return img

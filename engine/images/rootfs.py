@@ -1,0 +1,196 @@
+"""Container root filesystems: overlayfs of an image's layers plus a per-container upper dir.
+
+data-root/overlay/<container-id>/{upper,work,merged,layers.json}. The mount is
+made in the engine's (the host's) mount namespace, so the engine can reach a
+stopped container's files (docker cp); containers get a copy in their own
+namespace. layers.json lists the diff IDs in use, so image removal never deletes
+a layer a container still stands on.
+
+The kernel copies mount options into one page (4096 bytes). Lower dirs are
+therefore named by short links (data-root/image/l/<20 chars> -> ../layers/<hex>/diff,
+as docker's overlay2 does); if even that is too long, the mount is made from a
+forked child whose working directory is data-root/image, with relative paths.
+"""
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+
+from engine.api.errors import ServerError
+from engine.images.layers import atomic_write_json, read_json
+
+log = logging.getLogger("dockyard.engine.images")
+
+MNT_DETACH = 2
+MAX_MOUNT_DATA = 4000  # a page minus headroom
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+
+_libc = None
+
+
+def libc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                                ctypes.c_char_p)
+        _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+    return _libc
+
+
+def mount(source, target, fstype, flags=0, data=None):
+    rc = libc().mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                      data.encode() if data is not None else None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def umount(target, flags=0):
+    rc = libc().umount2(target.encode(), flags)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def filesystem_of(path):
+    """(fstype, mountpoint) of the mount holding `path`, from /proc/self/mountinfo."""
+    path = os.path.realpath(path)
+    best = ("", "")
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields = line.split()
+                mnt = fields[4].replace("\\040", " ")
+                sep = fields.index("-")
+                fstype = fields[sep + 1]
+                if path == mnt or path.startswith(mnt.rstrip("/") + "/") or mnt == "/":
+                    if len(mnt) >= len(best[1]):
+                        best = (fstype, mnt)
+    except OSError:
+        pass
+    return best
+
+
+def _mount_in_child(cwd, data, target):
+    """mount(2) from a forked child that chdir'ed to `cwd` (relative lowerdirs; threads unaffected)."""
+    lib = libc()
+    pid = os.fork()
+    if pid == 0:  # child: no Python-level locking from here on
+        code = 1
+        try:
+            os.chdir(cwd)
+            rc = lib.mount(b"overlay", target.encode(), b"overlay", 0, data.encode())
+            code = 0 if rc == 0 else (ctypes.get_errno() or 1)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8
+    if code != 0:
+        raise OSError(code, os.strerror(code) if code > 0 else "mount helper died", target)
+
+
+class RootfsManager:
+    """Mounts, unmounts and removes per-container overlay roots."""
+
+    def __init__(self, data_root, layer_store):
+        self.data_root = data_root
+        self.root = os.path.join(data_root, "overlay")
+        self.image_root = os.path.join(data_root, "image")
+        self.layers = layer_store
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self.empty = os.path.join(self.image_root, "empty")
+        os.makedirs(self.empty, mode=0o755, exist_ok=True)
+
+    def paths(self, container_id):
+        base = os.path.join(self.root, container_id)
+        return {"dir": base, "upper": os.path.join(base, "upper"), "work": os.path.join(base, "work"),
+                "merged": os.path.join(base, "merged")}
+
+    def graph_driver_data(self, container_id, diff_ids):
+        """GraphDriver.Data for container inspect (LowerDir/UpperDir/MergedDir/WorkDir)."""
+        p = self.paths(container_id)
+        lowers = [self.layers.get(d).diff_dir for d in reversed(diff_ids)]
+        return {"LowerDir": ":".join(lowers), "UpperDir": p["upper"], "MergedDir": p["merged"],
+                "WorkDir": p["work"]}
+
+    def mount(self, container_id, diff_ids):
+        """Mount (idempotently) the rootfs of a container; diff_ids LOWEST first. -> merged path."""
+        if not container_id or "/" in container_id or container_id.startswith("."):
+            raise ValueError("bad container id %r" % container_id)
+        p = self.paths(container_id)
+        for key in ("dir", "upper", "work", "merged"):
+            os.makedirs(p[key], mode=0o755 if key != "dir" else 0o700, exist_ok=True)
+        record = os.path.join(p["dir"], "layers.json")
+        if read_json(record) is None:
+            atomic_write_json(record, {"layers": list(diff_ids)})
+        else:
+            diff_ids = read_json(record)["layers"]
+        if os.path.ismount(p["merged"]):
+            return p["merged"]
+        layers = [self.layers.get(d) for d in reversed(diff_ids)]  # top first, as overlayfs wants
+        links = [l.link for l in layers]
+        if not links:
+            absolute, relative = [self.empty], ["empty"]
+        else:
+            absolute = [os.path.join(self.image_root, "l", link) for link in links]
+            relative = ["l/" + link for link in links]
+        tail = ",upperdir=%s,workdir=%s" % (p["upper"], p["work"])
+        data = "lowerdir=" + ":".join(absolute) + tail
+        try:
+            if len(data) <= MAX_MOUNT_DATA:
+                mount("overlay", p["merged"], "overlay", 0, data)
+            else:
+                data = "lowerdir=" + ":".join(relative) + tail
+                if len(data) > MAX_MOUNT_DATA:
+                    raise ServerError("image has too many layers (%d) to mount" % len(links))
+                _mount_in_child(self.image_root, data, p["merged"])
+        except OSError as exc:
+            fstype, mnt = filesystem_of(self.data_root)
+            hint = ""
+            if fstype in ("overlay", "aufs"):
+                hint = (" (data-root %s is on %s at %s, which cannot hold an overlay upper dir: "
+                        "put --data-root on ext4, xfs, btrfs or tmpfs)" % (self.data_root, fstype, mnt))
+            raise ServerError("error mounting the container's root filesystem: %s%s"
+                              % (exc.strerror or exc, hint)) from None
+        return p["merged"]
+
+    def remount(self, container_id):
+        """Mount again from the recorded layers (after an engine/host restart)."""
+        p = self.paths(container_id)
+        rec = read_json(os.path.join(p["dir"], "layers.json"))
+        if rec is None:
+            raise ServerError("container %s has no root filesystem record" % container_id)
+        return self.mount(container_id, rec["layers"])
+
+    def is_mounted(self, container_id):
+        return os.path.ismount(self.paths(container_id)["merged"])
+
+    def unmount(self, container_id):
+        merged = self.paths(container_id)["merged"]
+        for _ in range(8):  # stacked mounts (mounted twice) come off one at a time
+            try:
+                umount(merged, MNT_DETACH)
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOENT):
+                    return
+                raise ServerError("cannot unmount %s: %s" % (merged, exc.strerror))
+
+    def remove(self, container_id):
+        self.unmount(container_id)
+        shutil.rmtree(self.paths(container_id)["dir"], ignore_errors=True)
+
+    def layers_in_use(self):
+        """Diff IDs used by any container's rootfs (mounted or not)."""
+        used = set()
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return used
+        for name in names:
+            rec = read_json(os.path.join(self.root, name, "layers.json"))
+            if rec:
+                used.update(rec.get("layers", ()))
+        return used

@@ -1,0 +1,429 @@
+"""The image store: configs (byte for byte, ID = sha256 of the config), tags/digests, rmi, prune.
+
+data-root/image/configs/<hex>.json   the image config exactly as received
+data-root/image/meta/<hex>.json      engine-side metadata (LastTagTime, when it arrived)
+data-root/image/repositories.json    {"tags": {"name:tag": "sha256:<id>"}, "digests": {"name@sha256:..": id}}
+Layers live in layers.py's LayerStore; container roots in rootfs.py.
+"""
+
+import calendar
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+
+from engine.api.errors import BadRequest, Conflict, NotFound
+from engine.images import reference
+from engine.images.layers import LayerStore, atomic_write, atomic_write_json, read_json
+from engine.images.rootfs import RootfsManager
+from engine.timefmt import rfc3339nano
+
+log = logging.getLogger("dockyard.engine.images")
+
+_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def parse_time(text):
+    """RFC 3339 (with nanoseconds) -> float unix time; 0.0 when missing or malformed."""
+    m = _RFC3339.match(text or "")
+    if not m:
+        return 0.0
+    y, mo, d, h, mi, s = (int(m.group(i)) for i in range(1, 7))
+    ts = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+    if m.group(7):
+        ts += float("0" + m.group(7))
+    tz = m.group(8)
+    if tz not in ("Z", "z"):
+        sign = 1 if tz[0] == "+" else -1
+        ts -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return ts
+
+
+class Image:
+    """One image: its config and where its layers are."""
+
+    def __init__(self, store, image_id, raw_config, config):
+        self.store = store
+        self.id = image_id
+        self.raw_config = raw_config
+        self.config = config
+
+    @property
+    def hex(self):
+        return self.id.split(":", 1)[1]
+
+    @property
+    def short_id(self):
+        return self.hex[:12]
+
+    @property
+    def diff_ids(self):
+        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+
+    @property
+    def container_config(self):
+        """The `config` section (Env, Cmd, Entrypoint, WorkingDir, User, ...); {} if absent."""
+        return self.config.get("config") or {}
+
+    @property
+    def created(self):
+        """Unix time (float) from the config's `created`."""
+        return parse_time(self.config.get("created"))
+
+    @property
+    def created_text(self):
+        return self.config.get("created") or ZERO_TIME
+
+    @property
+    def repo_tags(self):
+        return self.store.tags_of(self.id)
+
+    @property
+    def repo_digests(self):
+        return self.store.digests_of(self.id)
+
+    @property
+    def labels(self):
+        return self.container_config.get("Labels") or {}
+
+    def layers(self):
+        return [self.store.layers.get(d) for d in self.diff_ids]
+
+    def layer_dirs(self):
+        """Extracted layer dirs, LOWEST first."""
+        return [layer.diff_dir for layer in self.layers()]
+
+    @property
+    def size(self):
+        total = 0
+        for d in self.diff_ids:
+            try:
+                total += self.store.layers.get(d).size
+            except NotFound:
+                pass
+        return total
+
+    @property
+    def meta(self):
+        return read_json(os.path.join(self.store.meta_dir, self.hex + ".json"), {}) or {}
+
+
+class ImageStore:
+    """Everything about images on this engine (engine.services['images'])."""
+
+    def __init__(self, data_root):
+        self.data_root = data_root
+        self.root = os.path.join(data_root, "image")
+        self.config_dir = os.path.join(self.root, "configs")
+        self.meta_dir = os.path.join(self.root, "meta")
+        for d in (self.root, self.config_dir, self.meta_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self.repos_path = os.path.join(self.root, "repositories.json")
+        self.layers = LayerStore(self.root)
+        self.rootfs = RootfsManager(data_root, self.layers)
+        self._lock = threading.RLock()
+        self._cache = {}
+        self._usage_check = None
+        self._running_check = None
+        self._repos = read_json(self.repos_path, None) or {"tags": {}, "digests": {}}
+        self._repos.setdefault("tags", {})
+        self._repos.setdefault("digests", {})
+
+    # -- hooks -----------------------------------------------------------------------
+    def set_usage_check(self, fn):
+        """fn(image_id) -> list of container IDs using the image (rmi answers 409 unless forced)."""
+        self._usage_check = fn
+
+    def set_running_check(self, fn):
+        """fn(container_id) -> True if running (rmi -f still refuses images of running containers)."""
+        self._running_check = fn
+
+    def users(self, image_id):
+        if self._usage_check is None:
+            return []
+        try:
+            return list(self._usage_check(image_id) or [])
+        except Exception:
+            log.exception("image usage check failed")
+            return []
+
+    def _running(self, container_id):
+        if self._running_check is None:
+            return False
+        try:
+            return bool(self._running_check(container_id))
+        except Exception:
+            return False
+
+    # -- rootfs (the interface the runtime uses) -------------------------------------------
+    def mount_rootfs(self, container_id, image):
+        return self.rootfs.mount(container_id, image.diff_ids)
+
+    def unmount_rootfs(self, container_id):
+        self.rootfs.unmount(container_id)
+
+    def remove_rootfs(self, container_id):
+        self.rootfs.remove(container_id)
+
+    # -- reading ------------------------------------------------------------------------
+    def _save_repos(self):
+        atomic_write_json(self.repos_path, self._repos)
+
+    def ids(self):
+        out = []
+        for name in os.listdir(self.config_dir):
+            if name.endswith(".json") and len(name) == 69:
+                out.append("sha256:" + name[:-5])
+        return out
+
+    def by_id(self, image_id):
+        img = self._cache.get(image_id)
+        if img is not None:
+            return img
+        hexid = image_id.split(":", 1)[-1]
+        try:
+            with open(os.path.join(self.config_dir, hexid + ".json"), "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            raise NotFound("No such image: %s" % image_id) from None
+        img = Image(self, "sha256:" + hexid, raw, json.loads(raw.decode("utf-8")))
+        self._cache[img.id] = img
+        return img
+
+    def exists(self, image_id):
+        return os.path.exists(os.path.join(self.config_dir, image_id.split(":", 1)[-1] + ".json"))
+
+    def list(self):
+        out = []
+        for image_id in self.ids():
+            try:
+                out.append(self.by_id(image_id))
+            except (NotFound, ValueError):
+                continue
+        return out
+
+    def _by_prefix(self, prefix):
+        matches = [i for i in self.ids() if i[7:].startswith(prefix)]
+        if len(matches) == 1:
+            return self.by_id(matches[0])
+        return None
+
+    def get(self, ref):
+        """name[:tag], name@digest, full or short ID, 'sha256:...' -> Image; NotFound otherwise."""
+        ref = ref or ""
+        if ref.startswith("sha256:"):
+            hexpart = ref[7:]
+            if reference.HEX_PREFIX.match(hexpart):
+                img = self._by_prefix(hexpart)
+                if img is not None:
+                    return img
+            raise NotFound("No such image: %s" % ref)
+        parsed = None
+        try:
+            parsed = reference.parse(ref, default_tag=True)
+        except BadRequest:
+            pass
+        if parsed is not None:
+            with self._lock:
+                if parsed.digest:
+                    target = self._repos["digests"].get("%s@%s" % (parsed.repo, parsed.digest))
+                else:
+                    target = self._repos["tags"].get(parsed.tagged)
+            if target and self.exists(target):
+                return self.by_id(target)
+        if reference.HEX_PREFIX.match(ref):
+            img = self._by_prefix(ref)
+            if img is not None:
+                return img
+        raise NotFound("No such image: %s" % (parsed if parsed is not None else ref))
+
+    def tags_of(self, image_id):
+        with self._lock:
+            return sorted(t for t, i in self._repos["tags"].items() if i == image_id)
+
+    def digests_of(self, image_id):
+        with self._lock:
+            return sorted(d for d, i in self._repos["digests"].items() if i == image_id)
+
+    def all_tags(self):
+        with self._lock:
+            return dict(self._repos["tags"])
+
+    # -- writing ----------------------------------------------------------------------
+    def add_config(self, raw_config):
+        """Store an image config whose layers are all present; returns the Image."""
+        try:
+            config = json.loads(raw_config.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest("invalid image config: %s" % exc) from None
+        if not isinstance(config, dict):
+            raise BadRequest("invalid image config: not a JSON object")
+        rootfs = config.get("rootfs") or {}
+        if rootfs.get("type", "layers") != "layers":
+            raise BadRequest("invalid image config: rootfs type %r" % rootfs.get("type"))
+        for diff_id in rootfs.get("diff_ids") or []:
+            if not self.layers.exists(diff_id):
+                raise BadRequest("image config references missing layer %s" % diff_id)
+        image_id = "sha256:" + hashlib.sha256(raw_config).hexdigest()
+        path = os.path.join(self.config_dir, image_id[7:] + ".json")
+        with self._lock:
+            if not os.path.exists(path):
+                atomic_write(path, raw_config)
+                self._write_meta(image_id, {"Loaded": rfc3339nano()})
+        return self.by_id(image_id)
+
+    def _write_meta(self, image_id, updates):
+        path = os.path.join(self.meta_dir, image_id[7:] + ".json")
+        meta = read_json(path, {}) or {}
+        meta.update(updates)
+        atomic_write_json(path, meta)
+
+    def tag(self, image_id, ref):
+        """Point 'repo:tag' at the image; returns the ID the tag had before (or None)."""
+        parsed = reference.parse(ref, default_tag=True) if isinstance(ref, str) else ref
+        if parsed.digest and not parsed.tag:
+            raise BadRequest("refusing to create a tag with a digest reference")
+        reference.check_repo_name(parsed.repo)
+        key = "%s:%s" % (parsed.repo, parsed.tag or reference.DEFAULT_TAG)
+        with self._lock:
+            old = self._repos["tags"].get(key)
+            self._repos["tags"][key] = image_id
+            self._save_repos()
+            self._write_meta(image_id, {"LastTagTime": rfc3339nano()})
+        return old if old != image_id else None
+
+    def add_digest(self, image_id, repo, digest):
+        with self._lock:
+            self._repos["digests"]["%s@%s" % (repo, digest)] = image_id
+            self._save_repos()
+
+    def untag(self, name):
+        """Remove one reference ('repo:tag' or 'repo@digest'); True if it existed."""
+        with self._lock:
+            table = "digests" if "@" in name else "tags"
+            if self._repos[table].pop(name, None) is None:
+                return False
+            self._save_repos()
+            return True
+
+    def references(self, image_id):
+        return self.tags_of(image_id) + self.digests_of(image_id)
+
+    # -- removal ------------------------------------------------------------------------
+    def delete(self, ref, force=False, prune=True, stats=None):
+        """`docker rmi`: moby's untag-vs-delete rules; returns [{"Untagged"}|{"Deleted"}].
+
+        stats (a dict), if given, gets "reclaimed": bytes of layers actually removed.
+        """
+        img = self.get(ref)
+        records = []
+        # Asked before taking our lock: the container manager may hold its own lock and call us.
+        users = self.users(img.id)
+        running = [c for c in users if self._running(c)]
+        is_id = ref.startswith("sha256:") or (reference.HEX_PREFIX.match(ref) and img.hex.startswith(ref))
+        with self._lock:
+            refs = self.references(img.id)
+            if not is_id:
+                parsed = reference.parse(ref, default_tag=True)
+                name = str(parsed) if parsed.digest else parsed.tagged
+                if not force and len(refs) == 1 and users:
+                    raise Conflict('conflict: unable to remove repository reference "%s" (must force) - '
+                                   "container %s is using its referenced image %s"
+                                   % (ref, users[0][:12], img.short_id))
+                self.untag(name)
+                records.append({"Untagged": name})
+                remaining = self.references(img.id)
+                # Removing the last tag of a repository also drops that repository's digests (moby).
+                if not parsed.digest:
+                    repo_tags = [r for r in remaining if "@" not in r and r.rsplit(":", 1)[0] == parsed.repo]
+                    if not repo_tags:
+                        for dig in [r for r in remaining if r.startswith(parsed.repo + "@")]:
+                            self.untag(dig)
+                            records.append({"Untagged": dig})
+                        remaining = self.references(img.id)
+                if remaining:
+                    return records
+                quiet = True
+            else:
+                tags = [r for r in refs if "@" not in r]
+                repos = {r.split("@")[0] if "@" in r else r.rsplit(":", 1)[0] for r in refs}
+                if not force and (len(tags) > 1 or len(repos) > 1):
+                    raise Conflict("conflict: unable to delete %s (must be forced) - image is referenced "
+                                   "in multiple repositories" % img.short_id)
+                quiet = False
+            conflict = None
+            if running:
+                conflict = ("conflict: unable to delete %s (cannot be forced) - image is being used by "
+                            "running container %s" % (img.short_id, running[0][:12]))
+            elif users and not force:
+                conflict = ("conflict: unable to delete %s (must be forced) - image is being used by "
+                            "stopped container %s" % (img.short_id, users[0][:12]))
+            if conflict:
+                if quiet:
+                    return records  # the image stays, now untagged, for its containers
+                raise Conflict(conflict)
+            if is_id:
+                for r in self.references(img.id):
+                    self.untag(r)
+                    records.append({"Untagged": r})
+            freed = self._remove_image(img)
+            if stats is not None:
+                stats["reclaimed"] = stats.get("reclaimed", 0) + freed
+            records.append({"Deleted": img.id})
+        return records
+
+    def _remove_image(self, img):
+        for path in (os.path.join(self.config_dir, img.hex + ".json"),
+                     os.path.join(self.meta_dir, img.hex + ".json")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._cache.pop(img.id, None)
+        stats = {}
+        self.gc_layers(candidates=img.diff_ids, stats=stats)
+        return stats.get("reclaimed", 0)
+
+    def gc_layers(self, candidates=None, stats=None):
+        """Remove layers that no image and no container rootfs uses; returns removed diff IDs."""
+        with self._lock:
+            used = set(self.rootfs.layers_in_use())
+            for other in self.list():
+                used.update(other.diff_ids)
+            pool = candidates if candidates is not None else self.layers.list_ids()
+            removed = []
+            for diff_id in pool:
+                if diff_id not in used and self.layers.exists(diff_id):
+                    size = self.layers.get(diff_id).size
+                    if self.layers.remove(diff_id):
+                        removed.append(diff_id)
+                        if stats is not None:
+                            stats["reclaimed"] = stats.get("reclaimed", 0) + size
+            return removed
+
+    def is_dangling(self, img):
+        return not self.references(img.id)
+
+    def prune(self, dangling_only=True, until=None, label_filter=None):
+        """`docker image prune [-a]`: images no container uses (untagged ones unless -a)."""
+        deleted, reclaimed = [], 0
+        for img in self.list():
+            if dangling_only and not self.is_dangling(img):
+                continue
+            if until is not None and img.created >= until:
+                continue
+            if label_filter is not None and not label_filter(img.labels):
+                continue
+            if self.users(img.id):
+                continue
+            stats = {}
+            try:
+                records = self.delete(img.id, force=True, stats=stats)
+            except (Conflict, NotFound):
+                continue
+            deleted.extend(records)
+            reclaimed += stats.get("reclaimed", 0)
+        return deleted, reclaimed

@@ -1,0 +1,1 @@
+"""Container networking: the bridge/host/none networks, address leases, NAT and published ports."""

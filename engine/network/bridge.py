@@ -1,0 +1,162 @@
+"""Bridge device and per-container veth pairs, through pyroute2 (netlink), in the engine's netns."""
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+
+from engine.network.netns import netns_path, run_in_netns
+
+log = logging.getLogger("dockyard.engine")
+
+CONTAINER_IFNAME = "eth0"
+
+
+class BridgeError(Exception):
+    """The bridge or a container's link could not be set up."""
+
+
+def _iproute():
+    # Imported lazily: pyroute2 costs ~15 MB and ~0.2 s to import, and only bridge
+    # networking needs it (an engine running only --network none/host never loads it).
+    from pyroute2.iproute.linux import IPRoute
+    return IPRoute()
+
+
+def _netlink_errors():
+    from pyroute2.netlink.exceptions import NetlinkError
+    return (NetlinkError, OSError)
+
+
+def _lookup(ipr, ifname):
+    """Index of a link in the calling thread's netns, or None. An ioctl: pyroute2's link_lookup
+    dumps every link, which gets slow with many containers."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
+def host_ifname(container_id):
+    """Host-side veth name: stable per container so a later disconnect can find it (<= 15 chars)."""
+    return "veth" + container_id[:11]
+
+
+def mac_for(ip):
+    """moby's scheme: 02:42 followed by the four bytes of the IPv4 address."""
+    return "02:42:" + ":".join("%02x" % b for b in ipaddress.IPv4Address(ip).packed)
+
+
+def overlapping_routes(network, own_devices=()):
+    """Routes of this netns (main table) that overlap `network`, except those on `own_devices`
+    (the engine's own bridges)."""
+    network = ipaddress.IPv4Network(network)
+    own = {own_devices} if isinstance(own_devices, str) else set(own_devices)
+    found = []
+    with _iproute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for route in ipr.get_routes(family=socket.AF_INET, table=254):
+            dst = route.get_attr("RTA_DST")
+            if dst is None:
+                continue  # the default route overlaps everything by design
+            dev = names.get(route.get_attr("RTA_OIF"), "")
+            if dev in own:
+                continue
+            net = ipaddress.IPv4Network("%s/%d" % (dst, route["dst_len"]), strict=False)
+            if net.overlaps(network):
+                found.append("%s dev %s" % (net, dev or "?"))
+    return found
+
+
+def ensure_bridge(name, gateway, prefixlen, mtu=None):
+    """Create (or fix up) the bridge `name` with gateway/prefixlen as its only IPv4 address, up."""
+    errors = _netlink_errors()
+    try:
+        with _iproute() as ipr:
+            index = _lookup(ipr, name)
+            if index is None:
+                try:
+                    ipr.link("add", ifname=name, kind="bridge")
+                except errors as exc:
+                    if getattr(exc, "code", None) != errno.EEXIST:  # a concurrent engine won
+                        raise
+                index = _lookup(ipr, name)
+            link = ipr.get_links(index)[0]
+            kind = (link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "")
+            if kind != "bridge":
+                raise BridgeError("%s exists and is not a bridge (%s)" % (name, kind or "unknown"))
+            if mtu and link.get_attr("IFLA_MTU") != mtu:
+                ipr.link("set", index=index, mtu=mtu)
+            have = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                    for a in ipr.get_addr(index=index, family=socket.AF_INET)]
+            for addr, plen in have:
+                if (addr, plen) != (str(gateway), prefixlen):
+                    ipr.addr("del", index=index, address=addr, prefixlen=plen)
+            if (str(gateway), prefixlen) not in have:
+                ipr.addr("add", index=index, address=str(gateway), prefixlen=prefixlen)
+            ipr.link("set", index=index, state="up")
+    except errors as exc:
+        raise BridgeError("cannot set up bridge %s: %s" % (name, exc)) from None
+
+
+def delete_link(ifname):
+    """Delete a link of this netns if it exists (deleting one veth end removes both)."""
+    errors = _netlink_errors()
+    try:
+        with _iproute() as ipr:
+            index = _lookup(ipr, ifname)
+            if index is not None:
+                ipr.link("del", index=index)
+                return True
+    except errors as exc:
+        if getattr(exc, "code", None) != errno.ENODEV:  # gone meanwhile: its netns died
+            raise BridgeError("cannot delete %s: %s" % (ifname, exc)) from None
+    return False
+
+
+def _configure_inside(ip, prefixlen, gateway, mtu):
+    with _iproute() as ipr:
+        lo = _lookup(ipr, "lo")
+        if lo is not None:
+            ipr.link("set", index=lo, state="up")
+        eth = _lookup(ipr, CONTAINER_IFNAME)
+        if eth is None:
+            raise BridgeError("%s did not arrive in the container's namespace" % CONTAINER_IFNAME)
+        if mtu:
+            ipr.link("set", index=eth, mtu=mtu)
+        ipr.addr("add", index=eth, address=str(ip), prefixlen=prefixlen)
+        ipr.link("set", index=eth, state="up")
+        ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
+
+
+def attach_container(pid, bridge, veth, ip, prefixlen, gateway, mac, mtu=None):
+    """veth pair: `veth` on the bridge here, eth0 (ip, mac, default route) in pid's netns."""
+    errors = _netlink_errors()
+    ns_fd = os.open(netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _iproute() as ipr:
+            master = _lookup(ipr, bridge)
+            if master is None:
+                raise BridgeError("bridge %s does not exist" % bridge)
+            stale = _lookup(ipr, veth)
+            if stale is not None:  # left by a container that died with the engine down
+                ipr.link("del", index=stale)
+            peer = {"ifname": CONTAINER_IFNAME, "net_ns_fd": ns_fd, "address": mac}
+            ipr.link("add", ifname=veth, kind="veth", peer=peer)
+            index = _lookup(ipr, veth)
+            if mtu:
+                ipr.link("set", index=index, mtu=mtu)
+            ipr.link("set", index=index, master=master, state="up")
+    except errors as exc:
+        raise BridgeError("cannot create the veth pair for pid %d: %s" % (pid, exc)) from None
+    finally:
+        os.close(ns_fd)
+    try:
+        run_in_netns(netns_path(pid), _configure_inside, ip, prefixlen, gateway, mtu)
+    except errors as exc:
+        delete_link(veth)
+        raise BridgeError("cannot configure %s in the container: %s" % (CONTAINER_IFNAME, exc)) from None
+    except BaseException:
+        delete_link(veth)
+        raise

@@ -1,0 +1,196 @@
+"""The engine's networks: host, none, the default bridge and user-defined bridge networks.
+
+Persisted in data-root/network/networks.json (IDs, creation times, subnets); each bridged
+network keeps its address leases in its own IPAM file.
+"""
+
+import binascii
+import ipaddress
+import os
+import time
+
+from engine.api.errors import BadRequest, Conflict, NotFound
+from engine.network.fsutil import read_json, write_json
+from engine.network.ipam import Ipam, IpamError
+
+DEFAULT_BRIDGE = "dockyard0"
+BUILTIN = ("bridge", "host", "none")
+DRIVERS = {"bridge": "bridge", "host": "host", "none": "null"}
+# Tried in order for the default bridge (when bip= is not set) and for user-defined networks,
+# skipping subnets in use by another network or routed by the host.
+DEFAULT_POOLS = tuple("172.%d.0.1/16" % n for n in range(17, 32)) + tuple(
+    "192.168.%d.1/20" % n for n in range(0, 256, 16))
+
+
+def random_id():
+    return binascii.hexlify(os.urandom(32)).decode("ascii")
+
+
+def now_rfc3339():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + (".%09dZ" % int((t % 1) * 1e9))
+
+
+class BridgeNet:
+    """One bridged network: its Linux bridge, subnet, gateway and address leases."""
+
+    def __init__(self, directory, name, record, default=False):
+        self.name = name
+        self.default = default
+        self.id = record["Id"]
+        self.created = record["Created"]
+        self.subnet = ipaddress.IPv4Network(record["Subnet"])
+        self.gateway = ipaddress.IPv4Address(record["Gateway"])
+        self.device = record["Device"]
+        self.internal = bool(record.get("Internal"))
+        self.labels = dict(record.get("Labels") or {})
+        self.options = dict(record.get("Options") or {})
+        ipam_file = "ipam.json" if default else "ipam-%s.json" % self.id[:12]
+        self.ipam_path = os.path.join(directory, ipam_file)
+        self.ipam = Ipam(self.ipam_path, self.subnet, self.gateway)
+        self.ready = False  # bridge device set up by this engine process
+
+    def record(self):
+        return {"Id": self.id, "Created": self.created, "Subnet": str(self.subnet),
+                "Gateway": str(self.gateway), "Device": self.device, "Internal": self.internal,
+                "Labels": self.labels, "Options": self.options}
+
+
+class Catalog:
+    """Looks networks up by name, ID or ID prefix; creates and removes user-defined ones."""
+
+    def __init__(self, directory, device=DEFAULT_BRIDGE, bip=None):
+        self.dir = directory
+        self.path = os.path.join(directory, "networks.json")
+        self.explicit_bip = bip
+        meta = read_json(self.path, {}) or {}
+        self.builtin = {}
+        for name in BUILTIN:
+            entry = meta.get(name) if isinstance(meta.get(name), dict) else {}
+            self.builtin[name] = {"Id": entry.get("Id") or random_id(),
+                                  "Created": entry.get("Created") or now_rfc3339()}
+        if bip:
+            try:
+                iface = ipaddress.IPv4Interface(bip)
+            except ValueError:
+                raise ValueError("invalid bip=%r: want an address with prefix, e.g. 172.18.0.1/16"
+                                 % bip) from None
+            if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+                raise ValueError("invalid bip=%s: the gateway must be a host address" % iface)
+        else:
+            iface = ipaddress.IPv4Interface(
+                "%s/%s" % (meta["Gateway"], meta["Subnet"].split("/")[1])
+                if meta.get("Subnet") and meta.get("Gateway") else DEFAULT_POOLS[0])
+        record = dict(self.builtin["bridge"], Subnet=str(iface.network), Gateway=str(iface.ip),
+                      Device=device)
+        self.default = BridgeNet(directory, "bridge", record, default=True)
+        self.custom = {}
+        for name, rec in sorted((meta.get("Custom") or {}).items()):
+            try:
+                self.custom[name] = BridgeNet(directory, name, rec)
+            except (KeyError, ValueError, IpamError):
+                continue  # a hand-damaged record: the network is forgotten, not the engine
+        self.save()
+
+    def save(self):
+        meta = dict(self.builtin)
+        meta["Subnet"], meta["Gateway"] = str(self.default.subnet), str(self.default.gateway)
+        meta["Custom"] = {name: net.record() for name, net in self.custom.items()}
+        write_json(self.path, meta)
+
+    def set_default_subnet(self, iface):
+        record = dict(self.default.record(), Subnet=str(iface.network), Gateway=str(iface.ip))
+        self.default = BridgeNet(self.dir, "bridge", record, default=True)
+        self.save()
+
+    # -- lookups -----------------------------------------------------------------------------
+    def bridged(self):
+        return [self.default] + [self.custom[n] for n in sorted(self.custom)]
+
+    def bridge_net(self, name):
+        """The BridgeNet called `name` ('bridge' is the default one), or None."""
+        if name == "bridge":
+            return self.default
+        return self.custom.get(name)
+
+    def names(self):
+        return list(BUILTIN) + sorted(self.custom)
+
+    def network_id(self, name):
+        if name in self.builtin:
+            return self.builtin[name]["Id"]
+        net = self.custom.get(name)
+        return net.id if net else ""
+
+    def resolve(self, ref):
+        """Network name for a name, full ID or unique ID prefix; NotFound otherwise."""
+        ref = (ref or "").strip()
+        names = self.names()
+        if ref in names:
+            return ref
+        for name in names:
+            if self.network_id(name) == ref:
+                return name
+        matches = [name for name in names if ref and self.network_id(name).startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound("network %s not found" % ref)
+
+    # -- user-defined networks -----------------------------------------------------------------
+    def _taken(self):
+        return [net.subnet for net in self.bridged()]
+
+    def create(self, name, subnet=None, gateway=None, internal=False, labels=None, options=None,
+               routed=lambda network: False):
+        """A new user-defined bridge network. `routed(network)` says if the host routes it."""
+        if not name or "/" in name or len(name) > 200:
+            raise BadRequest("invalid network name %r" % name)
+        if name in self.names():
+            raise Conflict("network with name %s already exists" % name)
+        taken = self._taken()
+        if subnet:
+            try:
+                network = ipaddress.IPv4Network(subnet, strict=False)
+            except ValueError:
+                raise BadRequest("invalid subnet %r (IPv4 CIDR only)" % subnet) from None
+            if any(network.overlaps(t) for t in taken):
+                raise Conflict("invalid pool request: Pool overlaps with other one on this address space")
+            if gateway:
+                try:
+                    gw = ipaddress.IPv4Address(gateway)
+                except ValueError:
+                    raise BadRequest("invalid gateway %r" % gateway) from None
+            else:
+                gw = network.network_address + 1
+            if gw not in network or gw in (network.network_address, network.broadcast_address):
+                raise BadRequest("gateway %s is not a host address of %s" % (gw, network))
+            if network.num_addresses < 4:
+                raise BadRequest("subnet %s is too small" % network)
+        else:
+            if gateway:
+                raise BadRequest("a gateway needs a subnet")
+            for pool in DEFAULT_POOLS:
+                iface = ipaddress.IPv4Interface(pool)
+                if not any(iface.network.overlaps(t) for t in taken) and not routed(iface.network):
+                    network, gw = iface.network, iface.ip
+                    break
+            else:
+                raise Conflict("could not find an available, non-overlapping IPv4 address pool "
+                               "among the defaults to assign to the network")
+        net_id = random_id()
+        record = {"Id": net_id, "Created": now_rfc3339(), "Subnet": str(network), "Gateway": str(gw),
+                  "Device": "br-" + net_id[:12], "Internal": bool(internal),
+                  "Labels": dict(labels or {}), "Options": dict(options or {})}
+        net = BridgeNet(self.dir, name, record)
+        self.custom[name] = net
+        self.save()
+        return net
+
+    def remove(self, name):
+        net = self.custom.pop(name)
+        self.save()
+        try:
+            os.unlink(net.ipam_path)
+        except FileNotFoundError:
+            pass
+        return net

@@ -1,0 +1,33 @@
+"""Atomic JSON state files for the network part (temp file + fsync + rename)."""
+
+import json
+import logging
+import os
+
+log = logging.getLogger("dockyard.engine")
+
+
+def write_json(path, obj):
+    """Replace `path` with `obj` as JSON; readers see the old or the new file, never half."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path, default=None):
+    """The parsed file, or `default` when it does not exist or is not valid JSON."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return default
+    except ValueError as exc:
+        # A torn file cannot happen with write_json; a hand-edited broken one is treated as absent.
+        log.warning("ignoring unreadable network state %s: %s", path, exc)
+        return default

@@ -1,0 +1,144 @@
+"""IPv4 address management for the bridge network: allocations persisted under data-root/network."""
+
+import ipaddress
+import logging
+import threading
+
+from engine.network.fsutil import read_json, write_json
+
+log = logging.getLogger("dockyard.engine")
+
+
+class IpamError(Exception):
+    """An address cannot be handed out (bad request, taken, or the pool is empty)."""
+
+
+class PoolExhausted(IpamError):
+    pass
+
+
+class Ipam:
+    """Hands out addresses of one subnet to owners (container IDs), one address per owner.
+
+    Allocation is sequential after the last address handed out, wrapping around, so a
+    released address is not reused at once (a stale peer's ARP cache would point at the
+    wrong container). Every change is written to `path` before the call returns.
+    """
+
+    def __init__(self, path, subnet, gateway):
+        self.path = path
+        self.network = ipaddress.IPv4Network(subnet, strict=False)
+        self.gateway = ipaddress.IPv4Address(gateway)
+        if self.gateway not in self.network:
+            raise IpamError("gateway %s is not in %s" % (self.gateway, self.network))
+        if self.network.num_addresses < 4:
+            raise IpamError("subnet %s is too small for containers" % self.network)
+        self._lock = threading.Lock()
+        self._by_ip = {}  # IPv4Address -> owner
+        self._last = None
+        self._load()
+
+    # -- persistence -----------------------------------------------------------------
+    def _load(self):
+        raw = read_json(self.path, {}) or {}
+        if raw.get("subnet") not in (None, str(self.network)):
+            # The subnet was reconfigured (engine opt bip=): old leases mean nothing in the new one.
+            log.warning("bridge subnet changed from %s to %s: dropping %d old address leases",
+                        raw.get("subnet"), self.network, len(raw.get("allocations") or {}))
+            raw = {}
+        for ip_text, owner in (raw.get("allocations") or {}).items():
+            try:
+                ip = ipaddress.IPv4Address(ip_text)
+            except ValueError:
+                continue
+            if self._assignable(ip):
+                self._by_ip[ip] = owner
+        try:
+            last = ipaddress.IPv4Address(raw.get("last") or "0.0.0.0")
+            self._last = last if last in self.network else None
+        except ValueError:
+            self._last = None
+
+    def _save(self):
+        write_json(self.path, {
+            "subnet": str(self.network),
+            "gateway": str(self.gateway),
+            "last": str(self._last) if self._last else None,
+            "allocations": {str(ip): owner for ip, owner in sorted(self._by_ip.items())},
+        })
+
+    # -- queries -----------------------------------------------------------------------
+    def _assignable(self, ip):
+        return (ip in self.network and ip != self.network.network_address
+                and ip != self.network.broadcast_address and ip != self.gateway)
+
+    @property
+    def prefixlen(self):
+        return self.network.prefixlen
+
+    def address_of(self, owner):
+        with self._lock:
+            for ip, who in self._by_ip.items():
+                if who == owner:
+                    return ip
+        return None
+
+    def owner_of(self, ip):
+        with self._lock:
+            return self._by_ip.get(ipaddress.IPv4Address(ip))
+
+    def allocations(self):
+        """{address text: owner} of every lease."""
+        with self._lock:
+            return {str(ip): owner for ip, owner in self._by_ip.items()}
+
+    def capacity(self):
+        """How many addresses the pool can hand out in total (network, broadcast, gateway excluded)."""
+        return self.network.num_addresses - 3
+
+    # -- changes -----------------------------------------------------------------------
+    def allocate(self, owner, preferred=None):
+        """The owner's address, leasing one first if it has none. Raises IpamError/PoolExhausted."""
+        with self._lock:
+            for ip, who in self._by_ip.items():
+                if who == owner:
+                    return ip
+            if preferred:
+                try:
+                    ip = ipaddress.IPv4Address(preferred)
+                except ValueError:
+                    raise IpamError("invalid IPv4 address %r" % preferred) from None
+                if not self._assignable(ip):
+                    raise IpamError("address %s is not assignable in %s" % (ip, self.network))
+                if ip in self._by_ip:
+                    raise IpamError("Address already in use: %s" % ip)
+            else:
+                ip = self._next_free()
+            self._by_ip[ip] = owner
+            self._last = ip
+            self._save()
+            return ip
+
+    def _next_free(self):
+        first = int(self.network.network_address) + 1
+        last = int(self.network.broadcast_address) - 1
+        start = int(self._last) + 1 if self._last else first
+        if start > last or start < first:
+            start = first
+        span = last - first + 1
+        for step in range(span):
+            ip = ipaddress.IPv4Address(first + (start - first + step) % span)
+            if ip != self.gateway and ip not in self._by_ip:
+                return ip
+        raise PoolExhausted("no available IPv4 addresses on network bridge (%s)" % self.network)
+
+    def release(self, owner):
+        """Free the owner's lease; returns the released address or None if it had none."""
+        with self._lock:
+            found = [ip for ip, who in self._by_ip.items() if who == owner]
+            if not found:
+                return None
+            for ip in found:
+                del self._by_ip[ip]
+            self._save()
+            return found[0]

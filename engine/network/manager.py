@@ -1,0 +1,539 @@
+"""NetworkManager: the networks (bridge, host, none, user-defined bridges) and each container's
+endpoint on them.
+
+The runtime calls connect() once the container's network namespace exists and before
+the user process runs, port_proxies() inside the container's supervisor, and
+disconnect() when the container stops or is removed. State lives under
+data-root/network: networks and subnets (networks.json, see catalog.py), address leases
+(ipam*.json), host-port reservations (ports.json) and endpoints (endpoints.json).
+"""
+
+import ipaddress
+import logging
+import os
+import socket
+import threading
+
+from engine.api.errors import BadRequest, Forbidden, ServerError
+from engine.network import bridge, dns, portproxy, vendor
+from engine.network.catalog import BUILTIN, DEFAULT_BRIDGE, DEFAULT_POOLS, DRIVERS, Catalog, random_id
+from engine.network.fsutil import read_json, write_json
+from engine.network.ipam import IpamError
+from engine.network.netns import loopback_up, netns_path, run_in_netns
+from engine.network.ports import (
+    PortAllocationError, PortAllocator, PortSpecError, port_map, ps_ports, requested_ports,
+    validate as validate_ports,
+)
+
+log = logging.getLogger("dockyard.engine")
+
+_current = None  # the engine's NetworkManager: network_mode() looks user-defined networks up in it
+
+
+class NetworkError(ServerError):
+    """Connecting a container failed; the message is what `docker start` prints."""
+
+
+def _bool_opt(opts, name, default):
+    value = opts.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _parts(container):
+    """(id, name, config, host_config) of a runtime Container (or a dict with those keys)."""
+    def get(name, default=None):
+        if isinstance(container, dict):
+            return container.get(name, default)
+        return getattr(container, name, default)
+
+    cid = get("id") or get("Id")
+    name = (get("name") or get("Name") or "").lstrip("/")
+    config = get("config") or get("Config") or {}
+    host_config = get("host_config") or get("HostConfig") or {}
+    return cid, name, config, host_config
+
+
+def network_name(host_config):
+    """The network a HostConfig asks for: 'bridge', 'host', 'none' or a user-defined name."""
+    mode = ((host_config or {}).get("NetworkMode") or "default").strip()
+    if mode in ("default", "bridge"):
+        return "bridge"
+    if mode in ("host", "none"):
+        return mode
+    if mode.startswith("container:"):
+        raise BadRequest("dockyard does not support --network container:<name> (sharing another "
+                         "container's network namespace)")
+    if _current is not None:
+        try:
+            return _current.catalog.resolve(mode)
+        except Exception:
+            pass
+    # 400, not moby's 404: the docker CLI answers any 404 from create by pulling the image.
+    raise BadRequest("network %s not found" % mode)
+
+
+def network_mode(host_config):
+    """'bridge' (any bridged network), 'host' or 'none'; BadRequest for what dockyard lacks."""
+    name = network_name(host_config)
+    return name if name in ("host", "none") else "bridge"
+
+
+def needs_netns(host_config):
+    """False for --network host: the container then stays in the engine host's namespace."""
+    return network_mode(host_config) != "host"
+
+
+def settings_ip(settings):
+    """The container's address in NetworkSettings (user-defined networks leave the top level empty)."""
+    if settings.get("IPAddress"):
+        return settings["IPAddress"]
+    for ep in (settings.get("Networks") or {}).values():
+        if ep and ep.get("IPAddress"):
+            return ep["IPAddress"]
+    return ""
+
+
+class NetworkManager:
+    """Owns the bridges, NAT, address leases, host-port reservations and endpoint records."""
+
+    def __init__(self, data_root, opts=None, warnings=None):
+        global _current
+        opts = dict(opts or {})
+        self.dir = os.path.join(data_root, "network")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        device = opts.get("bridge") or DEFAULT_BRIDGE
+        if len(device) > 15:
+            raise ValueError("bridge name %r is longer than 15 characters" % device)
+        self.mtu = int(opts["mtu"]) if opts.get("mtu") else None
+        self.ip_masq = _bool_opt(opts, "ip-masq", True)
+        self.ip_forward = _bool_opt(opts, "ip-forward", True)
+        self.dns_fallback = tuple(s for s in (opts.get("dns") or "").split(",") if s) or \
+            dns.DEFAULT_NAMESERVERS
+        self.explicit_bip = opts.get("bip") or None
+        self.warnings = warnings if warnings is not None else []
+        self.catalog = Catalog(self.dir, device, self.explicit_bip)
+        self.nat = None
+        self.nat_method = None
+        self._lock = threading.RLock()
+        self._host_ready = False
+        self._endpoints_path = os.path.join(self.dir, "endpoints.json")
+        self.ports = PortAllocator(os.path.join(self.dir, "ports.json"))
+        self.endpoints = read_json(self._endpoints_path, {}) or {}
+        _current = self
+
+    def _save_endpoints(self):
+        write_json(self._endpoints_path, self.endpoints)
+
+    # The default bridge, for callers and tests that only know that one.
+    @property
+    def ipam(self):
+        return self.catalog.default.ipam
+
+    @property
+    def subnet(self):
+        return self.catalog.default.subnet
+
+    @property
+    def gateway(self):
+        return self.catalog.default.gateway
+
+    @property
+    def bridge_name(self):
+        return self.catalog.default.device
+
+    def _own_devices(self):
+        return [net.device for net in self.catalog.bridged()]
+
+    # -- bridges, forwarding, NAT: on first use (and after network create/remove) ------------
+    def ensure_ready(self, net=None):
+        """Create the network's bridge; forwarding and NAT for all bridged networks (idempotent)."""
+        net = net or self.catalog.default
+        with self._lock:
+            if net.ready and self._host_ready:
+                return
+            vendor.prepare(self.dir)
+            if net.default:
+                self._pick_default_subnet()
+                net = self.catalog.default
+            try:
+                bridge.ensure_bridge(net.device, net.gateway, net.subnet.prefixlen, self.mtu)
+            except bridge.BridgeError as exc:
+                raise NetworkError(str(exc)) from None
+            net.ready = True
+            if not self._host_ready:
+                from engine.network import nat
+                if self.ip_forward:
+                    try:
+                        nat.enable_ip_forward()
+                    except OSError as exc:
+                        self._warn("IPv4 forwarding is disabled and cannot be enabled (%s): "
+                                   "containers cannot reach other hosts" % exc)
+                self._host_ready = True
+            self._sync_nat()
+            log.info("bridge %s %s/%d up for network %s, outbound NAT via %s", net.device,
+                     net.gateway, net.subnet.prefixlen, net.name, self.nat_method or "none")
+
+    def _sync_nat(self):
+        if not self.ip_masq:
+            return
+        from engine.network import nat
+        if self.nat is None:
+            self.nat = nat.Nat()
+        rules = [(net.subnet, net.device) for net in self.catalog.bridged() if not net.internal]
+        try:
+            self.nat_method = self.nat.setup(rules)
+        except nat.NatUnavailable as exc:
+            self._warn(str(exc))
+
+    def _warn(self, text):
+        log.warning("%s", text)
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def _pick_default_subnet(self):
+        net = self.catalog.default
+        if net.ready:
+            return
+        clash = bridge.overlapping_routes(net.subnet, self._own_devices())
+        if not clash:
+            return
+        if self.explicit_bip:
+            raise NetworkError("bip=%s overlaps routes of this host (%s): choose another subnet "
+                               "with --engine-opt bip=" % (self.explicit_bip, ", ".join(clash)))
+        if net.ipam.allocations():
+            raise NetworkError("bridge subnet %s now overlaps %s" % (net.subnet, ", ".join(clash)))
+        taken = [n.subnet for n in self.catalog.bridged() if not n.default]
+        for pool in DEFAULT_POOLS:
+            iface = ipaddress.IPv4Interface(pool)
+            if any(iface.network.overlaps(t) for t in taken):
+                continue
+            if not bridge.overlapping_routes(iface.network, self._own_devices()):
+                log.info("bridge subnet %s is in use on this host (%s); using %s",
+                         net.subnet, ", ".join(clash), iface.network)
+                self.catalog.set_default_subnet(iface)
+                return
+        raise NetworkError("could not find an available, non-overlapping IPv4 address pool for "
+                           "the bridge: set one with --engine-opt bip=")
+
+    # -- container endpoints ---------------------------------------------------------------
+    def validate(self, host_config, config):
+        """Checks for container create: unknown networks and bad port bindings (400)."""
+        mode = network_mode(host_config)
+        try:
+            validate_ports(host_config, config)
+        except PortSpecError as exc:
+            raise BadRequest(str(exc)) from None
+        return mode
+
+    def connect(self, container, pid):
+        """Attach the container (its netns: /proc/<pid>/ns/net) to its network -> NetworkSettings."""
+        cid, name, config, host_config = _parts(container)
+        netname = network_name(host_config)
+        if netname in ("host", "none"):
+            if netname == "none":
+                run_in_netns(netns_path(pid), loopback_up)
+            return self._record(cid, name, netname, None, [], config, host_config, pid)
+        net = self.catalog.bridge_net(netname)
+        self.ensure_ready(net)
+        try:
+            requests = requested_ports(host_config, config)
+        except PortSpecError as exc:
+            raise BadRequest(str(exc)) from None
+        endpoint_id = random_id()
+        try:
+            bindings = self.ports.reserve(cid, requests)
+        except PortAllocationError as exc:
+            raise NetworkError("driver failed programming external connectivity on endpoint "
+                               "%s (%s): %s" % (name or cid[:12], endpoint_id, exc)) from None
+        try:
+            try:
+                ip = net.ipam.allocate(cid)
+            except IpamError as exc:
+                raise NetworkError(str(exc)) from None
+            try:
+                bridge.attach_container(pid, net.device, bridge.host_ifname(cid), ip,
+                                        net.subnet.prefixlen, net.gateway, bridge.mac_for(ip),
+                                        self.mtu)
+            except bridge.BridgeError as exc:
+                raise NetworkError(str(exc)) from None
+        except BaseException:
+            self.ports.release(cid)
+            net.ipam.release(cid)
+            raise
+        return self._record(cid, name, netname, ip, bindings, config, host_config, pid,
+                            endpoint_id)
+
+    def _record(self, cid, name, netname, ip, bindings, config, host_config, pid, endpoint_id=None):
+        endpoint = {
+            "Network": netname,
+            "NetworkID": self.catalog.network_id(netname),
+            "Name": name,
+            "EndpointID": endpoint_id or random_id(),
+            "SandboxID": random_id(),
+            "SandboxKey": netns_path(pid) if netname != "host" else "",
+            "IPAddress": str(ip) if ip else "",
+            "MacAddress": bridge.mac_for(ip) if ip else "",
+            "Bindings": bindings,
+        }
+        with self._lock:
+            self.endpoints[cid] = endpoint
+            self._save_endpoints()
+        return self._settings(endpoint, config, host_config)
+
+    def _endpoint_settings(self, netname, endpoint):
+        ip = endpoint.get("IPAddress") if endpoint else ""
+        net = self.catalog.bridge_net(netname)
+        bridged = net is not None and bool(ip)
+        return {
+            "IPAMConfig": None,
+            "Links": None,
+            "Aliases": None,
+            "MacAddress": endpoint.get("MacAddress", "") if endpoint else "",
+            "DriverOpts": None,
+            "GwPriority": 0,
+            "NetworkID": self.catalog.network_id(netname) or (endpoint or {}).get("NetworkID", ""),
+            "EndpointID": endpoint.get("EndpointID", "") if endpoint else "",
+            "Gateway": str(net.gateway) if bridged else "",
+            "IPAddress": ip or "",
+            "IPPrefixLen": net.subnet.prefixlen if bridged else 0,
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "DNSNames": None,
+        }
+
+    def _settings(self, endpoint, config, host_config):
+        """NetworkSettings as moby's inspect shows it; endpoint None = not running."""
+        if endpoint is not None:
+            netname = endpoint.get("Network")
+        else:
+            try:
+                netname = network_name(host_config)
+            except BadRequest:  # its network was removed since
+                netname = (host_config or {}).get("NetworkMode") or "bridge"
+        ep = self._endpoint_settings(netname, endpoint)
+        bridged = self.catalog.bridge_net(netname) is not None
+        ports = port_map(endpoint.get("Bindings") or [], config, host_config) \
+            if endpoint is not None and bridged else {}
+        # The deprecated top-level copies are filled for the default bridge network only.
+        top = ep if netname == "bridge" else self._endpoint_settings(netname, None)
+        return {
+            "Bridge": "",
+            "SandboxID": endpoint.get("SandboxID", "") if endpoint else "",
+            "SandboxKey": endpoint.get("SandboxKey", "") if endpoint else "",
+            "HairpinMode": False,
+            "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0,
+            "Ports": ports,
+            "SecondaryIPAddresses": None,
+            "SecondaryIPv6Addresses": None,
+            "EndpointID": top["EndpointID"],
+            "Gateway": top["Gateway"],
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "IPAddress": top["IPAddress"],
+            "IPPrefixLen": top["IPPrefixLen"],
+            "IPv6Gateway": "",
+            "MacAddress": top["MacAddress"],
+            "Networks": {netname: ep},
+        }
+
+    def stopped_settings(self, container):
+        """NetworkSettings for a created or exited container (no address, no ports)."""
+        _, _, config, host_config = _parts(container)
+        return self._settings(None, config, host_config)
+
+    def port_proxies(self, settings):
+        """Userland forwarders for the published ports in `settings` (start them in the supervisor)."""
+        return portproxy.proxies_for(settings)
+
+    def disconnect(self, container, settings=None):
+        """Free the container's address and ports and remove its veth (if its netns still exists)."""
+        cid = _parts(container)[0]
+        with self._lock:
+            endpoint = self.endpoints.pop(cid, None)
+            if endpoint is not None:
+                self._save_endpoints()
+        netname = (endpoint or {}).get("Network")
+        if netname is None and settings:
+            netname = next(iter(settings.get("Networks") or {}), None)
+        if self.catalog.bridge_net(netname or "") is not None or netname == "bridge":
+            self._delete_veth(cid)
+        self.ports.release(cid)
+        for net in self.catalog.bridged():
+            net.ipam.release(cid)
+
+    def _delete_veth(self, cid):
+        name = bridge.host_ifname(cid)
+        # The veth dies with the container's netns; only load netlink when it is still there
+        # (an ioctl on a socket of this netns; /sys may show another netns' devices).
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            return
+        vendor.prepare(self.dir)
+        try:
+            bridge.delete_link(name)
+        except bridge.BridgeError as exc:
+            log.warning("%s", exc)
+
+    def reconcile(self, running_ids):
+        """After an engine (re)start: forget endpoints, leases and ports of containers not running."""
+        running = set(running_ids)
+        with self._lock:
+            gone = [cid for cid in self.endpoints if cid not in running]
+            for cid in gone:
+                del self.endpoints[cid]
+            if gone:
+                self._save_endpoints()
+        owners = set(gone) | set(self.ports.owners())
+        for net in self.catalog.bridged():
+            owners |= set(net.ipam.allocations().values())
+        for cid in owners - running:
+            self.ports.release(cid)
+            for net in self.catalog.bridged():
+                net.ipam.release(cid)
+        return gone
+
+    # -- container files --------------------------------------------------------------------
+    def resolv_conf(self, container):
+        _, _, _, host_config = _parts(container)
+        return dns.resolv_conf(host_config, network_mode(host_config), fallback=self.dns_fallback)
+
+    def hosts_file(self, container, settings=None):
+        _, _, config, host_config = _parts(container)
+        if settings is not None:
+            net = next(iter((settings.get("Networks") or {}).values()), None) or {}
+            settings = dict(settings, IPAddress=settings_ip(settings),
+                            Gateway=settings.get("Gateway") or net.get("Gateway", ""))
+        return dns.hosts_file(config.get("Hostname") or "", settings, config.get("Domainname") or "",
+                              host_config.get("ExtraHosts") or ())
+
+    @staticmethod
+    def ps_ports(settings, config=None):
+        return ps_ports(settings, config)
+
+    # -- the networks API ------------------------------------------------------------------
+    def _containers_on(self, netname):
+        net = self.catalog.bridge_net(netname)
+        out = {}
+        with self._lock:
+            items = list(self.endpoints.items())
+        for cid, ep in items:
+            if ep.get("Network") != netname:
+                continue
+            ip = ep.get("IPAddress") or ""
+            out[cid] = {
+                "Name": ep.get("Name", ""),
+                "EndpointID": ep.get("EndpointID", ""),
+                "MacAddress": ep.get("MacAddress", ""),
+                "IPv4Address": "%s/%d" % (ip, net.subnet.prefixlen) if ip and net else "",
+                "IPv6Address": "",
+            }
+        return out
+
+    def _network(self, name, verbose=True):
+        net = self.catalog.bridge_net(name)
+        if net is not None:
+            ipam_config = [{"Subnet": str(net.subnet), "Gateway": str(net.gateway)}]
+            if net.default:
+                options = {
+                    "com.docker.network.bridge.default_bridge": "true",
+                    "com.docker.network.bridge.enable_icc": "true",
+                    "com.docker.network.bridge.enable_ip_masquerade":
+                        "true" if self.ip_masq else "false",
+                    "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+                    "com.docker.network.bridge.name": net.device,
+                    "com.docker.network.driver.mtu": str(self.mtu or 1500),
+                }
+            else:
+                options = dict(net.options)
+            net_id, created, driver = net.id, net.created, "bridge"
+            internal, labels = net.internal, dict(net.labels)
+        else:
+            meta = self.catalog.builtin[name]
+            ipam_config, options, labels, internal = [], {}, {}, False
+            net_id, created, driver = meta["Id"], meta["Created"], DRIVERS[name]
+        return {
+            "Name": name,
+            "Id": net_id,
+            "Created": created,
+            "Scope": "local",
+            "Driver": driver,
+            "EnableIPv4": net is not None,
+            "EnableIPv6": False,
+            "IPAM": {"Driver": "default", "Options": None if name in BUILTIN else {},
+                     "Config": ipam_config},
+            "Internal": internal,
+            "Attachable": False,
+            "Ingress": False,
+            "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False,
+            "Containers": self._containers_on(name) if verbose else {},
+            "Options": options,
+            "Labels": labels,
+        }
+
+    def list(self):
+        return [self._network(name, verbose=False) for name in self.catalog.names()]
+
+    def resolve(self, ref):
+        """Network name for a name, full ID or unique ID prefix; NotFound otherwise."""
+        return self.catalog.resolve(ref)
+
+    def inspect(self, ref):
+        return self._network(self.resolve(ref))
+
+    def in_use(self, name):
+        with self._lock:
+            return [cid for cid, ep in self.endpoints.items() if ep.get("Network") == name]
+
+    def create_network(self, name, subnet=None, gateway=None, internal=False, labels=None,
+                       options=None):
+        """A user-defined bridge network (`docker network create`); its bridge comes up now."""
+        with self._lock:
+            vendor.prepare(self.dir)
+
+            def routed(network):
+                return bool(bridge.overlapping_routes(network, self._own_devices()))
+
+            if subnet and routed(ipaddress.IPv4Network(subnet, strict=False)):
+                raise BadRequest("subnet %s overlaps routes of this host" % subnet)
+            net = self.catalog.create(name, subnet, gateway, internal, labels, options, routed)
+            try:
+                self.ensure_ready(net)
+            except Exception:
+                self.catalog.remove(name)
+                raise
+            return net
+
+    def remove_network(self, ref):
+        """`docker network rm`: built-in networks and networks with containers are refused."""
+        with self._lock:
+            name = self.resolve(ref)
+            if name in BUILTIN:
+                raise Forbidden("%s is a pre-defined network and cannot be removed" % name)
+            users = self.in_use(name)
+            if users:
+                raise Forbidden("error while removing network: network %s id %s has active "
+                                "endpoints" % (name, self.catalog.network_id(name)))
+            net = self.catalog.remove(name)
+            if net.ready or self._device_exists(net.device):
+                vendor.prepare(self.dir)
+                try:
+                    bridge.delete_link(net.device)
+                except bridge.BridgeError as exc:
+                    log.warning("%s", exc)
+            if self.nat is not None or self._host_ready:
+                self._sync_nat()
+            return name
+
+    @staticmethod
+    def _device_exists(name):
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except OSError:
+            return False

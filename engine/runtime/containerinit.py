@@ -1,0 +1,123 @@
+"""The container's first process, from fork to execve: cgroup, namespaces, rootfs, hostname,
+loopback, terminal, then the user's command.
+
+Runs in the child the supervisor forked (already PID 1 of the new PID namespace). It talks to the
+supervisor over `sync` (SEQPACKET, close-on-exec): {"ns": "ready"} once the namespaces exist,
+{"tty": true} with the pty master attached, then waits for {"go": ...}; execve closing `sync` tells
+the supervisor the command runs. Any failure is sent as {"error", "code"} before exiting.
+"""
+
+import fcntl
+import os
+import socket
+import struct
+import termios
+
+from engine.runtime import channel, libc, process, rootfs
+from engine.runtime.cgroups import Cgroup
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
+
+
+def loopback_up():
+    """ip link set lo up, without iproute2: SIOCSIFFLAGS on a socket in the new netns."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+    finally:
+        sock.close()
+
+
+def open_pty(console_size=None):
+    """A pty pair from this mount namespace's /dev/pts: (master_fd, slave_fd, slave_path)."""
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+    num = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, struct.pack("I", 0)))[0]
+    path = "/dev/pts/%d" % num
+    slave = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    if console_size and len(console_size) == 2 and console_size[0] and console_size[1]:
+        set_winsize(master, console_size[0], console_size[1])
+    return master, slave, path
+
+
+def set_winsize(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(rows), int(cols), 0, 0))
+
+
+def become_terminal(slave):
+    """setsid + controlling terminal + stdio on the pty slave."""
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def main(spec, sync, stdio):
+    """Never returns. `stdio`: (stdin, stdout, stderr) fds for non-TTY containers, else None."""
+    try:
+        _run(spec, sync, stdio)
+    except BaseException as exc:  # anything: the supervisor must hear about it
+        process.report_error(sync, exc if isinstance(exc, Exception) else Exception(str(exc)))
+    os._exit(127)
+
+
+def _run(spec, sync, stdio):
+    libc.prctl(libc.PR_SET_PDEATHSIG, 9)  # no orphaned container if its supervisor dies
+    if stdio is not None:
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        for fd in set(stdio):
+            if fd > 2:
+                os.close(fd)
+    ns = spec["namespaces"]
+    cg = Cgroup.from_dict(spec.get("cgroup"))
+    if cg is not None and (cg.version == "2" or ns.get("cgroup")):
+        # A cgroup namespace is rooted where we stand: join first. On v1 without one the
+        # supervisor moves us (in parallel with the rootfs work below: cgroup v1 moves are slow).
+        cg.join(0)
+    flags = libc.CLONE_NEWNS
+    if ns.get("uts", True):
+        flags |= libc.CLONE_NEWUTS
+    if ns.get("ipc", True):
+        flags |= libc.CLONE_NEWIPC
+    if ns.get("net", True):
+        flags |= libc.CLONE_NEWNET
+    if ns.get("cgroup"):
+        flags |= libc.CLONE_NEWCGROUP
+    libc.unshare(flags)
+    channel.send(sync, {"ns": "ready"})
+
+    rootfs.setup(spec["rootfs"])
+    if ns.get("uts", True):
+        if spec.get("hostname"):
+            libc.sethostname(spec["hostname"])
+        if spec.get("domainname"):
+            libc.setdomainname(spec["domainname"])
+    if ns.get("net", True):
+        loopback_up()
+    if spec.get("tty"):
+        master, slave, path = open_pty(spec.get("console_size"))
+        rootfs.bind_console(path)
+        channel.send(sync, {"tty": True}, [master])
+        os.close(master)
+        become_terminal(slave)
+    else:
+        os.setsid()
+
+    def wait_for_go():
+        # Everything up to execve is done: the supervisor may still be moving us into the
+        # cgroup (or the engine wiring the network); the command starts only once both are done.
+        msg = channel.recv(sync)
+        if msg.get("abort"):
+            os._exit(1)
+
+    process.start(dict(spec["process"]), report_fd=sync.fileno(), before_exec=wait_for_go)
+

@@ -1,0 +1,153 @@
+"""The runtime spec: everything a supervisor (or an exec helper) needs to run a container's
+process, derived from the stored container record at start time. Plain JSON-able dicts."""
+
+import os
+
+from engine.runtime import caps as capmod
+from engine.runtime import cgroups, rootfs
+from engine.runtime.create import merge_env, no_new_privs
+
+
+def process_env(container):
+    cfg = container.config
+    env = list(cfg.get("Env") or [])
+    keys = {e.split("=", 1)[0] for e in env}
+    if "HOSTNAME" not in keys and cfg.get("Hostname"):
+        env.append("HOSTNAME=" + cfg["Hostname"])
+    if cfg.get("Tty") and "TERM" not in keys:
+        env.append("TERM=xterm")
+    return env
+
+
+def cap_mask(host_config, privileged=None):
+    privileged = host_config.get("Privileged") if privileged is None else privileged
+    names = capmod.effective_set(host_config.get("CapAdd"), host_config.get("CapDrop"),
+                                 bool(privileged))
+    return capmod.mask(names)
+
+
+def process_spec(container):
+    cfg, hc = container.config, container.host_config
+    return {
+        "args": [container.record["Path"]] + list(container.record.get("Args") or []),
+        "env": process_env(container),
+        "cwd": cfg.get("WorkingDir") or "/",
+        "create_cwd": True,
+        "user": cfg.get("User") or "",
+        "group_add": list(hc.get("GroupAdd") or []),
+        "caps": cap_mask(hc),
+        "privileged_caps": bool(hc.get("Privileged")),
+        "no_new_privs": (not hc.get("Privileged")) and no_new_privs(hc),
+    }
+
+
+def mount_list(container):
+    """Bind/tmpfs mounts for rootfs.setup: user mounts plus /etc/{hostname,hosts,resolv.conf}."""
+    out, dests = [], set()
+    for point in container.mounts:
+        dest = point["Destination"]
+        dests.add(dest)
+        if point["Type"] == "tmpfs":
+            out.append({"type": "tmpfs", "destination": dest, "options": point.get("Mode") or ""})
+        else:
+            out.append({"type": "bind", "source": point["Source"], "destination": dest,
+                        "readonly": not point.get("RW", True),
+                        "propagation": point.get("Propagation") or "rprivate"})
+    for name, dest in (("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"),
+                       ("resolv.conf", "/etc/resolv.conf")):
+        path = os.path.join(container.dir, name)
+        if dest not in dests and os.path.exists(path):
+            out.append({"type": "bind", "source": path, "destination": dest,
+                        "readonly": False,
+                        "propagation": "rprivate"})
+    return out
+
+
+def namespaces(container, layout, network_mode):
+    hc = container.host_config
+    cgroupns = hc.get("CgroupnsMode") or ("private" if layout.version == "2" else "host")
+    return {
+        "pid": hc.get("PidMode") != "host",
+        "net": network_mode != "host",
+        "uts": hc.get("UTSMode") != "host",
+        "ipc": hc.get("IpcMode") != "host",
+        "cgroup": cgroupns == "private",
+    }
+
+
+def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, sock, run_id,
+                    network_hook, attach_opts):
+    cfg, hc = container.config, container.host_config
+    privileged = bool(hc.get("Privileged"))
+    masked = hc.get("MaskedPaths")
+    ro_paths = hc.get("ReadonlyPaths")
+    init = {
+        "namespaces": namespaces(container, layout, network_mode),
+        "cgroup": cgroup.to_dict() if cgroup else None,
+        "hostname": cfg.get("Hostname") or "",
+        "domainname": cfg.get("Domainname") or "",
+        "tty": bool(cfg.get("Tty")),
+        "console_size": list(hc.get("ConsoleSize") or [0, 0]),
+        "rootfs": {
+            "root": rootfs_path,
+            "privileged": privileged,
+            "mounts": mount_list(container),
+            "masked_paths": list(rootfs.MASKED_PATHS if masked is None else masked),
+            "readonly_paths": list(rootfs.READONLY_PATHS if ro_paths is None else ro_paths),
+            "readonly_rootfs": bool(hc.get("ReadonlyRootfs")),
+            "shm_size": int(hc.get("ShmSize") or 0),
+            "tty": bool(cfg.get("Tty")),
+            "cgroup2": layout.version == "2",
+        },
+        "process": process_spec(container),
+    }
+    return {
+        "id": container.id,
+        "dir": container.dir,
+        "run": run_id,
+        "sock": sock,
+        "log": container.log_path,
+        "exit_file": container.exit_file,
+        "tty": bool(cfg.get("Tty")),
+        "open_stdin": bool(cfg.get("OpenStdin")),
+        "stdin_once": bool(cfg.get("StdinOnce")),
+        "cgroup": cgroup.to_dict() if cgroup else None,
+        "resources": {k: hc.get(k) for k in ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus",
+                                             "CpuShares", "CpuPeriod", "CpuQuota", "PidsLimit",
+                                             "CpusetCpus", "CpusetMems")},
+        "privileged": privileged,
+        "network_hook": bool(network_hook),
+        "attach": list(attach_opts),
+        "init": init,
+    }
+
+
+def exec_spec(container, exec_cfg, cgroup_dict, layout):
+    """What execproc needs: the target pid, namespaces to join, cgroup and the process."""
+    cfg, hc = container.config, container.host_config
+    privileged = bool(exec_cfg.get("Privileged")) or bool(hc.get("Privileged"))
+    env = process_env(container)
+    if exec_cfg.get("Env"):
+        env = merge_env(env, exec_cfg["Env"])
+    return {
+        "pid": container.state.get("Pid"),
+        "namespaces": ["cgroup", "ipc", "uts", "net", "pid", "mnt"],
+        "cgroup": cgroup_dict,
+        "tty": bool(exec_cfg.get("Tty")),
+        "console_size": list(exec_cfg.get("ConsoleSize") or [0, 0]),
+        "process": {
+            "args": list(exec_cfg.get("Cmd") or []),
+            "env": env,
+            "cwd": exec_cfg.get("WorkingDir") or cfg.get("WorkingDir") or "/",
+            "create_cwd": False,
+            "user": exec_cfg.get("User") or cfg.get("User") or "",
+            "group_add": list(hc.get("GroupAdd") or []),
+            "caps": cap_mask(hc, privileged),
+            "privileged_caps": privileged,
+            "no_new_privs": (not privileged) and no_new_privs(hc),
+        },
+    }
+
+
+def container_cgroup(container, parent, layout=None):
+    return cgroups.Cgroup.for_container(parent, container.id, layout)
