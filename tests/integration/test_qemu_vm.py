@@ -1,5 +1,6 @@
 """A real VM end to end: `dockyard create -d qemu --qemu-restrict` under TCG (KVM is probed and, where it does not
-work, skipped), then the real docker CLI over mutual TLS, stop/start/restart/kill, and rm leaving nothing behind.
+work, skipped), then the real docker CLI over mutual TLS (docker load and run in the VM; the container is still
+listed after stop/start), stop/start/restart/kill, and rm leaving nothing behind.
 
 The guest image is built once and cached in $DOCKYARD_IMAGE_CACHE (default /var/cache/dockyard-tests/images).
 The VM gets 1 GiB and 2 vCPUs, runs alone, and has no network but its 127.0.0.1 forwards (restrict=on).
@@ -12,6 +13,7 @@ import signal
 import pytest
 
 from drivers.qemu.driver import process_alive
+from tests.images import busybox_tar
 
 pytestmark = [pytest.mark.vm, pytest.mark.integration]
 
@@ -79,6 +81,11 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
         assert info.stdout.split()[0] == name and "Debian" in info.stdout
         assert dockyard("ssh", name, "cat /etc/hostname").stdout.strip() == name
 
+        # containers run in the VM and outlive a stop/start of the machine
+        assert dockyard.docker(name, "load", "-i", str(busybox_tar()), timeout=300).returncode == 0
+        assert dockyard.docker(name, "run", "--rm", "busybox", "echo", "hello", timeout=300).stdout == "hello\n"
+        dockyard.docker(name, "create", "--name", "keeper", "busybox", "true")
+
         pid = qemu_pid(dockyard, name)
         assert pid
         dockyard("stop", name, timeout=300)
@@ -93,6 +100,7 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
         # Same URL and the same (still valid) server certificate: the docker CLI verifies it.
         assert dockyard("url", name).stdout.strip() == url
         assert dockyard.docker(name, "version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
+        assert dockyard.docker(name, "ps", "-a", "--format", "{{.Names}}").stdout.split() == ["keeper"]
 
         first = qemu_pid(dockyard, name)
         dockyard("restart", name, timeout=600)
