@@ -6,16 +6,7 @@
 set -eu
 
 pkgs="qemu-system-x86 qemu-utils mmdebstrap debian-archive-keyring e2fsprogs genisoimage"
-missing=""
-for p in $pkgs; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    # shellcheck disable=SC2086  # word splitting of the package list is intended
-    apt-get install -y -q --no-install-recommends $missing
-fi
+sh "$(dirname "$0")/apt-missing.sh" $pkgs  # shellcheck disable=SC2086
 
 if [ "${1:-}" = "--build" ]; then
     cd "$(dirname "$0")/.."

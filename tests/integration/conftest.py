@@ -80,6 +80,21 @@ class Dockyard:
         return p
 
 
+def docker_py(dockyard, name, monkeypatch, timeout=120):
+    """A docker-py client for a machine, over mutual TLS with the machine's certs."""
+    import docker
+
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # they would override the machine's ca.pem
+        monkeypatch.delenv(var, raising=False)
+    mdir = os.path.join(dockyard.store, "machines", name)
+    env = dockyard("env", "--shell", "bash", name).stdout
+    host = next(line.split('"')[1] for line in env.splitlines() if "DOCKER_HOST=" in line)
+    tls = docker.tls.TLSConfig(client_cert=(os.path.join(mdir, "cert.pem"), os.path.join(mdir, "key.pem")),
+                               ca_cert=os.path.join(mdir, "ca.pem"), verify=True)
+    return docker.DockerClient(base_url=host.replace("tcp://", "https://"), tls=tls, version="auto",
+                               timeout=timeout)
+
+
 @pytest.fixture
 def dockyard(tmp_path):
     d = Dockyard(tmp_path / "store")

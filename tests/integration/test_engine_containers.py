@@ -16,23 +16,9 @@ import pytest
 from engine.runtime import cgroups
 from tests.engine.pty_helper import run_in_pty
 from tests.images import busybox_tar
-from tests.integration.conftest import clean_env
+from tests.integration.conftest import clean_env, docker_py
 
 pytestmark = pytest.mark.integration
-
-
-def docker_py(dockyard, name, monkeypatch):
-    import docker
-
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(var, raising=False)
-    mdir = os.path.join(dockyard.store, "machines", name)
-    env = dockyard("env", "--shell", "bash", name).stdout
-    host = next(line.split('"')[1] for line in env.splitlines() if "DOCKER_HOST=" in line)
-    tls = docker.tls.TLSConfig(client_cert=(os.path.join(mdir, "cert.pem"), os.path.join(mdir, "key.pem")),
-                               ca_cert=os.path.join(mdir, "ca.pem"), verify=True)
-    return docker.DockerClient(base_url=host.replace("tcp://", "https://"), tls=tls, version="auto",
-                               timeout=120)
 
 
 def docker_env(dockyard, name):

@@ -8,12 +8,12 @@ the engine's overlay upper dirs.
 
 import io
 import json
-import os
 import tarfile
 
 import pytest
 
 from tests.images import busybox_image_id, busybox_tar, layer_tar, python_tar
+from tests.integration.conftest import docker_py
 
 pytestmark = pytest.mark.integration
 
@@ -21,19 +21,6 @@ pytestmark = pytest.mark.integration
 def create_generic(dockyard, host, name):
     return dockyard("create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key",
                     host.key_path, "--generic-ssh-user", "root", name)
-
-
-def docker_py(dockyard, name, monkeypatch):
-    import docker
-
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(var, raising=False)
-    mdir = os.path.join(dockyard.store, "machines", name)
-    env = dockyard("env", "--shell", "bash", name).stdout
-    host = next(line.split('"')[1] for line in env.splitlines() if "DOCKER_HOST=" in line)
-    tls = docker.tls.TLSConfig(client_cert=(os.path.join(mdir, "cert.pem"), os.path.join(mdir, "key.pem")),
-                               ca_cert=os.path.join(mdir, "ca.pem"), verify=True)
-    return docker.DockerClient(base_url=host.replace("tcp://", "https://"), tls=tls, version="auto", timeout=300)
 
 
 @pytest.fixture
@@ -104,7 +91,7 @@ def test_volumes_with_the_cli(dockyard, machine):
 
 
 def test_docker_py_over_tls(dockyard, machine, monkeypatch):
-    client = docker_py(dockyard, "imgs", monkeypatch)
+    client = docker_py(dockyard, "imgs", monkeypatch, timeout=300)
     images = client.images.load(busybox_tar().read_bytes())
     assert [i.id for i in images] == [busybox_image_id()] and images[0].tags == ["busybox:latest"]
     img = client.images.get("busybox:latest")
