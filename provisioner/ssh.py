@@ -353,22 +353,31 @@ class SSHSession:
         chan = self._channel()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
-        previous = None
+        previous = previous_wakeup = None
         saved = termios.tcgetattr(in_fd)
         try:
             chan.get_pty(term=os.environ.get("TERM") or "xterm", width=cols, height=rows)
             chan.invoke_shell() if command is None else chan.exec_command(command)
             with contextlib.suppress(ValueError):  # signals can be set from the main thread only
-                previous = signal.signal(signal.SIGWINCH, lambda *_: _poke(wake_w))
+                previous = signal.signal(signal.SIGWINCH, lambda *_: None)
+                # The kernel may deliver SIGWINCH to paramiko's thread, where a Python handler would only
+                # run once select() returned for another reason: the wakeup fd is written at delivery.
+                previous_wakeup = signal.set_wakeup_fd(wake_w)
             tty.setraw(in_fd)
             watch = [chan, in_fd, wake_r]
-            while True:
-                ready, _, _ = select.select(watch, [], [])
+
+            def resize_if_signalled(ready):
                 if wake_r in ready:
                     os.read(wake_r, 512)
                     chan.resize_pty(*_terminal_size(size_fd))
+
+            while True:
+                ready, _, _ = select.select(watch, [], [])
+                resize_if_signalled(ready)
                 if in_fd in ready:
                     data = os.read(in_fd, CHUNK)
+                    # A resize that came with this input goes first, so the remote sees the new size.
+                    resize_if_signalled(select.select([wake_r], [], [], 0)[0])
                     if data:
                         chan.sendall(data)
                     else:
@@ -385,6 +394,7 @@ class SSHSession:
         finally:
             termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
             if previous is not None:
+                signal.set_wakeup_fd(previous_wakeup)
                 signal.signal(signal.SIGWINCH, previous)
             os.close(wake_r)
             os.close(wake_w)
@@ -448,11 +458,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _poke(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.write(fd, b"w")
 
 
 def _terminal_size(fd: int) -> tuple[int, int]:
