@@ -5,6 +5,7 @@ A provider module subclasses CloudDriver and fills in the hooks (connect, resolv
 everything that must be the same for every cloud (recording, locking, waiting, errors) lives here.
 """
 
+import abc
 import contextlib
 import hashlib
 import json
@@ -102,7 +103,7 @@ def list_tags(text):
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-class CloudDriver(Driver):
+class CloudDriver(Driver, metaclass=abc.ABCMeta):
     """Base of the libcloud drivers. Subclasses set name, flags, credential_fields and the hooks below."""
 
     name = "cloud"
@@ -233,8 +234,9 @@ class CloudDriver(Driver):
         return {"secure": secure, "host": host, "port": port}
 
     # -- hooks a provider fills in -----------------------------------------------------------------------
+    @abc.abstractmethod
     def connect(self, secrets, endpoint):
-        raise NotImplementedError
+        """The provider's libcloud driver object, authenticated with secrets (and the endpoint override)."""
 
     def check_access(self, conn):
         """A cheap authenticated call, so bad credentials fail the pre-create check."""
@@ -263,8 +265,9 @@ class CloudDriver(Driver):
                 if kp.name == name:
                     conn.delete_key_pair(kp)
 
+    @abc.abstractmethod
     def create_node(self, conn, resolved, user_data):
-        raise NotImplementedError
+        """Ask the provider for the node; returns libcloud's Node."""
 
     def after_running(self, conn, node):
         """Hook: finish a running node (e.g. attach a floating IP); returns the node."""
