@@ -27,6 +27,7 @@ class CloudUnreachable(CloudError):
 
 
 _QUOTA_WORDS = ("quota", "limit exceeded", "limitexceeded", "insufficient", "too many", "rate limit")
+_QUOTA_WORDS_403 = ("quota", "limit exceeded", "limitexceeded", "rate limit")
 _NOT_FOUND_WORDS = ("notfound", "not found", "does not exist", "invalid region", "unknown region",
                     "invalidamiid", "invalid value", "invalidparametervalue")
 
@@ -54,10 +55,13 @@ def translate(provider, what, e):
     prefix = f"{provider}: {what}: "
     code = getattr(e, "code", None) or getattr(e, "http_code", None)
     low = msg.lower()
+    # Quota first: several providers answer "quota exceeded" with a 403 (OpenStack Nova does).
+    words = _QUOTA_WORDS_403 if code in (401, 403) else _QUOTA_WORDS  # "insufficient privileges" is auth
+    quota = isinstance(e, RateLimitReachedError) or code == 429 or any(w in low for w in words)
+    if quota and not isinstance(e, InvalidCredsError):
+        return CloudQuotaError(prefix + f"quota or rate limit reached ({msg})")
     if isinstance(e, InvalidCredsError) or code in (401, 403) or "authfailure" in low or "unauthorized" in low:
         return CloudAuthError(prefix + f"the provider refused the credentials ({msg})")
-    if isinstance(e, RateLimitReachedError) or code == 429 or any(w in low for w in _QUOTA_WORDS):
-        return CloudQuotaError(prefix + f"quota or rate limit reached ({msg})")
     if isinstance(e, (socket.error, ConnectionError, TimeoutError)) or type(e).__module__.startswith(
             ("requests", "urllib3")):
         return CloudUnreachable(prefix + f"cannot reach the provider's API ({msg})")

@@ -78,3 +78,15 @@ def test_secret_options_go_to_the_keyring_and_clear_error_without_key_support(te
                           libcloud_image="1")
     with pytest.raises(PreCreateCheckError, match="nosuchcloud"):
         unknown.pre_create_check()
+
+
+def test_a_403_quota_answer_is_a_quota_error_not_refused_credentials():
+    from libcloud.common.exceptions import BaseHTTPError
+
+    from drivers.cloud.errors import CloudAuthError, CloudQuotaError, translate
+
+    quota = translate("openstack", "creating the server", BaseHTTPError(403, "Quota exceeded for instances"))
+    assert isinstance(quota, CloudQuotaError) and "quota or rate limit reached" in str(quota)
+    for text in ("Forbidden", "Insufficient privileges"):
+        denied = translate("openstack", "listing keys", BaseHTTPError(403, text))
+        assert isinstance(denied, CloudAuthError) and "refused the credentials" in str(denied)
