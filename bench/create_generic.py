@@ -9,8 +9,8 @@ import statistics
 import tempfile
 import time
 
-from provisioner import machine
-from provisioner.store import Store
+from dockyard.provisioner.machines import machine
+from dockyard.provisioner.core.store import Store
 from tests.hosts import netns_host, rootfs
 
 

@@ -27,8 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
-from provisioner import machine
-from provisioner.store import Store
+from dockyard.provisioner.machines import machine
+from dockyard.provisioner.core.store import Store
 from tests.hosts import netns_host, rootfs
 from tests.images import busybox_image_id, busybox_tar
 

@@ -12,8 +12,8 @@ import sys
 import tempfile
 import time
 
-from provisioner import machine
-from provisioner.store import Store
+from dockyard.provisioner.machines import machine
+from dockyard.provisioner.core.store import Store
 
 
 def main():
@@ -40,7 +40,7 @@ def main():
             machine.create(store, f"m{i}", "none", {"url": url}, machine.default_engine_options(), [], quiet)
         env = dict(os.environ, PYTHONPATH=os.getcwd())
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-m", "provisioner", "-s", d, "ls", "--timeout", str(args.timeout)],
+        p = subprocess.run([sys.executable, "-m", "dockyard", "-s", d, "ls", "--timeout", str(args.timeout)],
                            capture_output=True, text=True, env=env)
         elapsed = time.monotonic() - t0
     rows = p.stdout.splitlines()[1:]

@@ -25,9 +25,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from drivers.guestimage import build, seed  # noqa: E402
-from drivers.qemu import boot  # noqa: E402
-from provisioner.ssh import SSHSession, SSHTarget, generate_keypair  # noqa: E402
+from dockyard.drivers.guestimage import build, seed  # noqa: E402
+from dockyard.drivers.qemu import boot  # noqa: E402
+from dockyard.provisioner.core.ssh import SSHSession, SSHTarget, generate_keypair  # noqa: E402
 
 CACHE = os.environ.get("DOCKYARD_IMAGE_CACHE") or "/var/cache/dockyard-tests/images"
 UP = re.compile(r"Cloud-init v\. \S+ (running 'init-local'|finished) at .*?Up ([0-9.]+) seconds")
@@ -89,7 +89,7 @@ def dockyard_create(accel, work):
     store = os.path.join(work, "store")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_",))}
     env.update(DOCKYARD_IMAGE_CACHE=CACHE, PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    argv = [sys.executable, "-m", "provisioner", "--storage-path", store]
+    argv = [sys.executable, "-m", "dockyard", "--storage-path", store]
     t0 = time.monotonic()
     p = subprocess.run(argv + ["create", "-d", "qemu", "--qemu-restrict", "--qemu-accel", accel,
                                "--qemu-memory", "1024", "--qemu-cpus", "2", "bench"],

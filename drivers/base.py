@@ -75,19 +75,19 @@ class Driver:
         """Delete everything the driver made. Must succeed when called again."""
 
     def start(self):
-        from provisioner.errors import NotSupported
+        from dockyard.provisioner.core.errors import NotSupported
         raise NotSupported(self.name, "start")
 
     def stop(self):
-        from provisioner.errors import NotSupported
+        from dockyard.provisioner.core.errors import NotSupported
         raise NotSupported(self.name, "stop")
 
     def kill(self):
-        from provisioner.errors import NotSupported
+        from dockyard.provisioner.core.errors import NotSupported
         raise NotSupported(self.name, "kill")
 
     def restart(self):
-        from provisioner.errors import NotSupported
+        from dockyard.provisioner.core.errors import NotSupported
         raise NotSupported(self.name, "restart")
 
     def state(self):
@@ -96,7 +96,7 @@ class Driver:
     # -- addresses ----------------------------------------------------------------
     def ip(self):
         """The host's address as clients reach it."""
-        from provisioner.errors import DriverError
+        from dockyard.provisioner.core.errors import DriverError
         raise DriverError(f'driver "{self.name}" does not know the machine\'s IP address')
 
     def engine_port(self):
@@ -124,7 +124,7 @@ class Driver:
     def ensure_ssh_key(self, filename="id_ed25519"):
         """A per-machine ed25519 key pair in the machine dir (for drivers that make the host).
         Returns the public key line; SSHKeyPath is stored relative to the machine dir."""
-        from provisioner.ssh import generate_keypair
+        from dockyard.provisioner.core.ssh import generate_keypair
 
         path = self.path(filename)
         if os.path.exists(path):
@@ -137,7 +137,7 @@ class Driver:
 
     def ssh_target(self):
         """Where and how to reach the host over SSH; the host key is pinned in the machine dir."""
-        from provisioner.ssh import SSHTarget  # local import: drivers stay light to import
+        from dockyard.provisioner.core.ssh import SSHTarget  # local import: drivers stay light to import
 
         return SSHTarget(
             host=self.ssh_host(), port=self.ssh_port(), user=self.ssh_user(),

@@ -4,9 +4,9 @@ import os
 import shutil
 import socket
 
-from provisioner.errors import DriverError, PreCreateCheckError
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
-from .base import Driver, Flag, State
+from dockyard.drivers.base import Driver, Flag, State
 
 
 class GenericDriver(Driver):
@@ -70,7 +70,7 @@ class GenericDriver(Driver):
 
     def restart(self):
         """Reboot the host over SSH (the only lifecycle verb an existing host supports)."""
-        from provisioner.ssh import SSHSession  # local import: drivers stay light to import
+        from dockyard.provisioner.core.ssh import SSHSession  # local import: drivers stay light to import
 
         with SSHSession(self.ssh_target()) as s:
             s.run("(sleep 1; reboot) >/dev/null 2>&1 &", sudo=True, check=False)

@@ -2,9 +2,9 @@
 
 from urllib.parse import urlsplit
 
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.errors import DriverError
 
-from .base import Driver, Flag, State
+from dockyard.drivers.base import Driver, Flag, State
 
 
 class NoneDriver(Driver):

@@ -4,23 +4,23 @@ import importlib
 import importlib.util
 from importlib.metadata import entry_points
 
-from provisioner.errors import DriverNotFound
+from dockyard.provisioner.core.errors import DriverNotFound
 
 # name -> "module:Class". Modules are imported only when their driver is used (libcloud is slow to import).
 BUILTIN = {
-    "none": "drivers.none:NoneDriver",
-    "generic": "drivers.generic:GenericDriver",
-    "qemu": "drivers.qemu.driver:QemuDriver",
-    "virtualbox": "drivers.virtualbox.driver:VirtualBoxDriver",
-    "amazonec2": "drivers.cloud.amazonec2:AmazonEC2Driver",
-    "digitalocean": "drivers.cloud.digitalocean:DigitalOceanDriver",
-    "google": "drivers.cloud.google:GoogleDriver",
-    "azure": "drivers.cloud.azure:AzureDriver",
-    "openstack": "drivers.cloud.openstack:OpenStackDriver",
-    "linode": "drivers.cloud.linode:LinodeDriver",
-    "vultr": "drivers.cloud.vultr:VultrDriver",
-    "exoscale": "drivers.cloud.exoscale:ExoscaleDriver",
-    "libcloud": "drivers.cloud.generic_libcloud:LibcloudDriver",
+    "none": "dockyard.drivers.none:NoneDriver",
+    "generic": "dockyard.drivers.generic:GenericDriver",
+    "qemu": "dockyard.drivers.qemu.driver:QemuDriver",
+    "virtualbox": "dockyard.drivers.virtualbox.driver:VirtualBoxDriver",
+    "amazonec2": "dockyard.drivers.cloud.amazonec2:AmazonEC2Driver",
+    "digitalocean": "dockyard.drivers.cloud.digitalocean:DigitalOceanDriver",
+    "google": "dockyard.drivers.cloud.google:GoogleDriver",
+    "azure": "dockyard.drivers.cloud.azure:AzureDriver",
+    "openstack": "dockyard.drivers.cloud.openstack:OpenStackDriver",
+    "linode": "dockyard.drivers.cloud.linode:LinodeDriver",
+    "vultr": "dockyard.drivers.cloud.vultr:VultrDriver",
+    "exoscale": "dockyard.drivers.cloud.exoscale:ExoscaleDriver",
+    "libcloud": "dockyard.drivers.cloud.generic_libcloud:LibcloudDriver",
 }
 
 

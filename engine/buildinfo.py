@@ -4,11 +4,11 @@ import json
 import os
 import zipfile
 
-import engine
-from engine import API_VERSION, MIN_API_VERSION, __version__
-from engine.timefmt import rfc3339nano
+from dockyard import engine
+from dockyard.engine import API_VERSION, MIN_API_VERSION, __version__
+from dockyard.engine.timefmt import rfc3339nano
 
-# Written into the zipapp by provisioner/engine_bundle.py; read here and by the provisioner.
+# Written into the zipapp by provisioner/provision/bundle.py; read here and by the provisioner.
 BUNDLE_INFO_NAME = "dockyard_bundle.json"
 
 _cache = None

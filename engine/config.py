@@ -6,7 +6,7 @@ import json
 import os
 from urllib.parse import urlsplit
 
-from engine.listeners import DEFAULT_UNIX_SOCKET
+from dockyard.engine.listeners import DEFAULT_UNIX_SOCKET
 
 DEFAULT_CONFIG_FILE = "/etc/dockyard/daemon.json"
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "fatal")

@@ -9,14 +9,14 @@ import socket
 import sys
 import time
 
-from engine import __version__
-from engine.api.http import HttpServer
-from engine.api.routes import build_router, common_headers
-from engine.buildinfo import build_info
-from engine.config import ConfigError, parse_config
-from engine.context import Engine, load_or_create_engine_id
-from engine.listeners import ListenerError, make_server_tls_context, open_listener, parse_host
-from engine.services import start_services, stop_services
+from dockyard.engine import __version__
+from dockyard.engine.api.http import HttpServer
+from dockyard.engine.api.routes import build_router, common_headers
+from dockyard.engine.buildinfo import build_info
+from dockyard.engine.config import ConfigError, parse_config
+from dockyard.engine.context import Engine, load_or_create_engine_id
+from dockyard.engine.listeners import ListenerError, make_server_tls_context, open_listener, parse_host
+from dockyard.engine.services import start_services, stop_services
 
 log = logging.getLogger("dockyard.engine")
 

@@ -14,14 +14,14 @@ log = logging.getLogger("dockyard.engine")
 
 
 def start_services(engine):
-    from engine.runtime import service as runtime_service
+    from dockyard.engine.runtime import service as runtime_service
 
     runtime_service.prefork(engine)  # fork server: must run before any thread exists
 
     # -- stores and network: one line per part, e.g. `images_service.start(engine)` ----------
-    from engine.network import service as network_service
+    from dockyard.engine.network import service as network_service
     network_service.start(engine)  # bridge network: leases, ports (bridge + NAT set up on first use)
-    from engine.images import service as images_service
+    from dockyard.engine.images import service as images_service
     images_service.start(engine)  # images and volumes: engine.services["images"], ["volumes"]
 
     # -----------------------------------------------------------------------------------------
@@ -30,6 +30,6 @@ def start_services(engine):
 
 def stop_services(engine):
     """Daemon shutdown: stop in reverse order. Containers keep running (live restore)."""
-    from engine.runtime import service as runtime_service
+    from dockyard.engine.runtime import service as runtime_service
 
     runtime_service.stop(engine)

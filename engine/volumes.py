@@ -7,8 +7,8 @@ import threading
 import time
 import uuid
 
-from engine.api.errors import BadRequest, Conflict, NotFound
-from engine.images.layers import atomic_write_json, read_json
+from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.images.layers import atomic_write_json, read_json
 
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"

@@ -1,3 +1,2 @@
-"""The client side of dockyard: the CLI, the machine store, the PKI, SSH and provisioning."""
-
-__version__ = "0.1.0"
+"""The client side of dockyard, in layers that only point down: `cli` → `machines` → `provision` and
+`dockyard.drivers` → `core` (errors, store, PKI, SSH, credentials, the engine's TLS client)."""

@@ -1,5 +1,5 @@
-"""`python3 -m provisioner` runs the dockyard CLI."""
+"""`python3 -m dockyard.provisioner` runs the dockyard CLI (as does `python3 -m dockyard`)."""
 
-from provisioner.cli.main import main
+from dockyard.provisioner.cli.main import main
 
 main()

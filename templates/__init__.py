@@ -5,7 +5,7 @@ import shlex
 import jinja2
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("templates", "."),
+    loader=jinja2.PackageLoader("dockyard.templates", "."),
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,

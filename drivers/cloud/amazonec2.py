@@ -2,12 +2,12 @@
 
 import uuid
 
-from provisioner.credentials import Field
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
-from ..base import Flag
-from .base import CloudDriver, common_flags, key_value_tags
-from .errors import CloudError, CloudNotFound
+from dockyard.drivers.base import Flag
+from dockyard.drivers.cloud.base import CloudDriver, common_flags, key_value_tags
+from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
 
 CANONICAL = "099720109477"
 # Ubuntu 24.04 LTS (noble), newest first by the date in the name; the same query works in every region.

@@ -6,12 +6,12 @@ import base64
 import re
 import time
 
-from provisioner.credentials import Field
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
-from ..base import Flag, State
-from .base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags, parse_endpoint
-from .errors import CloudError, CloudNotFound
+from dockyard.drivers.base import Flag, State
+from dockyard.drivers.cloud.base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags, parse_endpoint
+from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
 
 NET_API = "2023-09-01"
 COMPUTE_API = "2024-03-01"

@@ -14,11 +14,11 @@ import socket
 import threading
 import time
 
-from provisioner import credentials
-from provisioner.errors import DockyardError, DriverError, PreCreateCheckError, SSHTimeout
+from dockyard.provisioner.core import credentials
+from dockyard.provisioner.core.errors import DockyardError, DriverError, PreCreateCheckError, SSHTimeout
 
-from ..base import Driver, Flag, State
-from .errors import CloudError, CloudNotFound, translate
+from dockyard.drivers.base import Driver, Flag, State
+from dockyard.drivers.cloud.errors import CloudError, CloudNotFound, translate
 
 RESOURCES_FILE = "cloud-resources.json"  # written the moment the provider returns an id: rm -f finds it
 RUNNING_TIMEOUT = 600.0
@@ -326,7 +326,7 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
         self.config.update(values)
         data = {k: self.config[k] for k in RESOURCE_KEYS if self.config.get(k) not in (None, "", [], {})}
         if os.path.isdir(self.machine_dir):
-            from provisioner.store import atomic_write
+            from dockyard.provisioner.core.store import atomic_write
 
             atomic_write(self.path(RESOURCES_FILE), json.dumps(data, indent=2) + "\n")
 
@@ -337,7 +337,7 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
     @contextlib.contextmanager
     def shared_lock(self):
         """Serialize creating shared cloud objects: a thread lock plus a file lock in the store."""
-        from provisioner.store import file_lock
+        from dockyard.provisioner.core.store import file_lock
 
         scope = f"{self.name}-{hashlib.sha256(self.lock_scope().encode()).hexdigest()[:12]}"
         with _thread_locks_guard:

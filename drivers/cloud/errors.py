@@ -3,7 +3,7 @@
 import re
 import socket
 
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.errors import DriverError
 
 
 class CloudError(DriverError):

@@ -8,11 +8,11 @@ against Exoscale itself the pre-create check stops with an explanation before an
 
 from urllib.parse import urlsplit
 
-from provisioner.credentials import Field
+from dockyard.provisioner.core.credentials import Field
 
-from ..base import Flag
-from .base import CloudDriver, common_flags
-from .errors import CloudError, CloudNotFound
+from dockyard.drivers.base import Flag
+from dockyard.drivers.cloud.base import CloudDriver, common_flags
+from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
 
 EXOSCALE_HOSTS = ("exoscale.com", "exoscale.ch")
 
@@ -73,7 +73,7 @@ class ExoscaleDriver(CloudDriver):
 
     def pre_create_check(self):
         if self.targets_exoscale():
-            from provisioner.errors import PreCreateCheckError
+            from dockyard.provisioner.core.errors import PreCreateCheckError
 
             raise PreCreateCheckError(retired_message())  # before credentials are asked for or stored
         super().pre_create_check()

@@ -5,11 +5,11 @@ It does what every libcloud provider can: pick size, image and location by id or
 destroy the node; start/stop where the provider has them. Firewalls are the provider's business here.
 """
 
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.errors import DriverError
 
-from ..base import Flag
-from .base import CloudDriver, common_flags
-from .errors import CloudNotFound
+from dockyard.drivers.base import Flag
+from dockyard.drivers.cloud.base import CloudDriver, common_flags
+from dockyard.drivers.cloud.errors import CloudNotFound
 
 # Options that hold secrets: kept in the keyring like any other provider's credentials.
 SECRET_OPTIONS = ("key", "secret", "password", "token", "api_key", "apikey", "access_token", "client_secret")
@@ -56,7 +56,7 @@ class LibcloudDriver(CloudDriver):
 
     def __init__(self, machine_name, machine_dir, config=None):
         super().__init__(machine_name, machine_dir, config)
-        from provisioner.credentials import Field
+        from dockyard.provisioner.core.credentials import Field
 
         self.credential_fields = [Field(k) for k in self.config.get("SecretOptions", [])]
 
@@ -64,7 +64,7 @@ class LibcloudDriver(CloudDriver):
         options = dict(options)  # shared by the machines of a batch: add the secret keys to a copy
         opts = parse_options(options.get("libcloud_option"))
         secret_names = sorted(k for k in opts if k.lower() in SECRET_OPTIONS)
-        from provisioner.credentials import Field
+        from dockyard.provisioner.core.credentials import Field
 
         self.credential_fields = [Field(k, None, f"__secret_{k}") for k in secret_names]
         for k in secret_names:

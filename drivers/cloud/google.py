@@ -7,12 +7,12 @@ import json
 import os
 import re
 
-from provisioner.credentials import Field
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
-from ..base import Flag
-from .base import CloudDriver, common_flags, list_tags
-from .errors import CloudAuthError, CloudError, CloudNotFound, one_line, translate
+from dockyard.drivers.base import Flag
+from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
+from dockyard.drivers.cloud.errors import CloudAuthError, CloudError, CloudNotFound, one_line, translate
 
 DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
 # libcloud turns a full resource URL into a path on whatever host the connection talks to.

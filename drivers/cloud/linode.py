@@ -4,11 +4,11 @@ import base64
 import re
 import secrets as pysecrets
 
-from provisioner.credentials import Field
+from dockyard.provisioner.core.credentials import Field
 
-from ..base import Flag
-from .base import CloudDriver, common_flags, list_tags
-from .errors import CloudNotFound
+from dockyard.drivers.base import Flag
+from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
+from dockyard.drivers.cloud.errors import CloudNotFound
 
 
 class LinodeDriver(CloudDriver):

@@ -4,12 +4,12 @@ import contextlib
 import re
 import time
 
-from provisioner.credentials import Field
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
-from ..base import Flag
-from .base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags
-from .errors import CloudError, CloudNotFound, CloudQuotaError, one_line
+from dockyard.drivers.base import Flag
+from dockyard.drivers.cloud.base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags
+from dockyard.drivers.cloud.errors import CloudError, CloudNotFound, CloudQuotaError, one_line
 
 GROUP_DESCRIPTION = "dockyard machines: SSH and the engine port"
 

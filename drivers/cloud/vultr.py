@@ -2,11 +2,11 @@
 
 import base64
 
-from provisioner.credentials import Field
+from dockyard.provisioner.core.credentials import Field
 
-from ..base import Flag
-from .base import CloudDriver, common_flags, list_tags
-from .errors import CloudNotFound
+from dockyard.drivers.base import Flag
+from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
+from dockyard.drivers.cloud.errors import CloudNotFound
 
 DEFAULT_OS = "Ubuntu 24.04 LTS x64"
 

@@ -10,9 +10,9 @@ import shutil
 import subprocess
 import time
 
-from provisioner.errors import DriverError, PreCreateCheckError
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
-from . import recipe, tools
+from dockyard.drivers.guestimage import recipe, tools
 
 CACHE_ENV = "DOCKYARD_IMAGE_CACHE"
 MIRROR_ENV = "DOCKYARD_DEBIAN_MIRROR"

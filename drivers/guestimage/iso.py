@@ -6,7 +6,7 @@ import re
 
 import pycdlib
 
-from provisioner.errors import DriverError
+from dockyard.provisioner.core.errors import DriverError
 
 
 def _iso_name(name, taken):

@@ -2,9 +2,9 @@
 
 import secrets
 
-import templates
+from dockyard import templates
 
-from . import iso, recipe
+from dockyard.drivers.guestimage import iso, recipe
 
 LABEL = "cidata"  # the volume label NoCloud looks for
 

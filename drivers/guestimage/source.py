@@ -14,9 +14,9 @@ import time
 import urllib.error
 import urllib.request
 
-from provisioner.errors import DriverError, PreCreateCheckError
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
-from . import build, tools
+from dockyard.drivers.guestimage import build, tools
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 FORMATS = ("qcow2", "raw", "vdi", "vmdk", "vhdx", "vpc")

@@ -3,7 +3,7 @@
 import os
 import shutil
 
-from provisioner.errors import PreCreateCheckError
+from dockyard.provisioner.core.errors import PreCreateCheckError
 
 # program -> Debian/Ubuntu package that provides it
 PACKAGES = {

@@ -10,7 +10,7 @@ import os
 import subprocess
 import time
 
-from provisioner.errors import PreCreateCheckError
+from dockyard.provisioner.core.errors import PreCreateCheckError
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12

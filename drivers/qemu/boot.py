@@ -5,8 +5,8 @@ import re
 import socket
 import time
 
-from provisioner.errors import DriverError, HostKeyChanged, SSHError
-from provisioner.ssh import SSHSession
+from dockyard.provisioner.core.errors import DriverError, HostKeyChanged, SSHError
+from dockyard.provisioner.core.ssh import SSHSession
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -12,12 +12,12 @@ import subprocess
 import tempfile
 import time
 
-from provisioner.errors import DriverError, PreCreateCheckError
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
-from ..base import Driver, Flag, State
-from ..guestimage import build, seed, source, tools
-from . import accel as accel_mod, boot, cmdline
-from .qmp import QMP, QMPError
+from dockyard.drivers.base import Driver, Flag, State
+from dockyard.drivers.guestimage import build, seed, source, tools
+from dockyard.drivers.qemu import accel as accel_mod, boot, cmdline
+from dockyard.drivers.qemu.qmp import QMP, QMPError
 
 STOP_TIMEOUT = 90.0  # ACPI power-down under emulation takes ~5 s; a hung guest is killed after this
 KILL_WAIT = 10.0
@@ -316,7 +316,7 @@ class QemuDriver(Driver):
         return took
 
     def _learn_bridge_ip(self):
-        from provisioner.ssh import SSHSession
+        from dockyard.provisioner.core.ssh import SSHSession
 
         deadline = time.monotonic() + 60
         with SSHSession(self.ssh_target()) as s:

@@ -10,14 +10,14 @@ import random
 import subprocess
 import time
 
-from provisioner.errors import DriverError, PreCreateCheckError
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
-from ..base import Driver, Flag, State
-from ..guestimage import build, seed, source, tools
-from ..qemu import boot
-from ..qemu.cmdline import random_mac
-from ..qemu.driver import free_port, guest_ip_for_mac, port_free
-from . import vbox
+from dockyard.drivers.base import Driver, Flag, State
+from dockyard.drivers.guestimage import build, seed, source, tools
+from dockyard.drivers.qemu import boot
+from dockyard.drivers.qemu.cmdline import random_mac
+from dockyard.drivers.qemu.driver import free_port, guest_ip_for_mac, port_free
+from dockyard.drivers.virtualbox import vbox
 
 STOP_TIMEOUT = 90.0
 SHARE_NAME = "hosthome"
@@ -293,7 +293,7 @@ class VirtualBoxDriver(Driver):
 
     def _learn_ip(self):
         """The guest's address on the host-only NIC (by its MAC), asked over SSH as Docker Machine did."""
-        from provisioner.ssh import SSHSession
+        from dockyard.provisioner.core.ssh import SSHSession
 
         deadline = time.monotonic() + 20
         with SSHSession(self.ssh_target()) as s:

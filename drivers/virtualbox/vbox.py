@@ -6,8 +6,8 @@ import re
 import subprocess
 import time
 
-from drivers.base import State
-from provisioner.errors import DriverError
+from dockyard.drivers.base import State
+from dockyard.provisioner.core.errors import DriverError
 
 NOT_READY = "The object is not ready"
 VM_STATES = {

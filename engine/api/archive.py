@@ -14,10 +14,10 @@ import os
 import stat
 import tarfile
 
-from engine.api.errors import ApiError, BadRequest, NotFound
-from engine.api.responses import Response
-from engine.images import tarsafe
-from engine.timefmt import rfc3339nano
+from dockyard.engine.api.errors import ApiError, BadRequest, NotFound
+from dockyard.engine.api.responses import Response
+from dockyard.engine.images import tarsafe
+from dockyard.engine.timefmt import rfc3339nano
 
 STAT_HEADER = "X-Docker-Container-Path-Stat"
 

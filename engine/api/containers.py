@@ -5,11 +5,11 @@ import select
 import ssl
 import time
 
-from engine.api.errors import BadRequest, Conflict, NotModified, ServerError
-from engine.api.responses import Response, json_bytes
-from engine.runtime import logs as logmod
-from engine.runtime import relay, stats as statsmod, views
-from engine.runtime.logs import parse_since
+from dockyard.engine.api.errors import BadRequest, Conflict, NotModified, ServerError
+from dockyard.engine.api.responses import Response, json_bytes
+from dockyard.engine.runtime import logs as logmod
+from dockyard.engine.runtime import relay, stats as statsmod, views
+from dockyard.engine.runtime.logs import parse_since
 
 MUX = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
@@ -216,7 +216,7 @@ def update(req):
     c = mgr.get(req.params["id"])
     body = req.json(default={}) or {}
     warnings = []
-    from engine.runtime.cgroups import Cgroup
+    from dockyard.engine.runtime.cgroups import Cgroup
     with c.lock:
         hc = c.host_config
         if "RestartPolicy" in body and body["RestartPolicy"]:

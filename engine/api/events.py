@@ -2,9 +2,9 @@
 
 import time
 
-from engine.api.containers import client_gone
-from engine.api.errors import ServerError
-from engine.runtime.logs import parse_since
+from dockyard.engine.api.containers import client_gone
+from dockyard.engine.api.errors import ServerError
+from dockyard.engine.runtime.logs import parse_since
 
 FILTERS = ("container", "daemon", "event", "image", "label", "network", "node", "plugin",
            "scope", "service", "type", "volume", "config", "secret")

@@ -1,9 +1,9 @@
 """Exec resource: create an exec instance, start it (hijacked stream or detached), resize, inspect."""
 
-from engine.api.containers import MUX, RAW, first_write_at, manager_of
-from engine.api.errors import ApiError, BadRequest, Conflict, ServerError
-from engine.api.responses import Response, json_bytes
-from engine.runtime import relay
+from dockyard.engine.api.containers import MUX, RAW, first_write_at, manager_of
+from dockyard.engine.api.errors import ApiError, BadRequest, Conflict, ServerError
+from dockyard.engine.api.responses import Response, json_bytes
+from dockyard.engine.runtime import relay
 
 
 def register(router, engine):

@@ -13,13 +13,13 @@ import ssl
 import threading
 from urllib.parse import parse_qs, unquote
 
-from engine.api import query as querymod
-from engine.api.errors import ApiError, BadRequest, NotImplementedApi
-from engine.api.responses import (  # noqa: F401  (re-exported for handlers)
+from dockyard.engine.api import query as querymod
+from dockyard.engine.api.errors import ApiError, BadRequest, NotImplementedApi
+from dockyard.engine.api.responses import (  # noqa: F401  (re-exported for handlers)
     NO_BODY_STATUS, ChunkedStream, HijackedConnection, Response, error_response, json_bytes,
     json_response,
 )
-from engine.api.wire import (
+from dockyard.engine.api.wire import (
     MAX_HEADER_BYTES, MAX_HEADERS, ChunkedBody, EmptyBody, Headers, LengthBody, ProtocolError,
     SocketReader,
 )

@@ -6,11 +6,11 @@ import re
 import tempfile
 import time
 
-from engine.api.errors import ApiError, BadRequest, NotImplementedApi
-from engine.api.responses import Response
-from engine.api.router import version_less
-from engine.images import archive, reference, registry
-from engine.images.store import ZERO_TIME
+from dockyard.engine.api.errors import ApiError, BadRequest, NotImplementedApi
+from dockyard.engine.api.responses import Response
+from dockyard.engine.api.router import version_less
+from dockyard.engine.images import archive, reference, registry
+from dockyard.engine.images.store import ZERO_TIME
 
 log = logging.getLogger("dockyard.engine.images")
 
@@ -60,7 +60,7 @@ def parse_timestamp(text, now=None):
         return float(text)
     except ValueError:
         pass
-    from engine.images.store import parse_time
+    from dockyard.engine.images.store import parse_time
 
     ts = parse_time(text if "T" in text else text + "T00:00:00Z")
     if ts == 0.0:
@@ -247,7 +247,7 @@ def image_history(req):
 
 
 def _created(h, img):
-    from engine.images.store import parse_time
+    from dockyard.engine.images.store import parse_time
 
     return parse_time(h.get("created")) or img.created
 

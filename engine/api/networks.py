@@ -2,9 +2,9 @@
 
 import re
 
-from engine.api.errors import BadRequest, NotImplementedApi, ServerError
-from engine.api.responses import json_response
-from engine.network.catalog import BUILTIN
+from dockyard.engine.api.errors import BadRequest, NotImplementedApi, ServerError
+from dockyard.engine.api.responses import json_response
+from dockyard.engine.network.catalog import BUILTIN
 
 _FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
 

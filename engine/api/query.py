@@ -2,7 +2,7 @@
 
 import json
 
-from engine.api.errors import BadRequest
+from dockyard.engine.api.errors import BadRequest
 
 # moby's httputils.BoolValue: these spellings (case-insensitive, trimmed) are false.
 _FALSE_WORDS = frozenset(("", "0", "no", "false", "none"))

@@ -2,8 +2,8 @@
 
 import re
 
-from engine import API_VERSION, MIN_API_VERSION
-from engine.api.errors import BadRequest, NotFound
+from dockyard.engine import API_VERSION, MIN_API_VERSION
+from dockyard.engine.api.errors import BadRequest, NotFound
 
 _VERSION_PREFIX = re.compile(r"^/v([0-9.]+)(/.*)$")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]+))?\}")

@@ -3,11 +3,11 @@
 import platform
 import threading
 
-from engine import hostinfo
-from engine.api.responses import Response
-from engine.buildinfo import build_info
-from engine.config import registry_config
-from engine.timefmt import rfc3339nano
+from dockyard.engine import hostinfo
+from dockyard.engine.api.responses import Response
+from dockyard.engine.buildinfo import build_info
+from dockyard.engine.config import registry_config
+from dockyard.engine.timefmt import rfc3339nano
 
 PING_HEADERS = [
     ("Cache-Control", "no-cache, no-store, must-revalidate"),

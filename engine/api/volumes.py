@@ -1,9 +1,9 @@
 """Volumes resource: docker volume create / ls / inspect / rm / prune with docker's JSON shapes."""
 
-from engine.api.errors import ApiError, BadRequest
-from engine.api.images import label_matcher
-from engine.api.responses import json_response
-from engine.api.router import version_less
+from dockyard.engine.api.errors import ApiError, BadRequest
+from dockyard.engine.api.images import label_matcher
+from dockyard.engine.api.responses import json_response
+from dockyard.engine.api.router import version_less
 
 LIST_FILTERS = ("dangling", "driver", "label", "name")
 PRUNE_FILTERS = ("label", "label!", "all")

@@ -19,11 +19,11 @@ import shlex
 import tarfile
 import time
 
-from engine import hostinfo
-from engine.api.errors import BadRequest
-from engine.images import reference
-from engine.images.layers import decompressed, sniff_compression
-from engine.timefmt import rfc3339nano
+from dockyard.engine import hostinfo
+from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.images import reference
+from dockyard.engine.images.layers import decompressed, sniff_compression
+from dockyard.engine.timefmt import rfc3339nano
 
 log = logging.getLogger("dockyard.engine.images")
 

@@ -24,8 +24,8 @@ import threading
 import time
 import uuid
 
-from engine.api.errors import BadRequest, NotFound
-from engine.images import tarsafe
+from dockyard.engine.api.errors import BadRequest, NotFound
+from dockyard.engine.images import tarsafe
 
 log = logging.getLogger("dockyard.engine.images")
 

@@ -3,7 +3,7 @@
 import fnmatch
 import re
 
-from engine.api.errors import BadRequest
+from dockyard.engine.api.errors import BadRequest
 
 DEFAULT_TAG = "latest"
 DEFAULT_DOMAIN = "docker.io"

@@ -19,9 +19,9 @@ import ssl
 import tempfile
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from engine import hostinfo
-from engine.api.errors import ApiError, BadRequest, NotFound
-from engine.images import reference
+from dockyard.engine import hostinfo
+from dockyard.engine.api.errors import ApiError, BadRequest, NotFound
+from dockyard.engine.images import reference
 
 log = logging.getLogger("dockyard.engine.images")
 

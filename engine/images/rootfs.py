@@ -18,8 +18,8 @@ import logging
 import os
 import shutil
 
-from engine.api.errors import ServerError
-from engine.images.layers import atomic_write_json, read_json
+from dockyard.engine.api.errors import ServerError
+from dockyard.engine.images.layers import atomic_write_json, read_json
 
 log = logging.getLogger("dockyard.engine.images")
 

@@ -2,9 +2,9 @@
 
 import logging
 
-from engine.images.rootfs import filesystem_of
-from engine.images.store import ImageStore
-from engine.volumes import VolumeStore
+from dockyard.engine.images.rootfs import filesystem_of
+from dockyard.engine.images.store import ImageStore
+from dockyard.engine.volumes import VolumeStore
 
 log = logging.getLogger("dockyard.engine.images")
 

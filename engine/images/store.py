@@ -14,11 +14,11 @@ import os
 import re
 import threading
 
-from engine.api.errors import BadRequest, Conflict, NotFound
-from engine.images import reference
-from engine.images.layers import LayerStore, atomic_write, atomic_write_json, read_json
-from engine.images.rootfs import RootfsManager
-from engine.timefmt import rfc3339nano
+from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.images import reference
+from dockyard.engine.images.layers import LayerStore, atomic_write, atomic_write_json, read_json
+from dockyard.engine.images.rootfs import RootfsManager
+from dockyard.engine.timefmt import rfc3339nano
 
 log = logging.getLogger("dockyard.engine.images")
 

@@ -19,7 +19,7 @@ import os
 import stat
 import tarfile
 
-from engine.api.errors import BadRequest, ServerError
+from dockyard.engine.api.errors import BadRequest, ServerError
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 
-from engine.network.netns import netns_path, run_in_netns
+from dockyard.engine.network.netns import netns_path, run_in_netns
 
 log = logging.getLogger("dockyard.engine")
 

@@ -9,9 +9,9 @@ import ipaddress
 import os
 import time
 
-from engine.api.errors import BadRequest, Conflict, NotFound
-from engine.network.fsutil import read_json, write_json
-from engine.network.ipam import Ipam, IpamError
+from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.network.fsutil import read_json, write_json
+from dockyard.engine.network.ipam import Ipam, IpamError
 
 DEFAULT_BRIDGE = "dockyard0"
 BUILTIN = ("bridge", "host", "none")

@@ -4,7 +4,7 @@ import ipaddress
 import logging
 import threading
 
-from engine.network.fsutil import read_json, write_json
+from dockyard.engine.network.fsutil import read_json, write_json
 
 log = logging.getLogger("dockyard.engine")
 

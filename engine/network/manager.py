@@ -14,13 +14,13 @@ import os
 import socket
 import threading
 
-from engine.api.errors import BadRequest, Forbidden, ServerError
-from engine.network import bridge, dns, portproxy, vendor
-from engine.network.catalog import BUILTIN, DEFAULT_BRIDGE, DEFAULT_POOLS, DRIVERS, Catalog, random_id
-from engine.network.fsutil import read_json, write_json
-from engine.network.ipam import IpamError
-from engine.network.netns import loopback_up, netns_path, run_in_netns
-from engine.network.ports import (
+from dockyard.engine.api.errors import BadRequest, Forbidden, ServerError
+from dockyard.engine.network import bridge, dns, portproxy, vendor
+from dockyard.engine.network.catalog import BUILTIN, DEFAULT_BRIDGE, DEFAULT_POOLS, DRIVERS, Catalog, random_id
+from dockyard.engine.network.fsutil import read_json, write_json
+from dockyard.engine.network.ipam import IpamError
+from dockyard.engine.network.netns import loopback_up, netns_path, run_in_netns
+from dockyard.engine.network.ports import (
     PortAllocationError, PortAllocator, PortSpecError, port_map, ps_ports, requested_ports,
     validate as validate_ports,
 )
@@ -163,7 +163,7 @@ class NetworkManager:
                 raise NetworkError(str(exc)) from None
             net.ready = True
             if not self._host_ready:
-                from engine.network import nat
+                from dockyard.engine.network import nat
                 if self.ip_forward:
                     try:
                         nat.enable_ip_forward()
@@ -178,7 +178,7 @@ class NetworkManager:
     def _sync_nat(self):
         if not self.ip_masq:
             return
-        from engine.network import nat
+        from dockyard.engine.network import nat
         if self.nat is None:
             self.nat = nat.Nat()
         rules = [(net.subnet, net.device) for net in self.catalog.bridged() if not net.internal]

@@ -5,7 +5,7 @@ import ipaddress
 import socket
 import threading
 
-from engine.network.fsutil import read_json, write_json
+from dockyard.engine.network.fsutil import read_json, write_json
 
 PROTOCOLS = ("tcp", "udp")
 

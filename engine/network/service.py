@@ -2,7 +2,7 @@
 
 import logging
 
-from engine.network.manager import NetworkManager
+from dockyard.engine.network.manager import NetworkManager
 
 log = logging.getLogger("dockyard.engine")
 

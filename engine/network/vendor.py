@@ -13,7 +13,7 @@ import sys
 import threading
 import zipfile
 
-from engine.buildinfo import bundle_archive, read_bundle_info
+from dockyard.engine.buildinfo import bundle_archive, read_bundle_info
 
 log = logging.getLogger("dockyard.engine")
 

@@ -1,6 +1,6 @@
 """Linux capabilities: names, Docker's default set, --cap-add/--cap-drop, and applying a set."""
 
-from engine.runtime import libc
+from dockyard.engine.runtime import libc
 
 NAMES = (
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",

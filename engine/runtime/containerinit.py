@@ -13,8 +13,8 @@ import socket
 import struct
 import termios
 
-from engine.runtime import channel, libc, process, rootfs
-from engine.runtime.cgroups import Cgroup
+from dockyard.engine.runtime import channel, libc, process, rootfs
+from dockyard.engine.runtime.cgroups import Cgroup
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914

@@ -4,9 +4,9 @@
 import os
 import re
 
-from engine.api.errors import BadRequest
-from engine.runtime import caps as capmod
-from engine.runtime.signals import parse_signal, SignalError
+from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.runtime import caps as capmod
+from dockyard.engine.runtime.signals import parse_signal, SignalError
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -11,9 +11,9 @@ import json
 import os
 import socket
 
-from engine.runtime import channel, containerinit, libc, process
-from engine.runtime.cgroups import Cgroup
-from engine.runtime.supervisor import exit_status
+from dockyard.engine.runtime import channel, containerinit, libc, process
+from dockyard.engine.runtime.cgroups import Cgroup
+from dockyard.engine.runtime.supervisor import exit_status
 
 # Join order: the cgroup namespace after the cgroup itself; mnt last (it changes root and cwd,
 # and the /proc/<pid>/ns files were opened before).

@@ -9,9 +9,9 @@ import termios
 import threading
 import time
 
-from engine.api.errors import BadRequest, Conflict, NotFound, ServerError
-from engine.runtime import channel, spec as specmod
-from engine.runtime.forkserver import ForkServerError
+from dockyard.engine.api.errors import BadRequest, Conflict, NotFound, ServerError
+from dockyard.engine.runtime import channel, spec as specmod
+from dockyard.engine.runtime.forkserver import ForkServerError
 
 log = logging.getLogger("dockyard.engine")
 

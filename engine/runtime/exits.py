@@ -7,10 +7,10 @@ import socket
 import threading
 import time
 
-from engine.api.errors import ApiError
-from engine.runtime import channel
-from engine.runtime.store import Container, read_json
-from engine.timefmt import rfc3339nano_ns
+from dockyard.engine.api.errors import ApiError
+from dockyard.engine.runtime import channel
+from dockyard.engine.runtime.store import Container, read_json
+from dockyard.engine.timefmt import rfc3339nano_ns
 
 log = logging.getLogger("dockyard.engine")
 

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 
-from engine.runtime import channel, execproc, libc, supervisor
+from dockyard.engine.runtime import channel, execproc, libc, supervisor
 
 log = logging.getLogger("dockyard.engine")
 

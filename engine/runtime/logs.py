@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from engine.timefmt import rfc3339nano_ns
+from dockyard.engine.timefmt import rfc3339nano_ns
 
 MAX_PARTIAL = 16 * 1024  # like dockerd: a line longer than this is logged in pieces
 

@@ -14,16 +14,16 @@ import threading
 import time
 import uuid
 
-from engine.api.errors import ApiError, BadRequest, Conflict, NotFound, NotModified, ServerError
-from engine.runtime import cgroups, channel, create as createmod, names, spec as specmod
-from engine.runtime.etcfiles import default_hosts, default_resolv, minimal_settings
-from engine.runtime.events import EventBus
-from engine.runtime.exits import ExitsMixin
-from engine.runtime.forkserver import ForkServer, ForkServerError
-from engine.runtime.monitor import Monitor
-from engine.runtime.signals import SignalError, parse_signal
-from engine.runtime.store import Container, ZERO_TIME
-from engine.timefmt import rfc3339nano_ns
+from dockyard.engine.api.errors import ApiError, BadRequest, Conflict, NotFound, NotModified, ServerError
+from dockyard.engine.runtime import cgroups, channel, create as createmod, names, spec as specmod
+from dockyard.engine.runtime.etcfiles import default_hosts, default_resolv, minimal_settings
+from dockyard.engine.runtime.events import EventBus
+from dockyard.engine.runtime.exits import ExitsMixin
+from dockyard.engine.runtime.forkserver import ForkServer, ForkServerError
+from dockyard.engine.runtime.monitor import Monitor
+from dockyard.engine.runtime.signals import SignalError, parse_signal
+from dockyard.engine.runtime.store import Container, ZERO_TIME
+from dockyard.engine.timefmt import rfc3339nano_ns
 
 log = logging.getLogger("dockyard.engine")
 
@@ -188,7 +188,7 @@ class ContainerManager(ExitsMixin):
             return mode
         net = self.network
         if net is not None:
-            from engine.network.manager import network_mode
+            from dockyard.engine.network.manager import network_mode
             return network_mode(hc)
         raise NotFound("network %s not found" % mode)
 
@@ -344,7 +344,7 @@ class ContainerManager(ExitsMixin):
 
     def _copy_up_volumes(self, c, rootfs_path):
         """Docker copies the image's content at a volume's path into a new, empty volume."""
-        from engine.runtime.rootfs import secure_join
+        from dockyard.engine.runtime.rootfs import secure_join
         changed = False
         for point in c.mounts:
             if point.get("Type") != "volume" or point.get("NoCopy") or point.get("CopiedUp"):

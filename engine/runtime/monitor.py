@@ -6,7 +6,7 @@ import os
 import selectors
 import threading
 
-from engine.runtime import channel
+from dockyard.engine.runtime import channel
 
 log = logging.getLogger("dockyard.engine")
 

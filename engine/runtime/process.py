@@ -12,7 +12,7 @@ import resource
 import signal
 import stat
 
-from engine.runtime import caps, libc, userdb
+from dockyard.engine.runtime import caps, libc, userdb
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _RESET_SIGNALS = ("SIGPIPE", "SIGXFSZ", "SIGCHLD", "SIGHUP", "SIGINT", "SIGTERM", "SIGQUIT",

@@ -10,8 +10,8 @@ import errno
 import os
 import stat
 
-from engine.runtime import libc
-from engine.runtime.libc import (
+from dockyard.engine.runtime import libc
+from dockyard.engine.runtime.libc import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
     MS_STRICTATIME, mount,
 )

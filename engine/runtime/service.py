@@ -4,8 +4,8 @@ then the container manager, the exec manager and live restore; registers the ser
 import logging
 import threading
 
-from engine.runtime.execs import ExecManager
-from engine.runtime.manager import ContainerManager
+from dockyard.engine.runtime.execs import ExecManager
+from dockyard.engine.runtime.manager import ContainerManager
 
 log = logging.getLogger("dockyard.engine")
 

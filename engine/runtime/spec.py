@@ -3,9 +3,9 @@ process, derived from the stored container record at start time. Plain JSON-able
 
 import os
 
-from engine.runtime import caps as capmod
-from engine.runtime import cgroups, rootfs
-from engine.runtime.create import merge_env, no_new_privs
+from dockyard.engine.runtime import caps as capmod
+from dockyard.engine.runtime import cgroups, rootfs
+from dockyard.engine.runtime.create import merge_env, no_new_privs
 
 
 def process_env(container):

@@ -5,9 +5,9 @@ import os
 import subprocess
 import time
 
-from engine import hostinfo
-from engine.runtime.cgroups import Cgroup
-from engine.timefmt import rfc3339nano_ns
+from dockyard.engine import hostinfo
+from dockyard.engine.runtime.cgroups import Cgroup
+from dockyard.engine.timefmt import rfc3339nano_ns
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _V1_UNLIMITED = 1 << 62

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from engine.timefmt import rfc3339nano_ns
+from dockyard.engine.timefmt import rfc3339nano_ns
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 

@@ -16,9 +16,9 @@ import socket
 import struct
 import time
 
-from engine.runtime import channel, containerinit, libc, logs
-from engine.runtime.cgroups import Cgroup, CgroupError
-from engine.timefmt import rfc3339nano_ns
+from dockyard.engine.runtime import channel, containerinit, libc, logs
+from dockyard.engine.runtime.cgroups import Cgroup, CgroupError
+from dockyard.engine.timefmt import rfc3339nano_ns
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 MAX_CLIENT_BUFFER = 1 << 20  # above this an attached client stalls the container's output
@@ -285,7 +285,7 @@ class Supervisor:
         if not self.settings or not (self.settings.get("Ports") or {}):
             return
         try:
-            from engine.network import portproxy
+            from dockyard.engine.network import portproxy
             # network part: no threads here (CLONE_NEWPID); the proxies run on this loop's selector
             self.proxies = portproxy.start_all(portproxy.proxies_for(self.settings), self.sel)
         except Exception as exc:  # the container runs; the port stays unpublished

@@ -4,7 +4,7 @@ human Status strings, sizes and the ps filters."""
 import os
 import time
 
-from engine.api.errors import BadRequest
+from dockyard.engine.api.errors import BadRequest
 
 INTERNAL_KEYS = ("Rootfs", "MountPoints", "CreatedNs")
 PS_FILTERS = ("id", "name", "label", "status", "exited", "ancestor", "before", "since", "volume",
@@ -113,7 +113,7 @@ def network_settings(c, manager):
             return net.stopped_settings(c)
         except Exception:
             pass
-    from engine.runtime.etcfiles import minimal_settings
+    from dockyard.engine.runtime.etcfiles import minimal_settings
     mode = c.host_config.get("NetworkMode") or "bridge"
     return minimal_settings("bridge" if mode == "default" else mode)
 
@@ -272,7 +272,7 @@ def filter_containers(items, filters, manager, all_):
 def _anchor(values, manager):
     if not values:
         return None
-    from engine.api.errors import ApiError
+    from dockyard.engine.api.errors import ApiError
     try:
         return manager.get(values[0]).record.get("CreatedNs", 0)
     except ApiError:

@@ -5,8 +5,8 @@ import threading
 
 import click
 
-from ..errors import DockyardError, MachineNotExist, UsageError
-from ..machine import Machine
+from dockyard.provisioner.core.errors import DockyardError, MachineNotExist, UsageError
+from dockyard.provisioner.machines.machine import Machine
 
 
 
@@ -97,7 +97,7 @@ def confirm(prompt):
 
 def complete_machines(ctx, param, incomplete):
     """Shell completion of machine names from the store."""
-    from ..store import Store, default_store_path
+    from dockyard.provisioner.core.store import Store, default_store_path
 
     root = ctx.find_root()
     path = root.params.get("storage_path") or default_store_path()

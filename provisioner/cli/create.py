@@ -5,12 +5,12 @@ import os
 
 import click
 
-from drivers import registry
+from dockyard.drivers import registry
 
-from .. import batch, machine
-from ..errors import DockyardError, UsageError
-from .common import info, store_of
-from .main import cli
+from dockyard.provisioner.machines import batch, machine
+from dockyard.provisioner.core.errors import DockyardError, UsageError
+from dockyard.provisioner.cli.common import info, store_of
+from dockyard.provisioner.cli.main import cli
 
 DRIVER_ENV = ("DOCKYARD_DRIVER", "MACHINE_DRIVER")
 

@@ -4,12 +4,12 @@ import sys
 
 import click
 
-from drivers import registry
+from dockyard.drivers import registry
 
-from .. import credentials
-from ..errors import UsageError
-from .common import info
-from .main import cli
+from dockyard.provisioner.core import credentials
+from dockyard.provisioner.core.errors import UsageError
+from dockyard.provisioner.cli.common import info
+from dockyard.provisioner.cli.main import cli
 
 _FILE_OPTION = click.option(
     "--creds-file", envvar=credentials.FILE_ENV, metavar="PATH",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from provisioner.errors import UsageError
+from dockyard.provisioner.core.errors import UsageError
 
 __all__ = ["FILTER_KEYS", "parse_filters", "match", "needs_state", "swarm_master_name"]
 

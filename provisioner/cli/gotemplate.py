@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from provisioner.cli.gofuncs import FUNCS, go_quote, go_type, go_value, sorted_keys, truth
-from provisioner.errors import UsageError
+from dockyard.provisioner.cli.gofuncs import FUNCS, go_quote, go_type, go_value, sorted_keys, truth
+from dockyard.provisioner.core.errors import UsageError
 
 __all__ = ["TemplateError", "Template", "compile_template", "render", "go_quote", "go_value"]
 

@@ -2,10 +2,10 @@
 
 import click
 
-from .. import machine
-from ..errors import DockyardError, UsageError
-from .common import complete_machines, confirm, for_each, info, many_names, store_of
-from .main import cli
+from dockyard.provisioner.machines import machine
+from dockyard.provisioner.core.errors import DockyardError, UsageError
+from dockyard.provisioner.cli.common import complete_machines, confirm, for_each, info, many_names, store_of
+from dockyard.provisioner.cli.main import cli
 
 
 def _verb(name, method, help_text, after=None):

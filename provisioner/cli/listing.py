@@ -4,12 +4,12 @@ import os
 import threading
 import time
 
-from drivers.base import State
+from dockyard.drivers.base import State
 
-from .. import engine_client
-from ..errors import CertError, DockyardError
-from ..machine import Machine
-from .tables import HostListItem, go_duration
+from dockyard.provisioner.core import engine_client
+from dockyard.provisioner.core.errors import CertError, DockyardError
+from dockyard.provisioner.machines.machine import Machine
+from dockyard.provisioner.cli.tables import HostListItem, go_duration
 
 
 def _cert_problem(m):

@@ -6,9 +6,9 @@ import traceback
 
 import click
 
-from .. import __version__
-from ..errors import DockyardError
-from ..store import Store, default_store_path
+from dockyard import __version__
+from dockyard.provisioner.core.errors import DockyardError
+from dockyard.provisioner.core.store import Store, default_store_path
 
 
 class State:
@@ -66,7 +66,7 @@ def cli(ctx, storage_path, debug, native_ssh):
 
 
 def _register():
-    from . import context, create, creds, lifecycle, query, remote  # noqa: F401  (commands attach themselves)
+    from dockyard.provisioner.cli import context, create, creds, lifecycle, query, remote  # noqa: F401  (commands attach themselves)
 
 
 _register()

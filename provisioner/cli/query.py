@@ -6,14 +6,15 @@ import sys
 
 import click
 
-from drivers.base import State
+from dockyard.drivers.base import State
 
-from .. import __version__, engine_client, pki
-from ..errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
-from . import filters as ls_filters
-from . import gotemplate, listing, shells, tables
-from .common import complete_machines, load, many_names, one_name, store_of
-from .main import cli
+from dockyard import __version__
+from dockyard.provisioner.core import engine_client, pki
+from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
+from dockyard.provisioner.cli import filters as ls_filters
+from dockyard.provisioner.cli import gotemplate, listing, shells, tables
+from dockyard.provisioner.cli.common import complete_machines, load, many_names, one_name, store_of
+from dockyard.provisioner.cli.main import cli
 
 SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credential")
 

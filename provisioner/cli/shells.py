@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from provisioner.cli.gofuncs import go_quote
+from dockyard.provisioner.cli.gofuncs import go_quote
 
 __all__ = [
     "SHELLS", "GUESSED_SHELL_NOTE", "shell_syntax", "format_env", "format_unset", "usage_hint",

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from provisioner.cli.gotemplate import Template, compile_template
+from dockyard.provisioner.cli.gotemplate import Template, compile_template
 
 __all__ = [
     "HostListItem", "LS_DEFAULT_FORMAT", "LS_HEADERS", "tabwrite", "tabwrite_text",

@@ -13,10 +13,10 @@ import shlex
 import tarfile
 import time
 
-import templates
+from dockyard import templates
 
-from ..engine_bundle import build_bundle
-from . import initsys, osinfo
+from dockyard.provisioner.provision.bundle import build_bundle
+from dockyard.provisioner.provision import initsys, osinfo
 
 REMOTE_CA = initsys.CONFIG_DIR + "/ca.pem"
 REMOTE_CERT = initsys.CONFIG_DIR + "/server.pem"

@@ -1,9 +1,9 @@
 """The engine's service on the host, one class per init system: systemd, OpenRC, or none (a daemon script)."""
 
-import templates
+from dockyard import templates
 
-from .. import __version__
-from ..errors import ProvisionError
+from dockyard import __version__
+from dockyard.provisioner.core.errors import ProvisionError
 
 BUNDLE_PATH = "/usr/local/lib/dockyard/dockyard-engine.pyz"
 CONFIG_DIR = "/etc/dockyard"

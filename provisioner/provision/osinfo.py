@@ -3,7 +3,7 @@
 import dataclasses
 import shlex
 
-from ..errors import ProvisionError, UnsupportedOS
+from dockyard.provisioner.core.errors import ProvisionError, UnsupportedOS
 
 # family -> (IDs that belong to it, command that installs packages non-interactively)
 FAMILIES = {

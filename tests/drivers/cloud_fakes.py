@@ -261,7 +261,7 @@ def make_named_driver(cls, name, store_root, **values):
 def run_cli(capsys, store, *args):
     """The real dockyard CLI in this process (so the loopback guard and the test's CA apply):
     returns (exit code, stdout, stderr)."""
-    from provisioner.cli.main import main
+    from dockyard.provisioner.cli.main import main
 
     capsys.readouterr()
     try:

@@ -134,7 +134,7 @@ class NetnsDockyard:
         self.base_env = dict(env or {})
 
     def argv(self, *args):
-        return self.ns.argv(sys.executable, "-m", "provisioner", "--storage-path", self.store, *args)
+        return self.ns.argv(sys.executable, "-m", "dockyard", "--storage-path", self.store, *args)
 
     def __call__(self, *args, env=None, timeout=300, input=None):
         return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout, input=input,

@@ -24,9 +24,9 @@ from tests.drivers.cloud_fakes import (
 
 pytest.importorskip("libcloud")
 
-from drivers.base import State  # noqa: E402
-from drivers.cloud.azure import AzureDriver  # noqa: E402
-from provisioner.errors import DriverError, PreCreateCheckError  # noqa: E402
+from dockyard.drivers.base import State  # noqa: E402
+from dockyard.drivers.cloud.azure import AzureDriver  # noqa: E402
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError  # noqa: E402
 
 TENANT, SUB = "72f988bf-0000-4000-8000-000000000001", "0b1f6471-0000-4000-8000-000000000002"
 CLIENT_ID, SECRET = "11111111-0000-4000-8000-000000000003", "client~secret.value"

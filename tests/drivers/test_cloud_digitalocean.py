@@ -9,9 +9,9 @@ from tests.drivers.cloud_fakes import FakeAPI, SSHBanner, loopback_only, make_dr
 
 pytest.importorskip("libcloud")
 
-from drivers.base import State  # noqa: E402
-from drivers.cloud.digitalocean import DigitalOceanDriver  # noqa: E402
-from provisioner.errors import PreCreateCheckError  # noqa: E402
+from dockyard.drivers.base import State  # noqa: E402
+from dockyard.drivers.cloud.digitalocean import DigitalOceanDriver  # noqa: E402
+from dockyard.provisioner.core.errors import PreCreateCheckError  # noqa: E402
 
 TOKEN = "dop_v1_test_token_0123456789"
 

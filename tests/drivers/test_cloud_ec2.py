@@ -129,9 +129,9 @@ def test_state_changes_stop_start_kill_restart(ns, dy, moto, tmp_path):
     [inst] = live(moto.describe()["instances"])
     assert inst["state"] == "stopped"
 
-    from drivers.cloud.amazonec2 import AmazonEC2Driver
-    from drivers.base import State
-    from provisioner.store import Store
+    from dockyard.drivers.cloud.amazonec2 import AmazonEC2Driver
+    from dockyard.drivers.base import State
+    from dockyard.provisioner.core.store import Store
 
     store = Store(str(tmp_path / "store"))
     cfg = store.load("life")

@@ -18,9 +18,9 @@ from tests.drivers.cloud_fakes import FakeAPI, SSHBanner, loopback_only, make_dr
 
 pytest.importorskip("libcloud")
 
-from drivers.base import State  # noqa: E402
-from drivers.cloud.exoscale import ExoscaleDriver  # noqa: E402
-from provisioner.errors import PreCreateCheckError  # noqa: E402
+from dockyard.drivers.base import State  # noqa: E402
+from dockyard.drivers.cloud.exoscale import ExoscaleDriver  # noqa: E402
+from dockyard.provisioner.core.errors import PreCreateCheckError  # noqa: E402
 
 KEY, SECRET = "EXOtestkey0123456789", "test-secret-abcdefghijklmnop"
 ZONE_ID = "1128bd56-b4d9-4ac6-a7b9-c715b187ce11"

@@ -11,9 +11,9 @@ from tests.provisioner.file_keyring import FileKeyring
 
 pytest.importorskip("libcloud")
 
-from drivers import registry  # noqa: E402
-from drivers.cloud.generic_libcloud import LibcloudDriver, parse_options  # noqa: E402
-from provisioner.errors import DriverError, PreCreateCheckError  # noqa: E402
+from dockyard.drivers import registry  # noqa: E402
+from dockyard.drivers.cloud.generic_libcloud import LibcloudDriver, parse_options  # noqa: E402
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError  # noqa: E402
 
 CLOUDS = ["amazonec2", "azure", "digitalocean", "exoscale", "google", "libcloud", "linode", "openstack", "vultr"]
 
@@ -83,7 +83,7 @@ def test_secret_options_go_to_the_keyring_and_clear_error_without_key_support(te
 def test_a_403_quota_answer_is_a_quota_error_not_refused_credentials():
     from libcloud.common.exceptions import BaseHTTPError
 
-    from drivers.cloud.errors import CloudAuthError, CloudQuotaError, translate
+    from dockyard.drivers.cloud.errors import CloudAuthError, CloudQuotaError, translate
 
     quota = translate("openstack", "creating the server", BaseHTTPError(403, "Quota exceeded for instances"))
     assert isinstance(quota, CloudQuotaError) and "quota or rate limit reached" in str(quota)

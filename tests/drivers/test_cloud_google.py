@@ -27,9 +27,9 @@ from cryptography.exceptions import InvalidSignature  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
 
-from drivers.base import State  # noqa: E402
-from drivers.cloud.google import GoogleDriver  # noqa: E402
-from provisioner.errors import PreCreateCheckError  # noqa: E402
+from dockyard.drivers.base import State  # noqa: E402
+from dockyard.drivers.cloud.google import GoogleDriver  # noqa: E402
+from dockyard.provisioner.core.errors import PreCreateCheckError  # noqa: E402
 
 PROJECT, ZONE = "dockyard-test-4711", "europe-west1-b"
 EMAIL = f"dockyard@{PROJECT}.iam.gserviceaccount.com"

@@ -10,10 +10,10 @@ from tests.drivers.cloud_fakes import FakeAPI, SSHBanner, loopback_only, make_dr
 
 pytest.importorskip("libcloud")
 
-from drivers.base import State  # noqa: E402
-from drivers.cloud.linode import LinodeDriver  # noqa: E402
-from drivers.cloud.vultr import VultrDriver  # noqa: E402
-from provisioner.errors import PreCreateCheckError  # noqa: E402
+from dockyard.drivers.base import State  # noqa: E402
+from dockyard.drivers.cloud.linode import LinodeDriver  # noqa: E402
+from dockyard.drivers.cloud.vultr import VultrDriver  # noqa: E402
+from dockyard.provisioner.core.errors import PreCreateCheckError  # noqa: E402
 
 TOKEN = "linode-test-token"
 VKEY = "VULTRTESTKEY"

@@ -15,9 +15,9 @@ from tests.drivers.cloud_fakes import FakeAPI, SSHBanner, loopback_only, make_dr
 
 pytest.importorskip("libcloud")
 
-from drivers.base import State  # noqa: E402
-from drivers.cloud.openstack import OpenStackDriver  # noqa: E402
-from provisioner.errors import DriverError, PreCreateCheckError  # noqa: E402
+from dockyard.drivers.base import State  # noqa: E402
+from dockyard.drivers.cloud.openstack import OpenStackDriver  # noqa: E402
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError  # noqa: E402
 
 USER, PASSWORD, PROJECT, REGION = "demo", "s3cret-password", "demo-project", "RegionTwo"
 TOKEN = "gAAAAABtesttoken"
@@ -344,7 +344,7 @@ def test_floating_ip_is_taken_attached_and_released(api, banner, tmp_path):
 def test_floating_ip_from_a_private_range_is_still_the_public_address(tmp_path):
     """libcloud calls 172.24.4.0/24 private; Nova labels it floating. The driver must SSH to it (here the
     loopback guard refuses it, so create stops at waiting for SSH) and rm -f must release it."""
-    from provisioner.errors import SSHTimeout
+    from dockyard.provisioner.core.errors import SSHTimeout
 
     model = OpenStackModel(floating_ip="172.24.4.10")
     model.floating_ip_only = True

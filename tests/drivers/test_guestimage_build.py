@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from drivers.guestimage import build, recipe, tools
-from provisioner.errors import PreCreateCheckError
+from dockyard.drivers.guestimage import build, recipe, tools
+from dockyard.provisioner.core.errors import PreCreateCheckError
 
 
 def test_recipe_hash_is_stable_and_covers_the_recipe(monkeypatch):

@@ -8,7 +8,7 @@ import pycdlib
 import pytest
 import yaml
 
-from drivers.guestimage import build, iso, seed
+from dockyard.drivers.guestimage import build, iso, seed
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb6 dockyard-m1"
 

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from drivers.guestimage import build, source
-from provisioner.errors import DriverError, PreCreateCheckError
+from dockyard.drivers.guestimage import build, source
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-utils (.ci/vm-deps.sh)")
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from drivers.qemu import accel
-from provisioner.errors import PreCreateCheckError
+from dockyard.drivers.qemu import accel
+from dockyard.provisioner.core.errors import PreCreateCheckError
 
 
 def must_not_probe():

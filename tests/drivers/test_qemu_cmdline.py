@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from drivers.qemu import cmdline
-from drivers.qemu.driver import QemuDriver, guest_ip_for_mac
-from provisioner.errors import DriverError
+from dockyard.drivers.qemu import cmdline
+from dockyard.drivers.qemu.driver import QemuDriver, guest_ip_for_mac
+from dockyard.provisioner.core.errors import DriverError
 
 
 def spec(**kw):

@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 
-from drivers.base import State
-from drivers.guestimage import seed
-from drivers.qemu import boot, driver as qdriver
-from drivers.qemu.qmp import QMP, QMPError
-from provisioner.errors import DriverError
+from dockyard.drivers.base import State
+from dockyard.drivers.guestimage import seed
+from dockyard.drivers.qemu import boot, driver as qdriver
+from dockyard.drivers.qemu.qmp import QMP, QMPError
+from dockyard.provisioner.core.errors import DriverError
 
 pytestmark = pytest.mark.skipif(not (shutil.which("qemu-system-x86_64") and shutil.which("qemu-img")),
                                 reason="needs qemu-system-x86 and qemu-utils (.ci/vm-deps.sh)")

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from drivers.base import State
-from drivers.virtualbox import driver as vdriver, vbox
-from provisioner.errors import DriverError, PreCreateCheckError
+from dockyard.drivers.base import State
+from dockyard.drivers.virtualbox import driver as vdriver, vbox
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_vboxmanage.py")
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-utils (.ci/vm-deps.sh)")

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from drivers.qemu import boot
-from drivers.qemu.driver import process_alive
-from drivers.virtualbox.driver import VirtualBoxDriver
-from provisioner.ssh import SSHSession
+from dockyard.drivers.qemu import boot
+from dockyard.drivers.qemu.driver import process_alive
+from dockyard.drivers.virtualbox.driver import VirtualBoxDriver
+from dockyard.provisioner.core.ssh import SSHSession
 
 pytestmark = [pytest.mark.vm, pytest.mark.integration]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.engine_bundle import build_bundle
+from dockyard.provisioner.provision.bundle import build_bundle
 from tests.engine.certs_helper import make_pki
 from tests.engine.engine_helper import EngineProcess
 
@@ -46,7 +46,7 @@ class EngineStarter:
 
     def __call__(self, *args, python=None, module=False, wait=True, defaults=True, env=None):
         python = python or sys.executable
-        argv = [python, "-m", "engine.daemon"] if module else [python, str(self.pyz)]
+        argv = [python, "-m", "dockyard.engine.daemon"] if module else [python, str(self.pyz)]
         if defaults:
             argv += [
                 "--data-root", str(self.dir / "data"),

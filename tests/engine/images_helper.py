@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import archive, images, system, volumes
-from engine.api.errors import NotFound
-from engine.api.http import HttpServer
-from engine.api.router import Router
-from engine.api.routes import common_headers
-from engine.config import Config
-from engine.context import Engine
-from engine.images.service import start as start_images
+from dockyard.engine.api import archive, images, system, volumes
+from dockyard.engine.api.errors import NotFound
+from dockyard.engine.api.http import HttpServer
+from dockyard.engine.api.router import Router
+from dockyard.engine.api.routes import common_headers
+from dockyard.engine.config import Config
+from dockyard.engine.context import Engine
+from dockyard.engine.images.service import start as start_images
 
 
 class Ctr:

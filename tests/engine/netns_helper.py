@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from engine.network.netns import run_in_netns
+from dockyard.engine.network.netns import run_in_netns
 
 REPO = Path(__file__).resolve().parents[2]
 # Not "dy-<n>": tests/hosts/netns_host.cleanup_stale owns that pattern.

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from engine.runtime import cgroups
+from dockyard.engine.runtime import cgroups
 from tests.engine.engine_helper import REPO, EngineProcess
 from tests.images import busybox_tar
 
@@ -43,7 +43,7 @@ class RuntimeEngine:
 
     def argv(self):
         return ["unshare", "--net", "--mount", "--propagation", "private", sys.executable, "-m",
-                "engine.daemon", "--data-root", str(self.dir / "data"), "--exec-root",
+                "dockyard.engine.daemon", "--data-root", str(self.dir / "data"), "--exec-root",
                 str(self.dir / "exec"), "--pidfile", str(self.dir / "engine.pid"), "-H",
                 "unix://" + self.sock, "--opt", "cgroup-parent=" + self.cgroup_parent, "--debug"]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import engine
-from provisioner.engine_bundle import (
+from dockyard import engine
+from dockyard.provisioner.provision.bundle import (
     VENDORED_PACKAGES,
     BUNDLE_INFO_NAME, BUNDLE_NAME, bundle_version, build_bundle, source_digest,
 )
-from provisioner.errors import ProvisionError
+from dockyard.provisioner.core.errors import ProvisionError
 from tests.engine.engine_helper import get_json
 
 ENGINE_DIR = Path(engine.__file__).parent
@@ -67,7 +67,7 @@ def test_contents(engine_copy, tmp_path):
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         assert names == sorted(names)
-        assert "__main__.py" in names and "engine/daemon.py" in names and "engine/api/http.py" in names
+        assert "__main__.py" in names and "dockyard/engine/daemon.py" in names and "dockyard/engine/api/http.py" in names
         assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
         assert {zi.date_time for zi in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
         info = json.loads(zf.read(BUNDLE_INFO_NAME))

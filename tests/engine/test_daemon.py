@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from provisioner.engine_bundle import bundle_version
+from dockyard.provisioner.provision.bundle import bundle_version
 from tests.engine.engine_helper import get_json, http_get
 
 PING_HEADERS = {

@@ -11,11 +11,11 @@ from urllib.parse import quote
 
 import pytest
 
-from engine.api.errors import Conflict, NotFound, NotModified
-from engine.api.http import HttpServer, Response
-from engine.api.router import Router
-from engine.api.routes import common_headers
-from engine.listeners import make_server_tls_context
+from dockyard.engine.api.errors import Conflict, NotFound, NotModified
+from dockyard.engine.api.http import HttpServer, Response
+from dockyard.engine.api.router import Router
+from dockyard.engine.api.routes import common_headers
+from dockyard.engine.listeners import make_server_tls_context
 from tests.engine.engine_helper import client_tls_context
 
 

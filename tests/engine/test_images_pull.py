@@ -136,7 +136,7 @@ def test_uncompressed_layers_and_insecure_flag(images_engine, registry):
     push(registry, "raw", "latest", config, layers, gz=False)
     out = images_engine.docker("pull", f"{registry}/raw").stdout.decode()
     assert "Pull complete" in out or "Already exists" in out
-    from engine.images.registry import is_insecure
+    from dockyard.engine.images.registry import is_insecure
 
     assert is_insecure("localhost:5000") and is_insecure("127.0.0.1:5000") and not is_insecure("10.0.0.1:5000")
     assert is_insecure("10.0.0.1:5000", ["10.0.0.0/8"]) and is_insecure("reg.lan:443", ["reg.lan:443"])

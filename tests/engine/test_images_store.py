@@ -10,9 +10,9 @@ import tarfile
 
 import pytest
 
-from engine.api.errors import BadRequest, Conflict, NotFound
-from engine.images import archive, reference
-from engine.images.store import ImageStore
+from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.images import archive, reference
+from dockyard.engine.images.store import ImageStore
 from tests.images import busybox_image_id, busybox_tar, image_config, layer_tar, write_archive
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers keep owners and overlay needs root")

@@ -26,8 +26,8 @@ BIP = "172.30.0.1/24"
 # Runs inside the engine-host namespace: one NetworkManager driven by commands on stdin.
 AGENT = textwrap.dedent("""
     import json, sys
-    from engine.network.manager import NetworkManager
-    from engine.network.portproxy import start_all
+    from dockyard.engine.network.manager import NetworkManager
+    from dockyard.engine.network.portproxy import start_all
     mgr = NetworkManager(sys.argv[1], json.loads(sys.argv[2]), [])
     proxies = {}
     for line in sys.stdin:

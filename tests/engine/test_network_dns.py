@@ -1,6 +1,6 @@
 """A container's resolv.conf and hosts file."""
 
-from engine.network.dns import hosts_file, resolv_conf
+from dockyard.engine.network.dns import hosts_file, resolv_conf
 
 HOST = """# managed by systemd-resolved
 nameserver 127.0.0.53

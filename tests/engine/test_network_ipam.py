@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from engine.network.ipam import Ipam, IpamError, PoolExhausted
+from dockyard.engine.network.ipam import Ipam, IpamError, PoolExhausted
 
 
 def test_sequential_allocation_skips_gateway_and_is_idempotent(tmp_path):

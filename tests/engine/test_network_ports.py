@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from engine.network.ports import (
+from dockyard.engine.network.ports import (
     PortAllocationError, PortAllocator, PortRequest, PortSpecError, parse_host_ip,
     parse_host_port, parse_port_key, port_map, ps_ports, requested_ports,
 )

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine.network.portproxy import PortBindError, TcpProxy, UdpProxy, proxies_for, start_all
+from dockyard.engine.network.portproxy import PortBindError, TcpProxy, UdpProxy, proxies_for, start_all
 from tests.engine.netns_helper import TempNetns, cleanup_stale
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
@@ -216,7 +216,7 @@ def test_proxies_for_settings():
 
 SUPERVISOR_LIKE = r"""
 import ctypes, os, selectors, socket, sys, threading
-from engine.network.portproxy import TAG, TcpProxy, UdpProxy, start_all
+from dockyard.engine.network.portproxy import TAG, TcpProxy, UdpProxy, start_all
 
 # Upstream servers in a child forked first (later forks would land in the new pid namespace).
 tcp_srv = socket.socket(); tcp_srv.bind(("127.0.0.1", 0)); tcp_srv.listen(8)

@@ -14,12 +14,12 @@ PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(1, sys.argv[1] + "/_vendor")  # what the bundle's __main__ does
-from engine.network import vendor
+from dockyard.engine.network import vendor
 vendor.prepare(sys.argv[2])
 import pyroute2
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.nftables.main import NFTables
-print(json.dumps({"file": pyroute2.__file__, "engine": __import__("engine").__file__}))
+print(json.dumps({"file": pyroute2.__file__, "engine": __import__("dockyard.engine").__file__}))
 """
 
 
@@ -54,7 +54,7 @@ def test_bundle_carries_pyroute2_and_engine_imports_an_extracted_copy(bundle, tm
 
 
 def test_source_tree_imports_normally(tmp_path):
-    out = subprocess.run([sys.executable, "-c", "import sys; from engine.network import vendor; "
+    out = subprocess.run([sys.executable, "-c", "import sys; from dockyard.engine.network import vendor; "
                           "vendor.prepare(sys.argv[1]); import pyroute2; print(pyroute2.__file__)",
                           str(tmp_path)], capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

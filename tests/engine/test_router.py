@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from engine.api.errors import BadRequest, NotFound
-from engine.api.query import Filters, boolean, integer, parse_bool
-from engine.api.router import Router, version_less
-from engine.config import ConfigError, parse_config, registry_config
-from engine.listeners import ListenerError, parse_host
+from dockyard.engine.api.errors import BadRequest, NotFound
+from dockyard.engine.api.query import Filters, boolean, integer, parse_bool
+from dockyard.engine.api.router import Router, version_less
+from dockyard.engine.config import ConfigError, parse_config, registry_config
+from dockyard.engine.listeners import ListenerError, parse_host
 
 
 def make_router():

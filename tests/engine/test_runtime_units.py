@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from engine.api.errors import BadRequest
-from engine.runtime import caps, cgroups, create, logs, relay, rootfs, userdb, views
-from engine.runtime.signals import SignalError, parse_signal
+from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.runtime import caps, cgroups, create, logs, relay, rootfs, userdb, views
+from dockyard.engine.runtime.signals import SignalError, parse_signal
 
 
 def test_signal_names_and_numbers():

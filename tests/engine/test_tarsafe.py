@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from engine.api.errors import BadRequest
-from engine.images.tarsafe import Scope, UnsafeArchive, safe_extract, symlink_escapes
+from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.images.tarsafe import Scope, UnsafeArchive, safe_extract, symlink_escapes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="extraction keeps owners and makes devices: root only")
 

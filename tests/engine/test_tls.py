@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from engine.listeners import make_server_tls_context
+from dockyard.engine.listeners import make_server_tls_context
 from tests.engine.certs_helper import issue, make_ca, write_cert_dir
 from tests.engine.engine_helper import client_tls_context, get_json, http_get
 

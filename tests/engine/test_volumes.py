@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from engine.api.errors import BadRequest, Conflict, NotFound
-from engine.volumes import ANONYMOUS_LABEL, VolumeStore
+from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.volumes import ANONYMOUS_LABEL, VolumeStore
 from tests.engine import images_helper
 
 images_engine = images_helper.images_engine  # the fixture, used by name below

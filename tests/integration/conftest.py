@@ -41,7 +41,7 @@ class Dockyard:
                 # Test engines never try a public registry (provisioned engines do by default).
                 extra += ["--engine-opt", "registry-pull=local"]
             args[1:1] = extra
-        return [sys.executable, "-m", "provisioner", "--storage-path", self.store, *args]
+        return [sys.executable, "-m", "dockyard", "--storage-path", self.store, *args]
 
     def remove_cgroups(self):
         """rmdir the fixture's cgroup subtrees, deepest first (cgroups are removed with rmdir)."""

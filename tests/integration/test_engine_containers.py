@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from engine.runtime import cgroups
+from dockyard.engine.runtime import cgroups
 from tests.engine.pty_helper import run_in_pty
 from tests.images import busybox_tar
 from tests.integration.conftest import clean_env, docker_py

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import engine
-from provisioner import pki
+from dockyard import engine
+from dockyard.provisioner.core import pki
 from tests.integration.conftest import clean_env
 
 pytestmark = pytest.mark.integration

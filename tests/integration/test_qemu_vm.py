@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from drivers.qemu.driver import process_alive
+from dockyard.drivers.qemu.driver import process_alive
 from tests.images import busybox_tar
 
 pytestmark = [pytest.mark.vm, pytest.mark.integration]
@@ -25,7 +25,7 @@ def ensure_guest_image(log=print):
     """The cached guest image (built on first use; needs root and the tools of .ci/vm-deps.sh)."""
     if os.geteuid() != 0:
         pytest.skip("building the guest image needs root")
-    from drivers.guestimage import build, tools
+    from dockyard.drivers.guestimage import build, tools
 
     missing = [t for t in NEEDS if not tools.find(t)]
     if missing:

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from provisioner import batch
-from provisioner.errors import DockyardError, InvalidHostname, UsageError
+from dockyard.provisioner.machines import batch
+from dockyard.provisioner.core.errors import DockyardError, InvalidHostname, UsageError
 from tests.integration.conftest import Dockyard
 
 

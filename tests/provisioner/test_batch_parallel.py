@@ -66,10 +66,10 @@ def batch_threads(cli):
     for ident, frame in sys._current_frames().items():
         stack = traceback.extract_stack(frame)
         files = [f.filename for f in stack]
-        if not any(f.endswith(f"provisioner{sep}batch.py") for f in files) or ident in (threading.get_ident(),
+        if not any(f.endswith(f"machines{sep}batch.py") for f in files) or ident in (threading.get_ident(),
                                                                                           cli.ident):
             continue
-        if any(f.endswith(f"provisioner{sep}machine.py") for f in files):
+        if any(f.endswith(f"machines{sep}machine.py") for f in files):
             states.append("inside")
         elif stack[-1].filename == threading.__file__ and stack[-1].name in ("acquire", "wait"):
             states.append("parked")

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from provisioner.cli.main import main
+from dockyard.provisioner.cli.main import main
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_shell_completion_script(tmp_path):
     import subprocess
     import sys
     env = dict(os.environ, _DOCKYARD_COMPLETE="bash_source", PYTHONPATH=os.getcwd())
-    p = subprocess.run([sys.executable, "-m", "provisioner"], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-m", "dockyard"], capture_output=True, text=True, env=env)
     assert p.returncode == 0 and "_dockyard_completion" in p.stdout
 
 
@@ -168,5 +168,5 @@ def test_machine_names_complete(run):
     run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "beta")
     env = dict(os.environ, _DOCKYARD_COMPLETE="bash_complete", COMP_WORDS=f"dockyard -s {run.store} env al",
                COMP_CWORD="4", PYTHONPATH=os.getcwd())
-    p = subprocess.run([sys.executable, "-m", "provisioner"], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-m", "dockyard"], capture_output=True, text=True, env=env)
     assert p.stdout.split() == ["plain,alpha"]

@@ -10,8 +10,8 @@ import keyring
 import pytest
 from keyring.backends import chainer, fail
 
-from provisioner import credentials
-from provisioner.credentials import Field
+from dockyard.provisioner.core import credentials
+from dockyard.provisioner.core.credentials import Field
 from tests.integration.conftest import ROOT, clean_env
 from tests.provisioner.file_keyring import FileKeyring
 
@@ -113,7 +113,7 @@ def test_resolve_reads_the_reference_at_every_call(test_keyring, tmp_path):
 
 
 def _cli(store, *args, env=None, input=None):
-    return subprocess.run([sys.executable, "-m", "provisioner", "--storage-path", str(store), *args],
+    return subprocess.run([sys.executable, "-m", "dockyard", "--storage-path", str(store), *args],
                           capture_output=True, text=True, cwd=ROOT, env=clean_env(env), input=input, timeout=120)
 
 

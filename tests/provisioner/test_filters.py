@@ -2,9 +2,9 @@
 
 import pytest
 
-from provisioner.cli.filters import match, needs_state, parse_filters, swarm_master_name
-from provisioner.cli.tables import HostListItem
-from provisioner.errors import UsageError
+from dockyard.provisioner.cli.filters import match, needs_state, parse_filters, swarm_master_name
+from dockyard.provisioner.cli.tables import HostListItem
+from dockyard.provisioner.core.errors import UsageError
 
 MACHINES = [
     HostListItem(Name="web1", DriverName="qemu", State="Running", Swarm="web1 (master)",

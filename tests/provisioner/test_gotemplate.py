@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from provisioner.cli.gotemplate import TemplateError, compile_template, render
-from provisioner.errors import UsageError
+from dockyard.provisioner.cli.gotemplate import TemplateError, compile_template, render
+from dockyard.provisioner.core.errors import UsageError
 
 
 @dataclass

@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from provisioner import pki
-from provisioner.errors import CertError
+from dockyard.provisioner.core import pki
+from dockyard.provisioner.core.errors import CertError
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-import templates
-from provisioner.errors import UnsupportedOS
-from provisioner.provision import engine_config, initsys, osinfo
+from dockyard import templates
+from dockyard.provisioner.core.errors import UnsupportedOS
+from dockyard.provisioner.provision import engine_config, initsys, osinfo
 
 OS_RELEASES = {
     "debian": ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n', "debian"),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from provisioner.cli.shells import (
+from dockyard.provisioner.cli.shells import (
     GUESSED_SHELL_NOTE, argv_hint, detect_shell, format_config, format_env, format_unset, no_proxy_value,
     shell_syntax,
 )

@@ -1,4 +1,4 @@
-"""provisioner.ssh against a real OpenSSH server on 127.0.0.1.
+"""dockyard.provisioner.core.ssh against a real OpenSSH server on 127.0.0.1.
 
 Each sshd runs in a private mount namespace where /etc/passwd, /etc/group and /etc/sudoers are replaced by
 bind mounts that add the users "tester" (NOPASSWD sudo) and "pwuser" (sudo with password), so the machine's
@@ -29,8 +29,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from provisioner.errors import HostKeyChanged, RemoteCommandError, SSHError, SSHTimeout, SudoPasswordRequired
-from provisioner.ssh import (
+from dockyard.provisioner.core.errors import HostKeyChanged, RemoteCommandError, SSHError, SSHTimeout, SudoPasswordRequired
+from dockyard.provisioner.core.ssh import (
     SSHAuthFailed,
     SSHSession,
     SSHTarget,
@@ -572,7 +572,7 @@ def test_interactive_uses_a_pty_sized_like_the_local_terminal(sshd, client_key, 
                'echo "SIZE2 $(stty size)"; exit 3')
     child = (
         f"import sys, termios; sys.path.insert(0, {REPO!r})\n"
-        "from provisioner.ssh import SSHSession, SSHTarget\n"
+        "from dockyard.provisioner.core.ssh import SSHSession, SSHTarget\n"
         f"t = SSHTarget(host='127.0.0.1', port={sshd.port}, key_path={client_key[0]!r}, "
         f"host_key_path={target.host_key_path!r})\n"
         f"with SSHSession(t) as s:\n    code = s.interactive({command!r})\n"

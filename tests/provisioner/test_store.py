@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from provisioner.errors import InvalidHostname, MachineAlreadyExists, MachineNotExist, StoreError
-from provisioner.store import Store, atomic_write, validate_name
+from dockyard.provisioner.core.errors import InvalidHostname, MachineAlreadyExists, MachineNotExist, StoreError
+from dockyard.provisioner.core.store import Store, atomic_write, validate_name
 
 
 def test_layout_and_permissions(tmp_path):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from provisioner.cli.gotemplate import TemplateError
-from provisioner.cli.tables import (
+from dockyard.provisioner.cli.gotemplate import TemplateError
+from dockyard.provisioner.cli.tables import (
     LS_HEADERS, HostListItem, format_ls, go_duration, natural_sort_key, parse_ls_format, tabwrite,
     tabwrite_text,
 )

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 
-from .errors import InvalidHostname, MachineAlreadyExists, MachineNotExist, StoreError
+from dockyard.provisioner.core.errors import InvalidHostname, MachineAlreadyExists, MachineNotExist, StoreError
 
 CONFIG_VERSION = 3
 DEFAULT_STORE = "~/.dockyard"

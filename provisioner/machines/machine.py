@@ -4,15 +4,16 @@ import datetime
 import os
 import shutil
 
-from drivers import registry
-from drivers.base import State
+from dockyard.drivers import registry
+from dockyard.drivers.base import State
 
-from . import engine_client, pki, provision
-from .errors import (
+from dockyard.provisioner.core import engine_client, pki
+from dockyard.provisioner import provision
+from dockyard.provisioner.core.errors import (
     CertError, DockyardError, EngineUnreachable, HostAlreadyInState, HostNotRunning, MachineAlreadyExists,
     ProvisionError,
 )
-from .store import validate_name
+from dockyard.provisioner.core.store import validate_name
 
 ENGINE_WAIT = 60.0
 SSH_WAIT = 120.0
@@ -164,7 +165,7 @@ class Machine:
         return self.driver.ssh_target()
 
     def session(self, timeout=SSH_WAIT, step="Waiting for SSH to be available"):
-        from .ssh import wait_for_ssh  # paramiko is slow to import; ls/env never need it
+        from dockyard.provisioner.core.ssh import wait_for_ssh  # paramiko is slow to import; ls/env never need it
 
         return wait_for_ssh(self.ssh_target(), timeout=timeout, step=step)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from provisioner.errors import SSHError
-from provisioner.ssh_keys import _atomic_write, check_key_permissions, read_pinned_host_key
+from dockyard.provisioner.core.errors import SSHError
+from dockyard.provisioner.core.ssh_keys import _atomic_write, check_key_permissions, read_pinned_host_key
 
 if TYPE_CHECKING:
-    from provisioner.ssh import SSHTarget
+    from dockyard.provisioner.core.ssh import SSHTarget
 
 
 def _option_path(path: str) -> str:
@@ -22,7 +22,7 @@ def _host_key_options(target: SSHTarget) -> list[str]:
         return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     key = read_pinned_host_key(target.host_key_path)
     if key is None:  # never contacted yet: pin it the same way a session does (after a successful login)
-        from provisioner.ssh import SSHSession  # pins the key after a successful login
+        from dockyard.provisioner.core.ssh import SSHSession  # pins the key after a successful login
 
         SSHSession(target).close()
         key = read_pinned_host_key(target.host_key_path)

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import CertError
-from .store import atomic_write
+from dockyard.provisioner.core.errors import CertError
+from dockyard.provisioner.core.store import atomic_write
 
 CA_DAYS = 3650
 LEAF_DAYS = 1095

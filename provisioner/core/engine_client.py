@@ -10,7 +10,7 @@ import ssl
 import time
 from urllib.parse import urlsplit
 
-from .errors import CertError, EngineUnreachable
+from dockyard.provisioner.core.errors import CertError, EngineUnreachable
 
 
 class TLSFiles:

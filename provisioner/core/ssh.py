@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from provisioner.errors import (
+from dockyard.provisioner.core.errors import (
     HostKeyChanged,
     RemoteCommandError,
     SSHAuthFailed,
@@ -29,7 +29,7 @@ from provisioner.errors import (
     SSHTimeout,
     SudoPasswordRequired,
 )
-from provisioner.ssh_keys import (  # noqa: F401  (re-exported: callers import keys from here)
+from dockyard.provisioner.core.ssh_keys import (  # noqa: F401  (re-exported: callers import keys from here)
     _RememberHostKey,
     _atomic_write,
     _host_key_changed,
@@ -40,7 +40,7 @@ from provisioner.ssh_keys import (  # noqa: F401  (re-exported: callers import k
     read_pinned_host_key,
     write_pinned_host_key,
 )
-from provisioner.ssh_system import system_scp_argv, system_ssh_argv  # noqa: F401  (re-exported)
+from dockyard.provisioner.core.ssh_system import system_scp_argv, system_ssh_argv  # noqa: F401  (re-exported)
 
 # paramiko logs transport failures itself; we report them as exceptions, so keep its records off stderr.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())

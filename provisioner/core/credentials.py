@@ -7,7 +7,7 @@ import os
 import stat
 import threading
 
-from .errors import DockyardError
+from dockyard.provisioner.core.errors import DockyardError
 
 SERVICE = "dockyard"
 FILE_ENV = "DOCKYARD_CREDENTIALS_FILE"
@@ -136,14 +136,14 @@ class FileStore:
 
     @contextlib.contextmanager
     def _locked(self):
-        from .store import file_lock
+        from dockyard.provisioner.core.store import file_lock
 
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         with _index_lock, file_lock(self.path + ".lock", what=f"credentials file {self.path}"):
             yield
 
     def _write(self, data):
-        from .store import atomic_write
+        from dockyard.provisioner.core.store import atomic_write
 
         atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600)
 

@@ -3,8 +3,8 @@ the machine's name, and a summary in which one failure does not hide the others.
 
 import threading
 
-from .errors import DockyardError, UsageError
-from .store import validate_name
+from dockyard.provisioner.core.errors import DockyardError, UsageError
+from dockyard.provisioner.core.store import validate_name
 
 DEFAULT_CONCURRENCY = 4
 

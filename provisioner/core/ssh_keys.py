@@ -15,10 +15,10 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from provisioner.errors import HostKeyChanged, SSHError
+from dockyard.provisioner.core.errors import HostKeyChanged, SSHError
 
 if TYPE_CHECKING:
-    from provisioner.ssh import SSHTarget
+    from dockyard.provisioner.core.ssh import SSHTarget
 
 
 def _atomic_write(path, data: bytes, mode: int) -> None:

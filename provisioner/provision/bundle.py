@@ -1,4 +1,4 @@
-"""Builds dockyard-engine.pyz: one reproducible, executable zipapp carrying the `engine` package."""
+"""Builds dockyard-engine.pyz: one reproducible, executable zipapp carrying the `dockyard.engine` package."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner.errors import ProvisionError
+from dockyard.provisioner.core.errors import ProvisionError
 
 BUNDLE_NAME = "dockyard-engine.pyz"
 INTERPRETER = "/usr/bin/env python3"
 # Name of the info file inside the zip; engine/buildinfo.py reads the same name.
 BUNDLE_INFO_NAME = "dockyard_bundle.json"
 # Bump when the layout or the __main__ changes, so old bundles are not mistaken for current.
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: the engine sits at dockyard/engine inside the zip
 VENDOR_DIR = "_vendor"
 # Pure-Python packages the engine needs on hosts, by import name. pyroute2: bridge networking
 # (netlink, nftables); imported lazily, and from an on-disk copy (engine/network/vendor.py).
@@ -39,9 +39,14 @@ import sys
 # Vendored pure-Python dependencies live in the zip under _vendor/.
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor"))
 
-from engine.daemon import main
+from dockyard.engine.daemon import main
 
 sys.exit(main())
+'''
+
+
+# The bundle carries only the engine: its root package is a marker, not the client's dockyard/__init__.py.
+ROOT_INIT_PY = '''"""dockyard, as shipped to hosts: only the engine (dockyard.engine) is in this bundle."""
 '''
 
 
@@ -57,7 +62,7 @@ class BundleInfo:
 
 
 def _engine_dir() -> Path:
-    spec = importlib.util.find_spec("engine")
+    spec = importlib.util.find_spec("dockyard.engine")
     if spec is None or not spec.submodule_search_locations:
         raise ProvisionError("cannot find the engine package to bundle")
     return Path(list(spec.submodule_search_locations)[0])
@@ -109,7 +114,8 @@ def _engine_version(engine_dir: Path) -> tuple[str, str]:
 
 
 def _sources(engine_dir: Path, vendored: tuple[str, ...]) -> list[tuple[str, bytes]]:
-    files = _walk(engine_dir, "engine") + _vendored_files(vendored)
+    files = _walk(engine_dir, "dockyard/engine") + _vendored_files(vendored)
+    files.append(("dockyard/__init__.py", ROOT_INIT_PY.encode("utf-8")))
     files.append(("__main__.py", MAIN_PY.encode("utf-8")))
     return sorted(files)
 

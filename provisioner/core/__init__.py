@@ -1,0 +1,4 @@
+"""The client's core, below the drivers: errors, the store, PKI, SSH, credentials and the engine's TLS client.
+
+Nothing here imports a driver, the machine layer or the CLI.
+"""
