@@ -9,8 +9,8 @@ import statistics
 import tempfile
 import time
 
-from dockyard.provisioner.machines import machine
 from dockyard.provisioner.core.store import Store
+from dockyard.provisioner.machines import machine
 from tests.hosts import netns_host, rootfs
 
 
@@ -27,10 +27,21 @@ def one_run(root):
         store = Store(store_dir)
         t0 = time.monotonic()
         last[0] = t0
-        machine.create(store, "bench", "generic",
-                       {"generic_ip_address": host.ip, "generic_ssh_key": host.key_path,
-                        "generic_ssh_user": "root", "generic_ssh_port": 22, "generic_engine_port": 2376},
-                       machine.default_engine_options(), [], log)
+        machine.create(
+            store,
+            "bench",
+            "generic",
+            {
+                "generic_ip_address": host.ip,
+                "generic_ssh_key": host.key_path,
+                "generic_ssh_user": "root",
+                "generic_ssh_port": 22,
+                "generic_engine_port": 2376,
+            },
+            machine.default_engine_options(),
+            [],
+            log,
+        )
         total = time.monotonic() - t0
     return total, steps
 
@@ -52,8 +63,10 @@ def main():
             print(f"  {dt:6.3f} s  {prev}")
             prev = line
     med = statistics.median(totals)
-    print(f"create -d generic until the engine answers: median {med:.2f} s over {len(totals)} runs "
-          f"(target <= 5 s: {med / 5.0:.2f}x of the target)")
+    print(
+        f"create -d generic until the engine answers: median {med:.2f} s over {len(totals)} runs "
+        f"(target <= 5 s: {med / 5.0:.2f}x of the target)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
-from dockyard.provisioner.machines import machine
 from dockyard.provisioner.core.store import Store
+from dockyard.provisioner.machines import machine
 from tests.hosts import netns_host, rootfs
 from tests.images import busybox_image_id, busybox_tar
 
@@ -45,6 +45,7 @@ class BenchError(RuntimeError):
 
 
 # ----- helpers --------------------------------------------------------------------------------------
+
 
 def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -142,6 +143,7 @@ def _remove_cgroup_tree(name):
 
 # ----- Debian's dockerd inside the test host ----------------------------------------------------------
 
+
 def ensure_docker_io(log):
     """apt-get install docker.io unless dockerd is there; a policy-rc.d keeps its services from starting."""
     if os.path.exists(DOCKERD):
@@ -193,20 +195,48 @@ class Dockerd:
         (self.dir / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.dir / "key.json")}))
         for sub in ("data", "exec"):
             (self.dir / sub).mkdir()
-        argv = ["nsenter", f"--net=/run/netns/{self.host.netns}",
-                "unshare", "--mount", "--propagation", "private",
-                # dockerd and containerd hard-code /run/docker and /run/containerd/s: a private /run
-                "/bin/sh", "-c", 'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && exec "$@"', "sh",
-                DOCKERD, "--config-file", str(self.dir / "daemon.json"),
-                "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "exec"),
-                "-H", self.url, "--pidfile", str(self.dir / "dockerd.pid"),
-                "--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none",
-                "--storage-driver=overlay2", "--cgroup-parent", "/" + self.cgroup_parent]
+        argv = [
+            "nsenter",
+            f"--net=/run/netns/{self.host.netns}",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            # dockerd and containerd hard-code /run/docker and /run/containerd/s: a private /run
+            "/bin/sh",
+            "-c",
+            'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && exec "$@"',
+            "sh",
+            DOCKERD,
+            "--config-file",
+            str(self.dir / "daemon.json"),
+            "--data-root",
+            str(self.dir / "data"),
+            "--exec-root",
+            str(self.dir / "exec"),
+            "-H",
+            self.url,
+            "--pidfile",
+            str(self.dir / "dockerd.pid"),
+            "--iptables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--storage-driver=overlay2",
+            "--cgroup-parent",
+            "/" + self.cgroup_parent,
+        ]
         self._log = open(self.dir / "dockerd.log", "ab")
         # nsenter, unshare (without --fork) and sh all exec, so this PID is dockerd's
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=_clean_env({"HOME": str(self.dir)}), start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=_clean_env({"HOME": str(self.dir)}),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
         def up():
             if self.proc.poll() is not None:
@@ -219,6 +249,7 @@ class Dockerd:
                     return s.recv(64).startswith(b"HTTP/1.0 200") or None
             except OSError:
                 return None
+
         try:
             _wait_until(up, timeout, "dockerd to answer /_ping")
         except BenchError as e:
@@ -273,8 +304,11 @@ class Dockerd:
             self.proc.wait(10)
         if self._log:
             self._log.close()
-        mounts = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if ln.split()[4].startswith(str(self.dir))]
+        mounts = [
+            ln.split()[4]
+            for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+            if ln.split()[4].startswith(str(self.dir))
+        ]
         if mounts:
             errors.append(f"mounts left under {self.dir}: {mounts}")
         else:
@@ -289,14 +323,26 @@ class Dockerd:
 
 # ----- the dockyard engine -------------------------------------------------------------------------------
 
+
 def provision_engine(host, store, cgroup_parent, log):
     opts = machine.default_engine_options()
     # local pulls only: the benchmark never reaches a registry; own cgroup parent so it can be removed
     opts["ArbitraryFlags"] = [f"cgroup-parent={cgroup_parent}", "registry-pull=local"]
-    machine.create(store, "bench", "generic",
-                   {"generic_ip_address": host.ip, "generic_ssh_key": host.key_path,
-                    "generic_ssh_user": "root", "generic_ssh_port": 22, "generic_engine_port": 2376},
-                   opts, [], log)
+    machine.create(
+        store,
+        "bench",
+        "generic",
+        {
+            "generic_ip_address": host.ip,
+            "generic_ssh_key": host.key_path,
+            "generic_ssh_user": "root",
+            "generic_ssh_port": 22,
+            "generic_engine_port": 2376,
+        },
+        opts,
+        [],
+        log,
+    )
     return "unix://" + str(host.rootfs_dir / "run/dockyard/engine.sock")
 
 
@@ -315,6 +361,7 @@ def engine_processes(host):
 
 # ----- measurements ----------------------------------------------------------------------------------------
 
+
 def docker_cli(url, cli_dir, *args, timeout=120):
     env = _clean_env({"DOCKER_HOST": url, "HOME": cli_dir, "DOCKER_CONFIG": cli_dir})
     return subprocess.run([DOCKER_CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -331,8 +378,9 @@ def bench_cli_run(url, cli_dir, network=("--network", "none")):
 
 def bench_api_cycle(api):
     t0 = time.perf_counter()
-    cid = api.create_container("busybox", ["true"], labels={LABEL: "cycle"},
-                               host_config=api.create_host_config(network_mode="none"))["Id"]
+    cid = api.create_container(
+        "busybox", ["true"], labels={LABEL: "cycle"}, host_config=api.create_host_config(network_mode="none")
+    )["Id"]
     api.start(cid)
     code = api.wait(cid)["StatusCode"]
     api.remove_container(cid)
@@ -347,15 +395,18 @@ def bench_parallel(client, n, tag):
     labels = {LABEL: tag}
 
     def run_one(_):
-        return client.containers.run("busybox", ["sleep", SLEEP], detach=True, network_mode="none",
-                                     labels=labels).id
+        return client.containers.run("busybox", ["sleep", SLEEP], detach=True, network_mode="none", labels=labels).id
 
     t0 = time.perf_counter()
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
             ids = list(pool.map(run_one, range(n)))
-        _wait_until(lambda: len(client.api.containers(quiet=True, filters={"label": f"{LABEL}={tag}"})) >= n,
-                    120, f"{n} containers running", step=0.01)
+        _wait_until(
+            lambda: len(client.api.containers(quiet=True, filters={"label": f"{LABEL}={tag}"})) >= n,
+            120,
+            f"{n} containers running",
+            step=0.01,
+        )
         started = time.perf_counter() - t0
         # outside the timed window: "running" must mean n real processes, not just the engine's word
         real = sum(1 for p in _pids() if _cmdline(p) == f"sleep {SLEEP}")
@@ -378,6 +429,7 @@ def rss_of(pids):
 
 
 # ----- main ------------------------------------------------------------------------------------------------
+
 
 def _fmt_ms(s):
     return f"{s * 1000:.1f}"
@@ -430,8 +482,9 @@ def run(args, log):
             p = docker_cli(url, cli_dir, "load", "-i", str(image), timeout=300)
             if p.returncode != 0:
                 raise BenchError(f"docker load into {name} failed: {p.stderr.strip()}")
-            clients[name] = docker.DockerClient(base_url=url, version="auto", timeout=300,
-                                                max_pool_size=args.parallel + 4)
+            clients[name] = docker.DockerClient(
+                base_url=url, version="auto", timeout=300, max_pool_size=args.parallel + 4
+            )
             got = clients[name].images.get("busybox").id
             if got != image_id:
                 raise BenchError(f"{name} has busybox as {got}, expected {image_id}")
@@ -447,20 +500,23 @@ def run(args, log):
             for _ in range(3):
                 bench_cli_run(engines[name], cli_dir)
                 bench_api_cycle(clients[name].api)
-        for key, fn in (("a", lambda n: bench_cli_run(engines[n], cli_dir)),
-                        ("b", lambda n: bench_api_cycle(clients[n].api))):
+        for key, fn in (
+            ("a", lambda n: bench_cli_run(engines[n], cli_dir)),
+            ("b", lambda n: bench_api_cycle(clients[n].api)),
+        ):
             times = {n: [] for n in order}
             for i in range(args.runs):
-                for name in (order if i % 2 == 0 else order[::-1]):
+                for name in order if i % 2 == 0 else order[::-1]:
                     times[name].append(fn(name))
             results[key] = times
         # context only: dockerd's default network mode (no bridge here) starts faster than --network none
-        results["a_dockerd_default"] = [bench_cli_run(engines["dockerd"], cli_dir, network=())
-                                        for _ in range(min(args.runs, 20))]
+        results["a_dockerd_default"] = [
+            bench_cli_run(engines["dockerd"], cli_dir, network=()) for _ in range(min(args.runs, 20))
+        ]
         log(f"(d): {args.parallel} containers in parallel, {args.rounds} rounds per engine")
         par = {n: [] for n in order}
         for i in range(args.rounds):
-            for name in (order if i % 2 == 0 else order[::-1]):
+            for name in order if i % 2 == 0 else order[::-1]:
                 par[name].append(bench_parallel(clients[name], args.parallel, f"par-{name}-{i}"))
         results["d"] = par
         time.sleep(2)  # settle: no containers left, both idle again
@@ -468,8 +524,13 @@ def run(args, log):
             if c.api.containers(all=True, quiet=True):
                 raise BenchError(f"{name} still lists containers after the runs")
         results["rss_after"] = {"dockyard": rss_of(engine_processes(host)), "dockerd": rss_of(dockerd.processes())}
-        results["meta"] = {"host": host.netns, "versions": versions, "image": image_id, "urls": dict(engines),
-                           "elapsed": time.monotonic() - t_start}
+        results["meta"] = {
+            "host": host.netns,
+            "versions": versions,
+            "image": image_id,
+            "urls": dict(engines),
+            "elapsed": time.monotonic() - t_start,
+        }
     finally:
         errors = []
         for what, fn in reversed(cleanup):
@@ -492,20 +553,26 @@ def report(args, r):
     v = r["meta"]["versions"]
     comp = {c.get("Name"): c.get("Version") for c in v["dockerd"].get("Components") or []}
     print()
-    print(f"dockyard engine {v['dockyard'].get('Version')} (API {v['dockyard'].get('ApiVersion')}) vs Debian "
-          f"dockerd {v['dockerd'].get('Version')} (API {v['dockerd'].get('ApiVersion')}, containerd "
-          f"{comp.get('containerd')}, runc {comp.get('runc')}, overlay2, cgroupfs)")
-    print(f"same test host {r['meta']['host']}, same busybox image {r['meta']['image'][:19]}..., docker CLI "
-          f"{subprocess.run([DOCKER_CLI, '--version'], capture_output=True, text=True).stdout.strip()}, "
-          f"docker-py {__import__('docker').__version__}")
+    print(
+        f"dockyard engine {v['dockyard'].get('Version')} (API {v['dockyard'].get('ApiVersion')}) vs Debian "
+        f"dockerd {v['dockerd'].get('Version')} (API {v['dockerd'].get('ApiVersion')}, containerd "
+        f"{comp.get('containerd')}, runc {comp.get('runc')}, overlay2, cgroupfs)"
+    )
+    print(
+        f"same test host {r['meta']['host']}, same busybox image {r['meta']['image'][:19]}..., docker CLI "
+        f"{subprocess.run([DOCKER_CLI, '--version'], capture_output=True, text=True).stdout.strip()}, "
+        f"docker-py {__import__('docker').__version__}"
+    )
     urls = r["meta"]["urls"]
     print("both daemons run in the test host's network namespace (dockerd: nsenter --net + a private mount ns)")
     print(f"transport: unix sockets for both, no TLS: dockyard {urls['dockyard']}, dockerd {urls['dockerd']}")
     print("every container runs with --network none: this compares container start, not networking")
     print()
     print(f"{'metric':<44} {'dockyard':>10} {'dockerd':>10} {'ratio':>8}  target")
-    for key, title in (("a", f"(a) docker run --rm busybox true, ms, n={args.runs}"),
-                       ("b", f"(b) create+start+wait+rm (docker-py), ms, n={args.runs}")):
+    for key, title in (
+        ("a", f"(a) docker run --rm busybox true, ms, n={args.runs}"),
+        ("b", f"(b) create+start+wait+rm (docker-py), ms, n={args.runs}"),
+    ):
         t = r[key]
         print(title)
         for pct in (50, 95):
@@ -514,8 +581,14 @@ def report(args, r):
         print(_row("      mean (info)", statistics.mean(t["dockyard"]), statistics.mean(t["dockerd"]), _fmt_ms))
     mb = lambda kb: f"{kb / 1024:.1f}"  # noqa: E731
     extra = r["a_dockerd_default"]
-    print(_row(f"      p50 vs dockerd's default network (n={len(extra)})",
-               statistics.median(r["a"]["dockyard"]), statistics.median(extra), _fmt_ms))
+    print(
+        _row(
+            f"      p50 vs dockerd's default network (n={len(extra)})",
+            statistics.median(r["a"]["dockyard"]),
+            statistics.median(extra),
+            _fmt_ms,
+        )
+    )
     print("(c) idle RSS, MB (no containers running)")
     for key, title in (("rss_fresh", "      fresh, after docker load"), ("rss_after", "      after all the runs")):
         ours, theirs = r[key]["dockyard"], r[key]["dockerd"]
@@ -524,12 +597,26 @@ def report(args, r):
     print(_row("      PSS after the runs (info)", ours[1], theirs[1], mb))
     d = r["d"]
     print(f"(d) {args.parallel} x run -d busybox sleep, in parallel, s, median of {args.rounds}")
-    print(_row("      until all running", statistics.median(x[0] for x in d["dockyard"]),
-               statistics.median(x[0] for x in d["dockerd"]), lambda s: f"{s:.2f}"))
-    print(_row("      removing them (rm -f, parallel; info)", statistics.median(x[1] for x in d["dockyard"]),
-               statistics.median(x[1] for x in d["dockerd"]), lambda s: f"{s:.2f}"))
-    print(f"      rounds: dockyard {[round(x[0], 2) for x in d['dockyard']]}, "
-          f"dockerd {[round(x[0], 2) for x in d['dockerd']]}")
+    print(
+        _row(
+            "      until all running",
+            statistics.median(x[0] for x in d["dockyard"]),
+            statistics.median(x[0] for x in d["dockerd"]),
+            lambda s: f"{s:.2f}",
+        )
+    )
+    print(
+        _row(
+            "      removing them (rm -f, parallel; info)",
+            statistics.median(x[1] for x in d["dockyard"]),
+            statistics.median(x[1] for x in d["dockerd"]),
+            lambda s: f"{s:.2f}",
+        )
+    )
+    print(
+        f"      rounds: dockyard {[round(x[0], 2) for x in d['dockyard']]}, "
+        f"dockerd {[round(x[0], 2) for x in d['dockerd']]}"
+    )
     print()
     print("idle processes counted in (c) (pid, RSS MB fresh, after the runs, PSS MB after the runs, command):")
     for name in ("dockyard", "dockerd"):

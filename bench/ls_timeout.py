@@ -12,8 +12,8 @@ import sys
 import tempfile
 import time
 
-from dockyard.provisioner.machines import machine
 from dockyard.provisioner.core.store import Store
+from dockyard.provisioner.machines import machine
 
 
 def main():
@@ -40,14 +40,20 @@ def main():
             machine.create(store, f"m{i}", "none", {"url": url}, machine.default_engine_options(), [], quiet)
         env = dict(os.environ, PYTHONPATH=os.getcwd())
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-m", "dockyard", "-s", d, "ls", "--timeout", str(args.timeout)],
-                           capture_output=True, text=True, env=env)
+        p = subprocess.run(
+            [sys.executable, "-m", "dockyard", "-s", d, "ls", "--timeout", str(args.timeout)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         elapsed = time.monotonic() - t0
     rows = p.stdout.splitlines()[1:]
     timeouts = sum(1 for r in rows if " Timeout " in f" {r} ")
     target = args.timeout + 1
-    print(f"ls over {len(rows)} machines ({timeouts} Timeout rows, {args.dead} dead hosts): {elapsed:.2f} s; "
-          f"target <= {target} s -> {elapsed / target:.2f}x of the target (exit {p.returncode})")
+    print(
+        f"ls over {len(rows)} machines ({timeouts} Timeout rows, {args.dead} dead hosts): {elapsed:.2f} s; "
+        f"target <= {target} s -> {elapsed / target:.2f}x of the target (exit {p.returncode})"
+    )
 
 
 if __name__ == "__main__":

@@ -55,15 +55,46 @@ def raw_boot(image, accel, work):
     mac, port = "52:54:00:12:34:56", free_port()
     seed.write_seed(iso, seed.render("raw", seed.instance_id("raw"), pub, [seed.nic("eth0", mac)]))
     t0 = time.monotonic()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.disk, disk, "20000M"],
-                   check=True)
-    subprocess.run(["qemu-system-x86_64", "-accel", accel, "-m", "1024", "-smp", "2", "-display", "none",
-                    "-kernel", image.kernel, "-initrd", image.initrd, "-append", image.cmdline,
-                    "-drive", f"file={disk},if=virtio,format=qcow2",
-                    "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
-                    "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-                    "-device", f"virtio-net-pci,netdev=n0,mac={mac}", "-device", "virtio-rng-pci",
-                    "-serial", f"file:{serial}", "-monitor", "none", "-pidfile", pidfile, "-daemonize"], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.disk, disk, "20000M"], check=True
+    )
+    subprocess.run(
+        [
+            "qemu-system-x86_64",
+            "-accel",
+            accel,
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-kernel",
+            image.kernel,
+            "-initrd",
+            image.initrd,
+            "-append",
+            image.cmdline,
+            "-drive",
+            f"file={disk},if=virtio,format=qcow2",
+            "-drive",
+            f"file={iso},if=virtio,format=raw,readonly=on",
+            "-netdev",
+            f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-device",
+            f"virtio-net-pci,netdev=n0,mac={mac}",
+            "-device",
+            "virtio-rng-pci",
+            "-serial",
+            f"file:{serial}",
+            "-monitor",
+            "none",
+            "-pidfile",
+            pidfile,
+            "-daemonize",
+        ],
+        check=True,
+    )
     try:
         target = SSHTarget("127.0.0.1", port, "docker", key, None, "raw")
         deadline = t0 + 600
@@ -71,8 +102,7 @@ def raw_boot(image, accel, work):
             if boot.ssh_banner("127.0.0.1", port):
                 try:
                     SSHSession(target, connect_timeout=10).close()
-                    return {"total": time.monotonic() - t0,
-                            "cloud_init": cloud_init_span(boot.read_serial(serial))}
+                    return {"total": time.monotonic() - t0, "cloud_init": cloud_init_span(boot.read_serial(serial))}
                 except Exception:
                     pass
             time.sleep(0.5)
@@ -91,9 +121,26 @@ def dockyard_create(accel, work):
     env.update(DOCKYARD_IMAGE_CACHE=CACHE, PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
     argv = [sys.executable, "-m", "dockyard", "--storage-path", store]
     t0 = time.monotonic()
-    p = subprocess.run(argv + ["create", "-d", "qemu", "--qemu-restrict", "--qemu-accel", accel,
-                               "--qemu-memory", "1024", "--qemu-cpus", "2", "bench"],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
+    p = subprocess.run(
+        argv
+        + [
+            "create",
+            "-d",
+            "qemu",
+            "--qemu-restrict",
+            "--qemu-accel",
+            accel,
+            "--qemu-memory",
+            "1024",
+            "--qemu-cpus",
+            "2",
+            "bench",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     total = time.monotonic() - t0
     mdir = os.path.join(store, "machines", "bench")
     try:
@@ -102,10 +149,15 @@ def dockyard_create(accel, work):
         with open(os.path.join(mdir, "config.json")) as f:
             timings = json.load(f)["Driver"]["Timings"]
         driver = sum(timings.values())
-        return {"total": total, "image": timings["Image"] + timings["Disk"], "accel_probe": timings["AccelProbe"],
-                "launch": timings["Launch"], "boot_to_ssh": timings["BootToSSH"],
-                "cloud_init": cloud_init_span(boot.read_serial(os.path.join(mdir, "serial.log"))),
-                "provisioning": total - driver}
+        return {
+            "total": total,
+            "image": timings["Image"] + timings["Disk"],
+            "accel_probe": timings["AccelProbe"],
+            "launch": timings["Launch"],
+            "boot_to_ssh": timings["BootToSSH"],
+            "cloud_init": cloud_init_span(boot.read_serial(os.path.join(mdir, "serial.log"))),
+            "provisioning": total - driver,
+        }
     finally:
         subprocess.run(argv + ["rm", "-f", "-y", "bench"], capture_output=True, env=env, cwd=ROOT)
 
@@ -131,12 +183,16 @@ def main():
         dys.append(dy["total"])
         ci = lambda span: f"{span[1] - span[0]:.1f}s (uptime {span[0]:.1f}-{span[1]:.1f})" if span else "n/a"  # noqa: E731
         print(f"run {i + 1}: raw qemu boot to SSH {raw['total']:.1f}s [cloud-init {ci(raw['cloud_init'])}]")
-        print(f"        dockyard create {dy['total']:.1f}s = image prep {dy['image']:.2f}s + KVM probe "
-              f"{dy['accel_probe']:.2f}s + QEMU start {dy['launch']:.2f}s + boot to SSH {dy['boot_to_ssh']:.1f}s "
-              f"[cloud-init {ci(dy['cloud_init'])}] + provisioning and engine start {dy['provisioning']:.1f}s")
+        print(
+            f"        dockyard create {dy['total']:.1f}s = image prep {dy['image']:.2f}s + KVM probe "
+            f"{dy['accel_probe']:.2f}s + QEMU start {dy['launch']:.2f}s + boot to SSH {dy['boot_to_ssh']:.1f}s "
+            f"[cloud-init {ci(dy['cloud_init'])}] + provisioning and engine start {dy['provisioning']:.1f}s"
+        )
     ratio = statistics.median(dys) / statistics.median(raws)
-    print(f"median: raw {statistics.median(raws):.1f}s, dockyard {statistics.median(dys):.1f}s, "
-          f"ratio {ratio:.2f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'})")
+    print(
+        f"median: raw {statistics.median(raws):.1f}s, dockyard {statistics.median(dys):.1f}s, "
+        f"ratio {ratio:.2f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

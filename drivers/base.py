@@ -76,18 +76,22 @@ class Driver:
 
     def start(self):
         from dockyard.provisioner.core.errors import NotSupported
+
         raise NotSupported(self.name, "start")
 
     def stop(self):
         from dockyard.provisioner.core.errors import NotSupported
+
         raise NotSupported(self.name, "stop")
 
     def kill(self):
         from dockyard.provisioner.core.errors import NotSupported
+
         raise NotSupported(self.name, "kill")
 
     def restart(self):
         from dockyard.provisioner.core.errors import NotSupported
+
         raise NotSupported(self.name, "restart")
 
     def state(self):
@@ -97,6 +101,7 @@ class Driver:
     def ip(self):
         """The host's address as clients reach it."""
         from dockyard.provisioner.core.errors import DriverError
+
         raise DriverError(f'driver "{self.name}" does not know the machine\'s IP address')
 
     def engine_port(self):
@@ -140,8 +145,11 @@ class Driver:
         from dockyard.provisioner.core.ssh import SSHTarget  # local import: drivers stay light to import
 
         return SSHTarget(
-            host=self.ssh_host(), port=self.ssh_port(), user=self.ssh_user(),
-            key_path=self.ssh_key_path(), host_key_path=self.path("ssh_host_key"),
+            host=self.ssh_host(),
+            port=self.ssh_port(),
+            user=self.ssh_user(),
+            key_path=self.ssh_key_path(),
+            host_key_path=self.path("ssh_host_key"),
             machine=self.machine_name,
         )
 

@@ -4,9 +4,8 @@ import os
 import shutil
 import socket
 
-from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
-
 from dockyard.drivers.base import Driver, Flag, State
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 
 class GenericDriver(Driver):
@@ -14,8 +13,12 @@ class GenericDriver(Driver):
     flags = [
         Flag("generic-ip-address", "IP address or host name of the host", envvar="GENERIC_IP_ADDRESS"),
         Flag("generic-ssh-user", "SSH user", default="root", envvar="GENERIC_SSH_USER"),
-        Flag("generic-ssh-key", "SSH private key path (default: a new key is made for the machine; "
-             "it must then already be authorized on the host)", envvar="GENERIC_SSH_KEY"),
+        Flag(
+            "generic-ssh-key",
+            "SSH private key path (default: a new key is made for the machine; "
+            "it must then already be authorized on the host)",
+            envvar="GENERIC_SSH_KEY",
+        ),
         Flag("generic-ssh-port", "SSH port", default=22, type=int, envvar="GENERIC_SSH_PORT"),
         Flag("generic-engine-port", "Engine port", default=2376, type=int, envvar="GENERIC_ENGINE_PORT"),
     ]

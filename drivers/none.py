@@ -2,9 +2,8 @@
 
 from urllib.parse import urlsplit
 
-from dockyard.provisioner.core.errors import DriverError
-
 from dockyard.drivers.base import Driver, Flag, State
+from dockyard.provisioner.core.errors import DriverError
 
 
 class NoneDriver(Driver):

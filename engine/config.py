@@ -66,15 +66,28 @@ class Config:
 
 # Config-file keys: dockerd's daemon.json names, plus the singular flag names as aliases.
 _FILE_KEYS = {
-    "hosts": "hosts", "host": "hosts",
-    "tlsverify": "tlsverify", "tlscacert": "tlscacert", "tlscert": "tlscert", "tlskey": "tlskey",
+    "hosts": "hosts",
+    "host": "hosts",
+    "tlsverify": "tlsverify",
+    "tlscacert": "tlscacert",
+    "tlscert": "tlscert",
+    "tlskey": "tlskey",
     "insecure-tcp": "insecure_tcp",
-    "labels": "labels", "label": "labels",
-    "data-root": "data_root", "exec-root": "exec_root", "storage-driver": "storage_driver",
-    "insecure-registries": "insecure_registries", "insecure-registry": "insecure_registries",
-    "registry-mirrors": "registry_mirrors", "registry-mirror": "registry_mirrors",
-    "pidfile": "pidfile", "log-level": "log_level", "debug": "debug",
-    "opts": "opts", "opt": "opts", "group": "group",
+    "labels": "labels",
+    "label": "labels",
+    "data-root": "data_root",
+    "exec-root": "exec_root",
+    "storage-driver": "storage_driver",
+    "insecure-registries": "insecure_registries",
+    "insecure-registry": "insecure_registries",
+    "registry-mirrors": "registry_mirrors",
+    "registry-mirror": "registry_mirrors",
+    "pidfile": "pidfile",
+    "log-level": "log_level",
+    "debug": "debug",
+    "opts": "opts",
+    "opt": "opts",
+    "group": "group",
 }
 
 
@@ -83,42 +96,64 @@ def build_parser():
         prog="dockyard-engine",
         description="dockyard container engine: serves the Docker Engine API.",
     )
-    p.add_argument("-H", "--host", dest="hosts", action="append", metavar="URL",
-                   help="socket to listen on, repeatable (default unix://%s; tcp://IP:2376)"
-                        % DEFAULT_UNIX_SOCKET)
-    p.add_argument("--tlsverify", action="store_true", default=None,
-                   help="require mutual TLS on tcp:// hosts")
+    p.add_argument(
+        "-H",
+        "--host",
+        dest="hosts",
+        action="append",
+        metavar="URL",
+        help="socket to listen on, repeatable (default unix://%s; tcp://IP:2376)" % DEFAULT_UNIX_SOCKET,
+    )
+    p.add_argument("--tlsverify", action="store_true", default=None, help="require mutual TLS on tcp:// hosts")
     p.add_argument("--tlscacert", metavar="PATH", help="CA that signs client certificates")
     p.add_argument("--tlscert", metavar="PATH", help="server certificate")
     p.add_argument("--tlskey", metavar="PATH", help="server key")
-    p.add_argument("--insecure-tcp", dest="insecure_tcp", action="store_true", default=None,
-                   help="allow tcp:// without TLS (anyone who can connect is root on this host)")
-    p.add_argument("--label", dest="labels", action="append", metavar="KEY=VALUE",
-                   help="engine label, repeatable")
-    p.add_argument("--data-root", dest="data_root", metavar="DIR",
-                   help="persistent state (default /var/lib/dockyard)")
-    p.add_argument("--exec-root", dest="exec_root", metavar="DIR",
-                   help="runtime state (default /run/dockyard)")
-    p.add_argument("--storage-driver", dest="storage_driver", metavar="NAME",
-                   help="storage driver (default overlay2)")
-    p.add_argument("--insecure-registry", dest="insecure_registries", action="append",
-                   metavar="HOST[:PORT]|CIDR", help="registry allowed over plain HTTP, repeatable")
-    p.add_argument("--registry-mirror", dest="registry_mirrors", action="append", metavar="URL",
-                   help="docker.io mirror, repeatable")
-    p.add_argument("--pidfile", metavar="PATH",
-                   help="pid file (default <exec-root>/dockyard-engine.pid)")
+    p.add_argument(
+        "--insecure-tcp",
+        dest="insecure_tcp",
+        action="store_true",
+        default=None,
+        help="allow tcp:// without TLS (anyone who can connect is root on this host)",
+    )
+    p.add_argument("--label", dest="labels", action="append", metavar="KEY=VALUE", help="engine label, repeatable")
+    p.add_argument("--data-root", dest="data_root", metavar="DIR", help="persistent state (default /var/lib/dockyard)")
+    p.add_argument("--exec-root", dest="exec_root", metavar="DIR", help="runtime state (default /run/dockyard)")
+    p.add_argument("--storage-driver", dest="storage_driver", metavar="NAME", help="storage driver (default overlay2)")
+    p.add_argument(
+        "--insecure-registry",
+        dest="insecure_registries",
+        action="append",
+        metavar="HOST[:PORT]|CIDR",
+        help="registry allowed over plain HTTP, repeatable",
+    )
+    p.add_argument(
+        "--registry-mirror",
+        dest="registry_mirrors",
+        action="append",
+        metavar="URL",
+        help="docker.io mirror, repeatable",
+    )
+    p.add_argument("--pidfile", metavar="PATH", help="pid file (default <exec-root>/dockyard-engine.pid)")
     p.add_argument("-l", "--log-level", dest="log_level", choices=LOG_LEVELS)
-    p.add_argument("--config-file", dest="config_file", metavar="PATH",
-                   help="JSON config, keys as the long flags (default %s if present)"
-                        % DEFAULT_CONFIG_FILE)
+    p.add_argument(
+        "--config-file",
+        dest="config_file",
+        metavar="PATH",
+        help="JSON config, keys as the long flags (default %s if present)" % DEFAULT_CONFIG_FILE,
+    )
     p.add_argument("-D", "--debug", action="store_true", default=None)
-    p.add_argument("--opt", dest="opts", action="append", metavar="KEY=VALUE",
-                   help="generic option for engine subsystems (e.g. bip=172.17.0.1/16), repeatable")
-    p.add_argument("-G", "--group", metavar="GROUP",
-                   help="group owning unix sockets (default docker, if it exists)")
+    p.add_argument(
+        "--opt",
+        dest="opts",
+        action="append",
+        metavar="KEY=VALUE",
+        help="generic option for engine subsystems (e.g. bip=172.17.0.1/16), repeatable",
+    )
+    p.add_argument("-G", "--group", metavar="GROUP", help="group owning unix sockets (default docker, if it exists)")
     p.add_argument("-v", "--version", action="store_true", help="print version and exit")
-    p.add_argument("--bundle-info", dest="bundle_info", action="store_true",
-                   help="print build information as JSON and exit")
+    p.add_argument(
+        "--bundle-info", dest="bundle_info", action="store_true", help="print build information as JSON and exit"
+    )
     return p
 
 
@@ -225,8 +260,7 @@ def registry_config(cfg):
     """/info RegistryConfig from --insecure-registry and --registry-mirror, shaped like moby's."""
     cidrs = ["::1/128", "127.0.0.0/8"]
     index = {
-        "docker.io": {"Name": "docker.io", "Mirrors": list(cfg.registry_mirrors),
-                      "Secure": True, "Official": True},
+        "docker.io": {"Name": "docker.io", "Mirrors": list(cfg.registry_mirrors), "Secure": True, "Official": True},
     }
     for reg in cfg.insecure_registries:
         try:
@@ -244,4 +278,3 @@ def registry_config(cfg):
         "IndexConfigs": index,
         "Mirrors": list(cfg.registry_mirrors),
     }
-

@@ -21,8 +21,12 @@ from dockyard.engine.services import start_services, stop_services
 log = logging.getLogger("dockyard.engine")
 
 _LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-    "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
 }
 _SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt", signal.SIGHUP: "hangup"}
 
@@ -38,8 +42,7 @@ class StartupError(Exception):
 
 def setup_logging(level):
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("dockyard")
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
@@ -101,7 +104,8 @@ class Daemon:
                 raise StartupError(
                     "refusing to listen on %s without TLS: pass --tlsverify with --tlscacert, "
                     "--tlscert and --tlskey (or --insecure-tcp to accept that anyone who can "
-                    "connect is root on this host)" % ", ".join(s.raw for s in tcp))
+                    "connect is root on this host)" % ", ".join(s.raw for s in tcp)
+                )
         if tcp and cfg.tlsverify:
             try:
                 self.tls_context = make_server_tls_context(cfg.tlscacert, cfg.tlscert, cfg.tlskey)
@@ -162,8 +166,7 @@ class Daemon:
         except (OSError, ValueError):
             old = 0
         if old and old != os.getpid() and _pid_alive(old):
-            raise StartupError(
-                "pid file found, ensure dockyard-engine is not running or delete %s" % path)
+            raise StartupError("pid file found, ensure dockyard-engine is not running or delete %s" % path)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = "%s.%d.tmp" % (path, os.getpid())
@@ -181,8 +184,7 @@ class Daemon:
             sel.register(listener.sock, selectors.EVENT_READ, listener)
         sel.register(self._sig_r, selectors.EVENT_READ, None)
         sd_notify("READY=1")
-        log.info("Daemon has completed initialization (version %s, pid %d)",
-                 __version__, os.getpid())
+        log.info("Daemon has completed initialization (version %s, pid %d)", __version__, os.getpid())
         try:
             while not self._stopping:
                 for key, _ in sel.select():
@@ -280,8 +282,7 @@ def main(argv=None):
         sys.stderr.write("dockyard-engine: error: %s\n" % exc)
         return 1
     if args.version:
-        sys.stdout.write("dockyard-engine version %s, build %s\n"
-                         % (__version__, build_info()["commit"]))
+        sys.stdout.write("dockyard-engine version %s, build %s\n" % (__version__, build_info()["commit"]))
         return 0
     if args.bundle_info:
         sys.stdout.write(json.dumps(build_info(), sort_keys=True) + "\n")

@@ -6,10 +6,21 @@ import socket
 
 # Go's GOARCH names, which docker clients expect in /version "Arch".
 _GO_ARCH = {
-    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-    "armv7l": "arm", "armv6l": "arm", "armv8l": "arm", "i386": "386", "i686": "386",
-    "ppc64le": "ppc64le", "ppc64": "ppc64", "s390x": "s390x", "riscv64": "riscv64",
-    "mips64": "mips64", "loongarch64": "loong64",
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "armv8l": "arm",
+    "i386": "386",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "ppc64": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "mips64": "mips64",
+    "loongarch64": "loong64",
 }
 
 # Backing filesystem names as moby's graphdriver reports them.
@@ -86,8 +97,8 @@ def _unescape_mount(field):
     # /proc/mounts escapes space, tab, newline and backslash as octal.
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(field[i])

@@ -37,7 +37,7 @@ def parse_host(spec, tls=True):
     """'unix:///p', 'unix://', 'tcp://IP:PORT', 'tcp://:PORT', 'tcp://[::1]:2376' -> HostSpec."""
     spec = spec.strip()
     if spec.startswith("unix://"):
-        path = spec[len("unix://"):] or DEFAULT_UNIX_SOCKET
+        path = spec[len("unix://") :] or DEFAULT_UNIX_SOCKET
         if not path.startswith("/"):
             raise ListenerError("unix socket path must be absolute: %s" % spec)
         return HostSpec("unix", path=path, raw=spec)

@@ -20,8 +20,10 @@ def start_services(engine):
 
     # -- stores and network: one line per part, e.g. `images_service.start(engine)` ----------
     from dockyard.engine.network import service as network_service
+
     network_service.start(engine)  # bridge network: leases, ports (bridge + NAT set up on first use)
     from dockyard.engine.images import service as images_service
+
     images_service.start(engine)  # images and volumes: engine.services["images"], ["volumes"]
 
     # -----------------------------------------------------------------------------------------

@@ -97,20 +97,22 @@ class VolumeStore:
     @staticmethod
     def validate_name(name):
         if len(name) < 2 and _VALID_NAME.match(name + "a"):
-            raise BadRequest("volume name is too short, names should be at least two alphanumeric "
-                             "characters")
+            raise BadRequest("volume name is too short, names should be at least two alphanumeric characters")
         if not _VALID_NAME.match(name):
-            raise BadRequest('"%s" includes invalid characters for a local volume name, only '
-                             '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host '
-                             "directory, use absolute path" % name)
+            raise BadRequest(
+                '"%s" includes invalid characters for a local volume name, only '
+                '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host '
+                "directory, use absolute path" % name
+            )
 
     def create(self, name=None, labels=None, anonymous=False, driver="local", options=None):
         """Create (or return the existing) volume; anonymous ones get a random 64-hex name."""
         if driver not in (None, "", "local"):
             raise NotFound("plugin %s not found" % driver)
         if options:
-            raise BadRequest("volume driver options are not supported by dockyard (got %s)"
-                             % ", ".join(sorted(options)))
+            raise BadRequest(
+                "volume driver options are not supported by dockyard (got %s)" % ", ".join(sorted(options))
+            )
         if not name:
             name = uuid.uuid4().hex + uuid.uuid4().hex
             anonymous = True
@@ -122,8 +124,13 @@ class VolumeStore:
             labels = dict(labels or {})
             if anonymous:
                 labels.setdefault(ANONYMOUS_LABEL, "")
-            meta = {"Name": name, "Created": time.time(), "Labels": labels, "Options": None,
-                    "Anonymous": bool(anonymous)}
+            meta = {
+                "Name": name,
+                "Created": time.time(),
+                "Labels": labels,
+                "Options": None,
+                "Anonymous": bool(anonymous),
+            }
             stage = os.path.join(self.root, ".new-%s" % uuid.uuid4().hex[:12])
             os.mkdir(stage, 0o701)
             os.mkdir(os.path.join(stage, "_data"), 0o755)

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from tests.hosts import netns_host, rootfs as rootfs_build
+from tests.hosts import netns_host
+from tests.hosts import rootfs as rootfs_build
 
 _HOST_TOOLS = ("mmdebstrap", "nsenter", "unshare", "ip", "mount")
 

@@ -29,13 +29,76 @@ CREATED = "2024-01-01T00:00:00Z"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 BUSYBOX_APPLETS = (
-    "[", "ash", "basename", "cat", "chmod", "chown", "cp", "cut", "date", "dd", "df", "dirname",
-    "dmesg", "du", "echo", "env", "expr", "false", "find", "free", "grep", "head", "hostname",
-    "httpd", "id", "ifconfig", "insmod", "ip", "kill", "ln", "ls", "md5sum", "mkdir", "mknod",
-    "modprobe", "mount", "mv", "nc", "nslookup", "ping", "printf", "ps", "pwd", "readlink", "rm",
-    "rmdir", "sed", "seq", "sh", "sha256sum", "sleep", "sort", "stat", "sync", "sysctl", "tail",
-    "tee", "test", "top", "touch", "tr", "true", "umount", "uname", "uptime", "wc", "wget",
-    "whoami", "xargs", "yes",
+    "[",
+    "ash",
+    "basename",
+    "cat",
+    "chmod",
+    "chown",
+    "cp",
+    "cut",
+    "date",
+    "dd",
+    "df",
+    "dirname",
+    "dmesg",
+    "du",
+    "echo",
+    "env",
+    "expr",
+    "false",
+    "find",
+    "free",
+    "grep",
+    "head",
+    "hostname",
+    "httpd",
+    "id",
+    "ifconfig",
+    "insmod",
+    "ip",
+    "kill",
+    "ln",
+    "ls",
+    "md5sum",
+    "mkdir",
+    "mknod",
+    "modprobe",
+    "mount",
+    "mv",
+    "nc",
+    "nslookup",
+    "ping",
+    "printf",
+    "ps",
+    "pwd",
+    "readlink",
+    "rm",
+    "rmdir",
+    "sed",
+    "seq",
+    "sh",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "sync",
+    "sysctl",
+    "tail",
+    "tee",
+    "test",
+    "top",
+    "touch",
+    "tr",
+    "true",
+    "umount",
+    "uname",
+    "uptime",
+    "wc",
+    "wget",
+    "whoami",
+    "xargs",
+    "yes",
 )
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnobody:x:65534:\n"
@@ -76,8 +139,10 @@ def _cached(name: str, recipe: dict, build) -> Path:
 
 # -- generic archive writer --------------------------------------------------------------
 
-def _tarinfo(name: str, kind: str = "file", size: int = 0, mode: int = 0o644, link: str = "",
-             mtime: int = FIXED_MTIME) -> tarfile.TarInfo:
+
+def _tarinfo(
+    name: str, kind: str = "file", size: int = 0, mode: int = 0o644, link: str = "", mtime: int = FIXED_MTIME
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
     info.mode = mode
@@ -132,6 +197,7 @@ def write_archive(out, images, layout: str = "docker", gzip_layers: bool = False
     layout "oci": OCI image layout (oci-layout, index.json, blobs/) without manifest.json.
     Layer blobs are gzip'd when gzip_layers; the whole archive when gzip_outer.
     """
+
     def add(tar, name, data):
         tar.addfile(_tarinfo(name, size=len(data)), io.BytesIO(data))
 
@@ -159,18 +225,31 @@ def write_archive(out, images, layout: str = "docker", gzip_layers: bool = False
             cfg_hex = _sha(config)
             if layout == "oci":
                 add(tar, f"blobs/sha256/{cfg_hex}", config)
-                man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                  "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                             "digest": "sha256:" + cfg_hex, "size": len(config)},
-                                  "layers": descs}).encode()
+                man = json.dumps(
+                    {
+                        "schemaVersion": 2,
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "config": {
+                            "mediaType": "application/vnd.oci.image.config.v1+json",
+                            "digest": "sha256:" + cfg_hex,
+                            "size": len(config),
+                        },
+                        "layers": descs,
+                    }
+                ).encode()
                 add(tar, f"blobs/sha256/{_sha(man)}", man)
-                desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                        "digest": "sha256:" + _sha(man), "size": len(man)}
+                desc = {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:" + _sha(man),
+                    "size": len(man),
+                }
                 for tag in tags or [None]:
                     d = dict(desc)
                     if tag:
-                        d["annotations"] = {"io.containerd.image.name": tag,
-                                            "org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1]}
+                        d["annotations"] = {
+                            "io.containerd.image.name": tag,
+                            "org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1],
+                        }
                     index.append(d)
             else:
                 add(tar, f"{cfg_hex}.json", config)
@@ -193,6 +272,7 @@ def write_archive(out, images, layout: str = "docker", gzip_layers: bool = False
 
 # -- busybox ---------------------------------------------------------------------------------
 
+
 def busybox_binary() -> Path:
     """/bin/busybox of Debian's busybox-static (apt-get download, cached)."""
     base = cache_dir() / "busybox-static"
@@ -209,15 +289,15 @@ def busybox_binary() -> Path:
             proc = subprocess.run(["apt-get", "download", "busybox-static"], cwd=work, capture_output=True, text=True)
             if proc.returncode != 0:  # stale package lists: refresh once, then retry
                 subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
-                proc = subprocess.run(["apt-get", "download", "busybox-static"], cwd=work,
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    ["apt-get", "download", "busybox-static"], cwd=work, capture_output=True, text=True
+                )
             debs = glob.glob(str(work / "busybox-static_*.deb"))
             if proc.returncode != 0 or not debs:
                 raise RuntimeError(f"apt-get download busybox-static failed: {proc.stderr.strip()}")
             fsys = subprocess.run(["dpkg-deb", "--fsys-tarfile", debs[0]], capture_output=True, check=True).stdout
             with tarfile.open(fileobj=io.BytesIO(fsys)) as tar:
-                member = next(m for m in tar.getmembers()
-                              if m.name.lstrip("./") in ("bin/busybox", "usr/bin/busybox"))
+                member = next(m for m in tar.getmembers() if m.name.lstrip("./") in ("bin/busybox", "usr/bin/busybox"))
                 data = tar.extractfile(member).read()
             tmp = base / "busybox.tmp"
             tmp.write_bytes(data)
@@ -231,26 +311,42 @@ def busybox_binary() -> Path:
 
 def busybox_layer(binary: bytes) -> bytes:
     entries = [
-        ("bin", "dir", None, 0o755), ("bin/busybox", "file", binary, 0o755),
+        ("bin", "dir", None, 0o755),
+        ("bin/busybox", "file", binary, 0o755),
         *[(f"bin/{a}", "symlink", "busybox", 0o777) for a in BUSYBOX_APPLETS],
-        ("dev", "dir", None, 0o755), ("etc", "dir", None, 0o755),
-        ("etc/passwd", "file", PASSWD, 0o644), ("etc/group", "file", GROUP, 0o644),
-        ("home", "dir", None, 0o755), ("proc", "dir", None, 0o555), ("root", "dir", None, 0o700),
-        ("sys", "dir", None, 0o555), ("tmp", "dir", None, 0o1777), ("usr", "dir", None, 0o755),
-        ("usr/bin", "dir", None, 0o755), ("var", "dir", None, 0o755), ("var/www", "dir", None, 0o755),
+        ("dev", "dir", None, 0o755),
+        ("etc", "dir", None, 0o755),
+        ("etc/passwd", "file", PASSWD, 0o644),
+        ("etc/group", "file", GROUP, 0o644),
+        ("home", "dir", None, 0o755),
+        ("proc", "dir", None, 0o555),
+        ("root", "dir", None, 0o700),
+        ("sys", "dir", None, 0o555),
+        ("tmp", "dir", None, 0o1777),
+        ("usr", "dir", None, 0o755),
+        ("usr/bin", "dir", None, 0o755),
+        ("var", "dir", None, 0o755),
+        ("var/www", "dir", None, 0o755),
     ]
     return layer_tar(entries)
 
 
 def busybox_tar(tag: str = "busybox:latest") -> Path:
     """docker-archive tarball of a busybox image tagged `tag` (cached)."""
-    recipe = {"v": RECIPE_VERSION, "applets": BUSYBOX_APPLETS, "passwd": PASSWD, "group": GROUP,
-              "created": CREATED, "tag": tag}
+    recipe = {
+        "v": RECIPE_VERSION,
+        "applets": BUSYBOX_APPLETS,
+        "passwd": PASSWD,
+        "group": GROUP,
+        "created": CREATED,
+        "tag": tag,
+    }
 
     def build(tmp: Path):
         layer = busybox_layer(busybox_binary().read_bytes())
-        config = image_config(["sha256:" + _sha(layer)],
-                              history=[{"created": CREATED, "created_by": "dockyard tests: busybox-static"}])
+        config = image_config(
+            ["sha256:" + _sha(layer)], history=[{"created": CREATED, "created_by": "dockyard tests: busybox-static"}]
+        )
         write_archive(tmp, [(config, [layer], [tag])])
 
     return _cached("busybox", recipe, build)
@@ -265,12 +361,18 @@ def busybox_image_id(path: Path | None = None) -> str:
 
 # -- Debian + python3 ---------------------------------------------------------------------
 
+
 def python_tar(tag: str = "pyweb:latest") -> Path:
     """docker-archive of a minimal Debian bookworm with python3 (mmdebstrap; cached, slow once)."""
     from tests.hosts import rootfs as hostroot
 
-    recipe = {"v": RECIPE_VERSION, "suite": PYTHON_SUITE, "packages": PYTHON_PACKAGES,
-              "dpkg": hostroot.DPKG_OPTIONS, "tag": tag}
+    recipe = {
+        "v": RECIPE_VERSION,
+        "suite": PYTHON_SUITE,
+        "packages": PYTHON_PACKAGES,
+        "dpkg": hostroot.DPKG_OPTIONS,
+        "tag": tag,
+    }
 
     def build(tmp: Path):
         if not shutil.which("mmdebstrap"):
@@ -279,17 +381,27 @@ def python_tar(tag: str = "pyweb:latest") -> Path:
         work = Path(tempfile.mkdtemp(dir=cache_dir()))
         try:
             rootfs_tar = work / "rootfs.tar"
-            cmd = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(PYTHON_PACKAGES),
-                   "--format=tar", *[f"--dpkgopt={o}" for o in hostroot.DPKG_OPTIONS],
-                   *[f"--aptopt={o}" for o in hostroot._host_apt_options()],
-                   PYTHON_SUITE, str(rootfs_tar), f"deb {main} {PYTHON_SUITE} main",
-                   f"deb {security} {PYTHON_SUITE}-security main"]
+            cmd = [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--include=" + ",".join(PYTHON_PACKAGES),
+                "--format=tar",
+                *[f"--dpkgopt={o}" for o in hostroot.DPKG_OPTIONS],
+                *[f"--aptopt={o}" for o in hostroot._host_apt_options()],
+                PYTHON_SUITE,
+                str(rootfs_tar),
+                f"deb {main} {PYTHON_SUITE} main",
+                f"deb {security} {PYTHON_SUITE}-security main",
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"mmdebstrap failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             layer = rootfs_tar.read_bytes()
-            config = image_config(["sha256:" + _sha(layer)], cmd=("python3",),
-                                  history=[{"created": CREATED, "created_by": "mmdebstrap minbase python3"}])
+            config = image_config(
+                ["sha256:" + _sha(layer)],
+                cmd=("python3",),
+                history=[{"created": CREATED, "created_by": "mmdebstrap minbase python3"}],
+            )
             write_archive(tmp, [(config, [layer], [tag])])
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -2,12 +2,11 @@
 
 import uuid
 
-from dockyard.provisioner.core.credentials import Field
-from dockyard.provisioner.core.errors import DriverError
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, key_value_tags
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
 CANONICAL = "099720109477"
 # Ubuntu 24.04 LTS (noble), newest first by the date in the name; the same query works in every region.
@@ -36,25 +35,48 @@ class AmazonEC2Driver(CloudDriver):
         Flag("amazonec2-session-token", "AWS session token", envvar="AWS_SESSION_TOKEN"),
         Flag("amazonec2-region", "Region", default="us-east-1", envvar="AWS_DEFAULT_REGION"),
         Flag("amazonec2-zone", "Availability zone letter", default="a", envvar="AWS_ZONE"),
-        Flag("amazonec2-ami", "AMI id (default: the newest Ubuntu 24.04 LTS AMI from Canonical in the region)",
-             envvar="AWS_AMI"),
+        Flag(
+            "amazonec2-ami",
+            "AMI id (default: the newest Ubuntu 24.04 LTS AMI from Canonical in the region)",
+            envvar="AWS_AMI",
+        ),
         Flag("amazonec2-instance-type", "Instance type", default="t3.micro", envvar="AWS_INSTANCE_TYPE"),
         Flag("amazonec2-vpc-id", "VPC id (default: the region's default VPC)", envvar="AWS_VPC_ID"),
         Flag("amazonec2-subnet-id", "Subnet id (default: the VPC's subnet in the zone)", envvar="AWS_SUBNET_ID"),
-        Flag("amazonec2-security-group", "Security group to create or reuse", default="dockyard",
-             envvar="AWS_SECURITY_GROUP"),
-        Flag("amazonec2-security-group-readonly", "Use the security group as it is; do not add rules",
-             is_flag=True, envvar="AWS_SECURITY_GROUP_READONLY"),
+        Flag(
+            "amazonec2-security-group",
+            "Security group to create or reuse",
+            default="dockyard",
+            envvar="AWS_SECURITY_GROUP",
+        ),
+        Flag(
+            "amazonec2-security-group-readonly",
+            "Use the security group as it is; do not add rules",
+            is_flag=True,
+            envvar="AWS_SECURITY_GROUP_READONLY",
+        ),
         Flag("amazonec2-root-size", "Root disk size in GB", default=16, type=int, envvar="AWS_ROOT_SIZE"),
         Flag("amazonec2-volume-type", "Root volume type", default="gp3", envvar="AWS_VOLUME_TYPE"),
         Flag("amazonec2-device-name", "Root device name (default: the AMI's)", envvar="AWS_DEVICE_NAME"),
         Flag("amazonec2-iam-instance-profile", "IAM instance profile name or ARN", envvar="AWS_INSTANCE_PROFILE"),
-        Flag("amazonec2-private-address-only", "No public address; reach the machine by its private one",
-             is_flag=True, envvar="AWS_PRIVATE_ADDRESS_ONLY"),
-        Flag("amazonec2-use-private-address", "Reach the machine by its private address",
-             is_flag=True, envvar="AWS_USE_PRIVATE_ADDRESS"),
-        Flag("amazonec2-request-spot-instance", "Ask for a spot instance", is_flag=True,
-             envvar="AWS_REQUEST_SPOT_INSTANCE"),
+        Flag(
+            "amazonec2-private-address-only",
+            "No public address; reach the machine by its private one",
+            is_flag=True,
+            envvar="AWS_PRIVATE_ADDRESS_ONLY",
+        ),
+        Flag(
+            "amazonec2-use-private-address",
+            "Reach the machine by its private address",
+            is_flag=True,
+            envvar="AWS_USE_PRIVATE_ADDRESS",
+        ),
+        Flag(
+            "amazonec2-request-spot-instance",
+            "Ask for a spot instance",
+            is_flag=True,
+            envvar="AWS_REQUEST_SPOT_INSTANCE",
+        ),
         Flag("amazonec2-spot-price", "Maximum spot price (default: on-demand price)", envvar="AWS_SPOT_PRICE"),
     ] + common_flags("amazonec2", "AWS_", ssh_user="ubuntu", endpoint_env="AWS_ENDPOINT")
 
@@ -93,8 +115,14 @@ class AmazonEC2Driver(CloudDriver):
         region = self.config["Region"]
         if region not in cls.list_regions():
             raise CloudNotFound(f'{self.name}: unknown region "{region}"')
-        return cls(secrets["access_key"], secrets["secret_key"], token=secrets.get("session_token") or None,
-                   region=region, signature_version="4", **self.endpoint_kwargs(endpoint))
+        return cls(
+            secrets["access_key"],
+            secrets["secret_key"],
+            token=secrets.get("session_token") or None,
+            region=region,
+            signature_version="4",
+            **self.endpoint_kwargs(endpoint),
+        )
 
     def check_access(self, conn):
         conn.list_key_pairs()
@@ -107,16 +135,20 @@ class AmazonEC2Driver(CloudDriver):
             if not self.config["VpcId"]:
                 vpcs = conn.ex_list_networks(filters={"isDefault": "true"})
                 if not vpcs:
-                    raise CloudNotFound(f"{self.name}: region {self.config['Region']} has no default VPC; "
-                                        "pass --amazonec2-vpc-id and --amazonec2-subnet-id")
+                    raise CloudNotFound(
+                        f"{self.name}: region {self.config['Region']} has no default VPC; "
+                        "pass --amazonec2-vpc-id and --amazonec2-subnet-id"
+                    )
                 self.config["VpcId"] = vpcs[0].id
         with self.api("finding the subnet"):
             if not self.config["SubnetId"]:
                 zone = self.config["Region"] + self.config["Zone"]
                 subnets = conn.ex_list_subnets(filters={"vpc-id": self.config["VpcId"], "availability-zone": zone})
                 if not subnets:
-                    raise CloudNotFound(f"{self.name}: VPC {self.config['VpcId']} has no subnet in zone {zone}; "
-                                        "pass --amazonec2-subnet-id or another --amazonec2-zone")
+                    raise CloudNotFound(
+                        f"{self.name}: VPC {self.config['VpcId']} has no subnet in zone {zone}; "
+                        "pass --amazonec2-subnet-id or another --amazonec2-zone"
+                    )
                 self.config["SubnetId"] = subnets[0].id
             subnets = conn.ex_list_subnets(subnet_ids=[self.config["SubnetId"]])
         with self.api("checking the instance type"):
@@ -140,22 +172,26 @@ class AmazonEC2Driver(CloudDriver):
             if self.config["AMI"]:
                 images = conn.list_images(ex_image_ids=[self.config["AMI"]])
                 if not images:
-                    raise CloudNotFound(f'{self.name}: image "{self.config["AMI"]}" not found in region '
-                                        f'{self.config["Region"]}')
+                    raise CloudNotFound(
+                        f'{self.name}: image "{self.config["AMI"]}" not found in region {self.config["Region"]}'
+                    )
                 return images[0]
             pattern = UBUNTU_IMAGE_NAME.format(arch=_arch(self.config["InstanceType"]))
             images = conn.list_images(ex_owner=CANONICAL, ex_filters={"name": pattern, "state": "available"})
             if not images:
-                raise CloudNotFound(f"{self.name}: no Ubuntu 24.04 image from Canonical in region "
-                                    f"{self.config['Region']}; pass --amazonec2-ami")
+                raise CloudNotFound(
+                    f"{self.name}: no Ubuntu 24.04 image from Canonical in region "
+                    f"{self.config['Region']}; pass --amazonec2-ami"
+                )
             image = max(images, key=lambda i: (i.extra.get("creation_date") or "", i.name or ""))
             self.config["AMI"] = image.id
             return image
 
     # -- shared security group ---------------------------------------------------------------------------
     def _find_group(self, conn):
-        groups = conn.ex_get_security_groups(filters={"group-name": self.config["FirewallName"],
-                                                      "vpc-id": self.config["VpcId"]})
+        groups = conn.ex_get_security_groups(
+            filters={"group-name": self.config["FirewallName"], "vpc-id": self.config["VpcId"]}
+        )
         return groups[0] if groups else None
 
     def ensure_firewall(self, conn):
@@ -163,31 +199,38 @@ class AmazonEC2Driver(CloudDriver):
             group = self._find_group(conn)
             if group is None:
                 if self.config["SecurityGroupReadonly"]:
-                    raise CloudNotFound(f'{self.name}: security group "{self.config["FirewallName"]}" does not exist '
-                                        "(and --amazonec2-security-group-readonly was given)")
-                created = conn.ex_create_security_group(self.config["FirewallName"], GROUP_DESCRIPTION,
-                                                        vpc_id=self.config["VpcId"])
+                    raise CloudNotFound(
+                        f'{self.name}: security group "{self.config["FirewallName"]}" does not exist '
+                        "(and --amazonec2-security-group-readonly was given)"
+                    )
+                created = conn.ex_create_security_group(
+                    self.config["FirewallName"], GROUP_DESCRIPTION, vpc_id=self.config["VpcId"]
+                )
                 group = conn.ex_get_security_groups(group_ids=[created["group_id"]])[0]
-            self.record(FirewallId=group.id,
-                        FirewallManaged=group.extra.get("description") == GROUP_DESCRIPTION)
+            self.record(FirewallId=group.id, FirewallManaged=group.extra.get("description") == GROUP_DESCRIPTION)
             if self.config["SecurityGroupReadonly"]:
                 return
-            have = {(int(r["from_port"]), r["protocol"], c) for r in group.ingress_rules
-                    if r.get("from_port") not in (None, "") and r.get("from_port") == r.get("to_port")
-                    for c in r.get("cidr_ips") or []}
+            have = {
+                (int(r["from_port"]), r["protocol"], c)
+                for r in group.ingress_rules
+                if r.get("from_port") not in (None, "") and r.get("from_port") == r.get("to_port")
+                for c in r.get("cidr_ips") or []
+            }
             for port, proto in self.ports():
                 for cidr in self.config["SourceCIDRs"]:
                     if (port, proto, cidr) not in have:
-                        conn.ex_authorize_security_group_ingress(group.id, port, port, cidr_ips=[cidr],
-                                                                 protocol=proto)
+                        conn.ex_authorize_security_group_ingress(group.id, port, port, cidr_ips=[cidr], protocol=proto)
 
     def release_firewall(self, conn):
         group_id = self.config.get("FirewallId")
         if not group_id:
             return
         with self.api("checking whether the security group is still used"):
-            users = [n for n in conn.list_nodes(ex_filters={"instance.group-id": group_id})
-                     if n.extra.get("status") not in ("terminated",) and str(n.id) != str(self.config.get("NodeId"))]
+            users = [
+                n
+                for n in conn.list_nodes(ex_filters={"instance.group-id": group_id})
+                if n.extra.get("status") not in ("terminated",) and str(n.id) != str(self.config.get("NodeId"))
+            ]
         if users:
             return
         try:
@@ -217,16 +260,27 @@ class AmazonEC2Driver(CloudDriver):
         tags = {"dockyard-machine": self.machine_name}
         tags.update(key_value_tags(self.config["Tags"]))
         device = self.config["DeviceName"] or image.extra.get("root_device_name") or "/dev/sda1"
-        mapping = [{"DeviceName": device, "Ebs": {"VolumeSize": self.config["RootSize"],
-                                                    "VolumeType": self.config["VolumeType"],
-                                                    "DeleteOnTermination": "true"}}]
+        mapping = [
+            {
+                "DeviceName": device,
+                "Ebs": {
+                    "VolumeSize": self.config["RootSize"],
+                    "VolumeType": self.config["VolumeType"],
+                    "DeleteOnTermination": "true",
+                },
+            }
+        ]
         # The client token makes the call idempotent and lets rm -f find an instance whose id was lost.
         token = self.config.get("ClientToken") or uuid.uuid4().hex
         self.record(ClientToken=token)
         kwargs = dict(
-            ex_keyname=self.config["KeyPairName"], ex_userdata=user_data, ex_metadata=tags,
-            ex_security_group_ids=[self.config["FirewallId"]], ex_subnet=resolved["subnet"],
-            ex_blockdevicemappings=mapping, ex_clienttoken=token,
+            ex_keyname=self.config["KeyPairName"],
+            ex_userdata=user_data,
+            ex_metadata=tags,
+            ex_security_group_ids=[self.config["FirewallId"]],
+            ex_subnet=resolved["subnet"],
+            ex_blockdevicemappings=mapping,
+            ex_clienttoken=token,
             # A subnet that maps public addresses gives one anyway; asking through a network interface
             # spec is only needed where it does not (and moves the groups onto the interface).
             ex_assign_public_ip=not self.config["PrivateAddressOnly"] and not resolved["maps_public_ip"],

@@ -6,23 +6,31 @@ import base64
 import re
 import time
 
-from dockyard.provisioner.core.credentials import Field
-from dockyard.provisioner.core.errors import DriverError
-
 from dockyard.drivers.base import Flag, State
 from dockyard.drivers.cloud.base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags, parse_endpoint
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
 NET_API = "2023-09-01"
 COMPUTE_API = "2024-03-01"
 RG_API = "2021-04-01"
 SUB_API = "2022-12-01"  # Microsoft.Resources subscriptions and their locations
 DEFAULT_IMAGE = "Canonical:ubuntu-24_04-lts:server:latest"
-ENVIRONMENTS = {"AzurePublicCloud": "default", "AzureChinaCloud": "AzureChinaCloud",
-                "AzureUSGovernment": "AzureUSGovernment", "AzureGermanCloud": "AzureGermanCloud"}
-POWER = {"PowerState/running": State.RUNNING, "PowerState/starting": State.STARTING,
-         "PowerState/stopping": State.STOPPING, "PowerState/stopped": State.STOPPED,
-         "PowerState/deallocating": State.STOPPING, "PowerState/deallocated": State.STOPPED}
+ENVIRONMENTS = {
+    "AzurePublicCloud": "default",
+    "AzureChinaCloud": "AzureChinaCloud",
+    "AzureUSGovernment": "AzureUSGovernment",
+    "AzureGermanCloud": "AzureGermanCloud",
+}
+POWER = {
+    "PowerState/running": State.RUNNING,
+    "PowerState/starting": State.STARTING,
+    "PowerState/stopping": State.STOPPING,
+    "PowerState/stopped": State.STOPPED,
+    "PowerState/deallocating": State.STOPPING,
+    "PowerState/deallocated": State.STOPPED,
+}
 
 
 class _VM:
@@ -46,26 +54,50 @@ class AzureDriver(CloudDriver):
         Flag("azure-tenant-id", "Tenant (directory) id", envvar="AZURE_TENANT_ID"),
         Flag("azure-client-id", "Service principal application (client) id", envvar="AZURE_CLIENT_ID"),
         Flag("azure-client-secret", "Service principal secret", envvar="AZURE_CLIENT_SECRET"),
-        Flag("azure-environment", "Cloud: " + ", ".join(ENVIRONMENTS), default="AzurePublicCloud",
-             envvar="AZURE_ENVIRONMENT"),
-        Flag("azure-ad-endpoint", "Active Directory URL with --azure-endpoint (private clouds; port 443 only)",
-             envvar="AZURE_AD_ENDPOINT"),
+        Flag(
+            "azure-environment",
+            "Cloud: " + ", ".join(ENVIRONMENTS),
+            default="AzurePublicCloud",
+            envvar="AZURE_ENVIRONMENT",
+        ),
+        Flag(
+            "azure-ad-endpoint",
+            "Active Directory URL with --azure-endpoint (private clouds; port 443 only)",
+            envvar="AZURE_AD_ENDPOINT",
+        ),
         Flag("azure-location", "Location", default="westeurope", envvar="AZURE_LOCATION"),
-        Flag("azure-resource-group", "Resource group (created when missing)", default="dockyard",
-             envvar="AZURE_RESOURCE_GROUP"),
+        Flag(
+            "azure-resource-group",
+            "Resource group (created when missing)",
+            default="dockyard",
+            envvar="AZURE_RESOURCE_GROUP",
+        ),
         Flag("azure-size", "VM size", default="Standard_B1s", envvar="AZURE_SIZE"),
         Flag("azure-image", "Image URN publisher:offer:sku:version", default=DEFAULT_IMAGE, envvar="AZURE_IMAGE"),
         Flag("azure-vnet", "Virtual network (created when missing)", default="dockyard-vnet", envvar="AZURE_VNET"),
         Flag("azure-subnet", "Subnet", default="dockyard", envvar="AZURE_SUBNET"),
-        Flag("azure-subnet-prefix", "Subnet prefix when it is created", default="192.168.0.0/16",
-             envvar="AZURE_SUBNET_PREFIX"),
+        Flag(
+            "azure-subnet-prefix",
+            "Subnet prefix when it is created",
+            default="192.168.0.0/16",
+            envvar="AZURE_SUBNET_PREFIX",
+        ),
         Flag("azure-disk-size", "OS disk size in GB", default=30, type=int, envvar="AZURE_DISK_SIZE"),
         Flag("azure-storage-type", "OS disk storage type", default="StandardSSD_LRS", envvar="AZURE_STORAGE_TYPE"),
         Flag("azure-no-public-ip", "No public IP address", is_flag=True, envvar="AZURE_NO_PUBLIC_IP"),
-        Flag("azure-use-private-ip", "Reach the machine by its private address", is_flag=True,
-             envvar="AZURE_USE_PRIVATE_IP"),
-    ] + common_flags("azure", "AZURE_", ssh_user="docker-user",
-                     firewall_help="Network security group to create or reuse", firewall_default="dockyard-nsg")
+        Flag(
+            "azure-use-private-ip",
+            "Reach the machine by its private address",
+            is_flag=True,
+            envvar="AZURE_USE_PRIVATE_IP",
+        ),
+    ] + common_flags(
+        "azure",
+        "AZURE_",
+        ssh_user="docker-user",
+        firewall_help="Network security group to create or reuse",
+        firewall_default="dockyard-nsg",
+    )
 
     def configure(self, options):
         for key in ("subscription_id", "tenant_id"):
@@ -83,16 +115,21 @@ class AzureDriver(CloudDriver):
             # libcloud signs in to Active Directory on port 443 of the URL's host, whatever the URL says.
             raise DriverError(f'--azure-ad-endpoint "{ad}": the Azure sign-in goes to port 443 only')
         self.config.update(
-            SubscriptionId=self.opt(options, "subscription_id"), TenantId=self.opt(options, "tenant_id"),
-            Environment=env, ADEndpoint=self.opt(options, "ad_endpoint", "") or "",
+            SubscriptionId=self.opt(options, "subscription_id"),
+            TenantId=self.opt(options, "tenant_id"),
+            Environment=env,
+            ADEndpoint=self.opt(options, "ad_endpoint", "") or "",
             Location=self.opt(options, "location", "westeurope"),
             ResourceGroup=self.opt(options, "resource_group", "dockyard"),
-            Size=self.opt(options, "size", "Standard_B1s"), Image=image,
-            VNet=self.opt(options, "vnet", "dockyard-vnet"), Subnet=self.opt(options, "subnet", "dockyard"),
+            Size=self.opt(options, "size", "Standard_B1s"),
+            Image=image,
+            VNet=self.opt(options, "vnet", "dockyard-vnet"),
+            Subnet=self.opt(options, "subnet", "dockyard"),
             SubnetPrefix=self.opt(options, "subnet_prefix", "192.168.0.0/16"),
             DiskSize=int(self.opt(options, "disk_size", 30)),
             StorageType=self.opt(options, "storage_type", "StandardSSD_LRS"),
-            NoPublicIP=no_public, UsePrivateAddress=no_public or bool(self.opt(options, "use_private_ip", False)),
+            NoPublicIP=no_public,
+            UsePrivateAddress=no_public or bool(self.opt(options, "use_private_ip", False)),
         )
         key_value_tags(self.config["Tags"])
 
@@ -109,8 +146,14 @@ class AzureDriver(CloudDriver):
                 env["activeDirectoryEndpointUrl"] = self.config["ADEndpoint"]
             cls = _driver_honouring_port(endpoint)
         # Signs in at once (client credentials grant); a refused secret is a 400/401 with AAD's reason.
-        return cls(self.config["TenantId"], self.config["SubscriptionId"], secrets["client_id"],
-                   secrets["client_secret"], region=self.config["Location"], cloud_environment=env)
+        return cls(
+            self.config["TenantId"],
+            self.config["SubscriptionId"],
+            secrets["client_id"],
+            secrets["client_secret"],
+            region=self.config["Location"],
+            cloud_environment=env,
+        )
 
     # -- ARM requests ----------------------------------------------------------------------------------------
     def rg_path(self):
@@ -129,8 +172,9 @@ class AzureDriver(CloudDriver):
         # Not self.rest(): libcloud's Azure connection JSON-encodes the body itself, so a dict goes in.
         with self.api(what):
             try:
-                return conn.connection.request(path, params={"api-version": api, **(params or {})},
-                                               data=data, method=method).object
+                return conn.connection.request(
+                    path, params={"api-version": api, **(params or {})}, data=data, method=method
+                ).object
             except BaseHTTPError as e:
                 if e.code == 204:  # libcloud counts "204 No Content" (e.g. a DELETE) as a failure
                     return ""
@@ -158,8 +202,9 @@ class AzureDriver(CloudDriver):
 
     def resolve(self, conn):
         sub, loc = f"/subscriptions/{self.config['SubscriptionId']}", self.config["Location"]
-        locations = {x["name"] for x in self.arm(conn, "listing locations", f"{sub}/locations", api=SUB_API)
-                     .get("value", [])}
+        locations = {
+            x["name"] for x in self.arm(conn, "listing locations", f"{sub}/locations", api=SUB_API).get("value", [])
+        }
         if loc not in locations:
             raise CloudNotFound(f'{self.name}: unknown location "{loc}" (available: {", ".join(sorted(locations))})')
         compute = f"{sub}/providers/Microsoft.Compute/locations/{loc}"
@@ -186,10 +231,24 @@ class AzureDriver(CloudDriver):
             self.arm(conn, "creating the resource group", self.rg_path(), "PUT", {"location": loc}, RG_API)
         vnet_path = self.net("virtualNetworks", self.config["VNet"])
         if self.get_or_none(conn, "looking up the virtual network", vnet_path) is None:
-            self.arm(conn, "creating the virtual network", vnet_path, "PUT", {
-                "location": loc, "properties": {"addressSpace": {"addressPrefixes": [self.config["SubnetPrefix"]]},
-                                                "subnets": [{"name": self.config["Subnet"], "properties": {
-                                                    "addressPrefix": self.config["SubnetPrefix"]}}]}})
+            self.arm(
+                conn,
+                "creating the virtual network",
+                vnet_path,
+                "PUT",
+                {
+                    "location": loc,
+                    "properties": {
+                        "addressSpace": {"addressPrefixes": [self.config["SubnetPrefix"]]},
+                        "subnets": [
+                            {
+                                "name": self.config["Subnet"],
+                                "properties": {"addressPrefix": self.config["SubnetPrefix"]},
+                            }
+                        ],
+                    },
+                },
+            )
             self.wait_provisioned(conn, "creating the virtual network", vnet_path)
         name = self.config["FirewallName"]
         if not name:
@@ -197,9 +256,16 @@ class AzureDriver(CloudDriver):
         path = self.net("networkSecurityGroups", name)
         nsg = self.get_or_none(conn, f'looking up security group "{name}"', path)
         rules = list((nsg or {}).get("properties", {}).get("securityRules", []))
-        have = {(r["properties"].get("protocol"), r["properties"].get("destinationPortRange"),
-                 tuple(sorted(r["properties"].get("sourceAddressPrefixes") or [r["properties"].get("sourceAddressPrefix")])))
-                for r in rules}
+        have = {
+            (
+                r["properties"].get("protocol"),
+                r["properties"].get("destinationPortRange"),
+                tuple(
+                    sorted(r["properties"].get("sourceAddressPrefixes") or [r["properties"].get("sourceAddressPrefix")])
+                ),
+            )
+            for r in rules
+        }
         cidrs = tuple(sorted(self.config["SourceCIDRs"]))
         priority = max([r["properties"].get("priority", 100) for r in rules] + [100])
         changed = nsg is None
@@ -209,14 +275,33 @@ class AzureDriver(CloudDriver):
                 continue
             priority += 10
             changed = True
-            rules.append({"name": f"dockyard-{proto}-{port}", "properties": {
-                "protocol": proto.capitalize(), "sourcePortRange": "*", "destinationPortRange": str(port),
-                "sourceAddressPrefixes": list(cidrs), "destinationAddressPrefix": "*", "access": "Allow",
-                "priority": priority, "direction": "Inbound"}})
+            rules.append(
+                {
+                    "name": f"dockyard-{proto}-{port}",
+                    "properties": {
+                        "protocol": proto.capitalize(),
+                        "sourcePortRange": "*",
+                        "destinationPortRange": str(port),
+                        "sourceAddressPrefixes": list(cidrs),
+                        "destinationAddressPrefix": "*",
+                        "access": "Allow",
+                        "priority": priority,
+                        "direction": "Inbound",
+                    },
+                }
+            )
         if changed:
-            self.arm(conn, f'writing security group "{name}"', path, "PUT",
-                     {"location": loc, "tags": {"dockyard": "shared"} if nsg is None else (nsg.get("tags") or {}),
-                      "properties": {"securityRules": rules}})
+            self.arm(
+                conn,
+                f'writing security group "{name}"',
+                path,
+                "PUT",
+                {
+                    "location": loc,
+                    "tags": {"dockyard": "shared"} if nsg is None else (nsg.get("tags") or {}),
+                    "properties": {"securityRules": rules},
+                },
+            )
         self.record(FirewallId=path, FirewallManaged=nsg is None or (nsg.get("tags") or {}).get("dockyard") == "shared")
 
     def release_firewall(self, conn):
@@ -242,9 +327,17 @@ class AzureDriver(CloudDriver):
         if not self.config["NoPublicIP"]:
             pip = self.net("publicIPAddresses", f"{n}-ip")
             self.record(FloatingIPId=pip)
-            self.arm(conn, "creating the public IP", pip, "PUT", {
-                "location": loc, "sku": {"name": "Standard"},
-                "properties": {"publicIPAllocationMethod": "Static", "deleteOption": "Delete"}})
+            self.arm(
+                conn,
+                "creating the public IP",
+                pip,
+                "PUT",
+                {
+                    "location": loc,
+                    "sku": {"name": "Standard"},
+                    "properties": {"publicIPAllocationMethod": "Static", "deleteOption": "Delete"},
+                },
+            )
             self.wait_provisioned(conn, "creating the public IP", pip)
             ipconfig["publicIPAddress"] = {"id": pip, "properties": {"deleteOption": "Delete"}}
         nic = self.net("networkInterfaces", f"{n}-nic")
@@ -255,21 +348,34 @@ class AzureDriver(CloudDriver):
         self.wait_provisioned(conn, "creating the network interface", nic)
         publisher, offer, sku, version = self.config["Image"].split(":")
         user = self.ssh_user()
-        os_profile = {"computerName": n[:64], "adminUsername": user, "linuxConfiguration": {
-            "disablePasswordAuthentication": True,
-            "ssh": {"publicKeys": [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": self.public_key}]}}}
+        os_profile = {
+            "computerName": n[:64],
+            "adminUsername": user,
+            "linuxConfiguration": {
+                "disablePasswordAuthentication": True,
+                "ssh": {"publicKeys": [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": self.public_key}]},
+            },
+        }
         if user_data:
             os_profile["customData"] = base64.b64encode(user_data.encode()).decode()
-        body = {"location": loc, "tags": {"dockyard-machine": self.machine_name, **key_value_tags(self.config["Tags"])},
-                "properties": {
-                    "hardwareProfile": {"vmSize": self.config["Size"]},
-                    "storageProfile": {
-                        "imageReference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
-                        "osDisk": {"createOption": "FromImage", "diskSizeGB": self.config["DiskSize"],
-                                   "deleteOption": "Delete",
-                                   "managedDisk": {"storageAccountType": self.config["StorageType"]}}},
-                    "osProfile": os_profile,
-                    "networkProfile": {"networkInterfaces": [{"id": nic, "properties": {"deleteOption": "Delete"}}]}}}
+        body = {
+            "location": loc,
+            "tags": {"dockyard-machine": self.machine_name, **key_value_tags(self.config["Tags"])},
+            "properties": {
+                "hardwareProfile": {"vmSize": self.config["Size"]},
+                "storageProfile": {
+                    "imageReference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
+                    "osDisk": {
+                        "createOption": "FromImage",
+                        "diskSizeGB": self.config["DiskSize"],
+                        "deleteOption": "Delete",
+                        "managedDisk": {"storageAccountType": self.config["StorageType"]},
+                    },
+                },
+                "osProfile": os_profile,
+                "networkProfile": {"networkInterfaces": [{"id": nic, "properties": {"deleteOption": "Delete"}}]},
+            },
+        }
         self.record(NodeId=self.vm_path())
         self.arm(conn, "creating the VM", self.vm_path(), "PUT", body, COMPUTE_API)
         return self.get_node(conn)
@@ -283,8 +389,9 @@ class AzureDriver(CloudDriver):
         codes = [s.get("code") for s in vm.get("statuses", [])]
         state = next((POWER[c] for c in codes if c in POWER), State.STARTING)
         public, private = [], []
-        nic = self.get_or_none(conn, "reading the network interface", self.net("networkInterfaces",
-                                                                               f"{self.node_name()}-nic"))
+        nic = self.get_or_none(
+            conn, "reading the network interface", self.net("networkInterfaces", f"{self.node_name()}-nic")
+        )
         for cfg in (nic or {}).get("properties", {}).get("ipConfigurations", []):
             if cfg["properties"].get("privateIPAddress"):
                 private.append(cfg["properties"]["privateIPAddress"])
@@ -308,8 +415,14 @@ class AzureDriver(CloudDriver):
         self._vm_action(conn, "deallocate", "stopping (deallocating) the VM")
 
     def kill_node(self, conn, node):
-        self.arm(conn, "powering the VM off", f"{self.config['NodeId']}/powerOff", "POST", api=COMPUTE_API,
-                 params={"skipShutdown": "true"})
+        self.arm(
+            conn,
+            "powering the VM off",
+            f"{self.config['NodeId']}/powerOff",
+            "POST",
+            api=COMPUTE_API,
+            params={"skipShutdown": "true"},
+        )
 
     def reboot_node(self, conn, node):
         self._vm_action(conn, "restart", "restarting the VM")
@@ -336,8 +449,13 @@ class AzureDriver(CloudDriver):
         # The VM's deletion is asynchronous and takes its NIC along; the security group can be deleted only
         # once no NIC refers to it.
         self._gone(conn, "waiting for the VM to be deleted", self.vm_path(), COMPUTE_API, timeout)
-        self._gone(conn, "waiting for the network interface to be deleted",
-                   self.net("networkInterfaces", f"{self.node_name()}-nic"), NET_API, timeout)
+        self._gone(
+            conn,
+            "waiting for the network interface to be deleted",
+            self.net("networkInterfaces", f"{self.node_name()}-nic"),
+            NET_API,
+            timeout,
+        )
 
     def remove(self):
         requested = bool(self.config.get("NodeId") or self.config.get("CreateRequested"))

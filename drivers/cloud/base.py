@@ -14,49 +14,95 @@ import socket
 import threading
 import time
 
-from dockyard.provisioner.core import credentials
-from dockyard.provisioner.core.errors import DockyardError, DriverError, PreCreateCheckError, SSHTimeout
-
 from dockyard.drivers.base import Driver, Flag, State
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound, translate
+from dockyard.provisioner.core import credentials
+from dockyard.provisioner.core.errors import DockyardError, DriverError, PreCreateCheckError, SSHTimeout
 
 RESOURCES_FILE = "cloud-resources.json"  # written the moment the provider returns an id: rm -f finds it
 RUNNING_TIMEOUT = 600.0
 SSH_TIMEOUT_ENV = "DOCKYARD_SSH_TIMEOUT"
 # Keys copied to RESOURCES_FILE: what exists at the provider on behalf of this machine.
-RESOURCE_KEYS = ("NodeId", "NodeName", "ClientToken", "CreateRequested", "KeyPairName", "KeyPairId",
-                 "FirewallId", "FirewallName", "FirewallManaged", "FloatingIPId")
+RESOURCE_KEYS = (
+    "NodeId",
+    "NodeName",
+    "ClientToken",
+    "CreateRequested",
+    "KeyPairName",
+    "KeyPairId",
+    "FirewallId",
+    "FirewallName",
+    "FirewallManaged",
+    "FloatingIPId",
+)
 
-_thread_locks = {}
+_thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
-def common_flags(prefix, env_prefix, ssh_user="root", firewall_help=None, firewall_default=None,
-                 endpoint_env=None, userdata=True, tags=True, endpoint=True):
+def common_flags(
+    prefix,
+    env_prefix,
+    ssh_user="root",
+    firewall_help=None,
+    firewall_default=None,
+    endpoint_env=None,
+    userdata=True,
+    tags=True,
+    endpoint=True,
+):
     """The flags every cloud driver has, named `--<prefix>-...` with env vars `<env_prefix>...`."""
     flags = [
         Flag(f"{prefix}-ssh-user", "SSH user the image lets in", default=ssh_user, envvar=f"{env_prefix}SSH_USER"),
         Flag(f"{prefix}-ssh-port", "SSH port", default=22, type=int, envvar=f"{env_prefix}SSH_PORT"),
-        Flag(f"{prefix}-open-port", "Extra port to open in the firewall, PORT[/tcp|udp] (repeatable)",
-             multiple=True, envvar=f"{env_prefix}OPEN_PORT"),
-        Flag(f"{prefix}-source-cidr", "Allow SSH and the engine only from this CIDR (repeatable; default 0.0.0.0/0)",
-             multiple=True, envvar=f"{env_prefix}SOURCE_CIDR"),
-        Flag(f"{prefix}-account", "Name of the stored credentials to use or save (dockyard creds ls)",
-             default="default", envvar=f"{env_prefix}ACCOUNT"),
-        Flag(f"{prefix}-ssh-timeout", "Seconds to wait for SSH once the node runs", default=120, type=int,
-             envvar=SSH_TIMEOUT_ENV),
+        Flag(
+            f"{prefix}-open-port",
+            "Extra port to open in the firewall, PORT[/tcp|udp] (repeatable)",
+            multiple=True,
+            envvar=f"{env_prefix}OPEN_PORT",
+        ),
+        Flag(
+            f"{prefix}-source-cidr",
+            "Allow SSH and the engine only from this CIDR (repeatable; default 0.0.0.0/0)",
+            multiple=True,
+            envvar=f"{env_prefix}SOURCE_CIDR",
+        ),
+        Flag(
+            f"{prefix}-account",
+            "Name of the stored credentials to use or save (dockyard creds ls)",
+            default="default",
+            envvar=f"{env_prefix}ACCOUNT",
+        ),
+        Flag(
+            f"{prefix}-ssh-timeout",
+            "Seconds to wait for SSH once the node runs",
+            default=120,
+            type=int,
+            envvar=SSH_TIMEOUT_ENV,
+        ),
     ]
     if endpoint:
-        flags.append(Flag(f"{prefix}-endpoint", "API endpoint URL (private clouds, tests)",
-                          envvar=endpoint_env or f"{env_prefix}ENDPOINT"))
+        flags.append(
+            Flag(
+                f"{prefix}-endpoint",
+                "API endpoint URL (private clouds, tests)",
+                envvar=endpoint_env or f"{env_prefix}ENDPOINT",
+            )
+        )
     if firewall_help:
-        flags.append(Flag(f"{prefix}-firewall", firewall_help, default=firewall_default,
-                          envvar=f"{env_prefix}FIREWALL"))
+        flags.append(
+            Flag(f"{prefix}-firewall", firewall_help, default=firewall_default, envvar=f"{env_prefix}FIREWALL")
+        )
     if userdata:
         flags.append(Flag(f"{prefix}-userdata", "Path of a cloud-init user-data file", envvar=f"{env_prefix}USERDATA"))
     if tags:
-        flags.append(Flag(f"{prefix}-tags", "Tags, comma separated (key1,value1,key2,value2 where the provider "
-                          "has key/value tags)", envvar=f"{env_prefix}TAGS"))
+        flags.append(
+            Flag(
+                f"{prefix}-tags",
+                "Tags, comma separated (key1,value1,key2,value2 where the provider has key/value tags)",
+                envvar=f"{env_prefix}TAGS",
+            )
+        )
     return flags
 
 
@@ -177,12 +223,15 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
             self._secrets = {}
             return
         source, values, store = credentials.choose(
-            self.credential_provider, self.config.get("Account") or "default", self.credential_fields,
+            self.credential_provider,
+            self.config.get("Account") or "default",
+            self.credential_fields,
             getattr(self, "_credential_choice", {}) or {},
         )
         file_path = store.path if store is not None and store.kind == "file" else credentials.file_path_from_env()
-        self.config.update(credentials.reference(source, self.credential_provider, self.config.get("Account"),
-                                                 file_path))
+        self.config.update(
+            credentials.reference(source, self.credential_provider, self.config.get("Account"), file_path)
+        )
         self._secrets = values
         self._save_to = store
 
@@ -343,8 +392,12 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
         with _thread_locks_guard:
             tlock = _thread_locks.setdefault(scope, threading.Lock())
         store_root = os.path.dirname(os.path.dirname(os.path.abspath(self.machine_dir)))
-        with tlock, file_lock(os.path.join(store_root, f".cloud-{scope}.lock"), timeout=300,
-                              what=f"{self.name} shared objects"):
+        with (
+            tlock,
+            file_lock(
+                os.path.join(store_root, f".cloud-{scope}.lock"), timeout=300, what=f"{self.name} shared objects"
+            ),
+        ):
             yield
 
     def key_pair_name(self, public_key):
@@ -427,8 +480,10 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
     def node(self):
         node = self.get_node(self.conn())
         if node is None:
-            raise CloudNotFound(f'{self.name}: node {self.config.get("NodeId") or "?"} of machine '
-                                f'"{self.machine_name}" no longer exists at the provider')
+            raise CloudNotFound(
+                f"{self.name}: node {self.config.get('NodeId') or '?'} of machine "
+                f'"{self.machine_name}" no longer exists at the provider'
+            )
         return node
 
     def map_state(self, node):
@@ -436,11 +491,16 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
 
         s = node.state
         return {
-            NodeState.RUNNING: State.RUNNING, NodeState.STOPPED: State.STOPPED,
-            NodeState.STOPPING: State.STOPPING, NodeState.PENDING: State.STARTING,
-            NodeState.STARTING: State.STARTING, NodeState.REBOOTING: State.STARTING,
-            NodeState.SUSPENDED: State.PAUSED, NodeState.PAUSED: State.PAUSED,
-            NodeState.TERMINATED: State.ERROR, NodeState.ERROR: State.ERROR,
+            NodeState.RUNNING: State.RUNNING,
+            NodeState.STOPPED: State.STOPPED,
+            NodeState.STOPPING: State.STOPPING,
+            NodeState.PENDING: State.STARTING,
+            NodeState.STARTING: State.STARTING,
+            NodeState.REBOOTING: State.STARTING,
+            NodeState.SUSPENDED: State.PAUSED,
+            NodeState.PAUSED: State.PAUSED,
+            NodeState.TERMINATED: State.ERROR,
+            NodeState.ERROR: State.ERROR,
         }.get(s, State.NONE)
 
     def state(self):
@@ -456,18 +516,23 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
         while True:
             node = self.get_node(conn)
             if node is None:
-                raise CloudNotFound(f"{self.name}: node {self.config.get('NodeId')} disappeared while waiting "
-                                    f"for it to be {want.value.lower()}")
+                raise CloudNotFound(
+                    f"{self.name}: node {self.config.get('NodeId')} disappeared while waiting "
+                    f"for it to be {want.value.lower()}"
+                )
             st = self.map_state(node)
             last = st.value or str(node.state)
             if st == want and (not need_address or any(self.addresses(node))):
                 return node
             if st == State.ERROR:
-                raise CloudError(f"{self.name}: node {node.id} is in state {node.state} "
-                                 f"while waiting for it to be {want.value.lower()}")
+                raise CloudError(
+                    f"{self.name}: node {node.id} is in state {node.state} "
+                    f"while waiting for it to be {want.value.lower()}"
+                )
             if time.monotonic() > deadline:
-                raise CloudError(f"{self.name}: node {node.id} not {want.value.lower()} after {timeout:.0f}s "
-                                 f"(state {last})")
+                raise CloudError(
+                    f"{self.name}: node {node.id} not {want.value.lower()} after {timeout:.0f}s (state {last})"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -480,7 +545,9 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
         delay = 0.2
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection((host, port), timeout=max(1.0, min(10.0, deadline - time.monotonic()))) as s:
+                with socket.create_connection(
+                    (host, port), timeout=max(1.0, min(10.0, deadline - time.monotonic()))
+                ) as s:
                     s.settimeout(max(1.0, min(10.0, deadline - time.monotonic())))
                     if s.recv(4).startswith(b"SSH-"):
                         return
@@ -492,8 +559,7 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
         hint = ""
         if not self.config.get("UsePrivateAddress") and self.config.get("PrivateIPAddress"):
             hint = f" (from inside the cloud network, --{self.name}-use-private-address may help)"
-        raise SSHTimeout(f"{self.name}: timed out after {timeout:g}s waiting for SSH on {host}:{port}: "
-                         f"{last}{hint}")
+        raise SSHTimeout(f"{self.name}: timed out after {timeout:g}s waiting for SSH on {host}:{port}: {last}{hint}")
 
     def start(self):
         conn = self.conn()

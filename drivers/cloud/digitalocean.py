@@ -2,11 +2,10 @@
 
 import re
 
-from dockyard.provisioner.core.credentials import Field
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudNotFound
+from dockyard.provisioner.core.credentials import Field
 
 
 class DigitalOceanDriver(CloudDriver):
@@ -18,16 +17,27 @@ class DigitalOceanDriver(CloudDriver):
         Flag("digitalocean-size", "Droplet size slug", default="s-1vcpu-1gb", envvar="DIGITALOCEAN_SIZE"),
         Flag("digitalocean-image", "Image slug or id", default="ubuntu-24-04-x64", envvar="DIGITALOCEAN_IMAGE"),
         Flag("digitalocean-ipv6", "Enable IPv6", is_flag=True, envvar="DIGITALOCEAN_IPV6"),
-        Flag("digitalocean-private-networking", "Enable private networking (VPC address)", is_flag=True,
-             envvar="DIGITALOCEAN_PRIVATE_NETWORKING"),
-        Flag("digitalocean-use-private-address", "Reach the droplet by its private address", is_flag=True,
-             envvar="DIGITALOCEAN_USE_PRIVATE_ADDRESS"),
+        Flag(
+            "digitalocean-private-networking",
+            "Enable private networking (VPC address)",
+            is_flag=True,
+            envvar="DIGITALOCEAN_PRIVATE_NETWORKING",
+        ),
+        Flag(
+            "digitalocean-use-private-address",
+            "Reach the droplet by its private address",
+            is_flag=True,
+            envvar="DIGITALOCEAN_USE_PRIVATE_ADDRESS",
+        ),
         Flag("digitalocean-backups", "Enable backups", is_flag=True, envvar="DIGITALOCEAN_BACKUPS"),
-        Flag("digitalocean-monitoring", "Enable the monitoring agent", is_flag=True,
-             envvar="DIGITALOCEAN_MONITORING"),
-    ] + common_flags("digitalocean", "DIGITALOCEAN_", ssh_user="root",
-                     firewall_help="Cloud firewall to create or reuse (applied to droplets by a tag of the same name)",
-                     firewall_default="dockyard")
+        Flag("digitalocean-monitoring", "Enable the monitoring agent", is_flag=True, envvar="DIGITALOCEAN_MONITORING"),
+    ] + common_flags(
+        "digitalocean",
+        "DIGITALOCEAN_",
+        ssh_user="root",
+        firewall_help="Cloud firewall to create or reuse (applied to droplets by a tag of the same name)",
+        firewall_default="dockyard",
+    )
 
     def configure(self, options):
         self.config.update(
@@ -58,8 +68,9 @@ class DigitalOceanDriver(CloudDriver):
         with self.api("checking the region"):
             regions = {loc.id for loc in conn.list_locations()}
         if self.config["Region"] not in regions:
-            raise CloudNotFound(f'{self.name}: unknown region "{self.config["Region"]}" '
-                                f"(available: {', '.join(sorted(regions))})")
+            raise CloudNotFound(
+                f'{self.name}: unknown region "{self.config["Region"]}" (available: {", ".join(sorted(regions))})'
+            )
         with self.api("checking the size"):
             sizes = {s.name for s in conn.list_sizes()}
         if self.config["Size"] not in sizes:
@@ -78,8 +89,9 @@ class DigitalOceanDriver(CloudDriver):
 
     def _rules(self):
         cidrs = self.config["SourceCIDRs"]
-        return [{"protocol": proto, "ports": str(port), "sources": {"addresses": cidrs}}
-                for port, proto in self.ports()]
+        return [
+            {"protocol": proto, "ports": str(port), "sources": {"addresses": cidrs}} for port, proto in self.ports()
+        ]
 
     def ensure_firewall(self, conn):
         name = self.config["FirewallName"]
@@ -89,33 +101,59 @@ class DigitalOceanDriver(CloudDriver):
         fw = next((f for f in firewalls if f["name"] == name), None)
         if fw is None:
             everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
-            body = {"name": name, "tags": [self.firewall_tag()], "inbound_rules": self._rules(),
-                    "outbound_rules": [{"protocol": p, "ports": "all" if p != "icmp" else None,
-                                        "destinations": everywhere} for p in ("tcp", "udp", "icmp")]}
+            body = {
+                "name": name,
+                "tags": [self.firewall_tag()],
+                "inbound_rules": self._rules(),
+                "outbound_rules": [
+                    {"protocol": p, "ports": "all" if p != "icmp" else None, "destinations": everywhere}
+                    for p in ("tcp", "udp", "icmp")
+                ],
+            }
             for rule in body["outbound_rules"]:
                 if rule["ports"] is None:
                     del rule["ports"]
             fw = self.rest(conn, f'creating firewall "{name}"', "/v2/firewalls", "POST", body)["firewall"]
             self.record(FirewallId=fw["id"], FirewallManaged=True)
             return
-        have = {(r["protocol"], r["ports"], a) for r in fw.get("inbound_rules", [])
-                for a in r.get("sources", {}).get("addresses", [])}
-        missing = [r for r in self._rules()
-                   if any((r["protocol"], r["ports"], a) not in have for a in r["sources"]["addresses"])]
+        have = {
+            (r["protocol"], r["ports"], a)
+            for r in fw.get("inbound_rules", [])
+            for a in r.get("sources", {}).get("addresses", [])
+        }
+        missing = [
+            r
+            for r in self._rules()
+            if any((r["protocol"], r["ports"], a) not in have for a in r["sources"]["addresses"])
+        ]
         if missing:
-            self.rest(conn, f'adding rules to firewall "{name}"', f"/v2/firewalls/{fw['id']}/rules", "POST",
-                      {"inbound_rules": missing})
+            self.rest(
+                conn,
+                f'adding rules to firewall "{name}"',
+                f"/v2/firewalls/{fw['id']}/rules",
+                "POST",
+                {"inbound_rules": missing},
+            )
         if self.firewall_tag() not in fw.get("tags", []):
-            self.rest(conn, f'tagging firewall "{name}"', f"/v2/firewalls/{fw['id']}/tags", "POST",
-                      {"tags": [self.firewall_tag()]})
+            self.rest(
+                conn,
+                f'tagging firewall "{name}"',
+                f"/v2/firewalls/{fw['id']}/tags",
+                "POST",
+                {"tags": [self.firewall_tag()]},
+            )
         self.record(FirewallId=fw["id"], FirewallManaged=fw.get("name") == self.firewall_default)
 
     def release_firewall(self, conn):
         fw_id = self.config.get("FirewallId")
         if not fw_id:
             return
-        droplets = self.rest(conn, "checking whether the firewall is still used", "/v2/droplets",
-                             params={"tag_name": self.firewall_tag()})["droplets"]
+        droplets = self.rest(
+            conn,
+            "checking whether the firewall is still used",
+            "/v2/droplets",
+            params={"tag_name": self.firewall_tag()},
+        )["droplets"]
         if any(str(d["id"]) != str(self.config.get("NodeId")) for d in droplets):
             return
         self.rest(conn, "deleting the firewall", f"/v2/firewalls/{fw_id}", "DELETE")
@@ -139,10 +177,16 @@ class DigitalOceanDriver(CloudDriver):
         tags = [self.firewall_tag()] if self.config["FirewallName"] else []
         tags += [t for t in list_tags(self.config["Tags"]) if t not in tags]
         body = {
-            "name": self.node_name(), "region": self.config["Region"], "size": self.config["Size"],
-            "image": self.config["Image"], "ssh_keys": [int(self.config["KeyPairId"])], "tags": tags,
-            "ipv6": self.config["IPv6"], "private_networking": self.config["PrivateNetworking"],
-            "backups": self.config["Backups"], "monitoring": self.config["Monitoring"],
+            "name": self.node_name(),
+            "region": self.config["Region"],
+            "size": self.config["Size"],
+            "image": self.config["Image"],
+            "ssh_keys": [int(self.config["KeyPairId"])],
+            "tags": tags,
+            "ipv6": self.config["IPv6"],
+            "private_networking": self.config["PrivateNetworking"],
+            "backups": self.config["Backups"],
+            "monitoring": self.config["Monitoring"],
         }
         if user_data:
             body["user_data"] = user_data

@@ -28,8 +28,16 @@ class CloudUnreachable(CloudError):
 
 _QUOTA_WORDS = ("quota", "limit exceeded", "limitexceeded", "insufficient", "too many", "rate limit")
 _QUOTA_WORDS_403 = ("quota", "limit exceeded", "limitexceeded", "rate limit")
-_NOT_FOUND_WORDS = ("notfound", "not found", "does not exist", "invalid region", "unknown region",
-                    "invalidamiid", "invalid value", "invalidparametervalue")
+_NOT_FOUND_WORDS = (
+    "notfound",
+    "not found",
+    "does not exist",
+    "invalid region",
+    "unknown region",
+    "invalidamiid",
+    "invalid value",
+    "invalidparametervalue",
+)
 
 
 def one_line(text, limit=400):
@@ -63,7 +71,8 @@ def translate(provider, what, e):
     if isinstance(e, InvalidCredsError) or code in (401, 403) or "authfailure" in low or "unauthorized" in low:
         return CloudAuthError(prefix + f"the provider refused the credentials ({msg})")
     if isinstance(e, (socket.error, ConnectionError, TimeoutError)) or type(e).__module__.startswith(
-            ("requests", "urllib3")):
+        ("requests", "urllib3")
+    ):
         return CloudUnreachable(prefix + f"cannot reach the provider's API ({msg})")
     if code == 404 or any(w in low for w in _NOT_FOUND_WORDS):
         return CloudNotFound(prefix + msg)

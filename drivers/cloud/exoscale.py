@@ -8,11 +8,10 @@ against Exoscale itself the pre-create check stops with an explanation before an
 
 from urllib.parse import urlsplit
 
-from dockyard.provisioner.core.credentials import Field
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
+from dockyard.provisioner.core.credentials import Field
 
 EXOSCALE_HOSTS = ("exoscale.com", "exoscale.ch")
 
@@ -20,10 +19,12 @@ EXOSCALE_HOSTS = ("exoscale.com", "exoscale.ch")
 def retired_message():
     import libcloud
 
-    return ("exoscale: Exoscale retired the CloudStack-compatible API (Compute API v1) on 2024-05-01, and "
-            f"libcloud {libcloud.__version__} reaches Exoscale only through that API, so this driver cannot "
-            "create machines there. Create the instance with Exoscale's own tools (exo CLI, portal) and add it "
-            "with `dockyard create -d generic`; --exoscale-endpoint still works for a CloudStack-compatible API.")
+    return (
+        "exoscale: Exoscale retired the CloudStack-compatible API (Compute API v1) on 2024-05-01, and "
+        f"libcloud {libcloud.__version__} reaches Exoscale only through that API, so this driver cannot "
+        "create machines there. Create the instance with Exoscale's own tools (exo CLI, portal) and add it "
+        "with `dockyard create -d generic`; --exoscale-endpoint still works for a CloudStack-compatible API."
+    )
 
 
 class ExoscaleRetired(CloudError):
@@ -48,16 +49,31 @@ class ExoscaleDriver(CloudDriver):
         Field("api_secret", "EXOSCALE_API_SECRET", "exoscale_api_secret_key"),
     ]
     flags = [
-        Flag("exoscale-api-key", "API key (Exoscale itself retired the API this driver speaks; only a "
-             "CloudStack-compatible --exoscale-endpoint works)", envvar="EXOSCALE_API_KEY"),
+        Flag(
+            "exoscale-api-key",
+            "API key (Exoscale itself retired the API this driver speaks; only a "
+            "CloudStack-compatible --exoscale-endpoint works)",
+            envvar="EXOSCALE_API_KEY",
+        ),
         Flag("exoscale-api-secret-key", "API secret", envvar="EXOSCALE_API_SECRET"),
         Flag("exoscale-availability-zone", "Zone", default="ch-gva-2", envvar="EXOSCALE_AVAILABILITY_ZONE"),
-        Flag("exoscale-instance-profile", "Instance type (service offering)", default="Small",
-             envvar="EXOSCALE_INSTANCE_PROFILE"),
+        Flag(
+            "exoscale-instance-profile",
+            "Instance type (service offering)",
+            default="Small",
+            envvar="EXOSCALE_INSTANCE_PROFILE",
+        ),
         Flag("exoscale-image", "Template name", default="Linux Ubuntu 24.04 LTS 64-bit", envvar="EXOSCALE_IMAGE"),
         Flag("exoscale-disk-size", "Root disk size in GB", default=20, type=int, envvar="EXOSCALE_DISK_SIZE"),
-    ] + common_flags("exoscale", "EXOSCALE_", ssh_user="ubuntu", endpoint_env="EXOSCALE_ENDPOINT",
-                     firewall_help="Security group to create or reuse", firewall_default="dockyard", tags=False)
+    ] + common_flags(
+        "exoscale",
+        "EXOSCALE_",
+        ssh_user="ubuntu",
+        endpoint_env="EXOSCALE_ENDPOINT",
+        firewall_help="Security group to create or reuse",
+        firewall_default="dockyard",
+        tags=False,
+    )
 
     def configure(self, options):
         self.config.update(
@@ -106,8 +122,9 @@ class ExoscaleDriver(CloudDriver):
         with self.api("finding the zone"):
             location = _named(conn.list_locations(), self.config["Zone"], "zone", self.name)
         with self.api("finding the instance type"):
-            size = _named(conn.list_sizes(location=location), self.config["InstanceProfile"], "instance type",
-                          self.name)
+            size = _named(
+                conn.list_sizes(location=location), self.config["InstanceProfile"], "instance type", self.name
+            )
         with self.api("finding the template"):
             image = _named(conn.list_images(location=location), self.config["Image"], "template", self.name)
         return {"location": location, "size": size, "image": image}
@@ -122,11 +139,13 @@ class ExoscaleDriver(CloudDriver):
                 # Not conn.ex_create_security_group: it refuses any name that is a substring of an existing
                 # group's ("dockyard" while "dockyard-old" exists).
                 group = conn.connection._sync_request(
-                    "createSecurityGroup", params={"name": name, "description": "dockyard machines"})["securitygroup"]
+                    "createSecurityGroup", params={"name": name, "description": "dockyard machines"}
+                )["securitygroup"]
             # Made by dockyard (now or for an earlier machine): the last machine to go deletes it.
             self.record(FirewallId=group["id"], FirewallManaged=group.get("description") == "dockyard machines")
-            have = {(r.get("protocol"), int(r.get("startport", -1)), r.get("cidr"))
-                    for r in group.get("ingressrule", [])}
+            have = {
+                (r.get("protocol"), int(r.get("startport", -1)), r.get("cidr")) for r in group.get("ingressrule", [])
+            }
             for port, proto in self.ports():
                 for cidr in self.config["SourceCIDRs"]:
                     if (proto, port, cidr) not in have:
@@ -141,8 +160,13 @@ class ExoscaleDriver(CloudDriver):
         self.record(FirewallId="", FirewallManaged=False)
 
     def create_node(self, conn, resolved, user_data):
-        kwargs = dict(location=resolved["location"], ex_keyname=self.config["KeyPairName"],
-                      ex_userdata=user_data, ex_rootdisksize=self.config["DiskSize"], ex_start_vm=True)
+        kwargs = dict(
+            location=resolved["location"],
+            ex_keyname=self.config["KeyPairName"],
+            ex_userdata=user_data,
+            ex_rootdisksize=self.config["DiskSize"],
+            ex_start_vm=True,
+        )
         if self.config["FirewallName"]:
             kwargs["ex_security_groups"] = [self.config["FirewallName"]]
         with self.api("creating the instance"):

@@ -5,11 +5,10 @@ It does what every libcloud provider can: pick size, image and location by id or
 destroy the node; start/stop where the provider has them. Firewalls are the provider's business here.
 """
 
-from dockyard.provisioner.core.errors import DriverError
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags
 from dockyard.drivers.cloud.errors import CloudNotFound
+from dockyard.provisioner.core.errors import DriverError
 
 # Options that hold secrets: kept in the keyring like any other provider's credentials.
 SECRET_OPTIONS = ("key", "secret", "password", "token", "api_key", "apikey", "access_token", "client_secret")
@@ -45,10 +44,17 @@ class LibcloudDriver(CloudDriver):
     name = "libcloud"
     credential_fields = []  # set per provider below: the secret options given
     flags = [
-        Flag("libcloud-provider", "libcloud compute provider name (e.g. scaleway, upcloud, ovh)",
-             envvar="LIBCLOUD_PROVIDER"),
-        Flag("libcloud-option", "Driver constructor option KEY=VALUE (repeatable; key/secret/token/password "
-             "go to the keyring)", multiple=True, envvar="LIBCLOUD_OPTION"),
+        Flag(
+            "libcloud-provider",
+            "libcloud compute provider name (e.g. scaleway, upcloud, ovh)",
+            envvar="LIBCLOUD_PROVIDER",
+        ),
+        Flag(
+            "libcloud-option",
+            "Driver constructor option KEY=VALUE (repeatable; key/secret/token/password go to the keyring)",
+            multiple=True,
+            envvar="LIBCLOUD_OPTION",
+        ),
         Flag("libcloud-size", "Size id or name", envvar="LIBCLOUD_SIZE"),
         Flag("libcloud-image", "Image id or name", envvar="LIBCLOUD_IMAGE"),
         Flag("libcloud-location", "Location id or name", envvar="LIBCLOUD_LOCATION"),
@@ -77,9 +83,12 @@ class LibcloudDriver(CloudDriver):
         provider = self.opt(options, "provider", "")
         if not provider:
             raise DriverError("libcloud driver requires --libcloud-provider NAME")
-        self.config.update(LibcloudProvider=provider, Size=self.opt(options, "size", "") or "",
-                           Image=self.opt(options, "image", "") or "",
-                           Location=self.opt(options, "location", "") or "")
+        self.config.update(
+            LibcloudProvider=provider,
+            Size=self.opt(options, "size", "") or "",
+            Image=self.opt(options, "image", "") or "",
+            Location=self.opt(options, "location", "") or "",
+        )
         if not self.config["Size"] or not self.config["Image"]:
             raise DriverError("libcloud driver requires --libcloud-size and --libcloud-image")
 
@@ -148,8 +157,10 @@ class LibcloudDriver(CloudDriver):
         elif "auth" in accepts or "**" in accepts:
             kwargs["auth"] = NodeAuthSSHKey(self.public_key)
         else:
-            raise DriverError(f'{self.name}: provider "{self.config["LibcloudProvider"]}" cannot put an SSH key on '
-                              "a new node, which dockyard needs to provision it")
+            raise DriverError(
+                f'{self.name}: provider "{self.config["LibcloudProvider"]}" cannot put an SSH key on '
+                "a new node, which dockyard needs to provision it"
+            )
         if "location" in kwargs and "location" not in accepts and "**" not in accepts:
             del kwargs["location"]
         with self.api("creating the node"):

@@ -7,12 +7,11 @@ import json
 import os
 import re
 
-from dockyard.provisioner.core.credentials import Field
-from dockyard.provisioner.core.errors import DriverError
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudAuthError, CloudError, CloudNotFound, one_line, translate
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
 DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
 # libcloud turns a full resource URL into a path on whatever host the connection talks to.
@@ -29,8 +28,10 @@ def _service_account(value):
         data = json.loads(text)
         return data["client_email"], data
     except (ValueError, KeyError, TypeError):
-        raise DriverError("google: the credentials are not a service account JSON key "
-                          "(GOOGLE_APPLICATION_CREDENTIALS or --google-credentials-file)") from None
+        raise DriverError(
+            "google: the credentials are not a service account JSON key "
+            "(GOOGLE_APPLICATION_CREDENTIALS or --google-credentials-file)"
+        ) from None
 
 
 class GoogleDriver(CloudDriver):
@@ -39,8 +40,11 @@ class GoogleDriver(CloudDriver):
     default_ssh_user = "docker-user"
     credential_fields = [Field("service_account_json", "GOOGLE_APPLICATION_CREDENTIALS", "google_credentials_file")]
     flags = [
-        Flag("google-credentials-file", "Service account JSON key file (its content is kept in the keyring)",
-             envvar="GOOGLE_APPLICATION_CREDENTIALS"),
+        Flag(
+            "google-credentials-file",
+            "Service account JSON key file (its content is kept in the keyring)",
+            envvar="GOOGLE_APPLICATION_CREDENTIALS",
+        ),
         Flag("google-project", "Project id", envvar="GOOGLE_PROJECT"),
         Flag("google-zone", "Zone", default="us-central1-a", envvar="GOOGLE_ZONE"),
         Flag("google-machine-type", "Machine type", default="e2-small", envvar="GOOGLE_MACHINE_TYPE"),
@@ -50,15 +54,31 @@ class GoogleDriver(CloudDriver):
         Flag("google-network", "VPC network", default="default", envvar="GOOGLE_NETWORK"),
         Flag("google-subnetwork", "Subnetwork", envvar="GOOGLE_SUBNETWORK"),
         Flag("google-preemptible", "Preemptible (spot) instance", is_flag=True, envvar="GOOGLE_PREEMPTIBLE"),
-        Flag("google-use-internal-ip", "Reach the machine by its internal address", is_flag=True,
-             envvar="GOOGLE_USE_INTERNAL_IP"),
-        Flag("google-use-internal-ip-only", "No external address at all", is_flag=True,
-             envvar="GOOGLE_USE_INTERNAL_IP_ONLY"),
-        Flag("google-endpoint", "API endpoint URL; the OAuth token request goes there too (proxies, tests)",
-             envvar="GOOGLE_ENDPOINT"),
-    ] + common_flags("google", "GOOGLE_", ssh_user="docker-user", endpoint=False,
-                     firewall_help="Firewall rule to create or reuse (it targets the network tag of the same name)",
-                     firewall_default="dockyard-machines")
+        Flag(
+            "google-use-internal-ip",
+            "Reach the machine by its internal address",
+            is_flag=True,
+            envvar="GOOGLE_USE_INTERNAL_IP",
+        ),
+        Flag(
+            "google-use-internal-ip-only",
+            "No external address at all",
+            is_flag=True,
+            envvar="GOOGLE_USE_INTERNAL_IP_ONLY",
+        ),
+        Flag(
+            "google-endpoint",
+            "API endpoint URL; the OAuth token request goes there too (proxies, tests)",
+            envvar="GOOGLE_ENDPOINT",
+        ),
+    ] + common_flags(
+        "google",
+        "GOOGLE_",
+        ssh_user="docker-user",
+        endpoint=False,
+        firewall_help="Firewall rule to create or reuse (it targets the network tag of the same name)",
+        firewall_default="dockyard-machines",
+    )
 
     def configure(self, options):
         project = self.opt(options, "project", "")
@@ -66,11 +86,14 @@ class GoogleDriver(CloudDriver):
             raise DriverError("google driver requires --google-project (or GOOGLE_PROJECT)")
         internal_only = bool(self.opt(options, "use_internal_ip_only", False))
         self.config.update(
-            Project=project, Zone=self.opt(options, "zone", "us-central1-a"),
+            Project=project,
+            Zone=self.opt(options, "zone", "us-central1-a"),
             MachineType=self.opt(options, "machine_type", "e2-small"),
             Image=self.opt(options, "machine_image", DEFAULT_IMAGE),
-            DiskSize=int(self.opt(options, "disk_size", 20)), DiskType=self.opt(options, "disk_type", "pd-balanced"),
-            Network=self.opt(options, "network", "default"), Subnetwork=self.opt(options, "subnetwork", "") or "",
+            DiskSize=int(self.opt(options, "disk_size", 20)),
+            DiskType=self.opt(options, "disk_type", "pd-balanced"),
+            Network=self.opt(options, "network", "default"),
+            Subnetwork=self.opt(options, "subnetwork", "") or "",
             Preemptible=bool(self.opt(options, "preemptible", False)),
             InternalOnly=internal_only,
             UsePrivateAddress=internal_only or bool(self.opt(options, "use_internal_ip", False)),
@@ -88,16 +111,23 @@ class GoogleDriver(CloudDriver):
         cls = _gce_driver_class(endpoint is not None)
         try:
             # No datacenter: libcloud would look the zone up before we can say it is unknown.
-            return cls(email, key, project=self.config["Project"], auth_type="SA",
-                       credential_file=os.path.join(cache, f"gce-token-{email}{suffix}"),
-                       **self.endpoint_kwargs(endpoint))
+            return cls(
+                email,
+                key,
+                project=self.config["Project"],
+                auth_type="SA",
+                credential_file=os.path.join(cache, f"gce-token-{email}{suffix}"),
+                **self.endpoint_kwargs(endpoint),
+            )
         except (GoogleAuthError, GoogleBaseError) as e:
             # The service account's signed token request was refused (e.g. invalid_grant: a deleted or
             # rotated key): libcloud reports it as a 400, not as refused credentials.
             if isinstance(e, GoogleBaseError) and getattr(e, "http_code", None) not in (400, 401, 403):
                 raise translate(self.name, "signing in", e) from None
-            raise CloudAuthError(f"{self.name}: signing in as {email}: the provider refused the credentials "
-                                 f"({one_line(getattr(e, 'value', None) or e)})") from None
+            raise CloudAuthError(
+                f"{self.name}: signing in as {email}: the provider refused the credentials "
+                f"({one_line(getattr(e, 'value', None) or e)})"
+            ) from None
 
     @contextlib.contextmanager
     def api(self, what):
@@ -128,8 +158,10 @@ class GoogleDriver(CloudDriver):
         with self.api(f'finding zone "{self.config["Zone"]}"'):
             zones = {z.name for z in conn.ex_list_zones()}
         if self.config["Zone"] not in zones:
-            raise CloudNotFound(f'{self.name}: unknown zone "{self.config["Zone"]}" in project '
-                                f'{self.config["Project"]} (zones: {", ".join(sorted(zones))})')
+            raise CloudNotFound(
+                f'{self.name}: unknown zone "{self.config["Zone"]}" in project '
+                f"{self.config['Project']} (zones: {', '.join(sorted(zones))})"
+            )
         with self.api(f'finding machine type "{self.config["MachineType"]}"'):
             size = conn.ex_get_size(self.config["MachineType"], self.config["Zone"])
         how, what = self.image_request()
@@ -156,9 +188,14 @@ class GoogleDriver(CloudDriver):
             try:
                 fw = conn.ex_get_firewall(name)
             except ResourceNotFoundError:
-                conn.ex_create_firewall(name, allowed=[{"IPProtocol": p, "ports": v} for p, v in allowed.items()],
-                                        network=self.config["Network"], source_ranges=self.config["SourceCIDRs"],
-                                        target_tags=[self.tag()], description="dockyard machines")
+                conn.ex_create_firewall(
+                    name,
+                    allowed=[{"IPProtocol": p, "ports": v} for p, v in allowed.items()],
+                    network=self.config["Network"],
+                    source_ranges=self.config["SourceCIDRs"],
+                    target_tags=[self.tag()],
+                    description="dockyard machines",
+                )
                 self.record(FirewallId=name, FirewallManaged=True)
                 return
             have = {(a["IPProtocol"], p) for a in fw.allowed for p in a.get("ports", [])}
@@ -175,8 +212,11 @@ class GoogleDriver(CloudDriver):
 
     def release_firewall(self, conn):
         with self.api("checking whether the firewall rule is still used"):
-            users = [n for n in conn.list_nodes(ex_zone="all")
-                     if self.tag() in (n.extra.get("tags") or []) and n.name != self.node_name()]
+            users = [
+                n
+                for n in conn.list_nodes(ex_zone="all")
+                if self.tag() in (n.extra.get("tags") or []) and n.name != self.node_name()
+            ]
         if users:
             return
         try:
@@ -195,10 +235,17 @@ class GoogleDriver(CloudDriver):
         self.record(NodeId=self.node_name())  # GCE names are the ids within a zone
         with self.api("creating the instance"):
             conn.create_node(
-                self.node_name(), resolved["size"], resolved["image"], location=self.config["Zone"],
-                ex_network=self.config["Network"], ex_subnetwork=self.config["Subnetwork"] or None,
-                ex_tags=tags, ex_metadata=metadata, ex_disk_size=self.config["DiskSize"],
-                ex_disk_type=self.config["DiskType"], ex_preemptible=self.config["Preemptible"] or None,
+                self.node_name(),
+                resolved["size"],
+                resolved["image"],
+                location=self.config["Zone"],
+                ex_network=self.config["Network"],
+                ex_subnetwork=self.config["Subnetwork"] or None,
+                ex_tags=tags,
+                ex_metadata=metadata,
+                ex_disk_size=self.config["DiskSize"],
+                ex_disk_type=self.config["DiskType"],
+                ex_preemptible=self.config["Preemptible"] or None,
                 external_ip=None if self.config["InternalOnly"] else "ephemeral",
                 ex_labels={"dockyard-machine": self.machine_name.replace(".", "-").lower()},
             )

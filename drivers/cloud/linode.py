@@ -4,11 +4,10 @@ import base64
 import re
 import secrets as pysecrets
 
-from dockyard.provisioner.core.credentials import Field
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudNotFound
+from dockyard.provisioner.core.credentials import Field
 
 
 class LinodeDriver(CloudDriver):
@@ -20,12 +19,20 @@ class LinodeDriver(CloudDriver):
         Flag("linode-region", "Region", default="us-east", envvar="LINODE_REGION"),
         Flag("linode-instance-type", "Instance type (plan)", default="g6-nanode-1", envvar="LINODE_INSTANCE_TYPE"),
         Flag("linode-image", "Image", default="linode/ubuntu24.04", envvar="LINODE_IMAGE"),
-        Flag("linode-create-private-ip", "Add a private IPv4 address", is_flag=True,
-             envvar="LINODE_CREATE_PRIVATE_IP"),
-        Flag("linode-use-private-address", "Reach the machine by its private address", is_flag=True,
-             envvar="LINODE_USE_PRIVATE_ADDRESS"),
-    ] + common_flags("linode", "LINODE_", ssh_user="root",
-                     firewall_help="Cloud Firewall (label) to create or reuse", firewall_default="dockyard")
+        Flag("linode-create-private-ip", "Add a private IPv4 address", is_flag=True, envvar="LINODE_CREATE_PRIVATE_IP"),
+        Flag(
+            "linode-use-private-address",
+            "Reach the machine by its private address",
+            is_flag=True,
+            envvar="LINODE_USE_PRIVATE_ADDRESS",
+        ),
+    ] + common_flags(
+        "linode",
+        "LINODE_",
+        ssh_user="root",
+        firewall_help="Cloud Firewall (label) to create or reuse",
+        firewall_default="dockyard",
+    )
 
     def configure(self, options):
         self.config.update(
@@ -47,18 +54,28 @@ class LinodeDriver(CloudDriver):
         self.rest(conn, "checking the credentials", "/v4/profile")
 
     def resolve(self, conn):
-        for what, path, key in (("region", "/v4/regions", "Region"), ("instance type", "/v4/linode/types", "InstanceType")):
+        for what, path, key in (
+            ("region", "/v4/regions", "Region"),
+            ("instance type", "/v4/linode/types", "InstanceType"),
+        ):
             items = self.rest(conn, f"listing {what}s", path, params={"page_size": 500})["data"]
             if self.config[key] not in {i["id"] for i in items}:
                 raise CloudNotFound(f'{self.name}: unknown {what} "{self.config[key]}"')
-        self.rest(conn, f'finding image "{self.config["Image"]}"', f'/v4/images/{self.config["Image"]}')
+        self.rest(conn, f'finding image "{self.config["Image"]}"', f"/v4/images/{self.config['Image']}")
         return {}
 
     # -- firewall -----------------------------------------------------------------------------------------
     def _inbound(self):
-        return [{"label": f"dockyard-{proto}-{port}", "action": "ACCEPT", "protocol": proto.upper(),
-                 "ports": str(port), "addresses": {"ipv4": self.config["SourceCIDRs"]}}
-                for port, proto in self.ports()]
+        return [
+            {
+                "label": f"dockyard-{proto}-{port}",
+                "action": "ACCEPT",
+                "protocol": proto.upper(),
+                "ports": str(port),
+                "addresses": {"ipv4": self.config["SourceCIDRs"]},
+            }
+            for port, proto in self.ports()
+        ]
 
     def ensure_firewall(self, conn):
         label = self.config["FirewallName"]
@@ -67,29 +84,44 @@ class LinodeDriver(CloudDriver):
         found = self.rest(conn, "listing firewalls", "/v4/networking/firewalls", params={"page_size": 500})["data"]
         fw = next((f for f in found if f["label"] == label), None)
         if fw is None:
-            body = {"label": label, "tags": ["dockyard"],
-                    "rules": {"inbound_policy": "DROP", "outbound_policy": "ACCEPT", "inbound": self._inbound(),
-                              "outbound": []}}
+            body = {
+                "label": label,
+                "tags": ["dockyard"],
+                "rules": {
+                    "inbound_policy": "DROP",
+                    "outbound_policy": "ACCEPT",
+                    "inbound": self._inbound(),
+                    "outbound": [],
+                },
+            }
             fw = self.rest(conn, f'creating firewall "{label}"', "/v4/networking/firewalls", "POST", body)
             self.record(FirewallId=fw["id"], FirewallManaged=True)
             return
         rules = fw.get("rules") or {}
-        have = {(r.get("protocol"), r.get("ports"), a) for r in rules.get("inbound", [])
-                for a in (r.get("addresses") or {}).get("ipv4", [])}
-        missing = [r for r in self._inbound()
-                   if any((r["protocol"], r["ports"], a) not in have for a in r["addresses"]["ipv4"])]
+        have = {
+            (r.get("protocol"), r.get("ports"), a)
+            for r in rules.get("inbound", [])
+            for a in (r.get("addresses") or {}).get("ipv4", [])
+        }
+        missing = [
+            r
+            for r in self._inbound()
+            if any((r["protocol"], r["ports"], a) not in have for a in r["addresses"]["ipv4"])
+        ]
         if missing:
             rules = dict(rules, inbound=list(rules.get("inbound", [])) + missing)
-            self.rest(conn, f'adding rules to firewall "{label}"', f"/v4/networking/firewalls/{fw['id']}/rules",
-                      "PUT", rules)
+            self.rest(
+                conn, f'adding rules to firewall "{label}"', f"/v4/networking/firewalls/{fw['id']}/rules", "PUT", rules
+            )
         self.record(FirewallId=fw["id"], FirewallManaged="dockyard" in (fw.get("tags") or []))
 
     def release_firewall(self, conn):
         fw_id = self.config.get("FirewallId")
         if not fw_id:
             return
-        devices = self.rest(conn, "checking whether the firewall is still used",
-                            f"/v4/networking/firewalls/{fw_id}/devices")["data"]
+        devices = self.rest(
+            conn, "checking whether the firewall is still used", f"/v4/networking/firewalls/{fw_id}/devices"
+        )["data"]
         if any(str(d.get("entity", {}).get("id")) != str(self.config.get("NodeId")) for d in devices):
             return
         self.rest(conn, "deleting the firewall", f"/v4/networking/firewalls/{fw_id}", "DELETE")
@@ -104,11 +136,16 @@ class LinodeDriver(CloudDriver):
 
     def create_node(self, conn, resolved, user_data):
         body = {
-            "label": self.node_name(), "region": self.config["Region"], "type": self.config["InstanceType"],
-            "image": self.config["Image"], "authorized_keys": [self.public_key],
+            "label": self.node_name(),
+            "region": self.config["Region"],
+            "type": self.config["InstanceType"],
+            "image": self.config["Image"],
+            "authorized_keys": [self.public_key],
             # Required by the API with an image; never used (SSH keys only) and not kept anywhere.
-            "root_pass": pysecrets.token_urlsafe(32), "private_ip": self.config["PrivateIP"],
-            "tags": list_tags(self.config["Tags"]), "booted": True,
+            "root_pass": pysecrets.token_urlsafe(32),
+            "private_ip": self.config["PrivateIP"],
+            "tags": list_tags(self.config["Tags"]),
+            "booted": True,
         }
         if self.config.get("FirewallId"):
             body["firewall_id"] = int(self.config["FirewallId"])
@@ -131,8 +168,9 @@ class LinodeDriver(CloudDriver):
             return conn._to_node(data)
 
     def find_orphan(self, conn):
-        found = self.rest(conn, "looking for a half-created instance", "/v4/linode/instances",
-                          params={"page_size": 500})["data"]
+        found = self.rest(
+            conn, "looking for a half-created instance", "/v4/linode/instances", params={"page_size": 500}
+        )["data"]
         data = next((d for d in found if d["label"] == self.node_name()), None)
         return conn._to_node(data) if data else None
 

@@ -4,12 +4,11 @@ import contextlib
 import re
 import time
 
-from dockyard.provisioner.core.credentials import Field
-from dockyard.provisioner.core.errors import DriverError
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound, CloudQuotaError, one_line
+from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import DriverError
 
 GROUP_DESCRIPTION = "dockyard machines: SSH and the engine port"
 
@@ -43,12 +42,23 @@ class OpenStackDriver(CloudDriver):
         Flag("openstack-net-name", "Network name", envvar="OS_NETWORK_NAME"),
         Flag("openstack-net-id", "Network id", envvar="OS_NETWORK_ID"),
         Flag("openstack-sec-groups", "Extra existing security groups, comma separated", envvar="OS_SECURITY_GROUPS"),
-        Flag("openstack-floatingip-pool", "Floating IP pool to take the public address from",
-             envvar="OS_FLOATINGIP_POOL"),
-        Flag("openstack-use-private-address", "Reach the server by its private (fixed) address", is_flag=True,
-             envvar="OS_USE_PRIVATE_ADDRESS"),
-    ] + common_flags("openstack", "OS_", ssh_user="ubuntu", endpoint=False,
-                     firewall_help="Security group to create or reuse", firewall_default="dockyard")
+        Flag(
+            "openstack-floatingip-pool", "Floating IP pool to take the public address from", envvar="OS_FLOATINGIP_POOL"
+        ),
+        Flag(
+            "openstack-use-private-address",
+            "Reach the server by its private (fixed) address",
+            is_flag=True,
+            envvar="OS_USE_PRIVATE_ADDRESS",
+        ),
+    ] + common_flags(
+        "openstack",
+        "OS_",
+        ssh_user="ubuntu",
+        endpoint=False,
+        firewall_help="Security group to create or reuse",
+        firewall_default="dockyard",
+    )
 
     def configure(self, options):
         auth_url = self.opt(options, "auth_url", "")
@@ -96,8 +106,12 @@ class OpenStackDriver(CloudDriver):
 
         secure, host, port, path = endpoint
         base = f"{'https' if secure else 'http'}://{host}:{port}{re.sub(r'/v(3|2.0)/?$', '', path)}"
-        kwargs = dict(ex_force_auth_url=base, ex_force_auth_version="3.x_password",
-                      ex_domain_name=self.config["DomainName"], ex_tenant_name=self.config["TenantName"] or None)
+        kwargs = dict(
+            ex_force_auth_url=base,
+            ex_force_auth_version="3.x_password",
+            ex_domain_name=self.config["DomainName"],
+            ex_tenant_name=self.config["TenantName"] or None,
+        )
         if self.config["Region"]:
             kwargs["ex_force_service_region"] = self.config["Region"]
         return OpenStack_2_NodeDriver(secrets["username"], secrets["password"], **kwargs)
@@ -115,22 +129,29 @@ class OpenStackDriver(CloudDriver):
             catalog = conn.connection.service_catalog
             regions = sorted({r for r in (catalog.get_regions("compute") if catalog else []) if r})
             wanted = self.config["Region"] or "RegionOne (the default)"
-            raise CloudNotFound(f'{self.name}: no compute endpoint in region "{wanted}" '
-                                f'(regions in the service catalogue: {", ".join(regions) or "none"}); '
-                                "set --openstack-region") from None
+            raise CloudNotFound(
+                f'{self.name}: no compute endpoint in region "{wanted}" '
+                f"(regions in the service catalogue: {', '.join(regions) or 'none'}); "
+                "set --openstack-region"
+            ) from None
 
     def resolve(self, conn):
         with self.api("finding the flavor"):
-            size = _by_name_or_id(conn.list_sizes(), self.config["FlavorName"], self.config["FlavorId"], "flavor",
-                                  self.name)
+            size = _by_name_or_id(
+                conn.list_sizes(), self.config["FlavorName"], self.config["FlavorId"], "flavor", self.name
+            )
         with self.api("finding the image"):
-            image = _by_name_or_id(conn.list_images(), self.config["ImageName"], self.config["ImageId"], "image",
-                                   self.name)
+            image = _by_name_or_id(
+                conn.list_images(), self.config["ImageName"], self.config["ImageId"], "image", self.name
+            )
         networks = None
         if self.config["NetName"] or self.config["NetId"]:
             with self.api("finding the network"):
-                networks = [_by_name_or_id(conn.ex_list_networks(), self.config["NetName"], self.config["NetId"],
-                                           "network", self.name)]
+                networks = [
+                    _by_name_or_id(
+                        conn.ex_list_networks(), self.config["NetName"], self.config["NetId"], "network", self.name
+                    )
+                ]
         pool = self.config["FloatingIPPool"]
         if pool:
             with self.api("finding the floating IP pool"):
@@ -152,8 +173,11 @@ class OpenStackDriver(CloudDriver):
             self.record(FirewallId=str(group.id), FirewallManaged=group.description == GROUP_DESCRIPTION)
             # Neutron may store "anywhere" as no prefix at all; libcloud does not tell ingress from egress,
             # but the default egress rules have no ports, so they never match.
-            have = {(r.ip_protocol, int(r.from_port), r.ip_range or "0.0.0.0/0") for r in group.rules
-                    if r.from_port is not None and r.from_port == r.to_port}
+            have = {
+                (r.ip_protocol, int(r.from_port), r.ip_range or "0.0.0.0/0")
+                for r in group.rules
+                if r.from_port is not None and r.from_port == r.to_port
+            }
             for port, proto in self.ports():
                 for cidr in self.config["SourceCIDRs"]:
                     if (proto, port, cidr) not in have:
@@ -186,8 +210,12 @@ class OpenStackDriver(CloudDriver):
         groups = [self.config["FirewallName"]] if self.config["FirewallName"] else []
         groups += [g for g in self.config["SecGroups"] if g not in groups]
         metadata = {"dockyard-machine": self.machine_name, **key_value_tags(self.config["Tags"])}
-        kwargs = dict(ex_keyname=self.config["KeyPairName"], ex_userdata=user_data, ex_metadata=metadata,
-                      ex_security_groups=[OpenStackSecurityGroup(None, None, g, "", driver=conn) for g in groups])
+        kwargs = dict(
+            ex_keyname=self.config["KeyPairName"],
+            ex_userdata=user_data,
+            ex_metadata=metadata,
+            ex_security_groups=[OpenStackSecurityGroup(None, None, g, "", driver=conn) for g in groups],
+        )
         if resolved.get("networks"):
             kwargs["networks"] = resolved["networks"]
         if self.config["AvailabilityZone"]:
@@ -232,12 +260,14 @@ class OpenStackDriver(CloudDriver):
                     (floating if a.get("OS-EXT-IPS:type") == "floating" else fixed).append(addr)
         public, private = super().addresses(node)
         if self.config.get("FloatingIPAddress") and self.config["FloatingIPAddress"] in floating + list(
-                node.public_ips or []):
+            node.public_ips or []
+        ):
             public = self.config["FloatingIPAddress"]
         elif floating:
             public = floating[0]
-        private = next((a for a in fixed if a in (node.private_ips or [])), None) or \
-            next((a for a in fixed if a != public), private)
+        private = next((a for a in fixed if a in (node.private_ips or [])), None) or next(
+            (a for a in fixed if a != public), private
+        )
         return public, private
 
     def wait_gone(self, conn, node, timeout=RUNNING_TIMEOUT):

@@ -2,11 +2,10 @@
 
 import base64
 
-from dockyard.provisioner.core.credentials import Field
-
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudNotFound
+from dockyard.provisioner.core.credentials import Field
 
 DEFAULT_OS = "Ubuntu 24.04 LTS x64"
 
@@ -21,11 +20,20 @@ class VultrDriver(CloudDriver):
         Flag("vultr-os", "Operating system: name or numeric id", default=DEFAULT_OS, envvar="VULTR_OS"),
         Flag("vultr-ipv6", "Enable IPv6", is_flag=True, envvar="VULTR_IPV6"),
         Flag("vultr-private-network", "Attach to the region's VPC", is_flag=True, envvar="VULTR_PRIVATE_NETWORK"),
-        Flag("vultr-use-private-address", "Reach the machine by its VPC address", is_flag=True,
-             envvar="VULTR_USE_PRIVATE_ADDRESS"),
+        Flag(
+            "vultr-use-private-address",
+            "Reach the machine by its VPC address",
+            is_flag=True,
+            envvar="VULTR_USE_PRIVATE_ADDRESS",
+        ),
         Flag("vultr-backups", "Enable automatic backups", is_flag=True, envvar="VULTR_BACKUPS"),
-    ] + common_flags("vultr", "VULTR_", ssh_user="root",
-                     firewall_help="Firewall group (description) to create or reuse", firewall_default="dockyard")
+    ] + common_flags(
+        "vultr",
+        "VULTR_",
+        ssh_user="root",
+        firewall_help="Firewall group (description) to create or reuse",
+        firewall_default="dockyard",
+    )
 
     def configure(self, options):
         self.config.update(
@@ -72,28 +80,42 @@ class VultrDriver(CloudDriver):
         groups = self._all(conn, "firewall groups", "/v2/firewalls", "firewall_groups")
         group = next((g for g in groups if g.get("description") == name), None)
         if group is None:
-            group = self.rest(conn, f'creating firewall group "{name}"', "/v2/firewalls", "POST",
-                              {"description": name})["firewall_group"]
+            group = self.rest(
+                conn, f'creating firewall group "{name}"', "/v2/firewalls", "POST", {"description": name}
+            )["firewall_group"]
             self.record(FirewallManaged=True)
         self.record(FirewallId=group["id"])
-        rules = self.rest(conn, "listing firewall rules", f"/v2/firewalls/{group['id']}/rules",
-                          params={"per_page": 500})["firewall_rules"]
-        have = {(r["protocol"], str(r["port"]), f'{r["subnet"]}/{r["subnet_size"]}') for r in rules}
+        rules = self.rest(
+            conn, "listing firewall rules", f"/v2/firewalls/{group['id']}/rules", params={"per_page": 500}
+        )["firewall_rules"]
+        have = {(r["protocol"], str(r["port"]), f"{r['subnet']}/{r['subnet_size']}") for r in rules}
         for port, proto in self.ports():
             for cidr in self.config["SourceCIDRs"]:
                 if (proto, str(port), cidr) in have:
                     continue
                 subnet, _, size = cidr.partition("/")
-                self.rest(conn, f'adding a rule to firewall group "{name}"', f"/v2/firewalls/{group['id']}/rules",
-                          "POST", {"ip_type": "v4", "protocol": proto, "subnet": subnet,
-                                   "subnet_size": int(size or 32), "port": str(port), "notes": "dockyard"})
+                self.rest(
+                    conn,
+                    f'adding a rule to firewall group "{name}"',
+                    f"/v2/firewalls/{group['id']}/rules",
+                    "POST",
+                    {
+                        "ip_type": "v4",
+                        "protocol": proto,
+                        "subnet": subnet,
+                        "subnet_size": int(size or 32),
+                        "port": str(port),
+                        "notes": "dockyard",
+                    },
+                )
 
     def release_firewall(self, conn):
         group_id = self.config.get("FirewallId")
         if not group_id:
             return
-        group = self.rest(conn, "checking whether the firewall group is still used",
-                          f"/v2/firewalls/{group_id}")["firewall_group"]
+        group = self.rest(conn, "checking whether the firewall group is still used", f"/v2/firewalls/{group_id}")[
+            "firewall_group"
+        ]
         if int(group.get("instance_count") or 0) > 0:
             return
         self.rest(conn, "deleting the firewall group", f"/v2/firewalls/{group_id}", "DELETE")
@@ -102,9 +124,14 @@ class VultrDriver(CloudDriver):
     # -- instance -----------------------------------------------------------------------------------------------
     def create_node(self, conn, resolved, user_data):
         body = {
-            "region": self.config["Region"], "plan": self.config["Plan"], "os_id": int(self.config["OSId"]),
-            "label": self.node_name(), "hostname": self.node_name(), "sshkey_id": [self.config["KeyPairId"]],
-            "enable_ipv6": self.config["IPv6"], "tags": list_tags(self.config["Tags"]),
+            "region": self.config["Region"],
+            "plan": self.config["Plan"],
+            "os_id": int(self.config["OSId"]),
+            "label": self.node_name(),
+            "hostname": self.node_name(),
+            "sshkey_id": [self.config["KeyPairId"]],
+            "enable_ipv6": self.config["IPv6"],
+            "tags": list_tags(self.config["Tags"]),
             "backups": "enabled" if self.config["Backups"] else "disabled",
         }
         if self.config["PrivateNetwork"]:

@@ -10,9 +10,8 @@ import shutil
 import subprocess
 import time
 
-from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
-
 from dockyard.drivers.guestimage import recipe, tools
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 CACHE_ENV = "DOCKYARD_IMAGE_CACHE"
 MIRROR_ENV = "DOCKYARD_DEBIAN_MIRROR"
@@ -66,8 +65,11 @@ def cached_image(cache_dir):
     except (OSError, ValueError):
         return None
     return GuestImage(
-        disk=os.path.join(d, "disk.qcow2"), kernel=os.path.join(d, "vmlinuz"), initrd=os.path.join(d, "initrd"),
-        cmdline=info.get("cmdline", recipe.KERNEL_CMDLINE), isolinux=os.path.join(d, "isolinux"),
+        disk=os.path.join(d, "disk.qcow2"),
+        kernel=os.path.join(d, "vmlinuz"),
+        initrd=os.path.join(d, "initrd"),
+        cmdline=info.get("cmdline", recipe.KERNEL_CMDLINE),
+        isolinux=os.path.join(d, "isolinux"),
         description=f"{recipe.IMAGE_NAME} (recipe {info.get('recipe', '?')[:12]})",
     )
 
@@ -82,13 +84,16 @@ def check_can_build(cache_dir):
     if os.geteuid() != 0:
         raise PreCreateCheckError(
             "building the guest image needs root once (mmdebstrap in root mode): run this create as root, "
-            f"or build it as root into a shared cache with {CACHE_ENV}=DIR, or pass an image with --*-image")
+            f"or build it as root into a shared cache with {CACHE_ENV}=DIR, or pass an image with --*-image"
+        )
     if not glob.glob("/usr/share/keyrings/debian-archive-keyring.gpg"):
-        raise PreCreateCheckError('the Debian archive keyring is missing (on Debian/Ubuntu: '
-                                  '"apt-get install debian-archive-keyring")')
+        raise PreCreateCheckError(
+            'the Debian archive keyring is missing (on Debian/Ubuntu: "apt-get install debian-archive-keyring")'
+        )
 
 
 # -- mirror ---------------------------------------------------------------------------------------
+
 
 def _apt_entries():
     """(uri, suite) pairs of the host's apt sources (one-line and deb822 formats)."""
@@ -150,21 +155,32 @@ def _apt_options():
 def mmdebstrap_command(target, setup_hook, customize_hook):
     main, security = mirrors()
     s = recipe.SUITE
-    cmd = [tools.find("mmdebstrap") or "mmdebstrap", "--mode=root", "--format=directory",
-           f"--variant={recipe.VARIANT}", "--include=" + ",".join(recipe.PACKAGES),
-           f'--setup-hook=sh {setup_hook} "$1"', f'--customize-hook=sh {customize_hook} "$1"']
+    cmd = [
+        tools.find("mmdebstrap") or "mmdebstrap",
+        "--mode=root",
+        "--format=directory",
+        f"--variant={recipe.VARIANT}",
+        "--include=" + ",".join(recipe.PACKAGES),
+        f'--setup-hook=sh {setup_hook} "$1"',
+        f'--customize-hook=sh {customize_hook} "$1"',
+    ]
     cmd += ["--dpkgopt=" + o for o in recipe.DPKG_OPTIONS] + ["--aptopt=" + o for o in _apt_options()]
-    return cmd + [s, target, f"deb {main} {s} main", f"deb {main} {s}-updates main",
-                  f"deb {security} {s}-security main"]
+    return cmd + [
+        s,
+        target,
+        f"deb {main} {s} main",
+        f"deb {main} {s}-updates main",
+        f"deb {security} {s}-security main",
+    ]
 
 
 # -- build ------------------------------------------------------------------------------------------
 
+
 def _run(cmd, what, log=None, env=None):
     """Run a build step; stream its output lines to log (progress); raise with the tail on failure."""
     tail = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
     for line in proc.stdout:
         line = line.rstrip()
         if not line:
@@ -211,8 +227,10 @@ def _build(work, log):
         hooks[name] = os.path.join(work, f"{name}.sh")
         with open(hooks[name], "w") as f:
             f.write(text)
-    log(f"Building the guest image {recipe.IMAGE_NAME} ({recipe.SUITE}, {len(recipe.PACKAGES)} packages "
-        f"and their dependencies); this happens once and takes about a minute...")
+    log(
+        f"Building the guest image {recipe.IMAGE_NAME} ({recipe.SUITE}, {len(recipe.PACKAGES)} packages "
+        f"and their dependencies); this happens once and takes about a minute..."
+    )
     env = dict(os.environ, LC_ALL="C.UTF-8")
     _run(mmdebstrap_command(rootfs, hooks["setup"], hooks["customize"]), "mmdebstrap", log, env)
     t_debootstrap = time.monotonic() - started
@@ -233,17 +251,24 @@ def _build(work, log):
     raw = os.path.join(work, "disk.raw")
     with open(raw, "wb") as f:
         f.truncate(_size_bytes(recipe.BASE_SIZE))
-    _run([tools.find("mkfs.ext4") or "mkfs.ext4", "-q", "-F", "-L", recipe.ROOT_LABEL, "-d", rootfs, raw],
-         "mkfs.ext4")
+    _run([tools.find("mkfs.ext4") or "mkfs.ext4", "-q", "-F", "-L", recipe.ROOT_LABEL, "-d", rootfs, raw], "mkfs.ext4")
     shutil.rmtree(rootfs)
-    _run([tools.find("qemu-img") or "qemu-img", "convert", "-O", "qcow2", raw, os.path.join(work, "disk.qcow2")],
-         "qemu-img convert")
+    _run(
+        [tools.find("qemu-img") or "qemu-img", "convert", "-O", "qcow2", raw, os.path.join(work, "disk.qcow2")],
+        "qemu-img convert",
+    )
     os.unlink(raw)
     for name in ("disk.qcow2", "vmlinuz", "initrd"):
         os.chmod(os.path.join(work, name), 0o444)  # the base of every machine's overlay: never written
-    info = {"recipe": recipe.recipe_hash(), "cmdline": recipe.KERNEL_CMDLINE, "suite": recipe.SUITE,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mmdebstrap_seconds": round(t_debootstrap, 1),
-            "seconds": round(time.monotonic() - started, 1), "mirror": mirrors()[0]}
+    info = {
+        "recipe": recipe.recipe_hash(),
+        "cmdline": recipe.KERNEL_CMDLINE,
+        "suite": recipe.SUITE,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "mmdebstrap_seconds": round(t_debootstrap, 1),
+        "seconds": round(time.monotonic() - started, 1),
+        "mirror": mirrors()[0],
+    }
     with open(os.path.join(work, INFO), "w") as f:
         json.dump(info, f, indent=1)
     log(f"Guest image built in {info['seconds']:.0f}s.")

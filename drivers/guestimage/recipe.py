@@ -19,11 +19,26 @@ BASE_SIZE = "2G"
 SSH_USER = "docker"
 
 PACKAGES = (
-    "systemd-sysv", "udev", "dbus", "kmod", "procps", "sudo", "iproute2", "ca-certificates",
-    "openssh-server", "python3", "cloud-init", "e2fsprogs", "iptables", "systemd-resolved",
-    "linux-image-amd64", "initramfs-tools", "zstd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "procps",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+    "openssh-server",
+    "python3",
+    "cloud-init",
+    "e2fsprogs",
+    "iptables",
+    "systemd-resolved",
+    "linux-image-amd64",
+    "initramfs-tools",
+    "zstd",
     # isolinux boots the same kernel from a small ISO under hypervisors without direct kernel boot (VirtualBox).
-    "isolinux", "syslinux-common",
+    "isolinux",
+    "syslinux-common",
 )
 
 DPKG_OPTIONS = (
@@ -36,8 +51,17 @@ DPKG_OPTIONS = (
 
 # Modules the initramfs needs to find the root disk under QEMU (virtio) and VirtualBox (AHCI/SATA).
 INITRD_MODULES = (
-    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_rng", "ext4", "crc32c_generic",
-    "ahci", "ata_piix", "sd_mod", "sr_mod",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "virtio_rng",
+    "ext4",
+    "crc32c_generic",
+    "ahci",
+    "ata_piix",
+    "sd_mod",
+    "sr_mod",
 )
 
 KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=ttyS0,115200 net.ifnames=0"
@@ -115,8 +139,7 @@ EOF2
 
 
 def _fill(script):
-    return (script.replace("@INITRD_MODULES@", " ".join(INITRD_MODULES))
-            .replace("@ROOT_LABEL@", ROOT_LABEL))
+    return script.replace("@INITRD_MODULES@", " ".join(INITRD_MODULES)).replace("@ROOT_LABEL@", ROOT_LABEL)
 
 
 def setup_hook():
@@ -130,9 +153,16 @@ def customize_hook():
 def recipe():
     """Everything that determines the image, as a JSON-able dict."""
     return {
-        "version": RECIPE_VERSION, "suite": SUITE, "variant": VARIANT, "packages": sorted(PACKAGES),
-        "dpkg": list(DPKG_OPTIONS), "setup": setup_hook(), "customize": customize_hook(),
-        "label": ROOT_LABEL, "size": BASE_SIZE, "cmdline": KERNEL_CMDLINE,
+        "version": RECIPE_VERSION,
+        "suite": SUITE,
+        "variant": VARIANT,
+        "packages": sorted(PACKAGES),
+        "dpkg": list(DPKG_OPTIONS),
+        "setup": setup_hook(),
+        "customize": customize_hook(),
+        "label": ROOT_LABEL,
+        "size": BASE_SIZE,
+        "cmdline": KERNEL_CMDLINE,
     }
 
 

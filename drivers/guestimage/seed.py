@@ -3,7 +3,6 @@
 import secrets
 
 from dockyard import templates
-
 from dockyard.drivers.guestimage import iso, recipe
 
 LABEL = "cidata"  # the volume label NoCloud looks for
@@ -21,9 +20,16 @@ def nic(id_, mac, default_route=True):
 def render(machine, instance, ssh_public_key, nics, user=recipe.SSH_USER, mounts=(), run_once=True, hostname=None):
     """The seed's files {name: bytes}: user-data, meta-data, network-config.
     mounts: fstab-like lists for cloud-init's mounts module. run_once: later boots skip cloud-init."""
-    ctx = dict(machine=machine, hostname=hostname or machine, instance_id=instance, user=user,
-               ssh_public_key=ssh_public_key.strip(), nics=list(nics), mounts=[list(m) for m in mounts],
-               run_once=run_once)
+    ctx = dict(
+        machine=machine,
+        hostname=hostname or machine,
+        instance_id=instance,
+        user=user,
+        ssh_public_key=ssh_public_key.strip(),
+        nics=list(nics),
+        mounts=[list(m) for m in mounts],
+        run_once=run_once,
+    )
     return {
         "user-data": templates.render("cloud-init-user-data.j2", **ctx).encode(),
         "meta-data": templates.render("cloud-init-meta-data.j2", **ctx).encode(),
@@ -37,12 +43,14 @@ def write_seed(path, files):
 
 def write_boot_iso(path, image, cmdline):
     """A CD that boots image's kernel and initrd with isolinux (for hypervisors without direct kernel boot)."""
+
     def read(p):
         with open(p, "rb") as f:
             return f.read()
 
-    cfg = ("DEFAULT dockyard\nPROMPT 0\nTIMEOUT 1\nLABEL dockyard\n  KERNEL /vmlinuz\n"
-           f"  APPEND initrd=/initrd {cmdline}\n")
+    cfg = (
+        f"DEFAULT dockyard\nPROMPT 0\nTIMEOUT 1\nLABEL dockyard\n  KERNEL /vmlinuz\n  APPEND initrd=/initrd {cmdline}\n"
+    )
     files = {
         "isolinux.bin": read(f"{image.isolinux}/isolinux.bin"),
         "ldlinux.c32": read(f"{image.isolinux}/ldlinux.c32"),

@@ -14,9 +14,8 @@ import time
 import urllib.error
 import urllib.request
 
-from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
-
 from dockyard.drivers.guestimage import build, tools
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 FORMATS = ("qcow2", "raw", "vdi", "vmdk", "vhdx", "vpc")
@@ -37,10 +36,12 @@ def check(source, sha256, flag):
         if not sha256:
             raise PreCreateCheckError(
                 f"--{flag} {source} needs --{flag}-sha256: downloads are only used once verified "
-                f"(take the digest from the publisher's SHA256SUMS)")
+                f"(take the digest from the publisher's SHA256SUMS)"
+            )
     elif "://" in source:
-        raise PreCreateCheckError(f"--{flag}: only http:// and https:// URLs or local files are supported, "
-                                  f"got {source}")
+        raise PreCreateCheckError(
+            f"--{flag}: only http:// and https:// URLs or local files are supported, got {source}"
+        )
     elif not os.path.isfile(source):
         raise PreCreateCheckError(f"--{flag}: no such file: {source}")
 
@@ -90,8 +91,12 @@ def download(url, sha256, dest_dir, log=print, timeout=60):
     h = hashlib.sha256()
     done, total = 0, None
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "dockyard"}),
-                                    timeout=timeout) as resp, open(tmp, "wb") as out:
+        with (
+            urllib.request.urlopen(
+                urllib.request.Request(url, headers={"User-Agent": "dockyard"}), timeout=timeout
+            ) as resp,
+            open(tmp, "wb") as out,
+        ):
             total = int(resp.headers.get("Content-Length") or 0) or None
             log(f"Downloading {url}" + (f" ({total / (1 << 20):.1f} MiB)..." if total else "..."))
             last_report, next_pct = time.monotonic(), 10
@@ -110,8 +115,9 @@ def download(url, sha256, dest_dir, log=print, timeout=60):
             raise DriverError(f"download of {url} broke off after {done} of {total} bytes; nothing was kept")
         digest = h.hexdigest()
         if digest != sha256:
-            raise DriverError(f"download of {url} has sha256 {digest}, not the expected {sha256}: "
-                              f"it was deleted and will not be used")
+            raise DriverError(
+                f"download of {url} has sha256 {digest}, not the expected {sha256}: it was deleted and will not be used"
+            )
         os.replace(tmp, final)
         log(f"  Download verified (sha256 {digest[:16]}...).")
         return final
@@ -152,8 +158,11 @@ def _to_qcow2(src, disk, log, keep_source=False):
     else:
         log(f"  Converting the {fmt} image to qcow2..." if fmt != "qcow2" else "  Copying the image into the cache...")
         tmp = f"{disk}.tmp-{os.getpid()}"
-        p = subprocess.run([tools.find("qemu-img") or "qemu-img", "convert", "-f", fmt, "-O", "qcow2", src, tmp],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [tools.find("qemu-img") or "qemu-img", "convert", "-f", fmt, "-O", "qcow2", src, tmp],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -167,4 +176,3 @@ def _to_qcow2(src, disk, log, keep_source=False):
 def _write_info(d, info):
     with open(os.path.join(d, "source.json"), "w") as f:
         json.dump(dict(info, cached=time.strftime("%Y-%m-%dT%H:%M:%S%z")), f, indent=1)
-

@@ -36,8 +36,7 @@ def device_check(device="/dev/kvm"):
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
-        return Probe(False, f"cannot open {device}: {e.strerror} (add yourself to the group owning it, "
-                            f'usually "kvm")')
+        return Probe(False, f'cannot open {device}: {e.strerror} (add yourself to the group owning it, usually "kvm")')
     try:
         version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
     except OSError as e:
@@ -54,17 +53,40 @@ def boot_check(qemu, kernel, timeout=PROBE_TIMEOUT, accel="kvm"):
     a whole kernel start-up; an error exit or no progress within timeout means it does not.
     (accel="tcg" runs the same check under emulation, to test the check itself.)"""
     cpu = ["-cpu", "host"] if accel == "kvm" else []
-    cmd = [qemu, "-accel", accel, *cpu, "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config",
-           "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
-           "-kernel", kernel, "-append", "console=ttyS0 panic=-1 loglevel=4"]
+    cmd = [
+        qemu,
+        "-accel",
+        accel,
+        *cpu,
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        kernel,
+        "-append",
+        "console=ttyS0 panic=-1 loglevel=4",
+    ]
     started = time.monotonic()
     try:
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace")
         reached = "the kernel started but" if "Linux version" in out else "no kernel output"
-        return Probe(False, f"a test kernel made too little progress under {accel.upper()} in {timeout:g}s ({reached})",
-                     time.monotonic() - started)
+        return Probe(
+            False,
+            f"a test kernel made too little progress under {accel.upper()} in {timeout:g}s ({reached})",
+            time.monotonic() - started,
+        )
     except OSError as e:
         return Probe(False, f"cannot run {qemu}: {e.strerror}")
     seconds = time.monotonic() - started
@@ -90,8 +112,15 @@ def _cache_key(qemu, kernel, device):
             return int(os.stat(p).st_mtime)
         except OSError:
             return 0
-    return {"boot_id": _boot_id(), "qemu": qemu, "qemu_mtime": mtime(qemu), "kernel": kernel,
-            "kernel_mtime": mtime(kernel), "device": device}
+
+    return {
+        "boot_id": _boot_id(),
+        "qemu": qemu,
+        "qemu_mtime": mtime(qemu),
+        "kernel": kernel,
+        "kernel_mtime": mtime(kernel),
+        "device": device,
+    }
 
 
 def probe(qemu, kernel, cache_dir, device="/dev/kvm", timeout=PROBE_TIMEOUT):
@@ -128,7 +157,8 @@ def choose(requested, probe_fn):
     if result.usable:
         return "kvm", None
     if requested == "kvm":
-        raise PreCreateCheckError(f"--qemu-accel kvm was asked for, but KVM is not usable: {result.reason}. "
-                                  f"Use --qemu-accel tcg (software emulation) or auto")
-    return "tcg", (f"KVM is not usable ({result.reason}); using TCG software emulation, "
-                   f"which is several times slower")
+        raise PreCreateCheckError(
+            f"--qemu-accel kvm was asked for, but KVM is not usable: {result.reason}. "
+            f"Use --qemu-accel tcg (software emulation) or auto"
+        )
+    return "tcg", (f"KVM is not usable ({result.reason}); using TCG software emulation, which is several times slower")

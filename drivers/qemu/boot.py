@@ -63,8 +63,16 @@ def describe(name, pid, serial, ssh_addr, banner, ssh_error, serial_path, qemu_l
     if p["kernel"]:
         parts.append("systemd: " + ("started" if p["systemd"] else "not reached"))
     if p["systemd"]:
-        parts.append("cloud-init: " + ("done" if p["cloud_init_done"] else
-                                       "running, not finished" if p["cloud_init_started"] else "not started"))
+        parts.append(
+            "cloud-init: "
+            + (
+                "done"
+                if p["cloud_init_done"]
+                else "running, not finished"
+                if p["cloud_init_started"]
+                else "not started"
+            )
+        )
     if banner:
         parts.append(f"SSH {ssh_addr}: sshd answers, but log-in failed: {ssh_error or 'unknown error'}")
     else:
@@ -76,8 +84,9 @@ def describe(name, pid, serial, ssh_addr, banner, ssh_error, serial_path, qemu_l
     return text
 
 
-def wait_for_login(name, target, pid_fn, serial_path, serial_offset, timeout, qemu_log_fn=lambda: "",
-                   what="QEMU process"):
+def wait_for_login(
+    name, target, pid_fn, serial_path, serial_offset, timeout, qemu_log_fn=lambda: "", what="QEMU process"
+):
     """Poll until SSH log-in with the machine's key works. Raises DriverError describing the stage reached
     when QEMU dies, the kernel panics, or timeout passes. Returns the seconds it took."""
     started = time.monotonic()
@@ -87,9 +96,20 @@ def wait_for_login(name, target, pid_fn, serial_path, serial_offset, timeout, qe
     while True:
         pid = pid_fn()
         if not pid:
-            raise DriverError(f"the {what} stopped while the machine was booting: " + describe(
-                name, None, read_serial(serial_path, serial_offset), addr, banner, last_error, serial_path,
-                qemu_log_fn(), what))
+            raise DriverError(
+                f"the {what} stopped while the machine was booting: "
+                + describe(
+                    name,
+                    None,
+                    read_serial(serial_path, serial_offset),
+                    addr,
+                    banner,
+                    last_error,
+                    serial_path,
+                    qemu_log_fn(),
+                    what,
+                )
+            )
         if not banner:
             banner = ssh_banner(target.host, target.port)
         if banner:
@@ -102,11 +122,15 @@ def wait_for_login(name, target, pid_fn, serial_path, serial_offset, timeout, qe
                 last_error = str(e)
         serial = read_serial(serial_path, serial_offset)
         if "Kernel panic" in serial:
-            raise DriverError("the guest kernel panicked while booting: " + describe(
-                name, pid, serial, addr, banner, last_error, serial_path, what=what))
+            raise DriverError(
+                "the guest kernel panicked while booting: "
+                + describe(name, pid, serial, addr, banner, last_error, serial_path, what=what)
+            )
         if time.monotonic() > deadline:
-            raise DriverError(f"timed out after {timeout:g}s waiting for SSH log-in: " + describe(
-                name, pid, serial, addr, banner, last_error, serial_path, what=what))
+            raise DriverError(
+                f"timed out after {timeout:g}s waiting for SSH log-in: "
+                + describe(name, pid, serial, addr, banner, last_error, serial_path, what=what)
+            )
         time.sleep(0.5)
 
 

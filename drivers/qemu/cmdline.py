@@ -52,8 +52,7 @@ class VMSpec:
 
 def build(spec):
     """argv for qemu-system-x86_64: daemonized, headless, serial console to a file, QMP on a unix socket."""
-    argv = [spec.binary, "-name", f"dockyard-{spec.name}", "-nodefaults", "-no-user-config",
-            "-accel", spec.accel]
+    argv = [spec.binary, "-name", f"dockyard-{spec.name}", "-nodefaults", "-no-user-config", "-accel", spec.accel]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
     argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory_mb}M", "-display", "none", "-vga", "none"]
@@ -71,10 +70,25 @@ def build(spec):
     user = ",".join(["user", "id=net0"] + (["restrict=on"] if spec.restrict else []) + fwd)
     argv += ["-netdev", user, "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}"]
     if spec.bridge:
-        argv += ["-netdev", f"bridge,id=net1,br={spec.bridge}",
-                 "-device", f"virtio-net-pci,netdev=net1,mac={spec.bridge_mac}"]
-    argv += ["-device", "virtio-rng-pci",
-             "-chardev", f"file,id=serial0,path={escape(spec.serial_log)}", "-serial", "chardev:serial0",
-             "-qmp", f"unix:{escape(spec.qmp)},server=on,wait=off", "-monitor", "none",
-             "-pidfile", spec.pidfile, "-daemonize"]
+        argv += [
+            "-netdev",
+            f"bridge,id=net1,br={spec.bridge}",
+            "-device",
+            f"virtio-net-pci,netdev=net1,mac={spec.bridge_mac}",
+        ]
+    argv += [
+        "-device",
+        "virtio-rng-pci",
+        "-chardev",
+        f"file,id=serial0,path={escape(spec.serial_log)}",
+        "-serial",
+        "chardev:serial0",
+        "-qmp",
+        f"unix:{escape(spec.qmp)},server=on,wait=off",
+        "-monitor",
+        "none",
+        "-pidfile",
+        spec.pidfile,
+        "-daemonize",
+    ]
     return argv

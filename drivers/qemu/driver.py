@@ -12,23 +12,39 @@ import subprocess
 import tempfile
 import time
 
-from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
-
 from dockyard.drivers.base import Driver, Flag, State
 from dockyard.drivers.guestimage import build, seed, source, tools
-from dockyard.drivers.qemu import accel as accel_mod, boot, cmdline
+from dockyard.drivers.qemu import accel as accel_mod
+from dockyard.drivers.qemu import boot, cmdline
 from dockyard.drivers.qemu.qmp import QMP, QMPError
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 STOP_TIMEOUT = 90.0  # ACPI power-down under emulation takes ~5 s; a hung guest is killed after this
 KILL_WAIT = 10.0
 QMP_STATES = {
-    "running": State.RUNNING, "paused": State.PAUSED, "suspended": State.PAUSED, "debug": State.PAUSED,
-    "shutdown": State.STOPPING, "prelaunch": State.STARTING, "inmigrate": State.STARTING,
-    "internal-error": State.ERROR, "io-error": State.ERROR, "guest-panicked": State.ERROR,
+    "running": State.RUNNING,
+    "paused": State.PAUSED,
+    "suspended": State.PAUSED,
+    "debug": State.PAUSED,
+    "shutdown": State.STOPPING,
+    "prelaunch": State.STARTING,
+    "inmigrate": State.STARTING,
+    "internal-error": State.ERROR,
+    "io-error": State.ERROR,
+    "guest-panicked": State.ERROR,
     "watchdog": State.ERROR,
 }
-FILES = ("disk.qcow2", "seed.iso", "vmlinuz", "initrd", "qemu.pid", "qmp.sock", "serial.log",
-         "serial.log.prev", "qemu.log")
+FILES = (
+    "disk.qcow2",
+    "seed.iso",
+    "vmlinuz",
+    "initrd",
+    "qemu.pid",
+    "qmp.sock",
+    "serial.log",
+    "serial.log.prev",
+    "qemu.log",
+)
 
 
 def _say(msg):
@@ -86,22 +102,43 @@ class QemuDriver(Driver):
     name = "qemu"
     flags = [
         Flag("qemu-binary", "QEMU system emulator to run", default="qemu-system-x86_64", envvar="QEMU_BINARY"),
-        Flag("qemu-accel", "Acceleration: auto (KVM if it really works, else TCG), kvm or tcg", default="auto",
-             envvar="QEMU_ACCEL"),
+        Flag(
+            "qemu-accel",
+            "Acceleration: auto (KVM if it really works, else TCG), kvm or tcg",
+            default="auto",
+            envvar="QEMU_ACCEL",
+        ),
         Flag("qemu-cpus", "Number of virtual CPUs", default=2, type=int, envvar="QEMU_CPUS"),
         Flag("qemu-memory", "Memory in MB", default=1024, type=int, envvar="QEMU_MEMORY"),
         Flag("qemu-disk-size", "Disk size in MB", default=20000, type=int, envvar="QEMU_DISK_SIZE"),
-        Flag("qemu-network", 'Networking: "user" (127.0.0.1 port forwards) or "bridge=NAME" (adds a NIC on '
-             "bridge NAME through qemu-bridge-helper, for a routable address)", default="user",
-             envvar="QEMU_NETWORK"),
-        Flag("qemu-restrict", "Cut the VM off from every network but its 127.0.0.1 forwards "
-             "(user-mode restrict=on; containers then have no outbound access)", is_flag=True,
-             envvar="QEMU_RESTRICT"),
-        Flag("qemu-image", "Guest image: a path or http(s) URL of a cloud image (qcow2, raw, vdi) with "
-             "cloud-init; default: dockyard's own Debian image, built once and cached", envvar="QEMU_IMAGE"),
+        Flag(
+            "qemu-network",
+            'Networking: "user" (127.0.0.1 port forwards) or "bridge=NAME" (adds a NIC on '
+            "bridge NAME through qemu-bridge-helper, for a routable address)",
+            default="user",
+            envvar="QEMU_NETWORK",
+        ),
+        Flag(
+            "qemu-restrict",
+            "Cut the VM off from every network but its 127.0.0.1 forwards "
+            "(user-mode restrict=on; containers then have no outbound access)",
+            is_flag=True,
+            envvar="QEMU_RESTRICT",
+        ),
+        Flag(
+            "qemu-image",
+            "Guest image: a path or http(s) URL of a cloud image (qcow2, raw, vdi) with "
+            "cloud-init; default: dockyard's own Debian image, built once and cached",
+            envvar="QEMU_IMAGE",
+        ),
         Flag("qemu-image-sha256", "sha256 of --qemu-image (required for URLs)", envvar="QEMU_IMAGE_SHA256"),
-        Flag("qemu-boot-timeout", "Seconds to wait for the VM to accept SSH log-ins", default=300, type=int,
-             envvar="QEMU_BOOT_TIMEOUT"),
+        Flag(
+            "qemu-boot-timeout",
+            "Seconds to wait for the VM to accept SSH log-ins",
+            default=300,
+            type=int,
+            envvar="QEMU_BOOT_TIMEOUT",
+        ),
     ]
 
     def __init__(self, machine_name, machine_dir, config=None):
@@ -116,20 +153,31 @@ class QemuDriver(Driver):
         cpus, memory = int(options.get("qemu_cpus") or 2), int(options.get("qemu_memory") or 1024)
         disk, timeout = int(options.get("qemu_disk_size") or 20000), int(options.get("qemu_boot_timeout") or 300)
         if cpus < 1 or memory < 256 or disk < 1024 or timeout < 10:
-            raise DriverError("--qemu-cpus must be >= 1, --qemu-memory >= 256 (MB), --qemu-disk-size >= 1024 (MB) "
-                              "and --qemu-boot-timeout >= 10 (s)")
+            raise DriverError(
+                "--qemu-cpus must be >= 1, --qemu-memory >= 256 (MB), --qemu-disk-size >= 1024 (MB) "
+                "and --qemu-boot-timeout >= 10 (s)"
+            )
         try:
             mode, bridge = cmdline.parse_network(options.get("qemu_network"))
         except ValueError as e:
             raise DriverError(str(e)) from None
         restrict = bool(options.get("qemu_restrict"))
         if restrict and mode == "bridge":
-            raise DriverError("--qemu-restrict cuts the VM off every network; it cannot be combined with "
-                              "--qemu-network bridge=NAME")
+            raise DriverError(
+                "--qemu-restrict cuts the VM off every network; it cannot be combined with --qemu-network bridge=NAME"
+            )
         self.config.update(
-            Binary=options.get("qemu_binary") or "qemu-system-x86_64", Accel=accel, CPUs=cpus, Memory=memory,
-            DiskSize=disk, Network=mode, Bridge=bridge, Restrict=restrict, BootTimeout=timeout,
-            Image=options.get("qemu_image") or "", ImageSHA256=(options.get("qemu_image_sha256") or "").lower(),
+            Binary=options.get("qemu_binary") or "qemu-system-x86_64",
+            Accel=accel,
+            CPUs=cpus,
+            Memory=memory,
+            DiskSize=disk,
+            Network=mode,
+            Bridge=bridge,
+            Restrict=restrict,
+            BootTimeout=timeout,
+            Image=options.get("qemu_image") or "",
+            ImageSHA256=(options.get("qemu_image_sha256") or "").lower(),
             SSHUser=build.recipe.SSH_USER,
         )
 
@@ -141,8 +189,10 @@ class QemuDriver(Driver):
     def ip(self):
         if self.config.get("Network") == "bridge":
             if not self.config.get("IPAddress"):
-                raise DriverError(f'machine "{self.machine_name}" has no address on bridge '
-                                  f'{self.config.get("Bridge")} yet (is it running?)')
+                raise DriverError(
+                    f'machine "{self.machine_name}" has no address on bridge '
+                    f"{self.config.get('Bridge')} yet (is it running?)"
+                )
             return self.config["IPAddress"]
         return "127.0.0.1"
 
@@ -198,12 +248,16 @@ class QemuDriver(Driver):
         if self.config.get("Network") == "bridge":
             bridge = self.config["Bridge"]
             if not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
-                raise PreCreateCheckError(f'--qemu-network bridge={bridge}: no bridge interface "{bridge}" '
-                                          "on this host")
-            if not any(os.path.exists(p) for p in ("/usr/lib/qemu/qemu-bridge-helper",
-                                                   "/usr/libexec/qemu-bridge-helper")):
-                raise PreCreateCheckError("--qemu-network bridge needs qemu-bridge-helper "
-                                          '(on Debian/Ubuntu: "apt-get install qemu-system-common")')
+                raise PreCreateCheckError(
+                    f'--qemu-network bridge={bridge}: no bridge interface "{bridge}" on this host'
+                )
+            if not any(
+                os.path.exists(p) for p in ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper")
+            ):
+                raise PreCreateCheckError(
+                    "--qemu-network bridge needs qemu-bridge-helper "
+                    '(on Debian/Ubuntu: "apt-get install qemu-system-common")'
+                )
 
     # -- create -------------------------------------------------------------------------------------
     def create(self):
@@ -232,8 +286,10 @@ class QemuDriver(Driver):
             # The bridge NIC gives the routable address; the default route stays on the user-mode NIC.
             nics.append(seed.nic("eth1", self.config["BridgeMAC"], default_route=False))
         self.config["InstanceID"] = seed.instance_id(self.machine_name)
-        seed.write_seed(self.path("seed.iso"), seed.render(
-            self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user()))
+        seed.write_seed(
+            self.path("seed.iso"),
+            seed.render(self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user()),
+        )
         timings["Disk"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -244,8 +300,10 @@ class QemuDriver(Driver):
                 break
             except _PortTaken:
                 if attempt == 2:
-                    raise DriverError("QEMU could not bind its 127.0.0.1 port forwards three times in a row; "
-                                      f"see {self.path('qemu.log')}") from None
+                    raise DriverError(
+                        "QEMU could not bind its 127.0.0.1 port forwards three times in a row; "
+                        f"see {self.path('qemu.log')}"
+                    ) from None
         timings["Launch"] = time.monotonic() - t
         self.log(f"Waiting for the VM to boot (serial console: {self.path('serial.log')})...")
         timings["BootToSSH"] = self._wait_booted()
@@ -258,21 +316,40 @@ class QemuDriver(Driver):
             kernel = own.kernel if own else ""
         chosen, warning = accel_mod.choose(
             self.config["Accel"],
-            lambda: accel_mod.probe(self.config["Binary"], kernel, build.cache_root(self.cache_dir)))
+            lambda: accel_mod.probe(self.config["Binary"], kernel, build.cache_root(self.cache_dir)),
+        )
         if warning:
             self.log(f"Warning: {warning}.")
         self.config["AccelUsed"] = chosen
 
     def _make_disk(self, image):
         qemu_img = tools.find("qemu-img") or "qemu-img"
-        info = json.loads(subprocess.run([qemu_img, "info", "--output=json", image.disk], capture_output=True,
-                                         text=True, check=True).stdout)
+        info = json.loads(
+            subprocess.run(
+                [qemu_img, "info", "--output=json", image.disk], capture_output=True, text=True, check=True
+            ).stdout
+        )
         base_mb = -(-int(info["virtual-size"]) // (1 << 20))
         size_mb = int(self.config["DiskSize"])
         if size_mb < base_mb:
             raise DriverError(f"--qemu-disk-size {size_mb} is smaller than the image ({base_mb} MB)")
-        p = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", image.format, "-b", image.disk,
-                            self.path("disk.qcow2"), f"{size_mb}M"], capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                qemu_img,
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                image.format,
+                "-b",
+                image.disk,
+                self.path("disk.qcow2"),
+                f"{size_mb}M",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             raise DriverError(f"cannot create the VM's disk: {p.stderr.strip()}")
 
@@ -281,13 +358,26 @@ class QemuDriver(Driver):
         c = self.config
         direct = bool(c.get("Cmdline"))
         return cmdline.VMSpec(
-            name=self.machine_name, binary=c["Binary"], accel=c.get("AccelUsed") or "tcg", cpus=int(c["CPUs"]),
-            memory_mb=int(c["Memory"]), disk=self.path("disk.qcow2"), seed=self.path("seed.iso"),
-            kernel=self.path("vmlinuz") if direct else "", initrd=self.path("initrd") if direct else "",
-            append=c.get("Cmdline", ""), ssh_port=int(c["SSHPort"]), engine_host_port=int(c["EngineHostPort"]),
-            engine_guest_port=self.engine_port(), mac=c["MAC"], restrict=bool(c.get("Restrict")),
-            bridge=c.get("Bridge", "") if c.get("Network") == "bridge" else "", bridge_mac=c.get("BridgeMAC", ""),
-            pidfile=self.path("qemu.pid"), qmp=self._qmp_path(), serial_log=self.path("serial.log"),
+            name=self.machine_name,
+            binary=c["Binary"],
+            accel=c.get("AccelUsed") or "tcg",
+            cpus=int(c["CPUs"]),
+            memory_mb=int(c["Memory"]),
+            disk=self.path("disk.qcow2"),
+            seed=self.path("seed.iso"),
+            kernel=self.path("vmlinuz") if direct else "",
+            initrd=self.path("initrd") if direct else "",
+            append=c.get("Cmdline", ""),
+            ssh_port=int(c["SSHPort"]),
+            engine_host_port=int(c["EngineHostPort"]),
+            engine_guest_port=self.engine_port(),
+            mac=c["MAC"],
+            restrict=bool(c.get("Restrict")),
+            bridge=c.get("Bridge", "") if c.get("Network") == "bridge" else "",
+            bridge_mac=c.get("BridgeMAC", ""),
+            pidfile=self.path("qemu.pid"),
+            qmp=self._qmp_path(),
+            serial_log=self.path("serial.log"),
         )
 
     def _launch(self):
@@ -298,8 +388,9 @@ class QemuDriver(Driver):
             if os.path.exists(stale):
                 os.unlink(stale)
         with open(self.path("qemu.log"), "w") as errf:
-            p = subprocess.run(cmdline.build(self.spec()), stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
-                               cwd=self.machine_dir)
+            p = subprocess.run(
+                cmdline.build(self.spec()), stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, cwd=self.machine_dir
+            )
         if p.returncode != 0:
             with open(self.path("qemu.log"), errors="replace") as f:
                 text = f.read().strip()
@@ -309,8 +400,14 @@ class QemuDriver(Driver):
 
     def _wait_booted(self):
         took = boot.wait_for_login(
-            self.machine_name, self.ssh_target(), self._pid, self.path("serial.log"), 0,
-            float(self.config.get("BootTimeout") or 300), self._qemu_log)
+            self.machine_name,
+            self.ssh_target(),
+            self._pid,
+            self.path("serial.log"),
+            0,
+            float(self.config.get("BootTimeout") or 300),
+            self._qemu_log,
+        )
         if self.config.get("Network") == "bridge":
             self._learn_bridge_ip()
         return took
@@ -328,8 +425,10 @@ class QemuDriver(Driver):
                     self.config["IPAddress"] = ip
                     return
                 time.sleep(1)
-        raise DriverError(f'machine "{self.machine_name}" got no IPv4 address on bridge {self.config["Bridge"]} '
-                          "in 60s: is there a DHCP server on it?")
+        raise DriverError(
+            f'machine "{self.machine_name}" got no IPv4 address on bridge {self.config["Bridge"]} '
+            "in 60s: is there a DHCP server on it?"
+        )
 
     def _wait_exit(self, pid, timeout):
         deadline = time.monotonic() + timeout
@@ -367,16 +466,21 @@ class QemuDriver(Driver):
             return
         base = self.config.get("BaseImage", {}).get("disk", "")
         if not os.path.exists(self.path("disk.qcow2")):
-            raise DriverError(f'machine "{self.machine_name}" has no disk ({self.path("disk.qcow2")}); remove it '
-                              "and create it again")
+            raise DriverError(
+                f'machine "{self.machine_name}" has no disk ({self.path("disk.qcow2")}); remove it and create it again'
+            )
         if base and not os.path.exists(base):
-            raise DriverError(f"the guest image {base} that this machine's disk is based on is gone (cache "
-                              "cleared?); the machine cannot start; remove it and create it again")
+            raise DriverError(
+                f"the guest image {base} that this machine's disk is based on is gone (cache "
+                "cleared?); the machine cannot start; remove it and create it again"
+            )
         for key in ("SSHPort", "EngineHostPort"):
             if not port_free(int(self.config[key])):
-                raise DriverError(f"cannot start: 127.0.0.1:{self.config[key]}, the machine's "
-                                  f"{'SSH' if key == 'SSHPort' else 'engine'} port, is in use by another program; "
-                                  "the machine keeps its ports so its URL stays the same")
+                raise DriverError(
+                    f"cannot start: 127.0.0.1:{self.config[key]}, the machine's "
+                    f"{'SSH' if key == 'SSHPort' else 'engine'} port, is in use by another program; "
+                    "the machine keeps its ports so its URL stays the same"
+                )
         try:
             self._launch()
         except _PortTaken as e:

@@ -10,14 +10,13 @@ import random
 import subprocess
 import time
 
-from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
-
 from dockyard.drivers.base import Driver, Flag, State
 from dockyard.drivers.guestimage import build, seed, source, tools
 from dockyard.drivers.qemu import boot
 from dockyard.drivers.qemu.cmdline import random_mac
 from dockyard.drivers.qemu.driver import free_port, guest_ip_for_mac, port_free
 from dockyard.drivers.virtualbox import vbox
+from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 STOP_TIMEOUT = 90.0
 SHARE_NAME = "hosthome"
@@ -31,25 +30,58 @@ def _say(msg):
 class VirtualBoxDriver(Driver):
     name = "virtualbox"
     flags = [
-        Flag("virtualbox-cpu-count", "Number of CPUs for the machine (-1 = all host CPUs)", default=1, type=int,
-             envvar="VIRTUALBOX_CPU_COUNT"),
+        Flag(
+            "virtualbox-cpu-count",
+            "Number of CPUs for the machine (-1 = all host CPUs)",
+            default=1,
+            type=int,
+            envvar="VIRTUALBOX_CPU_COUNT",
+        ),
         Flag("virtualbox-memory", "Memory in MB", default=1024, type=int, envvar="VIRTUALBOX_MEMORY_SIZE"),
         Flag("virtualbox-disk-size", "Disk size in MB", default=20000, type=int, envvar="VIRTUALBOX_DISK_SIZE"),
-        Flag("virtualbox-hostonly-cidr", "Host-only network: the host's address and prefix (VirtualBox >= 6.1.28 "
-             "allows 192.168.56.0/21 unless /etc/vbox/networks.conf says more)", default=vbox.DEFAULT_CIDR,
-             envvar="VIRTUALBOX_HOSTONLY_CIDR"),
-        Flag("virtualbox-hostonly-no-dhcp", "Do not set up a DHCP server on the host-only network", is_flag=True,
-             envvar="VIRTUALBOX_HOSTONLY_NO_DHCP"),
-        Flag("virtualbox-no-share", "Do not share the user's home folder with the machine", is_flag=True,
-             envvar="VIRTUALBOX_NO_SHARE"),
-        Flag("virtualbox-no-vtx-check", "Skip the hardware virtualization check", is_flag=True,
-             envvar="VIRTUALBOX_NO_VTX_CHECK"),
-        Flag("virtualbox-image", "Guest image: a path or http(s) URL of a cloud image (qcow2, raw, vdi) with "
-             "cloud-init; default: dockyard's own Debian image", envvar="VIRTUALBOX_IMAGE"),
-        Flag("virtualbox-image-sha256", "sha256 of --virtualbox-image (required for URLs)",
-             envvar="VIRTUALBOX_IMAGE_SHA256"),
-        Flag("virtualbox-boot-timeout", "Seconds to wait for the VM to accept SSH log-ins", default=300, type=int,
-             envvar="VIRTUALBOX_BOOT_TIMEOUT"),
+        Flag(
+            "virtualbox-hostonly-cidr",
+            "Host-only network: the host's address and prefix (VirtualBox >= 6.1.28 "
+            "allows 192.168.56.0/21 unless /etc/vbox/networks.conf says more)",
+            default=vbox.DEFAULT_CIDR,
+            envvar="VIRTUALBOX_HOSTONLY_CIDR",
+        ),
+        Flag(
+            "virtualbox-hostonly-no-dhcp",
+            "Do not set up a DHCP server on the host-only network",
+            is_flag=True,
+            envvar="VIRTUALBOX_HOSTONLY_NO_DHCP",
+        ),
+        Flag(
+            "virtualbox-no-share",
+            "Do not share the user's home folder with the machine",
+            is_flag=True,
+            envvar="VIRTUALBOX_NO_SHARE",
+        ),
+        Flag(
+            "virtualbox-no-vtx-check",
+            "Skip the hardware virtualization check",
+            is_flag=True,
+            envvar="VIRTUALBOX_NO_VTX_CHECK",
+        ),
+        Flag(
+            "virtualbox-image",
+            "Guest image: a path or http(s) URL of a cloud image (qcow2, raw, vdi) with "
+            "cloud-init; default: dockyard's own Debian image",
+            envvar="VIRTUALBOX_IMAGE",
+        ),
+        Flag(
+            "virtualbox-image-sha256",
+            "sha256 of --virtualbox-image (required for URLs)",
+            envvar="VIRTUALBOX_IMAGE_SHA256",
+        ),
+        Flag(
+            "virtualbox-boot-timeout",
+            "Seconds to wait for the VM to accept SSH log-ins",
+            default=300,
+            type=int,
+            envvar="VIRTUALBOX_BOOT_TIMEOUT",
+        ),
     ]
 
     def __init__(self, machine_name, machine_dir, config=None):
@@ -75,17 +107,24 @@ class VirtualBoxDriver(Driver):
         cpus = min(cpus, 32)
         memory, disk = int(options.get("virtualbox_memory") or 1024), int(options.get("virtualbox_disk_size") or 20000)
         if cpus < 1 or memory < 256 or disk < 1024:
-            raise DriverError("--virtualbox-cpu-count must be >= 1 (or -1), --virtualbox-memory >= 256 (MB) and "
-                              "--virtualbox-disk-size >= 1024 (MB)")
+            raise DriverError(
+                "--virtualbox-cpu-count must be >= 1 (or -1), --virtualbox-memory >= 256 (MB) and "
+                "--virtualbox-disk-size >= 1024 (MB)"
+            )
         cidr = options.get("virtualbox_hostonly_cidr") or vbox.DEFAULT_CIDR
         vbox.parse_cidr(cidr)
         self.config.update(
-            CPU=cpus, Memory=memory, DiskSize=disk, HostOnlyCIDR=cidr,
+            CPU=cpus,
+            Memory=memory,
+            DiskSize=disk,
+            HostOnlyCIDR=cidr,
             HostOnlyNoDHCP=bool(options.get("virtualbox_hostonly_no_dhcp")),
-            NoShare=bool(options.get("virtualbox_no_share")), NoVTXCheck=bool(options.get("virtualbox_no_vtx_check")),
+            NoShare=bool(options.get("virtualbox_no_share")),
+            NoVTXCheck=bool(options.get("virtualbox_no_vtx_check")),
             Image=options.get("virtualbox_image") or "",
             ImageSHA256=(options.get("virtualbox_image_sha256") or "").lower(),
-            BootTimeout=int(options.get("virtualbox_boot_timeout") or 300), SSHUser=build.recipe.SSH_USER,
+            BootTimeout=int(options.get("virtualbox_boot_timeout") or 300),
+            SSHUser=build.recipe.SSH_USER,
         )
 
     # -- addresses --------------------------------------------------------------------------------
@@ -103,29 +142,37 @@ class VirtualBoxDriver(Driver):
         if not tools.find("VBoxManage"):
             raise PreCreateCheckError(
                 "VBoxManage not found: install VirtualBox (https://www.virtualbox.org/wiki/Downloads, or on "
-                'Debian/Ubuntu "apt-get install virtualbox") and make sure VBoxManage is on PATH')
+                'Debian/Ubuntu "apt-get install virtualbox") and make sure VBoxManage is on PATH'
+            )
         version = vbox.parse_version(self.vbm("--version"))
         if version < (5, 0, 0):
-            raise PreCreateCheckError(f"VirtualBox {'.'.join(map(str, version))} is too old: dockyard needs 5.0 "
-                                      "or later (6.1.28+ recommended)")
+            raise PreCreateCheckError(
+                f"VirtualBox {'.'.join(map(str, version))} is too old: dockyard needs 5.0 "
+                "or later (6.1.28+ recommended)"
+            )
         self.config["VBoxVersion"] = ".".join(map(str, version))
         if not self.config.get("NoVTXCheck") and not _cpu_has_virtualization():
             raise PreCreateCheckError(
                 "This computer doesn't have VT-X/AMD-v enabled. Enabling it in the BIOS is mandatory "
-                "(or pass --virtualbox-no-vtx-check to try anyway)")
+                "(or pass --virtualbox-no-vtx-check to try anyway)"
+            )
         iface = vbox.parse_cidr(self.config["HostOnlyCIDR"])
         try:
             vbox.check_cidr_conflict(iface, vbox.host_networks())
         except DriverError as e:
             raise PreCreateCheckError(str(e)) from None
         if not iface.network.subnet_of(vbox.ALLOWED_HOSTONLY) and version >= (6, 1, 28):
-            self.log(f"Warning: VirtualBox {self.config['VBoxVersion']} allows host-only networks only in "
-                     f"{vbox.ALLOWED_HOSTONLY} unless /etc/vbox/networks.conf lists {iface.network}.")
+            self.log(
+                f"Warning: VirtualBox {self.config['VBoxVersion']} allows host-only networks only in "
+                f"{vbox.ALLOWED_HOSTONLY} unless /etc/vbox/networks.conf lists {iface.network}."
+            )
         names = [b.get("Name") for b in vbox.parse_blocks(self.vbm("list", "hostonlyifs"))]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise PreCreateCheckError(f"VirtualBox lists duplicate host-only adapters {sorted(dup)}; remove them "
-                                      "with VBoxManage hostonlyif remove")
+            raise PreCreateCheckError(
+                f"VirtualBox lists duplicate host-only adapters {sorted(dup)}; remove them "
+                "with VBoxManage hostonlyif remove"
+            )
         tools.require("qemu-img", "to convert the guest image to VDI")
         if self.config.get("Image"):
             source.check(self.config["Image"], self.config.get("ImageSHA256"), "virtualbox-image")
@@ -144,8 +191,11 @@ class VirtualBoxDriver(Driver):
         image = source.resolve(self.config.get("Image"), self.config.get("ImageSHA256"), self.cache_dir, self.log)
         self.config["BaseImage"] = image.to_config()
         self.log("Converting the guest image to a VirtualBox disk...")
-        p = subprocess.run([tools.find("qemu-img") or "qemu-img", "convert", "-O", "vdi", image.disk,
-                            self.path("disk.vdi")], capture_output=True, text=True)
+        p = subprocess.run(
+            [tools.find("qemu-img") or "qemu-img", "convert", "-O", "vdi", image.disk, self.path("disk.vdi")],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             raise DriverError(f"cannot convert {image.disk} to VDI: {p.stderr.strip()}")
         if image.kernel:  # no boot loader on our image's disk: boot its kernel from a small isolinux CD
@@ -155,12 +205,18 @@ class VirtualBoxDriver(Driver):
         rng = random.SystemRandom()
         self.config["NATMAC"], self.config["HostOnlyMAC"] = random_mac(rng), random_mac(rng)
         self.config["InstanceID"] = seed.instance_id(self.machine_name)
-        nics = [seed.nic("nat", self.config["NATMAC"]),
-                seed.nic("hostonly", self.config["HostOnlyMAC"], default_route=False)]
+        nics = [
+            seed.nic("nat", self.config["NATMAC"]),
+            seed.nic("hostonly", self.config["HostOnlyMAC"], default_route=False),
+        ]
         share = self._share()
         mounts = [[SHARE_NAME, share[1], "vboxsf", "defaults,nofail", "0", "0"]] if share else []
-        seed.write_seed(self.path("seed.iso"), seed.render(
-            self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user(), mounts=mounts))
+        seed.write_seed(
+            self.path("seed.iso"),
+            seed.render(
+                self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user(), mounts=mounts
+            ),
+        )
         self.config["SSHPort"] = free_port()
 
     def _share(self):
@@ -177,10 +233,18 @@ class VirtualBoxDriver(Driver):
     def register(self):
         """Create and configure the VM in VirtualBox (Docker Machine's createvm/modifyvm/storage sequence)."""
         plan = vbox.create_plan(
-            self.machine_name, self.machine_dir, self.config["CPU"], self.config["Memory"], self.config["SSHPort"],
-            self.config["NATMAC"], self.path("disk.vdi"),
+            self.machine_name,
+            self.machine_dir,
+            self.config["CPU"],
+            self.config["Memory"],
+            self.config["SSHPort"],
+            self.config["NATMAC"],
+            self.path("disk.vdi"),
             self.path("boot.iso") if os.path.exists(self.path("boot.iso")) else "",
-            self.path("seed.iso"), self.path("serial.log"), self._share())
+            self.path("seed.iso"),
+            self.path("serial.log"),
+            self._share(),
+        )
         # Grow the disk before it is attached: the guest grows its file system on first boot.
         self.vbm("modifymedium", "disk", self.path("disk.vdi"), "--resize", self.config["DiskSize"])
         for args in plan:
@@ -203,16 +267,20 @@ class VirtualBoxDriver(Driver):
                     break
                 time.sleep(1)
             if not name:
-                raise DriverError("The host-only adapter we just created is not visible. This is a well known "
-                                  "VirtualBox bug. You might want to uninstall it and reinstall at least version "
-                                  "5.0.12 that is supposed to fix this issue")
+                raise DriverError(
+                    "The host-only adapter we just created is not visible. This is a well known "
+                    "VirtualBox bug. You might want to uninstall it and reinstall at least version "
+                    "5.0.12 that is supposed to fix this issue"
+                )
             try:
                 self.vbm("hostonlyif", "ipconfig", name, "--ip", str(iface.ip), "--netmask", str(iface.netmask))
             except vbox.VBoxError as e:
                 if "E_ACCESSDENIED" in e.stderr:
-                    raise DriverError(f"VirtualBox refused the host-only address {iface}: since 6.1.28 it allows "
-                                      f"only {vbox.ALLOWED_HOSTONLY} unless /etc/vbox/networks.conf lists the "
-                                      f"network (add the line \"* {iface.network}\")") from None
+                    raise DriverError(
+                        f"VirtualBox refused the host-only address {iface}: since 6.1.28 it allows "
+                        f"only {vbox.ALLOWED_HOSTONLY} unless /etc/vbox/networks.conf lists the "
+                        f'network (add the line "* {iface.network}")'
+                    ) from None
                 raise
         if not self.config.get("HostOnlyNoDHCP"):
             self._ensure_dhcp(name, iface)
@@ -225,15 +293,22 @@ class VirtualBoxDriver(Driver):
         for b in vbox.parse_blocks(self.vbm("list", "dhcpservers")):
             if b.get("NetworkName") == network:
                 server_now = b.get("Dhcpd IP") or b.get("IP")  # "IP" before VirtualBox 6.1
-                if (server_now == server and all(b.get(k) == v for k, v in wanted.items())
-                        and b.get("Enabled") == "Yes"):
+                if server_now == server and all(b.get(k) == v for k, v in wanted.items()) and b.get("Enabled") == "Yes":
                     return
                 verb = "modify"
                 break
         else:
             verb = "add"
-        self.vbm("dhcpserver", verb, f"--network={network}", f"--server-ip={server}",
-                 f"--netmask={iface.netmask}", f"--lower-ip={lower}", f"--upper-ip={upper}", "--enable")
+        self.vbm(
+            "dhcpserver",
+            verb,
+            f"--network={network}",
+            f"--server-ip={server}",
+            f"--netmask={iface.netmask}",
+            f"--lower-ip={lower}",
+            f"--upper-ip={upper}",
+            "--enable",
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _info(self):
@@ -265,16 +340,25 @@ class VirtualBoxDriver(Driver):
             for args in vbox.hostonly_nic_plan(self.machine_name, adapter, self.config["HostOnlyMAC"]):
                 self.vbm(*args)
             if not port_free(int(self.config["SSHPort"])):
-                raise DriverError(f"cannot start: 127.0.0.1:{self.config['SSHPort']}, the machine's SSH port, is in "
-                                  "use by another program")
+                raise DriverError(
+                    f"cannot start: 127.0.0.1:{self.config['SSHPort']}, the machine's SSH port, is in "
+                    "use by another program"
+                )
         offset = boot.serial_size(self.path("serial.log"))
         try:
             self.vbm("startvm", self.machine_name, "--type", "headless")
         except vbox.VBoxError as e:
             raise DriverError(f"{e}{self._vbox_log_tail()}") from None
         self.config.pop("IPAddress", None)
-        boot.wait_for_login(self.machine_name, self.ssh_target(), self._running_marker, self.path("serial.log"),
-                            offset, float(self.config.get("BootTimeout") or 300), what="VirtualBox VM")
+        boot.wait_for_login(
+            self.machine_name,
+            self.ssh_target(),
+            self._running_marker,
+            self.path("serial.log"),
+            offset,
+            float(self.config.get("BootTimeout") or 300),
+            what="VirtualBox VM",
+        )
         self._learn_ip()
 
     def _running_marker(self):
@@ -298,14 +382,19 @@ class VirtualBoxDriver(Driver):
         deadline = time.monotonic() + 20
         with SSHSession(self.ssh_target()) as s:
             while True:
-                ip = guest_ip_for_mac(s.run("ip -o link", check=False).stdout,
-                                      s.run("ip -o -4 addr", check=False).stdout, self.config["HostOnlyMAC"])
+                ip = guest_ip_for_mac(
+                    s.run("ip -o link", check=False).stdout,
+                    s.run("ip -o -4 addr", check=False).stdout,
+                    self.config["HostOnlyMAC"],
+                )
                 if ip:
                     self.config["IPAddress"] = ip
                     return
                 if time.monotonic() > deadline:
-                    raise DriverError(f'machine "{self.machine_name}" got no address on its host-only NIC in 20s '
-                                      f"(is the DHCP server of {self.config['HostOnlyCIDR']} enabled?)")
+                    raise DriverError(
+                        f'machine "{self.machine_name}" got no address on its host-only NIC in 20s '
+                        f"(is the DHCP server of {self.config['HostOnlyCIDR']} enabled?)"
+                    )
                 time.sleep(1)
 
     def stop(self):

@@ -11,9 +11,16 @@ from dockyard.provisioner.core.errors import DriverError
 
 NOT_READY = "The object is not ready"
 VM_STATES = {
-    "running": State.RUNNING, "paused": State.PAUSED, "saved": State.SAVED, "poweroff": State.STOPPED,
-    "aborted": State.STOPPED, "starting": State.STARTING, "restoring": State.STARTING,
-    "stopping": State.STOPPING, "saving": State.STOPPING, "gurumeditation": State.ERROR,
+    "running": State.RUNNING,
+    "paused": State.PAUSED,
+    "saved": State.SAVED,
+    "poweroff": State.STOPPED,
+    "aborted": State.STOPPED,
+    "starting": State.STARTING,
+    "restoring": State.STARTING,
+    "stopping": State.STOPPING,
+    "saving": State.STOPPING,
+    "gurumeditation": State.ERROR,
 }
 DEFAULT_CIDR = "192.168.56.1/24"
 # VirtualBox >= 6.1.28 allows host-only addresses only in this range unless /etc/vbox/networks.conf says more.
@@ -104,13 +111,15 @@ def parse_version(text):
 
 # -- host-only network --------------------------------------------------------------------------------
 
+
 def parse_cidr(cidr):
     """--virtualbox-hostonly-cidr: the host's address on the network plus its prefix (e.g. 192.168.56.1/24)."""
     try:
         iface = ipaddress.ip_interface(cidr)
     except ValueError:
-        raise DriverError(f'invalid --virtualbox-hostonly-cidr "{cidr}": expected an address/prefix such as '
-                          f"{DEFAULT_CIDR}") from None
+        raise DriverError(
+            f'invalid --virtualbox-hostonly-cidr "{cidr}": expected an address/prefix such as {DEFAULT_CIDR}'
+        ) from None
     if iface.version != 4:
         raise DriverError("--virtualbox-hostonly-cidr must be an IPv4 network")
     net = iface.network
@@ -149,8 +158,7 @@ def check_cidr_conflict(iface, host_networks):
         if name.startswith("vboxnet"):
             continue
         if addr.network.overlaps(iface.network):
-            raise DriverError(f"host-only cidr conflicts with the network address of a host interface "
-                              f"({name}: {addr})")
+            raise DriverError(f"host-only cidr conflicts with the network address of a host interface ({name}: {addr})")
 
 
 def host_networks():
@@ -169,42 +177,158 @@ def host_networks():
 
 # -- command plans -------------------------------------------------------------------------------------
 
+
 def vbox_mac(mac):
     """VBoxManage wants MACs without separators."""
     return mac.replace(":", "").upper()
 
 
-def create_plan(name, basefolder, cpus, memory_mb, ssh_port, nat_mac, disk, boot_iso, seed_iso, serial_log,
-                share=None):
+def create_plan(name, basefolder, cpus, memory_mb, ssh_port, nat_mac, disk, boot_iso, seed_iso, serial_log, share=None):
     """VBoxManage calls that register and configure the VM (Docker Machine's order; boot from our CD when
     the image has no boot loader of its own). share: (share name, host path) or None."""
     plan = [
         ["createvm", "--name", name, "--basefolder", basefolder, "--ostype", "Debian_64", "--register"],
-        ["modifyvm", name, "--firmware", "bios", "--bioslogofadein", "off", "--bioslogofadeout", "off",
-         "--bioslogodisplaytime", "0", "--biosbootmenu", "disabled", "--cpus", str(cpus), "--memory", str(memory_mb),
-         "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--cpuhotplug", "off", "--pae", "on", "--hpet", "on",
-         "--hwvirtex", "on", "--nestedpaging", "on", "--largepages", "on", "--vtxvpid", "on",
-         "--accelerate3d", "off", "--boot1", "dvd" if boot_iso else "disk", "--boot2", "disk", "--boot3", "none",
-         "--boot4", "none", "--uart1", "0x3F8", "4", "--uartmode1", "file", serial_log],
-        ["modifyvm", name, "--nic1", "nat", "--nictype1", "virtio", "--cableconnected1", "on",
-         "--macaddress1", vbox_mac(nat_mac)],
+        [
+            "modifyvm",
+            name,
+            "--firmware",
+            "bios",
+            "--bioslogofadein",
+            "off",
+            "--bioslogofadeout",
+            "off",
+            "--bioslogodisplaytime",
+            "0",
+            "--biosbootmenu",
+            "disabled",
+            "--cpus",
+            str(cpus),
+            "--memory",
+            str(memory_mb),
+            "--acpi",
+            "on",
+            "--ioapic",
+            "on",
+            "--rtcuseutc",
+            "on",
+            "--cpuhotplug",
+            "off",
+            "--pae",
+            "on",
+            "--hpet",
+            "on",
+            "--hwvirtex",
+            "on",
+            "--nestedpaging",
+            "on",
+            "--largepages",
+            "on",
+            "--vtxvpid",
+            "on",
+            "--accelerate3d",
+            "off",
+            "--boot1",
+            "dvd" if boot_iso else "disk",
+            "--boot2",
+            "disk",
+            "--boot3",
+            "none",
+            "--boot4",
+            "none",
+            "--uart1",
+            "0x3F8",
+            "4",
+            "--uartmode1",
+            "file",
+            serial_log,
+        ],
+        [
+            "modifyvm",
+            name,
+            "--nic1",
+            "nat",
+            "--nictype1",
+            "virtio",
+            "--cableconnected1",
+            "on",
+            "--macaddress1",
+            vbox_mac(nat_mac),
+        ],
         ["modifyvm", name, "--natpf1", f"ssh,tcp,127.0.0.1,{ssh_port},,22"],
         ["storagectl", name, "--name", "SATA", "--add", "sata", "--portcount", "4", "--hostiocache", "on"],
-        ["storageattach", name, "--storagectl", "SATA", "--port", "0", "--device", "0", "--type", "hdd",
-         "--medium", disk],
+        [
+            "storageattach",
+            name,
+            "--storagectl",
+            "SATA",
+            "--port",
+            "0",
+            "--device",
+            "0",
+            "--type",
+            "hdd",
+            "--medium",
+            disk,
+        ],
     ]
     if boot_iso:
-        plan.append(["storageattach", name, "--storagectl", "SATA", "--port", "1", "--device", "0",
-                     "--type", "dvddrive", "--medium", boot_iso])
-    plan.append(["storageattach", name, "--storagectl", "SATA", "--port", "2", "--device", "0",
-                 "--type", "dvddrive", "--medium", seed_iso])
+        plan.append(
+            [
+                "storageattach",
+                name,
+                "--storagectl",
+                "SATA",
+                "--port",
+                "1",
+                "--device",
+                "0",
+                "--type",
+                "dvddrive",
+                "--medium",
+                boot_iso,
+            ]
+        )
+    plan.append(
+        [
+            "storageattach",
+            name,
+            "--storagectl",
+            "SATA",
+            "--port",
+            "2",
+            "--device",
+            "0",
+            "--type",
+            "dvddrive",
+            "--medium",
+            seed_iso,
+        ]
+    )
     if share:
         share_name, host_path = share
-        plan += [["sharedfolder", "add", name, "--name", share_name, "--hostpath", host_path],
-                 ["setextradata", name, f"VBoxInternal2/SharedFoldersEnableSymlinksCreate/{share_name}", "1"]]
+        plan += [
+            ["sharedfolder", "add", name, "--name", share_name, "--hostpath", host_path],
+            ["setextradata", name, f"VBoxInternal2/SharedFoldersEnableSymlinksCreate/{share_name}", "1"],
+        ]
     return plan
 
 
 def hostonly_nic_plan(name, adapter, mac):
-    return [["modifyvm", name, "--nic2", "hostonly", "--nictype2", "virtio", "--nicpromisc2", "deny",
-             "--hostonlyadapter2", adapter, "--cableconnected2", "on", "--macaddress2", vbox_mac(mac)]]
+    return [
+        [
+            "modifyvm",
+            name,
+            "--nic2",
+            "hostonly",
+            "--nictype2",
+            "virtio",
+            "--nicpromisc2",
+            "deny",
+            "--hostonlyadapter2",
+            adapter,
+            "--cableconnected2",
+            "on",
+            "--macaddress2",
+            vbox_mac(mac),
+        ]
+    ]

@@ -125,8 +125,13 @@ def _stat_payload(scope, target, st):
     link_target = ""
     if stat.S_ISLNK(st.st_mode):
         link_target = scope.realpath(target.abs.rstrip("/"))
-    return {"name": _display_base(target.abs), "size": st.st_size, "mode": go_file_mode(st.st_mode),
-            "mtime": rfc3339nano(st.st_mtime), "linkTarget": link_target}
+    return {
+        "name": _display_base(target.abs),
+        "size": st.st_size,
+        "mode": go_file_mode(st.st_mode),
+        "mtime": rfc3339nano(st.st_mtime),
+        "linkTarget": link_target,
+    }
 
 
 def _encode_stat(payload):
@@ -293,8 +298,14 @@ def put_archive(req):
         except NotADirectoryError:
             raise BadRequest("extraction point is not a directory") from None
     try:
-        tarsafe.safe_extract(req.body, real, root=root, owner=None if copy_uidgid else (0, 0),
-                             no_overwrite_dir_nondir=no_overwrite, allow_devices=False)
+        tarsafe.safe_extract(
+            req.body,
+            real,
+            root=root,
+            owner=None if copy_uidgid else (0, 0),
+            no_overwrite_dir_nondir=no_overwrite,
+            allow_devices=False,
+        )
     except OSError as exc:
         if exc.errno == errno.EROFS:
             raise ApiError("container rootfs is marked read-only", 403) from None

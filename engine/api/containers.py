@@ -8,7 +8,8 @@ import time
 from dockyard.engine.api.errors import BadRequest, Conflict, NotModified, ServerError
 from dockyard.engine.api.responses import Response, json_bytes
 from dockyard.engine.runtime import logs as logmod
-from dockyard.engine.runtime import relay, stats as statsmod, views
+from dockyard.engine.runtime import relay, views
+from dockyard.engine.runtime import stats as statsmod
 from dockyard.engine.runtime.logs import parse_since
 
 MUX = "application/vnd.docker.multiplexed-stream"
@@ -217,18 +218,30 @@ def update(req):
     body = req.json(default={}) or {}
     warnings = []
     from dockyard.engine.runtime.cgroups import Cgroup
+
     with c.lock:
         hc = c.host_config
         if "RestartPolicy" in body and body["RestartPolicy"]:
             rp = body["RestartPolicy"]
             if hc.get("AutoRemove") and (rp.get("Name") or "no") != "no":
-                raise BadRequest("Restart policy cannot be updated because AutoRemove is enabled for "
-                                 "the container")
-            hc["RestartPolicy"] = {"Name": rp.get("Name") or "no",
-                                   "MaximumRetryCount": int(rp.get("MaximumRetryCount") or 0)}
+                raise BadRequest("Restart policy cannot be updated because AutoRemove is enabled for the container")
+            hc["RestartPolicy"] = {
+                "Name": rp.get("Name") or "no",
+                "MaximumRetryCount": int(rp.get("MaximumRetryCount") or 0),
+            }
         res = {}
-        for key in ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus", "CpuShares", "CpuPeriod",
-                    "CpuQuota", "PidsLimit", "CpusetCpus", "CpusetMems"):
+        for key in (
+            "Memory",
+            "MemorySwap",
+            "MemoryReservation",
+            "NanoCpus",
+            "CpuShares",
+            "CpuPeriod",
+            "CpuQuota",
+            "PidsLimit",
+            "CpusetCpus",
+            "CpusetMems",
+        ):
             if body.get(key):
                 hc[key] = body[key]
                 res[key] = body[key]
@@ -251,15 +264,13 @@ def attach(req):
         keys = relay.parse_detach_keys(req.query_value("detachKeys") or "")
     except relay.DetachKeyError as exc:
         raise BadRequest(str(exc)) from None
-    want = {"stdin": req.query_bool("stdin"), "stdout": req.query_bool("stdout"),
-            "stderr": req.query_bool("stderr")}
+    want = {"stdin": req.query_bool("stdin"), "stdout": req.query_bool("stdout"), "stderr": req.query_bool("stderr")}
     stream_it, with_logs = req.query_bool("stream"), req.query_bool("logs")
     if not (stream_it or with_logs):
         raise BadRequest("Bad parameters: you must choose at least one stream")
     prefix = b""
     if with_logs:
-        prefix = b"".join(_log_payloads(c, logmod.LogReader(c.log_path).poll(), want["stdout"],
-                                        want["stderr"], False))
+        prefix = b"".join(_log_payloads(c, logmod.LogReader(c.log_path).poll(), want["stdout"], want["stderr"], False))
     peer = mgr.attach_socket(c, want) if stream_it else None
     hijacked = req.hijack(RAW if c.tty else MUX)
     start_at = first_write_at(req)
@@ -268,8 +279,7 @@ def attach(req):
             relay._wait_until(start_at)
             hijacked.sendall(prefix)
         return None
-    relay.relay_attach(hijacked, peer, stdin=want["stdin"], detach_keys=keys,
-                       first_write_at=start_at, prefix=prefix)
+    relay.relay_attach(hijacked, peer, stdin=want["stdin"], detach_keys=keys, first_write_at=start_at, prefix=prefix)
     hijacked.shutdown_write()
     relay.drain_client(hijacked)
     return None
@@ -382,4 +392,3 @@ def stats(req):
     except OSError:
         req.must_close = True
         return None
-

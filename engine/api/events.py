@@ -6,8 +6,22 @@ from dockyard.engine.api.containers import client_gone
 from dockyard.engine.api.errors import ServerError
 from dockyard.engine.runtime.logs import parse_since
 
-FILTERS = ("container", "daemon", "event", "image", "label", "network", "node", "plugin",
-           "scope", "service", "type", "volume", "config", "secret")
+FILTERS = (
+    "container",
+    "daemon",
+    "event",
+    "image",
+    "label",
+    "network",
+    "node",
+    "plugin",
+    "scope",
+    "service",
+    "type",
+    "volume",
+    "config",
+    "secret",
+)
 
 
 def register(router, engine):

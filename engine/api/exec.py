@@ -65,8 +65,13 @@ def start(req):
     try:
         if proc.failure:
             execs.finish(inst, proc)
-            _write_error(hijacked, "OCI runtime exec failed: exec failed: unable to start container "
-                         "process: %s: unknown" % proc.failure.get("error", ""), tty, start_at)
+            _write_error(
+                hijacked,
+                "OCI runtime exec failed: exec failed: unable to start container "
+                "process: %s: unknown" % proc.failure.get("error", ""),
+                tty,
+                start_at,
+            )
             relay.drain_client(hijacked)
             return None
         relay.relay_exec(hijacked, proc, detach_keys=_keys(inst), first_write_at=start_at)

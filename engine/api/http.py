@@ -16,11 +16,22 @@ from urllib.parse import parse_qs, unquote
 from dockyard.engine.api import query as querymod
 from dockyard.engine.api.errors import ApiError, BadRequest, NotImplementedApi
 from dockyard.engine.api.responses import (  # noqa: F401  (re-exported for handlers)
-    NO_BODY_STATUS, ChunkedStream, HijackedConnection, Response, error_response, json_bytes,
+    NO_BODY_STATUS,
+    ChunkedStream,
+    HijackedConnection,
+    Response,
+    error_response,
+    json_bytes,
     json_response,
 )
 from dockyard.engine.api.wire import (
-    MAX_HEADER_BYTES, MAX_HEADERS, ChunkedBody, EmptyBody, Headers, LengthBody, ProtocolError,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    ChunkedBody,
+    EmptyBody,
+    Headers,
+    LengthBody,
+    ProtocolError,
     SocketReader,
 )
 
@@ -30,12 +41,28 @@ HEADER_TIMEOUT = 300.0  # idle keep-alive / slow headers, like moby's ReadHeader
 HANDSHAKE_TIMEOUT = 30.0
 
 REASONS = {
-    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content",
-    206: "Partial Content", 301: "Moved Permanently", 302: "Found", 304: "Not Modified",
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
-    416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    100: "Continue",
+    101: "Switching Protocols",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    206: "Partial Content",
+    301: "Moved Permanently",
+    302: "Found",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    416: "Range Not Satisfiable",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
 }
 
 
@@ -342,8 +369,9 @@ class Connection:
 class HttpServer:
     """Owns the app callable and the headers every response carries; serves accepted sockets."""
 
-    def __init__(self, app, base_headers=(), context=None,
-                 header_timeout=HEADER_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT):
+    def __init__(
+        self, app, base_headers=(), context=None, header_timeout=HEADER_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT
+    ):
         self.app = app
         self.base_headers = list(base_headers)
         self.context = context
@@ -353,8 +381,10 @@ class HttpServer:
     def spawn(self, sock, peer, tls_context=None):
         """Serve `sock` on a new daemon thread (TLS handshake included)."""
         thread = threading.Thread(
-            target=self.handle_connection, args=(sock, peer, tls_context),
-            name="conn-%s" % (peer,), daemon=True,
+            target=self.handle_connection,
+            args=(sock, peer, tls_context),
+            name="conn-%s" % (peer,),
+            daemon=True,
         )
         thread.start()
         return thread

@@ -19,10 +19,24 @@ PRUNE_FILTERS = ("dangling", "label", "label!", "until")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 _CONFIG_KEYS = (
-    ("Hostname", ""), ("Domainname", ""), ("User", ""), ("AttachStdin", False), ("AttachStdout", False),
-    ("AttachStderr", False), ("ExposedPorts", None), ("Tty", False), ("OpenStdin", False),
-    ("StdinOnce", False), ("Env", None), ("Cmd", None), ("Image", ""), ("Volumes", None),
-    ("WorkingDir", ""), ("Entrypoint", None), ("OnBuild", None), ("Labels", None),
+    ("Hostname", ""),
+    ("Domainname", ""),
+    ("User", ""),
+    ("AttachStdin", False),
+    ("AttachStdout", False),
+    ("AttachStderr", False),
+    ("ExposedPorts", None),
+    ("Tty", False),
+    ("OpenStdin", False),
+    ("StdinOnce", False),
+    ("Env", None),
+    ("Cmd", None),
+    ("Image", ""),
+    ("Volumes", None),
+    ("WorkingDir", ""),
+    ("Entrypoint", None),
+    ("OnBuild", None),
+    ("Labels", None),
 )
 
 
@@ -104,6 +118,7 @@ def label_matcher(filters, key="label", negate_key=None):
 
 # -- list / inspect / history ----------------------------------------------------------------
 
+
 def summary(img, api_version):
     size = img.size
     out = {
@@ -179,8 +194,11 @@ def inspect_payload(store, img, api_version="1.50"):
     dirs = [l.dir for l in reversed(layers)]  # top first
     data = {}
     if dirs:
-        data = {"MergedDir": os.path.join(dirs[0], "merged"), "UpperDir": os.path.join(dirs[0], "diff"),
-                "WorkDir": os.path.join(dirs[0], "work")}
+        data = {
+            "MergedDir": os.path.join(dirs[0], "merged"),
+            "UpperDir": os.path.join(dirs[0], "diff"),
+            "WorkDir": os.path.join(dirs[0], "work"),
+        }
         if len(dirs) > 1:
             data["LowerDir"] = ":".join(os.path.join(d, "diff") for d in dirs[1:])
     out = {
@@ -230,16 +248,32 @@ def image_history(req):
                 if idx < len(layers):
                     size = layers[idx].size
                 idx += 1
-            entries.append({"Id": "<missing>", "Created": int(_created(h, img)),
-                            "CreatedBy": h.get("created_by") or "", "Tags": None, "Size": size,
-                            "Comment": h.get("comment") or ""})
+            entries.append(
+                {
+                    "Id": "<missing>",
+                    "Created": int(_created(h, img)),
+                    "CreatedBy": h.get("created_by") or "",
+                    "Tags": None,
+                    "Size": size,
+                    "Comment": h.get("comment") or "",
+                }
+            )
     else:
         for layer in layers:
-            entries.append({"Id": "<missing>", "Created": int(img.created), "CreatedBy": "",
-                            "Tags": None, "Size": layer.size, "Comment": ""})
+            entries.append(
+                {
+                    "Id": "<missing>",
+                    "Created": int(img.created),
+                    "CreatedBy": "",
+                    "Tags": None,
+                    "Size": layer.size,
+                    "Comment": "",
+                }
+            )
     if not entries:
-        entries.append({"Id": "<missing>", "Created": int(img.created), "CreatedBy": "", "Tags": None,
-                        "Size": 0, "Comment": ""})
+        entries.append(
+            {"Id": "<missing>", "Created": int(img.created), "CreatedBy": "", "Tags": None, "Size": 0, "Comment": ""}
+        )
     entries.reverse()
     entries[0]["Id"] = img.id
     entries[0]["Tags"] = img.repo_tags or None
@@ -253,6 +287,7 @@ def _created(h, img):
 
 
 # -- tag / rmi / prune --------------------------------------------------------------------
+
 
 def tag_image(req):
     store = store_of(req)
@@ -290,8 +325,9 @@ def prune_images(req):
     until = None
     if filters.has("until"):
         until = min(parse_timestamp(v) for v in filters.get("until"))
-    deleted, reclaimed = store.prune(dangling_only=dangling_only, until=until,
-                                     label_filter=label_matcher(filters, "label", "label!"))
+    deleted, reclaimed = store.prune(
+        dangling_only=dangling_only, until=until, label_filter=label_matcher(filters, "label", "label!")
+    )
     return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
 
@@ -304,6 +340,7 @@ def push_image(req):
 
 
 # -- load / save / import ---------------------------------------------------------------------
+
 
 def _spool_body(req, store):
     """Stream the request body (often chunked) to a temp file; -> path."""
@@ -411,8 +448,15 @@ def pull_image(req, from_image, tag):
     policy = (getattr(cfg, "opts", None) or {}).get("registry-pull", "local")
     out = _LazyStream(req, buffer_all=False)
     try:
-        registry.pull(store, from_image, tag, out.emit, req.headers.get("X-Registry-Auth"),
-                      getattr(cfg, "insecure_registries", ()), policy=policy)
+        registry.pull(
+            store,
+            from_image,
+            tag,
+            out.emit,
+            req.headers.get("X-Registry-Auth"),
+            getattr(cfg, "insecure_registries", ()),
+            policy=policy,
+        )
     except ApiError as exc:
         if out.fail(exc.message):
             return None
@@ -430,8 +474,7 @@ def pull_image(req, from_image, tag):
 def import_image(req, src):
     store = store_of(req)
     if src != "-":
-        raise BadRequest("importing from %s is not supported: send the tarball in the request body "
-                         "(fromSrc=-)" % src)
+        raise BadRequest("importing from %s is not supported: send the tarball in the request body (fromSrc=-)" % src)
     repo = req.query_value("repo") or None
     tag = req.query_value("tag") or None
     message = req.query_value("message") or ""
@@ -440,8 +483,9 @@ def import_image(req, src):
     path = _spool_body(req, store)
     try:
         with open(path, "rb") as fh:
-            img = archive.import_rootfs(store, fh, repo=repo, tag=tag, message=message, changes=changes,
-                                        platform=platform)
+            img = archive.import_rootfs(
+                store, fh, repo=repo, tag=tag, message=message, changes=changes, platform=platform
+            )
     finally:
         os.unlink(path)
     stream = req.stream(200, "application/json")

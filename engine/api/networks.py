@@ -78,8 +78,7 @@ def create_network(req):
     if not name:
         raise BadRequest("network name is required")
     if body.get("Driver") not in (None, "", "bridge"):
-        raise BadRequest("dockyard supports only the bridge driver for user-defined networks, "
-                         "not %r" % body["Driver"])
+        raise BadRequest("dockyard supports only the bridge driver for user-defined networks, not %r" % body["Driver"])
     if body.get("EnableIPv6"):
         raise BadRequest("dockyard networks are IPv4 only")
     if body.get("ConfigOnly") or body.get("ConfigFrom") and (body["ConfigFrom"] or {}).get("Network"):
@@ -96,8 +95,9 @@ def create_network(req):
         if cfg.get("IPRange") or cfg.get("AuxiliaryAddresses"):
             raise BadRequest("--ip-range and --aux-address are not supported")
         subnet, gateway = cfg.get("Subnet") or None, cfg.get("Gateway") or None
-    net = _manager(req).create_network(name, subnet, gateway, bool(body.get("Internal")),
-                                       body.get("Labels") or {}, body.get("Options") or {})
+    net = _manager(req).create_network(
+        name, subnet, gateway, bool(body.get("Internal")), body.get("Labels") or {}, body.get("Options") or {}
+    )
     return json_response({"Id": net.id, "Warning": ""}, 201)
 
 
@@ -130,11 +130,13 @@ def _label_matches(labels, expr):
 
 def connect_network(req):
     name = _manager(req).resolve(req.params["id"])
-    raise NotImplementedApi("dockyard cannot connect a container to %s after creation: choose the "
-                            "network with docker run --network" % name)
+    raise NotImplementedApi(
+        "dockyard cannot connect a container to %s after creation: choose the network with docker run --network" % name
+    )
 
 
 def disconnect_network(req):
     name = _manager(req).resolve(req.params["id"])
-    raise NotImplementedApi("dockyard cannot disconnect a container from %s: containers keep the "
-                            "network they were created with" % name)
+    raise NotImplementedApi(
+        "dockyard cannot disconnect a container from %s: containers keep the network they were created with" % name
+    )

@@ -10,7 +10,7 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]+))?\}")
 
 
 def version_tuple(text):
-    """"1.50" -> (1, 50). Like moby, a non-numeric part counts as 0."""
+    """ "1.50" -> (1, 50). Like moby, a non-numeric part counts as 0."""
     parts = []
     for piece in text.split("."):
         parts.append(int(piece) if piece.isdigit() else 0)
@@ -30,7 +30,7 @@ def compile_pattern(pattern):
         raise ValueError("route pattern must start with '/': %r" % pattern)
     out, pos, names = [], 0, []
     for match in _PARAM.finditer(pattern):
-        out.append(re.escape(pattern[pos:match.start()]))
+        out.append(re.escape(pattern[pos : match.start()]))
         name, custom = match.group(1), match.group(2)
         if name in names:
             raise ValueError("duplicate parameter %r in %r" % (name, pattern))
@@ -90,8 +90,7 @@ class Router:
         version, rest = match.group(1), match.group(2)
         if version_less(self.max_version, version):
             raise BadRequest(
-                "client version %s is too new. Maximum supported API version is %s"
-                % (version, self.max_version)
+                "client version %s is too new. Maximum supported API version is %s" % (version, self.max_version)
             )
         if version_less(version, self.min_version):
             raise BadRequest(

@@ -1,7 +1,8 @@
 """The one place where resource modules register their routes and common headers are defined."""
 
 from dockyard.engine import API_VERSION, __version__
-from dockyard.engine.api import archive, containers, events, exec as exec_, images, networks, system, volumes
+from dockyard.engine.api import archive, containers, events, images, networks, system, volumes
+from dockyard.engine.api import exec as exec_
 from dockyard.engine.api.router import Router
 
 # One module per resource; each has register(router, engine). Later: containers, images,

@@ -65,8 +65,12 @@ def create_volume(req):
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict):
         raise BadRequest("Labels must be an object")
-    vol = store.create(name=body.get("Name") or None, labels=labels,
-                       driver=body.get("Driver") or "local", options=body.get("DriverOpts") or None)
+    vol = store.create(
+        name=body.get("Name") or None,
+        labels=labels,
+        driver=body.get("Driver") or "local",
+        options=body.get("DriverOpts") or None,
+    )
     return json_response(vol.to_api(), status=201)
 
 
@@ -86,6 +90,5 @@ def prune_volumes(req):
     include_named = version_less(req.api_version or "1.50", "1.42")
     if filters.has("all"):
         include_named = True in _truthy(filters.get("all"), "all")
-    names, reclaimed = store.prune(include_named=include_named,
-                                   label_filter=label_matcher(filters, "label", "label!"))
+    names, reclaimed = store.prune(include_named=include_named, label_filter=label_matcher(filters, "label", "label!"))
     return {"VolumesDeleted": names or None, "SpaceReclaimed": reclaimed}

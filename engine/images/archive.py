@@ -120,6 +120,7 @@ def _oci_images(arc):
                     continue
                 layers = [_blob_path(l.get("digest")) for l in manifest.get("layers") or []]
                 out.append((_blob_path(manifest["config"].get("digest")), names, layers))
+
     walk(arc.json("index.json"), [])
     # One image may be listed once per tag: merge by config.
     merged = {}
@@ -148,8 +149,7 @@ def _progress_bar(current, total, width=50):
         return ""
     filled = int(width * current / total)
     arrow = ">" if filled < width else ""
-    return "[%s%s%s] %s/%s" % ("=" * filled, arrow, " " * (width - filled - len(arrow)),
-                               _human(current), _human(total))
+    return "[%s%s%s] %s/%s" % ("=" * filled, arrow, " " * (width - filled - len(arrow)), _human(current), _human(total))
 
 
 def _human(n):
@@ -202,11 +202,9 @@ def _load(store, path, emit, quiet):
         elif arc.has("index.json"):
             images = _oci_images(arc)
         elif arc.has("repositories"):
-            raise BadRequest("invalid archive: legacy (pre-1.10) image format without manifest.json "
-                             "is not supported")
+            raise BadRequest("invalid archive: legacy (pre-1.10) image format without manifest.json is not supported")
         else:
-            raise BadRequest("invalid archive: no manifest.json or index.json found (is this a "
-                             "`docker save` tarball?)")
+            raise BadRequest("invalid archive: no manifest.json or index.json found (is this a `docker save` tarball?)")
         if not images:
             raise BadRequest("invalid archive: no images in it")
         loaded = []
@@ -218,8 +216,9 @@ def _load(store, path, emit, quiet):
                 raise BadRequest("invalid image config %s: %s" % (cfg_path, exc)) from None
             diff_ids = list(((config.get("rootfs") or {}).get("diff_ids")) or [])
             if len(diff_ids) != len(layer_paths):
-                raise BadRequest("invalid manifest, layers length mismatch: expected %d, got %d"
-                                 % (len(diff_ids), len(layer_paths)))
+                raise BadRequest(
+                    "invalid manifest, layers length mismatch: expected %d, got %d" % (len(diff_ids), len(layer_paths))
+                )
             for diff_id, layer_path in zip(diff_ids, layer_paths):
                 if store.layers.exists(diff_id):
                     continue
@@ -235,24 +234,40 @@ def _load(store, path, emit, quiet):
                         if now - last[0] < 0.1:
                             return
                         last[0] = now
-                        emit({"status": "Loading layer", "progressDetail": {
-                            "current": min(done, total), "total": total},
-                            "progress": _progress_bar(min(done, total), total), "id": sid})
+                        emit(
+                            {
+                                "status": "Loading layer",
+                                "progressDetail": {"current": min(done, total), "total": total},
+                                "progress": _progress_bar(min(done, total), total),
+                                "id": sid,
+                            }
+                        )
+
                 try:
                     store.layers.ingest(member, expected=diff_id, progress=report)
                 except BadRequest as exc:
                     raise BadRequest("error loading layer %s: %s" % (layer_path, exc.message)) from None
                 if not quiet:
-                    emit({"status": "Loading layer", "progressDetail": {"current": total, "total": total},
-                          "progress": _progress_bar(total, total), "id": sid})
+                    emit(
+                        {
+                            "status": "Loading layer",
+                            "progressDetail": {"current": total, "total": total},
+                            "progress": _progress_bar(total, total),
+                            "id": sid,
+                        }
+                    )
             img = store.add_config(raw)
             names = []
             for tag in tags:
                 parsed = reference.parse(tag, default_tag=True)
                 old = store.tag(img.id, parsed)
                 if old and store.exists(old):
-                    emit({"stream": "The image %s already exists, renaming the old one with ID %s to "
-                                    "empty string\n" % (parsed.tagged, old)})
+                    emit(
+                        {
+                            "stream": "The image %s already exists, renaming the old one with ID %s to "
+                            "empty string\n" % (parsed.tagged, old)
+                        }
+                    )
                 names.append(parsed.tagged)
             if names:
                 for name in names:
@@ -266,6 +281,7 @@ def _load(store, path, emit, quiet):
 
 
 # -- save ----------------------------------------------------------------------------------
+
 
 def resolve_save_names(store, names):
     """[(Image, [tags])] in request order; NotFound for any missing name (before streaming)."""
@@ -362,10 +378,14 @@ def save(store, selection, out):
             if img.id not in written:
                 _add_bytes(tar, _blob_path(img.id), img.raw_config, mtime)
                 written.add(img.id)
-            manifest = _json_bytes({
-                "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-                "config": {"mediaType": MT_OCI_CONFIG, "digest": img.id, "size": len(img.raw_config)},
-                "layers": layer_descs})
+            manifest = _json_bytes(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": MT_OCI_MANIFEST,
+                    "config": {"mediaType": MT_OCI_CONFIG, "digest": img.id, "size": len(img.raw_config)},
+                    "layers": layer_descs,
+                }
+            )
             mdigest = "sha256:" + hashlib.sha256(manifest).hexdigest()
             if mdigest not in written:
                 _add_bytes(tar, _blob_path(mdigest), manifest, mtime)
@@ -375,16 +395,24 @@ def save(store, selection, out):
                 for tag in tags:
                     parsed = reference.parse(tag, default_tag=True)
                     desc = dict(base)
-                    desc["annotations"] = {ANNOTATION_NAME: "%s:%s" % (parsed.full_name(), parsed.tag),
-                                           ANNOTATION_REF: parsed.tag}
+                    desc["annotations"] = {
+                        ANNOTATION_NAME: "%s:%s" % (parsed.full_name(), parsed.tag),
+                        ANNOTATION_REF: parsed.tag,
+                    }
                     index.append(desc)
                     repositories.setdefault(parsed.repo, {})[parsed.tag] = img.hex
             else:
                 index.append(base)
-            manifest_json.append({"Config": _blob_path(img.id), "RepoTags": list(tags) or None,
-                                  "Layers": [_blob_path(d["digest"]) for d in layer_descs]})
-        _add_bytes(tar, "index.json", _json_bytes({"schemaVersion": 2, "mediaType": MT_OCI_INDEX,
-                                                   "manifests": index}), mtime)
+            manifest_json.append(
+                {
+                    "Config": _blob_path(img.id),
+                    "RepoTags": list(tags) or None,
+                    "Layers": [_blob_path(d["digest"]) for d in layer_descs],
+                }
+            )
+        _add_bytes(
+            tar, "index.json", _json_bytes({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": index}), mtime
+        )
         _add_bytes(tar, "manifest.json", _json_bytes(manifest_json), mtime)
         _add_bytes(tar, "oci-layout", _json_bytes({"imageLayoutVersion": "1.0.0"}), mtime)
         if repositories:
@@ -395,8 +423,7 @@ def save(store, selection, out):
 
 # -- import --------------------------------------------------------------------------------
 
-_CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER",
-                    "VOLUME", "WORKDIR")
+_CHANGE_COMMANDS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR")
 
 
 def _json_or_shell(rest, shell_form):
@@ -420,8 +447,9 @@ def _pairs(rest, what):
     if "=" not in words[0]:
         key, _, value = rest.partition(" ")
         if not value.strip():
-            raise BadRequest("%s names can not be blank" % what if not key else
-                             "%s requires at least two arguments" % what)
+            raise BadRequest(
+                "%s names can not be blank" % what if not key else "%s requires at least two arguments" % what
+            )
         return [(key, value.strip())]
     out = []
     for word in words:
@@ -476,8 +504,7 @@ def apply_changes(config, changes):
     return config
 
 
-def import_rootfs(store, fileobj, repo=None, tag=None, message="", changes=(), source="-",
-                  platform=None):
+def import_rootfs(store, fileobj, repo=None, tag=None, message="", changes=(), source="-", platform=None):
     """`docker import`: a rootfs tarball (maybe compressed) -> a new one-layer image (+ tag)."""
     target = None
     if repo:
@@ -490,8 +517,7 @@ def import_rootfs(store, fileobj, repo=None, tag=None, message="", changes=(), s
     if platform:
         bits = platform.split("/")
         if bits[0] != "linux" or (len(bits) > 1 and bits[1] != arch):
-            raise BadRequest("image operating system/architecture %r cannot be used on this platform"
-                             % platform)
+            raise BadRequest("image operating system/architecture %r cannot be used on this platform" % platform)
     layer = store.layers.ingest(fileobj)
     created = rfc3339nano()
     comment = message or "Imported from %s" % source

@@ -254,7 +254,7 @@ class _SkeletonPlan:
             base = parts[-1]
             if base.startswith(tarsafe.WHITEOUT_PREFIX + tarsafe.WHITEOUT_PREFIX):
                 return
-            key = tuple(parts[:-1]) + (base[len(tarsafe.WHITEOUT_PREFIX):],)
+            key = tuple(parts[:-1]) + (base[len(tarsafe.WHITEOUT_PREFIX) :],)
             if member.size:
                 self.ok = False
         if key in self.paths or (key in self.prefixes and not member.isdir()):
@@ -377,15 +377,15 @@ class LayerStore:
             plan = _SkeletonPlan()
             with open(tar_path, "rb") as fh:
                 with tarfile.open(fileobj=fh, mode="r:") as tar:
-                    result = tarsafe.safe_extract(tar, diff, whiteouts="overlay", allow_devices=True,
-                                                  on_member=plan.on_member)
+                    result = tarsafe.safe_extract(
+                        tar, diff, whiteouts="overlay", allow_devices=True, on_member=plan.on_member
+                    )
             if plan.ok:
                 _write_skeleton(tar_path, plan.refs, os.path.join(stage, "skeleton.gz"))
             else:
                 shutil.move(tar_path, os.path.join(stage, "layer.tar"))
             link = uuid.uuid4().hex[:20].upper()
-            meta = {"diff_id": diff_id, "size": result.size, "tar_size": tar_size, "link": link,
-                    "created": time.time()}
+            meta = {"diff_id": diff_id, "size": result.size, "tar_size": tar_size, "link": link, "created": time.time()}
             atomic_write_json(os.path.join(stage, "meta.json"), meta)
             with self._lock:
                 final = os.path.join(self.root, hexid)

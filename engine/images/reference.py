@@ -11,8 +11,10 @@ _LEGACY_DOMAIN = "index.docker.io"
 _OFFICIAL_PREFIX = "library/"
 
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
-_DOMAIN = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-                     r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
+_DOMAIN = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$"
+)
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
@@ -55,8 +57,9 @@ class Reference:
 def familiar_repo(name):
     """Normalise a repository name to the short form docker shows ('docker.io/library/x' -> 'x')."""
     parts = name.split("/")
-    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"
-                           or parts[0] != parts[0].lower()):
+    if len(parts) > 1 and (
+        "." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0] != parts[0].lower()
+    ):
         domain, path = parts[0], "/".join(parts[1:])
     else:
         domain, path = DEFAULT_DOMAIN, name
@@ -64,7 +67,7 @@ def familiar_repo(name):
         domain = DEFAULT_DOMAIN
     if domain == DEFAULT_DOMAIN:
         if path.startswith(_OFFICIAL_PREFIX) and path.count("/") == 1:
-            path = path[len(_OFFICIAL_PREFIX):]
+            path = path[len(_OFFICIAL_PREFIX) :]
         return domain, path, path
     return domain, path, "%s/%s" % (domain, path)
 
@@ -85,7 +88,7 @@ def parse(text, default_tag=False):
     slash = name.rfind("/")
     colon = name.rfind(":")
     if colon > slash:
-        name, tag = name[:colon], name[colon + 1:]
+        name, tag = name[:colon], name[colon + 1 :]
         if not _TAG.match(tag):
             raise BadRequest("invalid reference format")
     if not name:
@@ -108,8 +111,7 @@ def parse(text, default_tag=False):
 def check_repo_name(repo):
     """moby refuses 64-hex repository names: they would shadow image IDs."""
     if _HEX64.match(repo.rsplit("/", 1)[-1]) and "/" not in repo:
-        raise BadRequest("invalid repository name (%s), cannot specify 64-byte hexadecimal strings"
-                         % repo)
+        raise BadRequest("invalid repository name (%s), cannot specify 64-byte hexadecimal strings" % repo)
 
 
 def matches(pattern, tagged_ref):

@@ -169,8 +169,7 @@ class Registry:
         url = fields["realm"] + ("&" if "?" in fields["realm"] else "?") + urlencode(query)
         headers = {"User-Agent": "dockyard-engine"}
         if user:
-            headers["Authorization"] = "Basic " + base64.b64encode(
-                ("%s:%s" % (user, password or "")).encode()).decode()
+            headers["Authorization"] = "Basic " + base64.b64encode(("%s:%s" % (user, password or "")).encode()).decode()
         elif self.auth.get("registrytoken"):
             self.token = self.auth["registrytoken"]
             return True
@@ -211,13 +210,18 @@ class Registry:
         detail = ""
         try:
             errs = json.loads(body.decode("utf-8")).get("errors") or []
-            detail = ": ".join(filter(None, [errs[0].get("code", "").lower().replace("_", " "),
-                                             errs[0].get("message", "")])) if errs else ""
+            detail = (
+                ": ".join(filter(None, [errs[0].get("code", "").lower().replace("_", " "), errs[0].get("message", "")]))
+                if errs
+                else ""
+            )
         except (ValueError, AttributeError, UnicodeDecodeError):
             pass
         if status in (401, 403) or (status == 404 and "name unknown" in detail):
-            raise NotFound("pull access denied for %s, repository does not exist or may require "
-                           "'docker login'%s" % (self.repository, (": " + detail) if detail else ""))
+            raise NotFound(
+                "pull access denied for %s, repository does not exist or may require "
+                "'docker login'%s" % (self.repository, (": " + detail) if detail else "")
+            )
         if status == 404:
             raise NotFound("manifest for %s:%s not found: %s" % (self.repository, ref, detail or "manifest unknown"))
         raise RegistryError("registry %s answered %d for %s %s" % (self.host, status, ref, detail))
@@ -275,9 +279,11 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
     ref = reference.parse(ref_text, default_tag=True)
     host, repo_path = split_repository(ref.repo)
     if policy != "all" and not is_insecure(host, insecure_registries):
-        raise NotFound("pull access denied for %s: this engine only pulls from local registries "
-                       "(start it with --opt registry-pull=all to reach %s); load the image with "
-                       "`docker load` instead" % (ref.repo, host))
+        raise NotFound(
+            "pull access denied for %s: this engine only pulls from local registries "
+            "(start it with --opt registry-pull=all to reach %s); load the image with "
+            "`docker load` instead" % (ref.repo, host)
+        )
     reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries)
     wanted = ref.digest or ref.tag
     mediatype, raw, digest, doc = reg.manifest(wanted)
@@ -309,8 +315,10 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
         emit({"status": "Pulling fs layer", "progressDetail": {}, "id": sid})
         size = int(desc.get("size") or 0)
         with tempfile.TemporaryFile(dir=store.layers.tmp) as tmp:
+
             def progress(done, sid=sid, size=size):
                 emit({"status": "Downloading", "progressDetail": {"current": done, "total": size}, "id": sid})
+
             reg.blob(desc["digest"], tmp, progress if size > (1 << 20) else None)
             emit({"status": "Download complete", "progressDetail": {}, "id": sid})
             tmp.seek(0)

@@ -34,15 +34,19 @@ def libc():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                                ctypes.c_char_p)
+        _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
         _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
     return _libc
 
 
 def mount(source, target, fstype, flags=0, data=None):
-    rc = libc().mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                      data.encode() if data is not None else None)
+    rc = libc().mount(
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data is not None else None,
+    )
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), target)
@@ -106,15 +110,18 @@ class RootfsManager:
 
     def paths(self, container_id):
         base = os.path.join(self.root, container_id)
-        return {"dir": base, "upper": os.path.join(base, "upper"), "work": os.path.join(base, "work"),
-                "merged": os.path.join(base, "merged")}
+        return {
+            "dir": base,
+            "upper": os.path.join(base, "upper"),
+            "work": os.path.join(base, "work"),
+            "merged": os.path.join(base, "merged"),
+        }
 
     def graph_driver_data(self, container_id, diff_ids):
         """GraphDriver.Data for container inspect (LowerDir/UpperDir/MergedDir/WorkDir)."""
         p = self.paths(container_id)
         lowers = [self.layers.get(d).diff_dir for d in reversed(diff_ids)]
-        return {"LowerDir": ":".join(lowers), "UpperDir": p["upper"], "MergedDir": p["merged"],
-                "WorkDir": p["work"]}
+        return {"LowerDir": ":".join(lowers), "UpperDir": p["upper"], "MergedDir": p["merged"], "WorkDir": p["work"]}
 
     def mount(self, container_id, diff_ids):
         """Mount (idempotently) the rootfs of a container; diff_ids LOWEST first. -> merged path."""
@@ -151,10 +158,13 @@ class RootfsManager:
             fstype, mnt = filesystem_of(self.data_root)
             hint = ""
             if fstype in ("overlay", "aufs"):
-                hint = (" (data-root %s is on %s at %s, which cannot hold an overlay upper dir: "
-                        "put --data-root on ext4, xfs, btrfs or tmpfs)" % (self.data_root, fstype, mnt))
-            raise ServerError("error mounting the container's root filesystem: %s%s"
-                              % (exc.strerror or exc, hint)) from None
+                hint = (
+                    " (data-root %s is on %s at %s, which cannot hold an overlay upper dir: "
+                    "put --data-root on ext4, xfs, btrfs or tmpfs)" % (self.data_root, fstype, mnt)
+                )
+            raise ServerError(
+                "error mounting the container's root filesystem: %s%s" % (exc.strerror or exc, hint)
+            ) from None
         return p["merged"]
 
     def remount(self, container_id):

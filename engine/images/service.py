@@ -28,7 +28,9 @@ def start(engine):
     engine.add_info_provider(lambda: {"Images": len(images.ids())})
     fstype, mnt = filesystem_of(data_root)
     if fstype in ("overlay", "aufs"):
-        text = ("WARNING: data-root %s is on %s (%s): container root filesystems (overlayfs) cannot be "
-                "mounted there; use --data-root on ext4, xfs, btrfs or tmpfs" % (data_root, fstype, mnt))
+        text = (
+            "WARNING: data-root %s is on %s (%s): container root filesystems (overlayfs) cannot be "
+            "mounted there; use --data-root on ext4, xfs, btrfs or tmpfs" % (data_root, fstype, mnt)
+        )
         log.warning(text)
         engine.warnings.append(text)

@@ -330,9 +330,10 @@ class ImageStore:
                 parsed = reference.parse(ref, default_tag=True)
                 name = str(parsed) if parsed.digest else parsed.tagged
                 if not force and len(refs) == 1 and users:
-                    raise Conflict('conflict: unable to remove repository reference "%s" (must force) - '
-                                   "container %s is using its referenced image %s"
-                                   % (ref, users[0][:12], img.short_id))
+                    raise Conflict(
+                        'conflict: unable to remove repository reference "%s" (must force) - '
+                        "container %s is using its referenced image %s" % (ref, users[0][:12], img.short_id)
+                    )
                 self.untag(name)
                 records.append({"Untagged": name})
                 remaining = self.references(img.id)
@@ -351,16 +352,22 @@ class ImageStore:
                 tags = [r for r in refs if "@" not in r]
                 repos = {r.split("@")[0] if "@" in r else r.rsplit(":", 1)[0] for r in refs}
                 if not force and (len(tags) > 1 or len(repos) > 1):
-                    raise Conflict("conflict: unable to delete %s (must be forced) - image is referenced "
-                                   "in multiple repositories" % img.short_id)
+                    raise Conflict(
+                        "conflict: unable to delete %s (must be forced) - image is referenced "
+                        "in multiple repositories" % img.short_id
+                    )
                 quiet = False
             conflict = None
             if running:
-                conflict = ("conflict: unable to delete %s (cannot be forced) - image is being used by "
-                            "running container %s" % (img.short_id, running[0][:12]))
+                conflict = (
+                    "conflict: unable to delete %s (cannot be forced) - image is being used by "
+                    "running container %s" % (img.short_id, running[0][:12])
+                )
             elif users and not force:
-                conflict = ("conflict: unable to delete %s (must be forced) - image is being used by "
-                            "stopped container %s" % (img.short_id, users[0][:12]))
+                conflict = (
+                    "conflict: unable to delete %s (must be forced) - image is being used by "
+                    "stopped container %s" % (img.short_id, users[0][:12])
+                )
             if conflict:
                 if quiet:
                     return records  # the image stays, now untagged, for its containers
@@ -376,8 +383,7 @@ class ImageStore:
         return records
 
     def _remove_image(self, img):
-        for path in (os.path.join(self.config_dir, img.hex + ".json"),
-                     os.path.join(self.meta_dir, img.hex + ".json")):
+        for path in (os.path.join(self.config_dir, img.hex + ".json"), os.path.join(self.meta_dir, img.hex + ".json")):
             try:
                 os.unlink(path)
             except FileNotFoundError:

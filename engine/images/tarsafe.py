@@ -100,8 +100,7 @@ class Scope:
         fd = os.open(".", _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fd)
         try:
             for name in names:
-                nfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
-                              dir_fd=fd)
+                nfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
         except BaseException:
@@ -205,7 +204,7 @@ class Scope:
                 raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
             target = os.readlink(name, dir_fd=fd)
             _close(fd)
-            parts = (target.split("/") if target.startswith("/") else real + target.split("/"))
+            parts = target.split("/") if target.startswith("/") else real + target.split("/")
             parts = [p for p in parts if p not in ("", ".")]
 
     def realpath(self, path):
@@ -247,8 +246,7 @@ class ExtractResult:
 
 
 class _Extractor:
-    def __init__(self, scope, dest_parts, whiteouts, allow_devices, owner, no_overwrite_dir_nondir,
-                 on_member):
+    def __init__(self, scope, dest_parts, whiteouts, allow_devices, owner, no_overwrite_dir_nondir, on_member):
         self.scope = scope
         self.dest_parts = dest_parts
         self.whiteouts = whiteouts
@@ -278,8 +276,7 @@ class _Extractor:
             return self._cache_fd
         self._invalidate()
         try:
-            fd, _ = self.scope.walk_dir(self.dest_parts + list(key), create=True,
-                                        mkdir_hook=self._mkdir_hook)
+            fd, _ = self.scope.walk_dir(self.dest_parts + list(key), create=True, mkdir_hook=self._mkdir_hook)
         except NotADirectoryError:
             raise UnsafeArchive("cannot extract %r: a parent is not a directory" % "/".join(parts))
         except OSError as exc:
@@ -298,12 +295,20 @@ class _Extractor:
             if not link_parts:
                 raise UnsafeArchive("invalid hard link %r -> %r" % (member.name, member.linkname))
         if member.issym() and symlink_escapes(parts, member.linkname):
-            raise UnsafeArchive("invalid symlink %r -> %r: points outside the destination"
-                                % (member.name, member.linkname))
+            raise UnsafeArchive(
+                "invalid symlink %r -> %r: points outside the destination" % (member.name, member.linkname)
+            )
         if (member.ischr() or member.isblk()) and not self.allow_devices:
             raise UnsafeArchive("device file %r not allowed here" % member.name)
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()
-                or member.ischr() or member.isblk() or member.isfifo()):
+        if not (
+            member.isreg()
+            or member.isdir()
+            or member.issym()
+            or member.islnk()
+            or member.ischr()
+            or member.isblk()
+            or member.isfifo()
+        ):
             raise UnsafeArchive("unsupported tar entry type %r for %r" % (member.type, member.name))
 
         base = parts[-1] if parts else None
@@ -333,11 +338,13 @@ class _Extractor:
         if st is not None:
             is_dir = stat.S_ISDIR(st.st_mode)
             if self.no_overwrite and is_dir and kind != "dir":
-                raise UnsafeArchive("cannot overwrite directory %r with non-directory"
-                                    % ("/" + "/".join(self.dest_parts + parts)))
+                raise UnsafeArchive(
+                    "cannot overwrite directory %r with non-directory" % ("/" + "/".join(self.dest_parts + parts))
+                )
             if self.no_overwrite and not is_dir and kind == "dir":
-                raise UnsafeArchive("cannot overwrite non-directory %r with directory"
-                                    % ("/" + "/".join(self.dest_parts + parts)))
+                raise UnsafeArchive(
+                    "cannot overwrite non-directory %r with directory" % ("/" + "/".join(self.dest_parts + parts))
+                )
             if not (is_dir and kind == "dir"):
                 _remove_entry(pfd, name)
                 if is_dir:
@@ -374,8 +381,7 @@ class _Extractor:
             self.on_member(member, parts, "entry")
 
     def _write_file(self, tar, member, pfd, name, uid, gid):
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=pfd)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
         try:
             src = tar.extractfile(member)
             written = 0
@@ -407,8 +413,7 @@ class _Extractor:
             raise UnsafeArchive("hard link target %r not found" % member.linkname)
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EISDIR):
-                raise UnsafeArchive("cannot hard link %r to %r: %s"
-                                    % (member.name, member.linkname, exc.strerror))
+                raise UnsafeArchive("cannot hard link %r to %r: %s" % (member.name, member.linkname, exc.strerror))
             raise
         finally:
             os.close(tfd)
@@ -418,7 +423,7 @@ class _Extractor:
         for key, value in (member.pax_headers or {}).items():
             if not key.startswith("SCHILY.xattr."):
                 continue
-            attr = key[len("SCHILY.xattr."):]
+            attr = key[len("SCHILY.xattr.") :]
             raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
             try:
                 os.setxattr(fd_or_path, attr, raw)
@@ -493,7 +498,7 @@ class _Extractor:
                     os.close(fd)
                 self._invalidate()
             return
-        target = base[len(WHITEOUT_PREFIX):]
+        target = base[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", ".."):
             raise UnsafeArchive("invalid whiteout %r" % "/".join(parts))
         _remove_entry(pfd, target)
@@ -511,8 +516,17 @@ def _write_all(fd, data):
         view = view[n:]
 
 
-def safe_extract(source, dest, *, root=None, whiteouts="keep", allow_devices=False, owner=None,
-                 no_overwrite_dir_nondir=False, on_member=None):
+def safe_extract(
+    source,
+    dest,
+    *,
+    root=None,
+    whiteouts="keep",
+    allow_devices=False,
+    owner=None,
+    no_overwrite_dir_nondir=False,
+    on_member=None,
+):
     """Extract a tar into `dest`; returns ExtractResult(entries, size).
 
     source: a TarFile, or a binary file object (read as a stream; gzip, bzip2 and
@@ -541,8 +555,7 @@ def safe_extract(source, dest, *, root=None, whiteouts="keep", allow_devices=Fal
             except NotADirectoryError:
                 raise UnsafeArchive("extraction point is not a directory") from None
             os.close(fd)
-        ex = _Extractor(scope, dest_parts, whiteouts, allow_devices, owner,
-                        no_overwrite_dir_nondir, on_member)
+        ex = _Extractor(scope, dest_parts, whiteouts, allow_devices, owner, no_overwrite_dir_nondir, on_member)
         own_tar = not isinstance(source, tarfile.TarFile)
         try:
             tar = tarfile.open(fileobj=source, mode="r|*") if own_tar else source

@@ -21,11 +21,13 @@ def _iproute():
     # Imported lazily: pyroute2 costs ~15 MB and ~0.2 s to import, and only bridge
     # networking needs it (an engine running only --network none/host never loads it).
     from pyroute2.iproute.linux import IPRoute
+
     return IPRoute()
 
 
 def _netlink_errors():
     from pyroute2.netlink.exceptions import NetlinkError
+
     return (NetlinkError, OSError)
 
 
@@ -83,13 +85,14 @@ def ensure_bridge(name, gateway, prefixlen, mtu=None):
                         raise
                 index = _lookup(ipr, name)
             link = ipr.get_links(index)[0]
-            kind = (link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "")
+            kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or ""
             if kind != "bridge":
                 raise BridgeError("%s exists and is not a bridge (%s)" % (name, kind or "unknown"))
             if mtu and link.get_attr("IFLA_MTU") != mtu:
                 ipr.link("set", index=index, mtu=mtu)
-            have = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                    for a in ipr.get_addr(index=index, family=socket.AF_INET)]
+            have = [
+                (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=socket.AF_INET)
+            ]
             for addr, plen in have:
                 if (addr, plen) != (str(gateway), prefixlen):
                     ipr.addr("del", index=index, address=addr, prefixlen=plen)

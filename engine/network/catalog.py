@@ -19,7 +19,8 @@ DRIVERS = {"bridge": "bridge", "host": "host", "none": "null"}
 # Tried in order for the default bridge (when bip= is not set) and for user-defined networks,
 # skipping subnets in use by another network or routed by the host.
 DEFAULT_POOLS = tuple("172.%d.0.1/16" % n for n in range(17, 32)) + tuple(
-    "192.168.%d.1/20" % n for n in range(0, 256, 16))
+    "192.168.%d.1/20" % n for n in range(0, 256, 16)
+)
 
 
 def random_id():
@@ -51,9 +52,16 @@ class BridgeNet:
         self.ready = False  # bridge device set up by this engine process
 
     def record(self):
-        return {"Id": self.id, "Created": self.created, "Subnet": str(self.subnet),
-                "Gateway": str(self.gateway), "Device": self.device, "Internal": self.internal,
-                "Labels": self.labels, "Options": self.options}
+        return {
+            "Id": self.id,
+            "Created": self.created,
+            "Subnet": str(self.subnet),
+            "Gateway": str(self.gateway),
+            "Device": self.device,
+            "Internal": self.internal,
+            "Labels": self.labels,
+            "Options": self.options,
+        }
 
 
 class Catalog:
@@ -67,22 +75,24 @@ class Catalog:
         self.builtin = {}
         for name in BUILTIN:
             entry = meta.get(name) if isinstance(meta.get(name), dict) else {}
-            self.builtin[name] = {"Id": entry.get("Id") or random_id(),
-                                  "Created": entry.get("Created") or now_rfc3339()}
+            self.builtin[name] = {
+                "Id": entry.get("Id") or random_id(),
+                "Created": entry.get("Created") or now_rfc3339(),
+            }
         if bip:
             try:
                 iface = ipaddress.IPv4Interface(bip)
             except ValueError:
-                raise ValueError("invalid bip=%r: want an address with prefix, e.g. 172.18.0.1/16"
-                                 % bip) from None
+                raise ValueError("invalid bip=%r: want an address with prefix, e.g. 172.18.0.1/16" % bip) from None
             if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
                 raise ValueError("invalid bip=%s: the gateway must be a host address" % iface)
         else:
             iface = ipaddress.IPv4Interface(
                 "%s/%s" % (meta["Gateway"], meta["Subnet"].split("/")[1])
-                if meta.get("Subnet") and meta.get("Gateway") else DEFAULT_POOLS[0])
-        record = dict(self.builtin["bridge"], Subnet=str(iface.network), Gateway=str(iface.ip),
-                      Device=device)
+                if meta.get("Subnet") and meta.get("Gateway")
+                else DEFAULT_POOLS[0]
+            )
+        record = dict(self.builtin["bridge"], Subnet=str(iface.network), Gateway=str(iface.ip), Device=device)
         self.default = BridgeNet(directory, "bridge", record, default=True)
         self.custom = {}
         for name, rec in sorted((meta.get("Custom") or {}).items()):
@@ -140,8 +150,9 @@ class Catalog:
     def _taken(self):
         return [net.subnet for net in self.bridged()]
 
-    def create(self, name, subnet=None, gateway=None, internal=False, labels=None, options=None,
-               routed=lambda network: False):
+    def create(
+        self, name, subnet=None, gateway=None, internal=False, labels=None, options=None, routed=lambda network: False
+    ):
         """A new user-defined bridge network. `routed(network)` says if the host routes it."""
         if not name or "/" in name or len(name) > 200:
             raise BadRequest("invalid network name %r" % name)
@@ -175,12 +186,21 @@ class Catalog:
                     network, gw = iface.network, iface.ip
                     break
             else:
-                raise Conflict("could not find an available, non-overlapping IPv4 address pool "
-                               "among the defaults to assign to the network")
+                raise Conflict(
+                    "could not find an available, non-overlapping IPv4 address pool "
+                    "among the defaults to assign to the network"
+                )
         net_id = random_id()
-        record = {"Id": net_id, "Created": now_rfc3339(), "Subnet": str(network), "Gateway": str(gw),
-                  "Device": "br-" + net_id[:12], "Internal": bool(internal),
-                  "Labels": dict(labels or {}), "Options": dict(options or {})}
+        record = {
+            "Id": net_id,
+            "Created": now_rfc3339(),
+            "Subnet": str(network),
+            "Gateway": str(gw),
+            "Device": "br-" + net_id[:12],
+            "Internal": bool(internal),
+            "Labels": dict(labels or {}),
+            "Options": dict(options or {}),
+        }
         net = BridgeNet(self.dir, name, record)
         self.custom[name] = net
         self.save()

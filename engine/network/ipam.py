@@ -43,8 +43,12 @@ class Ipam:
         raw = read_json(self.path, {}) or {}
         if raw.get("subnet") not in (None, str(self.network)):
             # The subnet was reconfigured (engine opt bip=): old leases mean nothing in the new one.
-            log.warning("bridge subnet changed from %s to %s: dropping %d old address leases",
-                        raw.get("subnet"), self.network, len(raw.get("allocations") or {}))
+            log.warning(
+                "bridge subnet changed from %s to %s: dropping %d old address leases",
+                raw.get("subnet"),
+                self.network,
+                len(raw.get("allocations") or {}),
+            )
             raw = {}
         for ip_text, owner in (raw.get("allocations") or {}).items():
             try:
@@ -60,17 +64,24 @@ class Ipam:
             self._last = None
 
     def _save(self):
-        write_json(self.path, {
-            "subnet": str(self.network),
-            "gateway": str(self.gateway),
-            "last": str(self._last) if self._last else None,
-            "allocations": {str(ip): owner for ip, owner in sorted(self._by_ip.items())},
-        })
+        write_json(
+            self.path,
+            {
+                "subnet": str(self.network),
+                "gateway": str(self.gateway),
+                "last": str(self._last) if self._last else None,
+                "allocations": {str(ip): owner for ip, owner in sorted(self._by_ip.items())},
+            },
+        )
 
     # -- queries -----------------------------------------------------------------------
     def _assignable(self, ip):
-        return (ip in self.network and ip != self.network.network_address
-                and ip != self.network.broadcast_address and ip != self.gateway)
+        return (
+            ip in self.network
+            and ip != self.network.network_address
+            and ip != self.network.broadcast_address
+            and ip != self.gateway
+        )
 
     @property
     def prefixlen(self):

@@ -21,7 +21,14 @@ from dockyard.engine.network.fsutil import read_json, write_json
 from dockyard.engine.network.ipam import IpamError
 from dockyard.engine.network.netns import loopback_up, netns_path, run_in_netns
 from dockyard.engine.network.ports import (
-    PortAllocationError, PortAllocator, PortSpecError, port_map, ps_ports, requested_ports,
+    PortAllocationError,
+    PortAllocator,
+    PortSpecError,
+    port_map,
+    ps_ports,
+    requested_ports,
+)
+from dockyard.engine.network.ports import (
     validate as validate_ports,
 )
 
@@ -43,6 +50,7 @@ def _bool_opt(opts, name, default):
 
 def _parts(container):
     """(id, name, config, host_config) of a runtime Container (or a dict with those keys)."""
+
     def get(name, default=None):
         if isinstance(container, dict):
             return container.get(name, default)
@@ -63,8 +71,9 @@ def network_name(host_config):
     if mode in ("host", "none"):
         return mode
     if mode.startswith("container:"):
-        raise BadRequest("dockyard does not support --network container:<name> (sharing another "
-                         "container's network namespace)")
+        raise BadRequest(
+            "dockyard does not support --network container:<name> (sharing another container's network namespace)"
+        )
     if _current is not None:
         try:
             return _current.catalog.resolve(mode)
@@ -109,8 +118,7 @@ class NetworkManager:
         self.mtu = int(opts["mtu"]) if opts.get("mtu") else None
         self.ip_masq = _bool_opt(opts, "ip-masq", True)
         self.ip_forward = _bool_opt(opts, "ip-forward", True)
-        self.dns_fallback = tuple(s for s in (opts.get("dns") or "").split(",") if s) or \
-            dns.DEFAULT_NAMESERVERS
+        self.dns_fallback = tuple(s for s in (opts.get("dns") or "").split(",") if s) or dns.DEFAULT_NAMESERVERS
         self.explicit_bip = opts.get("bip") or None
         self.warnings = warnings if warnings is not None else []
         self.catalog = Catalog(self.dir, device, self.explicit_bip)
@@ -164,21 +172,31 @@ class NetworkManager:
             net.ready = True
             if not self._host_ready:
                 from dockyard.engine.network import nat
+
                 if self.ip_forward:
                     try:
                         nat.enable_ip_forward()
                     except OSError as exc:
-                        self._warn("IPv4 forwarding is disabled and cannot be enabled (%s): "
-                                   "containers cannot reach other hosts" % exc)
+                        self._warn(
+                            "IPv4 forwarding is disabled and cannot be enabled (%s): "
+                            "containers cannot reach other hosts" % exc
+                        )
                 self._host_ready = True
             self._sync_nat()
-            log.info("bridge %s %s/%d up for network %s, outbound NAT via %s", net.device,
-                     net.gateway, net.subnet.prefixlen, net.name, self.nat_method or "none")
+            log.info(
+                "bridge %s %s/%d up for network %s, outbound NAT via %s",
+                net.device,
+                net.gateway,
+                net.subnet.prefixlen,
+                net.name,
+                self.nat_method or "none",
+            )
 
     def _sync_nat(self):
         if not self.ip_masq:
             return
         from dockyard.engine.network import nat
+
         if self.nat is None:
             self.nat = nat.Nat()
         rules = [(net.subnet, net.device) for net in self.catalog.bridged() if not net.internal]
@@ -200,8 +218,10 @@ class NetworkManager:
         if not clash:
             return
         if self.explicit_bip:
-            raise NetworkError("bip=%s overlaps routes of this host (%s): choose another subnet "
-                               "with --engine-opt bip=" % (self.explicit_bip, ", ".join(clash)))
+            raise NetworkError(
+                "bip=%s overlaps routes of this host (%s): choose another subnet "
+                "with --engine-opt bip=" % (self.explicit_bip, ", ".join(clash))
+            )
         if net.ipam.allocations():
             raise NetworkError("bridge subnet %s now overlaps %s" % (net.subnet, ", ".join(clash)))
         taken = [n.subnet for n in self.catalog.bridged() if not n.default]
@@ -210,12 +230,18 @@ class NetworkManager:
             if any(iface.network.overlaps(t) for t in taken):
                 continue
             if not bridge.overlapping_routes(iface.network, self._own_devices()):
-                log.info("bridge subnet %s is in use on this host (%s); using %s",
-                         net.subnet, ", ".join(clash), iface.network)
+                log.info(
+                    "bridge subnet %s is in use on this host (%s); using %s",
+                    net.subnet,
+                    ", ".join(clash),
+                    iface.network,
+                )
                 self.catalog.set_default_subnet(iface)
                 return
-        raise NetworkError("could not find an available, non-overlapping IPv4 address pool for "
-                           "the bridge: set one with --engine-opt bip=")
+        raise NetworkError(
+            "could not find an available, non-overlapping IPv4 address pool for "
+            "the bridge: set one with --engine-opt bip="
+        )
 
     # -- container endpoints ---------------------------------------------------------------
     def validate(self, host_config, config):
@@ -245,25 +271,33 @@ class NetworkManager:
         try:
             bindings = self.ports.reserve(cid, requests)
         except PortAllocationError as exc:
-            raise NetworkError("driver failed programming external connectivity on endpoint "
-                               "%s (%s): %s" % (name or cid[:12], endpoint_id, exc)) from None
+            raise NetworkError(
+                "driver failed programming external connectivity on endpoint "
+                "%s (%s): %s" % (name or cid[:12], endpoint_id, exc)
+            ) from None
         try:
             try:
                 ip = net.ipam.allocate(cid)
             except IpamError as exc:
                 raise NetworkError(str(exc)) from None
             try:
-                bridge.attach_container(pid, net.device, bridge.host_ifname(cid), ip,
-                                        net.subnet.prefixlen, net.gateway, bridge.mac_for(ip),
-                                        self.mtu)
+                bridge.attach_container(
+                    pid,
+                    net.device,
+                    bridge.host_ifname(cid),
+                    ip,
+                    net.subnet.prefixlen,
+                    net.gateway,
+                    bridge.mac_for(ip),
+                    self.mtu,
+                )
             except bridge.BridgeError as exc:
                 raise NetworkError(str(exc)) from None
         except BaseException:
             self.ports.release(cid)
             net.ipam.release(cid)
             raise
-        return self._record(cid, name, netname, ip, bindings, config, host_config, pid,
-                            endpoint_id)
+        return self._record(cid, name, netname, ip, bindings, config, host_config, pid, endpoint_id)
 
     def _record(self, cid, name, netname, ip, bindings, config, host_config, pid, endpoint_id=None):
         endpoint = {
@@ -315,8 +349,9 @@ class NetworkManager:
                 netname = (host_config or {}).get("NetworkMode") or "bridge"
         ep = self._endpoint_settings(netname, endpoint)
         bridged = self.catalog.bridge_net(netname) is not None
-        ports = port_map(endpoint.get("Bindings") or [], config, host_config) \
-            if endpoint is not None and bridged else {}
+        ports = (
+            port_map(endpoint.get("Bindings") or [], config, host_config) if endpoint is not None and bridged else {}
+        )
         # The deprecated top-level copies are filled for the default bridge network only.
         top = ep if netname == "bridge" else self._endpoint_settings(netname, None)
         return {
@@ -406,10 +441,12 @@ class NetworkManager:
         _, _, config, host_config = _parts(container)
         if settings is not None:
             net = next(iter((settings.get("Networks") or {}).values()), None) or {}
-            settings = dict(settings, IPAddress=settings_ip(settings),
-                            Gateway=settings.get("Gateway") or net.get("Gateway", ""))
-        return dns.hosts_file(config.get("Hostname") or "", settings, config.get("Domainname") or "",
-                              host_config.get("ExtraHosts") or ())
+            settings = dict(
+                settings, IPAddress=settings_ip(settings), Gateway=settings.get("Gateway") or net.get("Gateway", "")
+            )
+        return dns.hosts_file(
+            config.get("Hostname") or "", settings, config.get("Domainname") or "", host_config.get("ExtraHosts") or ()
+        )
 
     @staticmethod
     def ps_ports(settings, config=None):
@@ -442,8 +479,7 @@ class NetworkManager:
                 options = {
                     "com.docker.network.bridge.default_bridge": "true",
                     "com.docker.network.bridge.enable_icc": "true",
-                    "com.docker.network.bridge.enable_ip_masquerade":
-                        "true" if self.ip_masq else "false",
+                    "com.docker.network.bridge.enable_ip_masquerade": "true" if self.ip_masq else "false",
                     "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
                     "com.docker.network.bridge.name": net.device,
                     "com.docker.network.driver.mtu": str(self.mtu or 1500),
@@ -464,8 +500,7 @@ class NetworkManager:
             "Driver": driver,
             "EnableIPv4": net is not None,
             "EnableIPv6": False,
-            "IPAM": {"Driver": "default", "Options": None if name in BUILTIN else {},
-                     "Config": ipam_config},
+            "IPAM": {"Driver": "default", "Options": None if name in BUILTIN else {}, "Config": ipam_config},
             "Internal": internal,
             "Attachable": False,
             "Ingress": False,
@@ -490,8 +525,7 @@ class NetworkManager:
         with self._lock:
             return [cid for cid, ep in self.endpoints.items() if ep.get("Network") == name]
 
-    def create_network(self, name, subnet=None, gateway=None, internal=False, labels=None,
-                       options=None):
+    def create_network(self, name, subnet=None, gateway=None, internal=False, labels=None, options=None):
         """A user-defined bridge network (`docker network create`); its bridge comes up now."""
         with self._lock:
             vendor.prepare(self.dir)
@@ -517,8 +551,10 @@ class NetworkManager:
                 raise Forbidden("%s is a pre-defined network and cannot be removed" % name)
             users = self.in_use(name)
             if users:
-                raise Forbidden("error while removing network: network %s id %s has active "
-                                "endpoints" % (name, self.catalog.network_id(name)))
+                raise Forbidden(
+                    "error while removing network: network %s id %s has active "
+                    "endpoints" % (name, self.catalog.network_id(name))
+                )
             net = self.catalog.remove(name)
             if net.ready or self._device_exists(net.device):
                 vendor.prepare(self.dir)

@@ -49,8 +49,10 @@ def _masquerade_expressions(network, bridge):
     return [
         # ip saddr & mask == network
         genex("payload", {"dreg": 1, "base": 1, "offset": 12, "len": 4}),
-        genex("bitwise", {"sreg": 1, "dreg": 1, "len": 4,
-                          "mask": value(network.netmask.packed), "xor": value(b"\0\0\0\0")}),
+        genex(
+            "bitwise",
+            {"sreg": 1, "dreg": 1, "len": 4, "mask": value(network.netmask.packed), "xor": value(b"\0\0\0\0")},
+        ),
         genex("cmp", {"sreg": 1, "op": _NFT_CMP_EQ, "data": value(network.network_address.packed)}),
         # oifname != bridge: traffic between containers keeps its addresses
         genex("meta", {"key": _NFT_META_OIFNAME, "dreg": 1}),
@@ -80,8 +82,9 @@ def _nft_current_values(nft):
     found = []
     for rule in nft.get_rules():
         if rule.get_attr("NFTA_RULE_TABLE") == TABLE and rule.get_attr("NFTA_RULE_CHAIN") == CHAIN:
-            found.append([v if isinstance(v, bytes) else bytes.fromhex(str(v).replace(":", ""))
-                          for v in _rule_values(rule)])
+            found.append(
+                [v if isinstance(v, bytes) else bytes.fromhex(str(v).replace(":", "")) for v in _rule_values(rule)]
+            )
     return sorted(found)
 
 
@@ -98,11 +101,9 @@ def _nft_setup(rules):
         if not rules:
             return
         nft.table("add", name=TABLE)
-        nft.chain("add", table=TABLE, name=CHAIN, hook="postrouting", type="nat",
-                  priority=100, policy=_NF_ACCEPT)
+        nft.chain("add", table=TABLE, name=CHAIN, hook="postrouting", type="nat", priority=100, policy=_NF_ACCEPT)
         for network, bridge in rules:
-            nft.rule("add", table=TABLE, chain=CHAIN,
-                     expressions=[_masquerade_expressions(network, bridge)])
+            nft.rule("add", table=TABLE, chain=CHAIN, expressions=[_masquerade_expressions(network, bridge)])
     finally:
         nft.close()
 
@@ -119,15 +120,30 @@ def _nft_teardown():
 
 
 def _iptables_rule(network, bridge):
-    return ["-t", "nat", "POSTROUTING", "-s", str(network), "!", "-o", bridge, "-j", "MASQUERADE",
-            "-m", "comment", "--comment", "dockyard"]
+    return [
+        "-t",
+        "nat",
+        "POSTROUTING",
+        "-s",
+        str(network),
+        "!",
+        "-o",
+        bridge,
+        "-j",
+        "MASQUERADE",
+        "-m",
+        "comment",
+        "--comment",
+        "dockyard",
+    ]
 
 
 def _iptables(binary, action, network, bridge):
     rule = _iptables_rule(network, bridge)
     argv = [binary, "-w", rule[0], rule[1], action] + rule[2:]
-    return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True)
+    return subprocess.run(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True
+    )
 
 
 def _iptables_setup(rules, stale=()):
@@ -171,8 +187,10 @@ class Nat:
                 return self.method
         except (OSError, NatUnavailable) as exc:
             raise NatUnavailable("outbound NAT unavailable: %s; %s" % (nft_error, exc)) from None
-        raise NatUnavailable("outbound NAT unavailable: install nftables (kernel nf_tables) or "
-                             "iptables (%s; no iptables binary)" % nft_error)
+        raise NatUnavailable(
+            "outbound NAT unavailable: install nftables (kernel nf_tables) or "
+            "iptables (%s; no iptables binary)" % nft_error
+        )
 
     def teardown(self):
         """Remove what setup() installed (best effort)."""

@@ -40,8 +40,9 @@ def _bind_error(proto, host_ip, host_port, exc):
         reason = "address already in use"
     elif exc.errno == errno.EADDRNOTAVAIL:
         reason = "cannot assign requested address"
-    return PortBindError(exc.errno, "Error starting userland proxy: listen %s4 %s:%s: bind: %s"
-                         % (proto, host_ip, host_port, reason))
+    return PortBindError(
+        exc.errno, "Error starting userland proxy: listen %s4 %s:%s: bind: %s" % (proto, host_ip, host_port, reason)
+    )
 
 
 def _close(sock):
@@ -122,8 +123,13 @@ class _Proxy:
         self._own_loop = None
 
     def __repr__(self):
-        return "<%s %s:%d -> %s:%d>" % (type(self).__name__, self.host_ip, self.host_port,
-                                         self.target[0], self.target[1])
+        return "<%s %s:%d -> %s:%d>" % (
+            type(self).__name__,
+            self.host_ip,
+            self.host_port,
+            self.target[0],
+            self.target[1],
+        )
 
     def _listen_socket(self, kind):
         sock = socket.socket(socket.AF_INET, kind)
@@ -264,8 +270,12 @@ class _TcpConn:
             for side in (self.client, self.upstream):
                 other = self._peer(side)
                 # EOF read from `other` and everything flushed to `side`: pass the FIN on.
-                if self.eof[other] and not self._outbox(side) and not self.shut[side] and \
-                        not (side is self.upstream and self.connecting):
+                if (
+                    self.eof[other]
+                    and not self._outbox(side)
+                    and not self.shut[side]
+                    and not (side is self.upstream and self.connecting)
+                ):
                     side.shutdown(socket.SHUT_WR)
                     self.shut[side] = True
         except OSError:
@@ -425,8 +435,7 @@ def proxies_for(settings):
         if cls is None:
             continue
         for binding in bindings:
-            out.append(cls(binding.get("HostIp") or "0.0.0.0", int(binding["HostPort"]),
-                           target_ip, int(port_text)))
+            out.append(cls(binding.get("HostIp") or "0.0.0.0", int(binding["HostPort"]), target_ip, int(port_text)))
     return out
 
 

@@ -87,7 +87,8 @@ class PortRequest:
 
     def __eq__(self, other):
         return isinstance(other, PortRequest) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+            getattr(self, name) == getattr(other, name) for name in self.__slots__
+        )
 
     def __repr__(self):
         return "PortRequest(%s %s:%d-%d)" % (self.key, self.host_ip, self.lo, self.hi)
@@ -131,7 +132,7 @@ def port_map(bindings, config, host_config=None):
     out = {}
     for port, proto in exposed_ports(config):
         out["%d/%s" % (port, proto)] = None
-    for key in ((host_config or {}).get("PortBindings") or {}):
+    for key in (host_config or {}).get("PortBindings") or {}:
         port, proto = parse_port_key(key)
         out.setdefault("%d/%s" % (port, proto), None)
     for b in bindings:
@@ -153,8 +154,14 @@ def ps_ports(settings, config=None):
             out.append({"PrivatePort": port, "Type": proto})
             continue
         for b in bindings:
-            out.append({"IP": b.get("HostIp") or "0.0.0.0", "PrivatePort": port,
-                        "PublicPort": int(b["HostPort"]), "Type": proto})
+            out.append(
+                {
+                    "IP": b.get("HostIp") or "0.0.0.0",
+                    "PrivatePort": port,
+                    "PublicPort": int(b["HostPort"]),
+                    "Type": proto,
+                }
+            )
     for port, proto in exposed_ports(config):
         if (port, proto) not in seen:
             out.append({"PrivatePort": port, "Type": proto})
@@ -226,8 +233,7 @@ class PortAllocator:
 
     def _pick(self, req, chosen):
         def binding(port):
-            return {"HostIp": req.host_ip, "HostPort": port, "ContainerPort": req.container_port,
-                    "Proto": req.proto}
+            return {"HostIp": req.host_ip, "HostPort": port, "ContainerPort": req.container_port, "Proto": req.proto}
 
         if req.lo == 0:
             for _ in range(64):  # the kernel's pick may be one we promised to a stopped proxy
@@ -253,11 +259,12 @@ class PortAllocator:
 
     @staticmethod
     def _os_message(req, port, exc):
-        reason = {errno.EADDRINUSE: "address already in use",
-                  errno.EADDRNOTAVAIL: "cannot assign requested address",
-                  errno.EACCES: "permission denied"}.get(exc.errno, exc.strerror or str(exc))
-        return ("Error starting userland proxy: listen %s4 %s:%d: bind: %s"
-                % (req.proto, req.host_ip, port, reason))
+        reason = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EADDRNOTAVAIL: "cannot assign requested address",
+            errno.EACCES: "permission denied",
+        }.get(exc.errno, exc.strerror or str(exc))
+        return "Error starting userland proxy: listen %s4 %s:%d: bind: %s" % (req.proto, req.host_ip, port, reason)
 
     def release(self, owner):
         with self._lock:

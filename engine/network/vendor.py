@@ -38,7 +38,7 @@ def _extract(archive, target):
         if not members:
             return False
         for name in members:
-            dest = os.path.join(tmp, name[len("_vendor/"):])
+            dest = os.path.join(tmp, name[len("_vendor/") :])
             if name.endswith("/"):
                 os.makedirs(dest, exist_ok=True)
                 continue
@@ -74,8 +74,7 @@ def prepare(cache_root):
             if not os.path.isdir(os.path.join(target, PACKAGE)) and not _extract(archive, target):
                 return
         except (OSError, zipfile.BadZipFile) as exc:
-            log.warning("cannot extract %s from %s (%s): importing it from the zip", PACKAGE,
-                        archive, exc)
+            log.warning("cannot extract %s from %s (%s): importing it from the zip", PACKAGE, archive, exc)
             return
         sys.path.insert(0, target)
         for name in os.listdir(cache_root):  # copies of older bundles

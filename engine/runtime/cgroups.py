@@ -18,9 +18,17 @@ V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids")
 
 # Docker's default device allow-list for unprivileged containers (cgroup v1 devices controller).
 DEFAULT_DEVICE_RULES = (
-    "c *:* m", "b *:* m",
-    "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",  # null zero full random urandom
-    "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",  # tty console ptmx pts
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",  # null zero full random urandom
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",  # tty console ptmx pts
     "c 10:200 rwm",  # tun
 )
 CFS_PERIOD = 100000
@@ -178,8 +186,7 @@ class Cgroup:
         if not os.path.isdir(parent):
             os.makedirs(parent, exist_ok=True)
         # Enable the controllers from the root down to the parent (no processes live there).
-        wanted = [c for c in V2_CONTROLLERS
-                  if c in (_read(os.path.join(root, "cgroup.controllers"), "") or "").split()]
+        wanted = [c for c in V2_CONTROLLERS if c in (_read(os.path.join(root, "cgroup.controllers"), "") or "").split()]
         node = root
         for part in os.path.relpath(parent, root).split("/"):
             _enable_v2(node, wanted)
@@ -257,8 +264,7 @@ class Cgroup:
             # runc's conversion of cpu.shares [2, 262144] to cpu.weight [1, 10000].
             _write(self._p(None, "cpu.weight"), 1 + ((max(2, shares) - 2) * 9999) // 262142)
         if quota or period:
-            _write(self._p(None, "cpu.max"), "%s %d" % (quota if quota > 0 else "max",
-                                                        period or CFS_PERIOD))
+            _write(self._p(None, "cpu.max"), "%s %d" % (quota if quota > 0 else "max", period or CFS_PERIOD))
         if pids is not None and int(pids) > 0:
             _write(self._p(None, "pids.max"), int(pids))
         if cpus:
@@ -348,9 +354,11 @@ class Cgroup:
         out["cpu_user_ns"] = kv.get("user", 0) * 1000000000 // hz
         out["cpu_system_ns"] = kv.get("system", 0) * 1000000000 // hz
         cpustat = _kv(_read(self._p("cpu", "cpu.stat") or "", "") or "")
-        out["throttling"] = {"periods": cpustat.get("nr_periods", 0),
-                             "throttled_periods": cpustat.get("nr_throttled", 0),
-                             "throttled_time": cpustat.get("throttled_time", 0)}
+        out["throttling"] = {
+            "periods": cpustat.get("nr_periods", 0),
+            "throttled_periods": cpustat.get("nr_throttled", 0),
+            "throttled_time": cpustat.get("throttled_time", 0),
+        }
         out["memory_usage"] = _int_file(self._p("memory", "memory.usage_in_bytes"))
         out["memory_max_usage"] = _int_file(self._p("memory", "memory.max_usage_in_bytes"))
         out["memory_failcnt"] = _int_file(self._p("memory", "memory.failcnt"))
@@ -379,9 +387,11 @@ class Cgroup:
         out["cpu_percpu"] = []
         out["cpu_user_ns"] = cpustat.get("user_usec", 0) * 1000
         out["cpu_system_ns"] = cpustat.get("system_usec", 0) * 1000
-        out["throttling"] = {"periods": cpustat.get("nr_periods", 0),
-                             "throttled_periods": cpustat.get("nr_throttled", 0),
-                             "throttled_time": cpustat.get("throttled_usec", 0) * 1000}
+        out["throttling"] = {
+            "periods": cpustat.get("nr_periods", 0),
+            "throttled_periods": cpustat.get("nr_throttled", 0),
+            "throttled_time": cpustat.get("throttled_usec", 0) * 1000,
+        }
         out["memory_usage"] = _int_file(self._p(None, "memory.current"))
         out["memory_max_usage"] = _int_file(self._p(None, "memory.peak"))
         out["memory_failcnt"] = 0

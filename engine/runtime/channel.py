@@ -35,8 +35,7 @@ def recv(sock, with_fds=False):
     """One message -> obj (or (obj, fds) with with_fds). ChannelClosed on EOF."""
     if with_fds:
         fds = array.array("i")
-        data, ancdata, _flags, _addr = sock.recvmsg(
-            MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+        data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(payload) - (len(payload) % fds.itemsize)

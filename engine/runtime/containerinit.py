@@ -120,4 +120,3 @@ def _run(spec, sync, stdio):
             os._exit(1)
 
     process.start(dict(spec["process"]), report_fd=sync.fileno(), before_exec=wait_for_go)
-

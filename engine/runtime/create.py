@@ -6,7 +6,7 @@ import re
 
 from dockyard.engine.api.errors import BadRequest
 from dockyard.engine.runtime import caps as capmod
-from dockyard.engine.runtime.signals import parse_signal, SignalError
+from dockyard.engine.runtime.signals import SignalError, parse_signal
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -15,32 +15,104 @@ _PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 
 # HostConfig as moby echoes it back when the client left fields out (docker-py sends few).
 HOSTCONFIG_DEFAULTS = {
-    "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "json-file", "Config": {}},
-    "NetworkMode": "bridge", "PortBindings": {}, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
-    "AutoRemove": False, "VolumeDriver": "", "VolumesFrom": None, "ConsoleSize": [0, 0],
-    "CapAdd": None, "CapDrop": None, "CgroupnsMode": "", "Dns": [], "DnsOptions": [],
-    "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None, "IpcMode": "private", "Cgroup": "",
-    "Links": None, "OomScoreAdj": 0, "PidMode": "", "Privileged": False, "PublishAllPorts": False,
-    "ReadonlyRootfs": False, "SecurityOpt": None, "UTSMode": "", "UsernsMode": "", "ShmSize": 67108864,
-    "Runtime": "runc", "Isolation": "", "CpuShares": 0, "Memory": 0, "NanoCpus": 0, "CgroupParent": "",
-    "BlkioWeight": 0, "BlkioWeightDevice": [], "BlkioDeviceReadBps": [], "BlkioDeviceWriteBps": [],
-    "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
-    "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "",
-    "Devices": [], "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
-    "MemorySwap": 0, "MemorySwappiness": None, "OomKillDisable": None, "PidsLimit": None,
-    "Ulimits": [], "CpuCount": 0, "CpuPercent": 0, "IOMaximumIOps": 0, "IOMaximumBandwidth": 0,
-    "Mounts": None, "Tmpfs": None, "MaskedPaths": None, "ReadonlyPaths": None,
+    "Binds": None,
+    "ContainerIDFile": "",
+    "LogConfig": {"Type": "json-file", "Config": {}},
+    "NetworkMode": "bridge",
+    "PortBindings": {},
+    "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+    "AutoRemove": False,
+    "VolumeDriver": "",
+    "VolumesFrom": None,
+    "ConsoleSize": [0, 0],
+    "CapAdd": None,
+    "CapDrop": None,
+    "CgroupnsMode": "",
+    "Dns": [],
+    "DnsOptions": [],
+    "DnsSearch": [],
+    "ExtraHosts": None,
+    "GroupAdd": None,
+    "IpcMode": "private",
+    "Cgroup": "",
+    "Links": None,
+    "OomScoreAdj": 0,
+    "PidMode": "",
+    "Privileged": False,
+    "PublishAllPorts": False,
+    "ReadonlyRootfs": False,
+    "SecurityOpt": None,
+    "UTSMode": "",
+    "UsernsMode": "",
+    "ShmSize": 67108864,
+    "Runtime": "runc",
+    "Isolation": "",
+    "CpuShares": 0,
+    "Memory": 0,
+    "NanoCpus": 0,
+    "CgroupParent": "",
+    "BlkioWeight": 0,
+    "BlkioWeightDevice": [],
+    "BlkioDeviceReadBps": [],
+    "BlkioDeviceWriteBps": [],
+    "BlkioDeviceReadIOps": [],
+    "BlkioDeviceWriteIOps": [],
+    "CpuPeriod": 0,
+    "CpuQuota": 0,
+    "CpuRealtimePeriod": 0,
+    "CpuRealtimeRuntime": 0,
+    "CpusetCpus": "",
+    "CpusetMems": "",
+    "Devices": [],
+    "DeviceCgroupRules": None,
+    "DeviceRequests": None,
+    "MemoryReservation": 0,
+    "MemorySwap": 0,
+    "MemorySwappiness": None,
+    "OomKillDisable": None,
+    "PidsLimit": None,
+    "Ulimits": [],
+    "CpuCount": 0,
+    "CpuPercent": 0,
+    "IOMaximumIOps": 0,
+    "IOMaximumBandwidth": 0,
+    "Mounts": None,
+    "Tmpfs": None,
+    "MaskedPaths": None,
+    "ReadonlyPaths": None,
 }
-CONFIG_KEYS = ("Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr",
-               "ExposedPorts", "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck",
-               "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint", "NetworkDisabled",
-               "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell")
+CONFIG_KEYS = (
+    "Hostname",
+    "Domainname",
+    "User",
+    "AttachStdin",
+    "AttachStdout",
+    "AttachStderr",
+    "ExposedPorts",
+    "Tty",
+    "OpenStdin",
+    "StdinOnce",
+    "Env",
+    "Cmd",
+    "Healthcheck",
+    "ArgsEscaped",
+    "Image",
+    "Volumes",
+    "WorkingDir",
+    "Entrypoint",
+    "NetworkDisabled",
+    "MacAddress",
+    "OnBuild",
+    "Labels",
+    "StopSignal",
+    "StopTimeout",
+    "Shell",
+)
 
 
 def validate_name(name):
     if not _NAME_RE.match(name):
-        raise BadRequest("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-                         % name)
+        raise BadRequest("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
     return name.lstrip("/")
 
 
@@ -92,10 +164,19 @@ def merge_config(body, image_config):
     volumes = dict(img.get("Volumes") or {})
     volumes.update(body.get("Volumes") or {})
     cfg["Volumes"] = volumes or None
-    for key, default in (("Hostname", ""), ("Domainname", ""), ("User", ""), ("AttachStdin", False),
-                         ("AttachStdout", False), ("AttachStderr", False), ("Tty", False),
-                         ("OpenStdin", False), ("StdinOnce", False), ("WorkingDir", ""),
-                         ("OnBuild", None)):
+    for key, default in (
+        ("Hostname", ""),
+        ("Domainname", ""),
+        ("User", ""),
+        ("AttachStdin", False),
+        ("AttachStdout", False),
+        ("AttachStderr", False),
+        ("Tty", False),
+        ("OpenStdin", False),
+        ("StdinOnce", False),
+        ("WorkingDir", ""),
+        ("OnBuild", None),
+    ):
         if cfg.get(key) is None:
             cfg[key] = default
     cfg["Image"] = body.get("Image") or ""
@@ -105,8 +186,7 @@ def merge_config(body, image_config):
         except SignalError as exc:
             raise BadRequest(str(exc)) from None
     if cfg.get("WorkingDir") and not cfg["WorkingDir"].startswith("/"):
-        raise BadRequest("the working directory '%s' is invalid, it needs to be an absolute path"
-                         % cfg["WorkingDir"])
+        raise BadRequest("the working directory '%s' is invalid, it needs to be an absolute path" % cfg["WorkingDir"])
     return cfg
 
 
@@ -126,8 +206,7 @@ def normalize_host_config(hc):
     if log_cfg.get("Type") in (None, "", "json-file"):
         log_cfg["Type"] = "json-file"
     else:
-        raise BadRequest('logging driver "%s" is not supported by dockyard (json-file only)'
-                         % log_cfg.get("Type"))
+        raise BadRequest('logging driver "%s" is not supported by dockyard (json-file only)' % log_cfg.get("Type"))
     log_cfg["Config"] = log_cfg.get("Config") or {}
     out["LogConfig"] = log_cfg
     if not out.get("NetworkMode") or out["NetworkMode"] == "default":
@@ -135,14 +214,15 @@ def normalize_host_config(hc):
     rp = dict(out.get("RestartPolicy") or {})
     name = rp.get("Name") or "no"
     if name not in RESTART_POLICIES:
-        raise BadRequest("invalid restart policy: unknown policy '%s'; use one of 'no', 'always', "
-                         "'on-failure', or 'unless-stopped'" % name)
+        raise BadRequest(
+            "invalid restart policy: unknown policy '%s'; use one of 'no', 'always', "
+            "'on-failure', or 'unless-stopped'" % name
+        )
     count = int(rp.get("MaximumRetryCount") or 0)
     if count < 0:
         raise BadRequest("invalid restart policy: maximum retry count can't be negative")
     if count and name != "on-failure":
-        raise BadRequest("invalid restart policy: maximum retry count can only be used with "
-                         "'on-failure'")
+        raise BadRequest("invalid restart policy: maximum retry count can only be used with 'on-failure'")
     out["RestartPolicy"] = {"Name": name, "MaximumRetryCount": count}
     if out.get("AutoRemove") and name not in ("no", ""):
         raise BadRequest("conflicting options: cannot specify both --restart and --rm")
@@ -150,8 +230,7 @@ def normalize_host_config(hc):
         out["IpcMode"] = "private"
     if not out.get("ShmSize"):
         out["ShmSize"] = 67108864
-    for key in ("Memory", "MemorySwap", "NanoCpus", "CpuShares", "CpuQuota", "CpuPeriod",
-                "MemoryReservation"):
+    for key in ("Memory", "MemorySwap", "NanoCpus", "CpuShares", "CpuQuota", "CpuPeriod", "MemoryReservation"):
         try:
             out[key] = int(out.get(key) or 0)
         except (TypeError, ValueError):
@@ -165,8 +244,7 @@ def normalize_host_config(hc):
     if out["NanoCpus"]:
         ncpu = os.cpu_count() or 1
         if out["NanoCpus"] < 10000000 or out["NanoCpus"] > ncpu * 1000000000:
-            raise BadRequest("Range of CPUs is from 0.01 to %d.00, as there are only %d CPUs "
-                             "available" % (ncpu, ncpu))
+            raise BadRequest("Range of CPUs is from 0.01 to %d.00, as there are only %d CPUs available" % (ncpu, ncpu))
     pids = out.get("PidsLimit")
     if pids is not None:
         try:
@@ -181,15 +259,19 @@ def normalize_host_config(hc):
         raise BadRequest(str(exc)) from None
     for mode_key in ("PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode"):
         value = out.get(mode_key) or ""
-        allowed = {"PidMode": ("", "host"), "IpcMode": ("", "private", "shareable", "host", "none"),
-                   "UTSMode": ("", "host"), "UsernsMode": ("", "host"),
-                   "CgroupnsMode": ("", "private", "host")}[mode_key]
+        allowed = {
+            "PidMode": ("", "host"),
+            "IpcMode": ("", "private", "shareable", "host", "none"),
+            "UTSMode": ("", "host"),
+            "UsernsMode": ("", "host"),
+            "CgroupnsMode": ("", "private", "host"),
+        }[mode_key]
         if value not in allowed:
             raise BadRequest("dockyard does not support %s=%s" % (mode_key, value))
     for opt in out.get("SecurityOpt") or []:
         key = opt.replace(":", "=", 1).split("=", 1)[0]
         if key not in ("no-new-privileges", "label", "apparmor", "seccomp"):
-            raise BadRequest("invalid --security-opt: \"%s\"" % opt)
+            raise BadRequest('invalid --security-opt: "%s"' % opt)
     if out.get("Devices"):
         raise BadRequest("dockyard does not support --device yet")
     return out
@@ -234,8 +316,19 @@ def parse_mounts(hc, cfg):
     for spec in hc.get("Binds") or []:
         source, dest, opts = _split_bind(spec)
         if source is None:
-            add({"Type": "volume", "Name": "", "Source": "", "Destination": dest, "Driver": "local",
-                 "Mode": "", "RW": True, "Propagation": "", "Anonymous": True})
+            add(
+                {
+                    "Type": "volume",
+                    "Name": "",
+                    "Source": "",
+                    "Destination": dest,
+                    "Driver": "local",
+                    "Mode": "",
+                    "RW": True,
+                    "Propagation": "",
+                    "Anonymous": True,
+                }
+            )
             continue
         words = [w for w in opts.split(",") if w]
         rw = "ro" not in words
@@ -244,12 +337,31 @@ def parse_mounts(hc, cfg):
             if w not in ("ro", "rw", "z", "Z", "nocopy") and w not in _PROPAGATIONS:
                 raise BadRequest("invalid mode: %s" % w)
         if source.startswith("/"):
-            add({"Type": "bind", "Source": os.path.normpath(source), "Destination": dest,
-                 "Mode": opts, "RW": rw, "Propagation": prop or "rprivate", "CreateSource": True})
+            add(
+                {
+                    "Type": "bind",
+                    "Source": os.path.normpath(source),
+                    "Destination": dest,
+                    "Mode": opts,
+                    "RW": rw,
+                    "Propagation": prop or "rprivate",
+                    "CreateSource": True,
+                }
+            )
         else:
-            add({"Type": "volume", "Name": source, "Source": "", "Destination": dest,
-                 "Driver": "local", "Mode": opts or "z", "RW": rw, "Propagation": "",
-                 "NoCopy": "nocopy" in words})
+            add(
+                {
+                    "Type": "volume",
+                    "Name": source,
+                    "Source": "",
+                    "Destination": dest,
+                    "Driver": "local",
+                    "Mode": opts or "z",
+                    "RW": rw,
+                    "Propagation": "",
+                    "NoCopy": "nocopy" in words,
+                }
+            )
     for m in hc.get("Mounts") or []:
         kind = (m.get("Type") or "").lower()
         target = m.get("Target") or m.get("Destination") or ""
@@ -257,20 +369,40 @@ def parse_mounts(hc, cfg):
         if kind == "bind":
             src = m.get("Source") or ""
             if not src.startswith("/"):
-                raise BadRequest("invalid mount config for type \"bind\": invalid mount path: '%s' "
-                                 "mount path must be absolute" % src)
+                raise BadRequest(
+                    "invalid mount config for type \"bind\": invalid mount path: '%s' mount path must be absolute" % src
+                )
             if not os.path.exists(src) and not (m.get("BindOptions") or {}).get("CreateMountpoint"):
-                raise BadRequest("invalid mount config for type \"bind\": bind source path does not "
-                                 "exist: %s" % src)
+                raise BadRequest('invalid mount config for type "bind": bind source path does not exist: %s' % src)
             prop = (m.get("BindOptions") or {}).get("Propagation") or "rprivate"
-            add({"Type": "bind", "Source": os.path.normpath(src), "Destination": target, "Mode": "",
-                 "RW": not ro, "Propagation": prop, "CreateSource": True})
+            add(
+                {
+                    "Type": "bind",
+                    "Source": os.path.normpath(src),
+                    "Destination": target,
+                    "Mode": "",
+                    "RW": not ro,
+                    "Propagation": prop,
+                    "CreateSource": True,
+                }
+            )
         elif kind == "volume":
             vopts = m.get("VolumeOptions") or {}
-            add({"Type": "volume", "Name": m.get("Source") or "", "Source": "", "Destination": target,
-                 "Driver": "local", "Mode": "z", "RW": not ro, "Propagation": "",
-                 "Anonymous": not m.get("Source"), "NoCopy": bool(vopts.get("NoCopy")),
-                 "Labels": vopts.get("Labels") or {}})
+            add(
+                {
+                    "Type": "volume",
+                    "Name": m.get("Source") or "",
+                    "Source": "",
+                    "Destination": target,
+                    "Driver": "local",
+                    "Mode": "z",
+                    "RW": not ro,
+                    "Propagation": "",
+                    "Anonymous": not m.get("Source"),
+                    "NoCopy": bool(vopts.get("NoCopy")),
+                    "Labels": vopts.get("Labels") or {},
+                }
+            )
         elif kind == "tmpfs":
             topts = m.get("TmpfsOptions") or {}
             words = []
@@ -280,18 +412,45 @@ def parse_mounts(hc, cfg):
                 words.append("mode=%o" % int(topts["Mode"]))
             if ro:
                 words.append("ro")
-            add({"Type": "tmpfs", "Source": "", "Destination": target, "Mode": ",".join(words),
-                 "RW": not ro, "Propagation": ""})
+            add(
+                {
+                    "Type": "tmpfs",
+                    "Source": "",
+                    "Destination": target,
+                    "Mode": ",".join(words),
+                    "RW": not ro,
+                    "Propagation": "",
+                }
+            )
         else:
             raise BadRequest("invalid mount config: mount type unknown: %r" % kind)
     for dest, opts in (hc.get("Tmpfs") or {}).items():
-        add({"Type": "tmpfs", "Source": "", "Destination": dest, "Mode": opts or "",
-             "RW": "ro" not in (opts or "").split(","), "Propagation": ""})
+        add(
+            {
+                "Type": "tmpfs",
+                "Source": "",
+                "Destination": dest,
+                "Mode": opts or "",
+                "RW": "ro" not in (opts or "").split(","),
+                "Propagation": "",
+            }
+        )
     for dest in sorted((cfg.get("Volumes") or {}).keys()):
         if os.path.normpath(dest) in seen:
             continue
-        add({"Type": "volume", "Name": "", "Source": "", "Destination": dest, "Driver": "local",
-             "Mode": "", "RW": True, "Propagation": "", "Anonymous": True})
+        add(
+            {
+                "Type": "volume",
+                "Name": "",
+                "Source": "",
+                "Destination": dest,
+                "Driver": "local",
+                "Mode": "",
+                "RW": True,
+                "Propagation": "",
+                "Anonymous": True,
+            }
+        )
     return points
 
 

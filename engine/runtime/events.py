@@ -29,14 +29,16 @@ class Event:
             out["id"] = self.actor
             if "image" in self.attributes:
                 out["from"] = self.attributes["image"]
-        out.update({
-            "Type": self.type,
-            "Action": self.action,
-            "Actor": {"ID": self.actor, "Attributes": dict(self.attributes)},
-            "scope": self.scope,
-            "time": self.ns // 1000000000,
-            "timeNano": self.ns,
-        })
+        out.update(
+            {
+                "Type": self.type,
+                "Action": self.action,
+                "Actor": {"ID": self.actor, "Attributes": dict(self.attributes)},
+                "scope": self.scope,
+                "time": self.ns // 1000000000,
+                "timeNano": self.ns,
+            }
+        )
         return out
 
 
@@ -60,8 +62,9 @@ class EventBus:
         with self._cond:
             items = list(self._events)
             seq = self._seq
-        out = [ev for _, ev in items
-               if (since_ns is None or ev.ns >= since_ns) and (until_ns is None or ev.ns <= until_ns)]
+        out = [
+            ev for _, ev in items if (since_ns is None or ev.ns >= since_ns) and (until_ns is None or ev.ns <= until_ns)
+        ]
         return out, seq
 
     def wait(self, after_seq, timeout):

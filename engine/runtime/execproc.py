@@ -18,8 +18,14 @@ from dockyard.engine.runtime.supervisor import exit_status
 # Join order: the cgroup namespace after the cgroup itself; mnt last (it changes root and cwd,
 # and the /proc/<pid>/ns files were opened before).
 NS_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
-NS_FLAGS = {"cgroup": libc.CLONE_NEWCGROUP, "ipc": libc.CLONE_NEWIPC, "uts": libc.CLONE_NEWUTS,
-            "net": libc.CLONE_NEWNET, "pid": libc.CLONE_NEWPID, "mnt": libc.CLONE_NEWNS}
+NS_FLAGS = {
+    "cgroup": libc.CLONE_NEWCGROUP,
+    "ipc": libc.CLONE_NEWIPC,
+    "uts": libc.CLONE_NEWUTS,
+    "net": libc.CLONE_NEWNET,
+    "pid": libc.CLONE_NEWPID,
+    "mnt": libc.CLONE_NEWNS,
+}
 
 
 def main(spec, fds):
@@ -101,8 +107,10 @@ def _run(spec, ctl, stdio):
     sync_h.close()
     if failure:
         os.waitpid(pid, 0)
-        channel.send(ctl, {"event": "failed", "error": failure.get("error", "exec failed"),
-                           "code": int(failure.get("code", 126))})
+        channel.send(
+            ctl,
+            {"event": "failed", "error": failure.get("error", "exec failed"), "code": int(failure.get("code", 126))},
+        )
         return 1
     channel.send(ctl, {"event": "started", "pid": pid})
     _, status = os.waitpid(pid, 0)

@@ -10,7 +10,8 @@ import threading
 import time
 
 from dockyard.engine.api.errors import BadRequest, Conflict, NotFound, ServerError
-from dockyard.engine.runtime import channel, spec as specmod
+from dockyard.engine.runtime import channel
+from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.forkserver import ForkServerError
 
 log = logging.getLogger("dockyard.engine")
@@ -35,13 +36,22 @@ class ExecInstance:
         b = self.body
         cmd = list(b.get("Cmd") or [])
         return {
-            "ID": self.id, "Running": self.running, "ExitCode": self.exit_code,
-            "ProcessConfig": {"tty": bool(b.get("Tty")), "entrypoint": cmd[0] if cmd else "",
-                              "arguments": cmd[1:], "privileged": bool(b.get("Privileged")),
-                              "user": b.get("User") or ""},
-            "OpenStdin": bool(b.get("AttachStdin")), "OpenStderr": bool(b.get("AttachStderr")),
-            "OpenStdout": bool(b.get("AttachStdout")), "CanRemove": False,
-            "ContainerID": self.container.id, "DetachKeys": b.get("DetachKeys") or "",
+            "ID": self.id,
+            "Running": self.running,
+            "ExitCode": self.exit_code,
+            "ProcessConfig": {
+                "tty": bool(b.get("Tty")),
+                "entrypoint": cmd[0] if cmd else "",
+                "arguments": cmd[1:],
+                "privileged": bool(b.get("Privileged")),
+                "user": b.get("User") or "",
+            },
+            "OpenStdin": bool(b.get("AttachStdin")),
+            "OpenStderr": bool(b.get("AttachStderr")),
+            "OpenStdout": bool(b.get("AttachStdout")),
+            "CanRemove": False,
+            "ContainerID": self.container.id,
+            "DetachKeys": b.get("DetachKeys") or "",
             "Pid": self.pid,
         }
 
@@ -249,8 +259,7 @@ class ExecManager:
         inst.exit_code = proc.exit_code
         inst.running = False
         inst.done.set()
-        self.manager.emit(inst.container, "exec_die", {"execID": inst.id,
-                                                       "exitCode": str(proc.exit_code)})
+        self.manager.emit(inst.container, "exec_die", {"execID": inst.id, "exitCode": str(proc.exit_code)})
 
     def run_detached(self, inst, proc):
         def wait():
@@ -266,4 +275,5 @@ class ExecManager:
                 self.finish(inst, proc)
             finally:
                 proc.close()
+
         threading.Thread(target=wait, name="exec-%s" % inst.id[:12], daemon=True).start()

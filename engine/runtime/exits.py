@@ -30,9 +30,13 @@ class ExitsMixin:
         if record is None:
             record = read_json(c.exit_file)
             if not record or record.get("run") != c.state.get("Run"):
-                record = {"ExitCode": 255, "FinishedAt": rfc3339nano_ns(time.time_ns()),
-                          "finished_ns": time.time_ns(), "OOMKilled": False,
-                          "Error": "the container's supervisor exited unexpectedly"}
+                record = {
+                    "ExitCode": 255,
+                    "FinishedAt": rfc3339nano_ns(time.time_ns()),
+                    "finished_ns": time.time_ns(),
+                    "OOMKilled": False,
+                    "Error": "the container's supervisor exited unexpectedly",
+                }
         self._record_exit(c, record)
 
     def _record_exit(self, c, record, after_restore=False):
@@ -45,12 +49,20 @@ class ExitsMixin:
             c.control = None
             settings = c.state.get("NetworkSettings")
             finished = int(record.get("finished_ns") or time.time_ns())
-            c.state.update({
-                "Status": "exited", "Pid": 0, "ExitCode": int(record.get("ExitCode", 255)),
-                "OOMKilled": bool(record.get("OOMKilled")), "Error": record.get("Error", ""),
-                "FinishedAt": rfc3339nano_ns(finished), "FinishedNs": finished, "Paused": False,
-                "Restarting": False, "NetworkSettings": None,
-            })
+            c.state.update(
+                {
+                    "Status": "exited",
+                    "Pid": 0,
+                    "ExitCode": int(record.get("ExitCode", 255)),
+                    "OOMKilled": bool(record.get("OOMKilled")),
+                    "Error": record.get("Error", ""),
+                    "FinishedAt": rfc3339nano_ns(finished),
+                    "FinishedNs": finished,
+                    "Paused": False,
+                    "Restarting": False,
+                    "NetworkSettings": None,
+                }
+            )
             try:
                 c.save_state()
             except OSError:
@@ -65,8 +77,9 @@ class ExitsMixin:
         if record.get("OOMKilled"):
             self.emit(c, "oom")
         self.emit(c, "die", {"exitCode": str(code)})
-        threading.Thread(target=self._after_exit, args=(c, settings, after_restore),
-                         name="exit-%s" % c.id[:12], daemon=True).start()
+        threading.Thread(
+            target=self._after_exit, args=(c, settings, after_restore), name="exit-%s" % c.id[:12], daemon=True
+        ).start()
 
     def _after_exit(self, c, settings, after_restore):
         t0 = time.monotonic()
@@ -134,8 +147,7 @@ class ExitsMixin:
                 self._spawn(c)
             except Exception as exc:
                 log.warning("restarting %s failed: %s", c.id[:12], exc)
-                c.state.update({"Status": "exited", "Restarting": False,
-                                "Error": str(getattr(exc, "message", exc))})
+                c.state.update({"Status": "exited", "Restarting": False, "Error": str(getattr(exc, "message", exc))})
                 c.save_state()
                 c.cond.notify_all()
                 return
@@ -225,4 +237,3 @@ class ExitsMixin:
                         self._spawn_checked(c)
                 except Exception as exc:
                     log.warning("restart policy: starting %s failed: %s", c.id[:12], exc)
-

@@ -48,16 +48,39 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # pivot_root has no glibc wrapper; syscall numbers per architecture.
-_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "armv7l": 218, "ppc64le": 203, "s390x": 217,
-                   "riscv64": 41, "i686": 217, "i386": 217}
-_SYS_CAPGET = {"x86_64": 125, "aarch64": 90, "armv7l": 184, "ppc64le": 183, "s390x": 184,
-               "riscv64": 90, "i686": 184, "i386": 184}
-_SYS_CAPSET = {"x86_64": 126, "aarch64": 91, "armv7l": 185, "ppc64le": 184, "s390x": 185,
-               "riscv64": 91, "i686": 185, "i386": 185}
+_SYS_PIVOT_ROOT = {
+    "x86_64": 155,
+    "aarch64": 41,
+    "armv7l": 218,
+    "ppc64le": 203,
+    "s390x": 217,
+    "riscv64": 41,
+    "i686": 217,
+    "i386": 217,
+}
+_SYS_CAPGET = {
+    "x86_64": 125,
+    "aarch64": 90,
+    "armv7l": 184,
+    "ppc64le": 183,
+    "s390x": 184,
+    "riscv64": 90,
+    "i686": 184,
+    "i386": 184,
+}
+_SYS_CAPSET = {
+    "x86_64": 126,
+    "aarch64": 91,
+    "armv7l": 185,
+    "ppc64le": 184,
+    "s390x": 185,
+    "riscv64": 91,
+    "i686": 185,
+    "i386": 185,
+}
 _ARCH = platform.machine()
 
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p]
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -90,12 +113,12 @@ def setns(fd, nstype=0):
 
 def mount(source, target, fstype, flags=0, data=None):
     data_b = _b(data)
-    ret = _libc.mount(_b(source), _b(target), _b(fstype), flags,
-                      ctypes.c_char_p(data_b) if data_b is not None else None)
+    ret = _libc.mount(
+        _b(source), _b(target), _b(fstype), flags, ctypes.c_char_p(data_b) if data_b is not None else None
+    )
     if ret < 0:
         err = ctypes.get_errno()
-        raise OSError(err, "mount %s on %s (%s): %s" % (source, target, fstype or "bind",
-                                                       os.strerror(err)))
+        raise OSError(err, "mount %s on %s (%s): %s" % (source, target, fstype or "bind", os.strerror(err)))
 
 
 def umount2(target, flags=0):
@@ -106,8 +129,7 @@ def pivot_root(new_root, put_old):
     nr = _SYS_PIVOT_ROOT.get(_ARCH)
     if nr is None:
         raise OSError(38, "pivot_root: unsupported architecture %s" % _ARCH)
-    _check(_libc.syscall(ctypes.c_long(nr), ctypes.c_char_p(_b(new_root)),
-                         ctypes.c_char_p(_b(put_old))), "pivot_root")
+    _check(_libc.syscall(ctypes.c_long(nr), ctypes.c_char_p(_b(new_root)), ctypes.c_char_p(_b(put_old))), "pivot_root")
 
 
 def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
@@ -129,8 +151,7 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 _CAP_V3 = 0x20080522
@@ -145,16 +166,14 @@ def capset(effective, permitted, inheritable):
         data[i].effective = (effective >> shift) & 0xFFFFFFFF
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    _check(_libc.syscall(ctypes.c_long(_SYS_CAPSET[_ARCH]), ctypes.byref(hdr), ctypes.byref(data)),
-           "capset")
+    _check(_libc.syscall(ctypes.c_long(_SYS_CAPSET[_ARCH]), ctypes.byref(hdr), ctypes.byref(data)), "capset")
 
 
 def capget(pid=0):
     """(effective, permitted, inheritable) 64-bit masks of `pid` (0: this thread)."""
     hdr = _CapHeader(_CAP_V3, pid)
     data = (_CapData * 2)()
-    _check(_libc.syscall(ctypes.c_long(_SYS_CAPGET[_ARCH]), ctypes.byref(hdr), ctypes.byref(data)),
-           "capget")
+    _check(_libc.syscall(ctypes.c_long(_SYS_CAPGET[_ARCH]), ctypes.byref(hdr), ctypes.byref(data)), "capget")
     eff = data[0].effective | (data[1].effective << 32)
     perm = data[0].permitted | (data[1].permitted << 32)
     inh = data[0].inheritable | (data[1].inheritable << 32)

@@ -28,8 +28,8 @@ class JsonLogWriter:
             idx = buf.find(b"\n")
             if idx < 0:
                 break
-            out.append(buf[:idx + 1])
-            buf = buf[idx + 1:]
+            out.append(buf[: idx + 1])
+            buf = buf[idx + 1 :]
         while len(buf) >= MAX_PARTIAL:
             out.append(buf[:MAX_PARTIAL])
             buf = buf[MAX_PARTIAL:]
@@ -41,8 +41,11 @@ class JsonLogWriter:
         now = rfc3339nano_ns(time.time_ns())
         lines = []
         for piece in pieces:
-            lines.append(json.dumps({"log": piece.decode("utf-8", "replace"), "stream": stream,
-                                     "time": now}, separators=(",", ":")))
+            lines.append(
+                json.dumps(
+                    {"log": piece.decode("utf-8", "replace"), "stream": stream, "time": now}, separators=(",", ":")
+                )
+            )
         data = ("\n".join(lines) + "\n").encode("utf-8")
         while data:
             n = os.write(self.fd, data)

@@ -15,14 +15,16 @@ import time
 import uuid
 
 from dockyard.engine.api.errors import ApiError, BadRequest, Conflict, NotFound, NotModified, ServerError
-from dockyard.engine.runtime import cgroups, channel, create as createmod, names, spec as specmod
+from dockyard.engine.runtime import cgroups, channel, names
+from dockyard.engine.runtime import create as createmod
+from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.etcfiles import default_hosts, default_resolv, minimal_settings
 from dockyard.engine.runtime.events import EventBus
 from dockyard.engine.runtime.exits import ExitsMixin
 from dockyard.engine.runtime.forkserver import ForkServer, ForkServerError
 from dockyard.engine.runtime.monitor import Monitor
 from dockyard.engine.runtime.signals import SignalError, parse_signal
-from dockyard.engine.runtime.store import Container, ZERO_TIME
+from dockyard.engine.runtime.store import ZERO_TIME, Container
 from dockyard.engine.timefmt import rfc3339nano_ns
 
 log = logging.getLogger("dockyard.engine")
@@ -71,8 +73,7 @@ class ContainerManager(ExitsMixin):
         return self._svc("network")
 
     def emit(self, container, action, extra=None):
-        attrs = {"image": container.config.get("Image") or container.image_id,
-                 "name": container.name}
+        attrs = {"image": container.config.get("Image") or container.image_id, "name": container.name}
         for key, value in (container.config.get("Labels") or {}).items():
             attrs.setdefault(key, value)
         attrs.update(extra or {})
@@ -99,15 +100,13 @@ class ContainerManager(ExitsMixin):
 
     def list(self):
         with self.lock:
-            return sorted(self.containers.values(), key=lambda c: c.record.get("CreatedNs", 0),
-                          reverse=True)
+            return sorted(self.containers.values(), key=lambda c: c.record.get("CreatedNs", 0), reverse=True)
 
     def using_image(self, image_id):
         return [c.id for c in self.list() if c.image_id == image_id]
 
     def using_volume(self, name):
-        return [c.id for c in self.list()
-                if any(p.get("Type") == "volume" and p.get("Name") == name for p in c.mounts)]
+        return [c.id for c in self.list() if any(p.get("Type") == "volume" and p.get("Name") == name for p in c.mounts)]
 
     # -- create ------------------------------------------------------------------------------
     def create(self, body, name=None):
@@ -137,9 +136,11 @@ class ContainerManager(ExitsMixin):
                 name = createmod.validate_name(name)
                 other = self.names.get(name)
                 if other is not None:
-                    raise Conflict('Conflict. The container name "/%s" is already in use by container '
-                                   '"%s". You have to remove (or rename) that container to be able '
-                                   "to reuse that name." % (name, other))
+                    raise Conflict(
+                        'Conflict. The container name "/%s" is already in use by container '
+                        '"%s". You have to remove (or rename) that container to be able '
+                        "to reuse that name." % (name, other)
+                    )
             else:
                 name = names.random_name(self.names)
             self.names[name] = cid  # reserved while we build the container
@@ -153,9 +154,18 @@ class ContainerManager(ExitsMixin):
             cdir = os.path.join(self.root, cid)
             os.mkdir(cdir, 0o700)
             record = {
-                "Id": cid, "Created": rfc3339nano_ns(now), "CreatedNs": now, "Name": "/" + name,
-                "Path": path, "Args": args, "Config": cfg, "HostConfig": hc, "Image": image.id,
-                "Driver": "overlay2", "Platform": "linux", "MountPoints": points,
+                "Id": cid,
+                "Created": rfc3339nano_ns(now),
+                "CreatedNs": now,
+                "Name": "/" + name,
+                "Path": path,
+                "Args": args,
+                "Config": cfg,
+                "HostConfig": hc,
+                "Image": image.id,
+                "Driver": "overlay2",
+                "Platform": "linux",
+                "MountPoints": points,
                 "ResolvConfPath": os.path.join(cdir, "resolv.conf"),
                 "HostnamePath": os.path.join(cdir, "hostname"),
                 "HostsPath": os.path.join(cdir, "hosts"),
@@ -181,7 +191,7 @@ class ContainerManager(ExitsMixin):
         return c, warnings
 
     def _network_mode(self, hc):
-        mode = (hc.get("NetworkMode") or "bridge")
+        mode = hc.get("NetworkMode") or "bridge"
         if mode in ("default", "bridge"):
             return "bridge"
         if mode in ("host", "none"):
@@ -189,6 +199,7 @@ class ContainerManager(ExitsMixin):
         net = self.network
         if net is not None:
             from dockyard.engine.network.manager import network_mode
+
             return network_mode(hc)
         raise NotFound("network %s not found" % mode)
 
@@ -222,8 +233,9 @@ class ContainerManager(ExitsMixin):
         except (StartFailed, ServerError):
             if c.host_config.get("AutoRemove") and not c.running:
                 # Like dockerd: a --rm container that cannot start is removed (wait=removed returns).
-                threading.Thread(target=self.remove, args=(c,), kwargs={"force": True,
-                                 "volumes": True, "auto": True}, daemon=True).start()
+                threading.Thread(
+                    target=self.remove, args=(c,), kwargs={"force": True, "volumes": True, "auto": True}, daemon=True
+                ).start()
             raise
 
     def _spawn(self, c):
@@ -231,8 +243,9 @@ class ContainerManager(ExitsMixin):
         mode = self._network_mode(c.host_config)
         net = self.network
         if mode == "bridge" and net is None:
-            raise ServerError("bridge networking is not available in this engine yet: use "
-                              "--network none or --network host")
+            raise ServerError(
+                "bridge networking is not available in this engine yet: use --network none or --network host"
+            )
         rootfs_path = self._mount_rootfs(c)
         self._copy_up_volumes(c, rootfs_path)
         if not os.path.exists(os.path.join(c.dir, "hosts")):
@@ -245,9 +258,16 @@ class ContainerManager(ExitsMixin):
         pending, c.pending_attach = c.pending_attach, []
         pending = [(s, o) for s, o in pending if s.fileno() >= 0]
         sv_spec = specmod.supervisor_spec(
-            c, rootfs_path=rootfs_path, cgroup=cg, layout=self.layout, network_mode=mode,
-            sock=sock_path, run_id=run_id, network_hook=(mode == "bridge"),
-            attach_opts=[o for _, o in pending])
+            c,
+            rootfs_path=rootfs_path,
+            cgroup=cg,
+            layout=self.layout,
+            network_mode=mode,
+            sock=sock_path,
+            run_id=run_id,
+            network_hook=(mode == "bridge"),
+            attach_opts=[o for _, o in pending],
+        )
         try:
             os.unlink(c.exit_file)
         except FileNotFoundError:
@@ -255,8 +275,7 @@ class ContainerManager(ExitsMixin):
         ctl, remote = channel.pair()
         t1 = time.monotonic()
         try:
-            self.forkserver.request("supervise", sv_spec,
-                                    [remote.fileno()] + [s.fileno() for s, _ in pending])
+            self.forkserver.request("supervise", sv_spec, [remote.fileno()] + [s.fileno() for s, _ in pending])
         except ForkServerError as exc:
             ctl.close()
             raise ServerError(str(exc)) from None
@@ -291,8 +310,10 @@ class ContainerManager(ExitsMixin):
                     c.state.update({"ExitCode": code, "Error": text})
                     c.save_state()
                     status = 400 if code in (126, 127) else 500
-                    raise StartFailed("failed to create task for container: unable to start "
-                                      "container process: %s: unknown" % text, status)
+                    raise StartFailed(
+                        "failed to create task for container: unable to start container process: %s: unknown" % text,
+                        status,
+                    )
         except BaseException:
             ctl.close()
             raise
@@ -309,20 +330,39 @@ class ContainerManager(ExitsMixin):
         if settings is None:
             settings = minimal_settings(mode)
         started = int(msg.get("started_at") or time.time_ns())
-        c.state.update({
-            "Status": "running", "Pid": pid, "ExitCode": 0, "Error": "", "OOMKilled": False,
-            "StartedAt": rfc3339nano_ns(started), "StartedNs": started, "FinishedAt": ZERO_TIME,
-            "FinishedNs": 0, "Run": run_id, "Cgroup": cg.to_dict(), "NetworkSettings": settings,
-            "Paused": False, "Restarting": False, "HasBeenStarted": True, "Sock": sock_path,
-        })
+        c.state.update(
+            {
+                "Status": "running",
+                "Pid": pid,
+                "ExitCode": 0,
+                "Error": "",
+                "OOMKilled": False,
+                "StartedAt": rfc3339nano_ns(started),
+                "StartedNs": started,
+                "FinishedAt": ZERO_TIME,
+                "FinishedNs": 0,
+                "Run": run_id,
+                "Cgroup": cg.to_dict(),
+                "NetworkSettings": settings,
+                "Paused": False,
+                "Restarting": False,
+                "HasBeenStarted": True,
+                "Sock": sock_path,
+            }
+        )
         c.save_state()
         c.control = ctl
         self.monitor.add(c, ctl)
         c.start_seq += 1
         c.cond.notify_all()
         self.emit(c, "start")
-        log.debug("started %s: prepare %.1f ms, supervisor %.1f ms, record %.1f ms", c.id[:12],
-                  (t1 - t0) * 1000, (t2 - t1) * 1000, (time.monotonic() - t2) * 1000)
+        log.debug(
+            "started %s: prepare %.1f ms, supervisor %.1f ms, record %.1f ms",
+            c.id[:12],
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (time.monotonic() - t2) * 1000,
+        )
 
     def sock_path(self, c):
         return os.path.join(self.sock_dir, c.id[:24] + ".sock")
@@ -345,6 +385,7 @@ class ContainerManager(ExitsMixin):
     def _copy_up_volumes(self, c, rootfs_path):
         """Docker copies the image's content at a volume's path into a new, empty volume."""
         from dockyard.engine.runtime.rootfs import secure_join
+
         changed = False
         for point in c.mounts:
             if point.get("Type") != "volume" or point.get("NoCopy") or point.get("CopiedUp"):
@@ -384,8 +425,7 @@ class ContainerManager(ExitsMixin):
             raise BadRequest(str(exc)) from None
         with c.lock:
             if not c.running:
-                raise Conflict("cannot kill container: %s: container %s is not running"
-                               % (c.name, c.id))
+                raise Conflict("cannot kill container: %s: container %s is not running" % (c.name, c.id))
             if manual and sig in _MANUAL_STOP_SIGNALS:
                 c.state["ManuallyStopped"] = True
                 c.save_state()
@@ -505,9 +545,11 @@ class ContainerManager(ExitsMixin):
                 raise BadRequest("Renaming a container with the same name as its current name")
             other = self.names.get(new_name)
             if other is not None:
-                raise Conflict('Conflict. The container name "/%s" is already in use by container '
-                               '"%s". You have to remove (or rename) that container to be able to '
-                               "reuse that name." % (new_name, other))
+                raise Conflict(
+                    'Conflict. The container name "/%s" is already in use by container '
+                    '"%s". You have to remove (or rename) that container to be able to '
+                    "reuse that name." % (new_name, other)
+                )
             self.names.pop(old, None)
             self.names[new_name] = c.id
             with c.lock:
@@ -546,8 +588,7 @@ class ContainerManager(ExitsMixin):
             while True:
                 if condition == "removed" and c.removed:
                     return c.state.get("ExitCode", 0)
-                if condition == "not-running" and not c.running and c.status != "restarting" \
-                        and not c.removing:
+                if condition == "not-running" and not c.running and c.status != "restarting" and not c.removing:
                     return c.state.get("ExitCode", 0)
                 if condition == "next-exit" and c.exit_seq != seq:
                     return c.state.get("ExitCode", 0)
@@ -571,10 +612,13 @@ class ContainerManager(ExitsMixin):
             if c.running or c.status == "restarting":
                 if not force:
                     if c.state.get("Paused"):
-                        raise Conflict("cannot remove container \"/%s\": container is paused and "
-                                       "must be unpaused first" % c.name)
-                    raise Conflict("cannot remove container \"/%s\": container is running: stop the "
-                                   "container before removing or force remove" % c.name)
+                        raise Conflict(
+                            'cannot remove container "/%s": container is paused and must be unpaused first' % c.name
+                        )
+                    raise Conflict(
+                        'cannot remove container "/%s": container is running: stop the '
+                        "container before removing or force remove" % c.name
+                    )
             c.removing = True
             self._cancel_restart(c)
         if c.running:

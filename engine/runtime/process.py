@@ -15,8 +15,21 @@ import stat
 from dockyard.engine.runtime import caps, libc, userdb
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_RESET_SIGNALS = ("SIGPIPE", "SIGXFSZ", "SIGCHLD", "SIGHUP", "SIGINT", "SIGTERM", "SIGQUIT",
-                  "SIGTTIN", "SIGTTOU", "SIGTSTP", "SIGUSR1", "SIGUSR2", "SIGALRM")
+_RESET_SIGNALS = (
+    "SIGPIPE",
+    "SIGXFSZ",
+    "SIGCHLD",
+    "SIGHUP",
+    "SIGINT",
+    "SIGTERM",
+    "SIGQUIT",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGTSTP",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGALRM",
+)
 
 
 class StartError(Exception):
@@ -62,7 +75,7 @@ def env_get(env, key):
     prefix = key + "="
     for item in env:
         if item.startswith(prefix):
-            return item[len(prefix):]
+            return item[len(prefix) :]
     return None
 
 
@@ -120,8 +133,7 @@ def chdir(cwd, create):
         os.chdir(cwd)
     except FileNotFoundError:
         if not create:
-            raise StartError("chdir to cwd (%r) set in config.json failed: no such file or directory"
-                             % cwd, 127)
+            raise StartError("chdir to cwd (%r) set in config.json failed: no such file or directory" % cwd, 127)
         os.makedirs(cwd, 0o755, exist_ok=True)
         os.chdir(cwd)
     except NotADirectoryError:

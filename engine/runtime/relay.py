@@ -86,8 +86,7 @@ def frame(stream, data):
     return struct.pack(">BxxxI", stream, len(data)) + data
 
 
-def relay_attach(client, peer, stdin=True, detach_keys=DEFAULT_DETACH_KEYS, first_write_at=0.0,
-                 prefix=b""):
+def relay_attach(client, peer, stdin=True, detach_keys=DEFAULT_DETACH_KEYS, first_write_at=0.0, prefix=b""):
     """client <-> peer (a stream socket to the supervisor); returns when either side ends."""
     escape = Escape(detach_keys if stdin else b"")
     client_open = True
@@ -154,8 +153,7 @@ def relay_exec(client, proc, detach_keys=DEFAULT_DETACH_KEYS, first_write_at=0.0
     drain_deadline = None
     try:
         while True:
-            if proc.exited and (not proc.outputs or
-                                (drain_deadline is not None and time.monotonic() > drain_deadline)):
+            if proc.exited and (not proc.outputs or (drain_deadline is not None and time.monotonic() > drain_deadline)):
                 return
             if proc.exited and drain_deadline is None:
                 drain_deadline = time.monotonic() + 0.5

@@ -12,27 +12,55 @@ import stat
 
 from dockyard.engine.runtime import libc
 from dockyard.engine.runtime.libc import (
-    MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
-    MS_STRICTATIME, mount,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_STRICTATIME,
+    mount,
 )
 
 # Docker's defaults.
 MASKED_PATHS = (
-    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
-    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore"))
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+    ("core", "/proc/kcore"),
+)
 MAX_SYMLINKS = 255
 
 _FLAG_WORDS = {
-    "ro": (MS_RDONLY, True), "rw": (MS_RDONLY, False),
-    "nosuid": (MS_NOSUID, True), "suid": (MS_NOSUID, False),
-    "nodev": (MS_NODEV, True), "dev": (MS_NODEV, False),
-    "noexec": (MS_NOEXEC, True), "exec": (MS_NOEXEC, False),
+    "ro": (MS_RDONLY, True),
+    "rw": (MS_RDONLY, False),
+    "nosuid": (MS_NOSUID, True),
+    "suid": (MS_NOSUID, False),
+    "nodev": (MS_NODEV, True),
+    "dev": (MS_NODEV, False),
+    "noexec": (MS_NOEXEC, True),
+    "exec": (MS_NOEXEC, False),
     "strictatime": (MS_STRICTATIME, True),
 }
 
@@ -163,8 +191,7 @@ def _mount_dev(root, spec, privileged, nodev):
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME | nodev, "mode=755,size=65536k")
     pts = os.path.join(dev, "pts")
     os.mkdir(pts, 0o755)
-    mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC,
-          "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     shm = os.path.join(dev, "shm")
     os.mkdir(shm, 0o1777)
     shm_size = int(spec.get("shm_size") or 64 * 1024 * 1024)
@@ -222,8 +249,7 @@ def _mount_sys(root, spec, privileged):
         cg = os.path.join(target, "fs", "cgroup")
         if os.path.isdir(cg):
             try:
-                mount("cgroup2", cg, "cgroup2",
-                      MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if privileged else MS_RDONLY))
+                mount("cgroup2", cg, "cgroup2", MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if privileged else MS_RDONLY))
             except OSError:
                 pass
 
@@ -243,9 +269,14 @@ def _user_mount(root, m, nodev):
         extra |= int(m["flags"])
     _bind(source, target, readonly=bool(m.get("readonly")), extra=extra)
     prop = m.get("propagation") or "rprivate"
-    prop_flags = {"private": MS_PRIVATE, "rprivate": MS_PRIVATE | MS_REC,
-                  "slave": libc.MS_SLAVE, "rslave": libc.MS_SLAVE | MS_REC,
-                  "shared": libc.MS_SHARED, "rshared": libc.MS_SHARED | MS_REC}.get(prop)
+    prop_flags = {
+        "private": MS_PRIVATE,
+        "rprivate": MS_PRIVATE | MS_REC,
+        "slave": libc.MS_SLAVE,
+        "rslave": libc.MS_SLAVE | MS_REC,
+        "shared": libc.MS_SHARED,
+        "rshared": libc.MS_SHARED | MS_REC,
+    }.get(prop)
     if prop_flags:
         try:
             mount(None, target, None, prop_flags)

@@ -32,8 +32,12 @@ def start(engine):
     loaded, died = manager.restore()
     engine.add_info_provider(lambda: _counts(manager))
     if loaded:
-        log.info("restored %d containers (%d running, %d died while the engine was away)",
-                 len(loaded), sum(1 for c in loaded if c.running), len(died))
+        log.info(
+            "restored %d containers (%d running, %d died while the engine was away)",
+            len(loaded),
+            sum(1 for c in loaded if c.running),
+            len(died),
+        )
 
     def policies():
         try:
@@ -56,5 +60,9 @@ def _counts(manager):
     items = manager.list()
     running = sum(1 for c in items if c.running and not c.state.get("Paused"))
     paused = sum(1 for c in items if c.state.get("Paused"))
-    return {"Containers": len(items), "ContainersRunning": running, "ContainersPaused": paused,
-            "ContainersStopped": len(items) - running - paused}
+    return {
+        "Containers": len(items),
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": len(items) - running - paused,
+    }

@@ -10,8 +10,7 @@ class SignalError(ValueError):
 def _table():
     out = {}
     for name in dir(signal):
-        if name.startswith("SIG") and not name.startswith("SIG_") and name not in ("SIGRTMIN",
-                                                                                     "SIGRTMAX"):
+        if name.startswith("SIG") and not name.startswith("SIG_") and name not in ("SIGRTMIN", "SIGRTMAX"):
             value = getattr(signal, name)
             try:
                 out[name[3:]] = int(value)
@@ -48,7 +47,7 @@ def parse_signal(value):
             return start
         if up.startswith(base + "+") or up.startswith(base + "-"):
             try:
-                offset = int(up[len(base):])
+                offset = int(up[len(base) :])
             except ValueError:
                 break
             num = start + offset

@@ -21,8 +21,7 @@ def process_env(container):
 
 def cap_mask(host_config, privileged=None):
     privileged = host_config.get("Privileged") if privileged is None else privileged
-    names = capmod.effective_set(host_config.get("CapAdd"), host_config.get("CapDrop"),
-                                 bool(privileged))
+    names = capmod.effective_set(host_config.get("CapAdd"), host_config.get("CapDrop"), bool(privileged))
     return capmod.mask(names)
 
 
@@ -50,16 +49,21 @@ def mount_list(container):
         if point["Type"] == "tmpfs":
             out.append({"type": "tmpfs", "destination": dest, "options": point.get("Mode") or ""})
         else:
-            out.append({"type": "bind", "source": point["Source"], "destination": dest,
-                        "readonly": not point.get("RW", True),
-                        "propagation": point.get("Propagation") or "rprivate"})
-    for name, dest in (("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"),
-                       ("resolv.conf", "/etc/resolv.conf")):
+            out.append(
+                {
+                    "type": "bind",
+                    "source": point["Source"],
+                    "destination": dest,
+                    "readonly": not point.get("RW", True),
+                    "propagation": point.get("Propagation") or "rprivate",
+                }
+            )
+    for name, dest in (("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")):
         path = os.path.join(container.dir, name)
         if dest not in dests and os.path.exists(path):
-            out.append({"type": "bind", "source": path, "destination": dest,
-                        "readonly": False,
-                        "propagation": "rprivate"})
+            out.append(
+                {"type": "bind", "source": path, "destination": dest, "readonly": False, "propagation": "rprivate"}
+            )
     return out
 
 
@@ -75,8 +79,7 @@ def namespaces(container, layout, network_mode):
     }
 
 
-def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, sock, run_id,
-                    network_hook, attach_opts):
+def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, sock, run_id, network_hook, attach_opts):
     cfg, hc = container.config, container.host_config
     privileged = bool(hc.get("Privileged"))
     masked = hc.get("MaskedPaths")
@@ -112,9 +115,21 @@ def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, soc
         "open_stdin": bool(cfg.get("OpenStdin")),
         "stdin_once": bool(cfg.get("StdinOnce")),
         "cgroup": cgroup.to_dict() if cgroup else None,
-        "resources": {k: hc.get(k) for k in ("Memory", "MemorySwap", "MemoryReservation", "NanoCpus",
-                                             "CpuShares", "CpuPeriod", "CpuQuota", "PidsLimit",
-                                             "CpusetCpus", "CpusetMems")},
+        "resources": {
+            k: hc.get(k)
+            for k in (
+                "Memory",
+                "MemorySwap",
+                "MemoryReservation",
+                "NanoCpus",
+                "CpuShares",
+                "CpuPeriod",
+                "CpuQuota",
+                "PidsLimit",
+                "CpusetCpus",
+                "CpusetMems",
+            )
+        },
         "privileged": privileged,
         "network_hook": bool(network_hook),
         "attach": list(attach_opts),

@@ -41,25 +41,40 @@ def net_dev(pid):
         if name == "lo" or len(vals) < 16:
             continue
         v = [int(x) for x in vals]
-        out[name] = {"rx_bytes": v[0], "rx_packets": v[1], "rx_errors": v[2], "rx_dropped": v[3],
-                     "tx_bytes": v[8], "tx_packets": v[9], "tx_errors": v[10], "tx_dropped": v[11]}
+        out[name] = {
+            "rx_bytes": v[0],
+            "rx_packets": v[1],
+            "rx_errors": v[2],
+            "rx_dropped": v[3],
+            "tx_bytes": v[8],
+            "tx_packets": v[9],
+            "tx_errors": v[10],
+            "tx_dropped": v[11],
+        }
     return out
 
 
 def _cpu_block(raw, online):
-    usage = {"total_usage": raw.get("cpu_total_ns", 0),
-             "usage_in_kernelmode": raw.get("cpu_system_ns", 0),
-             "usage_in_usermode": raw.get("cpu_user_ns", 0)}
+    usage = {
+        "total_usage": raw.get("cpu_total_ns", 0),
+        "usage_in_kernelmode": raw.get("cpu_system_ns", 0),
+        "usage_in_usermode": raw.get("cpu_user_ns", 0),
+    }
     if raw.get("cpu_percpu"):
         usage["percpu_usage"] = raw["cpu_percpu"]
-    return {"cpu_usage": usage, "system_cpu_usage": system_cpu_ns(), "online_cpus": online,
-            "throttling_data": raw.get("throttling") or {"periods": 0, "throttled_periods": 0,
-                                                         "throttled_time": 0}}
+    return {
+        "cpu_usage": usage,
+        "system_cpu_usage": system_cpu_ns(),
+        "online_cpus": online,
+        "throttling_data": raw.get("throttling") or {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+    }
 
 
 def _empty_cpu():
-    return {"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
-            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}}
+    return {
+        "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+        "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+    }
 
 
 def sample(c):
@@ -72,33 +87,55 @@ def build(c, raw, ts, prev=None, prev_ts=None):
     """One StatsResponse from a raw sample (and the previous one for precpu_stats)."""
     online = hostinfo.cpu_count()
     if not c.running or not raw:
-        return {"read": ZERO_TIME, "preread": ZERO_TIME, "pids_stats": {}, "blkio_stats": {
-            "io_service_bytes_recursive": None, "io_serviced_recursive": None,
-            "io_queue_recursive": None, "io_service_time_recursive": None,
-            "io_wait_time_recursive": None, "io_merged_recursive": None, "io_time_recursive": None,
-            "sectors_recursive": None}, "num_procs": 0, "storage_stats": {},
-            "cpu_stats": _empty_cpu(), "precpu_stats": _empty_cpu(), "memory_stats": {},
-            "name": "/" + c.name, "id": c.id}
+        return {
+            "read": ZERO_TIME,
+            "preread": ZERO_TIME,
+            "pids_stats": {},
+            "blkio_stats": {
+                "io_service_bytes_recursive": None,
+                "io_serviced_recursive": None,
+                "io_queue_recursive": None,
+                "io_service_time_recursive": None,
+                "io_wait_time_recursive": None,
+                "io_merged_recursive": None,
+                "io_time_recursive": None,
+                "sectors_recursive": None,
+            },
+            "num_procs": 0,
+            "storage_stats": {},
+            "cpu_stats": _empty_cpu(),
+            "precpu_stats": _empty_cpu(),
+            "memory_stats": {},
+            "name": "/" + c.name,
+            "id": c.id,
+        }
     limit = raw.get("memory_limit", 0)
     total = hostinfo.mem_total()
     if not limit or limit >= _V1_UNLIMITED or (total and limit > total):
         limit = total
-    memory = {"usage": raw.get("memory_usage", 0), "stats": raw.get("memory_stat", {}),
-              "limit": limit}
+    memory = {"usage": raw.get("memory_usage", 0), "stats": raw.get("memory_stat", {}), "limit": limit}
     if c.record and raw.get("memory_max_usage"):
         memory["max_usage"] = raw["memory_max_usage"]
     if raw.get("memory_failcnt"):
         memory["failcnt"] = raw["memory_failcnt"]
-    io = [{"major": ma, "minor": mi, "op": op.capitalize() if op in ("read", "write") else op,
-           "value": val} for op, ma, mi, val in raw.get("io", [])]
+    io = [
+        {"major": ma, "minor": mi, "op": op.capitalize() if op in ("read", "write") else op, "value": val}
+        for op, ma, mi, val in raw.get("io", [])
+    ]
     out = {
         "read": rfc3339nano_ns(ts),
         "preread": rfc3339nano_ns(prev_ts) if prev_ts else ZERO_TIME,
         "pids_stats": {"current": raw.get("pids_current", 0)},
-        "blkio_stats": {"io_service_bytes_recursive": io or None, "io_serviced_recursive": None,
-                        "io_queue_recursive": None, "io_service_time_recursive": None,
-                        "io_wait_time_recursive": None, "io_merged_recursive": None,
-                        "io_time_recursive": None, "sectors_recursive": None},
+        "blkio_stats": {
+            "io_service_bytes_recursive": io or None,
+            "io_serviced_recursive": None,
+            "io_queue_recursive": None,
+            "io_service_time_recursive": None,
+            "io_wait_time_recursive": None,
+            "io_merged_recursive": None,
+            "io_time_recursive": None,
+            "sectors_recursive": None,
+        },
         "num_procs": 0,
         "storage_stats": {},
         "cpu_stats": _cpu_block(raw, online),
@@ -128,8 +165,7 @@ def top(c, ps_args):
         proc = None
     if proc is None or proc.returncode != 0:
         if proc is not None and ps_args:
-            raise ValueError("Error running ps: %s" % (proc.stderr.strip() or "exit status %d"
-                                                       % proc.returncode))
+            raise ValueError("Error running ps: %s" % (proc.stderr.strip() or "exit status %d" % proc.returncode))
         return _top_from_proc(sorted(pids))
     lines = proc.stdout.splitlines()
     if not lines:

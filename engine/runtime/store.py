@@ -33,10 +33,22 @@ def read_json(path, default=None):
 
 def new_state():
     return {
-        "Status": "created", "Pid": 0, "ExitCode": 0, "Error": "", "OOMKilled": False,
-        "StartedAt": ZERO_TIME, "FinishedAt": ZERO_TIME, "RestartCount": 0,
-        "ManuallyStopped": False, "Run": None, "Cgroup": None, "NetworkSettings": None,
-        "StartedNs": 0, "FinishedNs": 0, "Paused": False, "Restarting": False,
+        "Status": "created",
+        "Pid": 0,
+        "ExitCode": 0,
+        "Error": "",
+        "OOMKilled": False,
+        "StartedAt": ZERO_TIME,
+        "FinishedAt": ZERO_TIME,
+        "RestartCount": 0,
+        "ManuallyStopped": False,
+        "Run": None,
+        "Cgroup": None,
+        "NetworkSettings": None,
+        "StartedNs": 0,
+        "FinishedNs": 0,
+        "Paused": False,
+        "Restarting": False,
         "HasBeenStarted": False,
     }
 

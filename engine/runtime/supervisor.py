@@ -286,6 +286,7 @@ class Supervisor:
             return
         try:
             from dockyard.engine.network import portproxy
+
             # network part: no threads here (CLONE_NEWPID); the proxies run on this loop's selector
             self.proxies = portproxy.start_all(portproxy.proxies_for(self.settings), self.sel)
         except Exception as exc:  # the container runs; the port stays unpublished
@@ -334,8 +335,7 @@ class Supervisor:
             want = 0 if stalled else selectors.EVENT_READ
             self._set(fd, want, ("out", fd))
         for client in self.clients:
-            want = (selectors.EVENT_READ if client.reading else 0) | \
-                   (selectors.EVENT_WRITE if client.out else 0)
+            want = (selectors.EVENT_READ if client.reading else 0) | (selectors.EVENT_WRITE if client.out else 0)
             self._set(client.sock, want, ("client", client))
         if self.stdin_fd is not None:
             self._set(self.stdin_fd, selectors.EVENT_WRITE if self.stdin_buf else 0, ("stdin", None))
@@ -429,8 +429,16 @@ class Supervisor:
             self._resize(msg.get("h"), msg.get("w"))
         elif op == "state":
             try:
-                channel.send(sock, {"event": "state", "pid": self.pid, "started_at": self.started_at,
-                                    "running": self.status is None, "settings": self.settings})
+                channel.send(
+                    sock,
+                    {
+                        "event": "state",
+                        "pid": self.pid,
+                        "started_at": self.started_at,
+                        "running": self.status is None,
+                        "settings": self.settings,
+                    },
+                )
             except OSError:
                 self._drop_control(sock)
         elif op == "close_stdin":
@@ -554,10 +562,15 @@ class Supervisor:
                 proxy.stop()
             except Exception:
                 pass
-        record = {"run": self.spec.get("run"), "ExitCode": code, "OOMKilled": oom,
-                  "FinishedAt": rfc3339nano_ns(self.exited_at or time.time_ns()),
-                  "finished_ns": self.exited_at or time.time_ns(), "Pid": self.pid,
-                  "started_ns": self.started_at}
+        record = {
+            "run": self.spec.get("run"),
+            "ExitCode": code,
+            "OOMKilled": oom,
+            "FinishedAt": rfc3339nano_ns(self.exited_at or time.time_ns()),
+            "finished_ns": self.exited_at or time.time_ns(),
+            "Pid": self.pid,
+            "started_ns": self.started_at,
+        }
         try:
             write_json_atomic(self.spec["exit_file"], record)
         except OSError:
@@ -615,6 +628,7 @@ def main(spec, fds):
             with open(os.path.join(spec["dir"], "supervisor.log"), "a") as fh:
                 fh.write("%s supervisor error: %r\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), exc))
                 import traceback
+
                 traceback.print_exc(file=fh)
         except OSError:
             pass

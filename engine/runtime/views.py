@@ -7,8 +7,23 @@ import time
 from dockyard.engine.api.errors import BadRequest
 
 INTERNAL_KEYS = ("Rootfs", "MountPoints", "CreatedNs")
-PS_FILTERS = ("id", "name", "label", "status", "exited", "ancestor", "before", "since", "volume",
-              "network", "is-task", "health", "publish", "expose", "isolation")
+PS_FILTERS = (
+    "id",
+    "name",
+    "label",
+    "status",
+    "exited",
+    "ancestor",
+    "before",
+    "since",
+    "volume",
+    "network",
+    "is-task",
+    "health",
+    "publish",
+    "expose",
+    "isolation",
+)
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
@@ -58,13 +73,11 @@ def human_status(c, now=None):
         text = "Up " + human_duration(now - st.get("StartedNs", 0) / 1e9)
         return text + " (Paused)" if status == "paused" else text
     if status == "restarting":
-        return "Restarting (%d) %s ago" % (st.get("ExitCode", 0),
-                                           human_duration(now - st.get("FinishedNs", 0) / 1e9))
+        return "Restarting (%d) %s ago" % (st.get("ExitCode", 0), human_duration(now - st.get("FinishedNs", 0) / 1e9))
     if status == "dead":
         return "Dead"
     if status == "exited" and st.get("FinishedNs"):
-        return "Exited (%d) %s ago" % (st.get("ExitCode", 0),
-                                       human_duration(now - st.get("FinishedNs", 0) / 1e9))
+        return "Exited (%d) %s ago" % (st.get("ExitCode", 0), human_duration(now - st.get("FinishedNs", 0) / 1e9))
     return "Created"
 
 
@@ -90,16 +103,40 @@ def mounts_view(c):
     out = []
     for p in c.mounts:
         if p["Type"] == "volume":
-            out.append({"Type": "volume", "Name": p.get("Name", ""), "Source": p.get("Source", ""),
-                        "Destination": p["Destination"], "Driver": "local", "Mode": p.get("Mode", ""),
-                        "RW": bool(p.get("RW", True)), "Propagation": ""})
+            out.append(
+                {
+                    "Type": "volume",
+                    "Name": p.get("Name", ""),
+                    "Source": p.get("Source", ""),
+                    "Destination": p["Destination"],
+                    "Driver": "local",
+                    "Mode": p.get("Mode", ""),
+                    "RW": bool(p.get("RW", True)),
+                    "Propagation": "",
+                }
+            )
         elif p["Type"] == "tmpfs":
-            out.append({"Type": "tmpfs", "Source": "", "Destination": p["Destination"],
-                        "Mode": p.get("Mode", ""), "RW": bool(p.get("RW", True)), "Propagation": ""})
+            out.append(
+                {
+                    "Type": "tmpfs",
+                    "Source": "",
+                    "Destination": p["Destination"],
+                    "Mode": p.get("Mode", ""),
+                    "RW": bool(p.get("RW", True)),
+                    "Propagation": "",
+                }
+            )
         else:
-            out.append({"Type": "bind", "Source": p.get("Source", ""), "Destination": p["Destination"],
-                        "Mode": p.get("Mode", ""), "RW": bool(p.get("RW", True)),
-                        "Propagation": p.get("Propagation") or "rprivate"})
+            out.append(
+                {
+                    "Type": "bind",
+                    "Source": p.get("Source", ""),
+                    "Destination": p["Destination"],
+                    "Mode": p.get("Mode", ""),
+                    "RW": bool(p.get("RW", True)),
+                    "Propagation": p.get("Propagation") or "rprivate",
+                }
+            )
     return out
 
 
@@ -114,6 +151,7 @@ def network_settings(c, manager):
         except Exception:
             pass
     from dockyard.engine.runtime.etcfiles import minimal_settings
+
     mode = c.host_config.get("NetworkMode") or "bridge"
     return minimal_settings("bridge" if mode == "default" else mode)
 
@@ -255,8 +293,11 @@ def filter_containers(items, filters, manager, all_):
         if ancestors and c.image_id not in ancestors:
             continue
         if filters.get("volume"):
-            names = {p.get("Name") for p in c.mounts} | {p.get("Destination") for p in c.mounts} | \
-                    {p.get("Source") for p in c.mounts}
+            names = (
+                {p.get("Name") for p in c.mounts}
+                | {p.get("Destination") for p in c.mounts}
+                | {p.get("Source") for p in c.mounts}
+            )
             if not names & set(filters.get("volume")):
                 continue
         if filters.get("network"):
@@ -273,6 +314,7 @@ def _anchor(values, manager):
     if not values:
         return None
     from dockyard.engine.api.errors import ApiError
+
     try:
         return manager.get(values[0]).record.get("CreatedNs", 0)
     except ApiError:

@@ -9,7 +9,6 @@ from dockyard.provisioner.core.errors import DockyardError, MachineNotExist, Usa
 from dockyard.provisioner.machines.machine import Machine
 
 
-
 def store_of(ctx):
     return ctx.find_root().obj.store
 

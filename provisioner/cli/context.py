@@ -5,9 +5,9 @@ import subprocess
 
 import click
 
-from dockyard.provisioner.core.errors import DockyardError
 from dockyard.provisioner.cli.common import complete_machines, load, one_name, store_of
 from dockyard.provisioner.cli.main import cli
+from dockyard.provisioner.core.errors import DockyardError
 
 
 def _docker(*args):

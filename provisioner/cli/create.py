@@ -6,11 +6,10 @@ import os
 import click
 
 from dockyard.drivers import registry
-
-from dockyard.provisioner.machines import batch, machine
-from dockyard.provisioner.core.errors import DockyardError, UsageError
 from dockyard.provisioner.cli.common import info, store_of
 from dockyard.provisioner.cli.main import cli
+from dockyard.provisioner.core.errors import DockyardError, UsageError
+from dockyard.provisioner.machines import batch, machine
 
 DRIVER_ENV = ("DOCKYARD_DRIVER", "MACHINE_DRIVER")
 
@@ -22,7 +21,7 @@ def _driver_from_args(args):
             return args[i + 1]
         for prefix in ("--driver=", "-d="):
             if a.startswith(prefix):
-                return a[len(prefix):]
+                return a[len(prefix) :]
         if a.startswith("-d") and len(a) > 2 and not a.startswith("--"):
             return a[2:]
     for env in DRIVER_ENV:
@@ -37,8 +36,9 @@ def _driver_option(flag):
         return click.Option([f"--{flag.name}"], is_flag=True, default=bool(flag.default), **kwargs)
     if flag.multiple:
         return click.Option([f"--{flag.name}"], multiple=True, type=flag.type, **kwargs)
-    return click.Option([f"--{flag.name}"], type=flag.type, default=flag.default,
-                        show_default=flag.default not in (None, ""), **kwargs)
+    return click.Option(
+        [f"--{flag.name}"], type=flag.type, default=flag.default, show_default=flag.default not in (None, ""), **kwargs
+    )
 
 
 class CreateCommand(click.Command):
@@ -59,8 +59,9 @@ class CreateCommand(click.Command):
     def format_help(self, ctx, formatter):
         super().format_help(ctx, formatter)
         formatter.write_paragraph()
-        formatter.write_text("Driver flags are shown by: dockyard create -d DRIVER --help. "
-                             "Drivers: " + ", ".join(registry.names()))
+        formatter.write_text(
+            "Driver flags are shown by: dockyard create -d DRIVER --help. Drivers: " + ", ".join(registry.names())
+        )
 
 
 def _kv_list(values, what):
@@ -72,32 +73,60 @@ def _kv_list(values, what):
 
 @cli.command(cls=CreateCommand, context_settings={"ignore_unknown_options": False})
 @click.argument("names", nargs=-1)
-@click.option("-n", "count", type=click.IntRange(1, 100), default=None, metavar="N",
-              help="Create N machines named NAME-1..NAME-N, in parallel.")
-@click.option("--parallel", type=click.IntRange(1, 32), default=batch.DEFAULT_CONCURRENCY, show_default=True,
-              help="How many machines to create at once (several names or -n).")
-@click.option("-d", "--driver", envvar=list(DRIVER_ENV), help="Driver that makes the machine.",
-              metavar="DRIVER")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(1, 100),
+    default=None,
+    metavar="N",
+    help="Create N machines named NAME-1..NAME-N, in parallel.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 32),
+    default=batch.DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="How many machines to create at once (several names or -n).",
+)
+@click.option("-d", "--driver", envvar=list(DRIVER_ENV), help="Driver that makes the machine.", metavar="DRIVER")
 @click.option("--engine-opt", multiple=True, help="Engine option KEY=VALUE (repeatable).")
 @click.option("--engine-env", multiple=True, help="Environment variable KEY=VALUE for the engine (repeatable).")
 @click.option("--engine-label", multiple=True, help="Engine label KEY=VALUE (repeatable).")
 @click.option("--engine-insecure-registry", multiple=True, help="Insecure registry the engine may use (repeatable).")
-@click.option("--engine-registry-mirror", multiple=True, envvar="ENGINE_REGISTRY_MIRROR",
-              help="Registry mirror (repeatable).")
+@click.option(
+    "--engine-registry-mirror", multiple=True, envvar="ENGINE_REGISTRY_MIRROR", help="Registry mirror (repeatable)."
+)
 @click.option("--engine-storage-driver", default="overlay2", show_default=True, help="Engine storage driver.")
-@click.option("--engine-port", type=click.IntRange(1, 65535), default=None,
-              help="Engine TCP port (default 2376, or the driver's own flag).")
+@click.option(
+    "--engine-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Engine TCP port (default 2376, or the driver's own flag).",
+)
 @click.option("--tls-san", multiple=True, help="Extra subject alternative name for the server cert (repeatable).")
 @click.pass_context
-def create(ctx, names, count, parallel, driver, engine_opt, engine_env, engine_label, engine_insecure_registry,
-           engine_registry_mirror, engine_storage_driver, engine_port, tls_san, **driver_options):
+def create(
+    ctx,
+    names,
+    count,
+    parallel,
+    driver,
+    engine_opt,
+    engine_env,
+    engine_label,
+    engine_insecure_registry,
+    engine_registry_mirror,
+    engine_storage_driver,
+    engine_port,
+    tls_san,
+    **driver_options,
+):
     """Create a machine (or several: NAME... or -n N NAME)."""
     if not names:
         raise UsageError("Error: No machine name specified")
     names = batch.expand_names(names, count)
     if not driver:
-        raise UsageError("Error: No driver specified: use -d/--driver (drivers: "
-                         + ", ".join(registry.names()) + ")")
+        raise UsageError("Error: No driver specified: use -d/--driver (drivers: " + ", ".join(registry.names()) + ")")
     registry.get(driver)  # DriverNotFound with the list of known drivers
     labels = _kv_list(engine_label, "--engine-label")
     if f"provider={driver}" not in labels:
@@ -119,8 +148,7 @@ def create(ctx, names, count, parallel, driver, engine_opt, engine_env, engine_l
         return
 
     def create_one(name, log):
-        machine.create(store, name, driver, driver_options, json.loads(json.dumps(engine_options)),
-                       list(tls_san), log)
+        machine.create(store, name, driver, driver_options, json.loads(json.dumps(engine_options)), list(tls_san), log)
 
     run = batch.Batch(names, create_one, info, limit=parallel)
     failed = run.run()

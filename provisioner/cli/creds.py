@@ -5,15 +5,17 @@ import sys
 import click
 
 from dockyard.drivers import registry
-
-from dockyard.provisioner.core import credentials
-from dockyard.provisioner.core.errors import UsageError
 from dockyard.provisioner.cli.common import info
 from dockyard.provisioner.cli.main import cli
+from dockyard.provisioner.core import credentials
+from dockyard.provisioner.core.errors import UsageError
 
 _FILE_OPTION = click.option(
-    "--creds-file", envvar=credentials.FILE_ENV, metavar="PATH",
-    help=f"Keep credentials in this file (mode 0600) instead of the OS keyring [env {credentials.FILE_ENV}].")
+    "--creds-file",
+    envvar=credentials.FILE_ENV,
+    metavar="PATH",
+    help=f"Keep credentials in this file (mode 0600) instead of the OS keyring [env {credentials.FILE_ENV}].",
+)
 
 
 def _fields(provider):
@@ -68,8 +70,9 @@ def creds_set(ref, from_env, creds_file):
         interactive = sys.stdin.isatty()  # piped values are not echoed anyway; getpass would only warn
         for f in fields:
             label = f.name + (f" [{f.envvar}]" if f.envvar else "") + ("" if f.required else " (optional)")
-            value = click.prompt(label, hide_input=interactive, default="" if not f.required else None,
-                                 show_default=False, err=True)
+            value = click.prompt(
+                label, hide_input=interactive, default="" if not f.required else None, show_default=False, err=True
+            )
             if value:
                 values[f.name] = value
     lacking = credentials.missing(fields, values)

@@ -26,8 +26,9 @@ def _go_float(f: float) -> str:
         return "+Inf" if f > 0 else "-Inf"
     if f == 0:
         return "-0" if math.copysign(1.0, f) < 0 else "0"
-    sign, digits, exp = Decimal(repr(f)).as_tuple()
-    digits = list(digits)
+    sign, digit_tuple, exponent = Decimal(repr(f)).as_tuple()
+    digits = list(digit_tuple)
+    exp = int(exponent)  # a finite float: never 'n', 'N' or 'F'
     while len(digits) > 1 and digits[-1] == 0:
         digits.pop()
         exp += 1
@@ -47,8 +48,9 @@ def _go_float(f: float) -> str:
 
 def sorted_keys(m):
     # Go prints and ranges maps in key order: numbers numerically, strings lexically.
-    return sorted(m, key=lambda k: (0, k, "") if isinstance(k, (int, float)) and not isinstance(k, bool)
-                  else (1, 0, str(k)))
+    return sorted(
+        m, key=lambda k: (0, k, "") if isinstance(k, (int, float)) and not isinstance(k, bool) else (1, 0, str(k))
+    )
 
 
 def go_value(v, top: bool = True) -> str:
@@ -78,8 +80,17 @@ def go_value(v, top: bool = True) -> str:
     return str(v)
 
 
-_QUOTE_ESC = {"\a": r"\a", "\b": r"\b", "\f": r"\f", "\n": r"\n", "\r": r"\r", "\t": r"\t",
-              "\v": r"\v", "\\": r"\\", '"': r"\""}
+_QUOTE_ESC = {
+    "\a": r"\a",
+    "\b": r"\b",
+    "\f": r"\f",
+    "\n": r"\n",
+    "\r": r"\r",
+    "\t": r"\t",
+    "\v": r"\v",
+    "\\": r"\\",
+    '"': r"\"",
+}
 
 
 def go_quote(s: str) -> str:
@@ -137,8 +148,7 @@ def _jsonable(v):
     return str(v)
 
 
-_HTML_ESC = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                           "\u2028": "\\u2028", "\u2029": "\\u2029"})
+_HTML_ESC = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def go_json(v, indent=None) -> str:
@@ -250,6 +260,7 @@ def go_sprintf(fmt: str, *args) -> str:
 
 
 # ----------------------------------------------------------------------------- functions
+
 
 def truth(v) -> bool:
     if v is None or isinstance(v, (bool, int, float, str, Mapping, list, tuple, bytes)):

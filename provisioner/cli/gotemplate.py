@@ -34,9 +34,9 @@ _VAR_RE = re.compile(r"\$\w*")
 _COMMENT_TRIM_END = re.compile(r"[ \t\r\n]+-}}")
 _NUMBER_RE = re.compile(
     r"[+-]?(?:0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+"
-    r"|(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9_]+)?)")
-_UNESC = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-          "\\": "\\", "'": "'", '"': '"'}
+    r"|(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9_]+)?)"
+)
+_UNESC = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", "'": "'", '"': '"'}
 
 
 class _Tok:
@@ -65,13 +65,13 @@ def _unescape(body: str) -> str:
             i += 2
         elif e in "xuU":
             n = {"x": 2, "u": 4, "U": 8}[e]
-            digits = body[i + 2:i + 2 + n]
+            digits = body[i + 2 : i + 2 + n]
             if len(digits) != n or not all(ch in "0123456789abcdefABCDEF" for ch in digits):
                 raise ValueError(f"invalid escape \\{e}{digits}")
             out.append(chr(int(digits, 16)))
             i += 2 + n
         elif e in "01234567":
-            digits = body[i + 1:i + 4]
+            digits = body[i + 1 : i + 4]
             if len(digits) != 3 or not all(ch in "01234567" for ch in digits):
                 raise ValueError(f"invalid escape \\{digits}")
             out.append(chr(int(digits, 8)))
@@ -95,7 +95,8 @@ def _number(text: str):
 
 class _Lexer:
     def __init__(self, src: str):
-        self.src, self.toks, self.line = src, [], 1
+        self.src, self.line = src, 1
+        self.toks: list[tuple] = []
 
     def error(self, msg):
         raise TemplateError(f"template: :{self.line}: {msg}")
@@ -166,12 +167,12 @@ class _Lexer:
                 if q >= n or src[q] != c:
                     self.error("unterminated quoted string" if c == '"' else "unterminated character constant")
                 try:
-                    val = _unescape(src[p + 1:q])
+                    val = _unescape(src[p + 1 : q])
                 except (ValueError, IndexError) as err:
-                    self.error(f"bad string {src[p:q + 1]}: {err}")
+                    self.error(f"bad string {src[p : q + 1]}: {err}")
                 if c == "'":
                     if len(val) != 1:
-                        self.error(f"malformed character constant: {src[p:q + 1]}")
+                        self.error(f"malformed character constant: {src[p : q + 1]}")
                     self.emit("number", ord(val), p, q + 1)
                 else:
                     self.emit("string", val, p, q + 1)
@@ -181,7 +182,7 @@ class _Lexer:
                 q = src.find("`", p + 1)
                 if q < 0:
                     self.error("unterminated raw quoted string")
-                self.emit("string", src[p + 1:q], p, q + 1)
+                self.emit("string", src[p + 1 : q], p, q + 1)
                 self.line += src.count("\n", p, q)
                 p = q + 1
                 continue
@@ -193,7 +194,7 @@ class _Lexer:
             m = _NUMBER_RE.match(src, p) if (c.isdigit() or c in "+-.") else None
             if m and m.group() not in ("+", "-", "."):
                 if m.end() < n and (src[m.end()].isalnum() or src[m.end()] in "._"):
-                    self.error(f"bad number syntax: {src[p:m.end() + 1]!r}")
+                    self.error(f"bad number syntax: {src[p : m.end() + 1]!r}")
                 try:
                     self.emit("number", _number(m.group()), p, m.end())
                 except ValueError:
@@ -226,6 +227,7 @@ class _Lexer:
 
 
 # ----------------------------------------------------------------------------- parser
+
 
 class _Node:
     """One tree node; `kind` picks the meaning of the other slots."""
@@ -352,7 +354,7 @@ class _Parser:
         if t.kind not in ("|", closer):
             self.error(t, "unclosed action" if t.kind == "eof" else f"unexpected {t.describe()} in {context}")
         last = self.toks[self.i - 1]
-        return _Node("cmd", args, line=first.line, src=self.src[first.pos:last.end])
+        return _Node("cmd", args, line=first.line, src=self.src[first.pos : last.end])
 
     def parse_operand(self, context):
         t = self.next()
@@ -521,8 +523,11 @@ class _State:
             if isinstance(receiver, Mapping):
                 receiver = receiver.get(name)
                 continue
-            if isinstance(receiver, (str, int, float, bool, list, tuple, bytes)) or name.startswith("_") \
-                    or not hasattr(receiver, name):
+            if (
+                isinstance(receiver, (str, int, float, bool, list, tuple, bytes))
+                or name.startswith("_")
+                or not hasattr(receiver, name)
+            ):
                 self.fail(cmd, f"can't evaluate field {name} in type {go_type(receiver)}")
             value = getattr(receiver, name)
             if callable(value) and not isinstance(value, type):
@@ -560,7 +565,7 @@ class Template:
         self.tree = _Parser(source, _Lexer(source).run(), self.funcs).parse()
 
     def __call__(self, data) -> str:
-        out = []
+        out: list[str] = []
         try:
             _State(self.funcs, data).walk(self.tree, data, out)
         except (_Break, _Continue):  # cannot happen: the parser rejects them outside range

@@ -2,10 +2,10 @@
 
 import click
 
-from dockyard.provisioner.machines import machine
-from dockyard.provisioner.core.errors import DockyardError, UsageError
 from dockyard.provisioner.cli.common import complete_machines, confirm, for_each, info, many_names, store_of
 from dockyard.provisioner.cli.main import cli
+from dockyard.provisioner.core.errors import DockyardError, UsageError
+from dockyard.provisioner.machines import machine
 
 
 def _verb(name, method, help_text, after=None):
@@ -21,12 +21,20 @@ def _verb(name, method, help_text, after=None):
     return command
 
 
-_verb("start", "start", "Start machines.",
-      after="Started machines may have new IP addresses; dockyard re-issues server certs when they do.")
+_verb(
+    "start",
+    "start",
+    "Start machines.",
+    after="Started machines may have new IP addresses; dockyard re-issues server certs when they do.",
+)
 _verb("stop", "stop", "Stop machines (gracefully).")
 _verb("kill", "kill", "Kill machines (power off at once).")
-_verb("restart", "restart", "Restart machines.",
-      after="Restarted machines may have new IP addresses; dockyard re-issues server certs when they do.")
+_verb(
+    "restart",
+    "restart",
+    "Restart machines.",
+    after="Restarted machines may have new IP addresses; dockyard re-issues server certs when they do.",
+)
 _verb("upgrade", "upgrade", "Upgrade the engine on machines to this dockyard's version (containers keep running).")
 
 
@@ -63,8 +71,12 @@ def regenerate_certs(ctx, names, force, client_certs):
 
 @cli.command()
 @click.argument("names", nargs=-1, shell_complete=complete_machines)
-@click.option("-f", "--force", is_flag=True,
-              help="Remove the local record even if the driver fails to delete the machine; no prompt.")
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Remove the local record even if the driver fails to delete the machine; no prompt.",
+)
 @click.option("-y", "yes", is_flag=True, help="Assume yes to the prompt.")
 @click.pass_context
 def rm(ctx, names, force, yes):
@@ -84,5 +96,5 @@ def rm(ctx, names, force, yes):
             errors.append(str(e))
     if errors and not force:
         raise DockyardError("\n".join(errors))
-    for e in errors:
-        click.echo(e, err=True)
+    for message in errors:
+        click.echo(message, err=True)

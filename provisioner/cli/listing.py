@@ -5,17 +5,18 @@ import threading
 import time
 
 from dockyard.drivers.base import State
-
+from dockyard.provisioner.cli.tables import HostListItem, go_duration
 from dockyard.provisioner.core import engine_client
 from dockyard.provisioner.core.errors import CertError, DockyardError
 from dockyard.provisioner.machines.machine import Machine
-from dockyard.provisioner.cli.tables import HostListItem, go_duration
 
 
 def _cert_problem(m):
     if m.cert_matches_ip() is False:
-        return (f"IP changed to {m.ip()}, not in the server certificate: "
-                f"run 'dockyard provision {m.name}' or 'dockyard regenerate-certs {m.name}'")
+        return (
+            f"IP changed to {m.ip()}, not in the server certificate: "
+            f"run 'dockyard provision {m.name}' or 'dockyard regenerate-certs {m.name}'"
+        )
     return ""
 
 
@@ -34,8 +35,7 @@ def _row(store, name, timeout, docker_host):
     try:
         m = Machine.load(store, name)
     except DockyardError as e:
-        return HostListItem(Name=name, DriverName="not found", State=str(State.ERROR),
-                            Error=str(e).replace("\n", " "))
+        return HostListItem(Name=name, DriverName="not found", State=str(State.ERROR), Error=str(e).replace("\n", " "))
     item = HostListItem(Name=name, DriverName=m.config.get("DriverName", ""), Active="-")
     item.EngineOptions = m.engine_options
     started = time.monotonic()
@@ -99,6 +99,7 @@ def gather(store, names, timeout, docker_host=None):
                     driver = store.load(n).get("DriverName", "")
                 except DockyardError:
                     pass
-                rows.append(HostListItem(Name=n, DriverName=driver, State=str(State.TIMEOUT),
-                                         ResponseTime=go_duration(timeout)))
+                rows.append(
+                    HostListItem(Name=n, DriverName=driver, State=str(State.TIMEOUT), ResponseTime=go_duration(timeout))
+                )
     return rows

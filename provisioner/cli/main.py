@@ -40,9 +40,7 @@ class DockyardGroup(click.Group):
             return super().resolve_command(ctx, args)
         except click.UsageError:
             if args and not args[0].startswith("-"):
-                click.echo(
-                    f"dockyard: '{args[0]}' is not a dockyard command. See 'dockyard --help'.", err=True
-                )
+                click.echo(f"dockyard: '{args[0]}' is not a dockyard command. See 'dockyard --help'.", err=True)
                 sys.exit(1)
             raise
 
@@ -53,11 +51,21 @@ def _debug_requested(ctx):
 
 
 @click.group(cls=DockyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-s", "--storage-path", envvar="DOCKYARD_STORAGE_PATH", default=default_store_path,
-              show_default="~/.dockyard", help="Where machines, certs and caches are kept.")
+@click.option(
+    "-s",
+    "--storage-path",
+    envvar="DOCKYARD_STORAGE_PATH",
+    default=default_store_path,
+    show_default="~/.dockyard",
+    help="Where machines, certs and caches are kept.",
+)
 @click.option("-D", "--debug", is_flag=True, envvar="DOCKYARD_DEBUG", help="Show tracebacks and debug output.")
-@click.option("--native-ssh", is_flag=True, envvar="DOCKYARD_NATIVE_SSH",
-              help="Use the built-in SSH client (paramiko) instead of the system ssh binary.")
+@click.option(
+    "--native-ssh",
+    is_flag=True,
+    envvar="DOCKYARD_NATIVE_SSH",
+    help="Use the built-in SSH client (paramiko) instead of the system ssh binary.",
+)
 @click.version_option(__version__, "-v", "--version", prog_name="dockyard", message="%(prog)s version %(version)s")
 @click.pass_context
 def cli(ctx, storage_path, debug, native_ssh):

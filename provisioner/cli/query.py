@@ -6,25 +6,35 @@ import sys
 
 import click
 
-from dockyard.drivers.base import State
-
 from dockyard import __version__
-from dockyard.provisioner.core import engine_client, pki
-from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
+from dockyard.drivers.base import State
 from dockyard.provisioner.cli import filters as ls_filters
 from dockyard.provisioner.cli import gotemplate, listing, shells, tables
 from dockyard.provisioner.cli.common import complete_machines, load, many_names, one_name, store_of
 from dockyard.provisioner.cli.main import cli
+from dockyard.provisioner.core import engine_client, pki
+from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
 
 SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credential")
 
 
 @cli.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only show machine names.")
-@click.option("--filter", "filter_", multiple=True, metavar="KEY=VALUE",
-              help="Filter: driver, state, name (regex), label (KEY=VALUE). Same key OR'ed, different keys AND'ed.")
-@click.option("-t", "--timeout", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Seconds to wait for each machine's state.")
+@click.option(
+    "--filter",
+    "filter_",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Filter: driver, state, name (regex), label (KEY=VALUE). Same key OR'ed, different keys AND'ed.",
+)
+@click.option(
+    "-t",
+    "--timeout",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Seconds to wait for each machine's state.",
+)
 @click.option("-f", "--format", "format_", help="Go template, 'table ...' for a header, or 'json'.")
 @click.pass_context
 def ls(ctx, quiet, filter_, timeout, format_):
@@ -59,7 +69,7 @@ def _tls_check(m):
         raise DockyardError("Error checking TLS connection: Host is not running")
     if m.cert_matches_ip() is False:
         raise CertError(
-            f'Error checking TLS connection: the machine\'s IP is now {m.ip()}, which its server certificate '
+            f"Error checking TLS connection: the machine's IP is now {m.ip()}, which its server certificate "
             f"does not cover. Run 'dockyard provision {m.name}' (or 'dockyard regenerate-certs {m.name}') "
             "to re-issue it; containers are kept."
         )

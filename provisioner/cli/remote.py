@@ -9,9 +9,9 @@ import tempfile
 
 import click
 
-from dockyard.provisioner.core.errors import UsageError
 from dockyard.provisioner.cli.common import complete_machines, load, store_of
 from dockyard.provisioner.cli.main import cli
+from dockyard.provisioner.core.errors import UsageError
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -34,7 +34,10 @@ def ssh(ctx, name, command):
         raise UsageError(f'Error: Cannot run SSH command: Host "{name}" is not running')
     if not m.driver.provisions:
         raise UsageError(f'machine "{name}" uses the {m.driver.name} driver, which has no SSH access')
-    from dockyard.provisioner.core.ssh import SSHSession, system_ssh_argv  # paramiko is slow to import: only when needed
+    from dockyard.provisioner.core.ssh import (
+        SSHSession,
+        system_ssh_argv,
+    )  # paramiko is slow to import: only when needed
 
     args = list(command)
     if args and args[0] == "--":

@@ -8,15 +8,24 @@ from collections.abc import Mapping
 from dockyard.provisioner.cli.gofuncs import go_quote
 
 __all__ = [
-    "SHELLS", "GUESSED_SHELL_NOTE", "shell_syntax", "format_env", "format_unset", "usage_hint",
-    "detect_shell", "no_proxy_value", "argv_hint", "format_config",
+    "SHELLS",
+    "GUESSED_SHELL_NOTE",
+    "shell_syntax",
+    "format_env",
+    "format_unset",
+    "usage_hint",
+    "detect_shell",
+    "no_proxy_value",
+    "argv_hint",
+    "format_config",
 ]
 
 SHELLS = ("bash", "zsh", "sh", "fish", "powershell", "cmd", "tcsh", "emacs")
 
 # Docker Machine prints this (and then fails) when $SHELL is empty; we print it and carry on with bash.
-GUESSED_SHELL_NOTE = ("The default lines below are for a sh/bash shell, you can specify the shell "
-                      "you're using, with the --shell flag.")
+GUESSED_SHELL_NOTE = (
+    "The default lines below are for a sh/bash shell, you can specify the shell you're using, with the --shell flag."
+)
 
 # syntax -> (prefix, delimiter, suffix); a line is prefix + NAME + delimiter + value + suffix
 _SET = {
@@ -126,5 +135,7 @@ def argv_hint(argv: list[str]) -> str:
 
 def format_config(ca: str, cert: str, key: str, url: str) -> str:
     """The five lines of `dockyard config`, paths quoted like Go's %q, for `docker $(dockyard config m) ps`."""
-    return (f"--tlsverify\n--tlscacert={go_quote(str(ca))}\n--tlscert={go_quote(str(cert))}\n"
-            f"--tlskey={go_quote(str(key))}\n-H={url}\n")
+    return (
+        f"--tlsverify\n--tlscacert={go_quote(str(ca))}\n--tlscert={go_quote(str(cert))}\n"
+        f"--tlskey={go_quote(str(key))}\n-H={url}\n"
+    )

@@ -11,13 +11,22 @@ from typing import Any
 from dockyard.provisioner.cli.gotemplate import Template, compile_template
 
 __all__ = [
-    "HostListItem", "LS_DEFAULT_FORMAT", "LS_HEADERS", "tabwrite", "tabwrite_text",
-    "parse_ls_format", "format_ls", "natural_sort_key", "go_duration",
+    "HostListItem",
+    "LS_DEFAULT_FORMAT",
+    "LS_HEADERS",
+    "tabwrite",
+    "tabwrite_text",
+    "parse_ls_format",
+    "format_ls",
+    "natural_sort_key",
+    "go_duration",
 ]
 
 # The tabs are real tabs here; Docker Machine's Go constant holds real tabs too.
-LS_DEFAULT_FORMAT = ("table {{ .Name }}\t{{ .Active }}\t{{ .DriverName}}\t{{ .State }}\t{{ .URL }}"
-                     "\t{{ .Swarm }}\t{{ .DockerVersion }}\t{{ .Error}}")
+LS_DEFAULT_FORMAT = (
+    "table {{ .Name }}\t{{ .Active }}\t{{ .DriverName}}\t{{ .State }}\t{{ .URL }}"
+    "\t{{ .Swarm }}\t{{ .DockerVersion }}\t{{ .Error}}"
+)
 
 # The header row is the same template run over this map.
 LS_HEADERS = {
@@ -68,8 +77,8 @@ class HostListItem:
 
 # ----------------------------------------------------------------------------- tabwriter
 
-def tabwrite_text(text: str, minwidth: int = 5, tabwidth: int = 1, padding: int = 3,
-                  padchar: str = " ") -> str:
+
+def tabwrite_text(text: str, minwidth: int = 5, tabwidth: int = 1, padding: int = 3, padchar: str = " ") -> str:
     """Lay out tab-separated text exactly as Go's text/tabwriter with flags 0.
 
     Cells end with a tab; the text after a line's last tab is not a cell and is never padded.
@@ -123,6 +132,7 @@ def tabwrite(lines: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- ls
 
+
 def natural_sort_key(name: str):
     """Sort key matching skarademir/naturalsort over the lower-cased name, as `docker-machine ls`.
 
@@ -146,11 +156,11 @@ def parse_ls_format(fmt: str | None) -> tuple[Template, bool]:
     final = fmt or LS_DEFAULT_FORMAT
     table = final.startswith(_TABLE_KEY)
     if table:
-        final = final[len(_TABLE_KEY):]
+        final = final[len(_TABLE_KEY) :]
     final = final.strip(" ")
     if table and not final:
         # Docker Machine would print empty lines for a bare "table"; the default columns help more.
-        final = LS_DEFAULT_FORMAT[len(_TABLE_KEY):].strip(" ")
+        final = LS_DEFAULT_FORMAT[len(_TABLE_KEY) :].strip(" ")
     final = re.sub(r"\\([tn])", lambda m: "\t" if m.group(1) == "t" else "\n", final)
     return compile_template(final + "\n"), table
 

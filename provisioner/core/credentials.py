@@ -236,8 +236,7 @@ def resolve(config, provider, fields, environ=os.environ):
     values = store.get(ref)
     if not values:
         raise CredentialsError(
-            f'credentials "{ref}" not found in the {store.description}; '
-            f"run: dockyard creds set {ref}"
+            f'credentials "{ref}" not found in the {store.description}; run: dockyard creds set {ref}'
         )
     return values
 
@@ -263,8 +262,9 @@ def choose(provider, account, fields, given, environ=os.environ, file_path=None)
         values = {**stored, **given}
         lacking = missing(fields, values)
         if lacking:
-            raise CredentialsError(f"{provider}: missing credential(s): "
-                                   + ", ".join(f.envvar or f.name for f in lacking))
+            raise CredentialsError(
+                f"{provider}: missing credential(s): " + ", ".join(f.envvar or f.name for f in lacking)
+            )
         return store.kind, values, store
     store = open_store(file_path, provider, envs)
     ref = make_ref(provider, account)

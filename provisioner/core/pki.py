@@ -1,9 +1,9 @@
 """TLS PKI with `cryptography`: the store's CA and client pair, per-machine server certs, expiry and SAN checks."""
 
 import datetime
+import getpass
 import ipaddress
 import os
-import getpass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -84,8 +84,15 @@ def _builder(subject, issuer, public_key, days):
 def _key_usage(ca):
     """CA: sign certs and CRLs. Leaf (ECDSA): sign handshakes and agree keys."""
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=not ca, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -150,9 +157,7 @@ def _sign_leaf(paths, subject, public_key, *, server, sans=(), days=LEAF_DAYS):
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
     )
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
@@ -203,8 +208,11 @@ def issue_server_cert(paths, machine_name, cert_path, key_path, hosts):
     """Issue a server cert for a machine with the given SAN hosts (IPs and names)."""
     key = _new_key()
     cert = _sign_leaf(
-        paths, _name(f"{_user()}.{machine_name}", machine_name), key.public_key(),
-        server=True, sans=san_entries(hosts),
+        paths,
+        _name(f"{_user()}.{machine_name}", machine_name),
+        key.public_key(),
+        server=True,
+        sans=san_entries(hosts),
     )
     _write_key(key_path, key)
     _write_cert(cert_path, cert)

@@ -30,9 +30,9 @@ from dockyard.provisioner.core.errors import (
     SudoPasswordRequired,
 )
 from dockyard.provisioner.core.ssh_keys import (  # noqa: F401  (re-exported: callers import keys from here)
-    _RememberHostKey,
     _atomic_write,
     _host_key_changed,
+    _RememberHostKey,
     check_key_permissions,
     fingerprint,
     generate_keypair,
@@ -48,7 +48,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 CHUNK = 32768
 _SUDO_PASSWORD_HINTS = ("a password is required", "a terminal is required", "no tty present", "must have a tty")
 _DEFAULT = object()  # "use the process's own stdin/stdout/stderr" (resolved at call time, not import time)
-
 
 
 @dataclass
@@ -98,9 +97,16 @@ class SSHSession:
         client.set_missing_host_key_policy(policy)
         try:
             client.connect(
-                target.host, port=target.port, username=target.user, pkey=pkey,
-                look_for_keys=pkey is None, allow_agent=pkey is None, timeout=connect_timeout,
-                banner_timeout=connect_timeout, auth_timeout=connect_timeout, channel_timeout=connect_timeout,
+                target.host,
+                port=target.port,
+                username=target.user,
+                pkey=pkey,
+                look_for_keys=pkey is None,
+                allow_agent=pkey is None,
+                timeout=connect_timeout,
+                banner_timeout=connect_timeout,
+                auth_timeout=connect_timeout,
+                channel_timeout=connect_timeout,
             )
         except paramiko.BadHostKeyException as e:
             client.close()
@@ -162,7 +168,9 @@ class SSHSession:
                     f"passwordless sudo (NOPASSWD) for this user"
                 )
         if status == 127 and "sudo" in stderr and "not found" in stderr:
-            raise SSHError(f'sudo is not installed on {self.target.host}; it is needed to act as root as "{self.target.user}"')
+            raise SSHError(
+                f'sudo is not installed on {self.target.host}; it is needed to act as root as "{self.target.user}"'
+            )
 
     def _exec(self, command: str, stdin=None, stdout_sink=None, timeout: float | None = None, label: str = ""):
         """Run one command. stdin: None, bytes, a binary file, or callable(write) producing the data.
@@ -170,7 +178,8 @@ class SSHSession:
         chan = self._channel()
         try:
             chan.exec_command(command)
-            local_errors, feeder = [], None
+            local_errors: list[BaseException] = []
+            feeder = None
             if stdin is None:
                 chan.shutdown_write()
             else:
@@ -213,8 +222,16 @@ class SSHSession:
 
     # -- commands
 
-    def run(self, command: str, *, sudo: bool = False, check: bool = True, input: bytes | None = None,
-            timeout: float | None = None, env: dict | None = None) -> CommandResult:
+    def run(
+        self,
+        command: str,
+        *,
+        sudo: bool = False,
+        check: bool = True,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        env: dict | None = None,
+    ) -> CommandResult:
         """Run a command (as root through `sudo -n` if asked and the user is not root); collect its output."""
         return self._run(command, command, sudo=sudo, check=check, env=env, stdin=input, timeout=timeout)
 
@@ -229,7 +246,7 @@ class SSHSession:
         # Written next to the destination and renamed over it only when complete (size checked, as a cut
         # stream ends like a short file), so readers never see a partial file.
         script = (
-            f't=$(mktemp {template}) || exit 1; '
+            f"t=$(mktemp {template}) || exit 1; "
             f'if cat > "$t" && [ $(wc -c < "$t") -eq {size} ] && chmod {mode & 0o7777:04o} "$t" && mv -f "$t" {dest}; '
             f'then exit 0; fi; rm -f "$t"; exit 1'
         )
@@ -251,7 +268,9 @@ class SSHSession:
     def get_file(self, remote: str, local, sudo: bool = False) -> None:
         local = os.fspath(local)
         try:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(local)), prefix=f".{os.path.basename(local)}.")
+            fd, tmp = tempfile.mkstemp(
+                dir=os.path.dirname(os.path.abspath(local)), prefix=f".{os.path.basename(local)}."
+            )
         except OSError as e:
             raise SSHError(f"cannot write {local}: {e.strerror or e}") from None
         try:
@@ -393,7 +412,7 @@ class SSHSession:
             return 255 if status == -1 else status
         finally:
             termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
-            if previous is not None:
+            if previous is not None and previous_wakeup is not None:
                 signal.set_wakeup_fd(previous_wakeup)
                 signal.signal(signal.SIGWINCH, previous)
             os.close(wake_r)
@@ -457,7 +476,7 @@ def _drain(chan, stdout, stderr) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _terminal_size(fd: int) -> tuple[int, int]:
@@ -496,8 +515,9 @@ def _wait_for_banner(target: SSHTarget, timeout: float) -> None:
         raise ConnectionError("no SSH banner in the first 16 KiB")
 
 
-def wait_for_ssh(target: SSHTarget, timeout: float = 120, step: str = "Waiting for SSH", *,
-                 auth_attempts: int = 3) -> SSHSession:
+def wait_for_ssh(
+    target: SSHTarget, timeout: float = 120, step: str = "Waiting for SSH", *, auth_attempts: int = 3
+) -> SSHSession:
     """Retry (0.2 s doubling to 3 s) until SSH answers with a banner and accepts our key; return the session.
     A changed host key fails at once; a key refused auth_attempts times in a row fails without waiting out
     the timeout (during boot the key may not be installed yet, hence a few tries)."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import base64
 import contextlib
 import hashlib
 import os
 import stat
 import tempfile
+from typing import TYPE_CHECKING
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -127,4 +126,3 @@ class _RememberHostKey(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client, hostname, key):
         self.seen = key
-

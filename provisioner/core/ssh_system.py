@@ -40,18 +40,41 @@ def _host_key_options(target: SSHTarget) -> list[str]:
     if current != line:
         _atomic_write(known_hosts, line, 0o600)
     return [
-        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={_option_path(known_hosts)}",
-        "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={alias}",
-        "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={_option_path(known_hosts)}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        f"HostKeyAlias={alias}",
+        "-o",
+        "CheckHostIP=no",
+        "-o",
+        "UpdateHostKeys=no",
     ]
 
 
 def _common_options(target: SSHTarget) -> list[str]:
     opts = [
-        "-F", "/dev/null", "-o", "ConnectionAttempts=3", "-o", "ConnectTimeout=10", "-o", "ControlMaster=no",
-        "-o", "ControlPath=none", "-o", "LogLevel=ERROR",  # ERROR, not QUIET: a changed host key must be seen
-        "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
-        "-o", "ServerAliveInterval=60",
+        "-F",
+        "/dev/null",
+        "-o",
+        "ConnectionAttempts=3",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        "-o",
+        "LogLevel=ERROR",  # ERROR, not QUIET: a changed host key must be seen
+        "-o",
+        "PasswordAuthentication=no",
+        "-o",
+        "KbdInteractiveAuthentication=no",
+        "-o",
+        "ServerAliveInterval=60",
     ] + _host_key_options(target)
     if target.key_path:
         check_key_permissions(target.key_path)
@@ -68,8 +91,16 @@ def system_ssh_argv(target: SSHTarget, args: list[str], tty: bool | None = None,
     return argv + [f"{target.user}@{target.host}"] + list(args)
 
 
-def system_scp_argv(target: SSHTarget, sources: list[str], dest: str, *, to_remote: bool,
-                    recursive: bool = False, quiet: bool = False, scp: str = "scp") -> list[str]:
+def system_scp_argv(
+    target: SSHTarget,
+    sources: list[str],
+    dest: str,
+    *,
+    to_remote: bool,
+    recursive: bool = False,
+    quiet: bool = False,
+    scp: str = "scp",
+) -> list[str]:
     """argv for the system scp between this computer and one machine: local sources to the remote dest
     (to_remote=True) or remote sources to a local dest."""
     host = f"[{target.host}]" if ":" in target.host else target.host

@@ -163,9 +163,7 @@ class Store:
             raise StoreError(f'config of machine "{name}" is unreadable ({path}): {e}') from None
         version = config.get("ConfigVersion", 0)
         if version > CONFIG_VERSION:
-            raise StoreError(
-                f'config version of machine "{name}" is from the future -- you should upgrade dockyard'
-            )
+            raise StoreError(f'config version of machine "{name}" is from the future -- you should upgrade dockyard')
         return config
 
     def save(self, name, config):

@@ -46,6 +46,7 @@ class Batch:
             with self._lock:
                 for line in str(msg).splitlines() or [""]:
                     self.echo(f"({name}) {line}")
+
         return log
 
     def _run_one(self, name, sem):
@@ -63,8 +64,9 @@ class Batch:
         """Returns {name: error} for the machines that failed."""
         sem = threading.Semaphore(self.limit)
         # Daemon threads: Ctrl-C ends the command; an interrupted create is left in state Error for rm -f.
-        threads = [threading.Thread(target=self._run_one, args=(n, sem), name=f"create-{n}", daemon=True)
-                   for n in self.names]
+        threads = [
+            threading.Thread(target=self._run_one, args=(n, sem), name=f"create-{n}", daemon=True) for n in self.names
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -73,8 +75,7 @@ class Batch:
 
     def summary(self):
         ok = [n for n in self.names if n not in self.errors]
-        lines = [f"Created {len(ok)} of {len(self.names)} machines"
-                 + (f": {', '.join(ok)}" if ok else "")]
+        lines = [f"Created {len(ok)} of {len(self.names)} machines" + (f": {', '.join(ok)}" if ok else "")]
         if self.errors:
             lines.append("Failed:")
             lines += [f"  {n}: {self.errors[n]}" for n in self.names if n in self.errors]

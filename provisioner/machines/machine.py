@@ -6,11 +6,15 @@ import shutil
 
 from dockyard.drivers import registry
 from dockyard.drivers.base import State
-
-from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner import provision
+from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import (
-    CertError, DockyardError, EngineUnreachable, HostAlreadyInState, HostNotRunning, MachineAlreadyExists,
+    CertError,
+    DockyardError,
+    EngineUnreachable,
+    HostAlreadyInState,
+    HostNotRunning,
+    MachineAlreadyExists,
     ProvisionError,
 )
 from dockyard.provisioner.core.store import validate_name
@@ -25,8 +29,13 @@ def _now():
 
 def default_engine_options():
     return {
-        "ArbitraryFlags": [], "Env": [], "InsecureRegistry": [], "Labels": [], "RegistryMirror": [],
-        "StorageDriver": "overlay2", "TlsVerify": True,
+        "ArbitraryFlags": [],
+        "Env": [],
+        "InsecureRegistry": [],
+        "Labels": [],
+        "RegistryMirror": [],
+        "StorageDriver": "overlay2",
+        "TlsVerify": True,
     }
 
 
@@ -82,8 +91,7 @@ class Machine:
         return self.config.setdefault("Status", {})
 
     def set_status(self, state, error="", step=""):
-        self.config["Status"] = {"State": state, "Error": error, "Step": step, "Pid": os.getpid(),
-                                 "Updated": _now()}
+        self.config["Status"] = {"State": state, "Error": error, "Step": step, "Pid": os.getpid(), "Updated": _now()}
         self.save()
 
     # -- files -------------------------------------------------------------------
@@ -110,11 +118,17 @@ class Machine:
         rel = self.store.rel
         cp = self.cert_paths
         self.auth.update(
-            CertDir=rel(cp.dir), CaCertPath=rel(cp.ca), CaPrivateKeyPath=rel(cp.ca_key),
-            ClientCertPath=rel(cp.cert), ClientKeyPath=rel(cp.key),
-            ServerCertPath=rel(self.path("server.pem")), ServerKeyPath=rel(self.path("server-key.pem")),
-            CaCertRemotePath=provision.REMOTE_CA, ServerCertRemotePath=provision.REMOTE_CERT,
-            ServerKeyRemotePath=provision.REMOTE_KEY, StorePath=rel(self.dir),
+            CertDir=rel(cp.dir),
+            CaCertPath=rel(cp.ca),
+            CaPrivateKeyPath=rel(cp.ca_key),
+            ClientCertPath=rel(cp.cert),
+            ClientKeyPath=rel(cp.key),
+            ServerCertPath=rel(self.path("server.pem")),
+            ServerKeyPath=rel(self.path("server-key.pem")),
+            CaCertRemotePath=provision.REMOTE_CA,
+            ServerCertRemotePath=provision.REMOTE_CERT,
+            ServerKeyRemotePath=provision.REMOTE_KEY,
+            StorePath=rel(self.dir),
         )
         self.auth.setdefault("ServerCertSANs", list(extra_sans))
 
@@ -143,7 +157,9 @@ class Machine:
             step = self.status.get("Step")
             return (f"{step}: " if step else "") + (self.status.get("Error") or "unknown error")
         if st == "Creating" and not _pid_alive(self.status.get("Pid") or 0):
-            return f"create was interrupted during step \"{self.status.get('Step', '?')}\"; run dockyard rm -f {self.name}"
+            return (
+                f'create was interrupted during step "{self.status.get("Step", "?")}"; run dockyard rm -f {self.name}'
+            )
         return ""
 
     def cert_matches_ip(self):
@@ -200,9 +216,16 @@ class Machine:
             self.save()
             step("installing and starting the engine")
             digest = provision.install_engine(
-                session, facts, self.name, self.engine_options, self.driver.engine_port(),
-                self.path("ca.pem"), self.path("server.pem"), self.path("server-key.pem"),
-                self.store.cache_dir, log,
+                session,
+                facts,
+                self.name,
+                self.engine_options,
+                self.driver.engine_port(),
+                self.path("ca.pem"),
+                self.path("server.pem"),
+                self.path("server-key.pem"),
+                self.store.cache_dir,
+                log,
             )
             self.config["Provisioned"]["EngineBundle"] = digest
             step("waiting for the engine to answer over TLS")
@@ -237,8 +260,9 @@ class Machine:
         """Send the certs and restart the engine in one round trip, then wait until it answers."""
         svc = self._service(session)
         log("Copying certs to the remote machine and restarting the engine...")
-        provision.push_certs(session, self.path("ca.pem"), self.path("server.pem"), self.path("server-key.pem"),
-                             then=svc.restart_cmd)
+        provision.push_certs(
+            session, self.path("ca.pem"), self.path("server.pem"), self.path("server-key.pem"), then=svc.restart_cmd
+        )
         self.wait_engine(session, log)
 
     def regenerate_certs(self, log, client_certs=False):
@@ -345,8 +369,9 @@ def create(store, name, driver_name, driver_options, engine_options, tls_sans, l
     driver.pre_create_check()
 
     store.reserve(name)
-    m = Machine(store, name, {"DriverName": driver_name, "Created": _now(),
-                              "HostOptions": {"EngineOptions": engine_options}})
+    m = Machine(
+        store, name, {"DriverName": driver_name, "Created": _now(), "HostOptions": {"EngineOptions": engine_options}}
+    )
     m._driver = driver
     m._auth_defaults(tls_sans)
     step = Step(m)
@@ -398,4 +423,3 @@ def remove(store, name, force, log):
 
 def list_machines(store):
     return sorted(store.names())
-

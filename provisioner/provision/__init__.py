@@ -14,9 +14,8 @@ import tarfile
 import time
 
 from dockyard import templates
-
-from dockyard.provisioner.provision.bundle import build_bundle
 from dockyard.provisioner.provision import initsys, osinfo
+from dockyard.provisioner.provision.bundle import build_bundle
 
 REMOTE_CA = initsys.CONFIG_DIR + "/ca.pem"
 REMOTE_CERT = initsys.CONFIG_DIR + "/server.pem"
@@ -94,8 +93,10 @@ def push_files(session, files, then=None):
     for i, (path, _, _) in enumerate(files):
         d, q = shlex.quote(posixpath.dirname(path)), shlex.quote(path)
         # mv within one filesystem is a rename: the staging dir lives next to the target.
-        moves.append(f'mkdir -p {d} && s=$(mktemp -d {d}/.dockyard.XXXXXX) && tar -xf "$t" -C "$s" f{i} '
-                     f'&& chown 0:0 "$s/f{i}" && mv -f "$s/f{i}" {q} && rmdir "$s"')
+        moves.append(
+            f'mkdir -p {d} && s=$(mktemp -d {d}/.dockyard.XXXXXX) && tar -xf "$t" -C "$s" f{i} '
+            f'&& chown 0:0 "$s/f{i}" && mv -f "$s/f{i}" {q} && rmdir "$s"'
+        )
     script = 't=$(mktemp) && cat > "$t" && ' + " && ".join(moves) + '; rc=$?; rm -f "$t"; [ $rc -eq 0 ]'
     if then:
         script += f" && {{ {then}; }}"
@@ -104,8 +105,11 @@ def push_files(session, files, then=None):
 
 def cert_files(ca_path, server_cert_path, server_key_path):
     files = []
-    for local, remote, mode in ((ca_path, REMOTE_CA, 0o644), (server_cert_path, REMOTE_CERT, 0o644),
-                                (server_key_path, REMOTE_KEY, 0o600)):
+    for local, remote, mode in (
+        (ca_path, REMOTE_CA, 0o644),
+        (server_cert_path, REMOTE_CERT, 0o644),
+        (server_key_path, REMOTE_KEY, 0o600),
+    ):
         with open(local, "rb") as f:
             files.append((remote, f.read(), mode))
     return files
@@ -157,8 +161,7 @@ def prepare_host(session, machine_name, log, set_host_name=True):
     return HostFacts(info, python, init, bundle[0] if bundle else "")
 
 
-def install_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key,
-                   cache_dir, log):
+def install_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key, cache_dir, log):
     """Push bundle, certs, config and service; (re)start the engine. Returns the bundle digest."""
     digest = push_bundle(session, cache_dir, log, remote_digest=facts.bundle_digest)
     log("Copying certs and the engine configuration to the remote machine...")
@@ -172,8 +175,13 @@ def install_engine(session, facts, machine_name, engine_options, port, ca, serve
 
 def service_for(session, facts_dict, machine_name, engine_options):
     """The init-system handle for an already provisioned host (from the stored facts)."""
-    return initsys.for_host(facts_dict.get("Init", "none"), session, machine_name,
-                            facts_dict.get("Python", "python3"), engine_options.get("Env", []))
+    return initsys.for_host(
+        facts_dict.get("Init", "none"),
+        session,
+        machine_name,
+        facts_dict.get("Python", "python3"),
+        engine_options.get("Env", []),
+    )
 
 
 def engine_logs(session, facts_dict, machine_name, engine_options, lines=30):
@@ -181,4 +189,3 @@ def engine_logs(session, facts_dict, machine_name, engine_options, lines=30):
         return service_for(session, facts_dict, machine_name, engine_options).logs(lines)
     except Exception as e:  # logs are a diagnostic aid; never hide the real error behind this one
         return f"(could not read the engine log: {e})"
-

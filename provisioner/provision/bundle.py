@@ -127,8 +127,7 @@ def _digest(files: list[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
-def source_digest(engine_dir: str | os.PathLike | None = None,
-                  vendored: tuple[str, ...] = VENDORED_PACKAGES) -> str:
+def source_digest(engine_dir: str | os.PathLike | None = None, vendored: tuple[str, ...] = VENDORED_PACKAGES) -> str:
     """Hash of everything that goes into the bundle; equals the bundle's source_sha256."""
     root = Path(engine_dir) if engine_dir else _engine_dir()
     return _digest(_sources(root, tuple(vendored)))
@@ -171,9 +170,12 @@ def bundle_version(path: str | os.PathLike) -> BundleInfo | None:
         return None
 
 
-def build_bundle(dest_dir: str | os.PathLike, *,
-                 engine_dir: str | os.PathLike | None = None,
-                 vendored: tuple[str, ...] = VENDORED_PACKAGES) -> tuple[Path, str]:
+def build_bundle(
+    dest_dir: str | os.PathLike,
+    *,
+    engine_dir: str | os.PathLike | None = None,
+    vendored: tuple[str, ...] = VENDORED_PACKAGES,
+) -> tuple[Path, str]:
     """Build (or reuse) DEST_DIR/dockyard-engine.pyz. Returns (path, sha256 hex of the file).
 
     Identical sources give a byte-identical file. If the file already there was

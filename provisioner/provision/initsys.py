@@ -1,8 +1,6 @@
 """The engine's service on the host, one class per init system: systemd, OpenRC, or none (a daemon script)."""
 
-from dockyard import templates
-
-from dockyard import __version__
+from dockyard import __version__, templates
 from dockyard.provisioner.core.errors import ProvisionError
 
 BUNDLE_PATH = "/usr/local/lib/dockyard/dockyard-engine.pyz"
@@ -33,9 +31,16 @@ class InitSystem:
 
     def context(self):
         return dict(
-            dockyard_version=__version__, machine=self.machine, python=self.python,
-            bundle_path=BUNDLE_PATH, config_path=CONFIG_PATH, pidfile=PIDFILE, log_path=LOG_PATH,
-            env=self.env, env_pairs=_env_pairs(self.env), ctl_path=getattr(self, "ctl_path", ""),
+            dockyard_version=__version__,
+            machine=self.machine,
+            python=self.python,
+            bundle_path=BUNDLE_PATH,
+            config_path=CONFIG_PATH,
+            pidfile=PIDFILE,
+            log_path=LOG_PATH,
+            env=self.env,
+            env_pairs=_env_pairs(self.env),
+            ctl_path=getattr(self, "ctl_path", ""),
         )
 
     # Each init system is described declaratively (its service file and shell commands) so that
@@ -71,8 +76,9 @@ class Systemd(InitSystem):
     stop_cmd = "systemctl stop dockyard-engine.service"
 
     def logs(self, lines=30):
-        r = self.s.run(f"journalctl -u dockyard-engine.service -n {int(lines)} --no-pager -o cat", sudo=True,
-                       check=False)
+        r = self.s.run(
+            f"journalctl -u dockyard-engine.service -n {int(lines)} --no-pager -o cat", sudo=True, check=False
+        )
         return r.stdout
 
 

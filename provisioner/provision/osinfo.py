@@ -11,7 +11,8 @@ FAMILIES = {
         ("debian", "ubuntu", "raspbian", "linuxmint", "pop", "devuan"),
         "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y --no-install-recommends {pkgs}"
         " || { DEBIAN_FRONTEND=noninteractive apt-get update -q && "
-        "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y --no-install-recommends {pkgs}; }",
+        "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y --no-install-recommends"
+        " {pkgs}; }",
     ),
     "redhat": (
         ("fedora", "rhel", "centos", "rocky", "almalinux", "ol", "amzn"),

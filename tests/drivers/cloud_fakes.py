@@ -36,8 +36,13 @@ class FakeAPI:
                 url = urllib.parse.urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                req = Request(self.command, url.path, dict(urllib.parse.parse_qsl(url.query)),
-                              {k.lower(): v for k, v in self.headers.items()}, body.decode())
+                req = Request(
+                    self.command,
+                    url.path,
+                    dict(urllib.parse.parse_qsl(url.query)),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body.decode(),
+                )
                 gate = getattr(api.model, "before_handle", None)
                 if gate is not None:  # may block (a test holding requests), so outside the lock
                     gate(req)
@@ -71,13 +76,15 @@ class FakeAPI:
         scheme = "https" if ssl_context is not None else "http"
         self.url = f"{scheme}://{host}:{self.port}"
         # A short poll interval: close() returns at once instead of after half a second.
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def calls(self, method=None, prefix="", path=None):
-        return [r for r in self.requests if (method is None or r.method == method) and r.path.startswith(prefix)
-                and (path is None or r.path == path)]
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and r.path.startswith(prefix) and (path is None or r.path == path)
+        ]
 
     def close(self):
         self.server.shutdown()
@@ -178,8 +185,12 @@ class ThrowawayCA:
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dockyard test CA")])
         self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(self._now - self._day)
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._now - self._day)
             .not_valid_after(self._now + self._day)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(self.key, hashes.SHA256())
@@ -198,8 +209,10 @@ class ThrowawayCA:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, ips[0] if ips else "localhost")]))
-            .issuer_name(self.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(self._now - self._day)
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._now - self._day)
             .not_valid_after(self._now + self._day)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -209,8 +222,7 @@ class ThrowawayCA:
         with open(base + ".crt", "wb") as f:
             f.write(cert.public_bytes(self._ser.Encoding.PEM))
         with open(base + ".key", "wb") as f:
-            f.write(key.private_bytes(self._ser.Encoding.PEM, self._ser.PrivateFormat.PKCS8,
-                                      self._ser.NoEncryption()))
+            f.write(key.private_bytes(self._ser.Encoding.PEM, self._ser.PrivateFormat.PKCS8, self._ser.NoEncryption()))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(base + ".crt", base + ".key")
         return ctx

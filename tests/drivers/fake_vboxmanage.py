@@ -34,13 +34,18 @@ def syntax(msg):
 
 
 def not_found(name):
-    return Fail([f"VBoxManage: error: Could not find a registered machine named '{name}'",
-                 "VBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component VirtualBoxWrap, "
-                 "interface IVirtualBox, callee nsISupports",
-                 "VBoxManage: error: Context: \"FindMachine(Bstr(a->argv[0]).raw(), machine.asOutParam())\""])
+    return Fail(
+        [
+            f"VBoxManage: error: Could not find a registered machine named '{name}'",
+            "VBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component VirtualBoxWrap, "
+            "interface IVirtualBox, callee nsISupports",
+            'VBoxManage: error: Context: "FindMachine(Bstr(a->argv[0]).raw(), machine.asOutParam())"',
+        ]
+    )
 
 
 # -- state ------------------------------------------------------------------------------------------------
+
 
 def load(f):
     f.seek(0)
@@ -63,11 +68,16 @@ def find_vm(state, key):
 
 def require_unlocked(name, vm):
     if vm["state"] in ("running", "paused"):
-        raise Fail([f"VBoxManage: error: The machine '{name}' is already locked for a session (or being unlocked)",
-                    "VBoxManage: error: Details: code VBOX_E_INVALID_OBJECT_STATE (0x80bb0007), component MachineWrap"])
+        raise Fail(
+            [
+                f"VBoxManage: error: The machine '{name}' is already locked for a session (or being unlocked)",
+                "VBoxManage: error: Details: code VBOX_E_INVALID_OBJECT_STATE (0x80bb0007), component MachineWrap",
+            ]
+        )
 
 
 # -- option parsing (RTGetOpt: "--opt value" and "--opt=value") -------------------------------------------
+
 
 def options(args, spec):
     """spec: {option: number of values}; returns [(option, [values])] in order. Unknown -> syntax error."""
@@ -83,7 +93,7 @@ def options(args, spec):
                 raise syntax(f"Invalid option value: {a}")
             values, i = [inline], i + 1
         else:
-            values = args[i + 1:i + 1 + n]
+            values = args[i + 1 : i + 1 + n]
             if len(values) < n:
                 raise syntax(f"Missing value for option {opt}")
             i += 1 + n
@@ -108,6 +118,7 @@ def integer(opt, value, low=None, high=None):
 
 # -- commands -----------------------------------------------------------------------------------------------
 
+
 def cmd_version(state, args):
     print(os.environ.get("FAKE_VBOX_VERSION", "7.0.14r161095"))
 
@@ -122,32 +133,53 @@ def cmd_list(state, args):
                 print(f'"{name}" {{{vm["uuid"]}}}')
     elif what == "hostonlyifs":
         for h in state["hostonlyifs"]:
-            print(f"Name:            {h['name']}\nGUID:            {h['guid']}\nDHCP:            Disabled\n"
-                  f"IPAddress:       {h['ip']}\nNetworkMask:     {h['mask']}\nIPV6Address:     \n"
-                  f"IPV6NetworkMaskPrefixLength: 0\nHardwareAddress: 0a:00:27:00:00:0{h['name'][-1]}\n"
-                  f"MediumType:      Ethernet\nWireless:        No\nStatus:          Up\n"
-                  f"VBoxNetworkName: HostInterfaceNetworking-{h['name']}\n")
+            print(
+                f"Name:            {h['name']}\nGUID:            {h['guid']}\nDHCP:            Disabled\n"
+                f"IPAddress:       {h['ip']}\nNetworkMask:     {h['mask']}\nIPV6Address:     \n"
+                f"IPV6NetworkMaskPrefixLength: 0\nHardwareAddress: 0a:00:27:00:00:0{h['name'][-1]}\n"
+                f"MediumType:      Ethernet\nWireless:        No\nStatus:          Up\n"
+                f"VBoxNetworkName: HostInterfaceNetworking-{h['name']}\n"
+            )
     elif what == "dhcpservers":
         for d in state["dhcpservers"]:
-            print(f"NetworkName:    {d['network']}\nDhcpd IP:       {d['server']}\nLowerIPAddress: {d['lower']}\n"
-                  f"UpperIPAddress: {d['upper']}\nNetworkMask:    {d['mask']}\n"
-                  f"Enabled:        {'Yes' if d['enabled'] else 'No'}\nGlobal Configuration:\n"
-                  f"    minLeaseTime:     default\n    defaultLeaseTime: default\n    maxLeaseTime:     default\n"
-                  f"    Forced options:   None\n    Suppressed opts.: None\n        1/legacy: {d['mask']}\n"
-                  f"Groups:               None\nIndividual Configs:   None\n")
+            print(
+                f"NetworkName:    {d['network']}\nDhcpd IP:       {d['server']}\nLowerIPAddress: {d['lower']}\n"
+                f"UpperIPAddress: {d['upper']}\nNetworkMask:    {d['mask']}\n"
+                f"Enabled:        {'Yes' if d['enabled'] else 'No'}\nGlobal Configuration:\n"
+                f"    minLeaseTime:     default\n    defaultLeaseTime: default\n    maxLeaseTime:     default\n"
+                f"    Forced options:   None\n    Suppressed opts.: None\n        1/legacy: {d['mask']}\n"
+                f"Groups:               None\nIndividual Configs:   None\n"
+            )
     else:
         print("ID:          Debian_64\nDescription: Debian (64-bit)\nFamily ID:   Linux\n")
 
 
 def cmd_createvm(state, args):
-    opts = dict((o, v) for o, v in options(args, {"--name": 1, "--groups": 1, "--ostype": 1, "--register": 0,
-                                                  "--basefolder": 1, "--uuid": 1, "--default": 0}))
+    opts = dict(
+        (o, v)
+        for o, v in options(
+            args,
+            {
+                "--name": 1,
+                "--groups": 1,
+                "--ostype": 1,
+                "--register": 0,
+                "--basefolder": 1,
+                "--uuid": 1,
+                "--default": 0,
+            },
+        )
+    )
     if "--name" not in opts:
         raise syntax("Missing --name")
     name = opts["--name"][0]
     if name in state["vms"]:
-        raise Fail([f"VBoxManage: error: Machine settings file '.../{name}.vbox' already exists",
-                    "VBoxManage: error: Details: code VBOX_E_FILE_ERROR (0x80bb0004), component MachineWrap"])
+        raise Fail(
+            [
+                f"VBoxManage: error: Machine settings file '.../{name}.vbox' already exists",
+                "VBoxManage: error: Details: code VBOX_E_FILE_ERROR (0x80bb0004), component MachineWrap",
+            ]
+        )
     if "--ostype" in opts and opts["--ostype"][0] not in ("Debian_64", "Linux26_64", "Ubuntu_64", "Linux_64"):
         raise Fail(f"VBoxManage: error: Guest OS type '{opts['--ostype'][0]}' is invalid")
     base = opts.get("--basefolder", [os.path.expanduser("~/VirtualBox VMs")])[0]
@@ -161,22 +193,73 @@ def cmd_createvm(state, args):
     print(f"UUID: {vm_uuid}\nSettings file: '{cfg}'")
     if "--register" not in opts:
         return  # an unregistered VM is invisible to every other command (registervm would add it)
-    state["vms"][name] = {"uuid": vm_uuid, "folder": folder, "cfg": cfg, "state": "poweroff", "memory": 128,
-                          "cpus": 1, "ostype": opts.get("--ostype", ["Other"])[0], "settings": {}, "nics": {},
-                          "natpf": {}, "controllers": {}, "media": {}, "shares": {}, "extradata": {}, "boot": {}}
+    state["vms"][name] = {
+        "uuid": vm_uuid,
+        "folder": folder,
+        "cfg": cfg,
+        "state": "poweroff",
+        "memory": 128,
+        "cpus": 1,
+        "ostype": opts.get("--ostype", ["Other"])[0],
+        "settings": {},
+        "nics": {},
+        "natpf": {},
+        "controllers": {},
+        "media": {},
+        "shares": {},
+        "extradata": {},
+        "boot": {},
+    }
 
 
 MODIFYVM = {
-    "--name": 1, "--ostype": 1, "--memory": 1, "--cpus": 1, "--firmware": 1, "--bioslogofadein": 1,
-    "--bioslogofadeout": 1, "--bioslogodisplaytime": 1, "--biosbootmenu": 1, "--acpi": 1, "--ioapic": 1,
-    "--rtcuseutc": 1, "--cpuhotplug": 1, "--pae": 1, "--hpet": 1, "--hwvirtex": 1, "--nestedpaging": 1,
-    "--nested-paging": 1, "--largepages": 1, "--large-pages": 1, "--vtxvpid": 1, "--vtx-vpid": 1,
-    "--accelerate3d": 1, "--accelerate-3d": 1, "--audio": 1, "--usb": 1,
+    "--name": 1,
+    "--ostype": 1,
+    "--memory": 1,
+    "--cpus": 1,
+    "--firmware": 1,
+    "--bioslogofadein": 1,
+    "--bioslogofadeout": 1,
+    "--bioslogodisplaytime": 1,
+    "--biosbootmenu": 1,
+    "--acpi": 1,
+    "--ioapic": 1,
+    "--rtcuseutc": 1,
+    "--cpuhotplug": 1,
+    "--pae": 1,
+    "--hpet": 1,
+    "--hwvirtex": 1,
+    "--nestedpaging": 1,
+    "--nested-paging": 1,
+    "--largepages": 1,
+    "--large-pages": 1,
+    "--vtxvpid": 1,
+    "--vtx-vpid": 1,
+    "--accelerate3d": 1,
+    "--accelerate-3d": 1,
+    "--audio": 1,
+    "--usb": 1,
     **{f"--boot{i}": 1 for i in range(1, 5)},
-    **{f"--{k}{i}": 1 for k in ("nic", "nictype", "cableconnected", "macaddress", "hostonlyadapter", "nicpromisc",
-                                "natpf", "bridgeadapter", "natdnshostresolver", "natdnsproxy")
-       for i in range(1, 9)},
-    "--uart1": 1, "--uart2": 1, "--uartmode1": 1, "--uartmode2": 1,
+    **{
+        f"--{k}{i}": 1
+        for k in (
+            "nic",
+            "nictype",
+            "cableconnected",
+            "macaddress",
+            "hostonlyadapter",
+            "nicpromisc",
+            "natpf",
+            "bridgeadapter",
+            "natdnshostresolver",
+            "natdnsproxy",
+        )
+        for i in range(1, 9)
+    },
+    "--uart1": 1,
+    "--uart2": 1,
+    "--uartmode1": 1,
+    "--uartmode2": 1,
 }
 
 
@@ -191,16 +274,16 @@ def cmd_modifyvm(state, args):
         opt = rest[i]
         base = opt.split("=")[0]
         if re.fullmatch(r"--uart[12]", base):
-            n = 1 if rest[i + 1:i + 2] == ["off"] else 2
+            n = 1 if rest[i + 1 : i + 2] == ["off"] else 2
         elif re.fullmatch(r"--uartmode[12]", base):
-            n = 1 if rest[i + 1:i + 2] == ["disconnected"] else 2
+            n = 1 if rest[i + 1 : i + 2] == ["disconnected"] else 2
         elif re.fullmatch(r"--natpf[1-8]", base):
-            n = 2 if rest[i + 1:i + 2] == ["delete"] else 1
+            n = 2 if rest[i + 1 : i + 2] == ["delete"] else 1
         else:
             n = MODIFYVM.get(base)
             if n is None:
                 raise syntax(f"Unknown option: {opt}")
-        parsed += options(rest[i:i + 1 + n], {base: n})
+        parsed += options(rest[i : i + 1 + n], {base: n})
         i += 1 + n
     for opt, values in parsed:
         v = values[0] if values else ""
@@ -222,10 +305,12 @@ def cmd_modifyvm(state, args):
             vm["boot"][idx] = choice(opt, v, ("none", "floppy", "dvd", "disk", "net"))
         elif key == "nic":
             vm["nics"].setdefault(idx, {})["type"] = choice(
-                opt, v, ("none", "null", "nat", "bridged", "intnet", "hostonly", "generic", "natnetwork"))
+                opt, v, ("none", "null", "nat", "bridged", "intnet", "hostonly", "generic", "natnetwork")
+            )
         elif key == "nictype":
             vm["nics"].setdefault(idx, {})["nictype"] = choice(
-                opt, v, ("Am79C970A", "Am79C973", "Am79C960", "82540EM", "82543GC", "82545EM", "virtio"))
+                opt, v, ("Am79C970A", "Am79C973", "Am79C960", "82540EM", "82543GC", "82545EM", "virtio")
+            )
         elif key == "cableconnected":
             vm["nics"].setdefault(idx, {})["cable"] = choice(opt, v, ON_OFF)
         elif key == "macaddress":
@@ -240,14 +325,19 @@ def cmd_modifyvm(state, args):
             rules = vm["natpf"].setdefault(idx, {})
             if values[0] == "delete":
                 if values[1] not in rules:
-                    raise Fail(f"VBoxManage: error: Code NS_ERROR_INVALID_ARG (0x80070057) - Invalid argument "
-                               f"value (extended info not available): no rule named '{values[1]}'")
+                    raise Fail(
+                        f"VBoxManage: error: Code NS_ERROR_INVALID_ARG (0x80070057) - Invalid argument "
+                        f"value (extended info not available): no rule named '{values[1]}'"
+                    )
                 del rules[values[1]]
                 continue
             parts = v.split(",")
             if len(parts) != 6 or parts[1] not in ("tcp", "udp") or not parts[3].isdigit() or not parts[5].isdigit():
-                raise Fail(f"VBoxManage: error: Invalid NAT rule '{v}' (expected name,tcp|udp,[hostip],hostport,"
-                           "[guestip],guestport)", SYNTAX)
+                raise Fail(
+                    f"VBoxManage: error: Invalid NAT rule '{v}' (expected name,tcp|udp,[hostip],hostport,"
+                    "[guestip],guestport)",
+                    SYNTAX,
+                )
             if parts[0] in rules:
                 raise Fail("VBoxManage: error: A NAT rule of this name already exists")
             if any(r.split(",")[3] == parts[3] and r.split(",")[1] == parts[1] for r in rules.values()):
@@ -263,8 +353,21 @@ def cmd_modifyvm(state, args):
                 choice(opt, values[0], ("server", "client", "tcpserver", "tcpclient", "file"))
             vm["settings"][opt[2:]] = values
         elif key in ("natdnshostresolver", "natdnsproxy") or opt[2:].replace("-", "") in (
-                "bioslogofadein", "bioslogofadeout", "acpi", "ioapic", "rtcuseutc", "cpuhotplug", "pae", "hpet",
-                "hwvirtex", "nestedpaging", "largepages", "vtxvpid", "accelerate3d", "usb"):
+            "bioslogofadein",
+            "bioslogofadeout",
+            "acpi",
+            "ioapic",
+            "rtcuseutc",
+            "cpuhotplug",
+            "pae",
+            "hpet",
+            "hwvirtex",
+            "nestedpaging",
+            "largepages",
+            "vtxvpid",
+            "accelerate3d",
+            "usb",
+        ):
             vm["settings"][opt[2:].replace("-", "")] = choice(opt, v, ON_OFF)
         elif opt == "--audio":
             vm["settings"]["audio"] = choice(opt, v, ("none", "null", "pulse", "alsa", "oss"))
@@ -277,8 +380,21 @@ def cmd_storagectl(state, args):
         raise syntax("Missing VM name")
     name, vm = find_vm(state, args[0])
     require_unlocked(name, vm)
-    opts = dict(options(args[1:], {"--name": 1, "--add": 1, "--controller": 1, "--portcount": 1,
-                                   "--hostiocache": 1, "--bootable": 1, "--remove": 0, "--rename": 1}))
+    opts = dict(
+        options(
+            args[1:],
+            {
+                "--name": 1,
+                "--add": 1,
+                "--controller": 1,
+                "--portcount": 1,
+                "--hostiocache": 1,
+                "--bootable": 1,
+                "--remove": 0,
+                "--rename": 1,
+            },
+        )
+    )
     if "--name" not in opts:
         raise syntax("Storage controller name not specified")
     ctl = opts["--name"][0]
@@ -297,17 +413,19 @@ def cmd_storagectl(state, args):
 
 def _medium_check(path, kind):
     if not os.path.isfile(path):
-        raise Fail([f"VBoxManage: error: Could not find file for the medium '{os.path.abspath(path)}' "
-                    "(VERR_FILE_NOT_FOUND)",
-                    "VBoxManage: error: Details: code VBOX_E_FILE_ERROR (0x80bb0004), component MediumWrap"])
+        raise Fail(
+            [
+                f"VBoxManage: error: Could not find file for the medium '{os.path.abspath(path)}' "
+                "(VERR_FILE_NOT_FOUND)",
+                "VBoxManage: error: Details: code VBOX_E_FILE_ERROR (0x80bb0004), component MediumWrap",
+            ]
+        )
     with open(path, "rb") as f:
         head = f.read(0x8006)
     if kind == "hdd" and head[0x40:0x44] != bytes.fromhex("7f10dabe"):  # VDI signature 0xbeda107f, little endian
-        raise Fail(f"VBoxManage: error: Could not get the storage format of the medium '{path}' "
-                   "(VERR_NOT_SUPPORTED)")
+        raise Fail(f"VBoxManage: error: Could not get the storage format of the medium '{path}' (VERR_NOT_SUPPORTED)")
     if kind == "dvddrive" and head[0x8001:0x8006] != b"CD001":
-        raise Fail(f"VBoxManage: error: Could not get the storage format of the medium '{path}' "
-                   "(VERR_NOT_SUPPORTED)")
+        raise Fail(f"VBoxManage: error: Could not get the storage format of the medium '{path}' (VERR_NOT_SUPPORTED)")
 
 
 def cmd_storageattach(state, args):
@@ -315,8 +433,22 @@ def cmd_storageattach(state, args):
         raise syntax("Missing VM name")
     name, vm = find_vm(state, args[0])
     require_unlocked(name, vm)
-    opts = dict(options(args[1:], {"--storagectl": 1, "--port": 1, "--device": 1, "--type": 1, "--medium": 1,
-                                   "--mtype": 1, "--nonrotational": 1, "--discard": 1, "--hotpluggable": 1}))
+    opts = dict(
+        options(
+            args[1:],
+            {
+                "--storagectl": 1,
+                "--port": 1,
+                "--device": 1,
+                "--type": 1,
+                "--medium": 1,
+                "--mtype": 1,
+                "--nonrotational": 1,
+                "--discard": 1,
+                "--hotpluggable": 1,
+            },
+        )
+    )
     if "--storagectl" not in opts:
         raise syntax("Storage controller name not specified")
     ctl = opts["--storagectl"][0]
@@ -325,8 +457,10 @@ def cmd_storageattach(state, args):
     port = integer("--port", opts.get("--port", ["0"])[0], 0)
     device = integer("--device", opts.get("--device", ["0"])[0], 0)
     if port >= vm["controllers"][ctl]["ports"] or device != 0:
-        raise Fail(f"VBoxManage: error: The port and/or device parameter are out of range: port={port} "
-                   f"(must be in range [0, {vm['controllers'][ctl]['ports'] - 1}]), device={device} (must be 0)")
+        raise Fail(
+            f"VBoxManage: error: The port and/or device parameter are out of range: port={port} "
+            f"(must be in range [0, {vm['controllers'][ctl]['ports'] - 1}]), device={device} (must be 0)"
+        )
     medium = opts.get("--medium", [None])[0]
     if medium is None:
         raise syntax("Missing --medium")
@@ -356,8 +490,9 @@ def cmd_modifymedium(state, args):
     if "--resize" in opts:
         new = integer("--resize", opts["--resize"][0], 1) * (1 << 20)
         if new < current:
-            raise Fail(f"VBoxManage: error: Failed to resize medium: shrinking is not supported "
-                       f"(current {current} bytes)")
+            raise Fail(
+                f"VBoxManage: error: Failed to resize medium: shrinking is not supported (current {current} bytes)"
+            )
         sizes[os.path.abspath(path)] = new
     print("0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%")
 
@@ -366,8 +501,19 @@ def cmd_sharedfolder(state, args):
     if len(args) < 2 or args[0] not in ("add", "remove"):
         raise syntax("Invalid sharedfolder subcommand")
     name, vm = find_vm(state, args[1])
-    opts = dict(options(args[2:], {"--name": 1, "--hostpath": 1, "--readonly": 0, "--transient": 0,
-                                   "--automount": 0, "--auto-mount-point": 1}))
+    opts = dict(
+        options(
+            args[2:],
+            {
+                "--name": 1,
+                "--hostpath": 1,
+                "--readonly": 0,
+                "--transient": 0,
+                "--automount": 0,
+                "--auto-mount-point": 1,
+            },
+        )
+    )
     share = opts.get("--name", [None])[0]
     if not share:
         raise syntax("Missing --name")
@@ -399,9 +545,16 @@ def cmd_showvminfo(state, args):
     if "--machinereadable" not in opts:
         print(f"Name: {name}\nState: {vm['state']}")
         return
-    lines = [f'name="{name}"', f'ostype="{vm["ostype"]}"', f'UUID="{vm["uuid"]}"', f'CfgFile="{vm["cfg"]}"',
-             f'memory={vm["memory"]}', f'cpus={vm["cpus"]}', f'VMState="{vm["state"]}"',
-             'VMStateChangeTime="2026-11-28T00:00:00.000000000"']
+    lines = [
+        f'name="{name}"',
+        f'ostype="{vm["ostype"]}"',
+        f'UUID="{vm["uuid"]}"',
+        f'CfgFile="{vm["cfg"]}"',
+        f"memory={vm['memory']}",
+        f"cpus={vm['cpus']}",
+        f'VMState="{vm["state"]}"',
+        'VMStateChangeTime="2026-11-28T00:00:00.000000000"',
+    ]
     for ctl, c in vm["controllers"].items():
         lines.append(f'storagecontrollername{list(vm["controllers"]).index(ctl)}="{ctl}"')
         for port in range(c["ports"]):
@@ -428,17 +581,23 @@ def cmd_startvm(state, args):
     opts = dict(options(args[1:], {"--type": 1}))
     choice("--type", opts.get("--type", ["gui"])[0], ("gui", "headless", "sdl", "separate"))
     if vm["state"] in ("running", "paused"):
-        raise Fail([f"VBoxManage: error: The machine '{name}' is already locked by a session (or being locked or "
-                    "unlocked)", "VBoxManage: error: Details: code VBOX_E_INVALID_OBJECT_STATE (0x80bb0007)"])
+        raise Fail(
+            [
+                f"VBoxManage: error: The machine '{name}' is already locked by a session (or being locked or unlocked)",
+                "VBoxManage: error: Details: code VBOX_E_INVALID_OBJECT_STATE (0x80bb0007)",
+            ]
+        )
     for slot, m in vm["media"].items():
         if m["path"] != "emptydrive" and not os.path.exists(m["path"]):
             raise Fail(f"VBoxManage: error: Could not open the medium '{m['path']}' (attached at {slot})")
     names = {h["name"] for h in state["hostonlyifs"]}
     for nic in vm["nics"].values():
         if nic.get("type") == "hostonly" and nic.get("hostonly") not in names:
-            raise Fail(f"VBoxManage: error: Nonexistent host networking interface, name '{nic.get('hostonly')}' "
-                       "(VERR_INTERNAL_ERROR)")
-    print(f"Waiting for VM \"{name}\" to power on...\nVM \"{name}\" has been successfully started.")
+            raise Fail(
+                f"VBoxManage: error: Nonexistent host networking interface, name '{nic.get('hostonly')}' "
+                "(VERR_INTERNAL_ERROR)"
+            )
+    print(f'Waiting for VM "{name}" to power on...\nVM "{name}" has been successfully started.')
     vm["state"] = "running"
     with open(os.path.join(vm["folder"], "Logs", "VBox.log"), "a") as f:
         f.write("00:00:00.000000 VirtualBox VM (fake) starting\n")
@@ -477,8 +636,12 @@ def cmd_unregistervm(state, args):
     name, vm = find_vm(state, args[0])
     opts = dict(options(args[1:], {"--delete": 0, "--delete-all": 0}))
     if vm["state"] in ("running", "paused"):
-        raise Fail([f"VBoxManage: error: Cannot unregister the machine '{name}' while it is locked",
-                    "VBoxManage: error: Details: code VBOX_E_INVALID_OBJECT_STATE (0x80bb0007)"])
+        raise Fail(
+            [
+                f"VBoxManage: error: Cannot unregister the machine '{name}' while it is locked",
+                "VBoxManage: error: Details: code VBOX_E_INVALID_OBJECT_STATE (0x80bb0007)",
+            ]
+        )
     if "--delete" in opts or "--delete-all" in opts:
         for m in vm["media"].values():  # hard disks go with the VM; DVD images are only detached
             if m["type"] == "hdd" or "--delete-all" in opts:
@@ -491,8 +654,9 @@ def cmd_unregistervm(state, args):
 
 
 def _allowed(net):
-    extra = [ipaddress.ip_network(x.strip()) for x in os.environ.get("FAKE_VBOX_NETWORKS_CONF", "").split(",")
-             if x.strip()]
+    extra = [
+        ipaddress.ip_network(x.strip()) for x in os.environ.get("FAKE_VBOX_NETWORKS_CONF", "").split(",") if x.strip()
+    ]
     return any(net.subnet_of(a) for a in [ipaddress.ip_network("192.168.56.0/21")] + extra)
 
 
@@ -526,20 +690,37 @@ def cmd_hostonlyif(state, args):
     except ValueError:
         raise syntax(f"Invalid --ip/--netmask {opts['--ip'][0]}/{opts.get('--netmask')}") from None
     if not _allowed(net):
-        raise Fail(["VBoxManage: error: Code E_ACCESSDENIED (0x80070005) - Access denied (extended info not "
-                    "available)", "VBoxManage: error: Context: \"EnableStaticIPConfig(Bstr(pszIp).raw(), "
-                    "Bstr(pszNetmask).raw())\" at line 242 of file VBoxManageHostonly.cpp"])
+        raise Fail(
+            [
+                "VBoxManage: error: Code E_ACCESSDENIED (0x80070005) - Access denied (extended info not available)",
+                'VBoxManage: error: Context: "EnableStaticIPConfig(Bstr(pszIp).raw(), '
+                'Bstr(pszNetmask).raw())" at line 242 of file VBoxManageHostonly.cpp',
+            ]
+        )
     entry["ip"], entry["mask"] = str(ip), str(net.netmask)
 
 
 def cmd_dhcpserver(state, args):
     if not args or args[0] not in ("add", "modify", "remove", "start", "stop", "restart", "findlease"):
         raise syntax("Invalid dhcpserver subcommand")
-    aliases = {"--netname": "--network", "--ip": "--server-ip", "--lowerip": "--lower-ip",
-               "--upperip": "--upper-ip"}
-    raw = options(args[1:], {"--network": 1, "--netname": 1, "--interface": 1, "--server-ip": 1, "--ip": 1,
-                             "--netmask": 1, "--lower-ip": 1, "--lowerip": 1, "--upper-ip": 1, "--upperip": 1,
-                             "--enable": 0, "--disable": 0})
+    aliases = {"--netname": "--network", "--ip": "--server-ip", "--lowerip": "--lower-ip", "--upperip": "--upper-ip"}
+    raw = options(
+        args[1:],
+        {
+            "--network": 1,
+            "--netname": 1,
+            "--interface": 1,
+            "--server-ip": 1,
+            "--ip": 1,
+            "--netmask": 1,
+            "--lower-ip": 1,
+            "--lowerip": 1,
+            "--upper-ip": 1,
+            "--upperip": 1,
+            "--enable": 0,
+            "--disable": 0,
+        },
+    )
     opts = {aliases.get(o, o): v for o, v in raw}
     if "--interface" in opts:
         opts["--network"] = [f"HostInterfaceNetworking-{opts['--interface'][0]}"]
@@ -559,8 +740,12 @@ def cmd_dhcpserver(state, args):
     if "--enable" in opts and "--disable" in opts:
         raise syntax("--enable and --disable are mutually exclusive")
     entry = current or {"network": network, "enabled": False}
-    for opt, key in (("--server-ip", "server"), ("--netmask", "mask"), ("--lower-ip", "lower"),
-                     ("--upper-ip", "upper")):
+    for opt, key in (
+        ("--server-ip", "server"),
+        ("--netmask", "mask"),
+        ("--lower-ip", "lower"),
+        ("--upper-ip", "upper"),
+    ):
         if opt in opts:
             try:
                 ipaddress.ip_address(opts[opt][0])
@@ -578,10 +763,19 @@ def cmd_dhcpserver(state, args):
 
 
 COMMANDS = {
-    "list": cmd_list, "createvm": cmd_createvm, "modifyvm": cmd_modifyvm, "storagectl": cmd_storagectl,
-    "storageattach": cmd_storageattach, "modifymedium": cmd_modifymedium, "sharedfolder": cmd_sharedfolder,
-    "setextradata": cmd_setextradata, "showvminfo": cmd_showvminfo, "startvm": cmd_startvm,
-    "controlvm": cmd_controlvm, "unregistervm": cmd_unregistervm, "hostonlyif": cmd_hostonlyif,
+    "list": cmd_list,
+    "createvm": cmd_createvm,
+    "modifyvm": cmd_modifyvm,
+    "storagectl": cmd_storagectl,
+    "storageattach": cmd_storageattach,
+    "modifymedium": cmd_modifymedium,
+    "sharedfolder": cmd_sharedfolder,
+    "setextradata": cmd_setextradata,
+    "showvminfo": cmd_showvminfo,
+    "startvm": cmd_startvm,
+    "controlvm": cmd_controlvm,
+    "unregistervm": cmd_unregistervm,
+    "hostonlyif": cmd_hostonlyif,
     "dhcpserver": cmd_dhcpserver,
 }
 

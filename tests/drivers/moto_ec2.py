@@ -51,18 +51,51 @@ def write_amis(path):
     """A small AMI catalogue: two Canonical Ubuntu 24.04 builds (the newer is the default) and a Debian 12.
     No creation_date: moto re-parses this list for every region and chokes on already-parsed dates."""
     amis = [
-        {"ami_id": "ami-0a0b0c0d0e0f00001", "name": TEST_UBUNTU.format(date="20240423"),
-         "description": "Canonical, Ubuntu, 24.04 LTS", "owner_id": "099720109477", "public": True,
-         "virtualization_type": "hvm", "architecture": "x86_64", "state": "available", "platform": None,
-         "root_device_type": "ebs", "root_device_name": "/dev/sda1", "sriov": "simple", "hypervisor": "xen"},
-        {"ami_id": "ami-0a0b0c0d0e0f00002", "name": TEST_UBUNTU.format(date="20250115"),
-         "description": "Canonical, Ubuntu, 24.04 LTS", "owner_id": "099720109477", "public": True,
-         "virtualization_type": "hvm", "architecture": "x86_64", "state": "available", "platform": None,
-         "root_device_type": "ebs", "root_device_name": "/dev/sda1", "sriov": "simple", "hypervisor": "xen"},
-        {"ami_id": "ami-0d0e0b0i0a0n00012", "name": "debian-12-amd64-20250101-1980",
-         "description": "Debian 12", "owner_id": "136693071363", "public": True,
-         "virtualization_type": "hvm", "architecture": "x86_64", "state": "available", "platform": None,
-         "root_device_type": "ebs", "root_device_name": "/dev/xvda", "sriov": "simple", "hypervisor": "xen"},
+        {
+            "ami_id": "ami-0a0b0c0d0e0f00001",
+            "name": TEST_UBUNTU.format(date="20240423"),
+            "description": "Canonical, Ubuntu, 24.04 LTS",
+            "owner_id": "099720109477",
+            "public": True,
+            "virtualization_type": "hvm",
+            "architecture": "x86_64",
+            "state": "available",
+            "platform": None,
+            "root_device_type": "ebs",
+            "root_device_name": "/dev/sda1",
+            "sriov": "simple",
+            "hypervisor": "xen",
+        },
+        {
+            "ami_id": "ami-0a0b0c0d0e0f00002",
+            "name": TEST_UBUNTU.format(date="20250115"),
+            "description": "Canonical, Ubuntu, 24.04 LTS",
+            "owner_id": "099720109477",
+            "public": True,
+            "virtualization_type": "hvm",
+            "architecture": "x86_64",
+            "state": "available",
+            "platform": None,
+            "root_device_type": "ebs",
+            "root_device_name": "/dev/sda1",
+            "sriov": "simple",
+            "hypervisor": "xen",
+        },
+        {
+            "ami_id": "ami-0d0e0b0i0a0n00012",
+            "name": "debian-12-amd64-20250101-1980",
+            "description": "Debian 12",
+            "owner_id": "136693071363",
+            "public": True,
+            "virtualization_type": "hvm",
+            "architecture": "x86_64",
+            "state": "available",
+            "platform": None,
+            "root_device_type": "ebs",
+            "root_device_name": "/dev/xvda",
+            "sriov": "simple",
+            "hypervisor": "xen",
+        },
     ]
     with open(path, "w") as f:
         json.dump(amis, f)
@@ -74,8 +107,11 @@ def make_user():
 
     iam = iam_backends[ACCOUNT]["aws"]
     iam.create_user("us-east-1", "dockyard-test", "/", None)
-    iam.put_user_policy("dockyard-test", "ec2", json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        "dockyard-test",
+        "ec2",
+        json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}]}),
+    )
     key = iam.create_access_key("dockyard-test")
     return key.access_key_id, key.secret_access_key
 
@@ -129,8 +165,9 @@ def serve(port, ready):
     access_key, secret_key = make_user()
     _check_signatures_like_aws()
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request is signed and checked by IAM
-    server = make_server("127.0.0.1", port, FixNamespace(DomainDispatcherApplication(create_backend_app)),
-                         threaded=True)
+    server = make_server(
+        "127.0.0.1", port, FixNamespace(DomainDispatcherApplication(create_backend_app)), threaded=True
+    )
     info = {"port": server.server_address[1], "access_key": access_key, "secret_key": secret_key}
     tmp = ready + ".tmp"
     with open(tmp, "w") as f:
@@ -145,34 +182,61 @@ def describe(port, key, secret, region):
 
     import boto3
 
-    ec2 = boto3.client("ec2", region_name=region, endpoint_url=f"http://127.0.0.1:{port}",
-                       aws_access_key_id=key, aws_secret_access_key=secret)
+    ec2 = boto3.client(
+        "ec2",
+        region_name=region,
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+    )
     instances = []
     for r in ec2.describe_instances()["Reservations"]:
         for i in r["Instances"]:
             ud = ec2.describe_instance_attribute(InstanceId=i["InstanceId"], Attribute="userData")
             raw = ud.get("UserData", {}).get("Value")
-            instances.append({
-                "id": i["InstanceId"], "state": i["State"]["Name"], "type": i["InstanceType"],
-                "image": i["ImageId"], "key": i.get("KeyName"), "subnet": i.get("SubnetId"),
-                "groups": sorted({g["GroupId"] for g in i.get("SecurityGroups", [])}
-                                 | {g["GroupId"] for n in i.get("NetworkInterfaces", []) for g in n.get("Groups", [])}),
-                "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])},
-                "user_data": base64.b64decode(raw).decode() if raw else None,
-                "public_ip": i.get("PublicIpAddress"),
-                "block_devices": [b["DeviceName"] for b in i.get("BlockDeviceMappings", [])],
-            })
-    keys = [{"name": k["KeyName"], "fingerprint": k.get("KeyFingerprint")} for k in ec2.describe_key_pairs()["KeyPairs"]]
+            instances.append(
+                {
+                    "id": i["InstanceId"],
+                    "state": i["State"]["Name"],
+                    "type": i["InstanceType"],
+                    "image": i["ImageId"],
+                    "key": i.get("KeyName"),
+                    "subnet": i.get("SubnetId"),
+                    "groups": sorted(
+                        {g["GroupId"] for g in i.get("SecurityGroups", [])}
+                        | {g["GroupId"] for n in i.get("NetworkInterfaces", []) for g in n.get("Groups", [])}
+                    ),
+                    "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])},
+                    "user_data": base64.b64decode(raw).decode() if raw else None,
+                    "public_ip": i.get("PublicIpAddress"),
+                    "block_devices": [b["DeviceName"] for b in i.get("BlockDeviceMappings", [])],
+                }
+            )
+    keys = [
+        {"name": k["KeyName"], "fingerprint": k.get("KeyFingerprint")} for k in ec2.describe_key_pairs()["KeyPairs"]
+    ]
     groups = []
     for g in ec2.describe_security_groups()["SecurityGroups"]:
-        rules = sorted({(p.get("IpProtocol"), p.get("FromPort"), p.get("ToPort"), r["CidrIp"])
-                        for p in g.get("IpPermissions", []) for r in p.get("IpRanges", [])})
-        groups.append({"id": g["GroupId"], "name": g["GroupName"], "vpc": g.get("VpcId"),
-                       "description": g.get("Description"), "ingress": [list(r) for r in rules]})
-    volumes = [{"id": v["VolumeId"], "size": v["Size"], "type": v.get("VolumeType")}
-               for v in ec2.describe_volumes()["Volumes"]]
-    json.dump({"instances": instances, "key_pairs": keys, "security_groups": groups, "volumes": volumes},
-              sys.stdout)
+        rules = sorted(
+            {
+                (p.get("IpProtocol"), p.get("FromPort"), p.get("ToPort"), r["CidrIp"])
+                for p in g.get("IpPermissions", [])
+                for r in p.get("IpRanges", [])
+            }
+        )
+        groups.append(
+            {
+                "id": g["GroupId"],
+                "name": g["GroupName"],
+                "vpc": g.get("VpcId"),
+                "description": g.get("Description"),
+                "ingress": [list(r) for r in rules],
+            }
+        )
+    volumes = [
+        {"id": v["VolumeId"], "size": v["Size"], "type": v.get("VolumeType")} for v in ec2.describe_volumes()["Volumes"]
+    ]
+    json.dump({"instances": instances, "key_pairs": keys, "security_groups": groups, "volumes": volumes}, sys.stdout)
 
 
 def main(argv=None):

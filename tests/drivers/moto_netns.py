@@ -38,7 +38,9 @@ class LoopbackNetns:
     def __init__(self):
         self.holder = subprocess.Popen(
             ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && echo up && exec sleep 86400"],
-            stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=_die_with_parent,
         )
         line = self.holder.stdout.readline().strip()
         if line != "up":
@@ -90,7 +92,11 @@ class MotoEC2:
         self.log = open(os.path.join(workdir, "moto.log"), "w")
         self.proc = subprocess.Popen(
             ns.argv(sys.executable, "-m", "tests.drivers.moto_ec2", "serve", "--ready", ready),
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=clean_env(), preexec_fn=_die_with_parent,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=clean_env(),
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 120  # importing moto is slow on a cold cache
         while not os.path.exists(ready):
@@ -109,9 +115,25 @@ class MotoEC2:
 
     def describe(self, region="eu-west-1"):
         p = subprocess.run(
-            self.ns.argv(sys.executable, "-m", "tests.drivers.moto_ec2", "describe", "--port", str(self.port),
-                         "--key", self.access_key, "--secret", self.secret_key, "--region", region),
-            capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=120,
+            self.ns.argv(
+                sys.executable,
+                "-m",
+                "tests.drivers.moto_ec2",
+                "describe",
+                "--port",
+                str(self.port),
+                "--key",
+                self.access_key,
+                "--secret",
+                self.secret_key,
+                "--region",
+                region,
+            ),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=clean_env(),
+            timeout=120,
         )
         if p.returncode != 0:
             raise AssertionError("describe failed:\n" + p.stderr)
@@ -137,9 +159,22 @@ class NetnsDockyard:
         return self.ns.argv(sys.executable, "-m", "dockyard", "--storage-path", self.store, *args)
 
     def __call__(self, *args, env=None, timeout=300, input=None):
-        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout, input=input,
-                              env=clean_env({**self.base_env, **(env or {})}), cwd=ROOT)
+        return subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env=clean_env({**self.base_env, **(env or {})}),
+            cwd=ROOT,
+        )
 
     def popen(self, *args, env=None):
-        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=clean_env({**self.base_env, **(env or {})}), cwd=ROOT)
+        return subprocess.Popen(
+            self.argv(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env({**self.base_env, **(env or {})}),
+            cwd=ROOT,
+        )

@@ -16,9 +16,19 @@ from dockyard.provisioner.core.errors import PreCreateCheckError  # noqa: E402
 TOKEN = "dop_v1_test_token_0123456789"
 
 
-IMAGE = {"id": 160232537, "name": "24.04 (LTS) x64", "distribution": "Ubuntu", "slug": "ubuntu-24-04-x64",
-         "public": True, "regions": ["nyc3", "ams3", "fra1"], "created_at": "2024-08-05T18:27:48Z",
-         "min_disk_size": 7, "type": "base", "size_gigabytes": 2.36, "status": "available"}
+IMAGE = {
+    "id": 160232537,
+    "name": "24.04 (LTS) x64",
+    "distribution": "Ubuntu",
+    "slug": "ubuntu-24-04-x64",
+    "public": True,
+    "regions": ["nyc3", "ams3", "fra1"],
+    "created_at": "2024-08-05T18:27:48Z",
+    "min_disk_size": 7,
+    "type": "base",
+    "size_gigabytes": 2.36,
+    "status": "available",
+}
 
 
 class DigitalOceanModel:
@@ -33,25 +43,66 @@ class DigitalOceanModel:
         return self.next_id
 
     def _droplet(self, d):
-        return {"id": d["id"], "name": d["name"], "status": d["status"], "memory": 1024, "vcpus": 1, "disk": 25,
-                "region": {"slug": d["region"], "name": d["region"]}, "image": IMAGE, "locked": False,
-                "size_slug": d["size"], "tags": d["tags"], "created_at": "2025-01-15T12:00:00Z", "features": [],
-                "networks": {"v4": [{"ip_address": "127.0.0.1", "type": "public"},
-                                    {"ip_address": "10.116.0.2", "type": "private"}], "v6": []}}
+        return {
+            "id": d["id"],
+            "name": d["name"],
+            "status": d["status"],
+            "memory": 1024,
+            "vcpus": 1,
+            "disk": 25,
+            "region": {"slug": d["region"], "name": d["region"]},
+            "image": IMAGE,
+            "locked": False,
+            "size_slug": d["size"],
+            "tags": d["tags"],
+            "created_at": "2025-01-15T12:00:00Z",
+            "features": [],
+            "networks": {
+                "v4": [{"ip_address": "127.0.0.1", "type": "public"}, {"ip_address": "10.116.0.2", "type": "private"}],
+                "v6": [],
+            },
+        }
 
     def handle(self, r):
         if r.headers.get("authorization") != f"Bearer {TOKEN}":
             return 401, {"id": "Unauthorized", "message": "Unable to authenticate you"}, {}
         m, p = r.method, r.path
         if m == "GET" and p == "/v2/regions":
-            return 200, {"regions": [{"slug": s, "name": s, "available": True, "sizes": ["s-1vcpu-1gb"],
-                                      "features": []} for s in ("nyc3", "ams3", "fra1")],
-                         "links": {}, "meta": {"total": 3}}, {}
+            return (
+                200,
+                {
+                    "regions": [
+                        {"slug": s, "name": s, "available": True, "sizes": ["s-1vcpu-1gb"], "features": []}
+                        for s in ("nyc3", "ams3", "fra1")
+                    ],
+                    "links": {},
+                    "meta": {"total": 3},
+                },
+                {},
+            )
         if m == "GET" and p == "/v2/sizes":
-            return 200, {"sizes": [{"slug": s, "memory": 1024, "vcpus": 1, "disk": 25, "transfer": 1.0,
-                                    "price_monthly": 6.0, "price_hourly": 0.009, "regions": ["nyc3", "ams3"],
-                                    "available": True} for s in ("s-1vcpu-1gb", "s-2vcpu-2gb")],
-                         "links": {}, "meta": {"total": 2}}, {}
+            return (
+                200,
+                {
+                    "sizes": [
+                        {
+                            "slug": s,
+                            "memory": 1024,
+                            "vcpus": 1,
+                            "disk": 25,
+                            "transfer": 1.0,
+                            "price_monthly": 6.0,
+                            "price_hourly": 0.009,
+                            "regions": ["nyc3", "ams3"],
+                            "available": True,
+                        }
+                        for s in ("s-1vcpu-1gb", "s-2vcpu-2gb")
+                    ],
+                    "links": {},
+                    "meta": {"total": 2},
+                },
+                {},
+            )
         if m == "GET" and p.startswith("/v2/images/"):
             slug = p.rsplit("/", 1)[1]
             if slug != "ubuntu-24-04-x64":
@@ -126,11 +177,20 @@ def test_create_sends_size_image_region_firewall_tags_userdata(api, banner, tmp_
     monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
     ud = tmp_path / "ud.yaml"
     ud.write_text("#cloud-config\n")
-    d = make_driver(DigitalOceanDriver, tmp_path, digitalocean_access_token=TOKEN, digitalocean_endpoint=api.url,
-                    digitalocean_size="s-2vcpu-2gb", digitalocean_region="ams3", digitalocean_tags="web,prod",
-                    digitalocean_userdata=str(ud), digitalocean_ssh_port=banner.port,
-                    digitalocean_open_port=("8080",), digitalocean_source_cidr=("203.0.113.0/24",),
-                    digitalocean_private_networking=True)
+    d = make_driver(
+        DigitalOceanDriver,
+        tmp_path,
+        digitalocean_access_token=TOKEN,
+        digitalocean_endpoint=api.url,
+        digitalocean_size="s-2vcpu-2gb",
+        digitalocean_region="ams3",
+        digitalocean_tags="web,prod",
+        digitalocean_userdata=str(ud),
+        digitalocean_ssh_port=banner.port,
+        digitalocean_open_port=("8080",),
+        digitalocean_source_cidr=("203.0.113.0/24",),
+        digitalocean_private_networking=True,
+    )
     d.pre_create_check()
     d.create()
 
@@ -140,11 +200,18 @@ def test_create_sends_size_image_region_firewall_tags_userdata(api, banner, tmp_
     [fw] = api.calls("POST", path="/v2/firewalls")
     assert fw.json["name"] == "dockyard" and fw.json["tags"] == ["dockyard"]
     assert [(r["protocol"], r["ports"], r["sources"]["addresses"]) for r in fw.json["inbound_rules"]] == [
-        ("tcp", str(banner.port), ["203.0.113.0/24"]), ("tcp", "2376", ["203.0.113.0/24"]),
-        ("tcp", "8080", ["203.0.113.0/24"])]
+        ("tcp", str(banner.port), ["203.0.113.0/24"]),
+        ("tcp", "2376", ["203.0.113.0/24"]),
+        ("tcp", "8080", ["203.0.113.0/24"]),
+    ]
     [create] = api.calls("POST", path="/v2/droplets")
     body = create.json
-    assert (body["size"], body["image"], body["region"], body["name"]) == ("s-2vcpu-2gb", "ubuntu-24-04-x64", "ams3", "m1")
+    assert (body["size"], body["image"], body["region"], body["name"]) == (
+        "s-2vcpu-2gb",
+        "ubuntu-24-04-x64",
+        "ams3",
+        "m1",
+    )
     assert body["tags"] == ["dockyard", "web", "prod"] and body["user_data"] == "#cloud-config\n"
     assert body["ssh_keys"] == [api.model.keys[int(d.config["KeyPairId"])]["id"]] and body["private_networking"]
     assert d.ip() == "127.0.0.1" and d.config["PrivateIPAddress"] == "10.116.0.2"
@@ -170,9 +237,14 @@ def test_second_machine_reuses_the_firewall_which_stays_while_used(api, banner, 
     drivers = []
     for name, ports in (("a", ()), ("b", ("9000",))):
         (tmp_path / name).mkdir()
-        d = make_driver(DigitalOceanDriver, tmp_path / name, digitalocean_access_token=TOKEN,
-                        digitalocean_endpoint=api.url, digitalocean_ssh_port=banner.port,
-                        digitalocean_open_port=ports)
+        d = make_driver(
+            DigitalOceanDriver,
+            tmp_path / name,
+            digitalocean_access_token=TOKEN,
+            digitalocean_endpoint=api.url,
+            digitalocean_ssh_port=banner.port,
+            digitalocean_open_port=ports,
+        )
         d.pre_create_check()
         d.create()
         drivers.append(d)
@@ -192,12 +264,14 @@ def test_bad_token_and_unknown_names_are_one_line(api, tmp_path, monkeypatch):
         d.pre_create_check()
     assert "\n" not in str(e.value)
     monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)
-    for flags, text in (({"digitalocean_region": "mars1"}, 'unknown region "mars1"'),
-                        ({"digitalocean_size": "huge"}, 'unknown size "huge"'),
-                        ({"digitalocean_image": "plan9"}, "plan9")):
-        d = make_driver(DigitalOceanDriver, tmp_path, digitalocean_access_token=TOKEN,
-                        digitalocean_endpoint=api.url, **flags)
+    for flags, text in (
+        ({"digitalocean_region": "mars1"}, 'unknown region "mars1"'),
+        ({"digitalocean_size": "huge"}, 'unknown size "huge"'),
+        ({"digitalocean_image": "plan9"}, "plan9"),
+    ):
+        d = make_driver(
+            DigitalOceanDriver, tmp_path, digitalocean_access_token=TOKEN, digitalocean_endpoint=api.url, **flags
+        )
         with pytest.raises(PreCreateCheckError, match=re.escape(text)):
             d.pre_create_check()
     assert api.calls("POST") == []
-

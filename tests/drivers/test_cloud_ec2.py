@@ -40,8 +40,17 @@ def dy(ns, moto, tmp_path):
 
 
 def ec2_args(moto, *extra):
-    return ["-d", "amazonec2", "--amazonec2-region", REGION, "--amazonec2-endpoint", moto.endpoint,
-            "--amazonec2-ssh-timeout", "2", *extra]
+    return [
+        "-d",
+        "amazonec2",
+        "--amazonec2-region",
+        REGION,
+        "--amazonec2-endpoint",
+        moto.endpoint,
+        "--amazonec2-ssh-timeout",
+        "2",
+        *extra,
+    ]
 
 
 def store_text(store):
@@ -65,9 +74,21 @@ def test_namespace_has_only_loopback(ns):
 def test_create_fails_waiting_for_ssh_then_rm_deletes_everything(dy, moto, tmp_path):
     userdata = tmp_path / "user-data.yaml"
     userdata.write_text("#cloud-config\nruncmd:\n  - echo hello\n")
-    p = dy("create", *ec2_args(moto, "--amazonec2-tags", "team,blue,env,test", "--amazonec2-userdata",
-                               str(userdata), "--amazonec2-open-port", "8080", "--amazonec2-root-size", "20"),
-           "web1")
+    p = dy(
+        "create",
+        *ec2_args(
+            moto,
+            "--amazonec2-tags",
+            "team,blue,env,test",
+            "--amazonec2-userdata",
+            str(userdata),
+            "--amazonec2-open-port",
+            "8080",
+            "--amazonec2-root-size",
+            "20",
+        ),
+        "web1",
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     assert "waiting for SSH" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
@@ -84,8 +105,11 @@ def test_create_fails_waiting_for_ssh_then_rm_deletes_everything(dy, moto, tmp_p
     assert inst["key"] == key["name"]
     [group] = [g for g in state["security_groups"] if g["name"] == "dockyard"]
     assert inst["groups"] == [group["id"]]
-    assert group["ingress"] == [["tcp", 22, 22, "0.0.0.0/0"], ["tcp", 2376, 2376, "0.0.0.0/0"],
-                                ["tcp", 8080, 8080, "0.0.0.0/0"]]
+    assert group["ingress"] == [
+        ["tcp", 22, 22, "0.0.0.0/0"],
+        ["tcp", 2376, 2376, "0.0.0.0/0"],
+        ["tcp", 8080, 8080, "0.0.0.0/0"],
+    ]
     assert any(v["size"] == 20 for v in state["volumes"])
 
     # The machine is recorded, in state Error, with the instance id (also beside config.json).
@@ -103,16 +127,33 @@ def test_create_fails_waiting_for_ssh_then_rm_deletes_everything(dy, moto, tmp_p
 
 
 def test_source_cidr_narrows_the_rules_and_a_group_is_reused(dy, moto):
-    p = dy("create", *ec2_args(moto, "--amazonec2-source-cidr", "198.51.100.0/24",
-                               "--amazonec2-security-group", "narrow"), "a")
+    p = dy(
+        "create",
+        *ec2_args(moto, "--amazonec2-source-cidr", "198.51.100.0/24", "--amazonec2-security-group", "narrow"),
+        "a",
+    )
     assert "waiting for SSH" in p.stderr
-    p = dy("create", *ec2_args(moto, "--amazonec2-source-cidr", "198.51.100.0/24",
-                               "--amazonec2-security-group", "narrow", "--amazonec2-open-port", "53/udp"), "b")
+    p = dy(
+        "create",
+        *ec2_args(
+            moto,
+            "--amazonec2-source-cidr",
+            "198.51.100.0/24",
+            "--amazonec2-security-group",
+            "narrow",
+            "--amazonec2-open-port",
+            "53/udp",
+        ),
+        "b",
+    )
     assert "waiting for SSH" in p.stderr
     state = moto.describe()
     [group] = [g for g in state["security_groups"] if g["name"] == "narrow"]
-    assert group["ingress"] == [["tcp", 22, 22, "198.51.100.0/24"], ["tcp", 2376, 2376, "198.51.100.0/24"],
-                                ["udp", 53, 53, "198.51.100.0/24"]]
+    assert group["ingress"] == [
+        ["tcp", 22, 22, "198.51.100.0/24"],
+        ["tcp", 2376, 2376, "198.51.100.0/24"],
+        ["udp", 53, 53, "198.51.100.0/24"],
+    ]
     assert {i["groups"][0] for i in live(state["instances"])} == {group["id"]}
     # rm of one machine keeps the group the other still uses.
     assert dy("rm", "-f", "a").returncode == 0
@@ -129,14 +170,15 @@ def test_state_changes_stop_start_kill_restart(ns, dy, moto, tmp_path):
     [inst] = live(moto.describe()["instances"])
     assert inst["state"] == "stopped"
 
-    from dockyard.drivers.cloud.amazonec2 import AmazonEC2Driver
     from dockyard.drivers.base import State
+    from dockyard.drivers.cloud.amazonec2 import AmazonEC2Driver
     from dockyard.provisioner.core.store import Store
 
     store = Store(str(tmp_path / "store"))
     cfg = store.load("life")
     os.environ.update(moto.env())
     try:
+
         def lifecycle():
             d = AmazonEC2Driver("life", store.machine_dir("life"), cfg["Driver"])
             seen = [d.state()]
@@ -169,8 +211,9 @@ def test_bad_credentials_one_line_and_nothing_created(dy, moto):
 
 
 def test_unknown_region_and_image_are_one_line(dy, moto):
-    p = dy("create", "-d", "amazonec2", "--amazonec2-region", "mars-north-1", "--amazonec2-endpoint",
-           moto.endpoint, "x")
+    p = dy(
+        "create", "-d", "amazonec2", "--amazonec2-region", "mars-north-1", "--amazonec2-endpoint", moto.endpoint, "x"
+    )
     assert p.returncode == 3
     assert 'unknown region "mars-north-1"' in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = dy("create", *ec2_args(moto, "--amazonec2-ami", "ami-00000000000000bad"), "y")
@@ -211,8 +254,18 @@ def test_parallel_creates_share_one_group(dy, moto, tmp_path):
 
 def test_half_created_node_is_found_by_rm_f(dy, moto, tmp_path):
     """dockyard killed while waiting (config.json has no instance id yet): rm -f still deletes the instance."""
-    pr = dy.popen("create", "-d", "amazonec2", "--amazonec2-region", REGION, "--amazonec2-endpoint",
-                  moto.endpoint, "--amazonec2-ssh-timeout", "600", "half")
+    pr = dy.popen(
+        "create",
+        "-d",
+        "amazonec2",
+        "--amazonec2-region",
+        REGION,
+        "--amazonec2-endpoint",
+        moto.endpoint,
+        "--amazonec2-ssh-timeout",
+        "600",
+        "half",
+    )
     for _ in range(600):
         if live(moto.describe()["instances"]):
             break
@@ -229,11 +282,18 @@ def test_half_created_node_is_found_by_rm_f(dy, moto, tmp_path):
 
 
 def test_secrets_stay_in_the_keyring(dy, moto, tmp_path):
-    env = {"PYTHON_KEYRING_BACKEND": "tests.provisioner.file_keyring.FileKeyring",
-           "DOCKYARD_TEST_KEYRING": str(tmp_path / "keyring.json"),
-           "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
-    p = dy("create", *ec2_args(moto, "--amazonec2-access-key", moto.access_key,
-                               "--amazonec2-secret-key", moto.secret_key), "kr", env=env)
+    env = {
+        "PYTHON_KEYRING_BACKEND": "tests.provisioner.file_keyring.FileKeyring",
+        "DOCKYARD_TEST_KEYRING": str(tmp_path / "keyring.json"),
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+    }
+    p = dy(
+        "create",
+        *ec2_args(moto, "--amazonec2-access-key", moto.access_key, "--amazonec2-secret-key", moto.secret_key),
+        "kr",
+        env=env,
+    )
     assert "waiting for SSH" in p.stderr, p.stderr
     kr = json.loads((tmp_path / "keyring.json").read_text())
     assert json.loads(kr["dockyard"]["amazonec2:default"])["secret_key"] == moto.secret_key

@@ -24,8 +24,14 @@ from dockyard.provisioner.core.errors import PreCreateCheckError  # noqa: E402
 
 KEY, SECRET = "EXOtestkey0123456789", "test-secret-abcdefghijklmnop"
 ZONE_ID = "1128bd56-b4d9-4ac6-a7b9-c715b187ce11"
-ASYNC = {"deployvirtualmachine", "startvirtualmachine", "stopvirtualmachine", "rebootvirtualmachine",
-         "destroyvirtualmachine", "authorizesecuritygroupingress"}
+ASYNC = {
+    "deployvirtualmachine",
+    "startvirtualmachine",
+    "stopvirtualmachine",
+    "rebootvirtualmachine",
+    "destroyvirtualmachine",
+    "authorizesecuritygroupingress",
+}
 
 
 def signature(params, secret):
@@ -42,10 +48,19 @@ class CloudStackModel:
         self.commands = []
 
     def vm_view(self, vm):
-        return {"id": vm["id"], "name": vm["name"], "displayname": vm["name"], "state": vm["state"],
-                "zoneid": vm["zoneid"], "templateid": vm["templateid"], "serviceofferingid": vm["serviceofferingid"],
-                "keypair": vm.get("keypair"), "securitygroup": [{"name": n} for n in vm["groups"]],
-                "nic": [{"id": "nic-1", "ipaddress": "127.0.0.1", "isdefault": True}], "created": "2025-01-15T12:00:00+0100"}
+        return {
+            "id": vm["id"],
+            "name": vm["name"],
+            "displayname": vm["name"],
+            "state": vm["state"],
+            "zoneid": vm["zoneid"],
+            "templateid": vm["templateid"],
+            "serviceofferingid": vm["serviceofferingid"],
+            "keypair": vm.get("keypair"),
+            "securitygroup": [{"name": n} for n in vm["groups"]],
+            "nic": [{"id": "nic-1", "ipaddress": "127.0.0.1", "isdefault": True}],
+            "created": "2025-01-15T12:00:00+0100",
+        }
 
     def job(self, result):
         jid = str(uuid.uuid4())
@@ -56,13 +71,28 @@ class CloudStackModel:
         if cmd == "listzones":
             return {"count": 2, "zone": [{"id": ZONE_ID, "name": "ch-gva-2"}, {"id": "z2", "name": "de-fra-1"}]}
         if cmd == "listserviceofferings":
-            return {"serviceoffering": [{"id": f"so-{n}", "name": n, "cpunumber": c, "memory": m}
-                                        for n, c, m in (("Small", 1, 2048), ("Medium", 2, 4096))]}
+            return {
+                "serviceoffering": [
+                    {"id": f"so-{n}", "name": n, "cpunumber": c, "memory": m}
+                    for n, c, m in (("Small", 1, 2048), ("Medium", 2, 4096))
+                ]
+            }
         if cmd == "listtemplates":
             assert q.get("zoneid") == ZONE_ID and q["templatefilter"] == "executable"
-            return {"template": [{"id": f"tpl-{i}", "name": n, "hypervisor": "KVM", "format": "QCOW2",
-                                  "ostypename": "Other (64-bit)", "displaytext": n, "size": 10 << 30}
-                                 for i, n in enumerate(("Linux Ubuntu 24.04 LTS 64-bit", "Linux Debian 12 64-bit"))]}
+            return {
+                "template": [
+                    {
+                        "id": f"tpl-{i}",
+                        "name": n,
+                        "hypervisor": "KVM",
+                        "format": "QCOW2",
+                        "ostypename": "Other (64-bit)",
+                        "displaytext": n,
+                        "size": 10 << 30,
+                    }
+                    for i, n in enumerate(("Linux Ubuntu 24.04 LTS 64-bit", "Linux Debian 12 64-bit"))
+                ]
+            }
         if cmd == "listsshkeypairs":
             return {"sshkeypair": list(self.keys.values())} if self.keys else {}
         if cmd == "registersshkeypair":
@@ -79,9 +109,15 @@ class CloudStackModel:
             return {"securitygroup": g}
         if cmd == "authorizesecuritygroupingress":
             g = self.groups[q["securitygroupname"]]
-            g["ingressrule"].append({"ruleid": str(uuid.uuid4()), "protocol": q["protocol"].lower(),
-                                     "startport": int(q["startport"]), "endport": int(q["endport"]),
-                                     "cidr": q["cidrlist"]})
+            g["ingressrule"].append(
+                {
+                    "ruleid": str(uuid.uuid4()),
+                    "protocol": q["protocol"].lower(),
+                    "startport": int(q["startport"]),
+                    "endport": int(q["endport"]),
+                    "cidr": q["cidrlist"],
+                }
+            )
             return self.job({"securitygroup": g})
         if cmd == "deletesecuritygroup":
             if any(q["name"] in vm["groups"] for vm in self.vms.values()):
@@ -89,9 +125,17 @@ class CloudStackModel:
             del self.groups[q["name"]]
             return {"success": "true"}
         if cmd == "deployvirtualmachine":
-            vm = {"id": str(uuid.uuid4()), "name": q["name"], "state": "Running", "zoneid": q["zoneid"],
-                  "templateid": q["templateid"], "serviceofferingid": q["serviceofferingid"],
-                  "keypair": q.get("keypair"), "groups": q.get("securitygroupnames", "").split(","), "params": q}
+            vm = {
+                "id": str(uuid.uuid4()),
+                "name": q["name"],
+                "state": "Running",
+                "zoneid": q["zoneid"],
+                "templateid": q["templateid"],
+                "serviceofferingid": q["serviceofferingid"],
+                "keypair": q.get("keypair"),
+                "groups": q.get("securitygroupnames", "").split(","),
+                "params": q,
+            }
             self.vms[vm["id"]] = vm
             return self.job({"virtualmachine": self.vm_view(vm)})
         if cmd == "listvirtualmachines":
@@ -115,12 +159,29 @@ class CloudStackModel:
         cmd = q.get("command", "").lower()
         self.commands.append((cmd, q))
         if self.deprecated:
-            return 403, {f"{cmd}response": {"errorcode": 403, "cserrorcode": 9999, "errortext":
-                         "This API is deprecated. See https://changelog.exoscale.com/en#feature54957866 for "
-                         "more informations."}}, {}
+            return (
+                403,
+                {
+                    f"{cmd}response": {
+                        "errorcode": 403,
+                        "cserrorcode": 9999,
+                        "errortext": "This API is deprecated. See https://changelog.exoscale.com/en#feature54957866 for "
+                        "more informations.",
+                    }
+                },
+                {},
+            )
         if r.path != "/compute" or q.get("apiKey") != KEY or q.get("signature") != signature(q, SECRET):
-            return 401, {f"{cmd}response": {"errorcode": 401, "errortext":
-                                            "unable to verify user credentials and/or request signature"}}, {}
+            return (
+                401,
+                {
+                    f"{cmd}response": {
+                        "errorcode": 401,
+                        "errortext": "unable to verify user credentials and/or request signature",
+                    }
+                },
+                {},
+            )
         out = self.command(cmd, q)
         if isinstance(out, tuple):
             return out[0], {f"{cmd}response": out[1]}, {}
@@ -150,8 +211,13 @@ def test_exoscale_itself_is_refused_before_any_request(tmp_path, monkeypatch, en
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv("DOCKYARD_CREDENTIALS_FILE", str(tmp_path / "creds.json"))
-    d = make_driver(ExoscaleDriver, tmp_path, exoscale_api_key="given-on-the-command-line",
-                    exoscale_api_secret_key="x", exoscale_endpoint=endpoint)
+    d = make_driver(
+        ExoscaleDriver,
+        tmp_path,
+        exoscale_api_key="given-on-the-command-line",
+        exoscale_api_secret_key="x",
+        exoscale_endpoint=endpoint,
+    )
     with pytest.raises(PreCreateCheckError, match="Exoscale retired the CloudStack-compatible API") as e:
         d.pre_create_check()
     assert e.value.exit_code == 3 and "\n" not in str(e.value) and "-d generic" in str(e.value)
@@ -161,8 +227,13 @@ def test_exoscale_itself_is_refused_before_any_request(tmp_path, monkeypatch, en
 def test_deprecated_answer_from_an_exoscale_proxy_is_explained(tmp_path):
     api = FakeAPI(CloudStackModel(deprecated=True))
     try:
-        d = make_driver(ExoscaleDriver, tmp_path, exoscale_api_key=KEY, exoscale_api_secret_key=SECRET,
-                        exoscale_endpoint=api.url + "/compute")
+        d = make_driver(
+            ExoscaleDriver,
+            tmp_path,
+            exoscale_api_key=KEY,
+            exoscale_api_secret_key=SECRET,
+            exoscale_endpoint=api.url + "/compute",
+        )
         with pytest.raises(PreCreateCheckError, match="Exoscale retired the CloudStack-compatible API"):
             d.pre_create_check()
     finally:
@@ -175,10 +246,19 @@ def test_cloudstack_endpoint_create_lifecycle_and_remove(tmp_path, banner):
     try:
         ud = tmp_path / "ud"
         ud.write_text("#cloud-config\n")
-        d = make_driver(ExoscaleDriver, tmp_path, exoscale_api_key=KEY, exoscale_api_secret_key=SECRET,
-                        exoscale_endpoint=api.url + "/compute", exoscale_ssh_port=banner.port,
-                        exoscale_instance_profile="Medium", exoscale_image="Linux Debian 12 64-bit",
-                        exoscale_disk_size=50, exoscale_userdata=str(ud), exoscale_source_cidr=("192.0.2.0/24",))
+        d = make_driver(
+            ExoscaleDriver,
+            tmp_path,
+            exoscale_api_key=KEY,
+            exoscale_api_secret_key=SECRET,
+            exoscale_endpoint=api.url + "/compute",
+            exoscale_ssh_port=banner.port,
+            exoscale_instance_profile="Medium",
+            exoscale_image="Linux Debian 12 64-bit",
+            exoscale_disk_size=50,
+            exoscale_userdata=str(ud),
+            exoscale_source_cidr=("192.0.2.0/24",),
+        )
         d.pre_create_check()
         d.create()
         by_cmd = {}
@@ -188,12 +268,17 @@ def test_cloudstack_endpoint_create_lifecycle_and_remove(tmp_path, banner):
         assert key["publickey"] == (tmp_path / "id_ed25519.pub").read_text().strip()
         [group] = by_cmd["createsecuritygroup"]
         assert group["name"] == "dockyard"
-        assert [(q["protocol"], q["startport"], q["endport"], q["cidrlist"])
-                for q in by_cmd["authorizesecuritygroupingress"]] == [
-            ("TCP", str(banner.port), str(banner.port), "192.0.2.0/24"), ("TCP", "2376", "2376", "192.0.2.0/24")]
+        assert [
+            (q["protocol"], q["startport"], q["endport"], q["cidrlist"])
+            for q in by_cmd["authorizesecuritygroupingress"]
+        ] == [("TCP", str(banner.port), str(banner.port), "192.0.2.0/24"), ("TCP", "2376", "2376", "192.0.2.0/24")]
         [deploy] = by_cmd["deployvirtualmachine"]
         assert (deploy["name"], deploy["zoneid"], deploy["serviceofferingid"], deploy["templateid"]) == (
-            "m1", ZONE_ID, "so-Medium", "tpl-1")
+            "m1",
+            ZONE_ID,
+            "so-Medium",
+            "tpl-1",
+        )
         assert deploy["rootdisksize"] == "50" and deploy["securitygroupnames"] == "dockyard"
         assert deploy["keypair"] == key["name"] and deploy["startvm"] == "True"
         assert base64.b64decode(deploy["userdata"]).decode() == ud.read_text()
@@ -203,7 +288,10 @@ def test_cloudstack_endpoint_create_lifecycle_and_remove(tmp_path, banner):
         d.start()
         d.restart()
         assert [c for c, _ in model.commands if c.endswith("virtualmachine") and c != "deployvirtualmachine"] == [
-            "stopvirtualmachine", "startvirtualmachine", "rebootvirtualmachine"]
+            "stopvirtualmachine",
+            "startvirtualmachine",
+            "rebootvirtualmachine",
+        ]
         d.remove()
         assert model.vms == {} and model.keys == {} and model.groups == {}
         assert SECRET not in json.dumps(d.to_config())
@@ -215,17 +303,30 @@ def test_cloudstack_bad_secret_and_unknown_names(tmp_path, monkeypatch):
     api = FakeAPI(CloudStackModel())
     try:
         monkeypatch.setenv("EXOSCALE_API_SECRET", "wrong")
-        d = make_driver(ExoscaleDriver, tmp_path, exoscale_api_key=KEY, exoscale_api_secret_key="wrong",
-                        exoscale_endpoint=api.url + "/compute")
+        d = make_driver(
+            ExoscaleDriver,
+            tmp_path,
+            exoscale_api_key=KEY,
+            exoscale_api_secret_key="wrong",
+            exoscale_endpoint=api.url + "/compute",
+        )
         with pytest.raises(PreCreateCheckError, match="refused the credentials") as e:
             d.pre_create_check()
         assert "\n" not in str(e.value)
         monkeypatch.setenv("EXOSCALE_API_SECRET", SECRET)
-        for flags, text in (({"exoscale_availability_zone": "mars-1"}, 'zone "mars-1" not found'),
-                            ({"exoscale_instance_profile": "Huge"}, 'instance type "Huge" not found'),
-                            ({"exoscale_image": "Plan 9"}, 'template "Plan 9" not found')):
-            d = make_driver(ExoscaleDriver, tmp_path, exoscale_api_key=KEY, exoscale_api_secret_key=SECRET,
-                            exoscale_endpoint=api.url + "/compute", **flags)
+        for flags, text in (
+            ({"exoscale_availability_zone": "mars-1"}, 'zone "mars-1" not found'),
+            ({"exoscale_instance_profile": "Huge"}, 'instance type "Huge" not found'),
+            ({"exoscale_image": "Plan 9"}, 'template "Plan 9" not found'),
+        ):
+            d = make_driver(
+                ExoscaleDriver,
+                tmp_path,
+                exoscale_api_key=KEY,
+                exoscale_api_secret_key=SECRET,
+                exoscale_endpoint=api.url + "/compute",
+                **flags,
+            )
             with pytest.raises(PreCreateCheckError, match=re.escape(text)):
                 d.pre_create_check()
         assert not [c for c, _ in api.model.commands if c in ("deployvirtualmachine", "registersshkeypair")]

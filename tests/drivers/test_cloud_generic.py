@@ -56,26 +56,45 @@ def test_options_parsing():
 
 
 def test_secret_options_go_to_the_keyring_and_clear_error_without_key_support(test_keyring, tmp_path):
-    d = make_driver(LibcloudDriver, tmp_path, libcloud_provider="dummy", libcloud_size="1", libcloud_image="1",
-                    libcloud_option=("key=not-a-number-secret", "region=nowhere"))
+    d = make_driver(
+        LibcloudDriver,
+        tmp_path,
+        libcloud_provider="dummy",
+        libcloud_size="1",
+        libcloud_image="1",
+        libcloud_option=("key=not-a-number-secret", "region=nowhere"),
+    )
     config = json.dumps(d.to_config())
     assert "not-a-number-secret" not in config and d.config["Options"] == {"region": "nowhere"}
     with pytest.raises(PreCreateCheckError, match="unexpected keyword argument 'region'"):
         d.pre_create_check()  # the dummy provider takes no region: said in one line
-    d = make_driver(LibcloudDriver, tmp_path, libcloud_provider="dummy", libcloud_size="1", libcloud_image="1",
-                    libcloud_option=("key=not-a-number-secret",))
+    d = make_driver(
+        LibcloudDriver,
+        tmp_path,
+        libcloud_provider="dummy",
+        libcloud_size="1",
+        libcloud_image="1",
+        libcloud_option=("key=not-a-number-secret",),
+    )
     d.pre_create_check()
     assert d.config["CredentialRef"] == "libcloud-dummy:default" and d.config["CredentialSource"] == "keyring"
     stored = json.loads(json.loads(test_keyring.read_text())["dockyard"]["libcloud-dummy:default"])
     assert stored == {"key": "not-a-number-secret"}
     with pytest.raises(DriverError, match='provider "dummy" cannot put an SSH key'):
         d.create()
-    bad = make_driver(LibcloudDriver, tmp_path, libcloud_provider="dummy", libcloud_size="nope", libcloud_image="1",
-                      libcloud_option=("key=x",))
+    bad = make_driver(
+        LibcloudDriver,
+        tmp_path,
+        libcloud_provider="dummy",
+        libcloud_size="nope",
+        libcloud_image="1",
+        libcloud_option=("key=x",),
+    )
     with pytest.raises(PreCreateCheckError, match='size "nope" not found'):
         bad.pre_create_check()
-    unknown = make_driver(LibcloudDriver, tmp_path, libcloud_provider="nosuchcloud", libcloud_size="1",
-                          libcloud_image="1")
+    unknown = make_driver(
+        LibcloudDriver, tmp_path, libcloud_provider="nosuchcloud", libcloud_size="1", libcloud_image="1"
+    )
     with pytest.raises(PreCreateCheckError, match="nosuchcloud"):
         unknown.pre_create_check()
 

@@ -60,13 +60,29 @@ class GCEModel:
 
     def op(self, scope="global"):
         self.n += 1
-        return {"kind": "compute#operation", "id": self._id(), "name": f"operation-{self.n}", "status": "DONE",
-                "progress": 100, "selfLink": f"{self.base()}/{scope}/operations/operation-{self.n}"}
+        return {
+            "kind": "compute#operation",
+            "id": self._id(),
+            "name": f"operation-{self.n}",
+            "status": "DONE",
+            "progress": 100,
+            "selfLink": f"{self.base()}/{scope}/operations/operation-{self.n}",
+        }
 
     def not_found(self, what):
-        return 404, {"error": {"code": 404, "message": f"The resource '{what}' was not found",
-                               "errors": [{"reason": "notFound", "message": f"The resource '{what}' was not found",
-                                           "domain": "global"}]}}, {}
+        return (
+            404,
+            {
+                "error": {
+                    "code": 404,
+                    "message": f"The resource '{what}' was not found",
+                    "errors": [
+                        {"reason": "notFound", "message": f"The resource '{what}' was not found", "domain": "global"}
+                    ],
+                }
+            },
+            {},
+        )
 
     # -- OAuth2 --------------------------------------------------------------------------------------------
     def token(self, r):
@@ -76,8 +92,12 @@ class GCEModel:
             return 400, {"error": "unsupported_grant_type"}, {}
         header, claims, signature = form["assertion"].split(".")
         try:
-            self.public_key.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
-                                   f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+            self.public_key.verify(
+                base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+                f"{header}.{claims}".encode(),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
         except (InvalidSignature, ValueError):
             return bad
         claims = _b64json(claims)
@@ -88,55 +108,134 @@ class GCEModel:
 
     # -- compute ------------------------------------------------------------------------------------------
     def zone(self, name):
-        return {"kind": "compute#zone", "id": "2100", "name": name, "status": "UP",
-                "region": f"{self.base()}/regions/europe-west1", "selfLink": f"{self.base()}/zones/{name}"}
+        return {
+            "kind": "compute#zone",
+            "id": "2100",
+            "name": name,
+            "status": "UP",
+            "region": f"{self.base()}/regions/europe-west1",
+            "selfLink": f"{self.base()}/zones/{name}",
+        }
 
     def instance_view(self, i):
         z = f"{self.base()}/zones/{ZONE}"
-        return {"kind": "compute#instance", "id": i["id"], "name": i["name"], "zone": z, "status": i["status"],
-                "machineType": i["machineType"], "tags": dict(i.get("tags", {}), fingerprint="fp"),
-                "labels": i.get("labels", {}), "metadata": i.get("metadata", {}), "scheduling": i.get("scheduling", {}),
-                "creationTimestamp": "2025-01-15T04:00:00.000-08:00", "selfLink": f"{z}/instances/{i['name']}",
-                "disks": [{"boot": True, "type": "PERSISTENT", "autoDelete": True, "deviceName": i["name"],
-                           "source": f"{z}/disks/{i['name']}"}],
-                "networkInterfaces": [{"network": i["networkInterfaces"][0]["network"], "networkIP": "10.132.0.7",
-                                       "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT",
-                                                          "natIP": "127.0.0.1"}]
-                                       if i["networkInterfaces"][0].get("accessConfigs") else []}]}
+        return {
+            "kind": "compute#instance",
+            "id": i["id"],
+            "name": i["name"],
+            "zone": z,
+            "status": i["status"],
+            "machineType": i["machineType"],
+            "tags": dict(i.get("tags", {}), fingerprint="fp"),
+            "labels": i.get("labels", {}),
+            "metadata": i.get("metadata", {}),
+            "scheduling": i.get("scheduling", {}),
+            "creationTimestamp": "2025-01-15T04:00:00.000-08:00",
+            "selfLink": f"{z}/instances/{i['name']}",
+            "disks": [
+                {
+                    "boot": True,
+                    "type": "PERSISTENT",
+                    "autoDelete": True,
+                    "deviceName": i["name"],
+                    "source": f"{z}/disks/{i['name']}",
+                }
+            ],
+            "networkInterfaces": [
+                {
+                    "network": i["networkInterfaces"][0]["network"],
+                    "networkIP": "10.132.0.7",
+                    "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT", "natIP": "127.0.0.1"}]
+                    if i["networkInterfaces"][0].get("accessConfigs")
+                    else [],
+                }
+            ],
+        }
 
     def compute(self, m, p, r, project):
         if project != PROJECT:
             if m == "GET" and p == "/global/images/family/ubuntu-2404-lts-amd64" and project == "ubuntu-os-cloud":
-                return 200, {"kind": "compute#image", "id": "8100", "name": FAMILY_IMAGE, "status": "READY",
-                             "family": "ubuntu-2404-lts-amd64", "creationTimestamp": "2025-01-10T00:00:00.000-08:00",
-                             "selfLink": f"{self.base('ubuntu-os-cloud')}/global/images/{FAMILY_IMAGE}"}, {}
+                return (
+                    200,
+                    {
+                        "kind": "compute#image",
+                        "id": "8100",
+                        "name": FAMILY_IMAGE,
+                        "status": "READY",
+                        "family": "ubuntu-2404-lts-amd64",
+                        "creationTimestamp": "2025-01-10T00:00:00.000-08:00",
+                        "selfLink": f"{self.base('ubuntu-os-cloud')}/global/images/{FAMILY_IMAGE}",
+                    },
+                    {},
+                )
             if m == "GET" and p == "/global/images/debian-12-bookworm-v20250113" and project == "debian-cloud":
-                return 200, {"kind": "compute#image", "id": "8200", "name": p.rsplit("/", 1)[1], "status": "READY",
-                             "creationTimestamp": "2025-01-13T00:00:00.000-08:00",
-                             "selfLink": f"{self.base('debian-cloud')}{p}"}, {}
+                return (
+                    200,
+                    {
+                        "kind": "compute#image",
+                        "id": "8200",
+                        "name": p.rsplit("/", 1)[1],
+                        "status": "READY",
+                        "creationTimestamp": "2025-01-13T00:00:00.000-08:00",
+                        "selfLink": f"{self.base('debian-cloud')}{p}",
+                    },
+                    {},
+                )
             return self.not_found(f"projects/{project}{p}")
         if p == "/zones":
             return 200, {"kind": "compute#zoneList", "items": [self.zone(z) for z in (ZONE, "us-central1-a")]}, {}
         match = re.fullmatch(r"/zones/([^/]+)", p)
         if match:
-            return (200, self.zone(match.group(1)), {}) if match.group(1) in (ZONE, "us-central1-a") \
+            return (
+                (200, self.zone(match.group(1)), {})
+                if match.group(1) in (ZONE, "us-central1-a")
                 else self.not_found(f"projects/{PROJECT}/zones/{match.group(1)}")
+            )
         match = re.fullmatch(r"/zones/([^/]+)/machineTypes/([^/]+)", p)
         if match:
             if match.group(2) not in ("e2-small", "e2-standard-2"):
                 return self.not_found(f"projects/{PROJECT}/zones/{match.group(1)}/machineTypes/{match.group(2)}")
-            return 200, {"kind": "compute#machineType", "id": "3100", "name": match.group(2), "guestCpus": 2,
-                         "memoryMb": 2048, "zone": match.group(1), "selfLink": f"{self.base()}{p}"}, {}
+            return (
+                200,
+                {
+                    "kind": "compute#machineType",
+                    "id": "3100",
+                    "name": match.group(2),
+                    "guestCpus": 2,
+                    "memoryMb": 2048,
+                    "zone": match.group(1),
+                    "selfLink": f"{self.base()}{p}",
+                },
+                {},
+            )
         match = re.fullmatch(r"/zones/([^/]+)/diskTypes/([^/]+)", p)
         if match:
-            return 200, {"kind": "compute#diskType", "name": match.group(2), "validDiskSize": "10GB-65536GB",
-                         "zone": f"{self.base()}/zones/{match.group(1)}", "selfLink": f"{self.base()}{p}"}, {}
+            return (
+                200,
+                {
+                    "kind": "compute#diskType",
+                    "name": match.group(2),
+                    "validDiskSize": "10GB-65536GB",
+                    "zone": f"{self.base()}/zones/{match.group(1)}",
+                    "selfLink": f"{self.base()}{p}",
+                },
+                {},
+            )
         match = re.fullmatch(r"/global/networks/([^/]+)", p)
         if match:
             if match.group(1) != "default":
                 return self.not_found(f"projects/{PROJECT}/global/networks/{match.group(1)}")
-            return 200, {"kind": "compute#network", "id": "4100", "name": "default", "autoCreateSubnetworks": True,
-                         "selfLink": f"{self.base()}{p}"}, {}
+            return (
+                200,
+                {
+                    "kind": "compute#network",
+                    "id": "4100",
+                    "name": "default",
+                    "autoCreateSubnetworks": True,
+                    "selfLink": f"{self.base()}{p}",
+                },
+                {},
+            )
         if p == "/global/firewalls" and m == "POST":
             fw = dict(r.json, id=self._id(), kind="compute#firewall", selfLink=f"{self.base()}{p}/{r.json['name']}")
             self.firewalls[fw["name"]] = fw
@@ -154,25 +253,53 @@ class GCEModel:
                 self.firewalls[fw["name"]] = dict(r.json, id=fw["id"], kind=fw["kind"], selfLink=fw["selfLink"])
             return 200, self.op(), {}
         if re.fullmatch(r"/(global|zones/[^/]+)/operations/[^/]+", p):
-            return 200, {"kind": "compute#operation", "status": "DONE", "name": p.rsplit("/", 1)[1],
-                         "selfLink": f"{self.base()}{p}"}, {}
+            return (
+                200,
+                {
+                    "kind": "compute#operation",
+                    "status": "DONE",
+                    "name": p.rsplit("/", 1)[1],
+                    "selfLink": f"{self.base()}{p}",
+                },
+                {},
+            )
         if p in ("/aggregated/disks", "/aggregated/instances"):
             kind = p.rsplit("/", 1)[1]
-            items = list((self.disks if kind == "disks" else
-                          {k: self.instance_view(v) for k, v in self.instances.items()}).values())
-            return 200, {"kind": f"compute#{kind}AggregatedList",
-                         "items": {f"zones/{ZONE}": {kind: items} if items else {"warning": {"code": "NO_RESULTS"}}}}, {}
+            items = list(
+                (
+                    self.disks if kind == "disks" else {k: self.instance_view(v) for k, v in self.instances.items()}
+                ).values()
+            )
+            return (
+                200,
+                {
+                    "kind": f"compute#{kind}AggregatedList",
+                    "items": {f"zones/{ZONE}": {kind: items} if items else {"warning": {"code": "NO_RESULTS"}}},
+                },
+                {},
+            )
         if p == f"/zones/{ZONE}/instances" and m == "POST":
             body = r.json
             if body["name"] in self.instances:
-                return 409, {"error": {"code": 409, "message": "already exists", "errors": [{"reason": "alreadyExists"}]}}, {}
+                return (
+                    409,
+                    {"error": {"code": 409, "message": "already exists", "errors": [{"reason": "alreadyExists"}]}},
+                    {},
+                )
             i = dict(body, id=self._id(), status="PROVISIONING")
             self.instances[i["name"]] = i
             init = body["disks"][0]["initializeParams"]
-            self.disks[i["name"]] = {"kind": "compute#disk", "id": self._id(), "name": init["diskName"],
-                                     "sizeGb": str(init["diskSizeGb"]), "status": "READY", "type": init["diskType"],
-                                     "sourceImage": init["sourceImage"], "zone": f"{self.base()}/zones/{ZONE}",
-                                     "selfLink": f"{self.base()}/zones/{ZONE}/disks/{init['diskName']}"}
+            self.disks[i["name"]] = {
+                "kind": "compute#disk",
+                "id": self._id(),
+                "name": init["diskName"],
+                "sizeGb": str(init["diskSizeGb"]),
+                "status": "READY",
+                "type": init["diskType"],
+                "sourceImage": init["sourceImage"],
+                "zone": f"{self.base()}/zones/{ZONE}",
+                "selfLink": f"{self.base()}/zones/{ZONE}/disks/{init['diskName']}",
+            }
             return 200, self.op(f"zones/{ZONE}"), {}
         match = re.fullmatch(rf"/zones/{ZONE}/instances/([^/]+)(/start|/stop|/reset)?", p)
         if match:
@@ -197,8 +324,17 @@ class GCEModel:
         if r.path == "/o/oauth2/token" and r.method == "POST":
             return self.token(r)
         if r.headers.get("authorization") != f"Bearer {ACCESS_TOKEN}":
-            return 401, {"error": {"code": 401, "message": "Request had invalid authentication credentials.",
-                                   "errors": [{"reason": "authError", "message": "Invalid Credentials"}]}}, {}
+            return (
+                401,
+                {
+                    "error": {
+                        "code": 401,
+                        "message": "Request had invalid authentication credentials.",
+                        "errors": [{"reason": "authError", "message": "Invalid Credentials"}],
+                    }
+                },
+                {},
+            )
         match = re.fullmatch(r"/compute/v1/projects/([^/]+)(/.*)", r.path)
         if not match:
             return self.not_found(r.path)
@@ -206,11 +342,22 @@ class GCEModel:
 
 
 def service_account(path, key, email=EMAIL):
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    path.write_text(json.dumps({"type": "service_account", "project_id": PROJECT, "private_key_id": "k1",
-                                "private_key": pem, "client_email": email, "client_id": "1",
-                                "token_uri": "https://oauth2.googleapis.com/token"}))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": PROJECT,
+                "private_key_id": "k1",
+                "private_key": pem,
+                "client_email": email,
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
     return str(path)
 
 
@@ -257,23 +404,40 @@ def flags(api, creds, banner=None, **extra):
 def test_create_lifecycle_and_remove(api, creds, banner, tmp_path):
     ud = tmp_path / "user-data"
     ud.write_text("#cloud-config\nruncmd: [touch /tmp/x]\n")
-    d = make_driver(GoogleDriver, tmp_path, **flags(
-        api, creds, banner, google_machine_type="e2-standard-2", google_tags="web,prod", google_userdata=str(ud),
-        google_disk_size=30, google_source_cidr=("203.0.113.0/24",), google_open_port=("8080", "53/udp")))
+    d = make_driver(
+        GoogleDriver,
+        tmp_path,
+        **flags(
+            api,
+            creds,
+            banner,
+            google_machine_type="e2-standard-2",
+            google_tags="web,prod",
+            google_userdata=str(ud),
+            google_disk_size=30,
+            google_source_cidr=("203.0.113.0/24",),
+            google_open_port=("8080", "53/udp"),
+        ),
+    )
     d.pre_create_check()
     d.create()
     m = api.model
 
     [grant] = m.grants  # one token, cached for every later call
     assert grant["iss"] == EMAIL
-    assert not [r for r in api.requests if r.path.startswith("/compute/") and
-                r.headers.get("authorization") != f"Bearer {ACCESS_TOKEN}"]
+    assert not [
+        r
+        for r in api.requests
+        if r.path.startswith("/compute/") and r.headers.get("authorization") != f"Bearer {ACCESS_TOKEN}"
+    ]
 
     [fw_req] = api.calls("POST", path=f"/compute/v1/projects/{PROJECT}/global/firewalls")
     fw = fw_req.json
     assert fw["name"] == "dockyard-machines" and fw["direction"] == "INGRESS"
     assert sorted((a["IPProtocol"], tuple(a["ports"])) for a in fw["allowed"]) == [
-        ("tcp", (str(banner.port), "2376", "8080")), ("udp", ("53",))]
+        ("tcp", (str(banner.port), "2376", "8080")),
+        ("udp", ("53",)),
+    ]
     assert fw["sourceRanges"] == ["203.0.113.0/24"] and fw["targetTags"] == ["dockyard-machines"]
     assert fw["network"].endswith(f"/projects/{PROJECT}/global/networks/default")
 
@@ -310,9 +474,19 @@ def test_create_lifecycle_and_remove(api, creds, banner, tmp_path):
 
 def test_shared_firewall_is_widened_and_kept_while_used(api, creds, banner, tmp_path):
     a = make_named_driver(GoogleDriver, "a", tmp_path, **flags(api, creds, banner))
-    b = make_named_driver(GoogleDriver, "b", tmp_path, **flags(
-        api, creds, banner, google_open_port=("9000",), google_source_cidr=("198.51.100.0/24",),
-        google_machine_image="projects/debian-cloud/global/images/debian-12-bookworm-v20250113"))
+    b = make_named_driver(
+        GoogleDriver,
+        "b",
+        tmp_path,
+        **flags(
+            api,
+            creds,
+            banner,
+            google_open_port=("9000",),
+            google_source_cidr=("198.51.100.0/24",),
+            google_machine_image="projects/debian-cloud/global/images/debian-12-bookworm-v20250113",
+        ),
+    )
     for d in (a, b):
         d.pre_create_check()
         d.create()
@@ -321,7 +495,8 @@ def test_shared_firewall_is_widened_and_kept_while_used(api, creds, banner, tmp_
     assert update.json["allowed"] == [{"IPProtocol": "tcp", "ports": sorted([str(banner.port), "2376", "9000"])}]
     assert update.json["sourceRanges"] == ["0.0.0.0/0", "198.51.100.0/24"]
     assert api.model.instances["b"]["disks"][0]["initializeParams"]["sourceImage"].endswith(
-        "/projects/debian-cloud/global/images/debian-12-bookworm-v20250113")
+        "/projects/debian-cloud/global/images/debian-12-bookworm-v20250113"
+    )
     a.remove()
     assert "dockyard-machines" in api.model.firewalls  # b still carries the tag
     b.remove()
@@ -349,11 +524,17 @@ def test_not_a_service_account_key(api, tmp_path, monkeypatch):
     assert api.requests == []
 
 
-@pytest.mark.parametrize("extra, text", [
-    ({"google_zone": "mars-north1-a"}, 'unknown zone "mars-north1-a"'),
-    ({"google_machine_type": "e2-enormous"}, "machineTypes/e2-enormous' was not found"),
-    ({"google_machine_image": "projects/ubuntu-os-cloud/global/images/family/plan9"}, "family/plan9' was not found"),
-])
+@pytest.mark.parametrize(
+    "extra, text",
+    [
+        ({"google_zone": "mars-north1-a"}, 'unknown zone "mars-north1-a"'),
+        ({"google_machine_type": "e2-enormous"}, "machineTypes/e2-enormous' was not found"),
+        (
+            {"google_machine_image": "projects/ubuntu-os-cloud/global/images/family/plan9"},
+            "family/plan9' was not found",
+        ),
+    ],
+)
 def test_unknown_zone_type_image_fail_the_pre_create_check(api, creds, tmp_path, extra, text):
     d = make_driver(GoogleDriver, tmp_path, **flags(api, creds, **extra))
     with pytest.raises(PreCreateCheckError, match=re.escape(text)) as e:
@@ -377,7 +558,19 @@ def test_tls_is_verified_against_the_trusted_ca_only(api, creds, tmp_path, monke
 def test_cli_refused_service_account_exit_3_with_one_line(api, tmp_path, capsys, monkeypatch):
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", service_account(tmp_path / "stale.json", other))
-    code, out, err = run_cli(capsys, tmp_path / "store", "create", "-d", "google", "--google-endpoint", api.url,
-                             "--google-project", PROJECT, "--google-zone", ZONE, "web1")
+    code, out, err = run_cli(
+        capsys,
+        tmp_path / "store",
+        "create",
+        "-d",
+        "google",
+        "--google-endpoint",
+        api.url,
+        "--google-project",
+        PROJECT,
+        "--google-zone",
+        ZONE,
+        "web1",
+    )
     assert code == 3, (out, err)
     assert len(err.strip().splitlines()) == 1 and "refused the credentials" in err and "Traceback" not in err

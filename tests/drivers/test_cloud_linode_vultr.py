@@ -38,11 +38,25 @@ class LinodeModel:
         self.next_id = 500
 
     def _inst(self, i):
-        return {"id": i["id"], "label": i["label"], "status": i["status"], "region": i["region"], "type": i["type"],
-                "image": i["image"], "ipv4": ["127.0.0.1", "192.168.130.5"], "ipv6": "2600:3c03::1/128",
-                "tags": i["tags"], "created": "2025-01-15T12:00:00", "updated": "2025-01-15T12:00:00",
-                "hypervisor": "kvm", "specs": {"disk": 25600, "memory": 1024, "vcpus": 1, "transfer": 1000},
-                "alerts": {}, "backups": {"enabled": False}, "watchdog_enabled": True, "group": ""}
+        return {
+            "id": i["id"],
+            "label": i["label"],
+            "status": i["status"],
+            "region": i["region"],
+            "type": i["type"],
+            "image": i["image"],
+            "ipv4": ["127.0.0.1", "192.168.130.5"],
+            "ipv6": "2600:3c03::1/128",
+            "tags": i["tags"],
+            "created": "2025-01-15T12:00:00",
+            "updated": "2025-01-15T12:00:00",
+            "hypervisor": "kvm",
+            "specs": {"disk": 25600, "memory": 1024, "vcpus": 1, "transfer": 1000},
+            "alerts": {},
+            "backups": {"enabled": False},
+            "watchdog_enabled": True,
+            "group": "",
+        }
 
     def handle(self, r):
         if r.headers.get("authorization") != f"Bearer {TOKEN}":
@@ -67,8 +81,11 @@ class LinodeModel:
         if match:
             fw_id = int(match.group(1))
             if match.group(2):
-                devs = [{"entity": {"id": i["id"], "type": "linode"}} for i in self.instances.values()
-                        if i.get("firewall_id") == fw_id]
+                devs = [
+                    {"entity": {"id": i["id"], "type": "linode"}}
+                    for i in self.instances.values()
+                    if i.get("firewall_id") == fw_id
+                ]
                 return 200, {"data": devs, "page": 1, "pages": 1}, {}
             self.firewalls.pop(fw_id)
             return 200, {}, {}
@@ -101,21 +118,36 @@ def test_linode_create_lifecycle_and_remove(banner, tmp_path, monkeypatch):
         monkeypatch.setenv("LINODE_TOKEN", TOKEN)
         ud = tmp_path / "ud"
         ud.write_text("#cloud-config\npackages: [jq]\n")
-        d = make_driver(LinodeDriver, tmp_path, linode_token=TOKEN, linode_endpoint=api.url,
-                        linode_region="eu-central", linode_instance_type="g6-standard-2", linode_tags="a,b",
-                        linode_userdata=str(ud), linode_ssh_port=banner.port, linode_create_private_ip=True,
-                        linode_source_cidr=("192.0.2.0/24",))
+        d = make_driver(
+            LinodeDriver,
+            tmp_path,
+            linode_token=TOKEN,
+            linode_endpoint=api.url,
+            linode_region="eu-central",
+            linode_instance_type="g6-standard-2",
+            linode_tags="a,b",
+            linode_userdata=str(ud),
+            linode_ssh_port=banner.port,
+            linode_create_private_ip=True,
+            linode_source_cidr=("192.0.2.0/24",),
+        )
         d.pre_create_check()
         d.create()
         [fw] = api.calls("POST", path="/v4/networking/firewalls")
         rules = fw.json["rules"]
         assert rules["inbound_policy"] == "DROP" and rules["outbound_policy"] == "ACCEPT"
         assert [(r["protocol"], r["ports"], r["addresses"]["ipv4"]) for r in rules["inbound"]] == [
-            ("TCP", str(banner.port), ["192.0.2.0/24"]), ("TCP", "2376", ["192.0.2.0/24"])]
+            ("TCP", str(banner.port), ["192.0.2.0/24"]),
+            ("TCP", "2376", ["192.0.2.0/24"]),
+        ]
         [create] = api.calls("POST", path="/v4/linode/instances")
         body = create.json
         assert (body["region"], body["type"], body["image"], body["label"]) == (
-            "eu-central", "g6-standard-2", "linode/ubuntu24.04", "dy-m1")
+            "eu-central",
+            "g6-standard-2",
+            "linode/ubuntu24.04",
+            "dy-m1",
+        )
         assert body["authorized_keys"] == [(tmp_path / "id_ed25519.pub").read_text().strip()]
         assert body["tags"] == ["a", "b"] and body["private_ip"] is True
         assert body["firewall_id"] == int(d.config["FirewallId"])
@@ -145,13 +177,37 @@ class VultrModel:
         return f"00000000-0000-4000-8000-{self.n:012d}"
 
     def _inst(self, i):
-        return {"id": i["id"], "os": "Ubuntu 24.04 LTS x64", "ram": 1024, "disk": 25, "main_ip": "127.0.0.1",
-                "vcpu_count": 1, "region": i["region"], "plan": i["plan"], "date_created": "2025-01-15T12:00:00+00:00",
-                "status": "active", "power_status": i["power"], "server_status": "ok", "allowed_bandwidth": 1000,
-                "netmask_v4": "255.255.254.0", "gateway_v4": "127.0.0.254", "v6_network": "", "v6_main_ip": "",
-                "v6_network_size": 0, "label": i["label"], "internal_ip": "10.1.96.3", "kvm": "", "hostname": i["label"],
-                "tag": "", "tags": i.get("tags", []), "os_id": i["os_id"], "app_id": 0, "image_id": "",
-                "firewall_group_id": i.get("firewall_group_id", ""), "features": []}
+        return {
+            "id": i["id"],
+            "os": "Ubuntu 24.04 LTS x64",
+            "ram": 1024,
+            "disk": 25,
+            "main_ip": "127.0.0.1",
+            "vcpu_count": 1,
+            "region": i["region"],
+            "plan": i["plan"],
+            "date_created": "2025-01-15T12:00:00+00:00",
+            "status": "active",
+            "power_status": i["power"],
+            "server_status": "ok",
+            "allowed_bandwidth": 1000,
+            "netmask_v4": "255.255.254.0",
+            "gateway_v4": "127.0.0.254",
+            "v6_network": "",
+            "v6_main_ip": "",
+            "v6_network_size": 0,
+            "label": i["label"],
+            "internal_ip": "10.1.96.3",
+            "kvm": "",
+            "hostname": i["label"],
+            "tag": "",
+            "tags": i.get("tags", []),
+            "os_id": i["os_id"],
+            "app_id": 0,
+            "image_id": "",
+            "firewall_group_id": i.get("firewall_group_id", ""),
+            "features": [],
+        }
 
     def handle(self, r):
         if r.headers.get("authorization") != f"Bearer {VKEY}":
@@ -165,13 +221,26 @@ class VultrModel:
         if p == "/v2/plans":
             return 200, {"plans": [{"id": "vc2-1c-1gb"}, {"id": "vc2-2c-4gb"}], "meta": meta}, {}
         if p == "/v2/os":
-            return 200, {"os": [{"id": 2284, "name": "Ubuntu 24.04 LTS x64"}, {"id": 2136, "name": "Debian 12 x64 (bookworm)"}],
-                         "meta": meta}, {}
+            return (
+                200,
+                {
+                    "os": [
+                        {"id": 2284, "name": "Ubuntu 24.04 LTS x64"},
+                        {"id": 2136, "name": "Debian 12 x64 (bookworm)"},
+                    ],
+                    "meta": meta,
+                },
+                {},
+            )
         if p == "/v2/ssh-keys":
             if m == "GET":
                 return 200, {"ssh_keys": list(self.keys.values()), "meta": meta}, {}
-            k = {"id": self._id(), "name": r.json["name"], "ssh_key": r.json["ssh_key"],
-                 "date_created": "2025-01-15T12:00:00+00:00"}
+            k = {
+                "id": self._id(),
+                "name": r.json["name"],
+                "ssh_key": r.json["ssh_key"],
+                "date_created": "2025-01-15T12:00:00+00:00",
+            }
             self.keys[k["id"]] = k
             return 201, {"ssh_key": k}, {}
         if p.startswith("/v2/ssh-keys/") and m == "DELETE":
@@ -193,8 +262,10 @@ class VultrModel:
                 self.rules[gid].append(dict(r.json, id=len(self.rules[gid]) + 1))
                 return 201, {"firewall_rule": self.rules[gid][-1]}, {}
             if m == "GET":
-                g = dict(self.groups[gid], instance_count=sum(
-                    1 for i in self.instances.values() if i.get("firewall_group_id") == gid))
+                g = dict(
+                    self.groups[gid],
+                    instance_count=sum(1 for i in self.instances.values() if i.get("firewall_group_id") == gid),
+                )
                 return 200, {"firewall_group": g}, {}
             self.groups.pop(gid)
             return 204, None, {}
@@ -225,19 +296,32 @@ def test_vultr_create_lifecycle_and_remove(banner, tmp_path, monkeypatch):
     api = FakeAPI(VultrModel())
     try:
         monkeypatch.setenv("VULTR_API_KEY", VKEY)
-        d = make_driver(VultrDriver, tmp_path, vultr_api_key=VKEY, vultr_endpoint=api.url, vultr_region="fra",
-                        vultr_plan="vc2-2c-4gb", vultr_tags="x", vultr_ssh_port=banner.port,
-                        vultr_open_port=("53/udp",))
+        d = make_driver(
+            VultrDriver,
+            tmp_path,
+            vultr_api_key=VKEY,
+            vultr_endpoint=api.url,
+            vultr_region="fra",
+            vultr_plan="vc2-2c-4gb",
+            vultr_tags="x",
+            vultr_ssh_port=banner.port,
+            vultr_open_port=("53/udp",),
+        )
         d.pre_create_check()
         d.create()
         [key] = api.calls("POST", path="/v2/ssh-keys")
         assert key.json["ssh_key"] == (tmp_path / "id_ed25519.pub").read_text().strip()
         [group] = api.calls("POST", path="/v2/firewalls")
         assert group.json == {"description": "dockyard"}
-        rules = [(r.json["protocol"], r.json["port"], r.json["subnet"], r.json["subnet_size"])
-                 for r in api.calls("POST", "/v2/firewalls/")]
-        assert rules == [("tcp", str(banner.port), "0.0.0.0", 0), ("tcp", "2376", "0.0.0.0", 0),
-                         ("udp", "53", "0.0.0.0", 0)]
+        rules = [
+            (r.json["protocol"], r.json["port"], r.json["subnet"], r.json["subnet_size"])
+            for r in api.calls("POST", "/v2/firewalls/")
+        ]
+        assert rules == [
+            ("tcp", str(banner.port), "0.0.0.0", 0),
+            ("tcp", "2376", "0.0.0.0", 0),
+            ("udp", "53", "0.0.0.0", 0),
+        ]
         [create] = api.calls("POST", path="/v2/instances")
         body = create.json
         assert (body["region"], body["plan"], body["os_id"], body["label"]) == ("fra", "vc2-2c-4gb", 2284, "m1")

@@ -35,42 +35,130 @@ class OpenStackModel:
         self.url = None  # set once the server listens (the catalogue points back at it)
         self.keypairs, self.servers, self.groups, self.rules, self.fips = {}, {}, {}, {}, {}
         self.floating_ip = floating_ip
-        self.flavors = [{"id": "1", "name": "m1.small", "ram": 2048, "disk": 20, "vcpus": 1, "swap": "",
-                         "OS-FLV-EXT-DATA:ephemeral": 0, "os-flavor-access:is_public": True, "links": []},
-                        {"id": "2", "name": "m1.medium", "ram": 4096, "disk": 40, "vcpus": 2, "swap": "",
-                         "OS-FLV-EXT-DATA:ephemeral": 0, "os-flavor-access:is_public": True, "links": []}]
-        self.images = [{"id": "img-ubuntu-2404", "name": "Ubuntu 24.04", "status": "active", "visibility": "public",
-                        "min_disk": 0, "min_ram": 0, "created_at": NOW, "updated_at": NOW},
-                       {"id": "img-debian-12", "name": "Debian 12", "status": "active", "visibility": "public",
-                        "min_disk": 0, "min_ram": 0, "created_at": NOW, "updated_at": NOW}]
-        self.networks = [{"id": "net-private", "name": "private", "status": "ACTIVE", "subnets": ["sub-1"],
-                          "router:external": False, "tenant_id": "p1"},
-                         {"id": "net-public", "name": "public", "status": "ACTIVE", "subnets": ["sub-2"],
-                          "router:external": True, "tenant_id": "p1"}]
+        self.flavors = [
+            {
+                "id": "1",
+                "name": "m1.small",
+                "ram": 2048,
+                "disk": 20,
+                "vcpus": 1,
+                "swap": "",
+                "OS-FLV-EXT-DATA:ephemeral": 0,
+                "os-flavor-access:is_public": True,
+                "links": [],
+            },
+            {
+                "id": "2",
+                "name": "m1.medium",
+                "ram": 4096,
+                "disk": 40,
+                "vcpus": 2,
+                "swap": "",
+                "OS-FLV-EXT-DATA:ephemeral": 0,
+                "os-flavor-access:is_public": True,
+                "links": [],
+            },
+        ]
+        self.images = [
+            {
+                "id": "img-ubuntu-2404",
+                "name": "Ubuntu 24.04",
+                "status": "active",
+                "visibility": "public",
+                "min_disk": 0,
+                "min_ram": 0,
+                "created_at": NOW,
+                "updated_at": NOW,
+            },
+            {
+                "id": "img-debian-12",
+                "name": "Debian 12",
+                "status": "active",
+                "visibility": "public",
+                "min_disk": 0,
+                "min_ram": 0,
+                "created_at": NOW,
+                "updated_at": NOW,
+            },
+        ]
+        self.networks = [
+            {
+                "id": "net-private",
+                "name": "private",
+                "status": "ACTIVE",
+                "subnets": ["sub-1"],
+                "router:external": False,
+                "tenant_id": "p1",
+            },
+            {
+                "id": "net-public",
+                "name": "public",
+                "status": "ACTIVE",
+                "subnets": ["sub-2"],
+                "router:external": True,
+                "tenant_id": "p1",
+            },
+        ]
 
     # -- Keystone -------------------------------------------------------------------------------------------
     def catalog(self):
         def svc(kind, name, path):
-            return {"id": kind, "type": kind, "name": name, "endpoints": [
-                {"id": f"{kind}-pub", "interface": "public", "region": REGION, "region_id": REGION,
-                 "url": self.url + path},
-                {"id": f"{kind}-other", "interface": "public", "region": "RegionOne", "region_id": "RegionOne",
-                 "url": "http://198.51.100.1:1/must-not-be-used"}]}
-        return [svc("compute", "nova", "/compute/v2.1"), svc("image", "glance", "/image"),
-                svc("network", "neutron", "/network"), svc("identity", "keystone", "/identity")]
+            return {
+                "id": kind,
+                "type": kind,
+                "name": name,
+                "endpoints": [
+                    {
+                        "id": f"{kind}-pub",
+                        "interface": "public",
+                        "region": REGION,
+                        "region_id": REGION,
+                        "url": self.url + path,
+                    },
+                    {
+                        "id": f"{kind}-other",
+                        "interface": "public",
+                        "region": "RegionOne",
+                        "region_id": "RegionOne",
+                        "url": "http://198.51.100.1:1/must-not-be-used",
+                    },
+                ],
+            }
+
+        return [
+            svc("compute", "nova", "/compute/v2.1"),
+            svc("image", "glance", "/image"),
+            svc("network", "neutron", "/network"),
+            svc("identity", "keystone", "/identity"),
+        ]
 
     def auth(self, r):
         body = r.json["auth"]
         user = body["identity"]["password"]["user"]
         scope = body.get("scope", {}).get("project", {})
-        if (user["name"], user["password"], user["domain"].get("name")) != (USER, PASSWORD, "Default") or \
-                scope.get("name") != PROJECT:
-            return 401, {"error": {"code": 401, "title": "Unauthorized",
-                                   "message": "The request you have made requires authentication."}}, {}
-        token = {"methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z", "issued_at": NOW,
-                 "user": {"id": "u1", "name": USER, "domain": {"id": "default", "name": "Default"}},
-                 "project": {"id": "p1", "name": PROJECT, "domain": {"id": "default", "name": "Default"}},
-                 "roles": [{"id": "r1", "name": "member"}], "catalog": self.catalog()}
+        if (user["name"], user["password"], user["domain"].get("name")) != (USER, PASSWORD, "Default") or scope.get(
+            "name"
+        ) != PROJECT:
+            return (
+                401,
+                {
+                    "error": {
+                        "code": 401,
+                        "title": "Unauthorized",
+                        "message": "The request you have made requires authentication.",
+                    }
+                },
+                {},
+            )
+        token = {
+            "methods": ["password"],
+            "expires_at": "2099-01-01T00:00:00.000000Z",
+            "issued_at": NOW,
+            "user": {"id": "u1", "name": USER, "domain": {"id": "default", "name": "Default"}},
+            "project": {"id": "p1", "name": PROJECT, "domain": {"id": "default", "name": "Default"}},
+            "roles": [{"id": "r1", "name": "member"}],
+            "catalog": self.catalog(),
+        }
         return 201, {"token": token}, {"X-Subject-Token": TOKEN}
 
     # -- Nova -----------------------------------------------------------------------------------------------
@@ -80,13 +168,27 @@ class OpenStackModel:
             addresses["private"].append({"addr": s["floating_ip"], "version": 4, "OS-EXT-IPS:type": "floating"})
         elif s["public_ip"]:
             addresses["public"] = [{"addr": s["public_ip"], "version": 4, "OS-EXT-IPS:type": "fixed"}]
-        return {"id": s["id"], "name": s["name"], "status": s["status"], "addresses": addresses,
-                "created": NOW, "updated": NOW, "hostId": "h1", "tenant_id": "p1", "user_id": "u1",
-                "image": {"id": s["imageRef"]}, "flavor": {"id": s["flavorRef"]}, "metadata": s.get("metadata", {}),
-                "key_name": s.get("key_name"), "security_groups": s.get("security_groups", []),
-                "links": [{"rel": "self", "href": f"{self.url}/compute/v2.1/servers/{s['id']}"}],
-                "OS-EXT-AZ:availability_zone": s.get("availability_zone", "nova"), "accessIPv4": "",
-                "accessIPv6": "", "config_drive": ""}
+        return {
+            "id": s["id"],
+            "name": s["name"],
+            "status": s["status"],
+            "addresses": addresses,
+            "created": NOW,
+            "updated": NOW,
+            "hostId": "h1",
+            "tenant_id": "p1",
+            "user_id": "u1",
+            "image": {"id": s["imageRef"]},
+            "flavor": {"id": s["flavorRef"]},
+            "metadata": s.get("metadata", {}),
+            "key_name": s.get("key_name"),
+            "security_groups": s.get("security_groups", []),
+            "links": [{"rel": "self", "href": f"{self.url}/compute/v2.1/servers/{s['id']}"}],
+            "OS-EXT-AZ:availability_zone": s.get("availability_zone", "nova"),
+            "accessIPv4": "",
+            "accessIPv6": "",
+            "config_drive": "",
+        }
 
     def nova(self, m, p, r):
         if p == "/os-keypairs":
@@ -108,17 +210,39 @@ class OpenStackModel:
             if self.floating_ip_only:
                 s["public_ip"] = ""
             self.servers[s["id"]] = s
-            return 202, {"server": {"id": s["id"], "adminPass": "x", "links": [],
-                                    "security_groups": body.get("security_groups", [])}}, {}
+            return (
+                202,
+                {
+                    "server": {
+                        "id": s["id"],
+                        "adminPass": "x",
+                        "links": [],
+                        "security_groups": body.get("security_groups", []),
+                    }
+                },
+                {},
+            )
         match = re.fullmatch(r"/servers/([^/]+)(/action|/os-interface)?", p)
         if match:
             s = self.servers.get(match.group(1))
             if s is None:
                 return _nf("Instance")
             if match.group(2) == "/os-interface":
-                return 200, {"interfaceAttachments": [{"port_id": f"port-{s['id']}", "net_id": "net-private",
-                                                       "port_state": "ACTIVE", "mac_addr": "fa:16:3e:00:00:01",
-                                                       "fixed_ips": [{"ip_address": s["fixed_ip"]}]}]}, {}
+                return (
+                    200,
+                    {
+                        "interfaceAttachments": [
+                            {
+                                "port_id": f"port-{s['id']}",
+                                "net_id": "net-private",
+                                "port_state": "ACTIVE",
+                                "mac_addr": "fa:16:3e:00:00:01",
+                                "fixed_ips": [{"ip_address": s["fixed_ip"]}],
+                            }
+                        ]
+                    },
+                    {},
+                )
             if m == "GET":
                 if s["status"] == "DELETING":
                     del self.servers[s["id"]]  # gone at the second look
@@ -160,10 +284,18 @@ class OpenStackModel:
             self.groups[g["id"]] = g
             for eth in ("IPv4", "IPv6"):  # Neutron adds the default egress rules itself
                 rid = str(uuid.uuid4())
-                self.rules[rid] = {"id": rid, "security_group_id": g["id"], "direction": "egress",
-                                   "ethertype": eth, "protocol": None, "port_range_min": None,
-                                   "port_range_max": None, "remote_ip_prefix": None, "remote_group_id": None,
-                                   "tenant_id": "p1"}
+                self.rules[rid] = {
+                    "id": rid,
+                    "security_group_id": g["id"],
+                    "direction": "egress",
+                    "ethertype": eth,
+                    "protocol": None,
+                    "port_range_min": None,
+                    "port_range_max": None,
+                    "remote_ip_prefix": None,
+                    "remote_group_id": None,
+                    "tenant_id": "p1",
+                }
             return 201, {"security_group": self.group_view(g)}, {}
         if p.startswith("/v2.0/security-groups/") and m == "DELETE":
             gid = p.rsplit("/", 1)[1]
@@ -171,8 +303,17 @@ class OpenStackModel:
             if g is None:
                 return 404, {"NeutronError": {"type": "SecurityGroupNotFound", "message": "not found"}}, {}
             if any({"name": g["name"]} in s.get("security_groups", []) for s in self.servers.values()):
-                return 409, {"NeutronError": {"type": "SecurityGroupInUse", "detail": "",
-                                              "message": f"Security Group {gid} in use."}}, {}
+                return (
+                    409,
+                    {
+                        "NeutronError": {
+                            "type": "SecurityGroupInUse",
+                            "detail": "",
+                            "message": f"Security Group {gid} in use.",
+                        }
+                    },
+                    {},
+                )
             del self.groups[gid]
             for rid in [k for k, v in self.rules.items() if v["security_group_id"] == gid]:
                 del self.rules[rid]
@@ -183,18 +324,39 @@ class OpenStackModel:
             if rule["remote_ip_prefix"] == "0.0.0.0/0":
                 rule["remote_ip_prefix"] = None  # how current Neutron stores "anywhere"
             for old in self.rules.values():
-                if all(old.get(k) == rule[k] for k in ("security_group_id", "direction", "protocol",
-                                                       "port_range_min", "port_range_max", "remote_ip_prefix")):
-                    return 409, {"NeutronError": {"type": "SecurityGroupRuleExists",
-                                                  "message": f"Security group rule already exists. Rule id is "
-                                                             f"{old['id']}."}}, {}
+                if all(
+                    old.get(k) == rule[k]
+                    for k in (
+                        "security_group_id",
+                        "direction",
+                        "protocol",
+                        "port_range_min",
+                        "port_range_max",
+                        "remote_ip_prefix",
+                    )
+                ):
+                    return (
+                        409,
+                        {
+                            "NeutronError": {
+                                "type": "SecurityGroupRuleExists",
+                                "message": f"Security group rule already exists. Rule id is {old['id']}.",
+                            }
+                        },
+                        {},
+                    )
             self.rules[rule["id"]] = rule
             return 201, {"security_group_rule": rule}, {}
         if p == "/v2.0/floatingips":
             if m == "GET":
                 return 200, {"floatingips": list(self.fips.values())}, {}
-            fip = {"id": str(uuid.uuid4()), "floating_ip_address": self.floating_ip, "port_id": None,
-                   "floating_network_id": r.json["floatingip"]["floating_network_id"], "status": "DOWN"}
+            fip = {
+                "id": str(uuid.uuid4()),
+                "floating_ip_address": self.floating_ip,
+                "port_id": None,
+                "floating_network_id": r.json["floatingip"]["floating_network_id"],
+                "status": "DOWN",
+            }
             self.fips[fip["id"]] = fip
             return 201, {"floatingip": fip}, {}
         match = re.fullmatch(r"/v2.0/floatingips/([^/]+)", p)
@@ -219,7 +381,7 @@ class OpenStackModel:
             return 401, {"error": {"code": 401, "title": "Unauthorized", "message": "bad token"}}, {}
         for prefix, service in (("/compute/v2.1", self.nova), ("/image", self.glance), ("/network", self.neutron)):
             if r.path.startswith(prefix + "/"):
-                return service(r.method, r.path[len(prefix):], r)
+                return service(r.method, r.path[len(prefix) :], r)
         return 404, {"message": f"no service at {r.path}"}, {}
 
 
@@ -252,9 +414,14 @@ def _creds(monkeypatch):
 
 
 def flags(api, banner=None, **extra):
-    values = dict(openstack_auth_url=api.url + "/identity/v3", openstack_username=USER,
-                  openstack_password=PASSWORD, openstack_tenant_name=PROJECT, openstack_region=REGION,
-                  openstack_flavor_name="m1.small")
+    values = dict(
+        openstack_auth_url=api.url + "/identity/v3",
+        openstack_username=USER,
+        openstack_password=PASSWORD,
+        openstack_tenant_name=PROJECT,
+        openstack_region=REGION,
+        openstack_flavor_name="m1.small",
+    )
     if banner is not None:
         values["openstack_ssh_port"] = banner.port
     values.update(extra)
@@ -264,10 +431,22 @@ def flags(api, banner=None, **extra):
 def test_create_lifecycle_and_remove(api, banner, tmp_path):
     ud = tmp_path / "user-data"
     ud.write_text("#cloud-config\npackages: [jq]\n")
-    d = make_driver(OpenStackDriver, tmp_path, **flags(
-        api, banner, openstack_flavor_name="m1.medium", openstack_image_name="Debian 12",
-        openstack_net_name="private", openstack_availability_zone="az-2", openstack_tags="team,blue",
-        openstack_userdata=str(ud), openstack_source_cidr=("198.51.100.0/24",), openstack_open_port=("8080",)))
+    d = make_driver(
+        OpenStackDriver,
+        tmp_path,
+        **flags(
+            api,
+            banner,
+            openstack_flavor_name="m1.medium",
+            openstack_image_name="Debian 12",
+            openstack_net_name="private",
+            openstack_availability_zone="az-2",
+            openstack_tags="team,blue",
+            openstack_userdata=str(ud),
+            openstack_source_cidr=("198.51.100.0/24",),
+            openstack_open_port=("8080",),
+        ),
+    )
     d.pre_create_check()
     d.create()
     m = api.model
@@ -284,10 +463,13 @@ def test_create_lifecycle_and_remove(api, banner, tmp_path):
     [sg] = api.calls("POST", path="/network/v2.0/security-groups")
     assert sg.json["security_group"]["name"] == "dockyard"
     rules = [r.json["security_group_rule"] for r in api.calls("POST", path="/network/v2.0/security-group-rules")]
-    assert [(x["direction"], x["protocol"], x["port_range_min"], x["port_range_max"], x["remote_ip_prefix"])
-            for x in rules] == [("ingress", "tcp", banner.port, banner.port, "198.51.100.0/24"),
-                                ("ingress", "tcp", 2376, 2376, "198.51.100.0/24"),
-                                ("ingress", "tcp", 8080, 8080, "198.51.100.0/24")]
+    assert [
+        (x["direction"], x["protocol"], x["port_range_min"], x["port_range_max"], x["remote_ip_prefix"]) for x in rules
+    ] == [
+        ("ingress", "tcp", banner.port, banner.port, "198.51.100.0/24"),
+        ("ingress", "tcp", 2376, 2376, "198.51.100.0/24"),
+        ("ingress", "tcp", 8080, 8080, "198.51.100.0/24"),
+    ]
     assert {x["security_group_id"] for x in rules} == {d.config["FirewallId"]}
 
     [create] = api.calls("POST", path="/compute/v2.1/servers")
@@ -312,8 +494,13 @@ def test_create_lifecycle_and_remove(api, banner, tmp_path):
     d.restart()
     assert d.state() == State.RUNNING
     [server] = m.servers.values()
-    assert server["actions"] == [{"os-stop": None}, {"os-start": None}, {"os-stop": None}, {"os-start": None},
-                                 {"reboot": {"type": "HARD"}}]
+    assert server["actions"] == [
+        {"os-stop": None},
+        {"os-start": None},
+        {"os-stop": None},
+        {"os-start": None},
+        {"reboot": {"type": "HARD"}},
+    ]
 
     d.remove()
     # Server, key pair and (now unused) group are gone; the group was deleted only after the server was.
@@ -351,8 +538,9 @@ def test_floating_ip_from_a_private_range_is_still_the_public_address(tmp_path):
     server = FakeAPI(model)
     model.url = server.url
     try:
-        d = make_driver(OpenStackDriver, tmp_path, **flags(server, openstack_floatingip_pool="public",
-                                                           openstack_ssh_timeout=1))
+        d = make_driver(
+            OpenStackDriver, tmp_path, **flags(server, openstack_floatingip_pool="public", openstack_ssh_timeout=1)
+        )
         d.pre_create_check()
         with pytest.raises(SSHTimeout, match="waiting for SSH on 172.24.4.10:22"):
             d.create()
@@ -375,7 +563,10 @@ def test_shared_group_is_reused_and_kept_while_used(api, banner, tmp_path):
     rules = [r.json["security_group_rule"] for r in api.calls("POST", path="/network/v2.0/security-group-rules")]
     # b adds only its extra port; "anywhere" stored by Neutron as null still counts as present.
     assert [(x["protocol"], x["port_range_min"], x["remote_ip_prefix"]) for x in rules] == [
-        ("tcp", banner.port, "0.0.0.0/0"), ("tcp", 2376, "0.0.0.0/0"), ("udp", 53, "0.0.0.0/0")]
+        ("tcp", banner.port, "0.0.0.0/0"),
+        ("tcp", 2376, "0.0.0.0/0"),
+        ("udp", 53, "0.0.0.0/0"),
+    ]
     a.remove()
     assert len(api.model.groups) == 1 and len(api.model.servers) == 1  # b still uses the group
     b.remove()
@@ -391,13 +582,16 @@ def test_bad_credentials_one_line(api, tmp_path, monkeypatch):
     assert api.calls("POST", path="/compute/v2.1/servers") == []
 
 
-@pytest.mark.parametrize("extra, text", [
-    ({"openstack_flavor_name": "m1.huge"}, 'flavor "m1.huge" not found'),
-    ({"openstack_image_name": "Plan 9"}, 'image "Plan 9" not found'),
-    ({"openstack_net_name": "nonet"}, 'network "nonet" not found'),
-    ({"openstack_floatingip_pool": "nopool"}, 'floating IP pool "nopool" not found'),
-    ({"openstack_region": "Mars"}, 'region "Mars"'),
-])
+@pytest.mark.parametrize(
+    "extra, text",
+    [
+        ({"openstack_flavor_name": "m1.huge"}, 'flavor "m1.huge" not found'),
+        ({"openstack_image_name": "Plan 9"}, 'image "Plan 9" not found'),
+        ({"openstack_net_name": "nonet"}, 'network "nonet" not found'),
+        ({"openstack_floatingip_pool": "nopool"}, 'floating IP pool "nopool" not found'),
+        ({"openstack_region": "Mars"}, 'region "Mars"'),
+    ],
+)
 def test_unknown_names_fail_the_pre_create_check(api, tmp_path, extra, text):
     d = make_driver(OpenStackDriver, tmp_path, **flags(api, **extra))
     with pytest.raises(PreCreateCheckError, match=re.escape(text)) as e:
@@ -416,9 +610,22 @@ def test_required_flags(tmp_path, api):
 def test_cli_bad_credentials_exit_3_with_one_line(api, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OS_PASSWORD", "wrong")
     monkeypatch.setenv("DOCKYARD_CREDENTIALS_FILE", str(tmp_path / "creds.json"))
-    code, out, err = run_cli(capsys, tmp_path / "store", "create", "-d", "openstack",
-                             "--openstack-auth-url", api.url + "/identity/v3", "--openstack-tenant-name", PROJECT,
-                             "--openstack-region", REGION, "--openstack-flavor-name", "m1.small", "web1")
+    code, out, err = run_cli(
+        capsys,
+        tmp_path / "store",
+        "create",
+        "-d",
+        "openstack",
+        "--openstack-auth-url",
+        api.url + "/identity/v3",
+        "--openstack-tenant-name",
+        PROJECT,
+        "--openstack-region",
+        REGION,
+        "--openstack-flavor-name",
+        "m1.small",
+        "web1",
+    )
     assert code == 3, (out, err)
     assert len(err.strip().splitlines()) == 1 and "refused the credentials" in err and "Traceback" not in err
     assert api.calls("POST", path="/compute/v2.1/servers") == []

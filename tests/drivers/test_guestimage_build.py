@@ -16,8 +16,16 @@ def test_recipe_hash_is_stable_and_covers_the_recipe(monkeypatch):
 
 
 def test_recipe_has_what_provisioning_and_cloud_init_need():
-    for pkg in ("systemd-sysv", "openssh-server", "python3", "iproute2", "cloud-init", "sudo",
-                "linux-image-amd64", "initramfs-tools"):
+    for pkg in (
+        "systemd-sysv",
+        "openssh-server",
+        "python3",
+        "iproute2",
+        "cloud-init",
+        "sudo",
+        "linux-image-amd64",
+        "initramfs-tools",
+    ):
         assert pkg in recipe.PACKAGES
     hook = recipe.customize_hook()
     assert "datasource_list: [ NoCloud, None ]" in hook and "locale: C.UTF-8" in hook
@@ -34,9 +42,13 @@ def test_mmdebstrap_command(monkeypatch):
     assert cmd[1:4] == ["--mode=root", "--format=directory", "--variant=minbase"]
     assert "--include=" + ",".join(recipe.PACKAGES) in cmd
     assert '--customize-hook=sh /w/customize.sh "$1"' in cmd and '--setup-hook=sh /w/setup.sh "$1"' in cmd
-    assert cmd[-5:] == ["bookworm", "/w/rootfs", "deb http://mirror.example/debian bookworm main",
-                        "deb http://mirror.example/debian bookworm-updates main",
-                        "deb http://mirror.example/debian-security bookworm-security main"]
+    assert cmd[-5:] == [
+        "bookworm",
+        "/w/rootfs",
+        "deb http://mirror.example/debian bookworm main",
+        "deb http://mirror.example/debian bookworm-updates main",
+        "deb http://mirror.example/debian-security bookworm-security main",
+    ]
 
 
 def test_cache_root_env_override(tmp_path, monkeypatch):
@@ -61,8 +73,11 @@ def test_cached_image_needs_a_finished_build(tmp_path, monkeypatch):
 def test_missing_tools_name_their_package(tmp_path, monkeypatch):
     monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(PreCreateCheckError, match=r'mmdebstrap is needed to build the guest image .*'
-                                                  r'"apt-get install mmdebstrap"'):
+    with pytest.raises(
+        PreCreateCheckError,
+        match=r"mmdebstrap is needed to build the guest image .*"
+        r'"apt-get install mmdebstrap"',
+    ):
         build.check_can_build(str(tmp_path))
     with pytest.raises(PreCreateCheckError, match='"apt-get install qemu-system-x86"'):
         tools.require("qemu-system-x86_64", "to run the VM")

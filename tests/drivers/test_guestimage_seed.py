@@ -14,8 +14,12 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb6 dockyard-m1"
 
 
 def render(**kw):
-    args = dict(machine="m1", instance="iid-dockyard-m1-0001", ssh_public_key=KEY + "\n",
-                nics=[seed.nic("eth0", "52:54:00:AA:bb:cc")])
+    args = dict(
+        machine="m1",
+        instance="iid-dockyard-m1-0001",
+        ssh_public_key=KEY + "\n",
+        nics=[seed.nic("eth0", "52:54:00:AA:bb:cc")],
+    )
     args.update(kw)
     return seed.render(**args)
 
@@ -35,9 +39,12 @@ def test_user_data_is_valid_cloud_config():
 
 
 def test_meta_data_and_network_config():
-    files = render(nics=[seed.nic("nat", "52:54:00:AA:bb:cc"), seed.nic("hostonly", "52:54:00:00:00:02", False)],
-                   mounts=[["hosthome", "/home/alice", "vboxsf", "defaults,nofail", "0", "0"]], run_once=False,
-                   user="core")
+    files = render(
+        nics=[seed.nic("nat", "52:54:00:AA:bb:cc"), seed.nic("hostonly", "52:54:00:00:00:02", False)],
+        mounts=[["hosthome", "/home/alice", "vboxsf", "defaults,nofail", "0", "0"]],
+        run_once=False,
+        user="core",
+    )
     meta = yaml.safe_load(files["meta-data"])
     assert meta == {"instance-id": "iid-dockyard-m1-0001", "local-hostname": "m1"}
     net = yaml.safe_load(files["network-config"])
@@ -90,8 +97,9 @@ def test_boot_iso_is_el_torito_with_isolinux(tmp_path):
     (iso_dir / "ldlinux.c32").write_bytes(b"ldlinux")
     (tmp_path / "vmlinuz").write_bytes(b"kernel")
     (tmp_path / "initrd").write_bytes(b"initrd")
-    image = build.GuestImage(disk="", kernel=str(tmp_path / "vmlinuz"), initrd=str(tmp_path / "initrd"),
-                             isolinux=str(iso_dir))
+    image = build.GuestImage(
+        disk="", kernel=str(tmp_path / "vmlinuz"), initrd=str(tmp_path / "initrd"), isolinux=str(iso_dir)
+    )
     path = tmp_path / "boot.iso"
     seed.write_boot_iso(str(path), image, "root=LABEL=dockyard-root rw console=ttyS0")
     label, files = iso.read_iso(str(path))

@@ -141,12 +141,15 @@ def test_default_image_comes_from_the_build_cache(cache, monkeypatch, tmp_path):
     assert build.cached_image(cache) is None
 
 
-@pytest.mark.parametrize("src,sha,message", [
-    ("https://example.invalid/x.qcow2", "", "needs --qemu-image-sha256"),
-    ("https://example.invalid/x.qcow2", "abc", "64 hexadecimal digits"),
-    ("ftp://example.invalid/x.qcow2", "", "only http:// and https://"),
-    ("/nonexistent/x.qcow2", "", "no such file"),
-])
+@pytest.mark.parametrize(
+    "src,sha,message",
+    [
+        ("https://example.invalid/x.qcow2", "", "needs --qemu-image-sha256"),
+        ("https://example.invalid/x.qcow2", "abc", "64 hexadecimal digits"),
+        ("ftp://example.invalid/x.qcow2", "", "only http:// and https://"),
+        ("/nonexistent/x.qcow2", "", "no such file"),
+    ],
+)
 def test_pre_create_checks(src, sha, message):
     with pytest.raises(PreCreateCheckError, match=message):
         source.check(src, sha, "qemu-image")

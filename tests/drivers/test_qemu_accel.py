@@ -53,8 +53,9 @@ def test_probe_result_is_cached_per_boot(tmp_path):
     again = accel.probe("/usr/bin/qemu-system-x86_64", "", str(tmp_path), device=str(tmp_path / "nokvm"))
     assert again.reason == "from the cache"
     # Another kernel (or qemu, or boot) is another key: probed afresh.
-    other = accel.probe("/usr/bin/qemu-system-x86_64", "/nonexistent/vmlinuz", str(tmp_path),
-                        device=str(tmp_path / "nokvm"))
+    other = accel.probe(
+        "/usr/bin/qemu-system-x86_64", "/nonexistent/vmlinuz", str(tmp_path), device=str(tmp_path / "nokvm")
+    )
     assert other.reason != "from the cache"
 
 
@@ -76,4 +77,3 @@ def guest_image():
     from tests.integration.test_qemu_vm import ensure_guest_image
 
     return ensure_guest_image()
-

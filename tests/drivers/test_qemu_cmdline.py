@@ -10,10 +10,24 @@ from dockyard.provisioner.core.errors import DriverError
 
 
 def spec(**kw):
-    base = dict(name="m1", binary="qemu-system-x86_64", accel="tcg", cpus=2, memory_mb=1024, disk="/s/m1/disk.qcow2",
-                seed="/s/m1/seed.iso", kernel="/s/m1/vmlinuz", initrd="/s/m1/initrd", append="root=LABEL=r rw",
-                ssh_port=40022, engine_host_port=40376, mac="52:54:00:aa:bb:cc", pidfile="/s/m1/qemu.pid",
-                qmp="/s/m1/qmp.sock", serial_log="/s/m1/serial.log")
+    base = dict(
+        name="m1",
+        binary="qemu-system-x86_64",
+        accel="tcg",
+        cpus=2,
+        memory_mb=1024,
+        disk="/s/m1/disk.qcow2",
+        seed="/s/m1/seed.iso",
+        kernel="/s/m1/vmlinuz",
+        initrd="/s/m1/initrd",
+        append="root=LABEL=r rw",
+        ssh_port=40022,
+        engine_host_port=40376,
+        mac="52:54:00:aa:bb:cc",
+        pidfile="/s/m1/qemu.pid",
+        qmp="/s/m1/qmp.sock",
+        serial_log="/s/m1/serial.log",
+    )
     base.update(kw)
     return cmdline.VMSpec(**base)
 
@@ -35,8 +49,10 @@ def test_tcg_user_network_forwards_only_loopback():
     assert opt(argv, "-chardev") == ["file,id=serial0,path=/s/m1/serial.log"]
     assert opt(argv, "-kernel") == ["/s/m1/vmlinuz"] and opt(argv, "-initrd") == ["/s/m1/initrd"]
     assert opt(argv, "-append") == ["root=LABEL=r rw"]
-    assert opt(argv, "-drive") == ["file=/s/m1/disk.qcow2,if=virtio,format=qcow2,discard=unmap",
-                                   "file=/s/m1/seed.iso,if=virtio,format=raw,readonly=on"]
+    assert opt(argv, "-drive") == [
+        "file=/s/m1/disk.qcow2,if=virtio,format=qcow2,discard=unmap",
+        "file=/s/m1/seed.iso,if=virtio,format=raw,readonly=on",
+    ]
 
 
 def test_restrict_and_kvm():
@@ -61,8 +77,15 @@ def test_commas_in_paths_are_escaped():
     assert opt(argv, "-chardev") == ["file,id=serial0,path=/a,,b/s.log"]
 
 
-@pytest.mark.parametrize("text,expected", [(None, ("user", "")), ("user", ("user", "")),
-                                           ("bridge=br0", ("bridge", "br0")), ("bridge=virbr-1", ("bridge", "virbr-1"))])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (None, ("user", "")),
+        ("user", ("user", "")),
+        ("bridge=br0", ("bridge", "br0")),
+        ("bridge=virbr-1", ("bridge", "virbr-1")),
+    ],
+)
 def test_parse_network(text, expected):
     assert cmdline.parse_network(text) == expected
 
@@ -94,13 +117,16 @@ def test_config_from_flags(tmp_path):
     assert (t.host, t.port, t.user) == ("127.0.0.1", 40022, "docker")
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(qemu_accel="xen"), "invalid --qemu-accel"),
-    (dict(qemu_memory=64), "--qemu-memory >= 256"),
-    (dict(qemu_disk_size=100), "--qemu-disk-size >= 1024"),
-    (dict(qemu_network="bridge=br0", qemu_restrict=True), "cannot be combined"),
-    (dict(qemu_network="nat"), "invalid --qemu-network"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(qemu_accel="xen"), "invalid --qemu-accel"),
+        (dict(qemu_memory=64), "--qemu-memory >= 256"),
+        (dict(qemu_disk_size=100), "--qemu-disk-size >= 1024"),
+        (dict(qemu_network="bridge=br0", qemu_restrict=True), "cannot be combined"),
+        (dict(qemu_network="nat"), "invalid --qemu-network"),
+    ],
+)
 def test_config_errors(tmp_path, kw, message):
     with pytest.raises(DriverError, match=message):
         QemuDriver("m1", str(tmp_path)).set_config_from_flags(flags(**kw))
@@ -117,12 +143,16 @@ def test_bridge_mode_addresses(tmp_path):
 
 
 def test_guest_ip_for_mac():
-    links = ("1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue state UNKNOWN\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n"
-             "2: eth0: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc fq_codel state UP\\    link/ether 52:54:00:aa:bb:cc brd ff:ff:ff:ff:ff:ff\n"
-             "3: eth1: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc fq_codel state UP\\    link/ether 52:54:00:11:22:33 brd ff:ff:ff:ff:ff:ff\n")
-    addrs = ("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
-             "2: eth0    inet 10.0.2.15/24 metric 1024 brd 10.0.2.255 scope global dynamic eth0\\       valid_lft 86000sec\n"
-             "3: eth1    inet 192.168.56.101/24 brd 192.168.56.255 scope global dynamic eth1\\       valid_lft 600sec\n")
+    links = (
+        "1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue state UNKNOWN\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n"
+        "2: eth0: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc fq_codel state UP\\    link/ether 52:54:00:aa:bb:cc brd ff:ff:ff:ff:ff:ff\n"
+        "3: eth1: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc fq_codel state UP\\    link/ether 52:54:00:11:22:33 brd ff:ff:ff:ff:ff:ff\n"
+    )
+    addrs = (
+        "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
+        "2: eth0    inet 10.0.2.15/24 metric 1024 brd 10.0.2.255 scope global dynamic eth0\\       valid_lft 86000sec\n"
+        "3: eth1    inet 192.168.56.101/24 brd 192.168.56.255 scope global dynamic eth1\\       valid_lft 600sec\n"
+    )
     assert guest_ip_for_mac(links, addrs, "52:54:00:11:22:33") == "192.168.56.101"
     assert guest_ip_for_mac(links, addrs, "52:54:00:AA:BB:CC") == "10.0.2.15"
     assert guest_ip_for_mac(links, addrs, "52:54:00:00:00:99") == ""

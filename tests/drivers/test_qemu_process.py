@@ -11,23 +11,39 @@ import pytest
 
 from dockyard.drivers.base import State
 from dockyard.drivers.guestimage import seed
-from dockyard.drivers.qemu import boot, driver as qdriver
+from dockyard.drivers.qemu import boot
+from dockyard.drivers.qemu import driver as qdriver
 from dockyard.drivers.qemu.qmp import QMP, QMPError
 from dockyard.provisioner.core.errors import DriverError
 
-pytestmark = pytest.mark.skipif(not (shutil.which("qemu-system-x86_64") and shutil.which("qemu-img")),
-                                reason="needs qemu-system-x86 and qemu-utils (.ci/vm-deps.sh)")
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("qemu-system-x86_64") and shutil.which("qemu-img")),
+    reason="needs qemu-system-x86 and qemu-utils (.ci/vm-deps.sh)",
+)
 
 
 def make_driver(machine_dir):
     os.makedirs(machine_dir, exist_ok=True)
     d = qdriver.QemuDriver("t1", str(machine_dir))
     d.log = lambda msg: d.__dict__.setdefault("said", []).append(msg)
-    d.config.update(Binary=shutil.which("qemu-system-x86_64"), AccelUsed="tcg", CPUs=1, Memory=128,
-                    SSHPort=qdriver.free_port(), EngineHostPort=qdriver.free_port(), MAC="52:54:00:12:34:56",
-                    Restrict=True, Network="user", BootTimeout=2, SSHUser="docker")
+    d.config.update(
+        Binary=shutil.which("qemu-system-x86_64"),
+        AccelUsed="tcg",
+        CPUs=1,
+        Memory=128,
+        SSHPort=qdriver.free_port(),
+        EngineHostPort=qdriver.free_port(),
+        MAC="52:54:00:12:34:56",
+        Restrict=True,
+        Network="user",
+        BootTimeout=2,
+        SSHUser="docker",
+    )
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", d.path("disk.qcow2"), "64M"], check=True)
-    seed.write_seed(d.path("seed.iso"), seed.render("t1", "iid-test", "ssh-ed25519 AAAA test", [seed.nic("eth0", "52:54:00:12:34:56")]))
+    seed.write_seed(
+        d.path("seed.iso"),
+        seed.render("t1", "iid-test", "ssh-ed25519 AAAA test", [seed.nic("eth0", "52:54:00:12:34:56")]),
+    )
     d.ensure_ssh_key()
     return d
 
@@ -123,8 +139,10 @@ def test_long_machine_dir_puts_qmp_socket_elsewhere(tmp_path):
 
 
 def test_boot_progress_from_serial_text():
-    serial = ("[    0.000000] Linux version 6.1.0-56-amd64\nRun /init as init process\nWelcome to Debian!\n"
-              "[   27.4] cloud-init[274]: Cloud-init v. 22.4.2 running 'init-local' at Sat. Up 58.71 seconds.\n")
+    serial = (
+        "[    0.000000] Linux version 6.1.0-56-amd64\nRun /init as init process\nWelcome to Debian!\n"
+        "[   27.4] cloud-init[274]: Cloud-init v. 22.4.2 running 'init-local' at Sat. Up 58.71 seconds.\n"
+    )
     p = boot.progress(serial)
     assert p["kernel"] and p["systemd"] and p["cloud_init_started"] and not p["cloud_init_done"]
     text = boot.describe("m", 42, serial, "127.0.0.1:2222", True, "authentication failed", "/x/serial.log")

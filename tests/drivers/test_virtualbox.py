@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from dockyard.drivers.base import State
-from dockyard.drivers.virtualbox import driver as vdriver, vbox
+from dockyard.drivers.virtualbox import driver as vdriver
+from dockyard.drivers.virtualbox import vbox
 from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_vboxmanage.py")
@@ -67,6 +68,7 @@ def make(tmp_path, image, **kw):
 
 # -- the fake itself enforces VBoxManage's grammar --------------------------------------------------------
 
+
 def test_fake_rejects_what_vboxmanage_rejects(fake, tmp_path):
     assert fake("--version").stdout.strip() == "7.0.14r161095"
     r = fake("showvminfo", "nope", "--machinereadable")
@@ -80,12 +82,36 @@ def test_fake_rejects_what_vboxmanage_rejects(fake, tmp_path):
     assert r.returncode == 1 and "Invalid MAC address" in r.stderr
     r = fake("modifyvm", "a", "--natpf1", "ssh,tcp,127.0.0.1,2222,22")
     assert r.returncode == 2 and "Invalid NAT rule" in r.stderr
-    r = fake("storageattach", "a", "--storagectl", "SATA", "--port", "0", "--device", "0", "--type", "hdd",
-             "--medium", "/nonexistent.vdi")
+    r = fake(
+        "storageattach",
+        "a",
+        "--storagectl",
+        "SATA",
+        "--port",
+        "0",
+        "--device",
+        "0",
+        "--type",
+        "hdd",
+        "--medium",
+        "/nonexistent.vdi",
+    )
     assert "Could not find a controller named 'SATA'" in r.stderr
     assert fake("storagectl", "a", "--name", "SATA", "--add", "sata", "--portcount", "2").returncode == 0
-    r = fake("storageattach", "a", "--storagectl", "SATA", "--port", "0", "--device", "0", "--type", "hdd",
-             "--medium", "/nonexistent.vdi")
+    r = fake(
+        "storageattach",
+        "a",
+        "--storagectl",
+        "SATA",
+        "--port",
+        "0",
+        "--device",
+        "0",
+        "--type",
+        "hdd",
+        "--medium",
+        "/nonexistent.vdi",
+    )
     assert "VERR_FILE_NOT_FOUND" in r.stderr
     r = fake("controlvm", "a", "acpipowerbutton")
     assert r.returncode == 1 and "is not currently running" in r.stderr
@@ -110,8 +136,17 @@ def test_every_planned_command_is_accepted_by_the_fake(fake, tmp_path, image):
     d.register()
     calls = fake.calls()
     verbs = [c[0] for c in calls]
-    assert verbs[verbs.index("createvm"):] == ["createvm", "modifyvm", "modifyvm", "modifyvm", "storagectl",
-                                               "storageattach", "storageattach", "sharedfolder", "setextradata"]
+    assert verbs[verbs.index("createvm") :] == [
+        "createvm",
+        "modifyvm",
+        "modifyvm",
+        "modifyvm",
+        "storagectl",
+        "storageattach",
+        "storageattach",
+        "sharedfolder",
+        "setextradata",
+    ]
     vm = fake.state()["vms"]["vb1"]
     assert vm["state"] == "poweroff" and vm["memory"] == 1024 and vm["cpus"] == 1
     assert vm["media"]["SATA-0-0"] == {"type": "hdd", "path": d.path("disk.vdi")}
@@ -135,9 +170,16 @@ def test_start_sets_up_hostonly_network_then_waits_for_ssh(fake, tmp_path, image
     assert d.path("serial.log") in str(e.value)
     st = fake.state()
     assert st["hostonlyifs"][0]["ip"] == "192.168.56.1" and st["hostonlyifs"][0]["mask"] == "255.255.255.0"
-    assert st["dhcpservers"] == [{"network": "HostInterfaceNetworking-vboxnet0", "enabled": True,
-                                  "server": "192.168.56.2", "mask": "255.255.255.0", "lower": "192.168.56.100",
-                                  "upper": "192.168.56.254"}]
+    assert st["dhcpservers"] == [
+        {
+            "network": "HostInterfaceNetworking-vboxnet0",
+            "enabled": True,
+            "server": "192.168.56.2",
+            "mask": "255.255.255.0",
+            "lower": "192.168.56.100",
+            "upper": "192.168.56.254",
+        }
+    ]
     nic2 = st["vms"]["vb1"]["nics"]["2"]
     assert nic2["type"] == "hostonly" and nic2["hostonly"] == "vboxnet0" and nic2["promisc"] == "deny"
     assert d.state() == State.RUNNING
@@ -185,8 +227,16 @@ def test_existing_adapter_reused_and_dhcp_corrected(fake, tmp_path, image):
     fake("hostonlyif", "create")
     fake("hostonlyif", "create")
     fake("hostonlyif", "ipconfig", "vboxnet1", "--ip", "192.168.56.1", "--netmask", "255.255.255.0")
-    fake("dhcpserver", "add", "--network=HostInterfaceNetworking-vboxnet1", "--server-ip=192.168.56.100",
-         "--netmask=255.255.255.0", "--lower-ip=192.168.56.101", "--upper-ip=192.168.56.200", "--disable")
+    fake(
+        "dhcpserver",
+        "add",
+        "--network=HostInterfaceNetworking-vboxnet1",
+        "--server-ip=192.168.56.100",
+        "--netmask=255.255.255.0",
+        "--lower-ip=192.168.56.101",
+        "--upper-ip=192.168.56.200",
+        "--disable",
+    )
     d = make(tmp_path, image)
     assert d.ensure_hostonly() == "vboxnet1"
     (dhcp,) = fake.state()["dhcpservers"]
@@ -233,25 +283,39 @@ def test_flag_validation(tmp_path):
 
 # -- parsing -------------------------------------------------------------------------------------------------
 
+
 def test_parse_machinereadable():
-    text = ('name="vb1"\nmemory=1024\nVMState="poweroff"\n"SATA-0-0"="/s/disk.vdi"\n'
-            'description="a \\"quoted\\" word"\nForwarding(0)="ssh,tcp,127.0.0.1,2222,,22"\n')
+    text = (
+        'name="vb1"\nmemory=1024\nVMState="poweroff"\n"SATA-0-0"="/s/disk.vdi"\n'
+        'description="a \\"quoted\\" word"\nForwarding(0)="ssh,tcp,127.0.0.1,2222,,22"\n'
+    )
     info = vbox.parse_machinereadable(text)
     assert info["name"] == "vb1" and info["memory"] == "1024" and info["SATA-0-0"] == "/s/disk.vdi"
     assert info["description"] == 'a "quoted" word' and info["Forwarding(0)"].endswith(",22")
     assert vbox.vm_state(info) == State.STOPPED
 
 
-@pytest.mark.parametrize("raw,state", [("running", State.RUNNING), ("paused", State.PAUSED), ("saved", State.SAVED),
-                                       ("aborted", State.STOPPED), ("gurumeditation", State.ERROR),
-                                       ("starting", State.STARTING), ("", State.ERROR)])
+@pytest.mark.parametrize(
+    "raw,state",
+    [
+        ("running", State.RUNNING),
+        ("paused", State.PAUSED),
+        ("saved", State.SAVED),
+        ("aborted", State.STOPPED),
+        ("gurumeditation", State.ERROR),
+        ("starting", State.STARTING),
+        ("", State.ERROR),
+    ],
+)
 def test_vm_states(raw, state):
     assert vbox.vm_state({"VMState": raw}) == state
 
 
 def test_parse_blocks_and_version():
-    text = ("Name:            vboxnet0\nIPAddress:       192.168.56.1\nNetworkMask:     255.255.255.0\n\n"
-            "Name:            vboxnet1\nIPAddress:       192.168.57.1\nNetworkMask:     255.255.255.0\n")
+    text = (
+        "Name:            vboxnet0\nIPAddress:       192.168.56.1\nNetworkMask:     255.255.255.0\n\n"
+        "Name:            vboxnet1\nIPAddress:       192.168.57.1\nNetworkMask:     255.255.255.0\n"
+    )
     blocks = vbox.parse_blocks(text)
     assert [b["Name"] for b in blocks] == ["vboxnet0", "vboxnet1"]
     assert vbox.find_hostonlyif(blocks, vbox.parse_cidr("192.168.57.1/24")) == "vboxnet1"
@@ -263,7 +327,11 @@ def test_parse_blocks_and_version():
 
 def test_cidr_conflicts_with_host_interfaces():
     import ipaddress
-    host = [("eth0", ipaddress.ip_interface("192.168.56.20/24")), ("vboxnet0", ipaddress.ip_interface("192.168.57.1/24"))]
+
+    host = [
+        ("eth0", ipaddress.ip_interface("192.168.56.20/24")),
+        ("vboxnet0", ipaddress.ip_interface("192.168.57.1/24")),
+    ]
     with pytest.raises(DriverError, match=r"conflicts with the network address of a host interface \(eth0"):
         vbox.check_cidr_conflict(vbox.parse_cidr("192.168.56.1/24"), host)
     vbox.check_cidr_conflict(vbox.parse_cidr("192.168.57.1/24"), host)  # VirtualBox's own adapter is fine

@@ -33,23 +33,53 @@ def test_virtualbox_media_boot_under_qemu(tmp_path, guest_image):
     assert os.path.exists(d.path("boot.iso")) and os.path.exists(d.path("seed.iso"))
     pidfile = d.path("qemu.pid")
     sata = []
-    for i, (path, kind) in enumerate(((d.path("disk.vdi"), "hd"), (d.path("boot.iso"), "cd"),
-                                      (d.path("seed.iso"), "cd"))):
+    for i, (path, kind) in enumerate(
+        ((d.path("disk.vdi"), "hd"), (d.path("boot.iso"), "cd"), (d.path("seed.iso"), "cd"))
+    ):
         fmt = "vdi" if kind == "hd" else "raw"
         media = ",media=cdrom,readonly=on" if kind == "cd" else ""
-        sata += ["-drive", f"file={path},if=none,id=d{i},format={fmt}{media}",
-                 "-device", f"ide-{kind},drive=d{i},bus=sata.{i}"]
-    subprocess.run(["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none",
-                    "-device", "ahci,id=sata", *sata, "-boot", "d",
-                    "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{d.config['SSHPort']}-:22",
-                    "-device", f"virtio-net-pci,netdev=n0,mac={d.config['NATMAC']}",
-                    "-serial", f"file:{d.path('serial.log')}", "-monitor", "none", "-pidfile", pidfile,
-                    "-daemonize"], check=True)
+        sata += [
+            "-drive",
+            f"file={path},if=none,id=d{i},format={fmt}{media}",
+            "-device",
+            f"ide-{kind},drive=d{i},bus=sata.{i}",
+        ]
+    subprocess.run(
+        [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-device",
+            "ahci,id=sata",
+            *sata,
+            "-boot",
+            "d",
+            "-netdev",
+            f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{d.config['SSHPort']}-:22",
+            "-device",
+            f"virtio-net-pci,netdev=n0,mac={d.config['NATMAC']}",
+            "-serial",
+            f"file:{d.path('serial.log')}",
+            "-monitor",
+            "none",
+            "-pidfile",
+            pidfile,
+            "-daemonize",
+        ],
+        check=True,
+    )
     with open(pidfile) as f:
         pid = int(f.read())
     try:
-        boot.wait_for_login("vbq", d.ssh_target(), lambda: pid if process_alive(pid) else None,
-                            d.path("serial.log"), 0, 600)
+        boot.wait_for_login(
+            "vbq", d.ssh_target(), lambda: pid if process_alive(pid) else None, d.path("serial.log"), 0, 600
+        )
         with SSHSession(d.ssh_target()) as s:
             assert s.run("hostname").stdout.strip() == "vbq"
             assert s.run("findmnt -no SOURCE /").stdout.strip() == "/dev/sda"  # the VDI on SATA port 0

@@ -48,9 +48,15 @@ def make_ca(cn: str = "dockyard test CA") -> Issued:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -60,8 +66,16 @@ def make_ca(cn: str = "dockyard test CA") -> Issued:
     return Issued(key, cert)
 
 
-def issue(ca: Issued, cn: str, *, server: bool = False, ips=(), dns=(),
-          not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> Issued:
+def issue(
+    ca: Issued,
+    cn: str,
+    *,
+    server: bool = False,
+    ips=(),
+    dns=(),
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> Issued:
     """A leaf certificate: EKU serverAuth (with SANs) if server, else clientAuth."""
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
@@ -75,22 +89,24 @@ def issue(ca: Issued, cn: str, *, server: bool = False, ips=(), dns=(),
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
     )
     names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     names += [x509.DNSName(d) for d in dns]
@@ -100,8 +116,7 @@ def issue(ca: Issued, cn: str, *, server: bool = False, ips=(), dns=(),
 
 
 def expired_client(ca: Issued, cn: str = "expired client") -> Issued:
-    return issue(ca, cn, not_before=_now() - dt.timedelta(days=10),
-                 not_after=_now() - dt.timedelta(days=1))
+    return issue(ca, cn, not_before=_now() - dt.timedelta(days=10), not_after=_now() - dt.timedelta(days=1))
 
 
 @dataclass
@@ -148,7 +163,8 @@ def make_pki(root: Path, cn_prefix: str = "test") -> Pki:
     ca = make_ca(f"{cn_prefix} CA")
     other = make_ca(f"{cn_prefix} other CA")
     server = write_cert_dir(
-        root / "server", ca,
+        root / "server",
+        ca,
         issue(ca, f"{cn_prefix} server", server=True, ips=["127.0.0.1"], dns=["localhost"]),
     )
     client = write_cert_dir(root / "client", ca, issue(ca, f"{cn_prefix} client"))

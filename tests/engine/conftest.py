@@ -49,9 +49,12 @@ class EngineStarter:
         argv = [python, "-m", "dockyard.engine.daemon"] if module else [python, str(self.pyz)]
         if defaults:
             argv += [
-                "--data-root", str(self.dir / "data"),
-                "--exec-root", str(self.dir / "exec"),
-                "--pidfile", str(self.dir / "engine.pid"),
+                "--data-root",
+                str(self.dir / "data"),
+                "--exec-root",
+                str(self.dir / "exec"),
+                "--pidfile",
+                str(self.dir / "engine.pid"),
             ]
             if not any(a in ("-H", "--host") or a.startswith("--host=") for a in args):
                 argv += ["-H", "unix://" + self.socket]

@@ -44,8 +44,13 @@ class EngineProcess:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=str(REPO), env=env, text=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(REPO),
+            env=env,
+            text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -65,6 +70,7 @@ class EngineProcess:
 
     def wait_for_line(self, needle, start=0, deadline=START_DEADLINE) -> str | None:
         """The first stderr line (from index `start`) containing `needle`; None if the process died."""
+
         def find():
             for line in self.lines[start:]:
                 if needle in line:

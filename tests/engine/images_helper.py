@@ -59,8 +59,12 @@ class Containers:
 
     def start(self, c, *argv):
         """A real process in its own mount namespace, chrooted into the rootfs."""
-        c.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "chroot", c.rootfs, *argv],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        c.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "chroot", c.rootfs, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # unshare execs chroot which execs argv: the pid stays the same.
         c.pid = c.proc.pid
         deadline = 200

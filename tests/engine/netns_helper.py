@@ -31,12 +31,19 @@ class TempNetns:
     def python(self, code, timeout=60):
         """Run python code in a subprocess whose whole network namespace is this one."""
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        return subprocess.run(["nsenter", "--net=" + self.path, sys.executable, "-c", code],
-                              capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
+        return subprocess.run(
+            ["nsenter", "--net=" + self.path, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=str(REPO),
+        )
 
     def sh(self, *argv, check=True):
-        return subprocess.run(["nsenter", "--net=" + self.path] + list(argv), capture_output=True,
-                              text=True, check=check, timeout=60)
+        return subprocess.run(
+            ["nsenter", "--net=" + self.path] + list(argv), capture_output=True, text=True, check=check, timeout=60
+        )
 
     def delete(self):
         pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout
@@ -58,7 +65,7 @@ def cleanup_stale():
         if not name.startswith(PREFIX):
             continue
         try:
-            pid = int(name[len(PREFIX):].split("-")[0])
+            pid = int(name[len(PREFIX) :].split("-")[0])
         except ValueError:
             continue
         if not os.path.exists("/proc/%d" % pid):

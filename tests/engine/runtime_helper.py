@@ -42,10 +42,27 @@ class RuntimeEngine:
         self.proc = None
 
     def argv(self):
-        return ["unshare", "--net", "--mount", "--propagation", "private", sys.executable, "-m",
-                "dockyard.engine.daemon", "--data-root", str(self.dir / "data"), "--exec-root",
-                str(self.dir / "exec"), "--pidfile", str(self.dir / "engine.pid"), "-H",
-                "unix://" + self.sock, "--opt", "cgroup-parent=" + self.cgroup_parent, "--debug"]
+        return [
+            "unshare",
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-m",
+            "dockyard.engine.daemon",
+            "--data-root",
+            str(self.dir / "data"),
+            "--exec-root",
+            str(self.dir / "exec"),
+            "--pidfile",
+            str(self.dir / "engine.pid"),
+            "-H",
+            "unix://" + self.sock,
+            "--opt",
+            "cgroup-parent=" + self.cgroup_parent,
+            "--debug",
+        ]
 
     def start(self):
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -69,15 +86,19 @@ class RuntimeEngine:
         return env
 
     def docker(self, *args, check=True, input=None, timeout=60):
-        p = subprocess.run(["docker", *args], capture_output=True, text=True, env=self.env(),
-                           input=input, timeout=timeout)
+        p = subprocess.run(
+            ["docker", *args], capture_output=True, text=True, env=self.env(), input=input, timeout=timeout
+        )
         if check and p.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}\n"
-                                 f"engine:\n{self.proc.stderr[-3000:] if self.proc else ''}")
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}\n"
+                f"engine:\n{self.proc.stderr[-3000:] if self.proc else ''}"
+            )
         return p
 
     def client(self):
         import docker
+
         return docker.DockerClient(base_url="unix://" + self.sock, version="auto", timeout=60)
 
     def load_busybox(self):

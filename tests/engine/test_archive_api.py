@@ -48,8 +48,8 @@ def test_cp_both_ways(images_engine, web, host_files, running):
     e.docker("cp", "-a", str(host_files / "a.txt"), "web:/root/kept.txt")
     root = web.rootfs
     assert open(f"{root}/tmp/a.txt").read() == "hello\n"
-    assert os.stat(f"{root}/tmp/a.txt").st_uid == 0          # without -a: owned by root
-    assert os.stat(f"{root}/root/kept.txt").st_uid == 1234   # -a keeps uid/gid
+    assert os.stat(f"{root}/tmp/a.txt").st_uid == 0  # without -a: owned by root
+    assert os.stat(f"{root}/root/kept.txt").st_uid == 1234  # -a keeps uid/gid
     assert open(f"{root}/root/renamed.txt").read() == "hello\n"
     assert open(f"{root}/tmp/tree/sub/f").read() == "deep\n" and os.readlink(f"{root}/tmp/tree/link") == "sub/f"
 
@@ -60,9 +60,9 @@ def test_cp_both_ways(images_engine, web, host_files, running):
     e.docker("cp", "web:/tmp/tree", str(out / "copy"))
     assert (out / "copy" / "sub" / "f").read_text() == "deep\n"
     e.docker("cp", "web:/bin/sh", str(out / "sh"))
-    assert os.readlink(out / "sh") == "busybox"                 # the link itself...
+    assert os.readlink(out / "sh") == "busybox"  # the link itself...
     e.docker("cp", "-L", "web:/bin/sh", str(out / "sh2"))
-    assert (out / "sh2").stat().st_size > 1_000_000              # ...or what it points to
+    assert (out / "sh2").stat().st_size > 1_000_000  # ...or what it points to
     assert e.docker("cp", "web:/root/renamed.txt", "-").stdout.startswith(b"renamed.txt\0")
     p = e.docker("cp", "web:/nonexistent", str(out), check=False)
     assert p.returncode == 1 and b"Could not find the file /nonexistent in container web" in p.stderr
@@ -98,10 +98,12 @@ def test_put_archive_tar_slip_is_a_400(images_engine, web, tmp_path, monkeypatch
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     client = images_engine.client()
     ctr = client.api
-    for name, kind, link in (("../../../../../../../../tmp/dockyard-cp-slip", "file", ""),
-                             ("/tmp/dockyard-cp-slip", "file", ""),
-                             ("up", "symlink", "../../../../../../../.."),
-                             ("hl", "hardlink", "../../../../../../../etc/passwd")):
+    for name, kind, link in (
+        ("../../../../../../../../tmp/dockyard-cp-slip", "file", ""),
+        ("/tmp/dockyard-cp-slip", "file", ""),
+        ("up", "symlink", "../../../../../../../.."),
+        ("hl", "hardlink", "../../../../../../../etc/passwd"),
+    ):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             info = tarfile.TarInfo(name)

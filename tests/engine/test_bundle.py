@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 
 from dockyard import engine
-from dockyard.provisioner.provision.bundle import (
-    VENDORED_PACKAGES,
-    BUNDLE_INFO_NAME, BUNDLE_NAME, bundle_version, build_bundle, source_digest,
-)
 from dockyard.provisioner.core.errors import ProvisionError
+from dockyard.provisioner.provision.bundle import (
+    BUNDLE_INFO_NAME,
+    BUNDLE_NAME,
+    VENDORED_PACKAGES,
+    build_bundle,
+    bundle_version,
+    source_digest,
+)
 from tests.engine.engine_helper import get_json
 
 ENGINE_DIR = Path(engine.__file__).parent
@@ -67,7 +71,9 @@ def test_contents(engine_copy, tmp_path):
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         assert names == sorted(names)
-        assert "__main__.py" in names and "dockyard/engine/daemon.py" in names and "dockyard/engine/api/http.py" in names
+        assert (
+            "__main__.py" in names and "dockyard/engine/daemon.py" in names and "dockyard/engine/api/http.py" in names
+        )
         assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
         assert {zi.date_time for zi in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
         info = json.loads(zf.read(BUNDLE_INFO_NAME))
@@ -87,8 +93,7 @@ def test_vendored_pure_python_package(engine_copy, tmp_path, monkeypatch):
     with zipfile.ZipFile(path) as zf:
         assert "_vendor/dyvendtest/__init__.py" in zf.namelist()
     # __main__ puts <pyz>/_vendor on sys.path; check that path works through zipimport.
-    code = "import sys; sys.path.insert(0, %r); import dyvendtest; print(dyvendtest.VALUE)" % (
-        str(path) + "/_vendor")
+    code = "import sys; sys.path.insert(0, %r); import dyvendtest; print(dyvendtest.VALUE)" % (str(path) + "/_vendor")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert out.stdout.strip() == "42", out.stderr
 
@@ -98,8 +103,7 @@ def test_vendored_pure_python_package(engine_copy, tmp_path, monkeypatch):
 
 
 def test_bundle_info_from_the_running_file(bundle):
-    out = subprocess.run([sys.executable, str(bundle[0]), "--bundle-info"],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run([sys.executable, str(bundle[0]), "--bundle-info"], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["source_sha256"] == bundle_version(bundle[0]).source_sha256 == source_digest()
@@ -134,9 +138,19 @@ def test_engine_runs_on_python39(start_engine):
     assert proc.stop() == 0
     # Every engine module must at least compile on 3.9 (catches 3.10+ syntax in modules
     # the endpoints above do not import yet).
-    out = subprocess.run([py39, "-c", (
-        "import ast, pathlib, sys\n"
-        "for p in sorted(pathlib.Path(sys.argv[1]).rglob('*.py')):\n"
-        "    compile(p.read_text(), str(p), 'exec')\n"), str(ENGINE_DIR)],
-        capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            py39,
+            "-c",
+            (
+                "import ast, pathlib, sys\n"
+                "for p in sorted(pathlib.Path(sys.argv[1]).rglob('*.py')):\n"
+                "    compile(p.read_text(), str(p), 'exec')\n"
+            ),
+            str(ENGINE_DIR),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr

@@ -45,7 +45,7 @@ def raw_exchange(path, data, expect_responses):
             length = int(m.group(1)) if m else 0
             if len(buf) >= head_end + 4 + length:
                 responses.append(buf[: head_end + 4 + length])
-                buf = buf[head_end + 4 + length:]
+                buf = buf[head_end + 4 + length :]
                 continue
         chunk = sock.recv(65536)
         if not chunk:
@@ -59,9 +59,19 @@ def raw_exchange(path, data, expect_responses):
 def engine(module_engine_starter):
     """One engine shared by the read-only tests of this module."""
     proc = module_engine_starter(
-        "--label", "region=test", "--label", "tier=ci", "--storage-driver", "vfs",
-        "--registry-mirror", "https://mirror.example",
-        "--insecure-registry", "10.1.0.0/16", "--insecure-registry", "myreg:5000")
+        "--label",
+        "region=test",
+        "--label",
+        "tier=ci",
+        "--storage-driver",
+        "vfs",
+        "--registry-mirror",
+        "https://mirror.example",
+        "--insecure-registry",
+        "10.1.0.0/16",
+        "--insecure-registry",
+        "myreg:5000",
+    )
     proc.sock = module_engine_starter.socket
     proc.dir = module_engine_starter.dir
     return proc
@@ -157,15 +167,20 @@ def test_version_too_new_and_too_old(engine):
     status, headers, body = http_get("/v1.51/version", unix=engine.sock)
     assert status == 400
     assert headers["content-type"] == "application/json"
-    assert json.loads(body) == {
-        "message": "client version 1.51 is too new. Maximum supported API version is 1.50"}
+    assert json.loads(body) == {"message": "client version 1.51 is too new. Maximum supported API version is 1.50"}
     status, _, body = http_get("/v1.12/_ping", unix=engine.sock)
     assert status == 400 and b"too old" in body
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/nope"), ("GET", "/v1.50/containerz/abc/json"), ("POST", "/_ping"), ("DELETE", "/info"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/nope"),
+        ("GET", "/v1.50/containerz/abc/json"),
+        ("POST", "/_ping"),
+        ("DELETE", "/info"),
+    ],
+)
 def test_unknown_route_is_json_404(engine, method, path):
     status, headers, body = http_get(path, unix=engine.sock, method=method)
     assert status == 404
@@ -259,13 +274,17 @@ def test_engine_id_is_stable_across_restarts(start_engine):
 
 def test_config_file_with_flag_override(start_engine):
     cfg = start_engine.dir / "daemon.json"
-    cfg.write_text(json.dumps({
-        "labels": ["from=file"],
-        "registry-mirrors": ["https://m1.example/"],
-        "storage-driver": "overlay2",
-        "opts": {"bip": "172.30.0.1/16"},
-        "debug": False,
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "labels": ["from=file"],
+                "registry-mirrors": ["https://m1.example/"],
+                "storage-driver": "overlay2",
+                "opts": {"bip": "172.30.0.1/16"},
+                "debug": False,
+            }
+        )
+    )
     start_engine("--config-file", str(cfg), "--label", "from=flag")
     info = get_json("/info", unix=start_engine.socket)
     assert info["Labels"] == ["from=flag"]  # flags replace the file's list
@@ -299,11 +318,15 @@ def test_insecure_tcp_opt_in_warns_and_serves(start_engine):
 
 
 def test_version_flag_and_bad_flags(bundle):
-    out = subprocess.run([sys.executable, str(bundle[0]), "--version"],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run([sys.executable, str(bundle[0]), "--version"], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0
-    assert out.stdout.strip() == "dockyard-engine version 0.1.0, build %s" % (
-        bundle_version(bundle[0]).source_sha256[:7])
-    bad = subprocess.run([sys.executable, str(bundle[0]), "--label", "novalue",
-                          "--data-root", "/nonexistent-dy"], capture_output=True, text=True, timeout=20)
+    assert (
+        out.stdout.strip() == "dockyard-engine version 0.1.0, build %s" % (bundle_version(bundle[0]).source_sha256[:7])
+    )
+    bad = subprocess.run(
+        [sys.executable, str(bundle[0]), "--label", "novalue", "--data-root", "/nonexistent-dy"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert bad.returncode == 1 and "label 'novalue' is not KEY=VALUE" in bad.stderr

@@ -15,9 +15,20 @@ pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="docker C
 @pytest.fixture(scope="module")
 def engine(module_engine_starter, pki):
     proc = module_engine_starter(
-        "-H", "unix://" + module_engine_starter.socket, "-H", "tcp://127.0.0.1:0",
-        "--tlsverify", "--tlscacert", pki.server.ca, "--tlscert", pki.server.cert,
-        "--tlskey", pki.server.key, "--label", "purpose=cli-test")
+        "-H",
+        "unix://" + module_engine_starter.socket,
+        "-H",
+        "tcp://127.0.0.1:0",
+        "--tlsverify",
+        "--tlscacert",
+        pki.server.ca,
+        "--tlscert",
+        pki.server.cert,
+        "--tlskey",
+        pki.server.key,
+        "--label",
+        "purpose=cli-test",
+    )
     proc.sock = module_engine_starter.socket
     proc.port = proc.tcp_port()
     return proc
@@ -38,8 +49,11 @@ def test_cli_version_over_unix(engine, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Server: dockyard engine" in out.stdout
     assert "0.1.0" in out.stdout.split("Server:")[1]
-    fmt = run_docker(["version", "--format", "{{.Server.Version}} {{.Server.APIVersion}}"],
-                     tmp_path, DOCKER_HOST="unix://" + engine.sock)
+    fmt = run_docker(
+        ["version", "--format", "{{.Server.Version}} {{.Server.APIVersion}}"],
+        tmp_path,
+        DOCKER_HOST="unix://" + engine.sock,
+    )
     assert fmt.returncode == 0 and fmt.stdout.strip() == "0.1.0 1.50"
 
 
@@ -67,8 +81,13 @@ def test_cli_version_and_info_over_tls(engine, pki, tmp_path):
 
 
 def test_cli_with_wrong_client_cert_fails(engine, pki, tmp_path):
-    out = run_docker(["version"], tmp_path, DOCKER_HOST="tcp://127.0.0.1:%d" % engine.port,
-                     DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(pki.other_ca_client.path))
+    out = run_docker(
+        ["version"],
+        tmp_path,
+        DOCKER_HOST="tcp://127.0.0.1:%d" % engine.port,
+        DOCKER_TLS_VERIFY="1",
+        DOCKER_CERT_PATH=str(pki.other_ca_client.path),
+    )
     assert out.returncode != 0
     assert "Server:" not in out.stdout or "0.1.0" not in out.stdout.split("Server:")[1]
 

@@ -25,8 +25,7 @@ def build_test_router(gate):
     @router.route("POST", "/echo")
     def echo(req):
         body = req.read_body()
-        return Response(200, body, "application/octet-stream",
-                        [("X-Sha256", hashlib.sha256(body).hexdigest())])
+        return Response(200, body, "application/octet-stream", [("X-Sha256", hashlib.sha256(body).hexdigest())])
 
     @router.route("POST", "/json")
     def echo_json(req):
@@ -65,8 +64,7 @@ def build_test_router(gate):
 
     @router.route("GET", "/q")
     def q(req):
-        return {"all": req.query_bool("all"), "limit": req.query_int("limit"),
-                "filters": req.filters().as_dict()}
+        return {"all": req.query_bool("all"), "limit": req.query_int("limit"), "filters": req.filters().as_dict()}
 
     @router.route("GET", "/boom")
     def boom(req):
@@ -143,6 +141,7 @@ def harness(request, pki):
         def connect():
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
             return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
     h.connect = connect
     h.kind = request.param
     yield h
@@ -267,13 +266,14 @@ def test_streaming_response_is_flushed_per_message(harness):
 def test_hijack_upgrade_with_early_bytes(harness):
     s = harness.connect()
     # Stdin bytes glued to the request, as `docker run -i < file` can send them.
-    s.sendall(b"POST /v1.50/containers/c1/attach?stream=1 HTTP/1.1\r\nHost: t\r\n"
-              b"Content-Length: 0\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\nearly\n")
+    s.sendall(
+        b"POST /v1.50/containers/c1/attach?stream=1 HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Length: 0\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\nearly\n"
+    )
     r = Reader(s)
     first, status, headers = r.head()
     assert first == "HTTP/1.1 101 UPGRADED"
-    assert headers == {"content-type": "application/vnd.docker.raw-stream",
-                       "connection": "Upgrade", "upgrade": "tcp"}
+    assert headers == {"content-type": "application/vnd.docker.raw-stream", "connection": "Upgrade", "upgrade": "tcp"}
     assert r.exact(6) == b"EARLY\n"
     s.sendall(b"more data\n")
     assert r.exact(10) == b"MORE DATA\n"
@@ -299,14 +299,17 @@ def test_hijack_without_upgrade_header_gets_200(harness):
     s.close()
 
 
-@pytest.mark.parametrize("method,path,status,message", [
-    ("GET", "/boom", 500, "kaboom"),
-    ("POST", "/conflict", 409, "name in use"),
-    ("GET", "/missing", 404, "No such image: alpine:latest"),
-    ("GET", "/nowhere", 404, "page not found"),
-    ("GET", "/v1.99/q", 400, "client version 1.99 is too new. Maximum supported API version is 1.50"),
-    ("POST", "/json", 400, None),
-])
+@pytest.mark.parametrize(
+    "method,path,status,message",
+    [
+        ("GET", "/boom", 500, "kaboom"),
+        ("POST", "/conflict", 409, "name in use"),
+        ("GET", "/missing", 404, "No such image: alpine:latest"),
+        ("GET", "/nowhere", 404, "page not found"),
+        ("GET", "/v1.99/q", 400, "client version 1.99 is too new. Maximum supported API version is 1.50"),
+        ("POST", "/json", 400, None),
+    ],
+)
 def test_errors_are_exact_json(harness, method, path, status, message):
     s = harness.connect()
     request(s, method, path, b"{not json" if path == "/json" else None)
@@ -342,8 +345,7 @@ def test_query_helpers_through_the_server(harness):
     request(s, "GET", "/q?all=True&limit=5&filters=" + quote(filters))
     status, _, body = Reader(s).response()
     assert status == 200
-    assert json.loads(body) == {"all": True, "limit": 5,
-                                "filters": {"label": ["a=b"], "status": ["running"]}}
+    assert json.loads(body) == {"all": True, "limit": 5, "filters": {"label": ["a=b"], "status": ["running"]}}
     s.close()
 
 

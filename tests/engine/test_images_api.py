@@ -9,8 +9,8 @@ import tarfile
 import pytest
 
 from tests.engine import images_helper
-from tests.images import busybox_image_id, busybox_tar, image_config, layer_tar, write_archive
 from tests.engine.test_images_store import BASE, TOP, sha, two_layer_config
+from tests.images import busybox_image_id, busybox_tar, image_config, layer_tar, write_archive
 
 images_engine = images_helper.images_engine  # the fixture, used by name below
 
@@ -100,8 +100,21 @@ def test_import_with_changes_and_message(images_engine, tmp_path):
     e = images_engine
     rootfs = tmp_path / "rootfs.tar"
     rootfs.write_bytes(layer_tar([("etc", "dir", None, 0o755), ("etc/motd", "file", "hi\n", 0o644)]))
-    out = e.docker("import", "-c", "CMD [\"cat\", \"/etc/motd\"]", "-c", "ENV X=1", "-m", "from a tarball",
-                   str(rootfs), "imported:v1").stdout.decode().strip()
+    out = (
+        e.docker(
+            "import",
+            "-c",
+            'CMD ["cat", "/etc/motd"]',
+            "-c",
+            "ENV X=1",
+            "-m",
+            "from a tarball",
+            str(rootfs),
+            "imported:v1",
+        )
+        .stdout.decode()
+        .strip()
+    )
     assert out.startswith("sha256:")
     info = json.loads(e.docker("image", "inspect", "imported:v1").stdout)[0]
     assert info["Id"] == out and info["Comment"] == "from a tarball"
@@ -110,8 +123,9 @@ def test_import_with_changes_and_message(images_engine, tmp_path):
     assert hist == "from a tarball"
     # from stdin, compressed
     out2 = e.docker("import", "-", "gz:1", input=gzip.compress(rootfs.read_bytes())).stdout.decode().strip()
-    assert json.loads(e.docker("image", "inspect", "gz:1").stdout)[0]["RootFS"]["Layers"] == \
-        [sha(rootfs.read_bytes())] and out2.startswith("sha256:")
+    assert json.loads(e.docker("image", "inspect", "gz:1").stdout)[0]["RootFS"]["Layers"] == [
+        sha(rootfs.read_bytes())
+    ] and out2.startswith("sha256:")
 
 
 def test_prune_and_pull_error(images_engine, tmp_path):

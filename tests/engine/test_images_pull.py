@@ -37,8 +37,10 @@ def _free_port():
 def registry(tmp_path):
     port = _free_port()
     cfg = tmp_path / "registry.yml"
-    cfg.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/reg\n"
-                   f"http:\n  addr: 127.0.0.1:{port}\n")
+    cfg.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/reg\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
     proc = subprocess.Popen([REGISTRY, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20  # only bounds a hang
     while True:
@@ -74,18 +76,37 @@ def push(host, repo, tag, config, layers, gz=True):
         loc = headers["location"]
         loc = loc.split(host, 1)[-1] if host in loc else loc
         sep = "&" if "?" in loc else "?"
-        status, _, _ = _req(host, "PUT", f"{loc}{sep}digest={digest}", body=blob,
-                            headers={"Content-Type": "application/octet-stream"})
+        status, _, _ = _req(
+            host, "PUT", f"{loc}{sep}digest={digest}", body=blob, headers={"Content-Type": "application/octet-stream"}
+        )
         assert status == 201, status
         if media:
-            descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else ""),
-                          "digest": digest, "size": len(blob)})
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
-                           "layers": descs}).encode()
-    status, _, body = _req(host, "PUT", f"/v2/{repo}/manifests/{tag}", body=manifest,
-                           headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+            descs.append(
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else ""),
+                    "digest": digest,
+                    "size": len(blob),
+                }
+            )
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": len(config),
+            },
+            "layers": descs,
+        }
+    ).encode()
+    status, _, body = _req(
+        host,
+        "PUT",
+        f"/v2/{repo}/manifests/{tag}",
+        body=manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     assert status == 201, body
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
@@ -110,8 +131,9 @@ def test_pull_with_the_cli_and_docker_py(images_engine, registry, monkeypatch):
     assert "Image is up to date" in out
     # by digest; and the image is usable by digest reference afterwards
     e.docker("pull", f"{registry}/team/busybox@{digest}")
-    assert e.docker("images", "-q", "--no-trunc", f"{registry}/team/busybox").stdout.decode().split() == \
-        [busybox_image_id()]
+    assert e.docker("images", "-q", "--no-trunc", f"{registry}/team/busybox").stdout.decode().split() == [
+        busybox_image_id()
+    ]
     p = e.docker("pull", f"{registry}/team/busybox:nosuchtag", check=False)
     assert p.returncode == 1 and b"not found" in p.stderr
     p = e.docker("pull", f"{registry}/nosuch/repo", check=False)

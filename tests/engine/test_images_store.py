@@ -42,10 +42,25 @@ def save_bytes(store, names):
     return buf.getvalue()
 
 
-BASE = layer_tar([("a", "dir", None, 0o755), ("a/b", "file", "b", 0o644), ("a/c", "file", "c", 0o644),
-                  ("d", "dir", None, 0o755), ("d/x", "file", "x", 0o644), ("link", "symlink", "a/c", 0o777)])
-TOP = layer_tar([("a", "dir", None, 0o755), ("a/.wh.b", "file", "", 0o644), ("d", "dir", None, 0o755),
-                 ("d/.wh..wh..opq", "file", "", 0o644), ("d/y", "file", "y", 0o644)])
+BASE = layer_tar(
+    [
+        ("a", "dir", None, 0o755),
+        ("a/b", "file", "b", 0o644),
+        ("a/c", "file", "c", 0o644),
+        ("d", "dir", None, 0o755),
+        ("d/x", "file", "x", 0o644),
+        ("link", "symlink", "a/c", 0o777),
+    ]
+)
+TOP = layer_tar(
+    [
+        ("a", "dir", None, 0o755),
+        ("a/.wh.b", "file", "", 0o644),
+        ("d", "dir", None, 0o755),
+        ("d/.wh..wh..opq", "file", "", 0o644),
+        ("d/y", "file", "y", 0o644),
+    ]
+)
 
 
 def two_layer_config(cmd=("sh",)):
@@ -66,24 +81,30 @@ def test_load_busybox_docker_archive(store):
         store.get("nosuch")
 
 
-@pytest.mark.parametrize("layout,gz_layers,gz_outer", [("oci", True, False), ("oci", False, True),
-                                                       ("docker", True, True)])
+@pytest.mark.parametrize(
+    "layout,gz_layers,gz_outer", [("oci", True, False), ("oci", False, True), ("docker", True, True)]
+)
 def test_layouts_compression_and_whiteouts_through_overlay(store, tmp_path, layout, gz_layers, gz_outer):
-    path = write_archive(tmp_path / "img.tar", [(two_layer_config(), [BASE, TOP], ["docker.io/library/two:1"])],
-                         layout=layout, gzip_layers=gz_layers, gzip_outer=gz_outer)
+    path = write_archive(
+        tmp_path / "img.tar",
+        [(two_layer_config(), [BASE, TOP], ["docker.io/library/two:1"])],
+        layout=layout,
+        gzip_layers=gz_layers,
+        gzip_outer=gz_outer,
+    )
     msgs = load(store, path, quiet=False)
     assert msgs[-1] == {"stream": "Loaded image: two:1\n"}
     assert any(m.get("status") == "Loading layer" for m in msgs)
     img = store.get("two:1")
     assert img.diff_ids == [sha(BASE), sha(TOP)]
     merged = store.mount_rootfs("c1", img)
-    assert sorted(os.listdir(os.path.join(merged, "a"))) == ["c"]          # .wh.b hid a/b
-    assert sorted(os.listdir(os.path.join(merged, "d"))) == ["y"]          # opaque dir hid d/x
+    assert sorted(os.listdir(os.path.join(merged, "a"))) == ["c"]  # .wh.b hid a/b
+    assert sorted(os.listdir(os.path.join(merged, "d"))) == ["y"]  # opaque dir hid d/x
     assert os.readlink(os.path.join(merged, "link")) == "a/c"
-    with open(os.path.join(merged, "a", "new"), "w") as fh:                # writes go to the upper dir
+    with open(os.path.join(merged, "a", "new"), "w") as fh:  # writes go to the upper dir
         fh.write("n")
     assert not os.path.exists(os.path.join(img.layer_dirs()[0], "a", "new"))
-    assert store.mount_rootfs("c1", img) == merged                          # idempotent
+    assert store.mount_rootfs("c1", img) == merged  # idempotent
     store.unmount_rootfs("c1")
     assert not os.path.ismount(merged)
     assert open(os.path.join(store.rootfs.remount("c1"), "a", "new")).read() == "n"
@@ -137,12 +158,18 @@ def test_save_round_trip_is_byte_exact(store, tmp_path):
     assert sorted(t for m in manifest for t in m["RepoTags"]) == ["busybox:latest", "two:1", "two:2"]
     index = json.load(tar.extractfile("index.json"))
     assert {m["annotations"]["io.containerd.image.name"] for m in index["manifests"]} == {
-        "docker.io/library/busybox:latest", "docker.io/library/two:1", "docker.io/library/two:2"}
+        "docker.io/library/busybox:latest",
+        "docker.io/library/two:1",
+        "docker.io/library/two:2",
+    }
     other = ImageStore(str(tmp_path / "other"))
     (tmp_path / "saved.tar").write_bytes(data)
     msgs = load(other, tmp_path / "saved.tar")
-    assert {m["stream"] for m in msgs} == {"Loaded image: busybox:latest\n", "Loaded image: two:1\n",
-                                           "Loaded image: two:2\n"}
+    assert {m["stream"] for m in msgs} == {
+        "Loaded image: busybox:latest\n",
+        "Loaded image: two:1\n",
+        "Loaded image: two:2\n",
+    }
     assert other.get("two:2").id == store.get("two:1").id == sha(two_layer_config())
     assert other.get("busybox").id == busybox_image_id()
     # saved by ID: no tags in the archive
@@ -168,7 +195,7 @@ def test_layers_are_shared_and_collected(store, tmp_path):
     assert store.get("a:1").layer_dirs()[0] == store.get("b:1").layer_dirs()[0]
     store.mount_rootfs("ctr", store.get("b:1"))
     assert store.delete("b:1") == [{"Untagged": "b:1"}, {"Deleted": sha(two_layer_config())}]
-    assert store.layers.exists(sha(TOP))          # the container still stands on it
+    assert store.layers.exists(sha(TOP))  # the container still stands on it
     store.remove_rootfs("ctr")
     assert store.gc_layers() == [sha(TOP)]
     store.delete("a:1")
@@ -216,10 +243,18 @@ def test_prune(store, tmp_path):
 
 def test_import_with_changes(store):
     rootfs = layer_tar([("bin", "dir", None, 0o755), ("bin/tool", "file", "#!/bin/sh\n", 0o755)])
-    changes = ['CMD ["/bin/tool", "x"]', "ENV A=1 B=two", "ENV C three words", "EXPOSE 80 53/udp",
-               "WORKDIR /srv", "USER nobody", 'LABEL a=b "c d"=e', "VOLUME /data", "ENTRYPOINT /bin/tool"]
-    img = archive.import_rootfs(store, io.BytesIO(rootfs), repo="imported", tag="v1", message="hello",
-                                changes=changes)
+    changes = [
+        'CMD ["/bin/tool", "x"]',
+        "ENV A=1 B=two",
+        "ENV C three words",
+        "EXPOSE 80 53/udp",
+        "WORKDIR /srv",
+        "USER nobody",
+        'LABEL a=b "c d"=e',
+        "VOLUME /data",
+        "ENTRYPOINT /bin/tool",
+    ]
+    img = archive.import_rootfs(store, io.BytesIO(rootfs), repo="imported", tag="v1", message="hello", changes=changes)
     assert store.get("imported:v1") is img
     cfg = img.container_config
     assert cfg["Cmd"] == ["/bin/tool", "x"]

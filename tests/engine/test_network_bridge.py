@@ -16,7 +16,8 @@ from tests.engine.netns_helper import REPO, TempNetns, cleanup_stale
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "nsenter", "unshare")),
-    reason="needs root, iproute2, nsenter and unshare")
+    reason="needs root, iproute2, nsenter and unshare",
+)
 pytest.importorskip("pyroute2")
 
 # The engine-host <-> client link; only inside namespaces this test creates.
@@ -76,9 +77,13 @@ class Agent:
     def __init__(self, host_ns, data_root, opts):
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            ["nsenter", "--net=" + host_ns.path, sys.executable, "-c", AGENT, str(data_root),
-             json.dumps(opts)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env=env, cwd=str(REPO))
+            ["nsenter", "--net=" + host_ns.path, sys.executable, "-c", AGENT, str(data_root), json.dumps(opts)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(REPO),
+        )
 
     def __call__(self, **cmd):
         self.proc.stdin.write(json.dumps(cmd) + "\n")
@@ -94,8 +99,9 @@ class Agent:
 
 def _container_process(host_ns):
     """A process in a new network namespace, started from the engine-host namespace."""
-    proc = subprocess.Popen(["nsenter", "--net=" + host_ns.path, "unshare", "--net", "--fork",
-                             "--kill-child", "sleep", "600"])
+    proc = subprocess.Popen(
+        ["nsenter", "--net=" + host_ns.path, "unshare", "--net", "--fork", "--kill-child", "sleep", "600"]
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the sleep's pid (unshare forks) once it exists
         kids = _children(proc.pid)
@@ -114,8 +120,9 @@ def _children(pid):
 
 
 def _in_pid_netns(pid, *argv, **kw):
-    return subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid] + list(argv),
-                          capture_output=True, text=True, timeout=60, **kw)
+    return subprocess.run(
+        ["nsenter", "--net=/proc/%d/ns/net" % pid] + list(argv), capture_output=True, text=True, timeout=60, **kw
+    )
 
 
 def _wait_port(ns_runner, host, port):
@@ -159,8 +166,11 @@ def world(tmp_path):
     agent = None
     try:
         veth = "dynv%d" % (os.getpid() % 100000)
-        subprocess.run(["ip", "-n", host.name, "link", "add", veth, "type", "veth", "peer", "name",
-                        "eth0", "netns", client.name], check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "-n", host.name, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", client.name],
+            check=True,
+            capture_output=True,
+        )
         host.sh("ip", "addr", "add", HOST_ADDR + "/30", "dev", veth)
         host.sh("ip", "link", "set", veth, "up")
         client.sh("ip", "addr", "add", CLIENT_ADDR + "/30", "dev", "eth0")
@@ -182,19 +192,29 @@ def test_bridge_endpoint_ports_nat_and_disconnect(world):
     host, client, agent = world["host"], world["client"], world["agent"]
     proc, pid = _container_process(host)
     world["procs"].append(proc)
-    container = {"id": "c0ffee" + "0" * 58, "name": "/web",
-                 "config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}, "9000/tcp": {}}},
-                 "host_config": {"NetworkMode": "default",
-                                 "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "18080"}],
-                                                  "53/udp": [{"HostIp": "", "HostPort": "15353"}]}}}
+    container = {
+        "id": "c0ffee" + "0" * 58,
+        "name": "/web",
+        "config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}, "9000/tcp": {}}},
+        "host_config": {
+            "NetworkMode": "default",
+            "PortBindings": {
+                "80/tcp": [{"HostIp": "", "HostPort": "18080"}],
+                "53/udp": [{"HostIp": "", "HostPort": "15353"}],
+            },
+        },
+    }
     out = agent(op="connect", container=container, pid=pid)
     assert "error" not in out, out
     s = out["settings"]
     assert out["nat"] == "nftables" and out["warnings"] == []
     assert (s["IPAddress"], s["Gateway"], s["IPPrefixLen"]) == ("172.30.0.2", "172.30.0.1", 24)
     assert s["MacAddress"] == "02:42:ac:1e:00:02"
-    assert s["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18080"}],
-                          "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "15353"}], "9000/tcp": None}
+    assert s["Ports"] == {
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18080"}],
+        "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "15353"}],
+        "9000/tcp": None,
+    }
     bridge_ep = s["Networks"]["bridge"]
     assert bridge_ep["IPAddress"] == "172.30.0.2" and bridge_ep["NetworkID"] and bridge_ep["EndpointID"]
 
@@ -205,12 +225,14 @@ def test_bridge_endpoint_ports_nat_and_disconnect(world):
     links = host.sh("ip", "-o", "link", "show", "master", "dytest0").stdout
     assert "vethc0ffee00000" in links
     assert host.sh("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
-    assert 'oifname != "dytest0" masquerade' in host.sh("nft", "list", "table", "ip", "dockyard",
-                                                       check=False).stdout or not shutil.which("nft")
+    assert 'oifname != "dytest0" masquerade' in host.sh(
+        "nft", "list", "table", "ip", "dockyard", check=False
+    ).stdout or not shutil.which("nft")
 
     # a server in the container; published ports answer from the client namespace and on the host
-    server = subprocess.Popen(["nsenter", "--net=/proc/%d/ns/net" % pid, sys.executable, "-c", SERVER,
-                               "web", "80", "53"])
+    server = subprocess.Popen(
+        ["nsenter", "--net=/proc/%d/ns/net" % pid, sys.executable, "-c", SERVER, "web", "80", "53"]
+    )
     world["procs"].append(server)
     _wait_port(host.run, "172.30.0.2", 80)
     from_client = client.run(_recv_all, HOST_ADDR, 18080)
@@ -220,23 +242,31 @@ def test_bridge_endpoint_ports_nat_and_disconnect(world):
     assert client.run(_udp, HOST_ADDR, 15353, b"ping") == b"udp:ping"
 
     # outbound: the container reaches the client namespace, masqueraded to the host's address
-    listener = subprocess.Popen(["nsenter", "--net=" + client.path, sys.executable, "-c", SERVER,
-                                 "client", "7070", "7071"])
+    listener = subprocess.Popen(
+        ["nsenter", "--net=" + client.path, sys.executable, "-c", SERVER, "client", "7070", "7071"]
+    )
     world["procs"].append(listener)
     _wait_port(client.run, CLIENT_ADDR, 7070)
-    seen = _in_pid_netns(pid, sys.executable, "-c",
-                         "import socket; c = socket.create_connection(('%s', 7070), timeout=10); "
-                         "print(c.recv(100).decode())" % CLIENT_ADDR)
+    seen = _in_pid_netns(
+        pid,
+        sys.executable,
+        "-c",
+        "import socket; c = socket.create_connection(('%s', 7070), timeout=10); "
+        "print(c.recv(100).decode())" % CLIENT_ADDR,
+    )
     assert seen.stdout.strip() == "hello from client, you are %s" % HOST_ADDR, seen.stderr
 
     # a second container: next address; asking for the same host port fails like dockerd
     proc2, pid2 = _container_process(host)
     world["procs"].append(proc2)
-    clash = dict(container, id="beef" + "1" * 60, name="/other", host_config={
-        "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18080"}]}})
+    clash = dict(
+        container,
+        id="beef" + "1" * 60,
+        name="/other",
+        host_config={"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18080"}]}},
+    )
     out = agent(op="connect", container=clash, pid=pid2)
-    assert out["error"].startswith("NetworkError: driver failed programming external connectivity "
-                                   "on endpoint other (")
+    assert out["error"].startswith("NetworkError: driver failed programming external connectivity on endpoint other (")
     assert out["error"].endswith("Bind for 127.0.0.1:18080 failed: port is already allocated")
     second = dict(clash, host_config={"NetworkMode": "bridge", "PublishAllPorts": True})
     out = agent(op="connect", container=second, pid=pid2)
@@ -262,8 +292,12 @@ def test_none_and_host_modes(world):
     host, agent = world["host"], world["agent"]
     proc, pid = _container_process(host)
     world["procs"].append(proc)
-    none = {"id": "a" * 64, "name": "/quiet", "config": {}, "host_config": {"NetworkMode": "none",
-            "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "18081"}]}}}
+    none = {
+        "id": "a" * 64,
+        "name": "/quiet",
+        "config": {},
+        "host_config": {"NetworkMode": "none", "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "18081"}]}},
+    }
     out = agent(op="connect", container=none, pid=pid)
     s = out["settings"]
     assert s["IPAddress"] == "" and s["Ports"] == {} and list(s["Networks"]) == ["none"]
@@ -275,8 +309,10 @@ def test_none_and_host_modes(world):
     assert list(s["Networks"]) == ["host"] and s["IPAddress"] == ""
     assert agent(op="inspect", name="host")["Containers"][hostmode["id"]]["Name"] == "h"
     assert "dytest0" not in host.sh("ip", "-o", "link").stdout
-    assert agent(op="connect", container=dict(none, host_config={"NetworkMode": "mynet"}),
-                 pid=pid)["error"] == "BadRequest: network mynet not found"
+    assert (
+        agent(op="connect", container=dict(none, host_config={"NetworkMode": "mynet"}), pid=pid)["error"]
+        == "BadRequest: network mynet not found"
+    )
 
 
 def test_user_defined_network(world):
@@ -285,30 +321,43 @@ def test_user_defined_network(world):
     device = "br-" + net_id[:12]
     proc, pid = _container_process(host)
     world["procs"].append(proc)
-    container = {"id": "d" * 64, "name": "/api", "config": {"Hostname": "api"},
-                 "host_config": {"NetworkMode": "appnet",
-                                 "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "18090"}]}}}
+    container = {
+        "id": "d" * 64,
+        "name": "/api",
+        "config": {"Hostname": "api"},
+        "host_config": {"NetworkMode": "appnet", "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "18090"}]}},
+    }
     s = agent(op="connect", container=container, pid=pid)["settings"]
     # like moby: the deprecated top-level fields stay empty off the default bridge
     assert s["IPAddress"] == "" and list(s["Networks"]) == ["appnet"]
     ep = s["Networks"]["appnet"]
-    assert (ep["IPAddress"], ep["Gateway"], ep["IPPrefixLen"], ep["NetworkID"]) == \
-        ("10.88.0.2", "10.88.0.1", 24, net_id)
+    assert (ep["IPAddress"], ep["Gateway"], ep["IPPrefixLen"], ep["NetworkID"]) == (
+        "10.88.0.2",
+        "10.88.0.1",
+        24,
+        net_id,
+    )
     assert "vethddddddddddd" in host.sh("ip", "-o", "link", "show", "master", device).stdout
     assert agent(op="hosts", container=container, settings=s)["hosts"].endswith("10.88.0.2\tapi\n")
-    server = subprocess.Popen(["nsenter", "--net=/proc/%d/ns/net" % pid, sys.executable, "-c", SERVER,
-                               "api", "80", "53"])
+    server = subprocess.Popen(
+        ["nsenter", "--net=/proc/%d/ns/net" % pid, sys.executable, "-c", SERVER, "api", "80", "53"]
+    )
     world["procs"].append(server)
     _wait_port(host.run, "10.88.0.2", 80)
     assert client.run(_recv_all, HOST_ADDR, 18090).startswith("hello from api")
     # outbound NAT covers the new subnet too
-    listener = subprocess.Popen(["nsenter", "--net=" + client.path, sys.executable, "-c", SERVER,
-                                 "client", "7080", "7081"])
+    listener = subprocess.Popen(
+        ["nsenter", "--net=" + client.path, sys.executable, "-c", SERVER, "client", "7080", "7081"]
+    )
     world["procs"].append(listener)
     _wait_port(client.run, CLIENT_ADDR, 7080)
-    seen = _in_pid_netns(pid, sys.executable, "-c",
-                         "import socket; c = socket.create_connection(('%s', 7080), timeout=10); "
-                         "print(c.recv(100).decode())" % CLIENT_ADDR)
+    seen = _in_pid_netns(
+        pid,
+        sys.executable,
+        "-c",
+        "import socket; c = socket.create_connection(('%s', 7080), timeout=10); "
+        "print(c.recv(100).decode())" % CLIENT_ADDR,
+    )
     assert seen.stdout.strip() == "hello from client, you are %s" % HOST_ADDR, seen.stderr
     assert agent(op="inspect", name="appnet")["Containers"][container["id"]]["IPv4Address"] == "10.88.0.2/24"
     assert "has active endpoints" in agent(op="remove_network", name="appnet")["error"]

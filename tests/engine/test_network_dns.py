@@ -17,7 +17,10 @@ def _lines(text):
 
 def test_loopback_nameservers_are_dropped_for_bridge():
     assert _lines(resolv_conf({}, "bridge", HOST)) == [
-        "nameserver 10.0.0.2", "search corp.example lab.example", "options edns0 trust-ad"]
+        "nameserver 10.0.0.2",
+        "search corp.example lab.example",
+        "options edns0 trust-ad",
+    ]
 
 
 def test_only_local_resolvers_fall_back():
@@ -32,8 +35,7 @@ def test_host_network_keeps_local_resolvers():
 
 
 def test_run_flags_override():
-    text = resolv_conf({"Dns": ["1.1.1.1"], "DnsSearch": ["x.test"], "DnsOptions": ["ndots:2"]},
-                       "bridge", HOST)
+    text = resolv_conf({"Dns": ["1.1.1.1"], "DnsSearch": ["x.test"], "DnsOptions": ["ndots:2"]}, "bridge", HOST)
     assert _lines(text) == ["nameserver 1.1.1.1", "search x.test", "options ndots:2"]
 
 
@@ -45,5 +47,4 @@ def test_hosts_file():
     assert "10.1.2.3\tdb" in lines and "172.18.0.1\tgw" in lines
     assert lines[-1] == "172.18.0.2\tweb"
     assert "web" not in hosts_file("web", {"IPAddress": ""})  # --network none: no own address line
-    assert hosts_file("web", settings, domainname="example.test").splitlines()[-1] == \
-        "172.18.0.2\tweb.example.test web"
+    assert hosts_file("web", settings, domainname="example.test").splitlines()[-1] == "172.18.0.2\tweb.example.test web"

@@ -5,15 +5,29 @@ import socket
 import pytest
 
 from dockyard.engine.network.ports import (
-    PortAllocationError, PortAllocator, PortRequest, PortSpecError, parse_host_ip,
-    parse_host_port, parse_port_key, port_map, ps_ports, requested_ports,
+    PortAllocationError,
+    PortAllocator,
+    PortRequest,
+    PortSpecError,
+    parse_host_ip,
+    parse_host_port,
+    parse_port_key,
+    port_map,
+    ps_ports,
+    requested_ports,
 )
 
 
-@pytest.mark.parametrize("key,expected", [
-    ("80/tcp", (80, "tcp")), ("80", (80, "tcp")), ("53/udp", (53, "udp")), ("8080/TCP", (8080, "tcp")),
-    ("65535/udp", (65535, "udp")),
-])
+@pytest.mark.parametrize(
+    "key,expected",
+    [
+        ("80/tcp", (80, "tcp")),
+        ("80", (80, "tcp")),
+        ("53/udp", (53, "udp")),
+        ("8080/TCP", (8080, "tcp")),
+        ("65535/udp", (65535, "udp")),
+    ],
+)
 def test_parse_port_key(key, expected):
     assert parse_port_key(key) == expected
 
@@ -65,8 +79,10 @@ def test_requested_ports_like_the_cli_sends_them():
 
 def test_port_map_and_ps_ports():
     config = {"ExposedPorts": {"80/tcp": {}, "443/tcp": {}}}
-    bindings = [{"HostIp": "0.0.0.0", "HostPort": 8080, "ContainerPort": 80, "Proto": "tcp"},
-                {"HostIp": "127.0.0.1", "HostPort": 5353, "ContainerPort": 53, "Proto": "udp"}]
+    bindings = [
+        {"HostIp": "0.0.0.0", "HostPort": 8080, "ContainerPort": 80, "Proto": "tcp"},
+        {"HostIp": "127.0.0.1", "HostPort": 5353, "ContainerPort": 53, "Proto": "udp"},
+    ]
     ports = port_map(bindings, config)
     assert ports == {
         "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
@@ -79,8 +95,7 @@ def test_port_map_and_ps_ports():
         {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
     ]
     # a stopped container: no Ports in its settings, exposed ports still listed
-    assert ps_ports({"Ports": {}}, config) == [{"PrivatePort": 80, "Type": "tcp"},
-                                               {"PrivatePort": 443, "Type": "tcp"}]
+    assert ps_ports({"Ports": {}}, config) == [{"PrivatePort": 80, "Type": "tcp"}, {"PrivatePort": 443, "Type": "tcp"}]
 
 
 def _free_port(kind=socket.SOCK_STREAM):
@@ -120,8 +135,7 @@ def test_port_used_by_another_program(tmp_path):
     busy.listen(1)
     port = busy.getsockname()[1]
     try:
-        with pytest.raises(PortAllocationError,
-                           match="listen tcp4 127.0.0.1:%d: bind: address already in use" % port):
+        with pytest.raises(PortAllocationError, match="listen tcp4 127.0.0.1:%d: bind: address already in use" % port):
             alloc.reserve("a", [PortRequest(80, "tcp", "127.0.0.1", port, port)])
         # a range skips the busy port
         got = alloc.reserve("a", [PortRequest(80, "tcp", "127.0.0.1", port, port + 20)])
@@ -134,8 +148,14 @@ def test_port_used_by_another_program(tmp_path):
 def test_random_ports_come_from_the_ephemeral_range_and_differ(tmp_path):
     lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
     alloc = PortAllocator(str(tmp_path / "ports.json"))
-    got = alloc.reserve("a", [PortRequest(80, "tcp", "127.0.0.1"), PortRequest(443, "tcp", "127.0.0.1"),
-                              PortRequest(53, "udp", "127.0.0.1")])
+    got = alloc.reserve(
+        "a",
+        [
+            PortRequest(80, "tcp", "127.0.0.1"),
+            PortRequest(443, "tcp", "127.0.0.1"),
+            PortRequest(53, "udp", "127.0.0.1"),
+        ],
+    )
     tcp = [b["HostPort"] for b in got if b["Proto"] == "tcp"]
     assert len(set(tcp)) == 2
     assert all(lo <= b["HostPort"] <= hi for b in got)

@@ -10,8 +10,9 @@ import pytest
 from dockyard.engine.network.portproxy import PortBindError, TcpProxy, UdpProxy, proxies_for, start_all
 from tests.engine.netns_helper import TempNetns, cleanup_stale
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
-                                reason="needs root and iproute2 for a network namespace")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2 for a network namespace"
+)
 
 
 @pytest.fixture
@@ -189,8 +190,9 @@ def test_bind_conflict_message_and_start_all_rolls_back(netns):
         first = TcpProxy("127.0.0.1", free, "127.0.0.1", 1)
         with pytest.raises(PortBindError) as info:
             start_all([first, TcpProxy("127.0.0.1", taken, "127.0.0.1", 1)])
-        assert str(info.value) == ("Error starting userland proxy: listen tcp4 127.0.0.1:%d: "
-                                   "bind: address already in use" % taken)
+        assert str(info.value) == (
+            "Error starting userland proxy: listen tcp4 127.0.0.1:%d: bind: address already in use" % taken
+        )
         # the proxy started before the failure was stopped again: its port is free
         again = socket.socket()
         again.bind(("127.0.0.1", free))
@@ -203,14 +205,18 @@ def test_bind_conflict_message_and_start_all_rolls_back(netns):
 def test_proxies_for_settings():
     settings = {
         "IPAddress": "172.18.0.2",
-        "Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
-                             {"HostIp": "127.0.0.1", "HostPort": "8081"}],
-                  "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "5353"}],
-                  "443/tcp": None},
+        "Ports": {
+            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "127.0.0.1", "HostPort": "8081"}],
+            "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "5353"}],
+            "443/tcp": None,
+        },
     }
     got = sorted(repr(p) for p in proxies_for(settings))
-    assert got == ["<TcpProxy 0.0.0.0:8080 -> 172.18.0.2:80>", "<TcpProxy 127.0.0.1:8081 -> 172.18.0.2:80>",
-                   "<UdpProxy 0.0.0.0:5353 -> 172.18.0.2:53>"]
+    assert got == [
+        "<TcpProxy 0.0.0.0:8080 -> 172.18.0.2:80>",
+        "<TcpProxy 127.0.0.1:8081 -> 172.18.0.2:80>",
+        "<UdpProxy 0.0.0.0:5353 -> 172.18.0.2:53>",
+    ]
     assert proxies_for({"IPAddress": "", "Ports": {}}) == []
 
 
@@ -261,13 +267,18 @@ while True:
 def test_proxies_need_no_threads_in_a_supervisor_like_process(netns):
     import subprocess
     import sys
+
     from tests.engine.netns_helper import REPO
 
     tcp_port, udp_port = netns.run(_free_port), netns.run(_free_port, socket.SOCK_DGRAM)
-    proc = subprocess.Popen(["nsenter", "--net=" + netns.path, sys.executable, "-c", SUPERVISOR_LIKE,
-                             str(tcp_port), str(udp_port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=str(REPO),
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = subprocess.Popen(
+        ["nsenter", "--net=" + netns.path, sys.executable, "-c", SUPERVISOR_LIKE, str(tcp_port), str(udp_port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     try:
         assert proc.stdout.readline() == "ready\n"
 

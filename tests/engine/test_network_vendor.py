@@ -25,8 +25,14 @@ print(json.dumps({"file": pyroute2.__file__, "engine": __import__("dockyard.engi
 
 def _probe(pyz, cache):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as on a host
-    out = subprocess.run([sys.executable, "-c", PROBE, str(pyz), str(cache)], capture_output=True,
-                         text=True, timeout=120, cwd="/", env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(pyz), str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -54,10 +60,19 @@ def test_bundle_carries_pyroute2_and_engine_imports_an_extracted_copy(bundle, tm
 
 
 def test_source_tree_imports_normally(tmp_path):
-    out = subprocess.run([sys.executable, "-c", "import sys; from dockyard.engine.network import vendor; "
-                          "vendor.prepare(sys.argv[1]); import pyroute2; print(pyroute2.__file__)",
-                          str(tmp_path)], capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dockyard.engine.network import vendor; "
+            "vendor.prepare(sys.argv[1]); import pyroute2; print(pyroute2.__file__)",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert out.returncode == 0, out.stderr
     assert os.listdir(tmp_path) == []
     assert not out.stdout.startswith(str(tmp_path))

@@ -19,12 +19,15 @@ def make_router():
     return r
 
 
-@pytest.mark.parametrize("path,version,rest", [
-    ("/containers/abc/json", "1.50", "/containers/abc/json"),
-    ("/v1.50/containers/abc/json", "1.50", "/containers/abc/json"),
-    ("/v1.24/containers/abc/json", "1.24", "/containers/abc/json"),
-    ("/v1.5/containers/abc/json", None, None),  # 1.5 < 1.24: too old
-])
+@pytest.mark.parametrize(
+    "path,version,rest",
+    [
+        ("/containers/abc/json", "1.50", "/containers/abc/json"),
+        ("/v1.50/containers/abc/json", "1.50", "/containers/abc/json"),
+        ("/v1.24/containers/abc/json", "1.24", "/containers/abc/json"),
+        ("/v1.5/containers/abc/json", None, None),  # 1.5 < 1.24: too old
+    ],
+)
 def test_version_prefix(path, version, rest):
     r = make_router()
     if version is None:
@@ -58,10 +61,22 @@ def test_version_compare():
     assert not version_less("1.50", "1.50") and not version_less("2.0", "1.50")
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("", False), ("0", False), ("no", False), ("False", False), ("NONE", False), (" false ", False),
-    ("1", True), ("true", True), ("True", True), ("yes", True), ("anything", True),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("", False),
+        ("0", False),
+        ("no", False),
+        ("False", False),
+        ("NONE", False),
+        (" false ", False),
+        ("1", True),
+        ("true", True),
+        ("True", True),
+        ("yes", True),
+        ("anything", True),
+    ],
+)
 def test_moby_booleans(text, expected):
     assert parse_bool(text) is expected
     assert boolean({"force": [text]}, "force") is expected
@@ -91,14 +106,17 @@ def test_filters_both_shapes():
         Filters.from_json("[1, 2]")
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("unix:///run/x.sock", ("unix", "/run/x.sock", None, None)),
-    ("unix://", ("unix", "/run/dockyard/engine.sock", None, None)),
-    ("tcp://0.0.0.0:2376", ("tcp", None, "0.0.0.0", 2376)),
-    ("tcp://127.0.0.1", ("tcp", None, "127.0.0.1", 2376)),
-    ("tcp://:4243", ("tcp", None, "0.0.0.0", 4243)),
-    ("tcp://[::1]:2376", ("tcp", None, "::1", 2376)),
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("unix:///run/x.sock", ("unix", "/run/x.sock", None, None)),
+        ("unix://", ("unix", "/run/dockyard/engine.sock", None, None)),
+        ("tcp://0.0.0.0:2376", ("tcp", None, "0.0.0.0", 2376)),
+        ("tcp://127.0.0.1", ("tcp", None, "127.0.0.1", 2376)),
+        ("tcp://:4243", ("tcp", None, "0.0.0.0", 4243)),
+        ("tcp://[::1]:2376", ("tcp", None, "::1", 2376)),
+    ],
+)
 def test_parse_host(spec, expected):
     h = parse_host(spec)
     assert (h.scheme, h.path, h.host, h.port) == expected
@@ -112,11 +130,19 @@ def test_parse_host_rejects(spec):
 
 def test_config_defaults_and_file_merge(tmp_path):
     f = tmp_path / "daemon.json"
-    f.write_text(json.dumps({
-        "hosts": ["unix:///tmp/a.sock"], "tlsverify": True, "tlscacert": "/c/ca.pem",
-        "labels": ["x=1"], "data-root": "/srv/dy", "opt": ["bip=172.18.0.1/16"],
-        "insecure-registries": ["reg.local:5000", "10.0.0.0/8"],
-    }))
+    f.write_text(
+        json.dumps(
+            {
+                "hosts": ["unix:///tmp/a.sock"],
+                "tlsverify": True,
+                "tlscacert": "/c/ca.pem",
+                "labels": ["x=1"],
+                "data-root": "/srv/dy",
+                "opt": ["bip=172.18.0.1/16"],
+                "insecure-registries": ["reg.local:5000", "10.0.0.0/8"],
+            }
+        )
+    )
     cfg, _ = parse_config(["--config-file", str(f), "-H", "unix:///tmp/b.sock", "--opt", "mtu=1400"])
     assert cfg.hosts == ["unix:///tmp/b.sock"]  # flags override the file
     assert cfg.tlsverify is True and cfg.tlscacert == "/c/ca.pem"
@@ -129,13 +155,16 @@ def test_config_defaults_and_file_merge(tmp_path):
     assert reg["IndexConfigs"]["reg.local:5000"]["Secure"] is False
 
 
-@pytest.mark.parametrize("content,message", [
-    ({"tlsverify": "yes"}, "must be true or false"),
-    ({"labels": [1]}, "must be a list of strings"),
-    ({"nope": 1}, "unknown keys: nope"),
-    ({"registry-mirrors": ["ftp://x"]}, "invalid registry mirror"),
-    ({"insecure-registries": ["http://r"]}, "should not contain '://'"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"tlsverify": "yes"}, "must be true or false"),
+        ({"labels": [1]}, "must be a list of strings"),
+        ({"nope": 1}, "unknown keys: nope"),
+        ({"registry-mirrors": ["ftp://x"]}, "invalid registry mirror"),
+        ({"insecure-registries": ["http://r"]}, "should not contain '://'"),
+    ],
+)
 def test_config_file_errors(tmp_path, content, message):
     f = tmp_path / "daemon.json"
     f.write_text(json.dumps(content))

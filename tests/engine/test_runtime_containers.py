@@ -44,11 +44,25 @@ def test_run_echo_exit_codes_and_missing_command(eng):
 
 
 def test_config_options(eng):
-    out = run(eng, "sh", "-c", "echo $K; pwd; id -u; id -g; hostname; cat /etc/hostname; echo $HOME",
-              check=True).stdout
+    out = run(eng, "sh", "-c", "echo $K; pwd; id -u; id -g; hostname; cat /etc/hostname; echo $HOME", check=True).stdout
     assert out.split("\n")[2:4] == ["0", "0"]
-    p = eng.docker("run", "--rm", *N, "-e", "K=V", "-w", "/tmp/wd", "-u", "65534:65534", "--hostname",
-                   "myhost", "busybox", "sh", "-c", "echo $K; pwd; id -u; id -g; hostname; echo $HOME")
+    p = eng.docker(
+        "run",
+        "--rm",
+        *N,
+        "-e",
+        "K=V",
+        "-w",
+        "/tmp/wd",
+        "-u",
+        "65534:65534",
+        "--hostname",
+        "myhost",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $K; pwd; id -u; id -g; hostname; echo $HOME",
+    )
     assert p.stdout.split("\n")[:6] == ["V", "/tmp/wd", "65534", "65534", "myhost", "/nonexistent"]
     p = eng.docker("run", "--rm", *N, "-u", "nobody", "busybox", "id")
     assert p.stdout.startswith("uid=65534(nobody) gid=65534(nobody)")
@@ -60,14 +74,33 @@ def test_config_options(eng):
 
 def test_mounts_readonly_and_tmpfs(eng, tmp_path):
     (tmp_path / "f").write_text("bound\n")
-    p = eng.docker("run", "--rm", *N, "-v", f"{tmp_path}:/data", "-v", f"{tmp_path}:/ro:ro",
-                   "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
-                   "cat /data/f; echo new > /data/g; touch /ro/h; echo ro=$?; "
-                   "grep ' /scratch ' /proc/mounts")
+    p = eng.docker(
+        "run",
+        "--rm",
+        *N,
+        "-v",
+        f"{tmp_path}:/data",
+        "-v",
+        f"{tmp_path}:/ro:ro",
+        "--tmpfs",
+        "/scratch:size=1m",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/f; echo new > /data/g; touch /ro/h; echo ro=$?; grep ' /scratch ' /proc/mounts",
+    )
     assert p.stdout.startswith("bound\nro=1\ntmpfs /scratch tmpfs rw,nosuid,nodev,noexec")
     assert (tmp_path / "g").read_text() == "new\n" and not (tmp_path / "h").exists()
-    p = eng.docker("run", "--rm", *N, "--read-only", "busybox", "sh", "-c",
-                   "touch /x; echo root=$?; echo ok > /etc/hosts.x; echo etc=$?")
+    p = eng.docker(
+        "run",
+        "--rm",
+        *N,
+        "--read-only",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /x; echo root=$?; echo ok > /etc/hosts.x; echo etc=$?",
+    )
     assert p.stdout == "root=1\netc=1\n"
     p = eng.docker("run", "--rm", *N, "-v", "named-vol:/v", "busybox", "sh", "-c", "echo kept > /v/k")
     p = eng.docker("run", "--rm", *N, "-v", "named-vol:/v", "busybox", "cat", "/v/k")
@@ -77,56 +110,100 @@ def test_mounts_readonly_and_tmpfs(eng, tmp_path):
 def test_security_defaults_and_escape_attempts(eng):
     status = run(eng, "cat", "/proc/self/status").stdout
     caps = dict(re.findall(r"^(Cap\w+):\s+(\w+)$", status, re.M))
-    assert int(caps["CapEff"], 16) == 0xa80425fb  # Docker's default set
-    assert int(caps["CapBnd"], 16) == 0xa80425fb
+    assert int(caps["CapEff"], 16) == 0xA80425FB  # Docker's default set
+    assert int(caps["CapBnd"], 16) == 0xA80425FB
     assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
-    script = ("mount -t tmpfs x /tmp 2>&1 | grep -c 'permission denied'; "
-              "echo 1 > /proc/sys/kernel/panic 2>/dev/null; echo procsys=$?; "
-              "echo b > /proc/sysrq-trigger 2>/dev/null; echo sysrq=$?; "
-              "mknod /tmp/disk b 8 0 && head -c1 /tmp/disk >/dev/null 2>&1; echo blockdev=$?; "
-              "head -c 100 /dev/zero > /tmp/m.ko; insmod /tmp/m.ko 2>&1; "
-              "ls /proc | grep -c '^[0-9]'; ps -o pid | wc -l; "
-              "ls /run/dockyard /tmp/dyrt-* 2>&1 | head -1; ls /sys/fs/cgroup | wc -l")
+    script = (
+        "mount -t tmpfs x /tmp 2>&1 | grep -c 'permission denied'; "
+        "echo 1 > /proc/sys/kernel/panic 2>/dev/null; echo procsys=$?; "
+        "echo b > /proc/sysrq-trigger 2>/dev/null; echo sysrq=$?; "
+        "mknod /tmp/disk b 8 0 && head -c1 /tmp/disk >/dev/null 2>&1; echo blockdev=$?; "
+        "head -c 100 /dev/zero > /tmp/m.ko; insmod /tmp/m.ko 2>&1; "
+        "ls /proc | grep -c '^[0-9]'; ps -o pid | wc -l; "
+        "ls /run/dockyard /tmp/dyrt-* 2>&1 | head -1; ls /sys/fs/cgroup | wc -l"
+    )
     out = run(eng, "sh", "-c", script).stdout.splitlines()
     assert out[:4] == ["1", "procsys=1", "sysrq=1", "blockdev=1"], out
     # No CAP_SYS_MODULE (kernels built without module support answer ENOSYS first).
     assert "not permitted" in out[4] or "not support" in out[4], out
     assert int(out[5]) <= 4 and int(out[6]) <= 4  # only our own few processes are visible
     assert "No such file or directory" in out[7]  # no engine socket, no engine state
-    p = eng.docker("run", "--rm", *N, "--cap-drop", "NET_RAW", "busybox", "ping", "-c", "1", "-W", "1",
-                   "127.0.0.1", check=False)
+    p = eng.docker(
+        "run", "--rm", *N, "--cap-drop", "NET_RAW", "busybox", "ping", "-c", "1", "-W", "1", "127.0.0.1", check=False
+    )
     assert p.returncode != 0 and "permission denied" in p.stderr.lower()
     p = eng.docker("run", "--rm", *N, "busybox", "ping", "-c", "1", "-W", "1", "127.0.0.1", check=False)
     assert p.returncode == 0, p.stderr
-    p = eng.docker("run", "--rm", *N, "--privileged", "busybox", "sh", "-c",
-                   "mount -t tmpfs x /tmp && echo mounted; grep NoNewPrivs /proc/self/status")
+    p = eng.docker(
+        "run",
+        "--rm",
+        *N,
+        "--privileged",
+        "busybox",
+        "sh",
+        "-c",
+        "mount -t tmpfs x /tmp && echo mounted; grep NoNewPrivs /proc/self/status",
+    )
     assert p.stdout.split("\n")[0] == "mounted" and "NoNewPrivs:\t0" in p.stdout
 
 
 def test_resources_and_oom(eng):
-    cid = eng.docker("run", "-d", *N, "--memory", "16m", "--cpus", "0.5", "--cpu-shares", "512",
-                     "--pids-limit", "20", "busybox", "sleep", "30").stdout.strip()
+    cid = eng.docker(
+        "run",
+        "-d",
+        *N,
+        "--memory",
+        "16m",
+        "--cpus",
+        "0.5",
+        "--cpu-shares",
+        "512",
+        "--pids-limit",
+        "20",
+        "busybox",
+        "sleep",
+        "30",
+    ).stdout.strip()
     try:
         assert open(eng.cgroup_file("memory", cid, "memory.limit_in_bytes")).read().strip() == str(16 << 20)
         assert open(eng.cgroup_file("cpu", cid, "cpu.cfs_quota_us")).read().strip() == "50000"
         assert open(eng.cgroup_file("cpu", cid, "cpu.shares")).read().strip() == "512"
         assert open(eng.cgroup_file("pids", cid, "pids.max")).read().strip() == "20"
-        p = eng.docker("exec", cid, "sh", "-c", "for i in $(seq 30); do sleep 5 & done 2>&1; wait",
-                       check=False)
+        p = eng.docker("exec", cid, "sh", "-c", "for i in $(seq 30); do sleep 5 & done 2>&1; wait", check=False)
         assert "can't fork" in p.stdout + p.stderr
     finally:
         eng.docker("rm", "-f", cid)
     assert not os.path.exists(eng.cgroup_file("memory", cid, ""))
-    p = eng.docker("run", *N, "--name", "oom", "--memory", "8m", "busybox", "sh", "-c",
-                   "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived", check=False)
+    p = eng.docker(
+        "run",
+        *N,
+        "--name",
+        "oom",
+        "--memory",
+        "8m",
+        "busybox",
+        "sh",
+        "-c",
+        "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived",
+        check=False,
+    )
     state = json.loads(eng.docker("inspect", "oom").stdout)[0]["State"]
     assert p.returncode == 137 and state["OOMKilled"] is True and state["ExitCode"] == 137
     eng.docker("rm", "oom")
 
 
 def test_lifecycle_logs_stop_kill_pause_rename_top_stats(eng):
-    eng.docker("run", "-d", *N, "--name", "ticker", "busybox", "sh", "-c",
-               'trap "echo bye; exit 3" TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done')
+    eng.docker(
+        "run",
+        "-d",
+        *N,
+        "--name",
+        "ticker",
+        "busybox",
+        "sh",
+        "-c",
+        'trap "echo bye; exit 3" TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done',
+    )
     deadline = time.monotonic() + 20
     while "tick 3" not in eng.docker("logs", "ticker").stdout and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -175,15 +252,16 @@ def test_logs_follow_ends_when_the_container_stops(eng):
 
 
 def test_stdin_attach_tty_exec_and_detach_keys(eng):
-    p = eng.docker("run", "-i", "--rm", *N, "busybox", "sh", "-c", "while read l; do echo got $l; done",
-                   input="a\nb\n")
+    p = eng.docker("run", "-i", "--rm", *N, "busybox", "sh", "-c", "while read l; do echo got $l; done", input="a\nb\n")
     assert p.stdout == "got a\ngot b\n"
-    code, out = run_in_pty(["docker", "run", "-it", "--rm", *N, "busybox", "sh"],
-                           [b"echo hi-$((40+2))\r", b"tty\r", b"exit 5\r"], env=eng.env())
+    code, out = run_in_pty(
+        ["docker", "run", "-it", "--rm", *N, "busybox", "sh"],
+        [b"echo hi-$((40+2))\r", b"tty\r", b"exit 5\r"],
+        env=eng.env(),
+    )
     assert code == 5 and b"hi-42" in out and b"/dev/pts/0" in out
     cid = eng.docker("run", "-dit", *N, "busybox", "sh").stdout.strip()
-    code, out = run_in_pty(["docker", "exec", "-it", cid, "sh"], [b"echo in-$((1+1))\r", b"exit 4\r"],
-                           env=eng.env())
+    code, out = run_in_pty(["docker", "exec", "-it", cid, "sh"], [b"echo in-$((1+1))\r", b"exit 4\r"], env=eng.env())
     assert code == 4 and b"in-2" in out
     code, out = run_in_pty(["docker", "attach", cid], [b"echo attached\r", b"\x10\x11"], env=eng.env())
     assert b"attached" in out and b"read escape sequence" in out
@@ -194,8 +272,20 @@ def test_stdin_attach_tty_exec_and_detach_keys(eng):
 def test_exec_exit_codes_env_user_workdir(eng):
     cid = eng.docker("run", "-d", *N, "busybox", "sleep", "60").stdout.strip()
     try:
-        p = eng.docker("exec", "-e", "X=1", "-w", "/tmp", "-u", "nobody", cid, "sh", "-c",
-                       "echo $X; pwd; id -un; exit 7", check=False)
+        p = eng.docker(
+            "exec",
+            "-e",
+            "X=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "nobody",
+            cid,
+            "sh",
+            "-c",
+            "echo $X; pwd; id -un; exit 7",
+            check=False,
+        )
         assert (p.returncode, p.stdout) == (7, "1\n/tmp\nnobody\n")
         p = eng.docker("exec", cid, "nosuchbinary", check=False)
         assert p.returncode == 127 and "executable file not found" in p.stdout + p.stderr
@@ -211,8 +301,9 @@ def test_exec_exit_codes_env_user_workdir(eng):
 
 
 def test_restart_policies(eng):
-    eng.docker("run", "-d", *N, "--name", "onfail", "--restart", "on-failure:2", "busybox", "sh", "-c",
-               "echo run; exit 1")
+    eng.docker(
+        "run", "-d", *N, "--name", "onfail", "--restart", "on-failure:2", "busybox", "sh", "-c", "echo run; exit 1"
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         st = json.loads(eng.docker("inspect", "onfail").stdout)[0]
@@ -222,8 +313,7 @@ def test_restart_policies(eng):
     assert (st["RestartCount"], st["State"]["ExitCode"]) == (2, 1)
     assert eng.docker("logs", "onfail").stdout == "run\nrun\nrun\n"
     eng.docker("rm", "onfail")
-    eng.docker("run", "-d", *N, "--name", "always", "--restart", "always", "busybox", "sh", "-c",
-               "sleep 0.2")
+    eng.docker("run", "-d", *N, "--name", "always", "--restart", "always", "busybox", "sh", "-c", "sleep 0.2")
     deadline = time.monotonic() + 20
     while json.loads(eng.docker("inspect", "always").stdout)[0]["RestartCount"] < 2:
         assert time.monotonic() < deadline
@@ -241,8 +331,9 @@ def test_wait_conditions_and_events(eng):
     assert eng.docker("wait", cid).stdout.strip() == "6"
     eng.docker("rm", cid)
     until = str(int(time.time()) + 1)
-    out = eng.docker("events", "--since", since, "--until", until, "--filter", "container=" + cid,
-                     "--format", "{{.Action}}").stdout.split()
+    out = eng.docker(
+        "events", "--since", since, "--until", until, "--filter", "container=" + cid, "--format", "{{.Action}}"
+    ).stdout.split()
     assert out[:2] == ["create", "start"] and "die" in out and out[-1] == "destroy"
 
 
@@ -262,15 +353,24 @@ def test_docker_py(eng):
     finally:
         c.remove(force=True)
     import docker
+
     with pytest.raises(docker.errors.ContainerError) as exc:
-        client.containers.run("busybox", ["sh", "-c", "echo boom >&2; exit 9"], network_mode="none",
-                              remove=True)
+        client.containers.run("busybox", ["sh", "-c", "echo boom >&2; exit 9"], network_mode="none", remove=True)
     assert exc.value.exit_status == 9 and b"boom" in exc.value.stderr
 
 
 def test_live_restore_and_supervisor_loss(eng):
-    eng.docker("run", "-d", *N, "--name", "live", "busybox", "sh", "-c",
-               "i=0; while true; do echo n$i; i=$((i+1)); sleep 0.1; done")
+    eng.docker(
+        "run",
+        "-d",
+        *N,
+        "--name",
+        "live",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while true; do echo n$i; i=$((i+1)); sleep 0.1; done",
+    )
     eng.docker("run", "-d", *N, "--name", "rebooted", "--restart", "always", "busybox", "sleep", "600")
     reboot_pid = json.loads(eng.docker("inspect", "rebooted").stdout)[0]["State"]["Pid"]
     log_path = _log_path(eng, "live")

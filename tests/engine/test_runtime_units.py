@@ -36,8 +36,15 @@ def test_default_capabilities_and_add_drop():
     assert caps.mask(["CHOWN", "KILL"]) == (1 << 0) | (1 << 5)
 
 
-IMAGE = {"Entrypoint": ["/entry.sh"], "Cmd": ["serve"], "Env": ["PATH=/img/bin", "A=image"],
-         "WorkingDir": "/srv", "User": "app", "Labels": {"l": "image"}, "Volumes": {"/data": {}}}
+IMAGE = {
+    "Entrypoint": ["/entry.sh"],
+    "Cmd": ["serve"],
+    "Env": ["PATH=/img/bin", "A=image"],
+    "WorkingDir": "/srv",
+    "User": "app",
+    "Labels": {"l": "image"},
+    "Volumes": {"/data": {}},
+}
 
 
 def test_entrypoint_and_cmd_follow_docker():
@@ -85,10 +92,14 @@ def test_host_config_normalisation():
 
 
 def test_mount_points_from_binds_mounts_tmpfs_and_image_volumes(tmp_path):
-    hc = {"Binds": ["/srv/a:/a:ro", "named:/b", "/srv/c:/c:rw,rslave"],
-          "Mounts": [{"Type": "bind", "Source": str(tmp_path), "Target": "/d", "ReadOnly": True},
-                     {"Type": "tmpfs", "Target": "/e", "TmpfsOptions": {"SizeBytes": 1048576}}],
-          "Tmpfs": {"/run": "size=64m"}}
+    hc = {
+        "Binds": ["/srv/a:/a:ro", "named:/b", "/srv/c:/c:rw,rslave"],
+        "Mounts": [
+            {"Type": "bind", "Source": str(tmp_path), "Target": "/d", "ReadOnly": True},
+            {"Type": "tmpfs", "Target": "/e", "TmpfsOptions": {"SizeBytes": 1048576}},
+        ],
+        "Tmpfs": {"/run": "size=64m"},
+    }
     points = create.parse_mounts(hc, {"Volumes": {"/data": {}, "/a": {}}})
     by_dest = {p["Destination"]: p for p in points}
     assert by_dest["/a"]["Type"] == "bind" and by_dest["/a"]["RW"] is False
@@ -139,7 +150,11 @@ def test_json_file_log_lines_partials_and_tail(tmp_path):
     w.close()  # flushes the partial "three"
     entries = logs.LogReader(path).poll()
     assert [(e.stream, e.data) for e in entries] == [
-        ("stdout", b"one\n"), ("stderr", b"err\n"), ("stdout", b"two\n"), ("stdout", b"three")]
+        ("stdout", b"one\n"),
+        ("stderr", b"err\n"),
+        ("stdout", b"two\n"),
+        ("stdout", b"three"),
+    ]
     first = json.loads(open(path).readline())
     assert set(first) == {"log", "stream", "time"} and first["time"].endswith("Z")
     assert logs.parse_time(first["time"]) == entries[0].nanos() > 0
@@ -167,7 +182,8 @@ def test_cgroup_layout_detection(tmp_path):
         "30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
         "31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
         "32 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
-        "33 30 0:29 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
+        "33 30 0:29 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+    )
     lay = cgroups.Layout.detect(mountinfo=str(info))
     assert lay.version == "1" and lay.v1["cpu"] == lay.v1["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct"
     cg = cgroups.Cgroup.for_container("dockyard", "abc", lay)
@@ -176,7 +192,8 @@ def test_cgroup_layout_detection(tmp_path):
     info.write_text("40 1 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
     lay2 = cgroups.Layout.detect(mountinfo=str(info))
     assert lay2.version == "2" and cgroups.Cgroup.for_container("p", "x", lay2).paths == {
-        "unified": "/sys/fs/cgroup/p/x"}
+        "unified": "/sys/fs/cgroup/p/x"
+    }
 
 
 def test_cgroup_v2_limit_files(tmp_path):

@@ -26,8 +26,13 @@ def make_tar(*entries, fmt=tarfile.PAX_FORMAT):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
                 continue
-            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
-                         "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}[kind]
+            info.type = {
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "chr": tarfile.CHRTYPE,
+                "fifo": tarfile.FIFOTYPE,
+            }[kind]
             if kind in ("symlink", "hardlink"):
                 info.linkname = payload
             if kind == "chr":
@@ -81,8 +86,12 @@ def test_relative_symlink_escaping_destination_is_refused(area, target):
 def test_write_through_absolute_symlink_stays_inside(area):
     """An absolute link means "/" of the destination (as in a container), never the host's root."""
     dest, outside = area
-    safe_extract(make_tar(("evil", "symlink", str(outside)), ("evil/pwned", "file", "owned"),
-                          ("evil/secret", "file", "replaced")), str(dest))
+    safe_extract(
+        make_tar(
+            ("evil", "symlink", str(outside)), ("evil/pwned", "file", "owned"), ("evil/secret", "file", "replaced")
+        ),
+        str(dest),
+    )
     assert os.readlink(dest / "evil") == str(outside)
     inside = dest / str(outside).lstrip("/")
     assert (inside / "pwned").read_text() == "owned"
@@ -93,12 +102,13 @@ def test_write_through_absolute_symlink_stays_inside(area):
 def test_preexisting_symlinks_in_destination_are_scoped(area):
     """Links planted in the destination (a container's rootfs) are followed inside it only."""
     dest, outside = area
-    (dest / "planted").symlink_to(outside)       # absolute, to the host dir
-    (dest / "up").symlink_to("../../../../..")   # climbs far above the destination
-    safe_extract(make_tar(("planted/a", "file", "A"), ("up/b", "file", "B"), ("up/outside/secret", "file", "C")),
-                 str(dest))
+    (dest / "planted").symlink_to(outside)  # absolute, to the host dir
+    (dest / "up").symlink_to("../../../../..")  # climbs far above the destination
+    safe_extract(
+        make_tar(("planted/a", "file", "A"), ("up/b", "file", "B"), ("up/outside/secret", "file", "C")), str(dest)
+    )
     assert (dest / str(outside).lstrip("/") / "a").read_text() == "A"
-    assert (dest / "b").read_text() == "B"          # ".." stops at the destination's root
+    assert (dest / "b").read_text() == "B"  # ".." stops at the destination's root
     assert (dest / "outside" / "secret").read_text() == "C"
 
 
@@ -114,8 +124,9 @@ def test_hardlink_outside_is_refused(area, link):
 def test_hardlink_through_symlinked_parent_cannot_reach_host(area):
     dest, outside = area
     with pytest.raises(UnsafeArchive, match="not found"):
-        safe_extract(make_tar(("root", "symlink", "/"), ("h", "hardlink", "root" + str(outside) + "/secret")),
-                     str(dest))
+        safe_extract(
+            make_tar(("root", "symlink", "/"), ("h", "hardlink", "root" + str(outside) + "/secret")), str(dest)
+        )
     assert os.stat(outside / "secret").st_nlink == 1
 
 
@@ -127,9 +138,17 @@ def test_hardlink_inside_works(area):
 
 def test_overlay_whiteouts_are_converted(area):
     dest, _ = area
-    safe_extract(make_tar(("d", "dir", None), ("d/.wh.gone", "file", ""), ("d/.wh..wh..opq", "file", ""),
-                          ("d/kept", "file", "k"), (".wh..wh.plnk", "dir", None)),
-                 str(dest), whiteouts="overlay")
+    safe_extract(
+        make_tar(
+            ("d", "dir", None),
+            ("d/.wh.gone", "file", ""),
+            ("d/.wh..wh..opq", "file", ""),
+            ("d/kept", "file", "k"),
+            (".wh..wh.plnk", "dir", None),
+        ),
+        str(dest),
+        whiteouts="overlay",
+    )
     st = os.lstat(dest / "d" / "gone")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
     assert os.getxattr(dest / "d", "trusted.overlay.opaque") == b"y"
@@ -143,8 +162,11 @@ def test_apply_whiteouts_delete(area):
     (dest / "d" / "old").write_text("old")
     (dest / "e").mkdir()
     (dest / "e" / "victim").write_text("v")
-    safe_extract(make_tar(("d/new", "file", "n"), ("d/.wh..wh..opq", "file", ""), ("e/.wh.victim", "file", "")),
-                 str(dest), whiteouts="apply")
+    safe_extract(
+        make_tar(("d/new", "file", "n"), ("d/.wh..wh..opq", "file", ""), ("e/.wh.victim", "file", "")),
+        str(dest),
+        whiteouts="apply",
+    )
     assert sorted(os.listdir(dest / "d")) == ["new"]
     assert os.listdir(dest / "e") == []
 

@@ -13,8 +13,7 @@ from tests.engine.engine_helper import client_tls_context, get_json, http_get
 
 
 def tls_args(certdir):
-    return ["--tlsverify", "--tlscacert", certdir.ca, "--tlscert", certdir.cert,
-            "--tlskey", certdir.key]
+    return ["--tlsverify", "--tlscacert", certdir.ca, "--tlscert", certdir.cert, "--tlskey", certdir.key]
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +119,25 @@ def test_stalled_handshake_does_not_block_others(tls_engine, pki):
 
 
 def test_unix_and_tcp_together(start_engine, pki):
-    proc = start_engine("-H", "unix://" + start_engine.socket, "-H", "tcp://127.0.0.1:0",
-                        *tls_args(pki.server))
+    proc = start_engine("-H", "unix://" + start_engine.socket, "-H", "tcp://127.0.0.1:0", *tls_args(pki.server))
     assert len(proc.listen_addresses()) == 2
     assert http_get("/_ping", unix=start_engine.socket)[0] == 200
     assert http_get("/_ping", port=proc.tcp_port(), tls=client_tls_context(pki.client))[0] == 200
 
 
 def test_missing_cert_files_fail_startup(start_engine, pki, tmp_path):
-    proc = start_engine("-H", "tcp://127.0.0.1:0", "--tlsverify", "--tlscacert", pki.server.ca,
-                        "--tlscert", str(tmp_path / "nope.pem"), "--tlskey", pki.server.key, wait=False)
+    proc = start_engine(
+        "-H",
+        "tcp://127.0.0.1:0",
+        "--tlsverify",
+        "--tlscacert",
+        pki.server.ca,
+        "--tlscert",
+        str(tmp_path / "nope.pem"),
+        "--tlskey",
+        pki.server.key,
+        wait=False,
+    )
     assert proc.proc.wait(timeout=20) == 1
     assert "--tlscert: no such file" in proc.stderr
 
@@ -137,16 +145,26 @@ def test_missing_cert_files_fail_startup(start_engine, pki, tmp_path):
 def test_sighup_reloads_certificates(start_engine, tmp_path, pki):
     live = tmp_path / "live"
     shutil.copytree(pki.server.path, live)
-    proc = start_engine("-H", "tcp://127.0.0.1:0", "--tlsverify", "--tlscacert", str(live / "ca.pem"),
-                        "--tlscert", str(live / "cert.pem"), "--tlskey", str(live / "key.pem"))
+    proc = start_engine(
+        "-H",
+        "tcp://127.0.0.1:0",
+        "--tlsverify",
+        "--tlscacert",
+        str(live / "ca.pem"),
+        "--tlscert",
+        str(live / "cert.pem"),
+        "--tlskey",
+        str(live / "key.pem"),
+    )
     port = proc.tcp_port()
     old_client = client_tls_context(pki.client)
     assert attempt(port, old_client).startswith(b"HTTP/1.1 200")
 
     # Rotate to a brand-new CA and server certificate, then SIGHUP.
     new_ca = make_ca("rotated CA")
-    new_server = write_cert_dir(tmp_path / "new-server", new_ca,
-                                issue(new_ca, "rotated server", server=True, ips=["127.0.0.1"]))
+    new_server = write_cert_dir(
+        tmp_path / "new-server", new_ca, issue(new_ca, "rotated server", server=True, ips=["127.0.0.1"])
+    )
     new_client = write_cert_dir(tmp_path / "new-client", new_ca, issue(new_ca, "rotated client"))
     for name in ("ca.pem", "cert.pem", "key.pem"):
         shutil.copy(new_server.path / name, live / name)

@@ -77,10 +77,10 @@ def _owner_alive(token: str) -> bool:
 def _ed25519_pair() -> tuple[bytes, str]:
     """(private key in OpenSSH PEM format, 'ssh-ed25519 AAAA...' public line)."""
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     return private, public
 
 
@@ -313,8 +313,7 @@ class TestHost:
             self.dir.mkdir(mode=0o700)
             (self.dir / "owner").write_text(_owner_token())
             _run("ip", "netns", "add", self.netns)
-            _run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
-                 "netns", self.netns)
+            _run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
             self.root_ip, self.ip = f"10.231.{self.index}.1", f"10.231.{self.index}.2"
             _run("ip", "addr", "add", self.root_ip + "/30", "dev", self.veth)
         ipv6 = Path(f"/proc/sys/net/ipv6/conf/{self.veth}/disable_ipv6")
@@ -366,25 +365,38 @@ class TestHost:
         users = self._passwd()
         for user in ("root", "tester", "pwuser"):
             uid, gid, home = users[user]
-            self._put(home.lstrip("/") + "/.ssh/authorized_keys",
-                      (self.public_key + "\n").encode(), 0o600, uid, gid)
+            self._put(home.lstrip("/") + "/.ssh/authorized_keys", (self.public_key + "\n").encode(), 0o600, uid, gid)
 
     def _launch(self) -> None:
         merged, q = self.dir / "merged", shlex.quote
-        overlay = (f"lowerdir={self.lower},upperdir={self.dir / 'upper'},"
-                   f"workdir={self.dir / 'work'}")
-        lines = ["set -e", f"R={q(str(merged))}",
-                 f"mount -t overlay overlay -o {q(overlay)} \"$R\""]
+        overlay = f"lowerdir={self.lower},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"
+        lines = ["set -e", f"R={q(str(merged))}", f'mount -t overlay overlay -o {q(overlay)} "$R"']
         if self.systemd:
             # nspawn builds the rest of the container itself; our mount namespace only holds
             # the overlay, so it disappears with nspawn.
-            lines.append(shlex.join([
-                "exec", "systemd-nspawn", "-D", str(merged), "--boot",
-                f"--network-namespace-path=/run/netns/{self.netns}",
-                "--capability=CAP_NET_ADMIN", "--register=no", "--keep-unit",
-                "--console=passive", "-M", self.netns, f"--hostname={self.name}",
-                "--link-journal=no", "--resolv-conf=off", "--timezone=off",
-                f"--bind={self.dir / 'engine-data'}:{ENGINE_DATA_ROOT}"]))
+            lines.append(
+                shlex.join(
+                    [
+                        "exec",
+                        "systemd-nspawn",
+                        "-D",
+                        str(merged),
+                        "--boot",
+                        f"--network-namespace-path=/run/netns/{self.netns}",
+                        "--capability=CAP_NET_ADMIN",
+                        "--register=no",
+                        "--keep-unit",
+                        "--console=passive",
+                        "-M",
+                        self.netns,
+                        f"--hostname={self.name}",
+                        "--link-journal=no",
+                        "--resolv-conf=off",
+                        "--timezone=off",
+                        f"--bind={self.dir / 'engine-data'}:{ENGINE_DATA_ROOT}",
+                    ]
+                )
+            )
             argv = ["unshare", "--mount", "--propagation", "private"]
         else:
             lines += [
@@ -407,15 +419,30 @@ class TestHost:
             ]
             # nsenter execs (no fork), so the PID we keep is unshare's; --kill-child takes
             # PID 1 (sshd) and with it the whole pid namespace down when unshare dies.
-            argv = ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--uts",
-                    "--pid", "--fork", "--kill-child", "--propagation", "private"]
+            argv = [
+                "nsenter",
+                f"--net=/run/netns/{self.netns}",
+                "unshare",
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+            ]
         script = self.dir / "run.sh"
         script.write_text("\n".join(lines) + "\n")
         self.log_path = self.dir / "host.log"
         self._log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(argv + ["/bin/sh", str(script)], stdin=subprocess.DEVNULL,
-                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True, preexec_fn=_die_with_parent)
+        self._proc = subprocess.Popen(
+            argv + ["/bin/sh", str(script)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         (self.dir / "pid").write_text(str(self._proc.pid))
 
     def _log_tail(self, n: int = 3000) -> str:
@@ -429,8 +456,7 @@ class TestHost:
         deadline = time.monotonic() + timeout
         while True:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"host {self.name} exited with {self._proc.returncode}:\n"
-                                   + self._log_tail())
+                raise RuntimeError(f"host {self.name} exited with {self._proc.returncode}:\n" + self._log_tail())
             try:
                 with socket.create_connection((self.ip, self.port), timeout=1) as s:
                     s.settimeout(2)
@@ -440,8 +466,9 @@ class TestHost:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no SSH banner from {self.name} ({self.ip}) after {timeout} s:\n"
-                                   + self._log_tail())
+                raise TimeoutError(
+                    f"no SSH banner from {self.name} ({self.ip}) after {timeout} s:\n" + self._log_tail()
+                )
             time.sleep(0.05)
 
     def _wait_systemd(self, timeout: float) -> None:
@@ -476,14 +503,14 @@ class TestHost:
     def known_hosts_line(self) -> str:
         return f"{self.ip} {self.host_public_key}"
 
-    def exec(self, cmd: str | list[str], *, check: bool = False, timeout: float = 120,
-             input: str | None = None) -> subprocess.CompletedProcess:
+    def exec(
+        self, cmd: str | list[str], *, check: bool = False, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         """Run cmd as root inside all of the host's namespaces and root (not over SSH)."""
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         full = ["nsenter", f"--target={self.init_pid}", "--all", "--root", "--wdns=/", "--"] + argv
         env = {"PATH": INNER_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
-        return subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input,
-                              check=check, env=env)
+        return subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input, check=check, env=env)
 
     def served_host_key(self, timeout: float = 5) -> str:
         """The 'type base64' host key that the SSH server on ip:22 presents right now."""
@@ -501,9 +528,17 @@ class TestHost:
         kind, b64 = self.host_public_key.split()[:2]
         client.get_host_keys().add(self.ip, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(b64)))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(self.ip, self.port, username=user, key_filename=str(self.key_path),
-                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                       look_for_keys=False, allow_agent=False)
+        client.connect(
+            self.ip,
+            self.port,
+            username=user,
+            key_filename=str(self.key_path),
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            look_for_keys=False,
+            allow_agent=False,
+        )
         return client
 
     def regenerate_host_key(self, timeout: float = 30) -> str:

@@ -166,21 +166,27 @@ def _host_apt_options() -> list[str]:
         dump = subprocess.run(["apt-config", "dump"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return []
-    keep = ("Acquire::Check-Valid-Until ", "Acquire::Check-Date ", "Acquire::http::Proxy ",
-            "Acquire::https::Proxy ")
+    keep = ("Acquire::Check-Valid-Until ", "Acquire::Check-Date ", "Acquire::http::Proxy ", "Acquire::https::Proxy ")
     return [line for line in dump.splitlines() if line.startswith(keep)]
 
 
 def mmdebstrap_command(target: Path, hook: Path) -> list[str]:
     main, security = _host_debian_uris()
-    cmd = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-           "--customize-hook=sh " + str(hook) + ' "$1"']
+    cmd = [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--include=" + ",".join(PACKAGES),
+        "--customize-hook=sh " + str(hook) + ' "$1"',
+    ]
     cmd += ["--dpkgopt=" + opt for opt in DPKG_OPTIONS]
     cmd += ["--aptopt=" + opt for opt in _host_apt_options()]
-    cmd += [SUITE, str(target),
-            f"deb {main} {SUITE} main",
-            f"deb {main} {SUITE}-updates main",
-            f"deb {security} {SUITE}-security main"]
+    cmd += [
+        SUITE,
+        str(target),
+        f"deb {main} {SUITE} main",
+        f"deb {main} {SUITE}-updates main",
+        f"deb {security} {SUITE}-security main",
+    ]
     return cmd
 
 
@@ -216,8 +222,12 @@ def ensure_rootfs(log=None) -> Path:
         if proc.returncode != 0:
             shutil.rmtree(work, ignore_errors=True)
             raise RuntimeError(f"mmdebstrap failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        info = {"key": recipe_key(), "seconds": round(seconds, 1), "command": cmd,
-                "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        info = {
+            "key": recipe_key(),
+            "seconds": round(seconds, 1),
+            "command": cmd,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         (target / ".dockyard-build.json").write_text(json.dumps(info, indent=1))
         os.rename(target, final)  # atomic: readers see either nothing or a complete tree
         shutil.rmtree(work, ignore_errors=True)

@@ -3,9 +3,9 @@
 import base64
 import os
 import signal
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import paramiko
@@ -53,8 +53,9 @@ def test_two_hosts_each_reachable_as_root_with_own_key(make_host):
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
-            client.connect(a.ip, username="root", key_filename=str(b.key_path),
-                           look_for_keys=False, allow_agent=False, timeout=10)
+            client.connect(
+                a.ip, username="root", key_filename=str(b.key_path), look_for_keys=False, allow_agent=False, timeout=10
+            )
         finally:
             client.close()
 
@@ -105,8 +106,14 @@ def test_regenerate_host_key_changes_what_the_server_presents(make_host):
     client.get_host_keys().add(host.ip, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(b64)))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     with pytest.raises(paramiko.BadHostKeyException):
-        client.connect(host.ip, username="root", key_filename=str(host.key_path),
-                       look_for_keys=False, allow_agent=False, timeout=10)
+        client.connect(
+            host.ip,
+            username="root",
+            key_filename=str(host.key_path),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+        )
     client.close()
 
 
@@ -128,7 +135,8 @@ def test_failed_start_leaves_nothing(rootfs, tmp_path):
     (tmp_path / "usr/sbin/sshd").write_text("")
     (tmp_path / "etc/passwd").write_text(
         "root:x:0:0::/root:/bin/sh\ntester:x:1000:1000::/home/tester:/bin/sh\n"
-        "pwuser:x:1001:1001::/home/pwuser:/bin/sh\n")
+        "pwuser:x:1001:1001::/home/pwuser:/bin/sh\n"
+    )
     host = TestHost(tmp_path, name="broken")
     with pytest.raises(RuntimeError, match="exited"):
         host.start(timeout=20)
@@ -137,10 +145,17 @@ def test_failed_start_leaves_nothing(rootfs, tmp_path):
 
 def test_cleanup_stale_removes_hosts_of_dead_runs_only(make_host, rootfs):
     mine = make_host()
-    code = ("import sys, time; from tests.hosts.netns_host import TestHost; "
-            "h = TestHost(sys.argv[1]).start(); print(h.netns, h.veth, h.dir, flush=True); time.sleep(600)")
-    child = subprocess.Popen([sys.executable, "-c", code, str(rootfs)], cwd=REPO, text=True,
-                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, time; from tests.hosts.netns_host import TestHost; "
+        "h = TestHost(sys.argv[1]).start(); print(h.netns, h.veth, h.dir, flush=True); time.sleep(600)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(rootfs)],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         netns, veth, state = child.stdout.readline().split()
     finally:

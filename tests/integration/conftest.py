@@ -13,8 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def clean_env(extra=None):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DOCKER_", "DOCKYARD_")) and k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DOCKER_", "DOCKYARD_")) and k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+    }
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
@@ -45,8 +48,9 @@ class Dockyard:
 
     def remove_cgroups(self):
         """rmdir the fixture's cgroup subtrees, deepest first (cgroups are removed with rmdir)."""
-        for tree in glob.glob(f"/sys/fs/cgroup/*/{self.cgroup_parent}") + \
-                glob.glob(f"/sys/fs/cgroup/unified/{self.cgroup_parent}"):
+        for tree in glob.glob(f"/sys/fs/cgroup/*/{self.cgroup_parent}") + glob.glob(
+            f"/sys/fs/cgroup/unified/{self.cgroup_parent}"
+        ):
             for _ in range(50):
                 dirs = sorted((d for d, _, _ in os.walk(tree)), key=len, reverse=True)
                 for d in dirs:
@@ -59,22 +63,31 @@ class Dockyard:
                 time.sleep(0.1)  # the last processes of a torn-down host may still be exiting
 
     def __call__(self, *args, check=True, timeout=300, input=None, env=None):
-        p = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
-                           input=input, env=clean_env(env), cwd=ROOT)
+        p = subprocess.run(
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, input=input, env=clean_env(env), cwd=ROOT
+        )
         if check and p.returncode != 0:
-            raise AssertionError(f"dockyard {' '.join(map(str, args))} exited {p.returncode}\n"
-                                 f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+            raise AssertionError(
+                f"dockyard {' '.join(map(str, args))} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+            )
         return p
 
     def popen(self, *args, env=None):
-        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=clean_env(env), cwd=ROOT)
+        return subprocess.Popen(
+            self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(env), cwd=ROOT
+        )
 
     def docker(self, name, *args, check=True, timeout=120):
         """The real docker CLI, pointed at the machine the way a user does: eval "$(dockyard env NAME)"."""
         script = f'eval "$({" ".join(self.argv("env", "--shell", "bash", name))})" && exec docker "$@"'
-        p = subprocess.run(["bash", "-c", script, "bash", *args], capture_output=True, text=True,
-                           timeout=timeout, env=clean_env(), cwd=ROOT)
+        p = subprocess.run(
+            ["bash", "-c", script, "bash", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=clean_env(),
+            cwd=ROOT,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
         return p
@@ -89,10 +102,12 @@ def docker_py(dockyard, name, monkeypatch, timeout=120):
     mdir = os.path.join(dockyard.store, "machines", name)
     env = dockyard("env", "--shell", "bash", name).stdout
     host = next(line.split('"')[1] for line in env.splitlines() if "DOCKER_HOST=" in line)
-    tls = docker.tls.TLSConfig(client_cert=(os.path.join(mdir, "cert.pem"), os.path.join(mdir, "key.pem")),
-                               ca_cert=os.path.join(mdir, "ca.pem"), verify=True)
-    return docker.DockerClient(base_url=host.replace("tcp://", "https://"), tls=tls, version="auto",
-                               timeout=timeout)
+    tls = docker.tls.TLSConfig(
+        client_cert=(os.path.join(mdir, "cert.pem"), os.path.join(mdir, "key.pem")),
+        ca_cert=os.path.join(mdir, "ca.pem"),
+        verify=True,
+    )
+    return docker.DockerClient(base_url=host.replace("tcp://", "https://"), tls=tls, version="auto", timeout=timeout)
 
 
 @pytest.fixture

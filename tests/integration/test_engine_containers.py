@@ -51,9 +51,20 @@ def machine(dockyard, make_host):
     parent = "dockyard-test-" + uuid.uuid4().hex[:10]
     host = make_host()
     try:
-        dockyard("create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key",
-                 host.key_path, "--generic-ssh-user", "root", "--engine-opt",
-                 "cgroup-parent=" + parent, "ctr")
+        dockyard(
+            "create",
+            "-d",
+            "generic",
+            "--generic-ip-address",
+            host.ip,
+            "--generic-ssh-key",
+            host.key_path,
+            "--generic-ssh-user",
+            "root",
+            "--engine-opt",
+            "cgroup-parent=" + parent,
+            "ctr",
+        )
         dockyard.docker("ctr", "load", "-i", str(busybox_tar()))
         yield host
     finally:
@@ -71,22 +82,54 @@ def test_containers_with_the_cli_over_tls(dockyard, machine):
     assert d("run", "--rm", "busybox", "echo", "hello").stdout == "hello\n"
     p = d("run", "--rm", "busybox", "sh", "-c", "echo oops >&2; exit 3", check=False)
     assert (p.returncode, p.stderr) == (3, "oops\n")
-    out = d("run", "--rm", "--network", "none", "-e", "K=V", "-w", "/tmp", "-u", "nobody", "--hostname",
-            "box", "busybox", "sh", "-c", "echo $K $(pwd) $(id -un) $(hostname)").stdout
+    out = d(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-e",
+        "K=V",
+        "-w",
+        "/tmp",
+        "-u",
+        "nobody",
+        "--hostname",
+        "box",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $K $(pwd) $(id -un) $(hostname)",
+    ).stdout
     assert out == "V /tmp nobody box\n"
 
-    d("run", "-d", "--name", "web", "--memory", "32m", "--cpus", "0.5", "--restart", "unless-stopped",
-      "busybox", "sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done")
+    d(
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--memory",
+        "32m",
+        "--cpus",
+        "0.5",
+        "--restart",
+        "unless-stopped",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done",
+    )
     _wait_for(lambda: "line 2" in d("logs", "web").stdout)
     info = json.loads(d("inspect", "web").stdout)[0]
     assert info["State"]["Running"] and info["HostConfig"]["Memory"] == 32 << 20
     assert info["NetworkSettings"]["Networks"]
     assert d("exec", "web", "cat", "/etc/hostname").stdout.strip() == info["Config"]["Hostname"]
-    code, term = run_in_pty(["docker", "exec", "-it", "web", "sh"], [b"echo in-$((6*7))\r", b"exit 3\r"],
-                            env=docker_env(dockyard, "ctr"))
+    code, term = run_in_pty(
+        ["docker", "exec", "-it", "web", "sh"], [b"echo in-$((6*7))\r", b"exit 3\r"], env=docker_env(dockyard, "ctr")
+    )
     assert code == 3 and b"in-42" in term
-    code, term = run_in_pty(["docker", "run", "-it", "--rm", "busybox", "sh"], [b"tty\r", b"exit\r"],
-                            env=docker_env(dockyard, "ctr"))
+    code, term = run_in_pty(
+        ["docker", "run", "-it", "--rm", "busybox", "sh"], [b"tty\r", b"exit\r"], env=docker_env(dockyard, "ctr")
+    )
     assert code == 0 and b"/dev/pts/0" in term
     assert "web" in d("ps", "--format", "{{.Names}}").stdout.split()
     assert d("stats", "--no-stream", "--format", "{{.Name}}", "web").stdout.strip() == "web"

@@ -19,8 +19,18 @@ pytestmark = pytest.mark.integration
 
 
 def create_generic(dockyard, host, name):
-    return dockyard("create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key",
-                    host.key_path, "--generic-ssh-user", "root", name)
+    return dockyard(
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        host.ip,
+        "--generic-ssh-key",
+        host.key_path,
+        "--generic-ssh-user",
+        "root",
+        name,
+    )
 
 
 @pytest.fixture
@@ -36,8 +46,10 @@ def test_images_lifecycle_with_the_cli(dockyard, machine, tmp_path):
     bid = busybox_image_id()
     assert d("images", "-q").stdout.split() == [bid[7:19]]
     layers = machine.exec("ls /var/lib/dockyard/image/layers").stdout.split()
-    assert len(layers) == 1 and machine.exec(f"test -x /var/lib/dockyard/image/layers/{layers[0]}/diff/bin/busybox"
-                                             ).returncode == 0
+    assert (
+        len(layers) == 1
+        and machine.exec(f"test -x /var/lib/dockyard/image/layers/{layers[0]}/diff/bin/busybox").returncode == 0
+    )
 
     d("tag", "busybox", "team/bb:1")
     info = json.loads(d("image", "inspect", "team/bb:1").stdout)[0]
@@ -57,7 +69,7 @@ def test_images_lifecycle_with_the_cli(dockyard, machine, tmp_path):
 
     rootfs = tmp_path / "rootfs.tar"
     rootfs.write_bytes(layer_tar([("etc", "dir", None, 0o755), ("etc/motd", "file", "imported\n", 0o644)]))
-    new_id = d("import", "-c", "CMD [\"cat\", \"/etc/motd\"]", "-m", "e2e", str(rootfs), "imp:1").stdout.strip()
+    new_id = d("import", "-c", 'CMD ["cat", "/etc/motd"]', "-m", "e2e", str(rootfs), "imp:1").stdout.strip()
     cfg = json.loads(d("image", "inspect", "imp:1").stdout)[0]
     assert cfg["Id"] == new_id and cfg["Config"]["Cmd"] == ["cat", "/etc/motd"] and cfg["Comment"] == "e2e"
 
@@ -125,12 +137,12 @@ def test_docker_cp_both_ways(dockyard, machine, tmp_path):
     d("create", "--name", "web", "busybox", "sleep", "1000")
     src = tmp_path / "a.txt"
     src.write_text("payload\n")
-    d("cp", str(src), "web:/tmp/")                       # stopped: through the overlay rootfs
+    d("cp", str(src), "web:/tmp/")  # stopped: through the overlay rootfs
     d("cp", "web:/etc/passwd", str(tmp_path))
     assert (tmp_path / "passwd").read_text().startswith("root:x:0:0:")
     d("start", "web")
     assert d("exec", "web", "cat", "/tmp/a.txt").stdout == "payload\n"
-    d("cp", str(src), "web:/root/b.txt")                 # running: through /proc/<pid>/root
+    d("cp", str(src), "web:/root/b.txt")  # running: through /proc/<pid>/root
     assert d("exec", "web", "cat", "/root/b.txt").stdout == "payload\n"
     d("exec", "web", "sh", "-c", "echo from-inside > /tmp/c.txt")
     d("cp", "web:/tmp/c.txt", str(tmp_path / "c.txt"))

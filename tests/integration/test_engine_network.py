@@ -19,11 +19,12 @@ from tests.integration.test_generic import create_generic
 pytestmark = pytest.mark.integration
 
 WEB = "mkdir -p /www && echo hello-dockyard > /www/index.html && exec httpd -f -p 80 -h /www"
-UDP_ECHO = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "s.bind(('0.0.0.0', 5353))\nwhile True:\n    d, p = s.recvfrom(512)\n"
-            "    s.sendto(b'echo:' + d, p)\n")
-FETCH = ("import sys, urllib.request\n"
-         "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().strip())\n")
+UDP_ECHO = (
+    "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('0.0.0.0', 5353))\nwhile True:\n    d, p = s.recvfrom(512)\n"
+    "    s.sendto(b'echo:' + d, p)\n"
+)
+FETCH = "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().strip())\n"
 
 
 def http_get(url, attempts=100):
@@ -153,8 +154,7 @@ def test_published_ports_nat_and_inspect(dockyard, machine, tmp_path):
     assert auto_ip != ns["IPAddress"]
 
     # containers reach each other over the bridge
-    assert docker("exec", "auto", "wget", "-qO-", "http://%s/" % ns["IPAddress"]).stdout.strip() == \
-        "hello-dockyard"
+    assert docker("exec", "auto", "wget", "-qO-", "http://%s/" % ns["IPAddress"]).stdout.strip() == "hello-dockyard"
 
     # published ports outlive an engine restart: the proxies live in the supervisors
     dockyard("regenerate-certs", "-f", "net1")
@@ -178,8 +178,9 @@ def test_udp_none_host_and_user_defined(dockyard, machine):
     # --network none: only lo, and it is up
     links = docker("run", "--rm", "--network", "none", "busybox", "ip", "-o", "link").stdout.splitlines()
     assert len(links) == 1 and ": lo:" in links[0] and "UP" in links[0]
-    ns = json.loads(docker("inspect", docker("create", "--network", "none", "busybox").stdout.strip())
-                    .stdout)[0]["NetworkSettings"]
+    ns = json.loads(docker("inspect", docker("create", "--network", "none", "busybox").stdout.strip()).stdout)[0][
+        "NetworkSettings"
+    ]
     assert list(ns["Networks"]) == ["none"] and ns["IPAddress"] == ""
 
     # --network host: the host's own interfaces

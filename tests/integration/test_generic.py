@@ -4,8 +4,8 @@ import datetime
 import json
 import os
 import signal
-import ssl
 import socket
+import ssl
 import subprocess
 import time
 
@@ -23,8 +23,19 @@ pytestmark = pytest.mark.integration
 
 
 def create_generic(dockyard, host, name, *extra, user="root"):
-    return dockyard("create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key",
-                    host.key_path, "--generic-ssh-user", user, *extra, name)
+    return dockyard(
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        host.ip,
+        "--generic-ssh-key",
+        host.key_path,
+        "--generic-ssh-user",
+        user,
+        *extra,
+        name,
+    )
 
 
 def test_create_env_docker_version_ls_ssh_scp_rm(dockyard, make_host, tmp_path):
@@ -63,8 +74,13 @@ def test_create_env_docker_version_ls_ssh_scp_rm(dockyard, make_host, tmp_path):
     docker_config = tmp_path / "docker-config"
     out = dockyard("use", "h1", env={"DOCKER_CONFIG": str(docker_config)}).stdout
     assert "dockyard-h1" in out
-    p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
-                       timeout=60, env=clean_env({"DOCKER_CONFIG": str(docker_config)}))
+    p = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env({"DOCKER_CONFIG": str(docker_config)}),
+    )
     assert p.returncode == 0 and p.stdout.strip() == engine.__version__, p.stderr
 
     # ssh: the remote exit code passes through, with both clients
@@ -109,19 +125,26 @@ def _expired_client_cert(store, out_dir):
     ca_cert, ca_key = pki.load_cert(paths.ca), pki.load_key(paths.ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "expired")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=10)).not_valid_after(now - datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "expired")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=10))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "cert.pem"), "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(os.path.join(out_dir, "key.pem"), "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     return os.path.join(out_dir, "cert.pem"), os.path.join(out_dir, "key.pem")
 
 
@@ -152,9 +175,15 @@ def test_tls_is_mutual_and_regenerate_certs_keeps_working(dockyard, make_host, t
         (foreign / n).write_bytes(open(os.path.join(mdir, n), "rb").read())
     (foreign / "cert.pem").write_bytes(open(other.cert, "rb").read())
     (foreign / "key.pem").write_bytes(open(other.key, "rb").read())
-    p = subprocess.run(["docker", "version"], capture_output=True, text=True, timeout=60,
-                       env=clean_env({"DOCKER_HOST": f"tcp://{host.ip}:2376", "DOCKER_TLS_VERIFY": "1",
-                                      "DOCKER_CERT_PATH": str(foreign)}))
+    p = subprocess.run(
+        ["docker", "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(
+            {"DOCKER_HOST": f"tcp://{host.ip}:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(foreign)}
+        ),
+    )
     assert p.returncode != 0
 
     before = open(os.path.join(mdir, "server.pem")).read()
@@ -177,8 +206,13 @@ def test_ip_not_in_cert_is_reported_and_fixed_by_provision(dockyard, make_host):
     mdir = os.path.join(dockyard.store, "machines", "ipc")
     # What a DHCP address change leaves behind: a server cert for another address.
     paths = pki.CertPaths(os.path.join(dockyard.store, "certs"))
-    pki.issue_server_cert(paths, "ipc", os.path.join(mdir, "server.pem"), os.path.join(mdir, "server-key.pem"),
-                          pki.server_sans("10.231.255.254", "ipc"))
+    pki.issue_server_cert(
+        paths,
+        "ipc",
+        os.path.join(mdir, "server.pem"),
+        os.path.join(mdir, "server-key.pem"),
+        pki.server_sans("10.231.255.254", "ipc"),
+    )
     p = dockyard("env", "ipc", check=False)
     assert p.returncode == 1
     assert f"the machine's IP is now {host.ip}" in p.stderr and "dockyard provision ipc" in p.stderr
@@ -203,8 +237,19 @@ def test_non_root_user_with_sudo_and_systemd_host(dockyard, make_host):
 
 def test_sudo_password_required_is_a_clear_error(dockyard, make_host):
     host = make_host()
-    p = dockyard("create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key",
-                 host.key_path, "--generic-ssh-user", "pwuser", "pw", check=False)
+    p = dockyard(
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        host.ip,
+        "--generic-ssh-key",
+        host.key_path,
+        "--generic-ssh-user",
+        "pwuser",
+        "pw",
+        check=False,
+    )
     assert p.returncode == 1
     assert "sudo" in p.stderr and "password" in p.stderr
     assert "Traceback" not in p.stderr
@@ -216,8 +261,10 @@ def test_sudo_password_required_is_a_clear_error(dockyard, make_host):
 
 def test_parallel_creates_share_one_ca(dockyard, make_host):
     a, b = make_host(), make_host()
-    procs = [dockyard.popen("create", "-d", "generic", "--generic-ip-address", h.ip, "--generic-ssh-key",
-                            h.key_path, n) for h, n in ((a, "pa"), (b, "pb"))]
+    procs = [
+        dockyard.popen("create", "-d", "generic", "--generic-ip-address", h.ip, "--generic-ssh-key", h.key_path, n)
+        for h, n in ((a, "pa"), (b, "pb"))
+    ]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -229,8 +276,9 @@ def test_parallel_creates_share_one_ca(dockyard, make_host):
 
 def test_killed_create_then_rm_force(dockyard, make_host):
     host = make_host()
-    p = dockyard.popen("create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key",
-                       host.key_path, "k1")
+    p = dockyard.popen(
+        "create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key", host.key_path, "k1"
+    )
     config = os.path.join(dockyard.store, "machines", "k1", "config.json")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

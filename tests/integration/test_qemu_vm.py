@@ -65,8 +65,19 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
     env = {"DOCKYARD_IMAGE_CACHE": os.environ.get("DOCKYARD_IMAGE_CACHE", CACHE)}
     name = "qvm"
     try:
-        r = dockyard("create", "-d", "qemu", "--qemu-restrict", "--qemu-memory", "1024", "--qemu-cpus", "2",
-                     name, env=env, timeout=900)
+        r = dockyard(
+            "create",
+            "-d",
+            "qemu",
+            "--qemu-restrict",
+            "--qemu-memory",
+            "1024",
+            "--qemu-cpus",
+            "2",
+            name,
+            env=env,
+            timeout=900,
+        )
         assert "Docker is up and running!" in r.stdout
         cfg = machine_config(dockyard, name)["Driver"]
         assert cfg["Restrict"] is True and cfg["AccelUsed"] in ("kvm", "tcg")

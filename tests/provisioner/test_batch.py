@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from dockyard.provisioner.machines import batch
 from dockyard.provisioner.core.errors import DockyardError, InvalidHostname, UsageError
+from dockyard.provisioner.machines import batch
 from tests.integration.conftest import Dockyard
 
 
@@ -49,7 +49,11 @@ def test_bounded_concurrency_prefixed_lines_and_summary():
     assert "(m-4) Error: quota exceeded" in lines
     assert all(line.startswith("(m-") for line in lines)
     assert run.summary().splitlines() == [
-        "Created 4 of 6 machines: m-1, m-2, m-3, m-6", "Failed:", "  m-4: quota exceeded", "  m-5: ValueError: boom"]
+        "Created 4 of 6 machines: m-1, m-2, m-3, m-6",
+        "Failed:",
+        "  m-4: quota exceeded",
+        "  m-5: ValueError: boom",
+    ]
 
 
 def test_cli_create_several_and_n_with_one_failure(tmp_path):

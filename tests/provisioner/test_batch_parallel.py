@@ -50,8 +50,16 @@ class GatedOpenStack(OpenStackModel):
 
     def nova(self, m, p, r):
         if m == "POST" and p == "/servers" and r.json["server"]["name"] == "w-2":
-            return 403, {"forbidden": {"code": 403, "message": "Quota exceeded for instances: Requested 1, but "
-                                                               "already used 10 of 10 instances"}}, {}
+            return (
+                403,
+                {
+                    "forbidden": {
+                        "code": 403,
+                        "message": "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances",
+                    }
+                },
+                {},
+            )
         out = super().nova(m, p, r)
         for s in self.servers.values():
             s["status"] = "ERROR"  # scheduling failed: the create stops at its first look
@@ -66,8 +74,7 @@ def batch_threads(cli):
     for ident, frame in sys._current_frames().items():
         stack = traceback.extract_stack(frame)
         files = [f.filename for f in stack]
-        if not any(f.endswith(f"machines{sep}batch.py") for f in files) or ident in (threading.get_ident(),
-                                                                                          cli.ident):
+        if not any(f.endswith(f"machines{sep}batch.py") for f in files) or ident in (threading.get_ident(), cli.ident):
             continue
         if any(f.endswith(f"machines{sep}machine.py") for f in files):
             states.append("inside")
@@ -104,18 +111,42 @@ def test_create_n_with_parallel_limit(tmp_path, capsys, monkeypatch):
     api = FakeAPI(model)
     model.url = api.url
     result = []
-    cli = threading.Thread(target=lambda: result.append(run_cli(
-        capsys, tmp_path / "store", "create", "-d", "openstack", "-n", N, "--parallel", LIMIT,
-        "--openstack-auth-url", api.url + "/identity/v3", "--openstack-tenant-name", PROJECT,
-        "--openstack-region", REGION, "--openstack-flavor-name", "m1.small", "w")), daemon=True)
+    cli = threading.Thread(
+        target=lambda: result.append(
+            run_cli(
+                capsys,
+                tmp_path / "store",
+                "create",
+                "-d",
+                "openstack",
+                "-n",
+                N,
+                "--parallel",
+                LIMIT,
+                "--openstack-auth-url",
+                api.url + "/identity/v3",
+                "--openstack-tenant-name",
+                PROJECT,
+                "--openstack-region",
+                REGION,
+                "--openstack-flavor-name",
+                "m1.small",
+                "w",
+            )
+        ),
+        daemon=True,
+    )
     try:
         cli.start()
         remaining = N
         while remaining:
             expected = min(LIMIT, remaining)
             done = N - remaining
-            wait_until(f"{expected} more creates are held",
-                       lambda n=done + expected, e=expected: len(model.arrived) == n and model.in_flight == e, model)
+            wait_until(
+                f"{expected} more creates are held",
+                lambda n=done + expected, e=expected: len(model.arrived) == n and model.in_flight == e,
+                model,
+            )
             # The bound: the other machines have not started, they wait for a slot.
             wait_settled(cli, model, inside=expected, parked=remaining - expected)
             assert model.in_flight == expected
@@ -136,8 +167,11 @@ def test_create_n_with_parallel_limit(tmp_path, capsys, monkeypatch):
     failed = [line.strip() for line in err.splitlines() if line.startswith("  w-")]
     assert len(failed) == N and "Traceback" not in err
     assert [f for f in failed if f.startswith("w-2:")] == [
-        ("w-2: openstack: creating the server: quota reached (403 Forbidden Quota exceeded for instances: "
-         "Requested 1, but already used 10 of 10 instances)")]
+        (
+            "w-2: openstack: creating the server: quota reached (403 Forbidden Quota exceeded for instances: "
+            "Requested 1, but already used 10 of 10 instances)"
+        )
+    ]
     assert all("is in state error" in f for f in failed if not f.startswith("w-2:"))
     # Shared objects once, per-machine objects per machine.
     assert len(api.calls("POST", path="/network/v2.0/security-groups")) == 1

@@ -70,8 +70,10 @@ def test_none_driver_lifecycle(run):
 def test_error_strings_and_exit_codes(run):
     code, _, err = run("env", "ghost")
     assert code == 1
-    assert err.strip() == ('Docker machine "ghost" does not exist. Use "dockyard ls" to list machines. '
-                           'Use "dockyard create" to add a new one.')
+    assert err.strip() == (
+        'Docker machine "ghost" does not exist. Use "dockyard ls" to list machines. '
+        'Use "dockyard create" to add a new one.'
+    )
     code, _, err = run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "bad_name")
     assert code == 1 and "Invalid hostname specified. Allowed hostname chars are: 0-9a-zA-Z . -" in err
     assert run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "dup")[0] == 0
@@ -94,8 +96,16 @@ def test_error_strings_and_exit_codes(run):
 
 
 def test_pre_create_check_exits_3(run, tmp_path):
-    code, _, err = run("create", "-d", "generic", "--generic-ip-address", "127.0.0.1",
-                       "--generic-ssh-key", str(tmp_path / "missing-key"), "g1")
+    code, _, err = run(
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        "127.0.0.1",
+        "--generic-ssh-key",
+        str(tmp_path / "missing-key"),
+        "g1",
+    )
     assert code == 3
     assert 'Error with pre-create check: "SSH key does not exist:' in err
     assert not os.path.exists(os.path.join(run.store, "machines", "g1"))  # nothing left behind
@@ -156,6 +166,7 @@ def test_ls_filters_format_and_timeout(run):
 def test_shell_completion_script(tmp_path):
     import subprocess
     import sys
+
     env = dict(os.environ, _DOCKYARD_COMPLETE="bash_source", PYTHONPATH=os.getcwd())
     p = subprocess.run([sys.executable, "-m", "dockyard"], capture_output=True, text=True, env=env)
     assert p.returncode == 0 and "_dockyard_completion" in p.stdout
@@ -164,9 +175,15 @@ def test_shell_completion_script(tmp_path):
 def test_machine_names_complete(run):
     import subprocess
     import sys
+
     run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "alpha")
     run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "beta")
-    env = dict(os.environ, _DOCKYARD_COMPLETE="bash_complete", COMP_WORDS=f"dockyard -s {run.store} env al",
-               COMP_CWORD="4", PYTHONPATH=os.getcwd())
+    env = dict(
+        os.environ,
+        _DOCKYARD_COMPLETE="bash_complete",
+        COMP_WORDS=f"dockyard -s {run.store} env al",
+        COMP_CWORD="4",
+        PYTHONPATH=os.getcwd(),
+    )
     p = subprocess.run([sys.executable, "-m", "dockyard"], capture_output=True, text=True, env=env)
     assert p.stdout.split() == ["plain,alpha"]

@@ -15,8 +15,11 @@ from dockyard.provisioner.core.credentials import Field
 from tests.integration.conftest import ROOT, clean_env
 from tests.provisioner.file_keyring import FileKeyring
 
-FIELDS = [Field("access_key", "T_ACCESS", "x_access_key"), Field("secret_key", "T_SECRET", "x_secret_key"),
-          Field("token", "T_TOKEN", "x_token", required=False)]
+FIELDS = [
+    Field("access_key", "T_ACCESS", "x_access_key"),
+    Field("secret_key", "T_SECRET", "x_secret_key"),
+    Field("token", "T_TOKEN", "x_token", required=False),
+]
 
 
 @pytest.fixture
@@ -92,14 +95,19 @@ def test_choose_env_keyring_or_stored(test_keyring):
     with pytest.raises(credentials.CredentialsError, match="T_SECRET"):
         credentials.choose("x", "default", FIELDS, {"access_key": "A2"}, {})
     store.set("x:default", {"access_key": "A2", "secret_key": "S2"})
-    assert credentials.choose("x", "default", FIELDS, {}, {})[:2] == ("keyring", {"access_key": "A2", "secret_key": "S2"})
+    assert credentials.choose("x", "default", FIELDS, {}, {})[:2] == (
+        "keyring",
+        {"access_key": "A2", "secret_key": "S2"},
+    )
 
 
 def test_resolve_reads_the_reference_at_every_call(test_keyring, tmp_path):
     ref = credentials.reference("env", "x", "default")
     assert ref == {"CredentialRef": "x:default", "CredentialSource": "env"}
-    assert credentials.resolve(ref, "x", FIELDS, {"T_ACCESS": "a", "T_SECRET": "b"}) == {"access_key": "a",
-                                                                                          "secret_key": "b"}
+    assert credentials.resolve(ref, "x", FIELDS, {"T_ACCESS": "a", "T_SECRET": "b"}) == {
+        "access_key": "a",
+        "secret_key": "b",
+    }
     with pytest.raises(credentials.CredentialsError, match="export T_SECRET"):
         credentials.resolve(ref, "x", FIELDS, {"T_ACCESS": "a"})
     ref = credentials.reference("keyring", "x", "work")
@@ -113,18 +121,33 @@ def test_resolve_reads_the_reference_at_every_call(test_keyring, tmp_path):
 
 
 def _cli(store, *args, env=None, input=None):
-    return subprocess.run([sys.executable, "-m", "dockyard", "--storage-path", str(store), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=clean_env(env), input=input, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dockyard", "--storage-path", str(store), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean_env(env),
+        input=input,
+        timeout=120,
+    )
 
 
 def test_creds_cli_set_ls_rm_never_prints_secrets(tmp_path):
-    env = {"PYTHON_KEYRING_BACKEND": "tests.provisioner.file_keyring.FileKeyring",
-           "DOCKYARD_TEST_KEYRING": str(tmp_path / "kr.json")}
+    env = {
+        "PYTHON_KEYRING_BACKEND": "tests.provisioner.file_keyring.FileKeyring",
+        "DOCKYARD_TEST_KEYRING": str(tmp_path / "kr.json"),
+    }
     p = _cli(tmp_path / "store", "creds", "set", "amazonec2:work", env=env, input="AKIAEXAMPLE\nTOPSECRET\n\n")
     assert p.returncode == 0, p.stderr
     assert "TOPSECRET" not in p.stdout + p.stderr
-    p = _cli(tmp_path / "store", "creds", "set", "digitalocean", "--from-env",
-             env=dict(env, DIGITALOCEAN_ACCESS_TOKEN="dop_secret"))
+    p = _cli(
+        tmp_path / "store",
+        "creds",
+        "set",
+        "digitalocean",
+        "--from-env",
+        env=dict(env, DIGITALOCEAN_ACCESS_TOKEN="dop_secret"),
+    )
     assert p.returncode == 0, p.stderr
     p = _cli(tmp_path / "store", "creds", "ls", env=env)
     assert p.returncode == 0
@@ -146,8 +169,16 @@ def test_creds_cli_without_keyring_says_what_to_do(tmp_path):
     p = _cli(tmp_path / "store", "creds", "ls", env=env)
     assert p.returncode == 1 and "No working keyring backend" in p.stderr
     assert credentials.FILE_ENV in p.stderr and "Traceback" not in p.stderr
-    p = _cli(tmp_path / "store", "creds", "set", "linode", "--creds-file", str(tmp_path / "c.json"), env=env,
-             input="LINODETOKEN\n")
+    p = _cli(
+        tmp_path / "store",
+        "creds",
+        "set",
+        "linode",
+        "--creds-file",
+        str(tmp_path / "c.json"),
+        env=env,
+        input="LINODETOKEN\n",
+    )
     assert p.returncode == 0, p.stderr
     assert stat.S_IMODE(os.stat(tmp_path / "c.json").st_mode) == 0o600
     p = _cli(tmp_path / "store", "creds", "ls", env=dict(env, DOCKYARD_CREDENTIALS_FILE=str(tmp_path / "c.json")))

@@ -7,10 +7,14 @@ from dockyard.provisioner.cli.tables import HostListItem
 from dockyard.provisioner.core.errors import UsageError
 
 MACHINES = [
-    HostListItem(Name="web1", DriverName="qemu", State="Running", Swarm="web1 (master)",
-                 EngineOptions={"Labels": ["env=Prod", "tier=web"]}),
-    HostListItem(Name="web2", DriverName="qemu", State="Stopped", Swarm="web1",
-                 EngineOptions={"Labels": ["env=dev"]}),
+    HostListItem(
+        Name="web1",
+        DriverName="qemu",
+        State="Running",
+        Swarm="web1 (master)",
+        EngineOptions={"Labels": ["env=Prod", "tier=web"]},
+    ),
+    HostListItem(Name="web2", DriverName="qemu", State="Stopped", Swarm="web1", EngineOptions={"Labels": ["env=dev"]}),
     HostListItem(Name="db", DriverName="VirtualBox", State="Running", EngineOptions={"Labels": []}),
     HostListItem(Name="edge-web", DriverName="generic", State="Error", EngineOptions=None),
 ]
@@ -23,7 +27,9 @@ def names(values):
 
 def test_parse_lowercases_keys_and_groups_values():
     assert parse_filters(["Driver=qemu", "STATE=running", "driver=generic", "label=a=b"]) == {
-        "driver": ["qemu", "generic"], "state": ["running"], "label": ["a=b"],
+        "driver": ["qemu", "generic"],
+        "state": ["running"],
+        "label": ["a=b"],
     }
     assert parse_filters([]) == {}
     assert parse_filters(["name="]) == {"name": [""]}

@@ -26,6 +26,7 @@ INSPECT = {
 
 # ----------------------------------------------------------------------------- fields and text
 
+
 def test_fields_literal_text_and_spaces():
     assert render("name={{.Name}} state={{ .State }}!", Item("web")) == "name=web state=Running!"
     assert render("plain text only", None) == "plain text only"
@@ -59,14 +60,31 @@ def test_dot_and_root_variable():
 
 # ----------------------------------------------------------------------------- printing rules
 
-@pytest.mark.parametrize("value, text", [
-    (True, "true"), (False, "false"), (0, "0"), (-12, "-12"),
-    (2.5, "2.5"), (1024.0, "1024"), (1e6, "1e+06"), (123456.0, "123456"), (1234567.0, "1.234567e+06"),
-    (0.0001, "0.0001"), (0.00001, "1e-05"), (float("inf"), "+Inf"),
-    (["a", "b"], "[a b]"), ([], "[]"), ([1, None, True], "[1 <nil> true]"),
-    ({"b": 1, "a": "x"}, "map[a:x b:1]"), ({}, "map[]"), ({"k": [1, 2]}, "map[k:[1 2]]"),
-    (None, "<no value>"),
-])
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (True, "true"),
+        (False, "false"),
+        (0, "0"),
+        (-12, "-12"),
+        (2.5, "2.5"),
+        (1024.0, "1024"),
+        (1e6, "1e+06"),
+        (123456.0, "123456"),
+        (1234567.0, "1.234567e+06"),
+        (0.0001, "0.0001"),
+        (0.00001, "1e-05"),
+        (float("inf"), "+Inf"),
+        (["a", "b"], "[a b]"),
+        ([], "[]"),
+        ([1, None, True], "[1 <nil> true]"),
+        ({"b": 1, "a": "x"}, "map[a:x b:1]"),
+        ({}, "map[]"),
+        ({"k": [1, 2]}, "map[k:[1 2]]"),
+        (None, "<no value>"),
+    ],
+)
 def test_values_print_like_go(value, text):
     assert render("{{.V}}", {"V": value}) == text
 
@@ -77,13 +95,13 @@ def test_struct_prints_fields_in_braces():
 
 # ----------------------------------------------------------------------------- functions
 
+
 def test_json_compact_sorted_and_html_escaped():
     assert render("{{json .DriverName}}", INSPECT) == '"qemu"'
     assert render("{{json .Driver}}", INSPECT) == '{"Disk":null,"IPAddress":"10.0.0.5","Memory":1024,"SSHPort":22}'
     assert render("{{json .V}}", {"V": "<a&b>"}) == '"\\u003ca\\u0026b\\u003e"'
     assert render("{{json .Missing}}", INSPECT) == "null"
-    assert render("{{json .}}", Item("n")) == \
-        '{"Name":"n","State":"Running","Active":false,"Labels":[],"Options":null}'
+    assert render("{{json .}}", Item("n")) == '{"Name":"n","State":"Running","Active":false,"Labels":[],"Options":null}'
 
 
 def test_prettyjson_uses_four_spaces():
@@ -113,8 +131,10 @@ def test_printf_verbs_flags_and_go_error_markers():
     data = {"S": "ab", "N": 7, "F": 3.14159, "B": True, "J": 1024.0}
     assert render('{{printf "%s|%5s|%-5s|%q" .S .S .S .S}}', data) == 'ab|   ab|ab   |"ab"'
     assert render('{{printf "%d|%03d|%+d|%x|%X|%#x" .N .N .N 255 255 255}}', data) == "7|007|+7|ff|FF|0xff"
-    assert render('{{printf "%.2f|%6.1f|%e|%g|%v|%t" .F .F 1000000.0 .F .B .B}}', data) == \
-        "3.14|   3.1|1.000000e+06|3.14159|true|true"
+    assert (
+        render('{{printf "%.2f|%6.1f|%e|%g|%v|%t" .F .F 1000000.0 .F .B .B}}', data)
+        == "3.14|   3.1|1.000000e+06|3.14159|true|true"
+    )
     assert render('{{printf "%d" .J}}', data) == "1024"  # JSON number
     assert render('{{printf "100%%"}}', data) == "100%"
     assert render('{{printf "%s %s" .S}}', data) == "ab %!s(MISSING)"
@@ -130,8 +150,10 @@ def test_print_and_println():
 
 def test_comparisons_and_logic():
     d = {"N": 3, "S": "x", "E": "", "L": []}
-    assert render("{{eq .N 3}} {{ne .N 3}} {{lt .N 4}} {{le .N 3}} {{gt .N 3}} {{ge .N 3}}", d) == \
-        "true false true true false true"
+    assert (
+        render("{{eq .N 3}} {{ne .N 3}} {{lt .N 4}} {{le .N 3}} {{gt .N 3}} {{ge .N 3}}", d)
+        == "true false true true false true"
+    )
     assert render('{{eq .S "y" "x"}} {{not .E}} {{and .S .E}}|{{or .E .S}} {{or .E .L}}', d) == "true true |x []"
     with pytest.raises(TemplateError, match="incompatible types for comparison"):
         render('{{eq .N "3"}}', d)
@@ -139,10 +161,23 @@ def test_comparisons_and_logic():
 
 # ----------------------------------------------------------------------------- control flow
 
-@pytest.mark.parametrize("value, truth", [
-    (None, "no"), (False, "no"), (0, "no"), ("", "no"), ([], "no"), ({}, "no"),
-    (True, "yes"), (1, "yes"), ("x", "yes"), ([0], "yes"), ({"k": 0}, "yes"),
-])
+
+@pytest.mark.parametrize(
+    "value, truth",
+    [
+        (None, "no"),
+        (False, "no"),
+        (0, "no"),
+        ("", "no"),
+        ([], "no"),
+        ({}, "no"),
+        (True, "yes"),
+        (1, "yes"),
+        ("x", "yes"),
+        ([0], "yes"),
+        ({"k": 0}, "yes"),
+    ],
+)
 def test_if_truthiness(value, truth):
     assert render("{{if .V}}yes{{else}}no{{end}}", {"V": value}) == truth
 
@@ -166,8 +201,8 @@ def test_range_forms():
 
 
 def test_variables_declare_assign_and_scope():
-    assert render('{{$x := .Name}}[{{$x}}]', Item("n")) == "[n]"
-    assert render('{{$x := 1}}{{if true}}{{$x = 2}}{{end}}{{$x}}', None) == "2"
+    assert render("{{$x := .Name}}[{{$x}}]", Item("n")) == "[n]"
+    assert render("{{$x := 1}}{{if true}}{{$x = 2}}{{end}}{{$x}}", None) == "2"
     with pytest.raises(TemplateError, match='undefined variable "\\$y"'):
         render("{{if true}}{{$y := 1}}{{end}}{{$y}}", None)
 
@@ -175,7 +210,7 @@ def test_variables_declare_assign_and_scope():
 def test_pipelines_and_parentheses():
     assert render("{{.Name | upper}}", Item("web")) == "WEB"
     assert render('{{.Name | printf "%s!"}}', Item("web")) == "web!"
-    assert render('{{(index .L 1).Name}}', {"L": [Item("a"), Item("b")]}) == "b"
+    assert render("{{(index .L 1).Name}}", {"L": [Item("a"), Item("b")]}) == "b"
     assert render('{{len (index .M "l")}}', {"M": {"l": [1, 2, 3]}}) == "3"
 
 
@@ -200,22 +235,26 @@ def test_compiled_template_is_reusable():
 
 # ----------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("source, message", [
-    ("{{foo .X}}", 'template: :1: function "foo" not defined'),
-    ("{{.X", "unclosed action"),
-    ("{{if .X}}a", "unexpected EOF"),
-    ("a{{end}}", "unexpected {{end}}"),
-    ("{{else}}", "unexpected {{else}}"),
-    ("{{range .L}}{{else}}{{else}}{{end}}", "expected {{end}}"),
-    ("{{break}}", "{{break}} outside {{range}}"),
-    ('{{"open}}', "unterminated quoted string"),
-    ("{{$nope}}", 'undefined variable "$nope"'),
-    ("{{3x}}", "bad number syntax"),
-    ("{{}}", "missing value for command"),
-    ("{{template \"x\"}}", "{{template}} is not supported"),
-    ("{{.X ! }}", "unexpected '!'"),
-    ("line1\nline2 {{nope}}", "template: :2:"),
-])
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("{{foo .X}}", 'template: :1: function "foo" not defined'),
+        ("{{.X", "unclosed action"),
+        ("{{if .X}}a", "unexpected EOF"),
+        ("a{{end}}", "unexpected {{end}}"),
+        ("{{else}}", "unexpected {{else}}"),
+        ("{{range .L}}{{else}}{{else}}{{end}}", "expected {{end}}"),
+        ("{{break}}", "{{break}} outside {{range}}"),
+        ('{{"open}}', "unterminated quoted string"),
+        ("{{$nope}}", 'undefined variable "$nope"'),
+        ("{{3x}}", "bad number syntax"),
+        ("{{}}", "missing value for command"),
+        ('{{template "x"}}', "{{template}} is not supported"),
+        ("{{.X ! }}", "unexpected '!'"),
+        ("line1\nline2 {{nope}}", "template: :2:"),
+    ],
+)
 def test_parse_errors(source, message):
     with pytest.raises(TemplateError) as info:
         compile_template(source)

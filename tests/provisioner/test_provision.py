@@ -13,8 +13,8 @@ OS_RELEASES = {
     "ubuntu": ('NAME="Ubuntu"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\n', "debian"),
     "fedora": ("NAME=Fedora\nID=fedora\nVERSION_ID=40\n", "redhat"),
     "rocky": ('ID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.4"\n', "redhat"),
-    "alpine": ("NAME=\"Alpine Linux\"\nID=alpine\nVERSION_ID=3.20.0\n", "alpine"),
-    "mint": ("ID=linuxmint\nID_LIKE=\"ubuntu debian\"\n", "debian"),
+    "alpine": ('NAME="Alpine Linux"\nID=alpine\nVERSION_ID=3.20.0\n', "alpine"),
+    "mint": ('ID=linuxmint\nID_LIKE="ubuntu debian"\n', "debian"),
 }
 
 
@@ -31,7 +31,7 @@ def test_unsupported_os_lists_the_supported_ones():
 
 
 def test_parse_os_release_quotes_comments_and_junk():
-    v = osinfo.parse_os_release('# c\nID="debian"\nBROKEN\nNAME=\'x y\'\nEMPTY=\n')
+    v = osinfo.parse_os_release("# c\nID=\"debian\"\nBROKEN\nNAME='x y'\nEMPTY=\n")
     assert v == {"ID": "debian", "NAME": "x y", "EMPTY": ""}
 
 
@@ -43,11 +43,17 @@ def test_install_command_per_family():
 
 
 def test_engine_config_keeps_every_engine_flag():
-    cfg = engine_config({
-        "ArbitraryFlags": ["bip=172.30.0.1/16", "--log-level=debug", "debug"],
-        "Labels": ["a=b", "provider=generic"], "InsecureRegistry": ["reg:5000"],
-        "RegistryMirror": ["https://mirror"], "StorageDriver": "overlay2", "Env": ["HTTP_PROXY=x"],
-    }, 2377)
+    cfg = engine_config(
+        {
+            "ArbitraryFlags": ["bip=172.30.0.1/16", "--log-level=debug", "debug"],
+            "Labels": ["a=b", "provider=generic"],
+            "InsecureRegistry": ["reg:5000"],
+            "RegistryMirror": ["https://mirror"],
+            "StorageDriver": "overlay2",
+            "Env": ["HTTP_PROXY=x"],
+        },
+        2377,
+    )
     assert cfg["hosts"] == ["unix:///run/dockyard/engine.sock", "tcp://0.0.0.0:2377"]
     assert cfg["tlsverify"] is True and cfg["tlscacert"] == "/etc/dockyard/ca.pem"
     assert cfg["opts"] == {"bip": "172.30.0.1/16", "log-level": "debug", "debug": "true", "registry-pull": "all"}
@@ -63,8 +69,9 @@ class _NoSession:
     pass
 
 
-@pytest.mark.parametrize("kind,template", [("systemd", "engine.service.j2"), ("openrc", "engine.openrc.j2"),
-                                           ("none", "engine-ctl.sh.j2")])
+@pytest.mark.parametrize(
+    "kind,template", [("systemd", "engine.service.j2"), ("openrc", "engine.openrc.j2"), ("none", "engine-ctl.sh.j2")]
+)
 def test_service_files_render(kind, template):
     svc = initsys.for_host(kind, _NoSession(), "m1", "/usr/bin/python3", ["HTTP_PROXY=http://p:3128", "Q=a b"])
     text = templates.render(template, **svc.context())
@@ -83,6 +90,7 @@ def test_bad_engine_env_is_refused():
 
 def test_no_init_script_is_valid_sh(tmp_path):
     import subprocess
+
     svc = initsys.for_host("none", _NoSession(), "m1", "python3", [])
     script = tmp_path / "ctl"
     script.write_text(templates.render("engine-ctl.sh.j2", **svc.context()))

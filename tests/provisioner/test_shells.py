@@ -3,7 +3,13 @@
 import pytest
 
 from dockyard.provisioner.cli.shells import (
-    GUESSED_SHELL_NOTE, argv_hint, detect_shell, format_config, format_env, format_unset, no_proxy_value,
+    GUESSED_SHELL_NOTE,
+    argv_hint,
+    detect_shell,
+    format_config,
+    format_env,
+    format_unset,
+    no_proxy_value,
     shell_syntax,
 )
 
@@ -156,14 +162,17 @@ def test_detect_shell_from_environment():
     assert "--shell flag" in GUESSED_SHELL_NOTE
 
 
-@pytest.mark.parametrize("environ, expected", [
-    ({}, ("NO_PROXY", "10.0.0.1")),
-    ({"NO_PROXY": "localhost"}, ("NO_PROXY", "localhost,10.0.0.1")),
-    ({"no_proxy": "localhost", "NO_PROXY": "other"}, ("no_proxy", "localhost,10.0.0.1")),
-    ({"no_proxy": "", "NO_PROXY": "other"}, ("NO_PROXY", "other,10.0.0.1")),
-    ({"NO_PROXY": "a,10.0.0.1"}, ("NO_PROXY", "a,10.0.0.1")),
-    ({"NO_PROXY": "10.0.0.10"}, ("NO_PROXY", "10.0.0.10")),  # Docker Machine's substring test
-])
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        ({}, ("NO_PROXY", "10.0.0.1")),
+        ({"NO_PROXY": "localhost"}, ("NO_PROXY", "localhost,10.0.0.1")),
+        ({"no_proxy": "localhost", "NO_PROXY": "other"}, ("no_proxy", "localhost,10.0.0.1")),
+        ({"no_proxy": "", "NO_PROXY": "other"}, ("NO_PROXY", "other,10.0.0.1")),
+        ({"NO_PROXY": "a,10.0.0.1"}, ("NO_PROXY", "a,10.0.0.1")),
+        ({"NO_PROXY": "10.0.0.10"}, ("NO_PROXY", "10.0.0.10")),  # Docker Machine's substring test
+    ],
+)
 def test_no_proxy_value(environ, expected):
     assert no_proxy_value(environ, "10.0.0.1") == expected
 
@@ -176,8 +185,9 @@ def test_argv_hint_quotes_only_argv0_with_space_or_backslash():
 
 
 def test_format_config_quotes_paths_like_go():
-    out = format_config("/s/machines/m/ca.pem", "/s/machines/m/cert.pem", "/s/machines/m/key.pem",
-                        "tcp://10.0.0.5:2376")
+    out = format_config(
+        "/s/machines/m/ca.pem", "/s/machines/m/cert.pem", "/s/machines/m/key.pem", "tcp://10.0.0.5:2376"
+    )
     assert out == (
         "--tlsverify\n"
         '--tlscacert="/s/machines/m/ca.pem"\n'

@@ -29,7 +29,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from dockyard.provisioner.core.errors import HostKeyChanged, RemoteCommandError, SSHError, SSHTimeout, SudoPasswordRequired
+from dockyard.provisioner.core.errors import (
+    HostKeyChanged,
+    RemoteCommandError,
+    SSHError,
+    SSHTimeout,
+    SudoPasswordRequired,
+)
 from dockyard.provisioner.core.ssh import (
     SSHAuthFailed,
     SSHSession,
@@ -147,7 +153,10 @@ class Sshd:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", setup],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -217,8 +226,12 @@ def own_sshd(client_key):
 
 def make_target(sshd, client_key, tmp_path, user="root", pin=True, machine="h1"):
     return SSHTarget(
-        host="127.0.0.1", port=sshd.port, user=user, key_path=client_key[0],
-        host_key_path=str(tmp_path / "host_key") if pin else None, machine=machine,
+        host="127.0.0.1",
+        port=sshd.port,
+        user=user,
+        key_path=client_key[0],
+        host_key_path=str(tmp_path / "host_key") if pin else None,
+        machine=machine,
     )
 
 
@@ -250,7 +263,9 @@ def test_generate_keypair_writes_openssh_ed25519_with_owner_only_permissions(tmp
     assert generate_keypair(path, "again", overwrite=True).split()[1] != b64
 
 
-@pytest.mark.parametrize("kind,name", [("rsa", "ssh-rsa"), ("ecdsa", "ecdsa-sha2-nistp256"), ("ed25519", "ssh-ed25519")])
+@pytest.mark.parametrize(
+    "kind,name", [("rsa", "ssh-rsa"), ("ecdsa", "ecdsa-sha2-nistp256"), ("ed25519", "ssh-ed25519")]
+)
 def test_load_private_key_types(tmp_path, kind, name):
     path = tmp_path / f"id_{kind}"
     subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True)
@@ -315,7 +330,9 @@ def test_exec_stream_passes_data_and_exit_code(session, tmp_path):
     assert out.getvalue() == data
     # No command: the login shell reads the commands from stdin.
     out = io.BytesIO()
-    assert session.exec_stream(None, stdin=io.BytesIO(b"echo from-shell\nexit 9\n"), stdout=out, stderr=io.BytesIO()) == 9
+    assert (
+        session.exec_stream(None, stdin=io.BytesIO(b"echo from-shell\nexit 9\n"), stdout=out, stderr=io.BytesIO()) == 9
+    )
     assert out.getvalue() == b"from-shell\n"
 
 
@@ -392,7 +409,16 @@ def test_put_tree_and_get_tree_round_trip(session, sshd, tmp_path):
     remote = f"{sshd.dir}/tree/a b"  # a space, to exercise quoting
     session.put_tree(src, remote)
     listing = session.run(f"cd '{remote}' && find . | sort").stdout.split()
-    assert listing == [".", "./empty", "./link", "./sub", "./sub/blob", "./sub/deeper", "./sub/deeper/tool", "./top.txt"]
+    assert listing == [
+        ".",
+        "./empty",
+        "./link",
+        "./sub",
+        "./sub/blob",
+        "./sub/deeper",
+        "./sub/deeper/tool",
+        "./top.txt",
+    ]
     assert session.run(f"stat -c %U '{remote}/top.txt'").stdout.strip() == "root"
     dst = tmp_path / "back"
     session.get_tree(remote, dst)
@@ -442,15 +468,22 @@ def test_changed_host_key_is_refused_before_login(own_sshd, client_key, tmp_path
     assert f"Expected {fingerprint(old)}" in message and f"got {fingerprint(new)}" in message
     assert f"remove the pinned key file {target.host_key_path}" in message
     # The fingerprint format is OpenSSH's own.
-    keygen = subprocess.run(["ssh-keygen", "-lf", f"{own_sshd.host_key}.pub"], capture_output=True, text=True, check=True)
+    keygen = subprocess.run(
+        ["ssh-keygen", "-lf", f"{own_sshd.host_key}.pub"], capture_output=True, text=True, check=True
+    )
     assert keygen.stdout.split()[1] == fingerprint(new)
     assert Path(target.host_key_path).read_bytes() == pinned_before  # never silently re-pinned
     with pytest.raises(HostKeyChanged):
         wait_for_ssh(target, timeout=60)  # not retried either
     # The system ssh refuses too, and the command never runs.
     marker = own_sshd.dir / "ran"
-    proc = subprocess.run(system_ssh_argv(target, [f"touch {marker}"], tty=False), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=60)
+    proc = subprocess.run(
+        system_ssh_argv(target, [f"touch {marker}"], tty=False),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert proc.returncode == 255
     assert "Host key verification failed" in proc.stderr
     assert not marker.exists()
@@ -489,7 +522,9 @@ def test_wrong_key_fails_fast_with_a_clear_error(sshd, tmp_path):
     with pytest.raises(SSHAuthFailed) as info:
         wait_for_ssh(target, timeout=120, step="Waiting for SSH")
     message = str(info.value)
-    assert message.startswith(f'Waiting for SSH: authentication as "root" to 127.0.0.1:{sshd.port} failed with key {other}')
+    assert message.startswith(
+        f'Waiting for SSH: authentication as "root" to 127.0.0.1:{sshd.port} failed with key {other}'
+    )
     assert "refused 3 times" in message and f"{other}.pub" in message and "authorized_keys" in message
     assert not isinstance(info.value, SSHTimeout)
 
@@ -508,16 +543,25 @@ def test_system_ssh_runs_with_pinned_key_and_passes_the_exit_code(sshd, client_k
     argv = system_ssh_argv(target, ["echo hello; exit 7"], tty=False)
     assert Path(target.host_key_path).exists()  # pinned on first use, before ssh runs
     assert argv[0] == "ssh" and argv[-2:] == ["root@127.0.0.1", "echo hello; exit 7"]
-    for option in ("StrictHostKeyChecking=yes", "IdentitiesOnly=yes", "HostKeyAlias=dockyard.h1",
-                   f"UserKnownHostsFile={target.host_key_path}.known_hosts"):
+    for option in (
+        "StrictHostKeyChecking=yes",
+        "IdentitiesOnly=yes",
+        "HostKeyAlias=dockyard.h1",
+        f"UserKnownHostsFile={target.host_key_path}.known_hosts",
+    ):
         assert option in argv
     assert argv[argv.index("-i") + 1] == client_key[0] and argv[argv.index("-p") + 1] == str(sshd.port)
     assert "-T" in argv
     proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, "hello\n", "")
     # Options after the host reach ssh, and "--" separates the command, as with docker-machine ssh.
-    proc = subprocess.run(system_ssh_argv(target, ["-C", "--", "echo", "x"], tty=None), capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=60)
+    proc = subprocess.run(
+        system_ssh_argv(target, ["-C", "--", "echo", "x"], tty=None),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert (proc.returncode, proc.stdout) == (0, "x\n")
 
 
@@ -536,12 +580,22 @@ def test_system_scp_both_directions(sshd, client_key, tmp_path, session):
     local = tmp_path / "up.txt"
     local.write_text("via scp\n")
     remote = f"{sshd.dir}/scp-up.txt"
-    up = subprocess.run(system_scp_argv(target, [str(local)], remote, to_remote=True, quiet=True),
-                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    up = subprocess.run(
+        system_scp_argv(target, [str(local)], remote, to_remote=True, quiet=True),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert up.returncode == 0, up.stderr
     assert session.run(f"cat {remote}").stdout == "via scp\n"
-    down = subprocess.run(system_scp_argv(target, [remote], str(tmp_path / "down.txt"), to_remote=False),
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    down = subprocess.run(
+        system_scp_argv(target, [remote], str(tmp_path / "down.txt"), to_remote=False),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert down.returncode == 0, down.stderr
     assert (tmp_path / "down.txt").read_text() == "via scp\n"
 
@@ -568,8 +622,10 @@ def _read_until(fd, pattern, seen=b"", limit=60):
 def test_interactive_uses_a_pty_sized_like_the_local_terminal(sshd, client_key, tmp_path):
     target = make_target(sshd, client_key, tmp_path)
     SSHSession(target).close()  # pin first, so the child only connects
-    command = ('printf "TERM=%s\\n" "$TERM"; [ -t 0 ] && echo HAS-TTY; echo "SIZE $(stty size)"; read line; '
-               'echo "SIZE2 $(stty size)"; exit 3')
+    command = (
+        'printf "TERM=%s\\n" "$TERM"; [ -t 0 ] && echo HAS-TTY; echo "SIZE $(stty size)"; read line; '
+        'echo "SIZE2 $(stty size)"; exit 3'
+    )
     child = (
         f"import sys, termios; sys.path.insert(0, {REPO!r})\n"
         "from dockyard.provisioner.core.ssh import SSHSession, SSHTarget\n"

@@ -6,7 +6,13 @@ import pytest
 
 from dockyard.provisioner.cli.gotemplate import TemplateError
 from dockyard.provisioner.cli.tables import (
-    LS_HEADERS, HostListItem, format_ls, go_duration, natural_sort_key, parse_ls_format, tabwrite,
+    LS_HEADERS,
+    HostListItem,
+    format_ls,
+    go_duration,
+    natural_sort_key,
+    parse_ls_format,
+    tabwrite,
     tabwrite_text,
 )
 
@@ -14,8 +20,15 @@ from dockyard.provisioner.cli.tables import (
 def items():
     return [
         HostListItem(Name="web10", Active="-", DriverName="qemu", State="Stopped", DockerVersion="Unknown"),
-        HostListItem(Name="dev", Active="*", ActiveHost=True, DriverName="virtualbox", State="Running",
-                     URL="tcp://192.168.99.100:2376", DockerVersion="v1.10.0"),
+        HostListItem(
+            Name="dev",
+            Active="*",
+            ActiveHost=True,
+            DriverName="virtualbox",
+            State="Running",
+            URL="tcp://192.168.99.100:2376",
+            DockerVersion="v1.10.0",
+        ),
         HostListItem(Name="web2", Active="", DriverName="generic", State="Timeout", ResponseTime="10s"),
         HostListItem(Name="broken", DriverName="not found", State="Error", Error="open config.json: no such file"),
     ]
@@ -23,11 +36,15 @@ def items():
 
 # ----------------------------------------------------------------------------- tabwriter
 
+
 def test_tabwrite_pads_to_widest_plus_three_with_minwidth_five_and_leaves_last_cell():
     out = tabwrite(["NAME\tX\tLAST", "a-long-name\tyy\tz"])
-    assert out == (
-        "NAME" + " " * 10 + "X" + " " * 4 + "LAST\n"  # 11+3 = 14 wide; "yy"+3 = 5 = minwidth
-        "a-long-name" + " " * 3 + "yy" + " " * 3 + "z\n"
+    assert (
+        out
+        == (
+            "NAME" + " " * 10 + "X" + " " * 4 + "LAST\n"  # 11+3 = 14 wide; "yy"+3 = 5 = minwidth
+            "a-long-name" + " " * 3 + "yy" + " " * 3 + "z\n"
+        )
     )
 
 
@@ -38,11 +55,14 @@ def test_tabwrite_last_cell_is_never_padded_even_when_empty():
 
 def test_tabwrite_column_blocks_end_at_a_line_without_that_column():
     out = tabwrite(["a\tb\tc", "aaaaaaa\tbb\tc", "x", "yy\tz"])
-    assert out == (
-        "a" + " " * 9 + "b" + " " * 4 + "c\n"  # 7+3 = 10, then minwidth 5
-        "aaaaaaa   bb   c\n"
-        "x\n"
-        "yy   z\n"  # a new block: its own width (minwidth 5)
+    assert (
+        out
+        == (
+            "a" + " " * 9 + "b" + " " * 4 + "c\n"  # 7+3 = 10, then minwidth 5
+            "aaaaaaa   bb   c\n"
+            "x\n"
+            "yy   z\n"  # a new block: its own width (minwidth 5)
+        )
     )
     # Line 2 has no second column, so the wide cell of line 1 does not widen it.
     assert tabwrite(["a\tbbbbbbbbbb\tc", "dd\te"]) == "a    bbbbbbbbbb   c\ndd   e\n"
@@ -61,6 +81,7 @@ def test_tabwrite_text_keeps_a_final_partial_line():
 
 
 # ----------------------------------------------------------------------------- ls formats
+
 
 def test_default_table_sorted_naturally_and_aligned():
     out = format_ls(items())
@@ -82,18 +103,17 @@ def test_default_format_when_fmt_is_empty_or_bare_table():
 def test_custom_table_format_gets_a_header_and_literal_tab_sequences():
     fmt = r"table {{.Name}}\t{{.State}}\t{{.ResponseTime}}"  # backslash-t typed on a command line
     assert format_ls(items()[:3], fmt) == (
-        "NAME    STATE     RESPONSE\n"
-        "dev     Running   \n"
-        "web2    Timeout   10s\n"
-        "web10   Stopped   \n"
+        "NAME    STATE     RESPONSE\ndev     Running   \nweb2    Timeout   10s\nweb10   Stopped   \n"
     )
     # real tab characters work the same
     assert format_ls(items()[:3], fmt.replace(r"\t", "\t")) == format_ls(items()[:3], fmt)
 
 
 def test_format_without_table_prints_no_header_and_no_alignment():
-    assert format_ls(items(), "{{.Name}}: {{.DriverName}}") == \
-        "broken: not found\ndev: virtualbox\nweb2: generic\nweb10: qemu\n"
+    assert (
+        format_ls(items(), "{{.Name}}: {{.DriverName}}")
+        == "broken: not found\ndev: virtualbox\nweb2: generic\nweb10: qemu\n"
+    )
     assert format_ls(items()[:1], r"{{.Name}}\n{{.State}}") == "web10\nStopped\n"
     assert format_ls(items()[:1], r"{{.Name}}\t{{.State}}") == "web10\tStopped\n"
 
@@ -101,14 +121,18 @@ def test_format_without_table_prints_no_header_and_no_alignment():
 def test_header_map_renders_every_field_name():
     fields = " ".join("{{.%s}}" % name for name in LS_HEADERS)
     out = format_ls([], "table " + fields)
-    assert out == ("NAME ACTIVE ACTIVE_HOST ACTIVE_SWARM DRIVER STATE URL SWARM_OPTIONS SWARM "
-                   "ENGINE_OPTIONS ERRORS DOCKER RESPONSE\n")
+    assert out == (
+        "NAME ACTIVE ACTIVE_HOST ACTIVE_SWARM DRIVER STATE URL SWARM_OPTIONS SWARM "
+        "ENGINE_OPTIONS ERRORS DOCKER RESPONSE\n"
+    )
 
 
 def test_booleans_and_options_print_like_go():
     item = HostListItem(Name="m", ActiveHost=True, EngineOptions={"Labels": ["a=b"]})
-    assert format_ls([item], "{{.ActiveHost}} {{.ActiveSwarm}} {{.EngineOptions.Labels}} {{.SwarmOptions}}") == \
-        "true false [a=b] <no value>\n"
+    assert (
+        format_ls([item], "{{.ActiveHost}} {{.ActiveSwarm}} {{.EngineOptions.Labels}} {{.SwarmOptions}}")
+        == "true false [a=b] <no value>\n"
+    )
 
 
 def test_format_trims_spaces_around_the_template_like_docker_machine():
@@ -144,10 +168,22 @@ def test_parse_ls_format_reports_table_mode():
 
 # ----------------------------------------------------------------------------- ordering and durations
 
+
 def test_natural_sort_matches_docker_machine_naturalsort():
     names = ["node10", "node9", "Node1", "node", "node01", "x-a", "x1", "a1b", "a1", "B", "a"]
-    assert sorted(names, key=natural_sort_key) == \
-        ["a", "a1", "a1b", "B", "node", "Node1", "node01", "node9", "node10", "x1", "x-a"]
+    assert sorted(names, key=natural_sort_key) == [
+        "a",
+        "a1",
+        "a1b",
+        "B",
+        "node",
+        "Node1",
+        "node01",
+        "node9",
+        "node10",
+        "x1",
+        "x-a",
+    ]
 
 
 def test_hostlistitem_to_dict_copies_options():
@@ -158,9 +194,21 @@ def test_hostlistitem_to_dict_copies_options():
     assert d["Name"] == "m" and d["ActiveHost"] is False
 
 
-@pytest.mark.parametrize("seconds, text", [
-    (0, "0s"), (0.0004, "0s"), (0.25, "250ms"), (1.5, "1.5s"), (10, "10s"), (1.234, "1.234s"),
-    (60, "1m0s"), (61.5, "1m1.5s"), (3600, "1h0m0s"), (3725.1, "1h2m5.1s"), (-2, "-2s"),
-])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0, "0s"),
+        (0.0004, "0s"),
+        (0.25, "250ms"),
+        (1.5, "1.5s"),
+        (10, "10s"),
+        (1.234, "1.234s"),
+        (60, "1m0s"),
+        (61.5, "1m1.5s"),
+        (3600, "1h0m0s"),
+        (3725.1, "1h2m5.1s"),
+        (-2, "-2s"),
+    ],
+)
 def test_go_duration(seconds, text):
     assert go_duration(seconds) == text
