@@ -107,6 +107,14 @@ PYTHON_SUITE = "bookworm"
 PYTHON_PACKAGES = ("python3",)
 
 
+def extract(tar: tarfile.TarFile, member: str | tarfile.TarInfo) -> bytes:
+    """The bytes of a regular file in a tar (which these helpers wrote themselves)."""
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise ValueError(f"{member}: not a regular file in the tar")
+    return fh.read()
+
+
 def cache_dir() -> Path:
     path = Path(os.environ.get("DOCKYARD_TEST_CACHE") or "/var/cache/dockyard-tests")
     path.mkdir(parents=True, exist_ok=True)
@@ -204,7 +212,9 @@ def write_archive(out, images, layout: str = "docker", gzip_layers: bool = False
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         seen = set()
-        manifest, repositories, index = [], {}, []
+        manifest: list[dict] = []
+        repositories: dict[str, dict[str, str]] = {}
+        index: list[dict] = []
         if layout == "oci":
             tar.addfile(_tarinfo("blobs", "dir", mode=0o755))
             tar.addfile(_tarinfo("blobs/sha256", "dir", mode=0o755))
@@ -298,7 +308,7 @@ def busybox_binary() -> Path:
             fsys = subprocess.run(["dpkg-deb", "--fsys-tarfile", debs[0]], capture_output=True, check=True).stdout
             with tarfile.open(fileobj=io.BytesIO(fsys)) as tar:
                 member = next(m for m in tar.getmembers() if m.name.lstrip("./") in ("bin/busybox", "usr/bin/busybox"))
-                data = tar.extractfile(member).read()
+                data = extract(tar, member)
             tmp = base / "busybox.tmp"
             tmp.write_bytes(data)
             os.chmod(tmp, 0o755)
@@ -355,7 +365,7 @@ def busybox_tar(tag: str = "busybox:latest") -> Path:
 def busybox_image_id(path: Path | None = None) -> str:
     """'sha256:<id>' of the image inside a busybox_tar()."""
     with tarfile.open(path or busybox_tar()) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))
+        manifest = json.loads(extract(tar, "manifest.json"))
         return "sha256:" + manifest[0]["Config"].split(".")[0].split("/")[-1]
 
 

@@ -17,7 +17,7 @@ from dockyard.provisioner.core.errors import PreCreateCheckError  # noqa: E402
 
 TOKEN = "linode-test-token"
 VKEY = "VULTRTESTKEY"
-NOT_FOUND = (404, {"errors": [{"reason": "Not found"}]}, {})
+NOT_FOUND: tuple[int, dict, dict] = (404, {"errors": [{"reason": "Not found"}]}, {})
 
 
 @pytest.fixture(autouse=True)

@@ -108,7 +108,7 @@ def issue(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
     )
-    names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     names += [x509.DNSName(d) for d in dns]
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -272,7 +273,7 @@ class TestHost:
         self.host_public_key: str | None = None
         self.log_path: Path | None = None
         self._proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
         self._init_pid: int | None = None
 
     # ----- lifecycle -------------------------------------------------------------------

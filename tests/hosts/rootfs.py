@@ -99,7 +99,9 @@ def recipe_key() -> str:
 
 
 def _parse_deb822(text: str) -> list[dict[str, str]]:
-    stanzas, cur, last = [], {}, None
+    stanzas: list[dict[str, str]] = []
+    cur: dict[str, str] = {}
+    last = None
     for line in text.splitlines():
         if line.startswith("#"):
             continue
