@@ -13,11 +13,13 @@ import os
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
-from dockyard.drivers.base import Driver, Flag, State
+from dockyard.drivers.base import POWER, Driver, Flag, State
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound, translate
 from dockyard.provisioner.core import credentials
 from dockyard.provisioner.core.errors import DockyardError, DriverError, PreCreateCheckError, SSHTimeout
+from dockyard.provisioner.core.files import atomic_write, file_lock
 
 RESOURCES_FILE = "cloud-resources.json"  # written the moment the provider returns an id: rm -f finds it
 RUNNING_TIMEOUT = 600.0
@@ -124,8 +126,6 @@ def parse_ports(values):
 
 def parse_endpoint(url):
     """(secure, host, port, path) of an endpoint URL; path is "" when absent."""
-    from urllib.parse import urlsplit
-
     if not url:
         return None
     parts = urlsplit(url if "://" in url else "https://" + url)
@@ -149,10 +149,11 @@ def list_tags(text):
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-class CloudDriver(Driver, metaclass=abc.ABCMeta):
+class CloudDriver(Driver):
     """Base of the libcloud drivers. Subclasses set name, flags, credential_fields and the hooks below."""
 
     name = "cloud"
+    capabilities = POWER
     credential_fields: list = []  # provisioner.credentials.Field
     default_ssh_user = "root"
     firewall_default = "dockyard"
@@ -161,8 +162,8 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
     endpoint_is_api = True  # False where the endpoint flag names something else (OpenStack's auth URL)
     late_address = False  # True: the public address comes in after_running (floating IP)
 
-    def __init__(self, machine_name, machine_dir, config=None):
-        super().__init__(machine_name, machine_dir, config)
+    def __init__(self, machine_name, machine_dir, config=None, progress=None):
+        super().__init__(machine_name, machine_dir, config, progress)
         self._conn = None
         self._secrets = None
         self._save_to = None  # a credentials store to save flag-given secrets to, once they work
@@ -375,9 +376,7 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
         self.config.update(values)
         data = {k: self.config[k] for k in RESOURCE_KEYS if self.config.get(k) not in (None, "", [], {})}
         if os.path.isdir(self.machine_dir):
-            from dockyard.provisioner.core.store import atomic_write
-
-            atomic_write(self.path(RESOURCES_FILE), json.dumps(data, indent=2) + "\n")
+            atomic_write(self.path(RESOURCES_FILE), json.dumps(data, indent=2) + "\n", durable=True)
 
     # -- shared objects across threads and processes -------------------------------------------------------
     def lock_scope(self):
@@ -386,8 +385,6 @@ class CloudDriver(Driver, metaclass=abc.ABCMeta):
     @contextlib.contextmanager
     def shared_lock(self):
         """Serialize creating shared cloud objects: a thread lock plus a file lock in the store."""
-        from dockyard.provisioner.core.store import file_lock
-
         scope = f"{self.name}-{hashlib.sha256(self.lock_scope().encode()).hexdigest()[:12]}"
         with _thread_locks_guard:
             tlock = _thread_locks.setdefault(scope, threading.Lock())

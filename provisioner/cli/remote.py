@@ -34,10 +34,9 @@ def ssh(ctx, name, command):
         raise UsageError(f'Error: Cannot run SSH command: Host "{name}" is not running')
     if not m.driver.provisions:
         raise UsageError(f'machine "{name}" uses the {m.driver.name} driver, which has no SSH access')
-    from dockyard.provisioner.core.ssh import (
-        SSHSession,
-        system_ssh_argv,
-    )  # paramiko is slow to import: only when needed
+    # Lazy: paramiko (under ssh and ssh_system) is slow to import, and only ssh and scp need it.
+    from dockyard.provisioner.core.ssh import SSHSession, pin_host_key
+    from dockyard.provisioner.core.ssh_system import system_ssh_argv
 
     args = list(command)
     if args and args[0] == "--":
@@ -45,6 +44,7 @@ def ssh(ctx, name, command):
     target = m.ssh_target()
     native = ctx.find_root().obj.native_ssh or shutil.which("ssh") is None
     if not native:
+        pin_host_key(target)  # a machine never contacted: log in once so ssh can check the key
         argv = system_ssh_argv(target, args, tty=None if args else True)
         sys.stdout.flush()
         os.execvp(argv[0], argv)
@@ -82,7 +82,7 @@ def scp(ctx, recursive, quiet, source, destination):
     if src_host is None and dst_host is None:
         raise UsageError("Error: neither the source nor the destination names a machine (use NAME:PATH)")
 
-    from dockyard.provisioner.core.ssh import SSHSession
+    from dockyard.provisioner.core.ssh import SSHSession  # lazy: paramiko is slow to import
 
     def session(name):
         m = load(store, name)

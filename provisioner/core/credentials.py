@@ -8,6 +8,7 @@ import stat
 import threading
 
 from dockyard.provisioner.core.errors import DockyardError
+from dockyard.provisioner.core.files import atomic_write, file_lock
 
 SERVICE = "dockyard"
 FILE_ENV = "DOCKYARD_CREDENTIALS_FILE"
@@ -47,7 +48,7 @@ def split_ref(ref):
 def keyring_status():
     """(works, description) of the keyring backend this process would use."""
     try:
-        import keyring
+        import keyring  # lazy: keyring loads its backends on import; only credential lookups need it
         from keyring.backends import chainer, fail
     except Exception as e:  # keyring missing or broken on import
         return False, f"keyring unavailable ({e})"
@@ -66,7 +67,7 @@ class KeyringStore:
     kind = "keyring"
 
     def __init__(self):
-        import keyring
+        import keyring  # lazy: keyring loads its backends on import; only credential lookups need it
 
         self._kr = keyring
         self.description = keyring_status()[1]
@@ -136,16 +137,12 @@ class FileStore:
 
     @contextlib.contextmanager
     def _locked(self):
-        from dockyard.provisioner.core.store import file_lock
-
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         with _index_lock, file_lock(self.path + ".lock", what=f"credentials file {self.path}"):
             yield
 
     def _write(self, data):
-        from dockyard.provisioner.core.store import atomic_write
-
-        atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600)
+        atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600, durable=True)
 
     def get(self, ref):
         return self._read().get(ref)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dockyard.provisioner.core.errors import CertError
-from dockyard.provisioner.core.store import atomic_write
+from dockyard.provisioner.core.files import atomic_write
 
 CA_DAYS = 3650
 LEAF_DAYS = 1095
@@ -41,11 +41,11 @@ def _write_key(path, key):
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    atomic_write(path, pem, 0o600)
+    atomic_write(path, pem, 0o600, durable=True)
 
 
 def _write_cert(path, cert):
-    atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644, durable=True)
 
 
 def load_cert(path):

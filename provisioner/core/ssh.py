@@ -1,5 +1,6 @@
 """SSH to machines: paramiko sessions with pinned host keys (commands, sudo, file transfer, interactive
-shells) and waiting for SSH to come up. Keys live in ssh_keys, system ssh/scp argv in ssh_system."""
+shells), pinning a host key on first contact, and waiting for SSH to come up. Targets live in ssh_target,
+keys in ssh_keys, system ssh/scp argv in ssh_system."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import socket
 import stat
 import sys
 import tarfile
-import tempfile
+import termios
 import threading
 import time
+import tty
 from dataclasses import dataclass
 
 import paramiko
@@ -29,18 +31,14 @@ from dockyard.provisioner.core.errors import (
     SSHTimeout,
     SudoPasswordRequired,
 )
-from dockyard.provisioner.core.ssh_keys import (  # noqa: F401  (re-exported: callers import keys from here)
-    _atomic_write,
-    _host_key_changed,
-    _RememberHostKey,
-    check_key_permissions,
+from dockyard.provisioner.core.files import atomic_writer
+from dockyard.provisioner.core.ssh_keys import (
     fingerprint,
-    generate_keypair,
     load_private_key,
     read_pinned_host_key,
     write_pinned_host_key,
 )
-from dockyard.provisioner.core.ssh_system import system_scp_argv, system_ssh_argv  # noqa: F401  (re-exported)
+from dockyard.provisioner.core.ssh_target import SSHTarget
 
 # paramiko logs transport failures itself; we report them as exceptions, so keep its records off stderr.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -57,27 +55,35 @@ class CommandResult:
     stderr: str
 
 
-@dataclass
-class SSHTarget:
-    host: str
-    port: int = 22
-    user: str = "root"
-    key_path: str | None = None
-    host_key_path: str | None = None  # pinned host key file ("keytype base64"); None = no pinning
-    machine: str = ""  # machine name, for messages
+# ------------------------------------------------------------------------------------------- host keys
 
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
-    @property
-    def known_hosts_name(self) -> str:
-        # The name paramiko (and OpenSSH) look a host up under: the port is part of it unless it is 22.
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+def _host_key_changed(target: SSHTarget, expected: paramiko.PKey, got: paramiko.PKey) -> HostKeyChanged:
+    return HostKeyChanged(
+        f"Host key for {target.describe()} has changed! Expected {fingerprint(expected)} ({expected.get_name()}), "
+        f"got {fingerprint(got)} ({got.get_name()}). Someone could be intercepting the connection, or the host was "
+        f"reinstalled. If the change is legitimate, remove the pinned key file {target.host_key_path} "
+        f"and connect again; it will pin the new key."
+    )
 
-    def describe(self) -> str:
-        return f'machine "{self.machine}" ({self.address})' if self.machine else f"host {self.address}"
+
+class _RememberHostKey(paramiko.MissingHostKeyPolicy):
+    """Runs only when nothing is pinned: keep the offered key so it can be pinned once auth has succeeded."""
+
+    def __init__(self) -> None:
+        self.seen: paramiko.PKey | None = None
+
+    def missing_host_key(self, client, hostname, key):
+        self.seen = key
+
+
+def pin_host_key(target: SSHTarget) -> None:
+    """Make sure the target's host key is pinned: a machine never contacted is logged into once (trust on
+    first use, pinned only after the login succeeded). Before handing the target to the system ssh."""
+    if target.host_key_path and read_pinned_host_key(target.host_key_path) is None:
+        SSHSession(target).close()
+        if read_pinned_host_key(target.host_key_path) is None:
+            raise SSHError(f"could not pin the host key of {target.describe()}")
 
 
 # ------------------------------------------------------------------------------------------- session
@@ -265,25 +271,16 @@ class SSHSession:
             st = os.fstat(f.fileno())
             self._upload(f, st.st_size, remote, stat.S_IMODE(st.st_mode) if mode is None else mode, sudo)
 
-    def get_file(self, remote: str, local, sudo: bool = False) -> None:
+    def get_file(self, remote: str, local: str | os.PathLike[str], sudo: bool = False) -> None:
         local = os.fspath(local)
-        try:
-            fd, tmp = tempfile.mkstemp(
-                dir=os.path.dirname(os.path.abspath(local)), prefix=f".{os.path.basename(local)}."
-            )
-        except OSError as e:
-            raise SSHError(f"cannot write {local}: {e.strerror or e}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                self._run(f"cat < {shlex.quote(remote)}", f"read {remote}", sudo=sudo, stdout_sink=f)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, local)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        umask = os.umask(0)
+        os.umask(umask)
+        with contextlib.ExitStack() as stack:
+            try:  # a download is no record of ours: written like cp would, without fsync
+                sink = stack.enter_context(atomic_writer(local, 0o666 & ~umask, durable=False))
+            except OSError as e:
+                raise SSHError(f"cannot write {local}: {e.strerror or e}") from None
+            self._run(f"cat < {shlex.quote(remote)}", f"read {remote}", sudo=sudo, stdout_sink=sink)
 
     def put_tree(self, local_dir, remote_dir: str, sudo: bool = False) -> None:
         """Copy the contents of local_dir into remote_dir (created if missing), like `scp -r`."""
@@ -362,9 +359,6 @@ class SSHSession:
         Without a local tty, streams stdin/stdout without a PTY. Returns the remote exit status."""
         if not sys.stdin.isatty():
             return self.exec_stream(command)
-        import termios
-        import tty
-
         in_fd = sys.stdin.fileno()
         out_fd = sys.stdout.fileno()
         size_fd = out_fd if os.isatty(out_fd) else in_fd

@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import stat
-import tempfile
-from typing import TYPE_CHECKING
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from dockyard.provisioner.core.errors import HostKeyChanged, SSHError
-
-if TYPE_CHECKING:
-    from dockyard.provisioner.core.ssh import SSHTarget
+from dockyard.provisioner.core.errors import SSHError
+from dockyard.provisioner.core.files import atomic_write
 
 
-def _atomic_write(path, data: bytes, mode: int) -> None:
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def generate_keypair(private_path, comment: str = "dockyard", *, overwrite: bool = False) -> str:
+def generate_keypair(
+    private_path: str | os.PathLike[str], comment: str = "dockyard", *, overwrite: bool = False
+) -> str:
     """Write a new ed25519 key (OpenSSH format, 0600) and its .pub (0644); return the public key line."""
     private_path = os.fspath(private_path)
     if not overwrite and os.path.exists(private_path):
@@ -48,14 +29,14 @@ def generate_keypair(private_path, comment: str = "dockyard", *, overwrite: bool
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     line = public.decode() + (f" {comment}" if comment else "")
     try:
-        _atomic_write(private_path, private, 0o600)
-        _atomic_write(private_path + ".pub", (line + "\n").encode(), 0o644)
+        atomic_write(private_path, private, 0o600, durable=True)
+        atomic_write(private_path + ".pub", (line + "\n").encode(), 0o644, durable=True)
     except OSError as e:
         raise SSHError(f"cannot write SSH key {private_path}: {e.strerror or e}") from None
     return line
 
 
-def load_private_key(path) -> paramiko.PKey:
+def load_private_key(path: str | os.PathLike[str]) -> paramiko.PKey:
     """Load an unencrypted ed25519, rsa or ecdsa private key (OpenSSH or PEM format)."""
     try:
         return paramiko.PKey.from_path(path)
@@ -72,7 +53,7 @@ def load_private_key(path) -> paramiko.PKey:
         raise SSHError(f"{path} is not a usable SSH private key (ed25519, rsa or ecdsa expected): {e}") from None
 
 
-def check_key_permissions(path) -> None:
+def check_key_permissions(path: str | os.PathLike[str]) -> None:
     """Refuse a private key that group or others can access, as ssh (and Docker Machine) do."""
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -90,7 +71,7 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
-def read_pinned_host_key(path) -> paramiko.PKey | None:
+def read_pinned_host_key(path: str | os.PathLike[str]) -> paramiko.PKey | None:
     """The pinned host key, or None if the file does not exist yet."""
     try:
         with open(path, encoding="ascii") as f:
@@ -105,24 +86,5 @@ def read_pinned_host_key(path) -> paramiko.PKey | None:
         raise SSHError(f'pinned host key file {path} is malformed (expected one line "keytype base64"): {e}') from None
 
 
-def write_pinned_host_key(path, key: paramiko.PKey) -> None:
-    _atomic_write(path, f"{key.get_name()} {key.get_base64()}\n".encode(), 0o600)
-
-
-def _host_key_changed(target: SSHTarget, expected: paramiko.PKey, got: paramiko.PKey) -> HostKeyChanged:
-    return HostKeyChanged(
-        f"Host key for {target.describe()} has changed! Expected {fingerprint(expected)} ({expected.get_name()}), "
-        f"got {fingerprint(got)} ({got.get_name()}). Someone could be intercepting the connection, or the host was "
-        f"reinstalled. If the change is legitimate, remove the pinned key file {target.host_key_path} "
-        f"and connect again; it will pin the new key."
-    )
-
-
-class _RememberHostKey(paramiko.MissingHostKeyPolicy):
-    """Runs only when nothing is pinned: keep the offered key so it can be pinned once auth has succeeded."""
-
-    def __init__(self):
-        self.seen = None
-
-    def missing_host_key(self, client, hostname, key):
-        self.seen = key
+def write_pinned_host_key(path: str | os.PathLike[str], key: paramiko.PKey) -> None:
+    atomic_write(path, f"{key.get_name()} {key.get_base64()}\n".encode(), 0o600, durable=True)

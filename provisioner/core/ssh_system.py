@@ -1,14 +1,15 @@
-"""argv for the system ssh and scp binaries, with the machine's pinned host key enforced."""
+"""argv for the system ssh and scp binaries, with the machine's pinned host key enforced.
+
+Building an argv never connects: a machine never contacted has no pinned key yet, and the caller pins it
+first with ssh.pin_host_key (a login, as a session does).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dockyard.provisioner.core.errors import SSHError
-from dockyard.provisioner.core.ssh_keys import _atomic_write, check_key_permissions, read_pinned_host_key
-
-if TYPE_CHECKING:
-    from dockyard.provisioner.core.ssh import SSHTarget
+from dockyard.provisioner.core.files import atomic_write
+from dockyard.provisioner.core.ssh_keys import check_key_permissions, read_pinned_host_key
+from dockyard.provisioner.core.ssh_target import SSHTarget
 
 
 def _option_path(path: str) -> str:
@@ -21,13 +22,8 @@ def _host_key_options(target: SSHTarget) -> list[str]:
     if not target.host_key_path:
         return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     key = read_pinned_host_key(target.host_key_path)
-    if key is None:  # never contacted yet: pin it the same way a session does (after a successful login)
-        from dockyard.provisioner.core.ssh import SSHSession  # pins the key after a successful login
-
-        SSHSession(target).close()
-        key = read_pinned_host_key(target.host_key_path)
-        if key is None:
-            raise SSHError(f"could not pin the host key of {target.describe()}")
+    if key is None:
+        raise SSHError(f"the host key of {target.describe()} is not pinned yet: connect once to pin it")
     # The alias names the machine, not host:port, so the pin follows the machine across address changes.
     alias = f"dockyard.{target.machine}" if target.machine else target.host
     known_hosts = target.host_key_path + ".known_hosts"
@@ -37,8 +33,8 @@ def _host_key_options(target: SSHTarget) -> list[str]:
             current = f.read()
     except OSError:
         current = None
-    if current != line:
-        _atomic_write(known_hosts, line, 0o600)
+    if current != line:  # derived from the pin and rewritten whenever it differs: no fsync needed
+        atomic_write(known_hosts, line, 0o600, durable=False)
     return [
         "-o",
         "StrictHostKeyChecking=yes",

@@ -1,4 +1,4 @@
-"""Machines on disk: the store layout, config.json, atomic writes, locks, store-relative paths.
+"""Machines on disk: the store layout, config.json, locks, store-relative paths.
 
 Layout under the store root (default ~/.dockyard):
     certs/                 CA and client pair shared by every machine
@@ -9,16 +9,13 @@ Paths inside config.json are relative to the store root so a store can be moved.
 """
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import re
 import shutil
-import tempfile
-import time
 
 from dockyard.provisioner.core.errors import InvalidHostname, MachineAlreadyExists, MachineNotExist, StoreError
+from dockyard.provisioner.core.files import atomic_write, file_lock
 
 CONFIG_VERSION = 3
 DEFAULT_STORE = "~/.dockyard"
@@ -33,52 +30,6 @@ def validate_name(name):
     if not name or not NAME_RE.match(name) or len(name) > 253:
         raise InvalidHostname(name)
     return name
-
-
-def atomic_write(path, data, mode=0o600):
-    """Write data (bytes or str) to path atomically: temp file in the same dir, fsync, rename."""
-    if isinstance(data, str):
-        data = data.encode()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # fsync the directory so the rename itself survives a crash
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-@contextlib.contextmanager
-def file_lock(path, timeout=60.0, what="store"):
-    """An exclusive flock on path; waits up to timeout seconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise StoreError(f"timed out after {timeout:.0f}s waiting for the lock on {what} ({path})")
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -173,6 +124,7 @@ class Store:
         atomic_write(
             os.path.join(self.machine_dir(name), "config.json"),
             json.dumps(config, indent=4, sort_keys=False) + "\n",
+            durable=True,
         )
 
     def remove(self, name):

@@ -36,17 +36,11 @@ from dockyard.provisioner.core.errors import (
     SSHTimeout,
     SudoPasswordRequired,
 )
-from dockyard.provisioner.core.ssh import (
-    SSHAuthFailed,
-    SSHSession,
-    SSHTarget,
-    fingerprint,
-    generate_keypair,
-    load_private_key,
-    system_scp_argv,
-    system_ssh_argv,
-    wait_for_ssh,
-)
+from dockyard.provisioner.core.errors import SSHAuthFailed
+from dockyard.provisioner.core.ssh import SSHSession, pin_host_key, wait_for_ssh
+from dockyard.provisioner.core.ssh_keys import fingerprint, generate_keypair, load_private_key
+from dockyard.provisioner.core.ssh_system import system_scp_argv, system_ssh_argv
+from dockyard.provisioner.core.ssh_target import SSHTarget
 
 SSHD = "/usr/sbin/sshd"
 REPO = str(Path(__file__).resolve().parents[2])
@@ -540,8 +534,13 @@ def test_unreadable_key_fails_at_once(sshd, tmp_path):
 
 def test_system_ssh_runs_with_pinned_key_and_passes_the_exit_code(sshd, client_key, tmp_path):
     target = make_target(sshd, client_key, tmp_path)
+    # Building an argv never logs in: an unpinned machine is pinned first, by one login.
+    with pytest.raises(SSHError, match=r'the host key of machine "h1" \(127.0.0.1:\d+\) is not pinned yet'):
+        system_ssh_argv(target, ["true"], tty=False)
+    assert not Path(target.host_key_path).exists()
+    pin_host_key(target)
+    assert Path(target.host_key_path).exists()
     argv = system_ssh_argv(target, ["echo hello; exit 7"], tty=False)
-    assert Path(target.host_key_path).exists()  # pinned on first use, before ssh runs
     assert argv[0] == "ssh" and argv[-2:] == ["root@127.0.0.1", "echo hello; exit 7"]
     for option in (
         "StrictHostKeyChecking=yes",

@@ -1,4 +1,4 @@
-"""Store: layout, atomic writes, permissions, locking, relative paths, name validation."""
+"""Store: layout, permissions, locking, relative paths, name validation."""
 
 import json
 import multiprocessing
@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from dockyard.provisioner.core.errors import InvalidHostname, MachineAlreadyExists, MachineNotExist, StoreError
-from dockyard.provisioner.core.store import Store, atomic_write, validate_name
+from dockyard.provisioner.core.store import Store, validate_name
 
 
 def test_layout_and_permissions(tmp_path):
@@ -20,15 +20,6 @@ def test_layout_and_permissions(tmp_path):
 def test_storage_path_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("DOCKYARD_STORAGE_PATH", str(tmp_path / "x"))
     assert Store().path == str(tmp_path / "x")
-
-
-def test_atomic_write_mode_and_no_temp_left(tmp_path):
-    p = tmp_path / "f.json"
-    atomic_write(str(p), "one")
-    atomic_write(str(p), b"two", 0o600)
-    assert p.read_bytes() == b"two"
-    assert stat.S_IMODE(p.stat().st_mode) == 0o600
-    assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
 
 
 def test_save_load_roundtrip_and_relative_paths(tmp_path):
