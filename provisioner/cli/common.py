@@ -5,12 +5,19 @@ import threading
 
 import click
 
+from dockyard.provisioner.cli.group import GlobalOptions
 from dockyard.provisioner.core.errors import DockyardError, MachineNotExist, UsageError
+from dockyard.provisioner.core.store import Store, default_store_path
 from dockyard.provisioner.machines.machine import Machine
 
 
-def store_of(ctx):
-    return ctx.find_root().obj.store
+def options_of(ctx: click.Context) -> GlobalOptions:
+    """The global options (--storage-path, --debug, --native-ssh) of this invocation."""
+    return ctx.find_root().obj
+
+
+def store_of(ctx: click.Context) -> Store:
+    return options_of(ctx).store
 
 
 def info(msg):
@@ -96,8 +103,6 @@ def confirm(prompt):
 
 def complete_machines(ctx, param, incomplete):
     """Shell completion of machine names from the store."""
-    from dockyard.provisioner.core.store import Store, default_store_path
-
     root = ctx.find_root()
     path = root.params.get("storage_path") or default_store_path()
     return [n for n in sorted(Store(path).names()) if n.startswith(incomplete)]

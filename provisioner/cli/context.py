@@ -6,7 +6,6 @@ import subprocess
 import click
 
 from dockyard.provisioner.cli.common import complete_machines, load, one_name, store_of
-from dockyard.provisioner.cli.main import cli
 from dockyard.provisioner.core.errors import DockyardError
 
 
@@ -14,7 +13,7 @@ def _docker(*args):
     return subprocess.run(["docker", *args], capture_output=True, text=True)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("--no-switch", is_flag=True, help="Create or update the context but do not make it current.")
 @click.pass_context

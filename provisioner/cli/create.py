@@ -7,7 +7,6 @@ import click
 
 from dockyard.drivers import registry
 from dockyard.provisioner.cli.common import info, store_of
-from dockyard.provisioner.cli.main import cli
 from dockyard.provisioner.core.errors import DockyardError, UsageError
 from dockyard.provisioner.machines import batch, machine
 
@@ -71,7 +70,7 @@ def _kv_list(values, what):
     return list(values)
 
 
-@cli.command(cls=CreateCommand, context_settings={"ignore_unknown_options": False})
+@click.command(cls=CreateCommand, context_settings={"ignore_unknown_options": False})
 @click.argument("names", nargs=-1)
 @click.option(
     "-n",
@@ -148,7 +147,10 @@ def create(
         return
 
     def create_one(name, log):
-        machine.create(store, name, driver, driver_options, json.loads(json.dumps(engine_options)), list(tls_san), log)
+        # The driver's own progress lines stay unprefixed, as they always were (info, not the batch's log).
+        machine.create(
+            store, name, driver, driver_options, json.loads(json.dumps(engine_options)), list(tls_san), log, info
+        )
 
     run = batch.Batch(names, create_one, info, limit=parallel)
     failed = run.run()

@@ -6,7 +6,6 @@ import click
 
 from dockyard.drivers import registry
 from dockyard.provisioner.cli.common import info
-from dockyard.provisioner.cli.main import cli
 from dockyard.provisioner.core import credentials
 from dockyard.provisioner.core.errors import UsageError
 
@@ -33,7 +32,7 @@ def _ref(text):
     return provider, account, credentials.make_ref(provider, account)
 
 
-@cli.group()
+@click.group()
 def creds():
     """Manage cloud credentials (kept in the OS keyring; config.json only refers to them)."""
 

@@ -3,13 +3,12 @@
 import click
 
 from dockyard.provisioner.cli.common import complete_machines, confirm, for_each, info, many_names, store_of
-from dockyard.provisioner.cli.main import cli
 from dockyard.provisioner.core.errors import DockyardError, UsageError
 from dockyard.provisioner.machines import machine
 
 
 def _verb(name, method, help_text, after=None):
-    @cli.command(name, help=help_text)
+    @click.command(name, help=help_text)
     @click.argument("names", nargs=-1, shell_complete=complete_machines)
     @click.pass_context
     def command(ctx, names):
@@ -21,24 +20,26 @@ def _verb(name, method, help_text, after=None):
     return command
 
 
-_verb(
+start = _verb(
     "start",
     "start",
     "Start machines.",
     after="Started machines may have new IP addresses; dockyard re-issues server certs when they do.",
 )
-_verb("stop", "stop", "Stop machines (gracefully).")
-_verb("kill", "kill", "Kill machines (power off at once).")
-_verb(
+stop = _verb("stop", "stop", "Stop machines (gracefully).")
+kill = _verb("kill", "kill", "Kill machines (power off at once).")
+restart = _verb(
     "restart",
     "restart",
     "Restart machines.",
     after="Restarted machines may have new IP addresses; dockyard re-issues server certs when they do.",
 )
-_verb("upgrade", "upgrade", "Upgrade the engine on machines to this dockyard's version (containers keep running).")
+upgrade = _verb(
+    "upgrade", "upgrade", "Upgrade the engine on machines to this dockyard's version (containers keep running)."
+)
 
 
-@cli.command()
+@click.command()
 @click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.pass_context
 def provision(ctx, names):
@@ -55,7 +56,7 @@ def provision(ctx, names):
     for_each(store, many_names(store, names), run)
 
 
-@cli.command("regenerate-certs")
+@click.command("regenerate-certs")
 @click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--client-certs", is_flag=True, help="Also re-issue the client certificate (and the CA if it expires).")
@@ -69,7 +70,7 @@ def regenerate_certs(ctx, names, force, client_certs):
     for_each(store, names, lambda m, log: m.regenerate_certs(log, client_certs=client_certs))
 
 
-@cli.command()
+@click.command()
 @click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.option(
     "-f",

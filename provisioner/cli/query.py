@@ -11,14 +11,13 @@ from dockyard.drivers.base import State
 from dockyard.provisioner.cli import filters as ls_filters
 from dockyard.provisioner.cli import gotemplate, listing, shells, tables
 from dockyard.provisioner.cli.common import complete_machines, load, many_names, one_name, store_of
-from dockyard.provisioner.cli.main import cli
 from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
 
 SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credential")
 
 
-@cli.command("ls")
+@click.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only show machine names.")
 @click.option(
     "--filter",
@@ -85,7 +84,7 @@ def _tls_check(m):
         raise EngineUnreachable(f"Error checking TLS connection: {e}") from None
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("--shell", help="Shell to format for: bash, zsh, fish, powershell, cmd, tcsh, emacs (default: detect).")
 @click.option("-u", "--unset", is_flag=True, help="Print commands that unset the variables.")
@@ -123,7 +122,7 @@ def env(ctx, name, shell, unset, no_proxy, swarm):
     click.echo(shells.format_env(shell, variables, hint), nl=False)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("--swarm", is_flag=True, hidden=True)
 @click.pass_context
@@ -172,7 +171,7 @@ def inspect_data(m):
     return redact(data)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.option("-f", "--format", "format_", help="Go template over the JSON keys, or 'json'.")
 @click.pass_context
@@ -189,7 +188,7 @@ def inspect(ctx, name, format_):
         click.echo(gotemplate.render(format_, data))
 
 
-@cli.command()
+@click.command()
 @click.argument("names", nargs=-1, shell_complete=complete_machines)
 @click.pass_context
 def ip(ctx, names):
@@ -199,7 +198,7 @@ def ip(ctx, names):
         click.echo(load(store, n).ip())
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.pass_context
 def url(ctx, name):
@@ -211,7 +210,7 @@ def url(ctx, name):
     click.echo(m.url())
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.pass_context
 def status(ctx, name):
@@ -224,7 +223,7 @@ def status(ctx, name):
         raise DockyardError(f"error getting state for host {m.name}: {e}") from None
 
 
-@cli.command()
+@click.command()
 @click.option("-t", "--timeout", type=click.IntRange(min=1), default=10, show_default=True)
 @click.argument("extra", nargs=-1)
 @click.pass_context
@@ -243,7 +242,7 @@ def active(ctx, timeout, extra):
     raise DockyardError("No active host found")
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.pass_context
 def version(ctx, name):

@@ -9,12 +9,11 @@ import tempfile
 
 import click
 
-from dockyard.provisioner.cli.common import complete_machines, load, store_of
-from dockyard.provisioner.cli.main import cli
+from dockyard.provisioner.cli.common import complete_machines, load, options_of, store_of
 from dockyard.provisioner.core.errors import UsageError
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("name", required=False, shell_complete=complete_machines)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -42,7 +41,7 @@ def ssh(ctx, name, command):
     if args and args[0] == "--":
         args = args[1:]
     target = m.ssh_target()
-    native = ctx.find_root().obj.native_ssh or shutil.which("ssh") is None
+    native = options_of(ctx).native_ssh or shutil.which("ssh") is None
     if not native:
         pin_host_key(target)  # a machine never contacted: log in once so ssh can check the key
         argv = system_ssh_argv(target, args, tty=None if args else True)
@@ -68,7 +67,7 @@ def _split_spec(spec):
     return None, spec
 
 
-@cli.command()
+@click.command()
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories recursively.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing.")
 @click.argument("source")
