@@ -1,12 +1,32 @@
-"""The driver interface every driver implements, its flag type and the machine states.
+"""The driver interface every driver implements, its flag and settings types, and the machine states.
 
 A driver brings a host into existence and reports where it is; provisioning (engine, certs,
 services) is done elsewhere, over SSH, the same way for every driver.
+
+What every driver must do (create, remove, state, ip) is abstract. The power verbs (start, stop, kill,
+restart) are optional and declared in `capabilities`; a driver that declares one must implement it, and
+one that does not declare it answers `NotSupported` with Docker Machine's wording. Drivers report progress
+through `progress`, a callable the machine layer hands them (the CLI prints it), never with print.
 """
 
+from __future__ import annotations
+
+import abc
 import dataclasses
 import enum
+import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from dockyard.provisioner.core.errors import NotSupported
+from dockyard.provisioner.core.ssh_target import SSHTarget
+
+Progress = Callable[[str], None]
+"""Where a driver's progress lines go (one line per call)."""
+
+# Progress of a driver no one handed a channel to: nothing is printed; visible with logging configured.
+_unheard = logging.getLogger("dockyard.drivers.progress").info
 
 
 class State(str, enum.Enum):
@@ -20,8 +40,21 @@ class State(str, enum.Enum):
     ERROR = "Error"
     TIMEOUT = "Timeout"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
+
+
+class Capability(str, enum.Enum):
+    """An optional operation; the value is the Driver method that performs it (and the verb in errors)."""
+
+    START = "start"
+    STOP = "stop"
+    KILL = "kill"
+    RESTART = "restart"
+
+
+POWER = frozenset(Capability)
+"""Every power verb: what a driver that runs its own VMs or cloud nodes supports."""
 
 
 @dataclasses.dataclass
@@ -30,106 +63,167 @@ class Flag:
 
     name: str
     help: str
-    default: object = None
+    default: Any = None
     envvar: str | None = None
     type: type = str
     multiple: bool = False
     is_flag: bool = False
 
     @property
-    def key(self):
+    def key(self) -> str:
         return self.name.replace("-", "_")
 
+    def value(self, options: Mapping[str, Any]) -> Any:
+        """This flag's value in options (keyed by `key`), or its default when unset or empty."""
+        v = options.get(self.key)
+        if v in (None, "", ()):
+            v = self.default
+        if self.multiple:
+            return list(v or ())
+        if self.is_flag:
+            return bool(v)
+        return v
 
-class Driver:
-    """Base driver. Subclasses set `name`, list `flags`, and override what they support."""
 
-    name = "base"
-    flags: list = []
+def flag_values(flags: Sequence[Flag], options: Mapping[str, Any]) -> dict[str, Any]:
+    """{Flag.key: value} for every flag, defaults applied: a driver's defaults live only in its flags."""
+    return {f.key: f.value(options) for f in flags}
+
+
+def setting(config_key: str, flag: str | None = None) -> Any:
+    """A settings field stored as config_key in config.json, read from the flag named flag (a Flag.key)."""
+    return dataclasses.field(metadata={"config_key": config_key, "flag": flag})
+
+
+SettingsT = TypeVar("SettingsT", bound="Settings")
+
+
+@dataclasses.dataclass
+class Settings:
+    """Base of a driver's typed settings. Fields are declared with `setting()`, in config.json order."""
+
+    @classmethod
+    def from_flags(cls: type[SettingsT], values: Mapping[str, Any], prefix: str = "", **fixed: Any) -> SettingsT:
+        """Fields that name a flag take the value of flag `prefix + flag` (see flag_values); fields without a
+        flag come from `fixed`. Conversions and checks belong in the subclass's __post_init__."""
+        kwargs = {
+            f.name: values[prefix + f.metadata["flag"]] for f in dataclasses.fields(cls) if f.metadata.get("flag")
+        }
+        return cls(**kwargs, **fixed)
+
+    def to_config(self) -> dict[str, Any]:
+        """{config key: value} in field order: what the driver's section of config.json records."""
+        return {f.metadata["config_key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class Driver(abc.ABC):
+    """Base driver. Subclasses set `name`, list `flags`, declare `capabilities` and implement the abstracts."""
+
+    name: ClassVar[str] = "base"
+    flags: ClassVar[list[Flag]] = []
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # Drivers that only record an existing engine (none) skip SSH and provisioning.
-    provisions = True
+    provisions: ClassVar[bool] = True
 
-    def __init__(self, machine_name, machine_dir, config=None):
+    def __init__(
+        self,
+        machine_name: str,
+        machine_dir: str,
+        config: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.machine_name = machine_name
         self.machine_dir = machine_dir
-        self.config = dict(config or {})
+        self.config: dict[str, Any] = dict(config or {})
+        self.progress: Progress = progress or _unheard
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The declaration and the methods must agree, so the declared set is what the driver really does.
+        for cap in Capability:
+            implemented = getattr(cls, cap.value) is not getattr(Driver, cap.value)
+            if implemented != (cap in cls.capabilities):
+                state = "implements" if implemented else "does not implement"
+                raise TypeError(f"{cls.__name__} {state} {cap.value}() but its capabilities say otherwise")
 
     # -- configuration --------------------------------------------------------
-    def set_config_from_flags(self, options):
-        """options: dict keyed by Flag.key with values already parsed by the CLI."""
+    @abc.abstractmethod
+    def set_config_from_flags(self, options: Mapping[str, Any]) -> None:
+        """options: dict keyed by Flag.key with values already parsed by the CLI (missing ones: defaults)."""
 
-    def to_config(self):
+    def to_config(self) -> dict[str, Any]:
         return dict(self.config)
 
-    def path(self, name):
+    def path(self, name: str) -> str:
         return os.path.join(self.machine_dir, name)
 
     # -- lifecycle --------------------------------------------------------------
-    def pre_create_check(self):
-        """Raise any DockyardError when creation cannot work; the CLI exits 3."""
+    def pre_create_check(self) -> None:
+        """Raise any DockyardError when creation cannot work; the CLI exits 3. (Default: nothing to check.)"""
 
-    def create(self):
+    @abc.abstractmethod
+    def create(self) -> None:
         """Bring the host into existence (and running)."""
 
-    def remove(self):
+    @abc.abstractmethod
+    def remove(self) -> None:
         """Delete everything the driver made. Must succeed when called again."""
 
-    def start(self):
-        from dockyard.provisioner.core.errors import NotSupported
+    @abc.abstractmethod
+    def state(self) -> State:
+        """The host's state as the driver sees it."""
 
-        raise NotSupported(self.name, "start")
+    def supports(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
-    def stop(self):
-        from dockyard.provisioner.core.errors import NotSupported
+    def require(self, capability: Capability) -> None:
+        """NotSupported (Docker Machine's wording) unless the driver declares capability."""
+        if not self.supports(capability):
+            raise NotSupported(self.name, capability.value)
 
-        raise NotSupported(self.name, "stop")
+    def start(self) -> None:
+        self.require(Capability.START)
 
-    def kill(self):
-        from dockyard.provisioner.core.errors import NotSupported
+    def stop(self) -> None:
+        self.require(Capability.STOP)
 
-        raise NotSupported(self.name, "kill")
+    def kill(self) -> None:
+        self.require(Capability.KILL)
 
-    def restart(self):
-        from dockyard.provisioner.core.errors import NotSupported
-
-        raise NotSupported(self.name, "restart")
-
-    def state(self):
-        return State.RUNNING
+    def restart(self) -> None:
+        self.require(Capability.RESTART)
 
     # -- addresses ----------------------------------------------------------------
-    def ip(self):
+    @abc.abstractmethod
+    def ip(self) -> str:
         """The host's address as clients reach it."""
-        from dockyard.provisioner.core.errors import DriverError
 
-        raise DriverError(f'driver "{self.name}" does not know the machine\'s IP address')
-
-    def engine_port(self):
+    def engine_port(self) -> int:
         return int(self.config.get("EnginePort") or 2376)
 
-    def url(self):
-        return f"tcp://{_host_for_url(self.ip())}:{self.engine_port()}"
+    def url(self) -> str:
+        return f"tcp://{host_for_url(self.ip())}:{self.engine_port()}"
 
-    def ssh_host(self):
+    def ssh_host(self) -> str:
         return self.ip()
 
-    def ssh_port(self):
+    def ssh_port(self) -> int:
         return int(self.config.get("SSHPort") or 22)
 
-    def ssh_user(self):
-        return self.config.get("SSHUser") or "root"
+    def ssh_user(self) -> str:
+        return str(self.config.get("SSHUser") or "root")
 
-    def ssh_key_path(self):
+    def ssh_key_path(self) -> str | None:
         """Absolute path of the private key, or None."""
         key = self.config.get("SSHKeyPath")
         if not key:
             return None
         return key if os.path.isabs(key) else self.path(key)
 
-    def ensure_ssh_key(self, filename="id_ed25519"):
+    def ensure_ssh_key(self, filename: str = "id_ed25519") -> str:
         """A per-machine ed25519 key pair in the machine dir (for drivers that make the host).
         Returns the public key line; SSHKeyPath is stored relative to the machine dir."""
-        from dockyard.provisioner.core.ssh import generate_keypair
+        from dockyard.provisioner.core.ssh_keys import generate_keypair  # lazy: loads paramiko
 
         path = self.path(filename)
         if os.path.exists(path):
@@ -140,10 +234,8 @@ class Driver:
         self.config["SSHKeyPath"] = filename
         return public
 
-    def ssh_target(self):
+    def ssh_target(self) -> SSHTarget:
         """Where and how to reach the host over SSH; the host key is pinned in the machine dir."""
-        from dockyard.provisioner.core.ssh import SSHTarget  # local import: drivers stay light to import
-
         return SSHTarget(
             host=self.ssh_host(),
             port=self.ssh_port(),
@@ -154,5 +246,20 @@ class Driver:
         )
 
 
-def _host_for_url(ip):
+def host_for_url(ip: str) -> str:
+    """An address as the host part of a URL (IPv6 in brackets)."""
     return f"[{ip}]" if ":" in ip else ip
+
+
+__all__ = [
+    "POWER",
+    "Capability",
+    "Driver",
+    "Flag",
+    "Progress",
+    "Settings",
+    "State",
+    "flag_values",
+    "host_for_url",
+    "setting",
+]

@@ -12,6 +12,7 @@ from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
 from dockyard.provisioner.core.credentials import Field
+from dockyard.provisioner.core.errors import PreCreateCheckError
 
 EXOSCALE_HOSTS = ("exoscale.com", "exoscale.ch")
 
@@ -89,8 +90,6 @@ class ExoscaleDriver(CloudDriver):
 
     def pre_create_check(self):
         if self.targets_exoscale():
-            from dockyard.provisioner.core.errors import PreCreateCheckError
-
             raise PreCreateCheckError(retired_message())  # before credentials are asked for or stored
         super().pre_create_check()
 

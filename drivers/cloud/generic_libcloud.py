@@ -8,6 +8,7 @@ destroy the node; start/stop where the provider has them. Firewalls are the prov
 from dockyard.drivers.base import Flag
 from dockyard.drivers.cloud.base import CloudDriver, common_flags
 from dockyard.drivers.cloud.errors import CloudNotFound
+from dockyard.provisioner.core.credentials import Field
 from dockyard.provisioner.core.errors import DriverError
 
 # Options that hold secrets: kept in the keyring like any other provider's credentials.
@@ -60,18 +61,14 @@ class LibcloudDriver(CloudDriver):
         Flag("libcloud-location", "Location id or name", envvar="LIBCLOUD_LOCATION"),
     ] + common_flags("libcloud", "LIBCLOUD_", ssh_user="root", userdata=False, tags=False)
 
-    def __init__(self, machine_name, machine_dir, config=None):
-        super().__init__(machine_name, machine_dir, config)
-        from dockyard.provisioner.core.credentials import Field
-
+    def __init__(self, machine_name, machine_dir, config=None, progress=None):
+        super().__init__(machine_name, machine_dir, config, progress)
         self.credential_fields = [Field(k) for k in self.config.get("SecretOptions", [])]
 
     def set_config_from_flags(self, options):
         options = dict(options)  # shared by the machines of a batch: add the secret keys to a copy
         opts = parse_options(options.get("libcloud_option"))
         secret_names = sorted(k for k in opts if k.lower() in SECRET_OPTIONS)
-        from dockyard.provisioner.core.credentials import Field
-
         self.credential_fields = [Field(k, None, f"__secret_{k}") for k in secret_names]
         for k in secret_names:
             options[f"__secret_{k}"] = opts.pop(k)

@@ -192,7 +192,7 @@ def _run(cmd, what, log=None, env=None):
         raise DriverError(f"building the guest image failed at {what} (exit {proc.returncode}):\n" + "\n".join(tail))
 
 
-def ensure_image(cache_dir, log=print):
+def ensure_image(cache_dir, log):
     """The cached guest image for the current recipe, built first if needed (one builder at a time)."""
     image = cached_image(cache_dir)
     if image:

@@ -46,7 +46,7 @@ def check(source, sha256, flag):
         raise PreCreateCheckError(f"--{flag}: no such file: {source}")
 
 
-def resolve(source, sha256, cache_dir, log=print):
+def resolve(source, sha256, cache_dir, log):
     """The GuestImage to boot: dockyard's own (built once) when source is empty, else the user's, cached."""
     if not source:
         return build.ensure_image(cache_dir, log)
@@ -84,7 +84,7 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def download(url, sha256, dest_dir, log=print, timeout=60):
+def download(url, sha256, dest_dir, log, timeout=60):
     """Fetch url into dest_dir/download (hashing as it streams); keep it only if its sha256 matches."""
     final = os.path.join(dest_dir, "download")
     tmp = f"{final}.part-{os.getpid()}"

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from dockyard.drivers.base import Driver, Flag, State
+from dockyard.drivers.base import POWER, Driver, Flag, State
 from dockyard.drivers.guestimage import build, seed, source, tools
 from dockyard.drivers.qemu import accel as accel_mod
 from dockyard.drivers.qemu import boot, cmdline
@@ -45,10 +45,6 @@ FILES = (
     "serial.log.prev",
     "qemu.log",
 )
-
-
-def _say(msg):
-    print(msg, flush=True)
 
 
 def free_port():
@@ -100,6 +96,7 @@ def guest_ip_for_mac(link_output, addr_output, mac):
 
 class QemuDriver(Driver):
     name = "qemu"
+    capabilities = POWER
     flags = [
         Flag("qemu-binary", "QEMU system emulator to run", default="qemu-system-x86_64", envvar="QEMU_BINARY"),
         Flag(
@@ -140,10 +137,6 @@ class QemuDriver(Driver):
             envvar="QEMU_BOOT_TIMEOUT",
         ),
     ]
-
-    def __init__(self, machine_name, machine_dir, config=None):
-        super().__init__(machine_name, machine_dir, config)
-        self.log = _say
 
     # -- configuration ------------------------------------------------------------------
     def set_config_from_flags(self, options):
@@ -264,7 +257,7 @@ class QemuDriver(Driver):
         timings = {}
         started = time.monotonic()
         public_key = self.ensure_ssh_key()
-        image = source.resolve(self.config.get("Image"), self.config.get("ImageSHA256"), self.cache_dir, self.log)
+        image = source.resolve(self.config.get("Image"), self.config.get("ImageSHA256"), self.cache_dir, self.progress)
         timings["Image"] = time.monotonic() - started
 
         t = time.monotonic()
@@ -305,7 +298,7 @@ class QemuDriver(Driver):
                         f"see {self.path('qemu.log')}"
                     ) from None
         timings["Launch"] = time.monotonic() - t
-        self.log(f"Waiting for the VM to boot (serial console: {self.path('serial.log')})...")
+        self.progress(f"Waiting for the VM to boot (serial console: {self.path('serial.log')})...")
         timings["BootToSSH"] = self._wait_booted()
         self.config["Timings"] = {k: round(v, 2) for k, v in timings.items()}
 
@@ -319,7 +312,7 @@ class QemuDriver(Driver):
             lambda: accel_mod.probe(self.config["Binary"], kernel, build.cache_root(self.cache_dir)),
         )
         if warning:
-            self.log(f"Warning: {warning}.")
+            self.progress(f"Warning: {warning}.")
         self.config["AccelUsed"] = chosen
 
     def _make_disk(self, image):
@@ -500,7 +493,7 @@ class QemuDriver(Driver):
         except QMPError:
             pass  # no QMP: fall through to the timeout and kill
         if not self._wait_exit(pid, STOP_TIMEOUT):
-            self.log(f"The VM did not power off within {STOP_TIMEOUT:.0f}s; killing QEMU.")
+            self.progress(f"The VM did not power off within {STOP_TIMEOUT:.0f}s; killing QEMU.")
             self._terminate(pid)
 
     def kill(self):

@@ -10,7 +10,7 @@ import random
 import subprocess
 import time
 
-from dockyard.drivers.base import Driver, Flag, State
+from dockyard.drivers.base import POWER, Driver, Flag, State
 from dockyard.drivers.guestimage import build, seed, source, tools
 from dockyard.drivers.qemu import boot
 from dockyard.drivers.qemu.cmdline import random_mac
@@ -23,12 +23,9 @@ SHARE_NAME = "hosthome"
 FILES = ("disk.vdi", "boot.iso", "seed.iso", "serial.log")
 
 
-def _say(msg):
-    print(msg, flush=True)
-
-
 class VirtualBoxDriver(Driver):
     name = "virtualbox"
+    capabilities = POWER
     flags = [
         Flag(
             "virtualbox-cpu-count",
@@ -84,9 +81,8 @@ class VirtualBoxDriver(Driver):
         ),
     ]
 
-    def __init__(self, machine_name, machine_dir, config=None):
-        super().__init__(machine_name, machine_dir, config)
-        self.log = _say
+    def __init__(self, machine_name, machine_dir, config=None, progress=None):
+        super().__init__(machine_name, machine_dir, config, progress)
         self._vbm = None
 
     @property
@@ -162,7 +158,7 @@ class VirtualBoxDriver(Driver):
         except DriverError as e:
             raise PreCreateCheckError(str(e)) from None
         if not iface.network.subnet_of(vbox.ALLOWED_HOSTONLY) and version >= (6, 1, 28):
-            self.log(
+            self.progress(
                 f"Warning: VirtualBox {self.config['VBoxVersion']} allows host-only networks only in "
                 f"{vbox.ALLOWED_HOSTONLY} unless /etc/vbox/networks.conf lists {iface.network}."
             )
@@ -188,9 +184,9 @@ class VirtualBoxDriver(Driver):
     def prepare_media(self):
         """The VM's disk (VDI converted from the guest image, grown), boot CD (when needed) and seed ISO."""
         public_key = self.ensure_ssh_key()
-        image = source.resolve(self.config.get("Image"), self.config.get("ImageSHA256"), self.cache_dir, self.log)
+        image = source.resolve(self.config.get("Image"), self.config.get("ImageSHA256"), self.cache_dir, self.progress)
         self.config["BaseImage"] = image.to_config()
-        self.log("Converting the guest image to a VirtualBox disk...")
+        self.progress("Converting the guest image to a VirtualBox disk...")
         p = subprocess.run(
             [tools.find("qemu-img") or "qemu-img", "convert", "-O", "vdi", image.disk, self.path("disk.vdi")],
             capture_output=True,
@@ -410,7 +406,7 @@ class VirtualBoxDriver(Driver):
             if info is None or vbox.vm_state(info) not in (State.RUNNING, State.STOPPING):
                 return
             time.sleep(1)
-        self.log(f"The VM did not power off within {STOP_TIMEOUT:.0f}s; powering it off.")
+        self.progress(f"The VM did not power off within {STOP_TIMEOUT:.0f}s; powering it off.")
         self.vbm("controlvm", self.machine_name, "poweroff")
 
     def kill(self):

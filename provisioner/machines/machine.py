@@ -1,11 +1,15 @@
 """A Machine = its config.json + its driver; the lifecycle verbs (create, start, stop, rm, ...) as named steps."""
 
+from __future__ import annotations
+
+import dataclasses
 import datetime
 import os
-import shutil
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from dockyard.drivers import registry
-from dockyard.drivers.base import State
+from dockyard.drivers.base import Driver, State
 from dockyard.provisioner import provision
 from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import (
@@ -17,17 +21,50 @@ from dockyard.provisioner.core.errors import (
     MachineAlreadyExists,
     ProvisionError,
 )
-from dockyard.provisioner.core.store import validate_name
+from dockyard.provisioner.core.files import atomic_write
+from dockyard.provisioner.core.ssh_target import SSHTarget
+from dockyard.provisioner.core.store import Store, validate_name
+
+if TYPE_CHECKING:
+    from dockyard.provisioner.core.ssh import SSHSession
 
 ENGINE_WAIT = 60.0
 SSH_WAIT = 120.0
 
+Log = Callable[[str], None]
+"""Where a flow's progress lines go (one line per call)."""
 
-def _now():
+
+def open_ssh_session(target: SSHTarget, timeout: float, step: str) -> SSHSession:
+    """Wait until the host answers SSH and accepts the key; the session (see ssh.wait_for_ssh)."""
+    from dockyard.provisioner.core.ssh import wait_for_ssh  # lazy: paramiko is slow to import; ls/env never need it
+
+    return wait_for_ssh(target, timeout=timeout, step=step)
+
+
+def wait_engine_ready(url: str, tls: engine_client.TLSFiles, timeout: float) -> None:
+    """Wait until the engine at url answers /_ping over mutual TLS (see engine_client.wait_ready)."""
+    engine_client.wait_ready(url, tls, timeout=timeout)
+
+
+@dataclasses.dataclass(frozen=True)
+class Collaborators:
+    """What a machine's flows use besides the store: driver classes by name, SSH sessions to the host and the
+    engine's readiness check. The defaults are the real ones; tests hand in fakes."""
+
+    driver_class: Callable[[str], type[Driver]] = registry.get
+    open_session: Callable[[SSHTarget, float, str], SSHSession] = open_ssh_session
+    wait_engine: Callable[[str, engine_client.TLSFiles, float], None] = wait_engine_ready
+
+
+DEFAULT_COLLABORATORS = Collaborators()
+
+
+def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def default_engine_options():
+def default_engine_options() -> dict[str, Any]:
     return {
         "ArbitraryFlags": [],
         "Env": [],
@@ -42,79 +79,88 @@ def default_engine_options():
 class Step:
     """Names the step in progress so a failure can say where it happened."""
 
-    def __init__(self, machine):
+    def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.name = ""
 
-    def __call__(self, name):
+    def __call__(self, name: str) -> Step:
         self.name = name
         return self
 
 
 class Machine:
-    def __init__(self, store, name, config):
+    """A machine: its config.json (as a dict) and the driver it names."""
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        config: dict[str, Any],
+        collaborators: Collaborators = DEFAULT_COLLABORATORS,
+    ) -> None:
         self.store = store
         self.name = name
         self.config = config
-        self._driver = None
+        self.collaborators = collaborators
+        self._driver: Driver | None = None
 
     # -- loading and saving ----------------------------------------------------------
     @classmethod
-    def load(cls, store, name):
-        return cls(store, name, store.load(name))
+    def load(cls, store: Store, name: str, collaborators: Collaborators = DEFAULT_COLLABORATORS) -> Machine:
+        return cls(store, name, store.load(name), collaborators)
 
     @property
-    def dir(self):
+    def dir(self) -> str:
         return self.store.machine_dir(self.name)
 
     @property
-    def driver(self):
+    def driver(self) -> Driver:
         if self._driver is None:
-            cls = registry.get(self.config["DriverName"])
+            cls = self.collaborators.driver_class(self.config["DriverName"])
             self._driver = cls(self.name, self.dir, self.config.get("Driver", {}))
         return self._driver
 
-    def save(self):
+    def save(self) -> None:
         self.config["Driver"] = self.driver.to_config()
         self.store.save(self.name, self.config)
 
     @property
-    def engine_options(self):
+    def engine_options(self) -> dict[str, Any]:
         return self.config.setdefault("HostOptions", {}).setdefault("EngineOptions", default_engine_options())
 
     @property
-    def auth(self):
+    def auth(self) -> dict[str, Any]:
         return self.config.setdefault("HostOptions", {}).setdefault("AuthOptions", {})
 
     @property
-    def status(self):
+    def status(self) -> dict[str, Any]:
         return self.config.setdefault("Status", {})
 
-    def set_status(self, state, error="", step=""):
+    def set_status(self, state: str, error: str = "", step: str = "") -> None:
         self.config["Status"] = {"State": state, "Error": error, "Step": step, "Pid": os.getpid(), "Updated": _now()}
         self.save()
 
     # -- files -------------------------------------------------------------------
-    def path(self, name):
+    def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
-    def tls_files(self):
+    def tls_files(self) -> engine_client.TLSFiles:
         """The client pair as the docker CLI sees it (DOCKER_CERT_PATH = machine dir)."""
         return engine_client.TLSFiles(self.path("ca.pem"), self.path("cert.pem"), self.path("key.pem"))
 
     @property
-    def cert_paths(self):
+    def cert_paths(self) -> pki.CertPaths:
         return pki.CertPaths(self.store.certs_dir)
 
-    def copy_client_certs(self):
+    def copy_client_certs(self) -> None:
         cp = self.cert_paths
         for src, name in ((cp.ca, "ca.pem"), (cp.cert, "cert.pem"), (cp.key, "key.pem")):
-            tmp = self.path("." + name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.chmod(tmp, 0o600 if name == "key.pem" else 0o644)
-            os.replace(tmp, self.path(name))
+            with open(src, "rb") as f:
+                data = f.read()
+            # Copies of the store's pair, written again by every provision: no fsync needed.
+            atomic_write(self.path(name), data, 0o600 if name == "key.pem" else 0o644, durable=False)
 
-    def _auth_defaults(self, extra_sans=()):
+    def _auth_defaults(self, extra_sans: Iterable[str] = ()) -> None:
         rel = self.store.rel
         cp = self.cert_paths
         self.auth.update(
@@ -133,13 +179,13 @@ class Machine:
         self.auth.setdefault("ServerCertSANs", list(extra_sans))
 
     # -- addresses and state ---------------------------------------------------------
-    def url(self):
+    def url(self) -> str:
         return self.driver.url()
 
-    def ip(self):
+    def ip(self) -> str:
         return self.driver.ip()
 
-    def state(self):
+    def state(self) -> State:
         """The machine's state: a failed or interrupted create wins over what the driver says."""
         st = self.status.get("State")
         if st == "Error":
@@ -151,7 +197,7 @@ class Machine:
             return State.ERROR
         return self.driver.state()
 
-    def error_text(self):
+    def error_text(self) -> str:
         st = self.status.get("State")
         if st == "Error":
             step = self.status.get("Step")
@@ -162,7 +208,7 @@ class Machine:
             )
         return ""
 
-    def cert_matches_ip(self):
+    def cert_matches_ip(self) -> bool | None:
         """Does the server cert cover the machine's current address? (None when unknown.)"""
         server = self.path("server.pem")
         if not self.driver.provisions or not os.path.exists(server):
@@ -172,27 +218,25 @@ class Machine:
         except DockyardError:
             return None
 
-    def require_running(self):
+    def require_running(self) -> None:
         if self.state() != State.RUNNING:
             raise HostNotRunning(self.name)
 
     # -- SSH ---------------------------------------------------------------------------
-    def ssh_target(self):
+    def ssh_target(self) -> SSHTarget:
         return self.driver.ssh_target()
 
-    def session(self, timeout=SSH_WAIT, step="Waiting for SSH to be available"):
-        from dockyard.provisioner.core.ssh import wait_for_ssh  # paramiko is slow to import; ls/env never need it
-
-        return wait_for_ssh(self.ssh_target(), timeout=timeout, step=step)
+    def session(self, timeout: float = SSH_WAIT, step: str = "Waiting for SSH to be available") -> SSHSession:
+        return self.collaborators.open_session(self.ssh_target(), timeout, step)
 
     # -- certificates --------------------------------------------------------------------
-    def issue_server_cert(self, log):
+    def issue_server_cert(self, log: Log) -> None:
         sans = pki.server_sans(self.ip(), self.name, self.auth.get("ServerCertSANs", []))
         log("Generating the server certificate...")
         pki.issue_server_cert(self.cert_paths, self.name, self.path("server.pem"), self.path("server-key.pem"), sans)
         self.auth["ServerCertIP"] = self.ip()
 
-    def ensure_server_cert(self, log):
+    def ensure_server_cert(self, log: Log) -> bool:
         """Re-issue the server cert when the machine's IP is no longer in it. Returns True if re-issued."""
         if self.cert_matches_ip() is False:
             log(f"The machine's IP changed to {self.ip()}; re-issuing its server certificate...")
@@ -201,7 +245,7 @@ class Machine:
         return False
 
     # -- provisioning ------------------------------------------------------------------------
-    def provision(self, log, step=None, session=None):
+    def provision(self, log: Log, step: Step | None = None, session: SSHSession | None = None) -> None:
         """Full provisioning; keeps containers, images and volumes."""
         step = step or Step(self)
         own = session is None
@@ -234,10 +278,10 @@ class Machine:
             if own:
                 session.close()
 
-    def wait_engine(self, session, log, timeout=ENGINE_WAIT):
+    def wait_engine(self, session: SSHSession, log: Log, timeout: float = ENGINE_WAIT) -> None:
         log("Checking connection to the engine...")
         try:
-            engine_client.wait_ready(self.url(), self.tls_files(), timeout=timeout)
+            self.collaborators.wait_engine(self.url(), self.tls_files(), timeout)
         except (EngineUnreachable, CertError) as e:
             logs = provision.engine_logs(session, self.config.get("Provisioned", {}), self.name, self.engine_options)
             tail = "\n".join(logs.strip().splitlines()[-20:]) if logs.strip() else "(empty)"
@@ -250,13 +294,13 @@ class Machine:
             raise ProvisionError(f'machine "{self.name}" was never provisioned; run dockyard provision {self.name}')
         return provision.service_for(session, facts, self.name, self.engine_options)
 
-    def restart_engine(self, log, session):
+    def restart_engine(self, log: Log, session: SSHSession) -> None:
         svc = self._service(session)
         log("Restarting the engine...")
         svc.restart()
         self.wait_engine(session, log)
 
-    def push_server_cert(self, log, session):
+    def push_server_cert(self, log: Log, session: SSHSession) -> None:
         """Send the certs and restart the engine in one round trip, then wait until it answers."""
         svc = self._service(session)
         log("Copying certs to the remote machine and restarting the engine...")
@@ -265,7 +309,7 @@ class Machine:
         )
         self.wait_engine(session, log)
 
-    def regenerate_certs(self, log, client_certs=False):
+    def regenerate_certs(self, log: Log, client_certs: bool = False) -> None:
         if client_certs:
             log("Regenerating local certificates")
             with self.store.lock():
@@ -281,7 +325,7 @@ class Machine:
             self.save()
             self.push_server_cert(log, session)
 
-    def upgrade(self, log):
+    def upgrade(self, log: Log) -> None:
         self.require_running()
         with self.session() as session:
             self._service(session)  # refuses machines that were never provisioned
@@ -302,11 +346,12 @@ class Machine:
                 self.push_server_cert(log, session)
                 return
             try:
-                engine_client.wait_ready(self.url(), self.tls_files(), timeout=ENGINE_WAIT / 2)
+                self.collaborators.wait_engine(self.url(), self.tls_files(), ENGINE_WAIT / 2)
             except (EngineUnreachable, CertError):
                 self.restart_engine(log, session)
 
-    def start(self, log):
+    def start(self, log: Log) -> None:
+        self.driver.progress = log  # the driver's own progress lines go where this verb's go
         if self.driver.state() == State.RUNNING:
             raise HostAlreadyInState(self.name, "running")
         log(f'Starting "{self.name}"...')
@@ -316,6 +361,7 @@ class Machine:
         self.save()
 
     def _power_off(self, log, action, doing, done):
+        self.driver.progress = log
         if self.driver.state() == State.STOPPED:
             raise HostAlreadyInState(self.name, "stopped")
         log(f'{doing} "{self.name}"...')
@@ -323,14 +369,15 @@ class Machine:
         self.save()
         log(f'Machine "{self.name}" was {done}.')
 
-    def stop(self, log):
+    def stop(self, log: Log) -> None:
         self._power_off(log, self.driver.stop, "Stopping", "stopped")
 
-    def kill(self, log):
+    def kill(self, log: Log) -> None:
         self._power_off(log, self.driver.kill, "Killing", "killed")
 
-    def restart(self, log):
+    def restart(self, log: Log) -> None:
         log(f'Restarting "{self.name}"...')
+        self.driver.progress = log
         if self.driver.state() == State.STOPPED:
             self.driver.start()
         else:
@@ -339,7 +386,7 @@ class Machine:
         self.save()
 
 
-def _pid_alive(pid):
+def _pid_alive(pid: object) -> bool:
     try:
         os.kill(int(pid), 0)
         return True
@@ -349,14 +396,26 @@ def _pid_alive(pid):
         return True
 
 
-def create(store, name, driver_name, driver_options, engine_options, tls_sans, log):
-    """Create, provision and record a machine. On failure the machine stays, in state Error, for rm -f."""
+def create(
+    store: Store,
+    name: str,
+    driver_name: str,
+    driver_options: Mapping[str, Any],
+    engine_options: dict[str, Any],
+    tls_sans: Iterable[str],
+    log: Log,
+    progress: Log | None = None,
+    *,
+    collaborators: Collaborators = DEFAULT_COLLABORATORS,
+) -> Machine:
+    """Create, provision and record a machine. On failure the machine stays, in state Error, for rm -f.
+    progress: where the driver's own progress lines go (default: log)."""
     validate_name(name)
     store.ensure()
     if store.exists(name) or os.path.exists(store.machine_dir(name)):
         raise MachineAlreadyExists(name)
-    driver_cls = registry.get(driver_name)
-    driver = driver_cls(name, store.machine_dir(name), {})
+    driver_cls = collaborators.driver_class(driver_name)
+    driver = driver_cls(name, store.machine_dir(name), {}, progress=progress or log)
     driver.set_config_from_flags(driver_options)
     if engine_options.get("Port"):
         driver.config["EnginePort"] = engine_options["Port"]
@@ -369,9 +428,8 @@ def create(store, name, driver_name, driver_options, engine_options, tls_sans, l
     driver.pre_create_check()
 
     store.reserve(name)
-    m = Machine(
-        store, name, {"DriverName": driver_name, "Created": _now(), "HostOptions": {"EngineOptions": engine_options}}
-    )
+    config = {"DriverName": driver_name, "Created": _now(), "HostOptions": {"EngineOptions": engine_options}}
+    m = Machine(store, name, config, collaborators)
     m._driver = driver
     m._auth_defaults(tls_sans)
     step = Step(m)
@@ -400,10 +458,12 @@ def create(store, name, driver_name, driver_options, engine_options, tls_sans, l
     return m
 
 
-def remove(store, name, force, log):
+def remove(
+    store: Store, name: str, force: bool, log: Log, *, collaborators: Collaborators = DEFAULT_COLLABORATORS
+) -> None:
     """Delete what the driver made, then the local record. With force, driver errors do not stop removal."""
     try:
-        m = Machine(store, name, store.load(name))
+        m = Machine(store, name, store.load(name), collaborators)
     except DockyardError:
         # A create killed before its first save leaves a bare directory; -f clears it.
         if not (force and os.path.isdir(store.machine_dir(name))):
@@ -411,6 +471,7 @@ def remove(store, name, force, log):
         m = None
     try:
         if m is not None:
+            m.driver.progress = log
             m.driver.remove()
     except Exception as e:
         if not force:
@@ -421,5 +482,5 @@ def remove(store, name, force, log):
     log(f"Successfully removed {name}")
 
 
-def list_machines(store):
+def list_machines(store: Store) -> list[str]:
     return sorted(store.names())

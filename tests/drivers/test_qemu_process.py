@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 def make_driver(machine_dir):
     os.makedirs(machine_dir, exist_ok=True)
     d = qdriver.QemuDriver("t1", str(machine_dir))
-    d.log = lambda msg: d.__dict__.setdefault("said", []).append(msg)
+    d.progress = lambda msg: d.__dict__.setdefault("said", []).append(msg)
     d.config.update(
         Binary=shutil.which("qemu-system-x86_64"),
         AccelUsed="tcg",

@@ -61,7 +61,7 @@ def make(tmp_path, image, **kw):
     mdir.mkdir(parents=True)
     d = vdriver.VirtualBoxDriver("vb1", str(mdir))
     d.said = []
-    d.log = d.said.append
+    d.progress = d.said.append
     d.set_config_from_flags(flags(virtualbox_image=image, virtualbox_no_vtx_check=True, **kw))
     return d
 

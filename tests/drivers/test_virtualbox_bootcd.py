@@ -27,7 +27,7 @@ def test_virtualbox_media_boot_under_qemu(tmp_path, guest_image):
     mdir = tmp_path / "store" / "machines" / "vbq"
     mdir.mkdir(parents=True)
     d = VirtualBoxDriver("vbq", str(mdir))
-    d.log = lambda msg: None
+    d.progress = lambda msg: None
     d.set_config_from_flags({"virtualbox_no_share": True, "virtualbox_memory": 1024})
     d.prepare_media()
     assert os.path.exists(d.path("boot.iso")) and os.path.exists(d.path("seed.iso"))
