@@ -13,6 +13,8 @@ import os
 import platform
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -336,3 +338,34 @@ def test_default_profile_is_valid_and_docker_s():
     profile = seccomp.parse_profile(json.dumps(seccomp.default_profile()))
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO" and profile["defaultErrnoRet"] == errno.EPERM
     assert seccomp.libseccomp_version() >= (2, 4, 0)
+
+
+def test_real_programs_under_the_exported_filter():
+    """The hook the container init will use: no_new_privs, install_bpf, then execve of the image's program."""
+    program = seccomp.compile_bpf(seccomp.default_profile(), caps.DEFAULT)
+    assert program is not None
+
+    def confine():
+        ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)
+        seccomp.install_bpf(program)
+
+    script = (
+        "import socket, threading; t = threading.Thread(target=print); t.start(); t.join(); socket.socket().close()"
+    )
+    ok = subprocess.run(["python3", "-c", script + "; print('fine')"], preexec_fn=confine, capture_output=True)
+    assert (ok.returncode, ok.stdout.strip()) == (0, b"fine"), ok.stderr
+    refused = subprocess.run(["unshare", "--user", "true"], preexec_fn=confine, capture_output=True)
+    assert refused.returncode != 0 and b"Operation not permitted" in refused.stderr, refused
+    control = subprocess.run(["unshare", "--user", "true"], capture_output=True)
+    assert control.returncode == 0, control.stderr
+
+
+def test_default_profile_ships_in_the_engine_bundle(bundle):
+    """The engine runs from a zipapp: the profile is read as package data, not from a path."""
+    pyz, _sha = bundle
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from dockyard.engine.runtime import seccomp; "
+        "print(seccomp.default_profile()['defaultAction'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(pyz)], capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == "SCMP_ACT_ERRNO", out.stderr
