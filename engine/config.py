@@ -1,5 +1,7 @@
 """Daemon configuration: dockerd-style flags merged over an optional JSON config file."""
 
+from __future__ import annotations
+
 import argparse
 import ipaddress
 import json
@@ -18,6 +20,25 @@ class ConfigError(Exception):
 
 class Config:
     """Every setting of the daemon, after merging defaults < config file < flags."""
+
+    # Set from FIELDS in __init__; declared for readers and type checkers.
+    hosts: list[str]
+    tlsverify: bool
+    tlscacert: str | None
+    tlscert: str | None
+    tlskey: str | None
+    insecure_tcp: bool
+    labels: list[str]
+    data_root: str
+    exec_root: str
+    storage_driver: str
+    insecure_registries: list[str]
+    registry_mirrors: list[str]
+    pidfile: str
+    log_level: str
+    debug: bool
+    opts: dict[str, str]
+    group: str
 
     # name -> (default, kind). kind: "str", "bool", "list", "opts"
     FIELDS = {

@@ -12,11 +12,11 @@ import time
 from dockyard.engine import __version__
 from dockyard.engine.api.http import HttpServer
 from dockyard.engine.api.routes import build_router, common_headers
+from dockyard.engine.atomicfile import atomic_write
 from dockyard.engine.buildinfo import build_info
 from dockyard.engine.config import ConfigError, parse_config
-from dockyard.engine.context import Engine, load_or_create_engine_id
 from dockyard.engine.listeners import ListenerError, make_server_tls_context, open_listener, parse_host
-from dockyard.engine.services import start_services, stop_services
+from dockyard.engine.services import build_engine, load_or_create_engine_id, start_engine, stop_engine
 
 log = logging.getLogger("dockyard.engine")
 
@@ -137,10 +137,10 @@ class Daemon:
                 sys.stderr.write("\n%s\n%s\n%s\n\n" % ("!" * 78, text, "!" * 78))
                 sys.stderr.flush()
 
-        self.engine = Engine(cfg, engine_id, warnings)
-        # Subsystems (engine/services.py); before any thread starts: the runtime forks here.
+        # The engine's parts (engine/services.py); before any thread starts: the runtime forks here.
         try:
-            start_services(self.engine)
+            self.engine = build_engine(cfg, engine_id, warnings)
+            start_engine(self.engine)
         except Exception as exc:
             log.exception("starting the engine's services failed")
             raise StartupError("cannot start the engine's services: %s" % exc) from None
@@ -169,10 +169,7 @@ class Daemon:
             raise StartupError("pid file found, ensure dockyard-engine is not running or delete %s" % path)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = "%s.%d.tmp" % (path, os.getpid())
-            with open(tmp, "w") as fh:
-                fh.write("%d" % os.getpid())
-            os.replace(tmp, path)
+            atomic_write(path, b"%d" % os.getpid(), durable=False)
         except OSError as exc:
             raise StartupError("cannot write pid file %s: %s" % (path, exc)) from None
         self._pidfile_written = True
@@ -249,7 +246,7 @@ class Daemon:
         self.listeners = []
         if self.engine is not None:
             try:
-                stop_services(self.engine)  # containers keep running (live restore)
+                stop_engine(self.engine)  # containers keep running (live restore)
             except Exception:
                 log.exception("stopping the engine's services failed")
         self._remove_pidfile()

@@ -1,37 +1,145 @@
-"""Starts and stops the engine's subsystems in dependency order; each part adds its own lines here.
+"""The engine's parts, built once at start-up and wired by hand: the one place that shows who uses whom.
 
-Called by the daemon once its listeners are open and before it serves anything. Order matters:
-1. the runtime's fork server is forked first, while the daemon is still single-threaded;
-2. the stores (images, volumes) and the network register themselves in engine.services;
-3. the runtime re-attaches to live containers and applies restart policies last, because
-   restarting a container needs the images (rootfs) and the network.
-A part's start(engine) registers its service object: engine.services["<name>"] = obj.
+    images      ImageStore      image configs, tags, layers and container overlay roots
+    volumes     VolumeStore     named and anonymous volumes
+    network     NetworkManager  networks, endpoints, ports, NAT (bridge and pyroute2 set up on first use)
+    containers  ContainerManager  the runtime; gets the fork server, images, volumes and network
+    events      EventBus        the runtime's event bus (/events)
+    execs       ExecManager     `docker exec` instances (owned by the container manager)
+
+Images and volumes ask the runtime back whether a container uses them; those two callbacks are set
+here too (the runtime is built after the stores). API handlers reach the parts as req.engine.<part>.
 """
 
+from __future__ import annotations
+
 import logging
+import os
+import threading
+import time
+import uuid
+
+from dockyard.engine.atomicfile import atomic_write
+from dockyard.engine.config import Config
+from dockyard.engine.errors import EngineError
+from dockyard.engine.images.overlay import filesystem_of
+from dockyard.engine.images.store import ImageStore
+from dockyard.engine.network.manager import NetworkManager
+from dockyard.engine.runtime.events import EventBus
+from dockyard.engine.runtime.execs import ExecManager
+from dockyard.engine.runtime.forkserver import ForkServer
+from dockyard.engine.runtime.manager import ContainerManager
+from dockyard.engine.volumes import VolumeStore
 
 log = logging.getLogger("dockyard.engine")
 
 
-def start_services(engine):
-    from dockyard.engine.runtime import service as runtime_service
+class Engine:
+    """What every API handler shares (req.engine): the configuration, the engine's identity, its parts."""
 
-    runtime_service.prefork(engine)  # fork server: must run before any thread exists
+    def __init__(
+        self,
+        config: Config,
+        engine_id: str,
+        warnings: list[str],
+        images: ImageStore,
+        volumes: VolumeStore,
+        network: NetworkManager,
+        containers: ContainerManager,
+    ) -> None:
+        self.config = config
+        self.id = engine_id
+        self.started_at = time.time()
+        self.warnings = warnings  # shown by /info; the parts append theirs while they start
+        self.images = images
+        self.volumes = volumes
+        self.network = network
+        self.containers = containers
 
-    # -- stores and network: one line per part, e.g. `images_service.start(engine)` ----------
-    from dockyard.engine.network import service as network_service
+    @property
+    def events(self) -> EventBus:
+        return self.containers.events
 
-    network_service.start(engine)  # bridge network: leases, ports (bridge + NAT set up on first use)
-    from dockyard.engine.images import service as images_service
+    @property
+    def execs(self) -> ExecManager:
+        return self.containers.execs
 
-    images_service.start(engine)  # images and volumes: engine.services["images"], ["volumes"]
+    def collect_info(self) -> dict[str, int]:
+        """The /info counters: containers by state and images."""
+        return {**self.containers.counts(), "Images": len(self.images.ids())}
 
-    # -----------------------------------------------------------------------------------------
-    runtime_service.start(engine)  # containers: events, restore, restart policies
+
+def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
+    """Build every part. Nothing here may start a thread: the fork server must fork a single-threaded daemon."""
+    images = ImageStore(config.data_root)
+    volumes = VolumeStore(config.data_root)
+    try:
+        network = NetworkManager(config.data_root, config.opts, warnings)
+    except ValueError as exc:  # a bad bip=/mtu=/bridge= engine opt
+        raise EngineError("network configuration: %s" % exc) from None
+    forkserver = ForkServer()
+    forkserver.start()
+    try:
+        containers = ContainerManager(config, forkserver, images, volumes, network)
+    except BaseException:
+        forkserver.stop()
+        raise
+    images.set_usage_check(containers.using_image)
+    images.set_running_check(containers.is_running)
+    volumes.set_usage_check(containers.using_volume)
+    warn_if_data_root_cannot_hold_overlays(config.data_root, warnings)
+    return Engine(config, engine_id, warnings, images, volumes, network, containers)
 
 
-def stop_services(engine):
-    """Daemon shutdown: stop in reverse order. Containers keep running (live restore)."""
-    from dockyard.engine.runtime import service as runtime_service
+def start_engine(engine: Engine) -> None:
+    """Re-attach to live containers, then apply restart policies in the background."""
+    containers = engine.containers
+    containers.monitor.start()
+    loaded, died = containers.restore()
+    if loaded:
+        log.info(
+            "restored %d containers (%d running, %d died while the engine was away)",
+            len(loaded),
+            sum(1 for c in loaded if c.running),
+            len(died),
+        )
 
-    runtime_service.stop(engine)
+    def policies() -> None:
+        try:
+            containers.settle_dead(died)
+            containers.start_policies(loaded, died)
+        except Exception:
+            log.exception("applying restart policies at start failed")
+
+    threading.Thread(target=policies, name="restart-policies", daemon=True).start()
+
+
+def stop_engine(engine: Engine) -> None:
+    """Daemon shutdown. Containers keep running (live restore)."""
+    engine.containers.shutdown()
+
+
+def warn_if_data_root_cannot_hold_overlays(data_root: str, warnings: list[str]) -> None:
+    fstype, mnt = filesystem_of(data_root)
+    if fstype in ("overlay", "aufs"):
+        text = (
+            "WARNING: data-root %s is on %s (%s): container root filesystems (overlayfs) cannot be "
+            "mounted there; use --data-root on ext4, xfs, btrfs or tmpfs" % (data_root, fstype, mnt)
+        )
+        log.warning(text)
+        warnings.append(text)
+
+
+def load_or_create_engine_id(data_root: str) -> str:
+    """A UUID persisted in <data-root>/engine-id, so /info ID is stable across restarts."""
+    path = os.path.join(data_root, "engine-id")
+    try:
+        with open(path) as fh:
+            value = fh.read().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = str(uuid.uuid4())
+    atomic_write(path, (value + "\n").encode(), durable=True)
+    return value

@@ -7,8 +7,9 @@ import threading
 import time
 import uuid
 
-from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
-from dockyard.engine.images.layers import atomic_write_json, read_json
+from dockyard.engine.atomicfile import atomic_write_json
+from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
+from dockyard.engine.images.layers import read_json
 
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"
@@ -97,9 +98,9 @@ class VolumeStore:
     @staticmethod
     def validate_name(name):
         if len(name) < 2 and _VALID_NAME.match(name + "a"):
-            raise BadRequest("volume name is too short, names should be at least two alphanumeric characters")
+            raise InvalidParameter("volume name is too short, names should be at least two alphanumeric characters")
         if not _VALID_NAME.match(name):
-            raise BadRequest(
+            raise InvalidParameter(
                 '"%s" includes invalid characters for a local volume name, only '
                 '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host '
                 "directory, use absolute path" % name
@@ -110,7 +111,7 @@ class VolumeStore:
         if driver not in (None, "", "local"):
             raise NotFound("plugin %s not found" % driver)
         if options:
-            raise BadRequest(
+            raise InvalidParameter(
                 "volume driver options are not supported by dockyard (got %s)" % ", ".join(sorted(options))
             )
         if not name:
@@ -134,7 +135,7 @@ class VolumeStore:
             stage = os.path.join(self.root, ".new-%s" % uuid.uuid4().hex[:12])
             os.mkdir(stage, 0o701)
             os.mkdir(os.path.join(stage, "_data"), 0o755)
-            atomic_write_json(os.path.join(stage, "meta.json"), meta)
+            atomic_write_json(os.path.join(stage, "meta.json"), meta, durable=True)
             os.rename(stage, os.path.join(self.root, name))
             return Volume(self, name, meta)
 

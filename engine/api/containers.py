@@ -1,15 +1,16 @@
 """Containers resource: create, list, inspect, start/stop/kill/restart/pause, wait, rm, rename,
-resize, attach, logs, top, stats, update, prune (engine.services["containers"] does the work)."""
+resize, attach, logs, top, stats, update, prune (req.engine.containers does the work)."""
 
 import select
 import ssl
 import time
 
-from dockyard.engine.api.errors import BadRequest, Conflict, NotModified, ServerError
 from dockyard.engine.api.responses import Response, json_bytes
+from dockyard.engine.errors import Conflict, InvalidParameter, NotModified, SystemFailure
 from dockyard.engine.runtime import logs as logmod
 from dockyard.engine.runtime import relay, views
 from dockyard.engine.runtime import stats as statsmod
+from dockyard.engine.runtime.cgroups import Cgroup
 from dockyard.engine.runtime.logs import parse_since
 
 MUX = "application/vnd.docker.multiplexed-stream"
@@ -40,15 +41,8 @@ def register(router, engine):
     router.add("POST", "/containers/{id}/update", update)
 
 
-def manager_of(req):
-    mgr = req.engine.services.get("containers")
-    if mgr is None:
-        raise ServerError("the container runtime is not running")
-    return mgr
-
-
 def container_of(req):
-    return manager_of(req).get(req.params["id"])
+    return req.engine.containers.get(req.params["id"])
 
 
 def client_gone(req):
@@ -70,17 +64,17 @@ def first_write_at(req):
 
 # -- create / list / inspect ----------------------------------------------------------------
 def create(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     body = req.json(default=None)
     if body is None:
-        raise BadRequest("config cannot be empty in order to create a container")
+        raise InvalidParameter("config cannot be empty in order to create a container")
     name = req.query_value("name") or None
     c, warnings = mgr.create(body, name)
     return Response(201, json_bytes({"Id": c.id, "Warnings": warnings}), "application/json")
 
 
 def list_containers(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     all_ = req.query_bool("all")
     size = req.query_bool("size")
     limit = req.query_int("limit", -1)
@@ -94,17 +88,17 @@ def list_containers(req):
 
 
 def inspect(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     return views.inspect(c, mgr, req.query_bool("size"))
 
 
 # -- lifecycle ------------------------------------------------------------------------------
 def start(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     if req.query_value("checkpoint"):
-        raise BadRequest("checkpoints are not supported")
+        raise InvalidParameter("checkpoints are not supported")
     mgr.start(c)
     return Response(204)
 
@@ -118,11 +112,11 @@ def _timeout(req):
     try:
         return int(value)
     except ValueError:
-        raise BadRequest('invalid value for t: "%s"' % value) from None
+        raise InvalidParameter('invalid value for t: "%s"' % value) from None
 
 
 def stop(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     if not mgr.stop(c, _timeout(req), req.query_value("signal")):
         raise NotModified("container already stopped")
@@ -130,37 +124,37 @@ def stop(req):
 
 
 def restart(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     mgr.restart(c, _timeout(req), req.query_value("signal"))
     return Response(204)
 
 
 def kill(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     mgr.kill(c, req.query_value("signal"))
     return Response(204)
 
 
 def pause(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     mgr.pause(mgr.get(req.params["id"]))
     return Response(204)
 
 
 def unpause(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     mgr.unpause(mgr.get(req.params["id"]))
     return Response(204)
 
 
 def wait(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     condition = req.query_value("condition") or "not-running"
     if condition not in ("not-running", "next-exit", "removed"):
-        raise BadRequest("invalid condition: %s" % condition)
+        raise InvalidParameter("invalid condition: %s" % condition)
     # Headers now: `docker run` sends /start only once they arrived (§0.3).
     stream = req.stream(200, "application/json")
     code = mgr.wait(c, condition, gone=lambda: client_gone(req))
@@ -179,23 +173,23 @@ def wait(req):
 
 
 def remove(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     if req.query_bool("link"):
-        raise BadRequest("dockyard does not support links")
+        raise InvalidParameter("dockyard does not support links")
     mgr.remove(c, force=req.query_bool("force"), volumes=req.query_bool("v"))
     return Response(204)
 
 
 def rename(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     mgr.rename(c, req.query_value("name") or "")
     return Response(204)
 
 
 def resize(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     h, w = req.query_int("h", 0), req.query_int("w", 0)
     mgr.resize(c, h, w)
@@ -203,7 +197,7 @@ def resize(req):
 
 
 def prune(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     filters = req.filters()
     filters.validate(("until", "label", "label!"))
     deleted = []
@@ -213,18 +207,18 @@ def prune(req):
 
 
 def update(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     body = req.json(default={}) or {}
     warnings = []
-    from dockyard.engine.runtime.cgroups import Cgroup
-
     with c.lock:
         hc = c.host_config
         if "RestartPolicy" in body and body["RestartPolicy"]:
             rp = body["RestartPolicy"]
             if hc.get("AutoRemove") and (rp.get("Name") or "no") != "no":
-                raise BadRequest("Restart policy cannot be updated because AutoRemove is enabled for the container")
+                raise InvalidParameter(
+                    "Restart policy cannot be updated because AutoRemove is enabled for the container"
+                )
             hc["RestartPolicy"] = {
                 "Name": rp.get("Name") or "no",
                 "MaximumRetryCount": int(rp.get("MaximumRetryCount") or 0),
@@ -250,7 +244,7 @@ def update(req):
             try:
                 cg.set_resources(res)
             except OSError as exc:
-                raise ServerError("cannot update container resources: %s" % exc) from None
+                raise SystemFailure("cannot update container resources: %s" % exc) from None
         c.save_config()
     mgr.emit(c, "update")
     return {"Warnings": warnings}
@@ -258,16 +252,16 @@ def update(req):
 
 # -- attach ---------------------------------------------------------------------------------
 def attach(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     try:
         keys = relay.parse_detach_keys(req.query_value("detachKeys") or "")
     except relay.DetachKeyError as exc:
-        raise BadRequest(str(exc)) from None
+        raise InvalidParameter(str(exc)) from None
     want = {"stdin": req.query_bool("stdin"), "stdout": req.query_bool("stdout"), "stderr": req.query_bool("stderr")}
     stream_it, with_logs = req.query_bool("stream"), req.query_bool("logs")
     if not (stream_it or with_logs):
-        raise BadRequest("Bad parameters: you must choose at least one stream")
+        raise InvalidParameter("Bad parameters: you must choose at least one stream")
     prefix = b""
     if with_logs:
         prefix = b"".join(_log_payloads(c, logmod.LogReader(c.log_path).poll(), want["stdout"], want["stderr"], False))
@@ -303,11 +297,11 @@ def _log_payloads(c, entries, stdout, stderr, timestamps, since=None, until=None
 
 
 def logs(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     stdout, stderr = req.query_bool("stdout"), req.query_bool("stderr")
     if not (stdout or stderr):
-        raise BadRequest("Bad parameters: you must choose at least one stream")
+        raise InvalidParameter("Bad parameters: you must choose at least one stream")
     follow, timestamps = req.query_bool("follow"), req.query_bool("timestamps")
     since, until = parse_since(req.query_value("since")), parse_since(req.query_value("until"))
     tail = (req.query_value("tail") or "all").strip()
@@ -350,18 +344,18 @@ def logs(req):
 
 # -- top / stats ----------------------------------------------------------------------------
 def top(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     if not c.running:
         raise Conflict("Container %s is not running" % c.id)
     try:
         return statsmod.top(c, req.query_value("ps_args"))
     except ValueError as exc:
-        raise ServerError(str(exc)) from None
+        raise SystemFailure(str(exc)) from None
 
 
 def stats(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     stream_it = req.query_bool("stream", True)
     one_shot = req.query_bool("one-shot")

@@ -1,66 +1,37 @@
-"""API error classes: each maps to one HTTP status and a JSON body {"message": ...}."""
+"""The one place where the engine's errors become HTTP statuses (body {"message": ...})."""
+
+from __future__ import annotations
+
+from dockyard.engine import errors
 
 
-class ApiError(Exception):
-    """Base of every error a handler raises to answer the client.
+class ApiError(errors.EngineError):
+    """An error only HTTP has a word for (413 body too large): the status is given explicitly."""
 
-    The server turns it into `status` with body {"message": message} and
-    Content-Type exactly application/json (the docker CLI prints raw bodies
-    for anything else).
-    """
-
-    status = 500
-
-    def __init__(self, message="", status=None):
+    def __init__(self, message: object = "", status: int = 500) -> None:
         super().__init__(message)
-        self.message = str(message)
-        if status is not None:
-            self.status = status
+        self.status = status
 
 
-class NotModified(ApiError):
-    """304: the container is already started/stopped. Sent without a body."""
-
-    status = 304
-
-
-class BadRequest(ApiError):
-    """400: a bad parameter, malformed JSON, unsupported API version."""
-
-    status = 400
-
-
-class Unauthorized(ApiError):
-    status = 401
+# Checked in order: the first kind an error is an instance of decides its status.
+STATUS_OF_KIND: tuple[tuple[type[errors.EngineError], int], ...] = (
+    (errors.NotModified, 304),  # sent without a body
+    (errors.InvalidParameter, 400),
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
+    (errors.NotFound, 404),  # also unknown routes ("page not found")
+    (errors.Conflict, 409),
+    (errors.Unsupported, 501),
+    (errors.Unavailable, 503),
+    (errors.SystemFailure, 500),
+)
 
 
-class Forbidden(ApiError):
-    status = 403
-
-
-class NotFound(ApiError):
-    """404: no such container/image/...; also unknown routes ("page not found")."""
-
-    status = 404
-
-
-class Conflict(ApiError):
-    """409: name in use, container running, ..."""
-
-    status = 409
-
-
-class ServerError(ApiError):
-    """500: the engine failed doing something that should have worked."""
-
-    status = 500
-
-
-class NotImplementedApi(ApiError):
-    """501: a known request the engine does not support (yet)."""
-
-    status = 501
-
-
-class Unavailable(ApiError):
-    status = 503
+def http_status(exc: errors.EngineError) -> int:
+    """The status the client gets for `exc`; an error of no known kind is the engine's failure (500)."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    for kind, status in STATUS_OF_KIND:
+        if isinstance(exc, kind):
+            return status
+    return 500

@@ -3,7 +3,6 @@
 import time
 
 from dockyard.engine.api.containers import client_gone
-from dockyard.engine.api.errors import ServerError
 from dockyard.engine.runtime.logs import parse_since
 
 FILTERS = (
@@ -56,9 +55,7 @@ def _matches(ev, filters):
 
 
 def events(req):
-    bus = req.engine.services.get("events")
-    if bus is None:
-        raise ServerError("no event bus in this engine")
+    bus = req.engine.events
     filters = req.filters()
     filters.validate(FILTERS)
     since = parse_since(req.query_value("since"))

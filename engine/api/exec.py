@@ -1,8 +1,8 @@
 """Exec resource: create an exec instance, start it (hijacked stream or detached), resize, inspect."""
 
-from dockyard.engine.api.containers import MUX, RAW, first_write_at, manager_of
-from dockyard.engine.api.errors import ApiError, BadRequest, Conflict, ServerError
+from dockyard.engine.api.containers import MUX, RAW, first_write_at
 from dockyard.engine.api.responses import Response, json_bytes
+from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, SystemFailure
 from dockyard.engine.runtime import relay
 
 
@@ -13,30 +13,23 @@ def register(router, engine):
     router.add("GET", "/exec/{id}/json", inspect)
 
 
-def execs_of(req):
-    mgr = manager_of(req)
-    if mgr.execs is None:
-        raise ServerError("exec is not available")
-    return mgr.execs
-
-
 def create(req):
-    mgr = manager_of(req)
+    mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     body = req.json(default=None)
     if not isinstance(body, dict):
-        raise BadRequest("invalid exec config")
+        raise InvalidParameter("invalid exec config")
     if body.get("DetachKeys"):
         try:
             relay.parse_detach_keys(body["DetachKeys"])
         except relay.DetachKeyError as exc:
-            raise BadRequest(str(exc)) from None
-    inst = execs_of(req).create(c, body)
+            raise InvalidParameter(str(exc)) from None
+    inst = req.engine.execs.create(c, body)
     return Response(201, json_bytes({"Id": inst.id}), "application/json")
 
 
 def start(req):
-    execs = execs_of(req)
+    execs = req.engine.execs
     inst = execs.get(req.params["id"])
     body = req.json(default={}) or {}
     detach = bool(body.get("Detach"))
@@ -57,7 +50,7 @@ def start(req):
     start_at = first_write_at(req)
     try:
         proc = execs.spawn(inst, tty=tty, console_size=console)
-    except ApiError as exc:
+    except EngineError as exc:
         inst.exit_code, inst.running = 126, False
         _write_error(hijacked, exc.message, tty, start_at)
         relay.drain_client(hijacked)
@@ -100,7 +93,7 @@ def _write_error(hijacked, text, tty, start_at):
 
 
 def resize(req):
-    inst = execs_of(req).get(req.params["id"])
+    inst = req.engine.execs.get(req.params["id"])
     h, w = req.query_int("h", 0), req.query_int("w", 0)
     proc = inst.proc
     if proc is None or not inst.running:
@@ -108,9 +101,9 @@ def resize(req):
     try:
         proc.resize(h, w)
     except OSError as exc:
-        raise ServerError("resize failed: %s" % exc) from None
+        raise SystemFailure("resize failed: %s" % exc) from None
     return Response(200, b"", "text/plain; charset=utf-8")
 
 
 def inspect(req):
-    return execs_of(req).get(req.params["id"]).to_api()
+    return req.engine.execs.get(req.params["id"]).to_api()

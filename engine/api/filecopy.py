@@ -14,8 +14,8 @@ import os
 import stat
 import tarfile
 
-from dockyard.engine.api.errors import ApiError, BadRequest, NotFound
 from dockyard.engine.api.responses import Response
+from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.images import tarsafe
 from dockyard.engine.timefmt import rfc3339nano
 
@@ -65,28 +65,25 @@ def go_file_mode(st_mode):
 
 def container_root(req, ref):
     """(container, root path) of the container's filesystem as the engine can reach it."""
-    containers = req.engine.services.get("containers")
-    if containers is None:
-        raise ApiError("the container runtime is not running", 503)
-    ctr = containers.get(ref)
-    pid = getattr(ctr, "pid", 0) or 0
+    ctr = req.engine.containers.get(ref)
+    pid = ctr.pid or 0
     if pid:
         root = "/proc/%d/root" % pid
         if os.path.exists(root):
             return ctr, root
-    images = req.engine.services.get("images")
-    rootfs = getattr(ctr, "rootfs", None)
-    if images is not None and not images.rootfs.is_mounted(ctr.id):
+    images = req.engine.images
+    rootfs = ctr.rootfs
+    if not images.rootfs.is_mounted(ctr.id):
         rootfs = images.rootfs.remount(ctr.id)
     if not rootfs or not os.path.isdir(rootfs):
-        raise ApiError("container %s has no root filesystem" % ctr.id, 500)
+        raise SystemFailure("container %s has no root filesystem" % ctr.id)
     return ctr, rootfs
 
 
 def _abs(path):
     """moby's PreserveTrailingDotOrSeparator(Join("/", path), path)."""
     if not path:
-        raise BadRequest("path is required")
+        raise InvalidParameter("path is required")
     clean = os.path.normpath("/" + path)
     if clean.startswith("//"):
         clean = "/" + clean.lstrip("/")
@@ -139,7 +136,7 @@ def _encode_stat(payload):
 
 
 def _not_found(path, ctr):
-    return NotFound("Could not find the file %s in container %s" % (path, getattr(ctr, "name", "") or ctr.id))
+    return NotFound("Could not find the file %s in container %s" % (path, ctr.name or ctr.id))
 
 
 def _open_target(req):
@@ -157,12 +154,12 @@ def _open_target(req):
     except OSError as exc:
         scope.close()
         if exc.errno == errno.ELOOP:
-            raise BadRequest("too many levels of symbolic links: %s" % path) from None
+            raise InvalidParameter("too many levels of symbolic links: %s" % path) from None
         raise
     if follow and not stat.S_ISDIR(st.st_mode):  # "file/" is ENOTDIR for lstat too
         target.close()
         scope.close()
-        raise BadRequest("%s: not a directory" % path)
+        raise InvalidParameter("%s: not a directory" % path)
     return ctr, scope, target, st
 
 
@@ -296,7 +293,7 @@ def put_archive(req):
         except FileNotFoundError:
             raise _not_found(path, ctr) from None
         except NotADirectoryError:
-            raise BadRequest("extraction point is not a directory") from None
+            raise InvalidParameter("extraction point is not a directory") from None
     try:
         tarsafe.safe_extract(
             req.body,
@@ -308,6 +305,6 @@ def put_archive(req):
         )
     except OSError as exc:
         if exc.errno == errno.EROFS:
-            raise ApiError("container rootfs is marked read-only", 403) from None
+            raise Forbidden("container rootfs is marked read-only") from None
         raise
     return Response(200)

@@ -2,7 +2,7 @@
 
 One thread per connection (the TLS handshake runs there too, so a slow client
 never blocks the accept loop). The `app` callable (the Router) maps a Request to
-a result; this module turns results and ApiErrors into bytes on the wire.
+a result; this module turns results and EngineErrors (status from api.errors) into bytes on the wire.
 Framing lives in wire.py, response objects in responses.py.
 """
 
@@ -14,7 +14,7 @@ import threading
 from urllib.parse import parse_qs, unquote
 
 from dockyard.engine.api import query as querymod
-from dockyard.engine.api.errors import ApiError, BadRequest, NotImplementedApi
+from dockyard.engine.api.errors import ApiError, http_status
 from dockyard.engine.api.responses import (  # noqa: F401  (re-exported for handlers)
     NO_BODY_STATUS,
     ChunkedStream,
@@ -34,6 +34,7 @@ from dockyard.engine.api.wire import (
     ProtocolError,
     SocketReader,
 )
+from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
 
 log = logging.getLogger("dockyard.engine.http")
 
@@ -102,7 +103,7 @@ class Request:
         if te:
             if te != ["chunked"]:
                 self.must_close = True
-                raise NotImplementedApi("unsupported Transfer-Encoding: %s" % ", ".join(te))
+                raise Unsupported("unsupported Transfer-Encoding: %s" % ", ".join(te))
             return ChunkedBody(self.conn, self)
         length = self.headers.get("Content-Length")
         if length is not None:
@@ -137,7 +138,7 @@ class Request:
         try:
             return json.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("invalid JSON: %s" % exc) from None
+            raise InvalidParameter("invalid JSON: %s" % exc) from None
 
     def query_value(self, name, default=None):
         return querymod.first(self.query, name, default)
@@ -278,8 +279,10 @@ class Connection:
 
     def _error_on_new_request(self, exc):
         """Answer a request we could not even build (bad headers/body framing) and close."""
-        status = getattr(exc, "status", 400)
-        message = exc.message if isinstance(exc, ApiError) else str(exc)
+        if isinstance(exc, EngineError):
+            status, message = http_status(exc), exc.message
+        else:
+            status, message = exc.status, str(exc)
         resp = error_response(status, message)
         body = resp.body
         head = "HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Status"))
@@ -296,7 +299,7 @@ class Connection:
         while True:
             try:
                 req = self._read_request()
-            except (ProtocolError, ApiError) as exc:
+            except (ProtocolError, EngineError) as exc:
                 self._error_on_new_request(exc)
                 return
             except (OSError, ssl.SSLError):
@@ -316,8 +319,8 @@ class Connection:
         try:
             result = self.server.app(req)
             self._finish(req, result)
-        except ApiError as exc:
-            self._fail(req, exc.status, exc.message, None)
+        except EngineError as exc:
+            self._fail(req, http_status(exc), exc.message, None)
         except ProtocolError as exc:
             req.must_close = True
             self._fail(req, exc.status, str(exc), None)

@@ -6,11 +6,11 @@ import re
 import tempfile
 import time
 
-from dockyard.engine.api.errors import ApiError, BadRequest, NotImplementedApi
 from dockyard.engine.api.responses import Response
 from dockyard.engine.api.router import version_less
-from dockyard.engine.images import archive, reference, registry
-from dockyard.engine.images.store import ZERO_TIME
+from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
+from dockyard.engine.images import loadsave, reference, registry
+from dockyard.engine.images.store import ZERO_TIME, parse_time
 
 log = logging.getLogger("dockyard.engine.images")
 
@@ -55,18 +55,11 @@ def register(router, engine):
     router.add("DELETE", "/images/{name:.+}", delete_image)
 
 
-def store_of(req):
-    store = req.engine.services.get("images")
-    if store is None:
-        raise ApiError("the image store is not running", 503)
-    return store
-
-
 def parse_timestamp(text, now=None):
     """moby's filter/query times: unix seconds[.frac], RFC 3339, or a Go duration meaning 'ago'."""
     text = (text or "").strip()
     if not text:
-        raise BadRequest("empty timestamp")
+        raise InvalidParameter("empty timestamp")
     m = _DURATION.match(text)
     if m:
         return (now if now is not None else time.time()) - float(m.group(1)) * _DURATION_UNITS[m.group(2)]
@@ -74,11 +67,9 @@ def parse_timestamp(text, now=None):
         return float(text)
     except ValueError:
         pass
-    from dockyard.engine.images.store import parse_time
-
     ts = parse_time(text if "T" in text else text + "T00:00:00Z")
     if ts == 0.0:
-        raise BadRequest('failed to parse value as time or duration: "%s"' % text)
+        raise InvalidParameter('failed to parse value as time or duration: "%s"' % text)
     return ts
 
 
@@ -91,29 +82,8 @@ def _bool_filter(values, name):
         elif lv in ("false", "0"):
             out.add(False)
         else:
-            raise BadRequest("Invalid filter '%s=%s'" % (name, v))
+            raise InvalidParameter("Invalid filter '%s=%s'" % (name, v))
     return out
-
-
-def label_matcher(filters, key="label", negate_key=None):
-    """fn(labels) for `label`/`label!` filters, or None when there are none."""
-    pos = filters.get(key)
-    neg = filters.get(negate_key) if negate_key else []
-    if not pos and not neg:
-        return None
-
-    def match(labels):
-        for expr in pos:
-            name, sep, want = expr.partition("=")
-            if name not in labels or (sep and labels[name] != want):
-                return False
-        for expr in neg:
-            name, sep, want = expr.partition("=")
-            if name in labels and (not sep or labels[name] == want):
-                return False
-        return True
-
-    return match
 
 
 # -- list / inspect / history ----------------------------------------------------------------
@@ -138,11 +108,11 @@ def summary(img, api_version):
 
 
 def list_images(req):
-    store = store_of(req)
+    store = req.engine.images
     filters = req.filters()
     filters.validate(LIST_FILTERS)
     dangling = _bool_filter(filters.get("dangling"), "dangling") if filters.has("dangling") else None
-    labels = label_matcher(filters)
+    labels = filters.label_matcher()
     before = since = until = None
     if filters.has("before"):
         before = min(store.get(r).created for r in filters.get("before"))
@@ -230,12 +200,12 @@ def inspect_payload(store, img, api_version="1.50"):
 
 
 def inspect_image(req):
-    store = store_of(req)
+    store = req.engine.images
     return inspect_payload(store, store.get(req.params["name"]), req.api_version)
 
 
 def image_history(req):
-    store = store_of(req)
+    store = req.engine.images
     img = store.get(req.params["name"])
     layers = img.layers()
     history = img.config.get("history") or []
@@ -281,8 +251,6 @@ def image_history(req):
 
 
 def _created(h, img):
-    from dockyard.engine.images.store import parse_time
-
     return parse_time(h.get("created")) or img.created
 
 
@@ -290,32 +258,32 @@ def _created(h, img):
 
 
 def tag_image(req):
-    store = store_of(req)
+    store = req.engine.images
     img = store.get(req.params["name"])
     repo = req.query_value("repo", "")
     tag = req.query_value("tag", "")
     if not repo:
-        raise BadRequest("repository name must have at least one component")
+        raise InvalidParameter("repository name must have at least one component")
     ref = reference.parse(repo)
     if tag:
         if ref.tag or ref.digest:
-            raise BadRequest("invalid reference format: cannot give a tag twice")
+            raise InvalidParameter("invalid reference format: cannot give a tag twice")
         ref = reference.parse("%s:%s" % (ref.repo, tag))
     if ref.digest:
-        raise BadRequest("refusing to create a tag with a digest reference")
+        raise InvalidParameter("refusing to create a tag with a digest reference")
     store.tag(img.id, ref)
     return Response(201)
 
 
 def delete_image(req):
-    store = store_of(req)
+    store = req.engine.images
     force = req.query_bool("force")
     noprune = req.query_bool("noprune")
     return store.delete(req.params["name"], force=force, prune=not noprune)
 
 
 def prune_images(req):
-    store = store_of(req)
+    store = req.engine.images
     filters = req.filters()
     filters.validate(PRUNE_FILTERS)
     dangling_only = True
@@ -326,17 +294,17 @@ def prune_images(req):
     if filters.has("until"):
         until = min(parse_timestamp(v) for v in filters.get("until"))
     deleted, reclaimed = store.prune(
-        dangling_only=dangling_only, until=until, label_filter=label_matcher(filters, "label", "label!")
+        dangling_only=dangling_only, until=until, label_filter=filters.label_matcher("label", "label!")
     )
     return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
 
 def search_images(req):
-    raise NotImplementedApi("searching registries is not supported by the dockyard engine")
+    raise Unsupported("searching registries is not supported by the dockyard engine")
 
 
 def push_image(req):
-    raise NotImplementedApi("pushing images to registries is not supported by the dockyard engine yet")
+    raise Unsupported("pushing images to registries is not supported by the dockyard engine yet")
 
 
 # -- load / save / import ---------------------------------------------------------------------
@@ -393,13 +361,13 @@ class _LazyStream:
 
 
 def load_images(req):
-    store = store_of(req)
+    store = req.engine.images
     quiet = req.query_bool("quiet", default=True)
     path = _spool_body(req, store)
     out = _LazyStream(req, buffer_all=quiet)
     try:
-        archive.load(store, path, out.emit, quiet=quiet)
-    except ApiError as exc:
+        loadsave.load(store, path, out.emit, quiet=quiet)
+    except EngineError as exc:
         if out.fail(exc.message):
             return None
         raise
@@ -415,12 +383,12 @@ def load_images(req):
 
 
 def _save(req, names):
-    store = store_of(req)
-    selection = archive.resolve_save_names(store, names)  # 404 before any byte is sent
+    store = req.engine.images
+    selection = loadsave.resolve_save_names(store, names)  # 404 before any byte is sent
     if not selection:
-        raise BadRequest("no images given")
+        raise InvalidParameter("no images given")
     stream = req.stream(200, "application/x-tar")
-    archive.save(store, selection, stream)
+    loadsave.save(store, selection, stream)
     return None
 
 
@@ -439,11 +407,11 @@ def create_image(req):
     from_image = req.query_value("fromImage")
     if from_image:
         return pull_image(req, from_image, req.query_value("tag") or "")
-    raise BadRequest("fromImage or fromSrc is required")
+    raise InvalidParameter("fromImage or fromSrc is required")
 
 
 def pull_image(req, from_image, tag):
-    store = store_of(req)
+    store = req.engine.images
     cfg = req.engine.config
     policy = (getattr(cfg, "opts", None) or {}).get("registry-pull", "local")
     out = _LazyStream(req, buffer_all=False)
@@ -457,7 +425,7 @@ def pull_image(req, from_image, tag):
             getattr(cfg, "insecure_registries", ()),
             policy=policy,
         )
-    except ApiError as exc:
+    except EngineError as exc:
         if out.fail(exc.message):
             return None
         raise
@@ -472,9 +440,11 @@ def pull_image(req, from_image, tag):
 
 
 def import_image(req, src):
-    store = store_of(req)
+    store = req.engine.images
     if src != "-":
-        raise BadRequest("importing from %s is not supported: send the tarball in the request body (fromSrc=-)" % src)
+        raise InvalidParameter(
+            "importing from %s is not supported: send the tarball in the request body (fromSrc=-)" % src
+        )
     repo = req.query_value("repo") or None
     tag = req.query_value("tag") or None
     message = req.query_value("message") or ""
@@ -483,7 +453,7 @@ def import_image(req, src):
     path = _spool_body(req, store)
     try:
         with open(path, "rb") as fh:
-            img = archive.import_rootfs(
+            img = loadsave.import_rootfs(
                 store, fh, repo=repo, tag=tag, message=message, changes=changes, platform=platform
             )
     finally:

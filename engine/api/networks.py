@@ -2,8 +2,8 @@
 
 import re
 
-from dockyard.engine.api.errors import BadRequest, NotImplementedApi, ServerError
 from dockyard.engine.api.responses import json_response
+from dockyard.engine.errors import InvalidParameter, Unsupported
 from dockyard.engine.network.catalog import BUILTIN
 
 _FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
@@ -19,13 +19,6 @@ def register(router, engine):
     router.add("POST", "/networks/{id}/disconnect", disconnect_network)
 
 
-def _manager(req):
-    manager = req.engine.services.get("network")
-    if manager is None:
-        raise ServerError("networking is not available in this engine")
-    return manager
-
-
 def _matches(pattern, value):
     """moby matches name/id filters as regular expressions (so a plain word is a substring)."""
     try:
@@ -35,15 +28,15 @@ def _matches(pattern, value):
 
 
 def list_networks(req):
-    manager = _manager(req)
+    manager = req.engine.network
     filters = req.filters()
     filters.validate(_FILTERS)
     for value in filters.get("type"):
         if value not in ("custom", "builtin"):
-            raise BadRequest("invalid filter: 'type'='%s'" % value)
+            raise InvalidParameter("invalid filter: 'type'='%s'" % value)
     for value in filters.get("dangling"):
         if value.lower() not in ("true", "false", "1", "0"):
-            raise BadRequest("invalid filter 'dangling=%s'" % value)
+            raise InvalidParameter("invalid filter 'dangling=%s'" % value)
     out = []
     for net in manager.list():
         if filters.get("name") and not any(_matches(p, net["Name"]) for p in filters.get("name")):
@@ -67,76 +60,71 @@ def list_networks(req):
 
 
 def inspect_network(req):
-    return _manager(req).inspect(req.params["id"])
+    return req.engine.network.inspect(req.params["id"])
 
 
 def create_network(req):
     body = req.json({}) or {}
     if not isinstance(body, dict):
-        raise BadRequest("invalid JSON: expected an object")
+        raise InvalidParameter("invalid JSON: expected an object")
     name = body.get("Name") or ""
     if not name:
-        raise BadRequest("network name is required")
+        raise InvalidParameter("network name is required")
     if body.get("Driver") not in (None, "", "bridge"):
-        raise BadRequest("dockyard supports only the bridge driver for user-defined networks, not %r" % body["Driver"])
+        raise InvalidParameter(
+            "dockyard supports only the bridge driver for user-defined networks, not %r" % body["Driver"]
+        )
     if body.get("EnableIPv6"):
-        raise BadRequest("dockyard networks are IPv4 only")
+        raise InvalidParameter("dockyard networks are IPv4 only")
     if body.get("ConfigOnly") or body.get("ConfigFrom") and (body["ConfigFrom"] or {}).get("Network"):
-        raise BadRequest("config-only networks are not supported")
+        raise InvalidParameter("config-only networks are not supported")
     ipam = body.get("IPAM") or {}
     if ipam.get("Driver") not in (None, "", "default"):
-        raise BadRequest("IPAM driver %r is not supported" % ipam["Driver"])
+        raise InvalidParameter("IPAM driver %r is not supported" % ipam["Driver"])
     configs = ipam.get("Config") or []
     if len(configs) > 1:
-        raise BadRequest("dockyard networks take one IPv4 subnet")
+        raise InvalidParameter("dockyard networks take one IPv4 subnet")
     subnet = gateway = None
     if configs:
         cfg = configs[0] or {}
         if cfg.get("IPRange") or cfg.get("AuxiliaryAddresses"):
-            raise BadRequest("--ip-range and --aux-address are not supported")
+            raise InvalidParameter("--ip-range and --aux-address are not supported")
         subnet, gateway = cfg.get("Subnet") or None, cfg.get("Gateway") or None
-    net = _manager(req).create_network(
+    net = req.engine.network.create_network(
         name, subnet, gateway, bool(body.get("Internal")), body.get("Labels") or {}, body.get("Options") or {}
     )
     return json_response({"Id": net.id, "Warning": ""}, 201)
 
 
 def remove_network(req):
-    _manager(req).remove_network(req.params["id"])
+    req.engine.network.remove_network(req.params["id"])
     return None
 
 
 def prune_networks(req):
-    manager = _manager(req)
+    manager = req.engine.network
     filters = req.filters()
     filters.validate(("label", "label!", "until"))
     deleted = []
     for net in manager.list():
         if net["Name"] in BUILTIN or manager.in_use(net["Name"]):
             continue
-        if not filters.match_labels(net["Labels"]):
-            continue
-        if any(_label_matches(net["Labels"], expr) for expr in filters.get("label!")):
+        if not filters.match_labels(net["Labels"], "label", "label!"):
             continue
         manager.remove_network(net["Name"])
         deleted.append(net["Name"])
     return {"NetworksDeleted": deleted}
 
 
-def _label_matches(labels, expr):
-    key, sep, value = expr.partition("=")
-    return key in labels and (not sep or labels[key] == value)
-
-
 def connect_network(req):
-    name = _manager(req).resolve(req.params["id"])
-    raise NotImplementedApi(
+    name = req.engine.network.resolve(req.params["id"])
+    raise Unsupported(
         "dockyard cannot connect a container to %s after creation: choose the network with docker run --network" % name
     )
 
 
 def disconnect_network(req):
-    name = _manager(req).resolve(req.params["id"])
-    raise NotImplementedApi(
+    name = req.engine.network.resolve(req.params["id"])
+    raise Unsupported(
         "dockyard cannot disconnect a container from %s: containers keep the network they were created with" % name
     )

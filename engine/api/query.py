@@ -2,7 +2,7 @@
 
 import json
 
-from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.errors import InvalidParameter
 
 # moby's httputils.BoolValue: these spellings (case-insensitive, trimmed) are false.
 _FALSE_WORDS = frozenset(("", "0", "no", "false", "none"))
@@ -37,7 +37,7 @@ def integer(query, name, default=None):
     try:
         return int(value, 10)
     except ValueError:
-        raise BadRequest('invalid value for %s: "%s"' % (name, value)) from None
+        raise InvalidParameter('invalid value for %s: "%s"' % (name, value)) from None
 
 
 class Filters:
@@ -60,11 +60,11 @@ class Filters:
         try:
             raw = json.loads(text)
         except ValueError as exc:
-            raise BadRequest("invalid filter: %s" % exc) from None
+            raise InvalidParameter("invalid filter: %s" % exc) from None
         if raw is None:
             return cls()
         if not isinstance(raw, dict):
-            raise BadRequest("invalid filter: expected a JSON object")
+            raise InvalidParameter("invalid filter: expected a JSON object")
         out = cls()
         for key, values in raw.items():
             if isinstance(values, dict):
@@ -75,10 +75,10 @@ class Filters:
             elif isinstance(values, str):
                 items = [values]
             else:
-                raise BadRequest("invalid filter: bad value for %r" % key)
+                raise InvalidParameter("invalid filter: bad value for %r" % key)
             for value in items:
                 if not isinstance(value, str):
-                    raise BadRequest("invalid filter: bad value for %r" % key)
+                    raise InvalidParameter("invalid filter: bad value for %r" % key)
                 out.add(key, value)
         return out
 
@@ -117,22 +117,35 @@ class Filters:
         """400 `invalid filter 'KEY'` for a key outside `accepted`, as moby."""
         for key in self._items:
             if key not in accepted:
-                raise BadRequest("invalid filter '%s'" % key)
+                raise InvalidParameter("invalid filter '%s'" % key)
 
     def exact_match(self, key, value):
         """True when `key` was not filtered on, or `value` is one of its values."""
         values = self._items.get(key)
         return not values or value in values
 
-    def match_labels(self, labels, key="label"):
-        """True when every `label` filter ("k" or "k=v") holds for the dict `labels`."""
-        for expr in self._items.get(key, ()):
-            name, sep, want = expr.partition("=")
-            if name not in labels:
-                return False
-            if sep and labels[name] != want:
-                return False
-        return True
+    def match_labels(self, labels, key="label", negate_key=None):
+        """True when every `key` filter ("k" or "k=v") holds for the dict `labels` and no `negate_key` one does."""
+        return labels_match(labels, self._items.get(key, ()), self._items.get(negate_key, ()) if negate_key else ())
+
+    def label_matcher(self, key="label", negate_key=None):
+        """match_labels as fn(labels) for a store's prune/list, or None when there are no label filters."""
+        if not self._items.get(key) and not (negate_key and self._items.get(negate_key)):
+            return None
+        return lambda labels: self.match_labels(labels, key, negate_key)
+
+
+def labels_match(labels, required=(), refused=()):
+    """moby's label filters: each of `required` ("k" or "k=v") holds for `labels`, none of `refused` does."""
+    for expr in required:
+        name, sep, want = expr.partition("=")
+        if name not in labels or (sep and labels[name] != want):
+            return False
+    for expr in refused:
+        name, sep, want = expr.partition("=")
+        if name in labels and (not sep or labels[name] == want):
+            return False
+    return True
 
 
 def filters(query, name="filters"):

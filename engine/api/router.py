@@ -3,7 +3,7 @@
 import re
 
 from dockyard.engine import API_VERSION, MIN_API_VERSION
-from dockyard.engine.api.errors import BadRequest, NotFound
+from dockyard.engine.errors import InvalidParameter, NotFound
 
 _VERSION_PREFIX = re.compile(r"^/v([0-9.]+)(/.*)$")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]+))?\}")
@@ -82,18 +82,18 @@ class Router:
     def split_version(self, path):
         """('/v1.41/info') -> ('1.41', '/info'); unversioned paths get the server's version.
 
-        Raises BadRequest for versions outside [min_version, max_version].
+        Raises InvalidParameter for versions outside [min_version, max_version].
         """
         match = _VERSION_PREFIX.match(path)
         if not match:
             return self.max_version, path
         version, rest = match.group(1), match.group(2)
         if version_less(self.max_version, version):
-            raise BadRequest(
+            raise InvalidParameter(
                 "client version %s is too new. Maximum supported API version is %s" % (version, self.max_version)
             )
         if version_less(version, self.min_version):
-            raise BadRequest(
+            raise InvalidParameter(
                 "client version %s is too old. Minimum supported API version is %s, "
                 "please upgrade your client to a newer version" % (version, self.min_version)
             )

@@ -1,9 +1,8 @@
 """Volumes resource: docker volume create / ls / inspect / rm / prune with docker's JSON shapes."""
 
-from dockyard.engine.api.errors import ApiError, BadRequest
-from dockyard.engine.api.images import label_matcher
 from dockyard.engine.api.responses import json_response
 from dockyard.engine.api.router import version_less
+from dockyard.engine.errors import InvalidParameter
 
 LIST_FILTERS = ("dangling", "driver", "label", "name")
 PRUNE_FILTERS = ("label", "label!", "all")
@@ -17,13 +16,6 @@ def register(router, engine):
     router.add("DELETE", "/volumes/{name}", remove_volume)
 
 
-def store_of(req):
-    store = req.engine.services.get("volumes")
-    if store is None:
-        raise ApiError("the volume store is not running", 503)
-    return store
-
-
 def _truthy(values, name):
     out = set()
     for v in values:
@@ -32,16 +24,16 @@ def _truthy(values, name):
         elif v.lower() in ("false", "0"):
             out.add(False)
         else:
-            raise BadRequest("invalid filter '%s=%s'" % (name, v))
+            raise InvalidParameter("invalid filter '%s=%s'" % (name, v))
     return out
 
 
 def list_volumes(req):
-    store = store_of(req)
+    store = req.engine.volumes
     filters = req.filters()
     filters.validate(LIST_FILTERS)
     dangling = _truthy(filters.get("dangling"), "dangling") if filters.has("dangling") else None
-    labels = label_matcher(filters)
+    labels = filters.label_matcher()
     out = []
     for vol in store.list():
         if dangling is not None and len(dangling) == 1:
@@ -58,13 +50,13 @@ def list_volumes(req):
 
 
 def create_volume(req):
-    store = store_of(req)
+    store = req.engine.volumes
     body = req.json(default={}) or {}
     if not isinstance(body, dict):
-        raise BadRequest("invalid JSON: expected an object")
+        raise InvalidParameter("invalid JSON: expected an object")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict):
-        raise BadRequest("Labels must be an object")
+        raise InvalidParameter("Labels must be an object")
     vol = store.create(
         name=body.get("Name") or None,
         labels=labels,
@@ -75,20 +67,20 @@ def create_volume(req):
 
 
 def inspect_volume(req):
-    return store_of(req).get(req.params["name"]).to_api()
+    return req.engine.volumes.get(req.params["name"]).to_api()
 
 
 def remove_volume(req):
-    store_of(req).remove(req.params["name"], force=req.query_bool("force"))
+    req.engine.volumes.remove(req.params["name"], force=req.query_bool("force"))
     return None
 
 
 def prune_volumes(req):
-    store = store_of(req)
+    store = req.engine.volumes
     filters = req.filters()
     filters.validate(PRUNE_FILTERS)
     include_named = version_less(req.api_version or "1.50", "1.42")
     if filters.has("all"):
         include_named = True in _truthy(filters.get("all"), "all")
-    names, reclaimed = store.prune(include_named=include_named, label_filter=label_matcher(filters, "label", "label!"))
+    names, reclaimed = store.prune(include_named=include_named, label_filter=filters.label_matcher("label", "label!"))
     return {"VolumesDeleted": names or None, "SpaceReclaimed": reclaimed}

@@ -1,1 +1,1 @@
-"""The image part of the engine: layer and image stores, load/save/import, rootfs mounts, safe tar."""
+"""The image part of the engine: layer and image stores, load/save/import (loadsave), overlay roots, safe tar."""

@@ -24,7 +24,8 @@ import threading
 import time
 import uuid
 
-from dockyard.engine.api.errors import BadRequest, NotFound
+from dockyard.engine.atomicfile import atomic_write_json
+from dockyard.engine.errors import InvalidParameter, NotFound
 from dockyard.engine.images import tarsafe
 
 log = logging.getLogger("dockyard.engine.images")
@@ -34,28 +35,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BZIP2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-def atomic_write(path, data, mode=0o644):
-    """Write bytes to path via temp file + fsync + rename."""
-    tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex[:8])
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_json(path, obj):
-    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def read_json(path, default=None):
@@ -118,7 +97,7 @@ def decompressed(fileobj):
     if kind == "xz":
         return lzma.LZMAFile(peek, mode="rb")
     if kind == "zstd":
-        raise BadRequest("zstd-compressed layers are not supported by this engine")
+        raise InvalidParameter("zstd-compressed layers are not supported by this engine")
     return peek
 
 
@@ -357,10 +336,10 @@ class LayerStore:
                         if progress:
                             progress(total)
             except (OSError, EOFError, lzma.LZMAError) as exc:
-                raise BadRequest("invalid layer data: %s" % exc) from None
+                raise InvalidParameter("invalid layer data: %s" % exc) from None
             diff_id = "sha256:" + digest.hexdigest()
             if expected and expected != diff_id:
-                raise BadRequest("invalid diffID for layer: expected %s, got %s" % (expected, diff_id))
+                raise InvalidParameter("invalid diffID for layer: expected %s, got %s" % (expected, diff_id))
             if self.exists(diff_id):
                 return self.get(diff_id)
             return self._extract(work, tar_path, diff_id, total)
@@ -386,7 +365,7 @@ class LayerStore:
                 shutil.move(tar_path, os.path.join(stage, "layer.tar"))
             link = uuid.uuid4().hex[:20].upper()
             meta = {"diff_id": diff_id, "size": result.size, "tar_size": tar_size, "link": link, "created": time.time()}
-            atomic_write_json(os.path.join(stage, "meta.json"), meta)
+            atomic_write_json(os.path.join(stage, "meta.json"), meta, durable=True)
             with self._lock:
                 final = os.path.join(self.root, hexid)
                 if os.path.exists(os.path.join(final, "meta.json")):

@@ -20,7 +20,7 @@ import tarfile
 import time
 
 from dockyard.engine import hostinfo
-from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.images import reference
 from dockyard.engine.images.layers import decompressed, sniff_compression
 from dockyard.engine.timefmt import rfc3339nano
@@ -47,7 +47,7 @@ class _Archive:
             for m in self.tar.getmembers():
                 self.members[posixpath.normpath(m.name.lstrip("/"))] = m
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise BadRequest("invalid archive: %s" % exc) from None
+            raise InvalidParameter("invalid archive: %s" % exc) from None
 
     def has(self, name):
         return posixpath.normpath(name.lstrip("/")) in self.members
@@ -55,26 +55,26 @@ class _Archive:
     def open(self, name):
         member = self.members.get(posixpath.normpath(name.lstrip("/")))
         if member is None:
-            raise BadRequest("invalid archive: %s is missing" % name)
+            raise InvalidParameter("invalid archive: %s is missing" % name)
         try:
             fh = self.tar.extractfile(member)
         except (tarfile.TarError, KeyError) as exc:
-            raise BadRequest("invalid archive: cannot read %s: %s" % (name, exc)) from None
+            raise InvalidParameter("invalid archive: cannot read %s: %s" % (name, exc)) from None
         if fh is None:
-            raise BadRequest("invalid archive: %s is not a file" % name)
+            raise InvalidParameter("invalid archive: %s is not a file" % name)
         return fh
 
     def read(self, name, limit=64 << 20):
         data = self.open(name).read(limit + 1)
         if len(data) > limit:
-            raise BadRequest("invalid archive: %s is too large" % name)
+            raise InvalidParameter("invalid archive: %s is too large" % name)
         return data
 
     def json(self, name):
         try:
             return json.loads(self.read(name).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("invalid archive: %s is not valid JSON: %s" % (name, exc)) from None
+            raise InvalidParameter("invalid archive: %s is not valid JSON: %s" % (name, exc)) from None
 
     def close(self):
         self.tar.close()
@@ -82,7 +82,7 @@ class _Archive:
 
 def _blob_path(digest):
     if not isinstance(digest, str) or ":" not in digest:
-        raise BadRequest("invalid archive: bad digest %r" % (digest,))
+        raise InvalidParameter("invalid archive: bad digest %r" % (digest,))
     algo, hexpart = digest.split(":", 1)
     return "blobs/%s/%s" % (algo, hexpart)
 
@@ -135,11 +135,11 @@ def _oci_images(arc):
 def _docker_images(arc):
     manifest = arc.json("manifest.json")
     if not isinstance(manifest, list):
-        raise BadRequest("invalid archive: manifest.json is not a list")
+        raise InvalidParameter("invalid archive: manifest.json is not a list")
     out = []
     for entry in manifest:
         if not isinstance(entry, dict) or "Config" not in entry:
-            raise BadRequest("invalid archive: bad manifest.json entry")
+            raise InvalidParameter("invalid archive: bad manifest.json entry")
         out.append((entry["Config"], list(entry.get("RepoTags") or []), list(entry.get("Layers") or [])))
     return out
 
@@ -168,7 +168,7 @@ def _inflate(path):
     if kind is None:
         return path, None
     if kind == "zstd":
-        raise BadRequest("zstd-compressed archives are not supported by this engine")
+        raise InvalidParameter("zstd-compressed archives are not supported by this engine")
     out = path + ".tar"
     try:
         with open(path, "rb") as src, open(out, "wb") as dst:
@@ -180,7 +180,7 @@ def _inflate(path):
                 dst.write(chunk)
     except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
         os.unlink(out)
-        raise BadRequest("invalid archive: %s" % exc) from None
+        raise InvalidParameter("invalid archive: %s" % exc) from None
     return out, out
 
 
@@ -202,21 +202,25 @@ def _load(store, path, emit, quiet):
         elif arc.has("index.json"):
             images = _oci_images(arc)
         elif arc.has("repositories"):
-            raise BadRequest("invalid archive: legacy (pre-1.10) image format without manifest.json is not supported")
+            raise InvalidParameter(
+                "invalid archive: legacy (pre-1.10) image format without manifest.json is not supported"
+            )
         else:
-            raise BadRequest("invalid archive: no manifest.json or index.json found (is this a `docker save` tarball?)")
+            raise InvalidParameter(
+                "invalid archive: no manifest.json or index.json found (is this a `docker save` tarball?)"
+            )
         if not images:
-            raise BadRequest("invalid archive: no images in it")
+            raise InvalidParameter("invalid archive: no images in it")
         loaded = []
         for cfg_path, tags, layer_paths in images:
             raw = arc.read(cfg_path)
             try:
                 config = json.loads(raw.decode("utf-8"))
             except (ValueError, UnicodeDecodeError) as exc:
-                raise BadRequest("invalid image config %s: %s" % (cfg_path, exc)) from None
+                raise InvalidParameter("invalid image config %s: %s" % (cfg_path, exc)) from None
             diff_ids = list(((config.get("rootfs") or {}).get("diff_ids")) or [])
             if len(diff_ids) != len(layer_paths):
-                raise BadRequest(
+                raise InvalidParameter(
                     "invalid manifest, layers length mismatch: expected %d, got %d" % (len(diff_ids), len(layer_paths))
                 )
             for diff_id, layer_path in zip(diff_ids, layer_paths):
@@ -245,8 +249,8 @@ def _load(store, path, emit, quiet):
 
                 try:
                     store.layers.ingest(member, expected=diff_id, progress=report)
-                except BadRequest as exc:
-                    raise BadRequest("error loading layer %s: %s" % (layer_path, exc.message)) from None
+                except InvalidParameter as exc:
+                    raise InvalidParameter("error loading layer %s: %s" % (layer_path, exc.message)) from None
                 if not quiet:
                     emit(
                         {
@@ -300,7 +304,7 @@ def resolve_save_names(store, names):
         parsed = None
         try:
             parsed = reference.parse(name)
-        except BadRequest:
+        except InvalidParameter:
             pass
         if parsed is not None and not parsed.tag and not parsed.digest:
             repo_tags = sorted(t for t in store.all_tags() if t.rsplit(":", 1)[0] == parsed.repo)
@@ -443,11 +447,11 @@ def _pairs(rest, what):
     rest = rest.strip()
     words = shlex.split(rest) if rest else []
     if not words:
-        raise BadRequest("%s requires at least one argument" % what)
+        raise InvalidParameter("%s requires at least one argument" % what)
     if "=" not in words[0]:
         key, _, value = rest.partition(" ")
         if not value.strip():
-            raise BadRequest(
+            raise InvalidParameter(
                 "%s names can not be blank" % what if not key else "%s requires at least two arguments" % what
             )
         return [(key, value.strip())]
@@ -455,7 +459,7 @@ def _pairs(rest, what):
     for word in words:
         key, sep, value = word.partition("=")
         if not sep or not key:
-            raise BadRequest("%s names can not be blank" % what)
+            raise InvalidParameter("%s names can not be blank" % what)
         out.append((key, value))
     return out
 
@@ -469,7 +473,7 @@ def apply_changes(config, changes):
         cmd, _, rest = line.partition(" ")
         cmd = cmd.upper()
         if cmd not in _CHANGE_COMMANDS:
-            raise BadRequest("%s is not a valid change command" % cmd)
+            raise InvalidParameter("%s is not a valid change command" % cmd)
         if cmd in ("CMD", "ENTRYPOINT"):
             config["Cmd" if cmd == "CMD" else "Entrypoint"] = _json_or_shell(rest, True)
             if cmd == "ENTRYPOINT":
@@ -512,12 +516,12 @@ def import_rootfs(store, fileobj, repo=None, tag=None, message="", changes=(), s
         if tag:
             target = reference.parse("%s:%s" % (target.repo, tag))
         if target.digest:
-            raise BadRequest("cannot import digest reference")
+            raise InvalidParameter("cannot import digest reference")
     os_name, arch = "linux", hostinfo.go_arch()
     if platform:
         bits = platform.split("/")
         if bits[0] != "linux" or (len(bits) > 1 and bits[1] != arch):
-            raise BadRequest("image operating system/architecture %r cannot be used on this platform" % platform)
+            raise InvalidParameter("image operating system/architecture %r cannot be used on this platform" % platform)
     layer = store.layers.ingest(fileobj)
     created = rfc3339nano()
     comment = message or "Imported from %s" % source

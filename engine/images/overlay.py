@@ -18,8 +18,9 @@ import logging
 import os
 import shutil
 
-from dockyard.engine.api.errors import ServerError
-from dockyard.engine.images.layers import atomic_write_json, read_json
+from dockyard.engine.atomicfile import atomic_write_json
+from dockyard.engine.errors import SystemFailure
+from dockyard.engine.images.layers import read_json
 
 log = logging.getLogger("dockyard.engine.images")
 
@@ -132,7 +133,7 @@ class RootfsManager:
             os.makedirs(p[key], mode=0o755 if key != "dir" else 0o700, exist_ok=True)
         record = os.path.join(p["dir"], "layers.json")
         if read_json(record) is None:
-            atomic_write_json(record, {"layers": list(diff_ids)})
+            atomic_write_json(record, {"layers": list(diff_ids)}, durable=True)
         else:
             diff_ids = read_json(record)["layers"]
         if os.path.ismount(p["merged"]):
@@ -152,7 +153,7 @@ class RootfsManager:
             else:
                 data = "lowerdir=" + ":".join(relative) + tail
                 if len(data) > MAX_MOUNT_DATA:
-                    raise ServerError("image has too many layers (%d) to mount" % len(links))
+                    raise SystemFailure("image has too many layers (%d) to mount" % len(links))
                 _mount_in_child(self.image_root, data, p["merged"])
         except OSError as exc:
             fstype, mnt = filesystem_of(self.data_root)
@@ -162,7 +163,7 @@ class RootfsManager:
                     " (data-root %s is on %s at %s, which cannot hold an overlay upper dir: "
                     "put --data-root on ext4, xfs, btrfs or tmpfs)" % (self.data_root, fstype, mnt)
                 )
-            raise ServerError(
+            raise SystemFailure(
                 "error mounting the container's root filesystem: %s%s" % (exc.strerror or exc, hint)
             ) from None
         return p["merged"]
@@ -172,7 +173,7 @@ class RootfsManager:
         p = self.paths(container_id)
         rec = read_json(os.path.join(p["dir"], "layers.json"))
         if rec is None:
-            raise ServerError("container %s has no root filesystem record" % container_id)
+            raise SystemFailure("container %s has no root filesystem record" % container_id)
         return self.mount(container_id, rec["layers"])
 
     def is_mounted(self, container_id):
@@ -186,7 +187,7 @@ class RootfsManager:
             except OSError as exc:
                 if exc.errno in (errno.EINVAL, errno.ENOENT):
                     return
-                raise ServerError("cannot unmount %s: %s" % (merged, exc.strerror))
+                raise SystemFailure("cannot unmount %s: %s" % (merged, exc.strerror))
 
     def remove(self, container_id):
         self.unmount(container_id)

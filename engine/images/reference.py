@@ -3,7 +3,7 @@
 import fnmatch
 import re
 
-from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.errors import InvalidParameter
 
 DEFAULT_TAG = "latest"
 DEFAULT_DOMAIN = "docker.io"
@@ -73,36 +73,36 @@ def familiar_repo(name):
 
 
 def parse(text, default_tag=False):
-    """Parse 'name[:tag][@digest]'; BadRequest('invalid reference format') when malformed.
+    """Parse 'name[:tag][@digest]'; InvalidParameter('invalid reference format') when malformed.
 
     With default_tag, a reference with neither tag nor digest gets 'latest'.
     """
     if not text or text != text.strip():
-        raise BadRequest("invalid reference format")
+        raise InvalidParameter("invalid reference format")
     name, digest = text, None
     if "@" in text:
         name, digest = text.split("@", 1)
         if not _DIGEST.match(digest):
-            raise BadRequest("invalid reference format")
+            raise InvalidParameter("invalid reference format")
     tag = None
     slash = name.rfind("/")
     colon = name.rfind(":")
     if colon > slash:
         name, tag = name[:colon], name[colon + 1 :]
         if not _TAG.match(tag):
-            raise BadRequest("invalid reference format")
+            raise InvalidParameter("invalid reference format")
     if not name:
-        raise BadRequest("invalid reference format")
+        raise InvalidParameter("invalid reference format")
     domain, path, familiar = familiar_repo(name)
     if domain != DEFAULT_DOMAIN and not _DOMAIN.match(domain):
-        raise BadRequest("invalid reference format")
+        raise InvalidParameter("invalid reference format")
     for comp in path.split("/"):
         if not _COMPONENT.match(comp):
             if comp.lower() == comp:
-                raise BadRequest("invalid reference format")
-            raise BadRequest("invalid reference format: repository name (%s) must be lowercase" % path)
+                raise InvalidParameter("invalid reference format")
+            raise InvalidParameter("invalid reference format: repository name (%s) must be lowercase" % path)
     if len(familiar) > 255:
-        raise BadRequest("invalid reference format: repository name must not be more than 255 characters")
+        raise InvalidParameter("invalid reference format: repository name must not be more than 255 characters")
     if tag is None and digest is None and default_tag:
         tag = DEFAULT_TAG
     return Reference(familiar, tag, digest)
@@ -111,7 +111,7 @@ def parse(text, default_tag=False):
 def check_repo_name(repo):
     """moby refuses 64-hex repository names: they would shadow image IDs."""
     if _HEX64.match(repo.rsplit("/", 1)[-1]) and "/" not in repo:
-        raise BadRequest("invalid repository name (%s), cannot specify 64-byte hexadecimal strings" % repo)
+        raise InvalidParameter("invalid repository name (%s), cannot specify 64-byte hexadecimal strings" % repo)
 
 
 def matches(pattern, tagged_ref):

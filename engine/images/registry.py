@@ -20,7 +20,7 @@ import tempfile
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from dockyard.engine import hostinfo
-from dockyard.engine.api.errors import ApiError, BadRequest, NotFound
+from dockyard.engine.errors import InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.images import reference
 
 log = logging.getLogger("dockyard.engine.images")
@@ -38,8 +38,8 @@ INDEX_TYPES = MANIFEST_TYPES[:2]
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
-class RegistryError(ApiError):
-    status = 500
+class RegistryError(SystemFailure):
+    """Talking to a registry failed (network, auth, a bad answer)."""
 
 
 def decode_auth(header):
@@ -290,7 +290,7 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
     if mediatype in INDEX_TYPES or "manifests" in doc:
         mediatype, raw, digest, doc = reg.manifest(_pick_platform(doc))
     if doc.get("schemaVersion") == 1 or "config" not in doc:
-        raise BadRequest("unsupported manifest format (schema 1): the image must be re-pushed")
+        raise InvalidParameter("unsupported manifest format (schema 1): the image must be re-pushed")
     shown = ref.tag or ref.digest
     emit({"status": "Pulling from %s" % repo_path, "id": shown})
 

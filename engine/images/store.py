@@ -3,7 +3,7 @@
 data-root/image/configs/<hex>.json   the image config exactly as received
 data-root/image/meta/<hex>.json      engine-side metadata (LastTagTime, when it arrived)
 data-root/image/repositories.json    {"tags": {"name:tag": "sha256:<id>"}, "digests": {"name@sha256:..": id}}
-Layers live in layers.py's LayerStore; container roots in rootfs.py.
+Layers live in layers.py's LayerStore; container roots in overlay.py.
 """
 
 import calendar
@@ -14,10 +14,11 @@ import os
 import re
 import threading
 
-from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.atomicfile import atomic_write, atomic_write_json
+from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
 from dockyard.engine.images import reference
-from dockyard.engine.images.layers import LayerStore, atomic_write, atomic_write_json, read_json
-from dockyard.engine.images.rootfs import RootfsManager
+from dockyard.engine.images.layers import LayerStore, read_json
+from dockyard.engine.images.overlay import RootfsManager
 from dockyard.engine.timefmt import rfc3339nano
 
 log = logging.getLogger("dockyard.engine.images")
@@ -170,7 +171,7 @@ class ImageStore:
 
     # -- reading ------------------------------------------------------------------------
     def _save_repos(self):
-        atomic_write_json(self.repos_path, self._repos)
+        atomic_write_json(self.repos_path, self._repos, durable=True)
 
     def ids(self):
         out = []
@@ -224,7 +225,7 @@ class ImageStore:
         parsed = None
         try:
             parsed = reference.parse(ref, default_tag=True)
-        except BadRequest:
+        except InvalidParameter:
             pass
         if parsed is not None:
             with self._lock:
@@ -258,20 +259,20 @@ class ImageStore:
         try:
             config = json.loads(raw_config.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("invalid image config: %s" % exc) from None
+            raise InvalidParameter("invalid image config: %s" % exc) from None
         if not isinstance(config, dict):
-            raise BadRequest("invalid image config: not a JSON object")
+            raise InvalidParameter("invalid image config: not a JSON object")
         rootfs = config.get("rootfs") or {}
         if rootfs.get("type", "layers") != "layers":
-            raise BadRequest("invalid image config: rootfs type %r" % rootfs.get("type"))
+            raise InvalidParameter("invalid image config: rootfs type %r" % rootfs.get("type"))
         for diff_id in rootfs.get("diff_ids") or []:
             if not self.layers.exists(diff_id):
-                raise BadRequest("image config references missing layer %s" % diff_id)
+                raise InvalidParameter("image config references missing layer %s" % diff_id)
         image_id = "sha256:" + hashlib.sha256(raw_config).hexdigest()
         path = os.path.join(self.config_dir, image_id[7:] + ".json")
         with self._lock:
             if not os.path.exists(path):
-                atomic_write(path, raw_config)
+                atomic_write(path, raw_config, durable=True)
                 self._write_meta(image_id, {"Loaded": rfc3339nano()})
         return self.by_id(image_id)
 
@@ -279,13 +280,13 @@ class ImageStore:
         path = os.path.join(self.meta_dir, image_id[7:] + ".json")
         meta = read_json(path, {}) or {}
         meta.update(updates)
-        atomic_write_json(path, meta)
+        atomic_write_json(path, meta, durable=True)
 
     def tag(self, image_id, ref):
         """Point 'repo:tag' at the image; returns the ID the tag had before (or None)."""
         parsed = reference.parse(ref, default_tag=True) if isinstance(ref, str) else ref
         if parsed.digest and not parsed.tag:
-            raise BadRequest("refusing to create a tag with a digest reference")
+            raise InvalidParameter("refusing to create a tag with a digest reference")
         reference.check_repo_name(parsed.repo)
         key = "%s:%s" % (parsed.repo, parsed.tag or reference.DEFAULT_TAG)
         with self._lock:

@@ -7,7 +7,7 @@ stops at the root), so neither a link from the archive nor one planted by a
 container process can lead a write elsewhere. On top of that, like moby:
 absolute member names, `..` components, relative symlinks that point above the
 extraction directory and hard links to anything outside it are refused with
-BadRequest (400) before anything is written for that member.
+InvalidParameter (400) before anything is written for that member.
 
 Whiteouts (`.wh.NAME`, `.wh..wh..opq`) are kept as files, converted to the
 overlayfs form (char device 0/0, xattr trusted.overlay.opaque=y), or applied
@@ -19,7 +19,7 @@ import os
 import stat
 import tarfile
 
-from dockyard.engine.api.errors import BadRequest, ServerError
+from dockyard.engine.errors import InvalidParameter, SystemFailure
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -30,7 +30,7 @@ _O_PATH = getattr(os, "O_PATH", 0o10000000)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class UnsafeArchive(BadRequest):
+class UnsafeArchive(InvalidParameter):
     """The archive tries to write outside its destination, or is not a valid tar."""
 
 
@@ -577,7 +577,7 @@ def safe_extract(
                     if exc.errno in (errno.EROFS,):
                         raise
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-                        raise ServerError("extracting %s: %s" % (member.name, exc.strerror))
+                        raise SystemFailure("extracting %s: %s" % (member.name, exc.strerror))
                     raise UnsafeArchive("cannot extract %r: %s" % (member.name, exc.strerror or exc))
             ex.finish()
         finally:

@@ -9,7 +9,7 @@ import ipaddress
 import os
 import time
 
-from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
 from dockyard.engine.network.fsutil import read_json, write_json
 from dockyard.engine.network.ipam import Ipam, IpamError
 
@@ -155,7 +155,7 @@ class Catalog:
     ):
         """A new user-defined bridge network. `routed(network)` says if the host routes it."""
         if not name or "/" in name or len(name) > 200:
-            raise BadRequest("invalid network name %r" % name)
+            raise InvalidParameter("invalid network name %r" % name)
         if name in self.names():
             raise Conflict("network with name %s already exists" % name)
         taken = self._taken()
@@ -163,23 +163,23 @@ class Catalog:
             try:
                 network = ipaddress.IPv4Network(subnet, strict=False)
             except ValueError:
-                raise BadRequest("invalid subnet %r (IPv4 CIDR only)" % subnet) from None
+                raise InvalidParameter("invalid subnet %r (IPv4 CIDR only)" % subnet) from None
             if any(network.overlaps(t) for t in taken):
                 raise Conflict("invalid pool request: Pool overlaps with other one on this address space")
             if gateway:
                 try:
                     gw = ipaddress.IPv4Address(gateway)
                 except ValueError:
-                    raise BadRequest("invalid gateway %r" % gateway) from None
+                    raise InvalidParameter("invalid gateway %r" % gateway) from None
             else:
                 gw = network.network_address + 1
             if gw not in network or gw in (network.network_address, network.broadcast_address):
-                raise BadRequest("gateway %s is not a host address of %s" % (gw, network))
+                raise InvalidParameter("gateway %s is not a host address of %s" % (gw, network))
             if network.num_addresses < 4:
-                raise BadRequest("subnet %s is too small" % network)
+                raise InvalidParameter("subnet %s is too small" % network)
         else:
             if gateway:
-                raise BadRequest("a gateway needs a subnet")
+                raise InvalidParameter("a gateway needs a subnet")
             for pool in DEFAULT_POOLS:
                 iface = ipaddress.IPv4Interface(pool)
                 if not any(iface.network.overlaps(t) for t in taken) and not routed(iface.network):

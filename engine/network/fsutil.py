@@ -1,8 +1,10 @@
-"""Atomic JSON state files for the network part (temp file + fsync + rename)."""
+"""The network part's JSON state files: written durably and atomically, read leniently."""
 
 import json
 import logging
 import os
+
+from dockyard.engine.atomicfile import atomic_write_json
 
 log = logging.getLogger("dockyard.engine")
 
@@ -11,13 +13,7 @@ def write_json(path, obj):
     """Replace `path` with `obj` as JSON; readers see the old or the new file, never half."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, durable=True)
 
 
 def read_json(path, default=None):

@@ -8,14 +8,16 @@ data-root/network: networks and subnets (networks.json, see catalog.py), address
 (ipam*.json), host-port reservations (ports.json) and endpoints (endpoints.json).
 """
 
+from __future__ import annotations
+
 import ipaddress
 import logging
 import os
 import socket
 import threading
 
-from dockyard.engine.api.errors import BadRequest, Forbidden, ServerError
-from dockyard.engine.network import bridge, dns, portproxy, vendor
+from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
+from dockyard.engine.network import bridge, dns, nat, portproxy, vendor
 from dockyard.engine.network.catalog import BUILTIN, DEFAULT_BRIDGE, DEFAULT_POOLS, DRIVERS, Catalog, random_id
 from dockyard.engine.network.fsutil import read_json, write_json
 from dockyard.engine.network.ipam import IpamError
@@ -34,10 +36,8 @@ from dockyard.engine.network.ports import (
 
 log = logging.getLogger("dockyard.engine")
 
-_current = None  # the engine's NetworkManager: network_mode() looks user-defined networks up in it
 
-
-class NetworkError(ServerError):
+class NetworkError(SystemFailure):
     """Connecting a container failed; the message is what `docker start` prints."""
 
 
@@ -63,37 +63,6 @@ def _parts(container):
     return cid, name, config, host_config
 
 
-def network_name(host_config):
-    """The network a HostConfig asks for: 'bridge', 'host', 'none' or a user-defined name."""
-    mode = ((host_config or {}).get("NetworkMode") or "default").strip()
-    if mode in ("default", "bridge"):
-        return "bridge"
-    if mode in ("host", "none"):
-        return mode
-    if mode.startswith("container:"):
-        raise BadRequest(
-            "dockyard does not support --network container:<name> (sharing another container's network namespace)"
-        )
-    if _current is not None:
-        try:
-            return _current.catalog.resolve(mode)
-        except Exception:
-            pass
-    # 400, not moby's 404: the docker CLI answers any 404 from create by pulling the image.
-    raise BadRequest("network %s not found" % mode)
-
-
-def network_mode(host_config):
-    """'bridge' (any bridged network), 'host' or 'none'; BadRequest for what dockyard lacks."""
-    name = network_name(host_config)
-    return name if name in ("host", "none") else "bridge"
-
-
-def needs_netns(host_config):
-    """False for --network host: the container then stays in the engine host's namespace."""
-    return network_mode(host_config) != "host"
-
-
 def settings_ip(settings):
     """The container's address in NetworkSettings (user-defined networks leave the top level empty)."""
     if settings.get("IPAddress"):
@@ -108,7 +77,6 @@ class NetworkManager:
     """Owns the bridges, NAT, address leases, host-port reservations and endpoint records."""
 
     def __init__(self, data_root, opts=None, warnings=None):
-        global _current
         opts = dict(opts or {})
         self.dir = os.path.join(data_root, "network")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -129,7 +97,6 @@ class NetworkManager:
         self._endpoints_path = os.path.join(self.dir, "endpoints.json")
         self.ports = PortAllocator(os.path.join(self.dir, "ports.json"))
         self.endpoints = read_json(self._endpoints_path, {}) or {}
-        _current = self
 
     def _save_endpoints(self):
         write_json(self._endpoints_path, self.endpoints)
@@ -138,6 +105,28 @@ class NetworkManager:
     @property
     def ipam(self):
         return self.catalog.default.ipam
+
+    def network_name(self, host_config: dict | None) -> str:
+        """The network a HostConfig asks for: 'bridge', 'host', 'none' or a user-defined network's name."""
+        mode = ((host_config or {}).get("NetworkMode") or "default").strip()
+        if mode in ("default", "bridge"):
+            return "bridge"
+        if mode in ("host", "none"):
+            return mode
+        if mode.startswith("container:"):
+            raise InvalidParameter(
+                "dockyard does not support --network container:<name> (sharing another container's network namespace)"
+            )
+        try:
+            return self.catalog.resolve(mode)
+        except NotFound:
+            # 400, not moby's 404: the docker CLI answers any 404 from create by pulling the image.
+            raise InvalidParameter("network %s not found" % mode) from None
+
+    def network_mode(self, host_config: dict | None) -> str:
+        """'bridge' (any bridged network), 'host' or 'none'; InvalidParameter for what dockyard lacks."""
+        name = self.network_name(host_config)
+        return name if name in ("host", "none") else "bridge"
 
     @property
     def subnet(self):
@@ -171,8 +160,6 @@ class NetworkManager:
                 raise NetworkError(str(exc)) from None
             net.ready = True
             if not self._host_ready:
-                from dockyard.engine.network import nat
-
                 if self.ip_forward:
                     try:
                         nat.enable_ip_forward()
@@ -195,8 +182,6 @@ class NetworkManager:
     def _sync_nat(self):
         if not self.ip_masq:
             return
-        from dockyard.engine.network import nat
-
         if self.nat is None:
             self.nat = nat.Nat()
         rules = [(net.subnet, net.device) for net in self.catalog.bridged() if not net.internal]
@@ -246,17 +231,17 @@ class NetworkManager:
     # -- container endpoints ---------------------------------------------------------------
     def validate(self, host_config, config):
         """Checks for container create: unknown networks and bad port bindings (400)."""
-        mode = network_mode(host_config)
+        mode = self.network_mode(host_config)
         try:
             validate_ports(host_config, config)
         except PortSpecError as exc:
-            raise BadRequest(str(exc)) from None
+            raise InvalidParameter(str(exc)) from None
         return mode
 
     def connect(self, container, pid):
         """Attach the container (its netns: /proc/<pid>/ns/net) to its network -> NetworkSettings."""
         cid, name, config, host_config = _parts(container)
-        netname = network_name(host_config)
+        netname = self.network_name(host_config)
         if netname in ("host", "none"):
             if netname == "none":
                 run_in_netns(netns_path(pid), loopback_up)
@@ -266,7 +251,7 @@ class NetworkManager:
         try:
             requests = requested_ports(host_config, config)
         except PortSpecError as exc:
-            raise BadRequest(str(exc)) from None
+            raise InvalidParameter(str(exc)) from None
         endpoint_id = random_id()
         try:
             bindings = self.ports.reserve(cid, requests)
@@ -344,8 +329,8 @@ class NetworkManager:
             netname = endpoint.get("Network")
         else:
             try:
-                netname = network_name(host_config)
-            except BadRequest:  # its network was removed since
+                netname = self.network_name(host_config)
+            except InvalidParameter:  # its network was removed since
                 netname = (host_config or {}).get("NetworkMode") or "bridge"
         ep = self._endpoint_settings(netname, endpoint)
         bridged = self.catalog.bridge_net(netname) is not None
@@ -435,7 +420,7 @@ class NetworkManager:
     # -- container files --------------------------------------------------------------------
     def resolv_conf(self, container):
         _, _, _, host_config = _parts(container)
-        return dns.resolv_conf(host_config, network_mode(host_config), fallback=self.dns_fallback)
+        return dns.resolv_conf(host_config, self.network_mode(host_config), fallback=self.dns_fallback)
 
     def hosts_file(self, container, settings=None):
         _, _, config, host_config = _parts(container)
@@ -534,7 +519,7 @@ class NetworkManager:
                 return bool(bridge.overlapping_routes(network, self._own_devices()))
 
             if subnet and routed(ipaddress.IPv4Network(subnet, strict=False)):
-                raise BadRequest("subnet %s overlaps routes of this host" % subnet)
+                raise InvalidParameter("subnet %s overlaps routes of this host" % subnet)
             net = self.catalog.create(name, subnet, gateway, internal, labels, options, routed)
             try:
                 self.ensure_ready(net)

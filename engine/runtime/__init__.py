@@ -4,7 +4,7 @@ Layout (one job per module):
   libc          ctypes bindings for the syscalls Python lacks (unshare, setns, mount, pivot_root, capset)
   caps          capability names, Docker's default set, bounding/capset application
   cgroups       cgroup v1 and v2: create, limits, join, freeze, stats, OOM, remove
-  rootfs        the container's filesystem inside its mount namespace (mounts, /dev, pivot_root, masks)
+  mountns       the container's mount namespace: root bind, /proc, /dev, user mounts, pivot_root, masks
   userdb        /etc/passwd and /etc/group lookups inside the container
   containerinit the container's first process: namespaces, rootfs, user, capabilities, execve
   supervisor    one per running container: owns the process, stdio, json-file log, attach, exit status

@@ -13,7 +13,7 @@ import socket
 import struct
 import termios
 
-from dockyard.engine.runtime import channel, libc, process, rootfs
+from dockyard.engine.runtime import channel, libc, mountns, process
 from dockyard.engine.runtime.cgroups import Cgroup
 
 _SIOCGIFFLAGS = 0x8913
@@ -95,7 +95,7 @@ def _run(spec, sync, stdio):
     libc.unshare(flags)
     channel.send(sync, {"ns": "ready"})
 
-    rootfs.setup(spec["rootfs"])
+    mountns.setup(spec["rootfs"])
     if ns.get("uts", True):
         if spec.get("hostname"):
             libc.sethostname(spec["hostname"])
@@ -105,7 +105,7 @@ def _run(spec, sync, stdio):
         loopback_up()
     if spec.get("tty"):
         master, slave, path = open_pty(spec.get("console_size"))
-        rootfs.bind_console(path)
+        mountns.bind_console(path)
         channel.send(sync, {"tty": True}, [master])
         os.close(master)
         become_terminal(slave)

@@ -4,7 +4,7 @@
 import os
 import re
 
-from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.runtime import caps as capmod
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 
@@ -112,7 +112,7 @@ CONFIG_KEYS = (
 
 def validate_name(name):
     if not _NAME_RE.match(name):
-        raise BadRequest("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
+        raise InvalidParameter("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
     return name.lstrip("/")
 
 
@@ -184,17 +184,19 @@ def merge_config(body, image_config):
         try:
             parse_signal(cfg["StopSignal"])
         except SignalError as exc:
-            raise BadRequest(str(exc)) from None
+            raise InvalidParameter(str(exc)) from None
     if cfg.get("WorkingDir") and not cfg["WorkingDir"].startswith("/"):
-        raise BadRequest("the working directory '%s' is invalid, it needs to be an absolute path" % cfg["WorkingDir"])
+        raise InvalidParameter(
+            "the working directory '%s' is invalid, it needs to be an absolute path" % cfg["WorkingDir"]
+        )
     return cfg
 
 
 def command_of(cfg):
-    """(path, args) from Entrypoint + Cmd; BadRequest when there is none."""
+    """(path, args) from Entrypoint + Cmd; InvalidParameter when there is none."""
     argv = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
     if not argv:
-        raise BadRequest("No command specified")
+        raise InvalidParameter("No command specified")
     return argv[0], argv[1:]
 
 
@@ -206,7 +208,9 @@ def normalize_host_config(hc):
     if log_cfg.get("Type") in (None, "", "json-file"):
         log_cfg["Type"] = "json-file"
     else:
-        raise BadRequest('logging driver "%s" is not supported by dockyard (json-file only)' % log_cfg.get("Type"))
+        raise InvalidParameter(
+            'logging driver "%s" is not supported by dockyard (json-file only)' % log_cfg.get("Type")
+        )
     log_cfg["Config"] = log_cfg.get("Config") or {}
     out["LogConfig"] = log_cfg
     if not out.get("NetworkMode") or out["NetworkMode"] == "default":
@@ -214,18 +218,18 @@ def normalize_host_config(hc):
     rp = dict(out.get("RestartPolicy") or {})
     name = rp.get("Name") or "no"
     if name not in RESTART_POLICIES:
-        raise BadRequest(
+        raise InvalidParameter(
             "invalid restart policy: unknown policy '%s'; use one of 'no', 'always', "
             "'on-failure', or 'unless-stopped'" % name
         )
     count = int(rp.get("MaximumRetryCount") or 0)
     if count < 0:
-        raise BadRequest("invalid restart policy: maximum retry count can't be negative")
+        raise InvalidParameter("invalid restart policy: maximum retry count can't be negative")
     if count and name != "on-failure":
-        raise BadRequest("invalid restart policy: maximum retry count can only be used with 'on-failure'")
+        raise InvalidParameter("invalid restart policy: maximum retry count can only be used with 'on-failure'")
     out["RestartPolicy"] = {"Name": name, "MaximumRetryCount": count}
     if out.get("AutoRemove") and name not in ("no", ""):
-        raise BadRequest("conflicting options: cannot specify both --restart and --rm")
+        raise InvalidParameter("conflicting options: cannot specify both --restart and --rm")
     if not out.get("IpcMode"):
         out["IpcMode"] = "private"
     if not out.get("ShmSize"):
@@ -234,29 +238,31 @@ def normalize_host_config(hc):
         try:
             out[key] = int(out.get(key) or 0)
         except (TypeError, ValueError):
-            raise BadRequest("invalid value for %s" % key) from None
+            raise InvalidParameter("invalid value for %s" % key) from None
     if out["Memory"] and out["Memory"] < 6 * 1024 * 1024:
-        raise BadRequest("Minimum memory limit allowed is 6MB")
+        raise InvalidParameter("Minimum memory limit allowed is 6MB")
     if out["MemorySwap"] > 0 and out["Memory"] and out["MemorySwap"] < out["Memory"]:
-        raise BadRequest("Minimum memoryswap limit should be larger than memory limit, see usage")
+        raise InvalidParameter("Minimum memoryswap limit should be larger than memory limit, see usage")
     if out["NanoCpus"] and (out["CpuQuota"] or out["CpuPeriod"]):
-        raise BadRequest("Conflicting options: Nano CPUs and CPU Period cannot both be set")
+        raise InvalidParameter("Conflicting options: Nano CPUs and CPU Period cannot both be set")
     if out["NanoCpus"]:
         ncpu = os.cpu_count() or 1
         if out["NanoCpus"] < 10000000 or out["NanoCpus"] > ncpu * 1000000000:
-            raise BadRequest("Range of CPUs is from 0.01 to %d.00, as there are only %d CPUs available" % (ncpu, ncpu))
+            raise InvalidParameter(
+                "Range of CPUs is from 0.01 to %d.00, as there are only %d CPUs available" % (ncpu, ncpu)
+            )
     pids = out.get("PidsLimit")
     if pids is not None:
         try:
             out["PidsLimit"] = int(pids)
         except (TypeError, ValueError):
-            raise BadRequest("invalid PidsLimit") from None
+            raise InvalidParameter("invalid PidsLimit") from None
         if out["PidsLimit"] <= 0:
             out["PidsLimit"] = None if out["PidsLimit"] == 0 else out["PidsLimit"]
     try:
         capmod.effective_set(out.get("CapAdd"), out.get("CapDrop"), False)
     except capmod.CapabilityError as exc:
-        raise BadRequest(str(exc)) from None
+        raise InvalidParameter(str(exc)) from None
     for mode_key in ("PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode"):
         value = out.get(mode_key) or ""
         allowed = {
@@ -267,13 +273,13 @@ def normalize_host_config(hc):
             "CgroupnsMode": ("", "private", "host"),
         }[mode_key]
         if value not in allowed:
-            raise BadRequest("dockyard does not support %s=%s" % (mode_key, value))
+            raise InvalidParameter("dockyard does not support %s=%s" % (mode_key, value))
     for opt in out.get("SecurityOpt") or []:
         key = opt.replace(":", "=", 1).split("=", 1)[0]
         if key not in ("no-new-privileges", "label", "apparmor", "seccomp"):
-            raise BadRequest('invalid --security-opt: "%s"' % opt)
+            raise InvalidParameter('invalid --security-opt: "%s"' % opt)
     if out.get("Devices"):
-        raise BadRequest("dockyard does not support --device yet")
+        raise InvalidParameter("dockyard does not support --device yet")
     return out
 
 
@@ -296,7 +302,7 @@ def _split_bind(spec):
         return parts[0], parts[1], ""
     if len(parts) == 3:
         return parts[0], parts[1], parts[2]
-    raise BadRequest("invalid volume specification: '%s'" % spec)
+    raise InvalidParameter("invalid volume specification: '%s'" % spec)
 
 
 def parse_mounts(hc, cfg):
@@ -306,9 +312,9 @@ def parse_mounts(hc, cfg):
     def add(point):
         dest = os.path.normpath(point["Destination"])
         if not dest.startswith("/"):
-            raise BadRequest("invalid mount config: mount path must be absolute: %s" % dest)
+            raise InvalidParameter("invalid mount config: mount path must be absolute: %s" % dest)
         if dest in seen:
-            raise BadRequest("Duplicate mount point: %s" % dest)
+            raise InvalidParameter("Duplicate mount point: %s" % dest)
         point["Destination"] = dest
         seen.add(dest)
         points.append(point)
@@ -335,7 +341,7 @@ def parse_mounts(hc, cfg):
         prop = next((w for w in words if w in _PROPAGATIONS), "")
         for w in words:
             if w not in ("ro", "rw", "z", "Z", "nocopy") and w not in _PROPAGATIONS:
-                raise BadRequest("invalid mode: %s" % w)
+                raise InvalidParameter("invalid mode: %s" % w)
         if source.startswith("/"):
             add(
                 {
@@ -369,11 +375,13 @@ def parse_mounts(hc, cfg):
         if kind == "bind":
             src = m.get("Source") or ""
             if not src.startswith("/"):
-                raise BadRequest(
+                raise InvalidParameter(
                     "invalid mount config for type \"bind\": invalid mount path: '%s' mount path must be absolute" % src
                 )
             if not os.path.exists(src) and not (m.get("BindOptions") or {}).get("CreateMountpoint"):
-                raise BadRequest('invalid mount config for type "bind": bind source path does not exist: %s' % src)
+                raise InvalidParameter(
+                    'invalid mount config for type "bind": bind source path does not exist: %s' % src
+                )
             prop = (m.get("BindOptions") or {}).get("Propagation") or "rprivate"
             add(
                 {
@@ -423,7 +431,7 @@ def parse_mounts(hc, cfg):
                 }
             )
         else:
-            raise BadRequest("invalid mount config: mount type unknown: %r" % kind)
+            raise InvalidParameter("invalid mount config: mount type unknown: %r" % kind)
     for dest, opts in (hc.get("Tmpfs") or {}).items():
         add(
             {
@@ -461,7 +469,7 @@ def resolve_volumes(points, volumes):
         if point["Type"] != "volume":
             continue
         if volumes is None:
-            raise BadRequest("volumes are not available in this engine")
+            raise InvalidParameter("volumes are not available in this engine")
         name = point.get("Name") or None
         anonymous = bool(point.get("Anonymous")) or not name
         vol = volumes.create(name=name, labels=point.pop("Labels", None) or None, anonymous=anonymous)

@@ -9,7 +9,7 @@ import termios
 import threading
 import time
 
-from dockyard.engine.api.errors import BadRequest, Conflict, NotFound, ServerError
+from dockyard.engine.errors import Conflict, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.runtime import channel
 from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.forkserver import ForkServerError
@@ -171,13 +171,13 @@ class ExecManager:
 
     def create(self, c, body):
         if not isinstance(body, dict):
-            raise BadRequest("invalid exec config")
+            raise InvalidParameter("invalid exec config")
         cmd = body.get("Cmd")
         if isinstance(cmd, str):
             cmd = [cmd]
             body["Cmd"] = cmd
         if not cmd:
-            raise BadRequest("No exec command specified")
+            raise InvalidParameter("No exec command specified")
         with c.lock:
             if not c.running:
                 raise Conflict("container %s is not running" % c.id)
@@ -234,7 +234,7 @@ class ExecManager:
             self.manager.forkserver.request("exec", spec, fds)
         except ForkServerError as exc:
             proc.close()
-            raise ServerError(str(exc)) from None
+            raise SystemFailure(str(exc)) from None
         finally:
             for s in close_after:
                 s.close()

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from dockyard.engine.api.errors import ApiError
+from dockyard.engine.errors import EngineError
 from dockyard.engine.runtime import channel
 from dockyard.engine.runtime.store import Container, read_json
 from dockyard.engine.timefmt import rfc3339nano_ns
@@ -99,11 +99,8 @@ class ExitsMixin:
             log.exception("after-exit handling of %s failed", c.id[:12])
 
     def _disconnect(self, c, settings):
-        net = self.network
-        if net is None:
-            return
         try:
-            net.disconnect(c, settings)
+            self.network.disconnect(c, settings)
         except Exception as exc:
             log.warning("network disconnect of %s failed: %s", c.id[:12], exc)
 
@@ -179,12 +176,10 @@ class ExitsMixin:
                     died.append(c)
             elif c.status in ("restarting", "removing"):
                 c.state.update({"Status": "exited", "Restarting": False})
-        net = self.network
-        if net is not None and hasattr(net, "reconcile"):
-            try:
-                net.reconcile([c.id for c in loaded if c.running])
-            except Exception:
-                log.exception("network reconcile failed")
+        try:
+            self.network.reconcile([c.id for c in loaded if c.running])
+        except Exception:
+            log.exception("network reconcile failed")
         return loaded, died
 
     def _reconnect(self, c):
@@ -224,7 +219,7 @@ class ExitsMixin:
             if c.host_config.get("AutoRemove") and c.state.get("HasBeenStarted"):
                 try:
                     self.remove(c, force=True, volumes=True, auto=True)
-                except ApiError:
+                except EngineError:
                     pass
                 continue
             policy = (c.host_config.get("RestartPolicy") or {}).get("Name") or "no"

@@ -1,9 +1,11 @@
-"""ContainerManager (engine.services["containers"]): the containers' lifecycle.
+"""ContainerManager (req.engine.containers): the containers' lifecycle.
 
 create, start (through the fork server and a supervisor), stop, kill, restart, pause, wait,
 remove, rename, resize, attach; exit handling with --rm and restart policies; live restore
 (reconnecting to supervisors after an engine restart). State lives in store.Container.
 """
+
+from __future__ import annotations
 
 import logging
 import os
@@ -14,18 +16,24 @@ import threading
 import time
 import uuid
 
-from dockyard.engine.api.errors import ApiError, BadRequest, Conflict, NotFound, NotModified, ServerError
+from dockyard.engine.config import Config
+from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, NotModified, SystemFailure
+from dockyard.engine.images.store import ImageStore
+from dockyard.engine.network.manager import NetworkManager
 from dockyard.engine.runtime import cgroups, channel, names
 from dockyard.engine.runtime import create as createmod
 from dockyard.engine.runtime import spec as specmod
-from dockyard.engine.runtime.etcfiles import default_hosts, default_resolv, minimal_settings
+from dockyard.engine.runtime.etcfiles import minimal_settings
 from dockyard.engine.runtime.events import EventBus
+from dockyard.engine.runtime.execs import ExecManager
 from dockyard.engine.runtime.exits import ExitsMixin
 from dockyard.engine.runtime.forkserver import ForkServer, ForkServerError
 from dockyard.engine.runtime.monitor import Monitor
+from dockyard.engine.runtime.mountns import secure_join
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 from dockyard.engine.runtime.store import ZERO_TIME, Container
 from dockyard.engine.timefmt import rfc3339nano_ns
+from dockyard.engine.volumes import VolumeStore
 
 log = logging.getLogger("dockyard.engine")
 
@@ -34,43 +42,46 @@ KILL_WAIT = 30.0
 _MANUAL_STOP_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
 
 
-class StartFailed(ApiError):
+class StartFailed(EngineError):
     """The container's process could not be started (bad command, cgroup, mounts...)."""
 
 
+class CommandNotRunnable(StartFailed, InvalidParameter):
+    """The command is missing or not executable (exit code 126/127): the caller's mistake."""
+
+
+class ProcessStartFailed(StartFailed, SystemFailure):
+    """The engine could not start the container's process."""
+
+
 class ContainerManager(ExitsMixin):
-    def __init__(self, engine):
-        self.engine = engine
-        cfg = engine.config
+    """The containers: their lifecycle, their records on disk, and the parts a container stands on."""
+
+    def __init__(
+        self,
+        config: Config,
+        forkserver: ForkServer,
+        images: ImageStore,
+        volumes: VolumeStore,
+        network: NetworkManager,
+    ) -> None:
+        cfg = config
+        self.images = images
+        self.volumes = volumes
+        self.network = network
         self.root = os.path.join(cfg.data_root, "containers")
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.sock_dir = os.path.join(cfg.exec_root, "sv")
         os.makedirs(self.sock_dir, mode=0o700, exist_ok=True)
         self.cgroup_parent = (cfg.opts or {}).get("cgroup-parent") or "dockyard"
         self.layout = cgroups.layout()
-        self.forkserver = ForkServer()
+        self.forkserver = forkserver  # forked by the caller while the daemon has no threads
         self.events = EventBus()
         self.monitor = Monitor(self._supervisor_gone)
-        self.containers = {}
-        self.names = {}
+        self.containers: dict[str, Container] = {}
+        self.names: dict[str, str] = {}  # name -> container ID
         self.lock = threading.RLock()
-        self.execs = None  # set by the exec manager
-
-    # -- services ------------------------------------------------------------------------
-    def _svc(self, name):
-        return self.engine.services.get(name)
-
-    @property
-    def images(self):
-        return self._svc("images")
-
-    @property
-    def volumes(self):
-        return self._svc("volumes")
-
-    @property
-    def network(self):
-        return self._svc("network")
+        self.execs = ExecManager(self)
 
     def emit(self, container, action, extra=None):
         attrs = {"image": container.config.get("Image") or container.image_id, "name": container.name}
@@ -95,8 +106,26 @@ class ContainerManager(ExitsMixin):
                 if len(matches) == 1:
                     return matches[0]
                 if len(matches) > 1:
-                    raise BadRequest("multiple IDs found with provided prefix: %s" % ref)
+                    raise InvalidParameter("multiple IDs found with provided prefix: %s" % ref)
         raise NotFound("No such container: %s" % ref)
+
+    def is_running(self, container_id: str) -> bool:
+        """False for an unknown container: one removed meanwhile is not running."""
+        with self.lock:
+            c = self.containers.get(container_id)
+        return c is not None and bool(c.pid)
+
+    def counts(self) -> dict[str, int]:
+        """The /info counters."""
+        items = self.list()
+        running = sum(1 for c in items if c.running and not c.state.get("Paused"))
+        paused = sum(1 for c in items if c.state.get("Paused"))
+        return {
+            "Containers": len(items),
+            "ContainersRunning": running,
+            "ContainersPaused": paused,
+            "ContainersStopped": len(items) - running - paused,
+        }
 
     def list(self):
         with self.lock:
@@ -111,21 +140,16 @@ class ContainerManager(ExitsMixin):
     # -- create ------------------------------------------------------------------------------
     def create(self, body, name=None):
         if not isinstance(body, dict):
-            raise BadRequest("config cannot be empty in order to create a container")
-        images = self.images
-        if images is None:
-            raise ServerError("no image store in this engine")
+            raise InvalidParameter("config cannot be empty in order to create a container")
         ref = body.get("Image") or ""
         if not ref:
-            raise BadRequest("No image specified")
-        image = images.get(ref)
+            raise InvalidParameter("No image specified")
+        image = self.images.get(ref)
         hc = createmod.normalize_host_config(body.get("HostConfig"))
         cfg = createmod.merge_config(body, image.container_config)
         path, args = createmod.command_of(cfg)
-        net = self.network
         mode = self._network_mode(hc)
-        if net is not None:
-            net.validate(hc, cfg)
+        self.network.validate(hc, cfg)
         cid = os.urandom(32).hex()
         warnings = []
         if not cfg.get("Hostname"):
@@ -173,7 +197,7 @@ class ContainerManager(ExitsMixin):
             }
             c = Container(self.root, record)
             self._write_etc_files(c, None)
-            record["Rootfs"] = images.mount_rootfs(cid, image)
+            record["Rootfs"] = self.images.mount_rootfs(cid, image)
             c.save_config()
             c.save_state()
         except BaseException:
@@ -181,7 +205,7 @@ class ContainerManager(ExitsMixin):
                 self.names.pop(name, None)
             shutil.rmtree(os.path.join(self.root, cid), ignore_errors=True)
             try:
-                images.remove_rootfs(cid)
+                self.images.remove_rootfs(cid)
             except Exception:
                 pass
             raise
@@ -196,27 +220,14 @@ class ContainerManager(ExitsMixin):
             return "bridge"
         if mode in ("host", "none"):
             return mode
-        net = self.network
-        if net is not None:
-            from dockyard.engine.network.manager import network_mode
-
-            return network_mode(hc)
-        raise NotFound("network %s not found" % mode)
+        return self.network.network_mode(hc)
 
     def _write_etc_files(self, c, settings):
         cfg = c.config
         hostname = cfg.get("Hostname") or c.id[:12]
         _write_in_place(os.path.join(c.dir, "hostname"), hostname + "\n")
-        net = self.network
-        mode = self._network_mode(c.host_config)
-        if net is not None:
-            hosts = net.hosts_file(c, settings)
-            resolv = net.resolv_conf(c)
-        else:
-            hosts = default_hosts(hostname, cfg.get("Domainname") or "", mode)
-            resolv = default_resolv(mode)
-        _write_in_place(os.path.join(c.dir, "hosts"), hosts)
-        _write_in_place(os.path.join(c.dir, "resolv.conf"), resolv)
+        _write_in_place(os.path.join(c.dir, "hosts"), self.network.hosts_file(c, settings))
+        _write_in_place(os.path.join(c.dir, "resolv.conf"), self.network.resolv_conf(c))
 
     # -- start -------------------------------------------------------------------------------
     def start(self, c, restarting=False):
@@ -230,7 +241,7 @@ class ContainerManager(ExitsMixin):
                 if not restarting:
                     c.state["ManuallyStopped"] = False
                 self._spawn(c)
-        except (StartFailed, ServerError):
+        except (StartFailed, SystemFailure):
             if c.host_config.get("AutoRemove") and not c.running:
                 # Like dockerd: a --rm container that cannot start is removed (wait=removed returns).
                 threading.Thread(
@@ -242,15 +253,11 @@ class ContainerManager(ExitsMixin):
         t0 = time.monotonic()
         mode = self._network_mode(c.host_config)
         net = self.network
-        if mode == "bridge" and net is None:
-            raise ServerError(
-                "bridge networking is not available in this engine yet: use --network none or --network host"
-            )
         rootfs_path = self._mount_rootfs(c)
         self._copy_up_volumes(c, rootfs_path)
         if not os.path.exists(os.path.join(c.dir, "hosts")):
             self._write_etc_files(c, None)
-        elif net is not None:
+        else:
             _write_in_place(os.path.join(c.dir, "resolv.conf"), net.resolv_conf(c))
         cg = cgroups.Cgroup.for_container(self.cgroup_parent, c.id, self.layout)
         run_id = uuid.uuid4().hex
@@ -278,7 +285,7 @@ class ContainerManager(ExitsMixin):
             self.forkserver.request("supervise", sv_spec, [remote.fileno()] + [s.fileno() for s, _ in pending])
         except ForkServerError as exc:
             ctl.close()
-            raise ServerError(str(exc)) from None
+            raise SystemFailure(str(exc)) from None
         finally:
             remote.close()
             for s, _ in pending:
@@ -290,7 +297,7 @@ class ContainerManager(ExitsMixin):
                 try:
                     msg = channel.recv(ctl)
                 except (channel.ChannelClosed, OSError) as exc:
-                    raise ServerError("the container's supervisor died while starting: %s" % exc)
+                    raise SystemFailure("the container's supervisor died while starting: %s" % exc)
                 event = msg.get("event")
                 if event == "netns":
                     try:
@@ -309,10 +316,9 @@ class ContainerManager(ExitsMixin):
                     text = msg.get("error") or "start failed"
                     c.state.update({"ExitCode": code, "Error": text})
                     c.save_state()
-                    status = 400 if code in (126, 127) else 500
-                    raise StartFailed(
-                        "failed to create task for container: unable to start container process: %s: unknown" % text,
-                        status,
+                    kind = CommandNotRunnable if code in (126, 127) else ProcessStartFailed
+                    raise kind(
+                        "failed to create task for container: unable to start container process: %s: unknown" % text
                     )
         except BaseException:
             ctl.close()
@@ -320,7 +326,7 @@ class ContainerManager(ExitsMixin):
         ctl.settimeout(None)
         t2 = time.monotonic()
         pid = int(msg["pid"])
-        if settings is None and net is not None:
+        if settings is None:
             try:
                 settings = net.connect(c, pid)
             except Exception as exc:
@@ -371,7 +377,7 @@ class ContainerManager(ExitsMixin):
         images = self.images
         try:
             image = images.get(c.image_id)
-        except ApiError:
+        except EngineError:
             image = None
         if image is not None:
             path = images.mount_rootfs(c.id, image)
@@ -384,8 +390,6 @@ class ContainerManager(ExitsMixin):
 
     def _copy_up_volumes(self, c, rootfs_path):
         """Docker copies the image's content at a volume's path into a new, empty volume."""
-        from dockyard.engine.runtime.rootfs import secure_join
-
         changed = False
         for point in c.mounts:
             if point.get("Type") != "volume" or point.get("NoCopy") or point.get("CopiedUp"):
@@ -422,7 +426,7 @@ class ContainerManager(ExitsMixin):
         try:
             sig = parse_signal(sig_value) if sig_value not in (None, "") else signal.SIGKILL
         except SignalError as exc:
-            raise BadRequest(str(exc)) from None
+            raise InvalidParameter(str(exc)) from None
         with c.lock:
             if not c.running:
                 raise Conflict("cannot kill container: %s: container %s is not running" % (c.name, c.id))
@@ -450,7 +454,7 @@ class ContainerManager(ExitsMixin):
         try:
             sig = parse_signal(sig_value or c.config.get("StopSignal") or "SIGTERM")
         except SignalError as exc:
-            raise BadRequest(str(exc)) from None
+            raise InvalidParameter(str(exc)) from None
         if timeout is None:
             timeout = c.config.get("StopTimeout")
         timeout = 10 if timeout is None else int(timeout)
@@ -468,7 +472,7 @@ class ContainerManager(ExitsMixin):
                     self._send(c, {"op": "kill", "signal": signal.SIGKILL})
             self.emit(c, "kill", {"signal": str(int(signal.SIGKILL))})
             if not self._wait_exit(c, seq, KILL_WAIT):
-                raise ServerError("container %s did not stop after SIGKILL" % c.id[:12])
+                raise SystemFailure("container %s did not stop after SIGKILL" % c.id[:12])
         self.emit(c, "stop")
         return True
 
@@ -508,7 +512,7 @@ class ContainerManager(ExitsMixin):
             try:
                 cg.freeze(True)
             except OSError as exc:
-                raise ServerError("cannot pause container %s: %s" % (c.id[:12], exc)) from None
+                raise SystemFailure("cannot pause container %s: %s" % (c.id[:12], exc)) from None
             c.state.update({"Paused": True, "Status": "paused"})
             c.save_state()
         self.emit(c, "pause")
@@ -525,7 +529,7 @@ class ContainerManager(ExitsMixin):
         try:
             cg.freeze(False)
         except OSError as exc:
-            raise ServerError("cannot unpause container %s: %s" % (c.id[:12], exc)) from None
+            raise SystemFailure("cannot unpause container %s: %s" % (c.id[:12], exc)) from None
         c.state.update({"Paused": False, "Status": "running"})
         c.save_state()
 
@@ -537,12 +541,12 @@ class ContainerManager(ExitsMixin):
 
     def rename(self, c, new_name):
         if not new_name:
-            raise BadRequest("Neither old nor new names may be empty")
+            raise InvalidParameter("Neither old nor new names may be empty")
         new_name = createmod.validate_name(new_name)
         old = c.name
         with self.lock:
             if new_name == old:
-                raise BadRequest("Renaming a container with the same name as its current name")
+                raise InvalidParameter("Renaming a container with the same name as its current name")
             other = self.names.get(new_name)
             if other is not None:
                 raise Conflict(
@@ -571,7 +575,7 @@ class ContainerManager(ExitsMixin):
                 theirs.close()
                 if not ok:
                     mine.close()
-                    raise ServerError("cannot attach: the container's supervisor is not reachable")
+                    raise SystemFailure("cannot attach: the container's supervisor is not reachable")
             else:
                 c.pending_attach.append((theirs, dict(opts)))
         self.emit(c, "attach")
@@ -582,7 +586,7 @@ class ContainerManager(ExitsMixin):
         """Block until `condition`; -> exit code. `gone()` True aborts (client left) -> None."""
         condition = condition or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
-            raise BadRequest("invalid condition: %s" % condition)
+            raise InvalidParameter("invalid condition: %s" % condition)
         with c.lock:
             seq = c.exit_seq
             while True:
@@ -629,12 +633,12 @@ class ContainerManager(ExitsMixin):
                 if c.state.get("Paused"):
                     try:
                         self._thaw(c)
-                    except ApiError:
+                    except EngineError:
                         pass
             if not self._wait_exit(c, seq, KILL_WAIT):
                 with c.lock:
                     c.removing = False
-                raise ServerError("could not kill container %s" % c.id[:12])
+                raise SystemFailure("could not kill container %s" % c.id[:12])
         self._teardown(c, volumes)
 
     def _teardown(self, c, volumes):
@@ -648,12 +652,10 @@ class ContainerManager(ExitsMixin):
             settings = c.state.get("NetworkSettings")
         if settings is not None:
             self._disconnect(c, settings)
-        images = self.images
-        if images is not None:
-            try:
-                images.remove_rootfs(c.id)
-            except Exception as exc:
-                log.warning("removing the rootfs of %s: %s", c.id[:12], exc)
+        try:
+            self.images.remove_rootfs(c.id)
+        except Exception as exc:
+            log.warning("removing the rootfs of %s: %s", c.id[:12], exc)
         cg = cgroups.Cgroup.from_dict(c.state.get("Cgroup"))
         if cg is not None and cg.exists():
             cg.kill_all()
@@ -667,15 +669,14 @@ class ContainerManager(ExitsMixin):
             self.containers.pop(c.id, None)
             if self.names.get(c.name) == c.id:
                 del self.names[c.name]
-        if volumes and self.volumes is not None:
+        if volumes:
             for point in c.mounts:
                 if point.get("Type") == "volume" and point.get("Anonymous"):
                     try:
                         self.volumes.remove(point["Name"])
-                    except ApiError as exc:
+                    except EngineError as exc:
                         log.info("keeping volume %s: %s", point["Name"], exc.message)
-        if self.execs is not None:
-            self.execs.forget_container(c.id)
+        self.execs.forget_container(c.id)
         with c.lock:
             c.removed = True
             c.removing = False
@@ -692,7 +693,7 @@ class ContainerManager(ExitsMixin):
             try:
                 self.remove(c)
                 deleted.append(c.id)
-            except ApiError:
+            except EngineError:
                 pass
         return deleted
 

@@ -4,7 +4,7 @@ process, derived from the stored container record at start time. Plain JSON-able
 import os
 
 from dockyard.engine.runtime import caps as capmod
-from dockyard.engine.runtime import cgroups, rootfs
+from dockyard.engine.runtime import cgroups, mountns
 from dockyard.engine.runtime.create import merge_env, no_new_privs
 
 
@@ -41,7 +41,7 @@ def process_spec(container):
 
 
 def mount_list(container):
-    """Bind/tmpfs mounts for rootfs.setup: user mounts plus /etc/{hostname,hosts,resolv.conf}."""
+    """Bind/tmpfs mounts for mountns.setup: user mounts plus /etc/{hostname,hosts,resolv.conf}."""
     out, dests = [], set()
     for point in container.mounts:
         dest = point["Destination"]
@@ -95,8 +95,8 @@ def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, soc
             "root": rootfs_path,
             "privileged": privileged,
             "mounts": mount_list(container),
-            "masked_paths": list(rootfs.MASKED_PATHS if masked is None else masked),
-            "readonly_paths": list(rootfs.READONLY_PATHS if ro_paths is None else ro_paths),
+            "masked_paths": list(mountns.MASKED_PATHS if masked is None else masked),
+            "readonly_paths": list(mountns.READONLY_PATHS if ro_paths is None else ro_paths),
             "readonly_rootfs": bool(hc.get("ReadonlyRootfs")),
             "shm_size": int(hc.get("ShmSize") or 0),
             "tty": bool(cfg.get("Tty")),

@@ -11,16 +11,10 @@ import os
 import threading
 import time
 
+from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.timefmt import rfc3339nano_ns
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
-
-
-def write_json(path, obj):
-    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, separators=(",", ":"))
-    os.replace(tmp, path)
 
 
 def read_json(path, default=None):
@@ -135,10 +129,10 @@ class Container:
 
     # -- persistence -----------------------------------------------------------------------
     def save_config(self):
-        write_json(os.path.join(self.dir, "config.json"), self.record)
+        atomic_write_json(os.path.join(self.dir, "config.json"), self.record, durable=False, compact=True)
 
     def save_state(self):
-        write_json(os.path.join(self.dir, "state.json"), self.state)
+        atomic_write_json(os.path.join(self.dir, "state.json"), self.state, durable=False, compact=True)
 
     @classmethod
     def load(cls, root, cid):

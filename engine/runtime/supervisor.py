@@ -8,14 +8,16 @@ SEQPACKET socket that the engine reconnects to after a restart, and records the 
 """
 
 import errno
-import json
 import os
 import selectors
 import signal
 import socket
 import struct
 import time
+import traceback
 
+from dockyard.engine.atomicfile import atomic_write_json
+from dockyard.engine.network import portproxy
 from dockyard.engine.runtime import channel, containerinit, libc, logs
 from dockyard.engine.runtime.cgroups import Cgroup, CgroupError
 from dockyard.engine.timefmt import rfc3339nano_ns
@@ -25,13 +27,6 @@ MAX_CLIENT_BUFFER = 1 << 20  # above this an attached client stalls the containe
 DRAIN_AFTER_EXIT = 2.0  # seconds to wait for output EOF once the process died
 FLUSH_CLIENTS = 5.0
 CTL_SEND_TIMEOUT = 2.0
-
-
-def write_json_atomic(path, obj):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh)
-    os.replace(tmp, path)
 
 
 def exit_status(status):
@@ -285,8 +280,6 @@ class Supervisor:
         if not self.settings or not (self.settings.get("Ports") or {}):
             return
         try:
-            from dockyard.engine.network import portproxy
-
             # network part: no threads here (CLONE_NEWPID); the proxies run on this loop's selector
             self.proxies = portproxy.start_all(portproxy.proxies_for(self.settings), self.sel)
         except Exception as exc:  # the container runs; the port stays unpublished
@@ -572,7 +565,7 @@ class Supervisor:
             "started_ns": self.started_at,
         }
         try:
-            write_json_atomic(self.spec["exit_file"], record)
+            atomic_write_json(self.spec["exit_file"], record, durable=False, compact=True)
         except OSError:
             pass
         self.notify(dict(record, event="exited"))
@@ -627,8 +620,6 @@ def main(spec, fds):
         try:
             with open(os.path.join(spec["dir"], "supervisor.log"), "a") as fh:
                 fh.write("%s supervisor error: %r\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), exc))
-                import traceback
-
                 traceback.print_exc(file=fh)
         except OSError:
             pass

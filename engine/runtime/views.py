@@ -4,7 +4,8 @@ human Status strings, sizes and the ps filters."""
 import os
 import time
 
-from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.errors import EngineError, InvalidParameter
+from dockyard.engine.runtime.etcfiles import minimal_settings
 
 INTERNAL_KEYS = ("Rootfs", "MountPoints", "CreatedNs")
 PS_FILTERS = (
@@ -144,14 +145,10 @@ def network_settings(c, manager):
     settings = c.state.get("NetworkSettings") if c.running else None
     if settings:
         return settings
-    net = manager.network
-    if net is not None:
-        try:
-            return net.stopped_settings(c)
-        except Exception:
-            pass
-    from dockyard.engine.runtime.etcfiles import minimal_settings
-
+    try:
+        return manager.network.stopped_settings(c)
+    except Exception:
+        pass
     mode = c.host_config.get("NetworkMode") or "bridge"
     return minimal_settings("bridge" if mode == "default" else mode)
 
@@ -169,16 +166,14 @@ def _dir_size(path):
 
 def sizes(c, manager):
     images = manager.images
-    rw, rootfs = 0, 0
-    if images is not None:
-        try:
-            rw = _dir_size(images.rootfs.paths(c.id)["upper"])
-        except Exception:
-            rw = 0
-        try:
-            rootfs = rw + int(images.get(c.image_id).size)
-        except Exception:
-            rootfs = rw
+    try:
+        rw = _dir_size(images.rootfs.paths(c.id)["upper"])
+    except Exception:
+        rw = 0
+    try:
+        rootfs = rw + int(images.get(c.image_id).size)
+    except Exception:
+        rootfs = rw
     return rw, rootfs
 
 
@@ -187,11 +182,10 @@ def inspect(c, manager, size=False):
     hc = dict(c.host_config)
     graph = {"Name": "overlay2", "Data": None}
     images = manager.images
-    if images is not None:
-        try:
-            graph["Data"] = images.rootfs.graph_driver_data(c.id, images.get(c.image_id).diff_ids)
-        except Exception:
-            pass
+    try:
+        graph["Data"] = images.rootfs.graph_driver_data(c.id, images.get(c.image_id).diff_ids)
+    except Exception:
+        pass
     out = {
         "Id": c.id,
         "Created": rec["Created"],
@@ -226,10 +220,9 @@ def summary(c, manager, size=False, now=None):
     cfg = c.config
     settings = network_settings(c, manager)
     ports = []
-    net = manager.network
-    if net is not None and c.running:
+    if c.running:
         try:
-            ports = net.ps_ports(settings, cfg)
+            ports = manager.network.ps_ports(settings, cfg)
         except Exception:
             ports = []
     argv = [c.record["Path"]] + list(c.record.get("Args") or [])
@@ -259,7 +252,7 @@ def filter_containers(items, filters, manager, all_):
     filters.validate(PS_FILTERS)
     for value in filters.get("status"):
         if value not in STATUSES:
-            raise BadRequest("invalid filter 'status=%s'" % value)
+            raise InvalidParameter("invalid filter 'status=%s'" % value)
     if filters.get("status") or filters.get("exited"):
         all_ = True
     before = _anchor(filters.get("before"), manager)
@@ -313,9 +306,7 @@ def filter_containers(items, filters, manager, all_):
 def _anchor(values, manager):
     if not values:
         return None
-    from dockyard.engine.api.errors import ApiError
-
     try:
         return manager.get(values[0]).record.get("CreatedNs", 0)
-    except ApiError:
-        raise BadRequest("No such container: %s" % values[0]) from None
+    except EngineError:
+        raise InvalidParameter("No such container: %s" % values[0]) from None

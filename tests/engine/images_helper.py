@@ -1,4 +1,4 @@
-"""An in-process engine serving only the image, volume and archive resources, for the real CLI and docker-py.
+"""An in-process engine serving only the image, volume and file-copy resources, for the real CLI and docker-py.
 
 The stores are the real ones on a real data-root; only the container runtime is
 replaced, by `Containers`: a registry of rootfs-backed "containers" whose
@@ -14,17 +14,21 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from dockyard.engine.api import archive, images, system, volumes
-from dockyard.engine.api.errors import NotFound
+from dockyard.engine.api import filecopy, images, system, volumes
 from dockyard.engine.api.http import HttpServer
 from dockyard.engine.api.router import Router
 from dockyard.engine.api.routes import common_headers
 from dockyard.engine.config import Config
-from dockyard.engine.context import Engine
-from dockyard.engine.images.service import start as start_images
+from dockyard.engine.errors import NotFound
+from dockyard.engine.images.store import ImageStore
+from dockyard.engine.network.manager import NetworkManager
+from dockyard.engine.runtime.manager import ContainerManager
+from dockyard.engine.services import Engine
+from dockyard.engine.volumes import VolumeStore
 
 
 class Ctr:
@@ -38,8 +42,8 @@ class Ctr:
 class Containers:
     """Stand-in for the runtime's ContainerManager: get(ref), plus create/start/stop for tests."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, images):
+        self.images = images
         self.items: dict[str, Ctr] = {}
 
     def get(self, ref):
@@ -49,7 +53,7 @@ class Containers:
         raise NotFound(f"No such container: {ref}")
 
     def create(self, name, image_ref):
-        store = self.engine.services["images"]
+        store = self.images
         img = store.get(image_ref)
         cid = os.urandom(32).hex()
         merged = store.mount_rootfs(cid, img)
@@ -78,12 +82,19 @@ class Containers:
             c.proc.wait()
         c.pid, c.proc = 0, None
 
+    def is_running(self, container_id):
+        c = self.items.get(container_id)
+        return c is not None and bool(c.pid)
+
+    def counts(self):
+        return {"Containers": len(self.items)}
+
     def users_of_image(self, image_id):
         return [c.id for c in self.items.values() if c.image_id == image_id]
 
     def remove(self, c):
         self.stop(c)
-        self.engine.services["images"].remove_rootfs(c.id)
+        self.images.remove_rootfs(c.id)
         del self.items[c.id]
 
 
@@ -95,13 +106,24 @@ class ImagesEngine:
         self.data_root = str(directory / "data")
         os.makedirs(self.data_root, exist_ok=True)
         self.socket_path = str(directory / "engine.sock")
-        self.engine = Engine(Config(data_root=self.data_root), "test-engine")
-        start_images(self.engine)
-        self.containers = Containers(self.engine)
-        self.engine.services["containers"] = self.containers
-        self.engine.services["images"].set_usage_check(self.containers.users_of_image)
+        image_store = ImageStore(self.data_root)
+        self.containers = Containers(image_store)
+        image_store.set_usage_check(self.containers.users_of_image)
+        image_store.set_running_check(self.containers.is_running)
+        warnings: list[str] = []
+        network = NetworkManager(self.data_root, {}, warnings)  # unused by these resources; cheap to build
+        runtime = cast(ContainerManager, self.containers)  # the stand-in has what these resources use
+        self.engine = Engine(
+            Config(data_root=self.data_root),
+            "test-engine",
+            warnings,
+            image_store,
+            VolumeStore(self.data_root),
+            network,
+            runtime,
+        )
         router = Router()
-        for module in (system, images, volumes, archive):
+        for module in (system, images, volumes, filecopy):
             module.register(router, self.engine)
         self.server = HttpServer(router, common_headers(), context=self.engine)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -121,11 +143,11 @@ class ImagesEngine:
 
     @property
     def images(self):
-        return self.engine.services["images"]
+        return self.engine.images
 
     @property
     def volumes(self):
-        return self.engine.services["volumes"]
+        return self.engine.volumes
 
     @property
     def env(self):

@@ -13,7 +13,7 @@ import tarfile
 import docker
 import pytest
 
-from dockyard.engine.api.archive import GO_MODE_DIR, GO_MODE_SYMLINK, go_file_mode
+from dockyard.engine.api.filecopy import GO_MODE_DIR, GO_MODE_SYMLINK, go_file_mode
 from tests.engine import images_helper
 from tests.images import busybox_tar
 

@@ -11,10 +11,10 @@ from urllib.parse import quote
 
 import pytest
 
-from dockyard.engine.api.errors import Conflict, NotFound, NotModified
 from dockyard.engine.api.http import HttpServer, Response
 from dockyard.engine.api.router import Router
 from dockyard.engine.api.routes import common_headers
+from dockyard.engine.errors import Conflict, NotFound, NotModified
 from dockyard.engine.listeners import make_server_tls_context
 from tests.engine.engine_helper import client_tls_context
 

@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
-from dockyard.engine.images import archive, reference
+from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
+from dockyard.engine.images import loadsave, reference
 from dockyard.engine.images.store import ImageStore
 from tests.images import busybox_image_id, busybox_tar, image_config, layer_tar, write_archive
 
@@ -28,7 +28,7 @@ def store(tmp_path):
 
 def load(store, path, quiet=True):
     msgs = []
-    archive.load(store, str(path), msgs.append, quiet=quiet)
+    loadsave.load(store, str(path), msgs.append, quiet=quiet)
     return msgs
 
 
@@ -38,7 +38,7 @@ def sha(data):
 
 def save_bytes(store, names):
     buf = io.BytesIO()
-    archive.save(store, archive.resolve_save_names(store, names), buf)
+    loadsave.save(store, loadsave.resolve_save_names(store, names), buf)
     return buf.getvalue()
 
 
@@ -117,12 +117,12 @@ def test_untagged_image_and_bad_diff_id(store, tmp_path):
     load_msgs = load(store, write_archive(tmp_path / "u.tar", [(cfg, [BASE], [])]))
     assert load_msgs == [{"stream": "Loaded image ID: %s\n" % sha(cfg)}]
     bad = image_config(["sha256:" + "0" * 64])
-    with pytest.raises(BadRequest, match="invalid diffID"):
+    with pytest.raises(InvalidParameter, match="invalid diffID"):
         load(store, write_archive(tmp_path / "bad.tar", [(bad, [TOP], ["bad:1"])]))
     with pytest.raises(NotFound):
         store.get("bad:1")
     assert not store.layers.exists(sha(TOP))
-    with pytest.raises(BadRequest, match="manifest.json or index.json"):
+    with pytest.raises(InvalidParameter, match="manifest.json or index.json"):
         load(store, _plain_tar(tmp_path / "x.tar"))
 
 
@@ -138,7 +138,7 @@ def _plain_tar(path):
 def test_tar_slip_layer_is_refused_and_nothing_is_written_outside(store, tmp_path):
     evil = layer_tar([("ok", "file", "fine", 0o644), ("../../../../../../tmp/dockyard-slip", "file", "x", 0o644)])
     cfg = image_config([sha(evil)])
-    with pytest.raises(BadRequest, match="contains '..'"):
+    with pytest.raises(InvalidParameter, match="contains '..'"):
         load(store, write_archive(tmp_path / "evil.tar", [(cfg, [evil], ["evil:1"])]))
     assert not os.path.exists("/tmp/dockyard-slip")
     assert store.list() == [] and store.layers.list_ids() == []
@@ -254,7 +254,7 @@ def test_import_with_changes(store):
         "VOLUME /data",
         "ENTRYPOINT /bin/tool",
     ]
-    img = archive.import_rootfs(store, io.BytesIO(rootfs), repo="imported", tag="v1", message="hello", changes=changes)
+    img = loadsave.import_rootfs(store, io.BytesIO(rootfs), repo="imported", tag="v1", message="hello", changes=changes)
     assert store.get("imported:v1") is img
     cfg = img.container_config
     assert cfg["Cmd"] == ["/bin/tool", "x"]
@@ -264,8 +264,8 @@ def test_import_with_changes(store):
     assert (cfg["WorkingDir"], cfg["User"]) == ("/srv", "nobody")
     assert cfg["Labels"] == {"a": "b", "c d": "e"} and cfg["Volumes"] == {"/data": {}}
     assert img.config["comment"] == "hello" and img.diff_ids == [sha(rootfs)]
-    with pytest.raises(BadRequest, match="RUN is not a valid change command"):
-        archive.import_rootfs(store, io.BytesIO(rootfs), changes=["RUN true"])
+    with pytest.raises(InvalidParameter, match="RUN is not a valid change command"):
+        loadsave.import_rootfs(store, io.BytesIO(rootfs), changes=["RUN true"])
 
 
 def test_many_layers_mount_past_the_option_page(store, tmp_path):
@@ -286,7 +286,7 @@ def test_reference_parsing():
     assert reference.parse("busybox", default_tag=True).tagged == "busybox:latest"
     assert reference.parse("busybox").full_name() == "docker.io/library/busybox"
     for bad in ("UPPER", "a:b:c", "", "x@sha256:short", "foo/", "-x"):
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidParameter):
             reference.parse(bad)
     assert reference.matches("busy*", "busybox:latest")
     assert reference.matches("busybox:lat*", "busybox:latest")

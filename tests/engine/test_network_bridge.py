@@ -311,7 +311,7 @@ def test_none_and_host_modes(world):
     assert "dytest0" not in host.sh("ip", "-o", "link").stdout
     assert (
         agent(op="connect", container=dict(none, host_config={"NetworkMode": "mynet"}), pid=pid)["error"]
-        == "BadRequest: network mynet not found"
+        == "InvalidParameter: network mynet not found"
     )
 
 

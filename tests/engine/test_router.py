@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from dockyard.engine.api.errors import BadRequest, NotFound
+from dockyard.engine.api.errors import http_status
 from dockyard.engine.api.query import Filters, boolean, integer, parse_bool
 from dockyard.engine.api.router import Router, version_less
 from dockyard.engine.config import ConfigError, parse_config, registry_config
+from dockyard.engine.errors import InvalidParameter, NotFound
 from dockyard.engine.listeners import ListenerError, parse_host
 
 
@@ -31,7 +32,7 @@ def make_router():
 def test_version_prefix(path, version, rest):
     r = make_router()
     if version is None:
-        with pytest.raises(BadRequest, match="too old"):
+        with pytest.raises(InvalidParameter, match="too old"):
             r.resolve("GET", path)
         return
     route, params, got_version = r.resolve("GET", path)
@@ -39,10 +40,10 @@ def test_version_prefix(path, version, rest):
 
 
 def test_too_new_message_is_exact():
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(InvalidParameter) as err:
         make_router().resolve("GET", "/v1.51/images/json")
     assert err.value.message == "client version 1.51 is too new. Maximum supported API version is 1.50"
-    assert err.value.status == 400
+    assert http_status(err.value) == 400
 
 
 def test_registration_order_and_custom_regex():
@@ -85,7 +86,7 @@ def test_moby_booleans(text, expected):
 def test_boolean_and_integer_defaults():
     assert boolean({}, "force") is False and boolean({}, "force", True) is True
     assert integer({"tail": ["10"]}, "tail") == 10 and integer({}, "tail", -1) == -1
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidParameter):
         integer({"tail": ["all"]}, "tail")
 
 
@@ -97,12 +98,12 @@ def test_filters_both_shapes():
     assert cli.exact_match("status", "running") and not cli.exact_match("status", "exited")
     assert cli.exact_match("name", "anything")  # not filtered on
     cli.validate({"label", "status"})
-    with pytest.raises(BadRequest, match="invalid filter 'status'"):
+    with pytest.raises(InvalidParameter, match="invalid filter 'status'"):
         cli.validate({"label"})
     assert not Filters.from_json("") and not Filters.from_json(None)
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidParameter):
         Filters.from_json("{oops")
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidParameter):
         Filters.from_json("[1, 2]")
 
 

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from dockyard.engine.api.errors import BadRequest
-from dockyard.engine.runtime import caps, cgroups, create, logs, relay, rootfs, userdb, views
+from dockyard.engine.errors import InvalidParameter
+from dockyard.engine.runtime import caps, cgroups, create, logs, mountns, relay, userdb, views
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 
 
@@ -60,7 +60,7 @@ def test_entrypoint_and_cmd_follow_docker():
     # --entrypoint "" clears the entrypoint; the command is the user's Cmd only.
     cfg = create.merge_config({"Image": "x", "Entrypoint": [""], "Cmd": ["ls"]}, IMAGE)
     assert create.command_of(cfg) == ("ls", [])
-    with pytest.raises(BadRequest, match="No command specified"):
+    with pytest.raises(InvalidParameter, match="No command specified"):
         create.command_of(create.merge_config({"Image": "x", "Entrypoint": [""]}, IMAGE))
 
 
@@ -71,7 +71,7 @@ def test_env_labels_and_defaults_merge():
     assert cfg["WorkingDir"] == "/srv" and cfg["User"] == "app"
     bare = create.merge_config({"Image": "x", "Cmd": ["true"]}, {})
     assert bare["Env"][0].startswith("PATH=/usr/local/sbin")
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidParameter):
         create.merge_config({"Image": "x", "Cmd": ["true"], "WorkingDir": "relative"}, {})
 
 
@@ -79,13 +79,13 @@ def test_host_config_normalisation():
     hc = create.normalize_host_config({"NetworkMode": "default", "LogConfig": {"Type": ""}})
     assert hc["NetworkMode"] == "bridge" and hc["LogConfig"] == {"Type": "json-file", "Config": {}}
     assert hc["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
-    with pytest.raises(BadRequest, match="--restart and --rm"):
+    with pytest.raises(InvalidParameter, match="--restart and --rm"):
         create.normalize_host_config({"AutoRemove": True, "RestartPolicy": {"Name": "always"}})
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidParameter):
         create.normalize_host_config({"RestartPolicy": {"Name": "sometimes"}})
-    with pytest.raises(BadRequest, match="Minimum memory"):
+    with pytest.raises(InvalidParameter, match="Minimum memory"):
         create.normalize_host_config({"Memory": 1024})
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidParameter):
         create.normalize_host_config({"LogConfig": {"Type": "syslog"}})
     assert create.no_new_privs({}) is True
     assert create.no_new_privs({"SecurityOpt": ["no-new-privileges=false"]}) is False
@@ -109,9 +109,9 @@ def test_mount_points_from_binds_mounts_tmpfs_and_image_volumes(tmp_path):
     assert by_dest["/run"]["Type"] == "tmpfs"
     assert by_dest["/data"]["Anonymous"] is True  # from the image's VOLUME
     assert sorted(by_dest) == ["/a", "/b", "/c", "/d", "/data", "/e", "/run"]  # /a not doubled
-    with pytest.raises(BadRequest, match="Duplicate mount point"):
+    with pytest.raises(InvalidParameter, match="Duplicate mount point"):
         create.parse_mounts({"Binds": ["/x:/same", "/y:/same"]}, {})
-    with pytest.raises(BadRequest, match="bind source path does not exist"):
+    with pytest.raises(InvalidParameter, match="bind source path does not exist"):
         create.parse_mounts({"Mounts": [{"Type": "bind", "Source": "/no/such/dir", "Target": "/t"}]}, {})
 
 
@@ -169,10 +169,10 @@ def test_secure_join_never_escapes(tmp_path):
     (root / "etc").mkdir(parents=True)
     os.symlink("/etc/../../outside", root / "evil")
     os.symlink("../../..", root / "etc" / "up")
-    assert rootfs.secure_join(str(root), "/evil/x") == str(root / "outside" / "x")
-    assert rootfs.secure_join(str(root), "/etc/up/passwd") == str(root / "passwd")
-    assert rootfs.secure_join(str(root), "../../etc") == str(root / "etc")
-    target = rootfs.ensure_mountpoint(str(root), "/evil/deep/file", False)
+    assert mountns.secure_join(str(root), "/evil/x") == str(root / "outside" / "x")
+    assert mountns.secure_join(str(root), "/etc/up/passwd") == str(root / "passwd")
+    assert mountns.secure_join(str(root), "../../etc") == str(root / "etc")
+    target = mountns.ensure_mountpoint(str(root), "/evil/deep/file", False)
     assert target.startswith(str(root) + "/") and os.path.isfile(target)
 
 

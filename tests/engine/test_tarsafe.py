@@ -8,7 +8,8 @@ import tarfile
 
 import pytest
 
-from dockyard.engine.api.errors import BadRequest
+from dockyard.engine.api.errors import http_status
+from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.images.tarsafe import Scope, UnsafeArchive, safe_extract, symlink_escapes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="extraction keeps owners and makes devices: root only")
@@ -71,7 +72,7 @@ def test_absolute_and_dotdot_names_are_refused(area, name):
     dest, _ = area
     with pytest.raises(UnsafeArchive) as err:
         safe_extract(make_tar(("ok.txt", "file", "fine"), (name, "file", "bad")), str(dest))
-    assert isinstance(err.value, BadRequest) and err.value.status == 400
+    assert isinstance(err.value, InvalidParameter) and http_status(err.value) == 400
     assert not (dest.parent / "escape.txt").exists() and not (dest.parent / "x").exists()
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from dockyard.engine.api.errors import BadRequest, Conflict, NotFound
+from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
 from dockyard.engine.volumes import ANONYMOUS_LABEL, VolumeStore
 from tests.engine import images_helper
 
@@ -29,9 +29,9 @@ def test_named_anonymous_and_labels(vols, tmp_path):
     assert api["CreatedAt"].startswith("20") and api["Options"] is None
     assert [x.name for x in vols.list()] == sorted(["data1", anon.name])
     for bad in ("a", "/abs", "has space", "../x", ".hidden"):
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidParameter):
             vols.create(bad)
-    with pytest.raises(BadRequest, match="driver options"):
+    with pytest.raises(InvalidParameter, match="driver options"):
         vols.create("opts", options={"type": "tmpfs"})
     with pytest.raises(NotFound, match="plugin"):
         vols.create("x1", driver="nfs")
