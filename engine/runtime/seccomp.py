@@ -3,7 +3,8 @@ seccomp_default.json, or a user's `--security-opt seccomp=<file>`), evaluated fo
 capabilities and the host's architecture and kernel, and loaded with libseccomp through ctypes.
 
 seccomp_default.json is Docker's published default profile, copied unchanged from
-github.com/moby/profiles (seccomp/default.json, Apache License 2.0, Copyright The Moby Authors).
+github.com/moby/profiles (seccomp/default.json at cd3bed8061c7b7378b61fc6827c7885779417a75,
+Apache License 2.0, Copyright The Moby Authors); to update, copy the newer file over it.
 
 Three steps, usable separately:
   parse_profile / validate_profile  user input -> profile dict, or ProfileError (a 400)
