@@ -386,7 +386,7 @@ class Machine:
         self.save()
 
 
-def _pid_alive(pid: object) -> bool:
+def _pid_alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
         return True
