@@ -8,12 +8,12 @@ import importlib.util
 import io
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from dockyard.provisioner.core.errors import ProvisionError
+from dockyard.provisioner.core.files import atomic_write
 
 BUNDLE_NAME = "dockyard-engine.pyz"
 INTERPRETER = "/usr/bin/env python3"
@@ -206,17 +206,6 @@ def build_bundle(
     info_bytes = (json.dumps(info, sort_keys=True, indent=1) + "\n").encode("utf-8")
     payload = _zip_bytes(sorted(files + [(BUNDLE_INFO_NAME, info_bytes)]))
 
-    # Atomic replace: a concurrent reader sees the old or the new file, never half of one.
-    fd, tmp = tempfile.mkstemp(prefix=".dockyard-engine.", suffix=".tmp", dir=dest)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # Atomic: a concurrent reader sees the old or the new file; no fsync, a cache is rebuilt when lost.
+    atomic_write(target, payload, 0o755, durable=False)
     return target, hashlib.sha256(payload).hexdigest()
