@@ -3,6 +3,8 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -164,18 +166,12 @@ def test_ls_filters_format_and_timeout(run):
 
 
 def test_shell_completion_script(tmp_path):
-    import subprocess
-    import sys
-
     env = dict(os.environ, _DOCKYARD_COMPLETE="bash_source", PYTHONPATH=os.getcwd())
     p = subprocess.run([sys.executable, "-m", "dockyard"], capture_output=True, text=True, env=env)
     assert p.returncode == 0 and "_dockyard_completion" in p.stdout
 
 
 def test_machine_names_complete(run):
-    import subprocess
-    import sys
-
     run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "alpha")
     run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "beta")
     env = dict(

@@ -1,6 +1,7 @@
 """Provisioning pieces that need no host: OS detection, engine config, rendered service files."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -89,8 +90,6 @@ def test_bad_engine_env_is_refused():
 
 
 def test_no_init_script_is_valid_sh(tmp_path):
-    import subprocess
-
     svc = initsys.for_host("none", _NoSession(), "m1", "python3", [])
     script = tmp_path / "ctl"
     script.write_text(templates.render("engine-ctl.sh.j2", **svc.context()))
