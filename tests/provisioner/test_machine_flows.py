@@ -346,7 +346,7 @@ def test_a_driver_failure_leaves_the_machine_in_error_with_its_step(world):
     ("break_it", "step", "error"),
     [
         (
-            lambda w: setattr(w.host, "os_release", "ID=plan9\nPRETTY_NAME=\"Plan 9\"\n"),
+            lambda w: setattr(w.host, "os_release", 'ID=plan9\nPRETTY_NAME="Plan 9"\n'),
             "detecting the OS and preparing the host",
             'unsupported OS "Plan 9" (ID=plan9)',
         ),

@@ -32,11 +32,11 @@ import pytest
 from dockyard.provisioner.core.errors import (
     HostKeyChanged,
     RemoteCommandError,
+    SSHAuthFailed,
     SSHError,
     SSHTimeout,
     SudoPasswordRequired,
 )
-from dockyard.provisioner.core.errors import SSHAuthFailed
 from dockyard.provisioner.core.ssh import SSHSession, pin_host_key, wait_for_ssh
 from dockyard.provisioner.core.ssh_keys import fingerprint, generate_keypair, load_private_key
 from dockyard.provisioner.core.ssh_system import system_scp_argv, system_ssh_argv
