@@ -32,6 +32,7 @@ def test_the_wheel_holds_only_the_dockyard_package(tmp_path):
         "dockyard/drivers/base.py",
         "dockyard/engine/daemon.py",
         "dockyard/templates/engine.service.j2",
+        "dockyard/engine/runtime/seccomp_default.json",
     ):
         assert member in names
     assert "dockyard = dockyard.provisioner.cli.main:main" in entry_points
