@@ -78,7 +78,7 @@ class Volume:
 
 
 class VolumeStore:
-    """engine.services['volumes']."""
+    """The local volumes (req.engine.volumes): create, inspect, remove, prune, who uses them."""
 
     def __init__(self, data_root):
         self.root = os.path.join(data_root, "volumes")

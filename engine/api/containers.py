@@ -270,7 +270,7 @@ def attach(req):
     start_at = first_write_at(req)
     if peer is None:
         if prefix:
-            relay._wait_until(start_at)
+            relay.sleep_until(start_at)
             hijacked.sendall(prefix)
         return None
     relay.relay_attach(hijacked, peer, stdin=want["stdin"], detach_keys=keys, first_write_at=start_at, prefix=prefix)

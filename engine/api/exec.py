@@ -85,7 +85,7 @@ def _keys(inst):
 
 def _write_error(hijacked, text, tty, start_at):
     data = (text + "\r\n").encode("utf-8", "replace")
-    relay._wait_until(start_at)
+    relay.sleep_until(start_at)
     try:
         hijacked.sendall(data if tty else relay.frame(1, data))
     except OSError:

@@ -1,4 +1,4 @@
-"""Images resource: list, inspect, history, tag, rmi, prune, load, save, import (and a pull stub)."""
+"""Images resource: list, inspect, history, tag, rmi, prune, load, save, import, pull."""
 
 import logging
 import os
@@ -413,7 +413,7 @@ def create_image(req):
 def pull_image(req, from_image, tag):
     store = req.engine.images
     cfg = req.engine.config
-    policy = (getattr(cfg, "opts", None) or {}).get("registry-pull", "local")
+    policy = (cfg.opts or {}).get("registry-pull", "local")
     out = _LazyStream(req, buffer_all=False)
     try:
         registry.pull(
@@ -422,7 +422,7 @@ def pull_image(req, from_image, tag):
             tag,
             out.emit,
             req.headers.get("X-Registry-Auth"),
-            getattr(cfg, "insecure_registries", ()),
+            cfg.insecure_registries,
             policy=policy,
         )
     except EngineError as exc:

@@ -113,7 +113,7 @@ class Image:
 
 
 class ImageStore:
-    """Everything about images on this engine (engine.services['images'])."""
+    """Everything about images on this engine (req.engine.images): configs, tags, layers, overlay roots."""
 
     def __init__(self, data_root):
         self.data_root = data_root

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from typing import Protocol
 
 from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.network import bridge, dns, nat, portproxy, vendor
@@ -48,19 +49,18 @@ def _bool_opt(opts, name, default):
     return value.strip().lower() not in ("0", "false", "no", "off", "")
 
 
-def _parts(container):
-    """(id, name, config, host_config) of a runtime Container (or a dict with those keys)."""
+class ContainerView(Protocol):
+    """What the network reads of a container (the runtime's Container has these attributes)."""
 
-    def get(name, default=None):
-        if isinstance(container, dict):
-            return container.get(name, default)
-        return getattr(container, name, default)
+    id: str
+    name: str
+    config: dict
+    host_config: dict
 
-    cid = get("id") or get("Id")
-    name = (get("name") or get("Name") or "").lstrip("/")
-    config = get("config") or get("Config") or {}
-    host_config = get("host_config") or get("HostConfig") or {}
-    return cid, name, config, host_config
+
+def _parts(container: ContainerView) -> tuple[str, str, dict, dict]:
+    """(id, name without '/', config, host_config) of a container."""
+    return container.id, container.name.lstrip("/"), container.config or {}, container.host_config or {}
 
 
 def settings_ip(settings):

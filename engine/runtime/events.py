@@ -1,6 +1,6 @@
 """The engine's event bus: what /events streams (container lifecycle, and whatever other parts emit).
 
-Other parts publish with engine.services["events"].emit(type, action, actor_id, attributes).
+The container manager owns it (req.engine.events); parts publish with emit(type, action, actor_id, attributes).
 """
 
 import collections

@@ -144,7 +144,13 @@ class ExitsMixin:
                 self._spawn(c)
             except Exception as exc:
                 log.warning("restarting %s failed: %s", c.id[:12], exc)
-                c.state.update({"Status": "exited", "Restarting": False, "Error": str(getattr(exc, "message", exc))})
+                c.state.update(
+                    {
+                        "Status": "exited",
+                        "Restarting": False,
+                        "Error": exc.message if isinstance(exc, EngineError) else str(exc),
+                    }
+                )
                 c.save_state()
                 c.cond.notify_all()
                 return

@@ -95,7 +95,7 @@ def relay_attach(client, peer, stdin=True, detach_keys=DEFAULT_DETACH_KEYS, firs
     try:
         while True:
             if not sent_prefix:
-                _wait_until(first_write_at)
+                sleep_until(first_write_at)
                 client.sendall(prefix)
                 sent_prefix = True
             rlist = [peer_fd] + ([client.fileno()] if client_open else [])
@@ -122,7 +122,7 @@ def relay_attach(client, peer, stdin=True, detach_keys=DEFAULT_DETACH_KEYS, firs
                 data = peer.recv(65536)
                 if not data:
                     return
-                _wait_until(first_write_at)
+                sleep_until(first_write_at)
                 client.sendall(data)
     except OSError:
         return
@@ -137,7 +137,8 @@ def _shutdown_write(sock):
         pass
 
 
-def _wait_until(t):
+def sleep_until(t):
+    """Sleep until time.monotonic() reaches t (no-op when it already has)."""
     delay = t - time.monotonic()
     if delay > 0:
         time.sleep(delay)
@@ -194,7 +195,7 @@ def relay_exec(client, proc, detach_keys=DEFAULT_DETACH_KEYS, first_write_at=0.0
                     if not data:
                         proc.close_output(fd)
                         continue
-                    _wait_until(first_write_at)
+                    sleep_until(first_write_at)
                     stream = proc.outputs.get(fd, 1)
                     client.sendall(data if proc.tty else frame(stream, data))
     except OSError:

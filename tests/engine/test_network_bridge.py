@@ -27,21 +27,24 @@ BIP = "172.30.0.1/24"
 # Runs inside the engine-host namespace: one NetworkManager driven by commands on stdin.
 AGENT = textwrap.dedent("""
     import json, sys
+    from types import SimpleNamespace
     from dockyard.engine.network.manager import NetworkManager
     from dockyard.engine.network.portproxy import start_all
     mgr = NetworkManager(sys.argv[1], json.loads(sys.argv[2]), [])
     proxies = {}
     for line in sys.stdin:
         cmd = json.loads(line)
+        if "container" in cmd:  # the manager reads a container's attributes, as the runtime's Container has them
+            container = SimpleNamespace(**cmd["container"])
         try:
             if cmd["op"] == "connect":
-                s = mgr.connect(cmd["container"], cmd["pid"])
+                s = mgr.connect(container, cmd["pid"])
                 proxies[cmd["container"]["id"]] = start_all(mgr.port_proxies(s))
                 out = {"settings": s, "nat": mgr.nat_method, "warnings": mgr.warnings}
             elif cmd["op"] == "disconnect":
                 for p in proxies.pop(cmd["container"]["id"], []):
                     p.stop()
-                mgr.disconnect(cmd["container"], None)
+                mgr.disconnect(container, None)
                 out = {"leases": mgr.ipam.allocations()}
             elif cmd["op"] == "inspect":
                 out = mgr.inspect(cmd["name"])
@@ -50,7 +53,7 @@ AGENT = textwrap.dedent("""
             elif cmd["op"] == "remove_network":
                 out = {"removed": mgr.remove_network(cmd["name"])}
             elif cmd["op"] == "hosts":
-                out = {"hosts": mgr.hosts_file(cmd["container"], cmd["settings"])}
+                out = {"hosts": mgr.hosts_file(container, cmd["settings"])}
         except Exception as exc:
             out = {"error": "%s: %s" % (type(exc).__name__, exc)}
         print(json.dumps(out), flush=True)
