@@ -1,13 +1,18 @@
 """TLS PKI with `cryptography`: the store's CA and client pair, per-machine server certs, expiry and SAN checks."""
 
+from __future__ import annotations
+
 import datetime
 import getpass
 import ipaddress
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dockyard.provisioner.core.errors import CertError
@@ -48,7 +53,7 @@ def _write_cert(path, cert):
     atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644, durable=True)
 
 
-def load_cert(path):
+def load_cert(path: str) -> x509.Certificate:
     try:
         with open(path, "rb") as f:
             return x509.load_pem_x509_certificate(f.read())
@@ -58,7 +63,7 @@ def load_cert(path):
         raise CertError(f"certificate {path} is not valid PEM: {e}") from None
 
 
-def load_key(path):
+def load_key(path: str) -> PrivateKeyTypes:
     try:
         with open(path, "rb") as f:
             return serialization.load_pem_private_key(f.read(), password=None)
@@ -115,7 +120,7 @@ def _needs_new(cert_path):
 class CertPaths:
     """Where the store keeps its CA and client pair."""
 
-    def __init__(self, certs_dir):
+    def __init__(self, certs_dir: str) -> None:
         self.dir = certs_dir
         self.ca = os.path.join(certs_dir, "ca.pem")
         self.ca_key = os.path.join(certs_dir, "ca-key.pem")
@@ -123,7 +128,7 @@ class CertPaths:
         self.key = os.path.join(certs_dir, "key.pem")
 
 
-def ensure_ca(paths, log=print):
+def ensure_ca(paths: CertPaths, log: Callable[[str], None] = print) -> bool:
     """Create the CA when it is missing or about to expire. Caller holds the store lock."""
     os.makedirs(paths.dir, mode=0o700, exist_ok=True)
     if not _needs_new(paths.ca):
@@ -164,7 +169,7 @@ def _sign_leaf(paths, subject, public_key, *, server, sans=(), days=LEAF_DAYS):
     return b.sign(ca_key, hashes.SHA256())
 
 
-def ensure_client(paths, log=print, force=False):
+def ensure_client(paths: CertPaths, log: Callable[[str], None] = print, force: bool = False) -> bool:
     """Create the client pair when missing, expiring, not from the current CA, or when forced."""
     if not force and not _needs_new(paths.cert) and os.path.exists(paths.key) and _issued_by(paths.cert, paths.ca):
         return False
@@ -185,11 +190,12 @@ def _issued_by(cert_path, ca_path):
         return False
 
 
-def san_entries(hosts):
+def san_entries(hosts: Iterable[str | None]) -> list[x509.GeneralName]:
     """IP-looking values go to IP SANs, the rest to DNS SANs; duplicates dropped, order kept."""
-    seen, out = set(), []
-    for h in hosts:
-        h = (h or "").strip()
+    seen: set[str] = set()
+    out: list[x509.GeneralName] = []
+    for host in hosts:
+        h = (host or "").strip()
         if not h or h in seen:
             continue
         seen.add(h)
@@ -200,11 +206,13 @@ def san_entries(hosts):
     return out
 
 
-def server_sans(ip, hostname, extra=()):
+def server_sans(ip: str, hostname: str, extra: Iterable[str] = ()) -> list[str]:
     return [ip, hostname, "localhost", "127.0.0.1", *extra]
 
 
-def issue_server_cert(paths, machine_name, cert_path, key_path, hosts):
+def issue_server_cert(
+    paths: CertPaths, machine_name: str, cert_path: str, key_path: str, hosts: Iterable[str | None]
+) -> x509.Certificate:
     """Issue a server cert for a machine with the given SAN hosts (IPs and names)."""
     key = _new_key()
     cert = _sign_leaf(
@@ -219,7 +227,7 @@ def issue_server_cert(paths, machine_name, cert_path, key_path, hosts):
     return cert
 
 
-def cert_sans(cert):
+def cert_sans(cert: x509.Certificate) -> list[str]:
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -227,7 +235,7 @@ def cert_sans(cert):
     return [str(v) for v in ext.get_values_for_type(x509.IPAddress)] + ext.get_values_for_type(x509.DNSName)
 
 
-def cert_covers(cert_path, host):
+def cert_covers(cert_path: str, host: str) -> bool:
     """True when host (an IP or DNS name) is among the cert's SANs."""
     try:
         cert = load_cert(cert_path)
@@ -240,7 +248,7 @@ def cert_covers(cert_path, host):
     return wanted in [s.lower() for s in cert_sans(cert)]
 
 
-def cert_info(cert_path):
+def cert_info(cert_path: str) -> dict[str, Any]:
     """A summary for `inspect`: subject, SANs, validity and whether it has expired."""
     cert = load_cert(cert_path)
     not_after = cert.not_valid_after_utc

@@ -20,6 +20,7 @@ import threading
 import time
 import tty
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 
@@ -133,10 +134,10 @@ class SSHSession:
         client.get_transport().set_keepalive(30)
         self._client = client
 
-    def __enter__(self):
+    def __enter__(self) -> SSHSession:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -262,7 +263,7 @@ class SSHSession:
         data = bytes(data)
         self._upload(data, len(data), remote_path, mode, sudo)
 
-    def put_file(self, local, remote: str, mode: int | None = None, sudo: bool = False) -> None:
+    def put_file(self, local: str | os.PathLike[str], remote: str, mode: int | None = None, sudo: bool = False) -> None:
         try:
             f = open(local, "rb")
         except OSError as e:
@@ -282,7 +283,7 @@ class SSHSession:
                 raise SSHError(f"cannot write {local}: {e.strerror or e}") from None
             self._run(f"cat < {shlex.quote(remote)}", f"read {remote}", sudo=sudo, stdout_sink=sink)
 
-    def put_tree(self, local_dir, remote_dir: str, sudo: bool = False) -> None:
+    def put_tree(self, local_dir: str | os.PathLike[str], remote_dir: str, sudo: bool = False) -> None:
         """Copy the contents of local_dir into remote_dir (created if missing), like `scp -r`."""
         local_dir = os.fspath(local_dir)
         if not os.path.isdir(local_dir):
@@ -301,7 +302,7 @@ class SSHSession:
         q = shlex.quote(remote_dir)
         self._run(f"mkdir -p {q} && tar -C {q} -xf -", f"unpack into {remote_dir}", sudo=sudo, stdin=produce)
 
-    def get_tree(self, remote_dir: str, local_dir, sudo: bool = False) -> None:
+    def get_tree(self, remote_dir: str, local_dir: str | os.PathLike[str], sudo: bool = False) -> None:
         """Copy the contents of remote_dir into local_dir (created if missing), like `scp -r`."""
         local_dir = os.fspath(local_dir)
         os.makedirs(local_dir, exist_ok=True)
@@ -331,7 +332,9 @@ class SSHSession:
 
     # -- streaming and interactive use
 
-    def exec_stream(self, command: str | None, stdin=_DEFAULT, stdout=_DEFAULT, stderr=_DEFAULT) -> int:
+    def exec_stream(
+        self, command: str | None, stdin: Any = _DEFAULT, stdout: Any = _DEFAULT, stderr: Any = _DEFAULT
+    ) -> int:
         """Run a command (or the login shell if None) without a PTY, streaming both ways; return its exit status.
         stdin=None sends no input."""
         stdin = sys.stdin.buffer if stdin is _DEFAULT else stdin

@@ -8,11 +8,15 @@ Layout under the store root (default ~/.dockyard):
 Paths inside config.json are relative to the store root so a store can be moved.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from dockyard.provisioner.core.errors import InvalidHostname, MachineAlreadyExists, MachineNotExist, StoreError
 from dockyard.provisioner.core.files import atomic_write, file_lock
@@ -22,11 +26,11 @@ DEFAULT_STORE = "~/.dockyard"
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$")
 
 
-def default_store_path(environ=os.environ):
+def default_store_path(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get("DOCKYARD_STORAGE_PATH") or os.path.expanduser(DEFAULT_STORE)
 
 
-def validate_name(name):
+def validate_name(name: str) -> str:
     if not name or not NAME_RE.match(name) or len(name) > 253:
         raise InvalidHostname(name)
     return name
@@ -35,22 +39,22 @@ def validate_name(name):
 class Store:
     """The machine store rooted at `path`."""
 
-    def __init__(self, path=None):
+    def __init__(self, path: str | None = None) -> None:
         self.path = os.path.abspath(os.path.expanduser(path or default_store_path()))
         self.certs_dir = os.path.join(self.path, "certs")
         self.machines_dir = os.path.join(self.path, "machines")
         self.cache_dir = os.path.join(self.path, "cache")
 
     # -- layout -------------------------------------------------------------
-    def ensure(self):
+    def ensure(self) -> Store:
         for d in (self.path, self.certs_dir, self.machines_dir, self.cache_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         return self
 
-    def machine_dir(self, name):
+    def machine_dir(self, name: str) -> str:
         return os.path.join(self.machines_dir, name)
 
-    def rel(self, path):
+    def rel(self, path: str) -> str:
         """A path as stored in config.json: relative to the store root when inside it."""
         if not path:
             return path
@@ -59,21 +63,21 @@ class Store:
             return os.path.relpath(path, self.path)
         return path
 
-    def abs(self, path):
+    def abs(self, path: str) -> str:
         """Resolve a path read from config.json."""
         if not path:
             return path
         return path if os.path.isabs(path) else os.path.join(self.path, path)
 
     @contextlib.contextmanager
-    def lock(self, timeout=60.0):
+    def lock(self, timeout: float = 60.0) -> Iterator[None]:
         """Store-wide lock: CA creation, machine creation and removal."""
         self.ensure()
         with file_lock(os.path.join(self.path, ".lock"), timeout, "the store"):
             yield
 
     @contextlib.contextmanager
-    def machine_lock(self, name, timeout=600.0):
+    def machine_lock(self, name: str, timeout: float = 600.0) -> Iterator[None]:
         """Per-machine lock so two commands never change the same machine at once."""
         path = os.path.join(self.machine_dir(name), ".lock")
         if not os.path.isdir(self.machine_dir(name)):
@@ -82,17 +86,17 @@ class Store:
             yield
 
     # -- machines -----------------------------------------------------------
-    def exists(self, name):
+    def exists(self, name: str) -> bool:
         return os.path.isfile(os.path.join(self.machine_dir(name), "config.json"))
 
-    def names(self):
+    def names(self) -> list[str]:
         try:
             entries = os.listdir(self.machines_dir)
         except FileNotFoundError:
             return []
         return [n for n in entries if not n.startswith(".") and os.path.isdir(os.path.join(self.machines_dir, n))]
 
-    def reserve(self, name):
+    def reserve(self, name: str) -> str:
         """Create the machine's directory; fails if the machine exists. Race-free (mkdir is atomic)."""
         validate_name(name)
         self.ensure()
@@ -103,7 +107,7 @@ class Store:
             raise MachineAlreadyExists(name) from None
         return d
 
-    def load(self, name):
+    def load(self, name: str) -> dict[str, Any]:
         path = os.path.join(self.machine_dir(name), "config.json")
         try:
             with open(path) as f:
@@ -117,7 +121,7 @@ class Store:
             raise StoreError(f'config version of machine "{name}" is from the future -- you should upgrade dockyard')
         return config
 
-    def save(self, name, config):
+    def save(self, name: str, config: Mapping[str, Any]) -> None:
         config = dict(config)
         config["ConfigVersion"] = CONFIG_VERSION
         config["Name"] = name
@@ -127,7 +131,7 @@ class Store:
             durable=True,
         )
 
-    def remove(self, name):
+    def remove(self, name: str) -> None:
         d = self.machine_dir(name)
         if not os.path.isdir(d):
             raise MachineNotExist(name)
