@@ -1,1 +1,2 @@
-"""The `dockyard` CLI (click): one module per command group, plus output formatting."""
+"""The `dockyard` CLI (click): the group (`group`), one module per set of commands, output formatting, and
+`main`, which assembles the group with every command."""
