@@ -11,6 +11,7 @@ import subprocess
 import time
 
 from dockyard.provisioner.core.errors import PreCreateCheckError
+from dockyard.provisioner.core.files import atomic_write
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
@@ -139,10 +140,7 @@ def probe(qemu, kernel, cache_dir, device="/dev/kvm", timeout=PROBE_TIMEOUT):
     if result.usable:
         result = boot_check(qemu, kernel, timeout) if kernel else Probe(True, "device ok (no kernel to test-boot)")
     try:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "result": result.to_dict()}, f)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"key": key, "result": result.to_dict()}), 0o644, durable=False)
     except OSError:
         pass  # a cache we cannot write only costs another probe
     return result
