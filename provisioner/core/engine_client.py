@@ -3,22 +3,28 @@
 Used by create/provision (wait for the engine), ls/version (server version) and env (cert check).
 """
 
+from __future__ import annotations
+
 import http.client
 import json
 import socket
 import ssl
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from dockyard.provisioner.core.errors import CertError, EngineUnreachable
 
 
 class TLSFiles:
-    def __init__(self, ca, cert, key):
+    """The client side of mutual TLS: the CA that signed the engine's cert, and the client pair."""
+
+    def __init__(self, ca: str, cert: str, key: str) -> None:
         self.ca, self.cert, self.key = ca, cert, key
 
 
-def tls_context(files):
+def tls_context(files: TLSFiles) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files.ca)
     ctx.load_cert_chain(files.cert, files.key)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -32,7 +38,9 @@ def _split(url):
     return parts.hostname, parts.port or 2376
 
 
-def request(url, files, method, path, timeout=5.0):
+def request(
+    url: str, files: TLSFiles, method: str, path: str, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
     """One request; returns (status, headers dict, body bytes). TLS problems raise CertError."""
     host, port = _split(url)
     conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context(files))
@@ -56,21 +64,26 @@ def request(url, files, method, path, timeout=5.0):
         conn.close()
 
 
-def ping(url, files, timeout=5.0):
+def ping(url: str, files: TLSFiles, timeout: float = 5.0) -> dict[str, str]:
     status, headers, body = request(url, files, "GET", "/_ping", timeout)
     if status != 200:
         raise EngineUnreachable(f"engine at {url} answered /_ping with HTTP {status}")
     return headers
 
 
-def version(url, files, timeout=5.0):
+def version(url: str, files: TLSFiles, timeout: float = 5.0) -> Any:
     status, _, body = request(url, files, "GET", "/version", timeout)
     if status != 200:
         raise EngineUnreachable(f"engine at {url} answered /version with HTTP {status}")
     return json.loads(body)
 
 
-def wait_ready(url, files, timeout=60.0, on_retry=None):
+def wait_ready(
+    url: str,
+    files: TLSFiles,
+    timeout: float = 60.0,
+    on_retry: Callable[[EngineUnreachable | None], None] | None = None,
+) -> dict[str, str]:
     """Poll /_ping until it answers; CertError is not retried (it will not fix itself)."""
     deadline = time.monotonic() + timeout
     delay, last = 0.1, None
@@ -87,7 +100,7 @@ def wait_ready(url, files, timeout=60.0, on_retry=None):
         delay = min(delay * 2, 1.0)
 
 
-def port_open(host, port, timeout=2.0):
+def port_open(host: str, port: int, timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
