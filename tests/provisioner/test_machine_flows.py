@@ -173,6 +173,11 @@ class FakeSession:
             for member, path in re.findall(r'mv -f "\$s/(f\d+)" (\S+)', command):
                 self.host.files[shlex.split(path)[0]] = members[member]
             return 0, "", ""
+        if command.startswith(f"sha256sum {initsys.BUNDLE_PATH}"):
+            bundle = self.host.files.get(initsys.BUNDLE_PATH)
+            if bundle is None:
+                return 1, "", ""
+            return 0, f"{hashlib.sha256(bundle[0]).hexdigest()}  {initsys.BUNDLE_PATH}\n", ""
         if command.startswith("journalctl") or command.startswith("tail -n"):
             return 0, self.host.engine_log, ""
         return 0, "", ""
@@ -546,3 +551,41 @@ def test_upgrade_refuses_a_machine_that_was_never_provisioned(world):
     world.store.save("m1", cfg)
     with pytest.raises(ProvisionError, match='machine "m1" was never provisioned; run dockyard provision m1'):
         world.load().upgrade(world.log)
+
+
+def test_upgrade_sends_the_bundle_only_when_the_host_lacks_it_and_restarts_the_engine(world):
+    world.create()
+    sent = world.host.files.pop(initsys.BUNDLE_PATH)  # as if the host had an older engine
+    world.load().upgrade(world.log)
+    assert world.host.files[initsys.BUNDLE_PATH] == sent
+    assert world.config()["Provisioned"]["EngineBundle"] == hashlib.sha256(sent[0]).hexdigest()
+    assert world.host.commands[-1] == ("systemctl restart dockyard-engine.service", True)
+    assert world.lines[-5:] == [
+        "Upgrading the engine...",
+        "Copying the engine to the remote machine...",
+        "Restarting the engine...",
+        "Checking connection to the engine...",
+        "The engine is up and running!",
+    ]
+    pushes = len(world.host.ran("mv -f"))
+    world.load().upgrade(world.log)
+    assert len(world.host.ran("mv -f")) == pushes  # the same bundle is not sent again
+
+
+def test_regenerate_certs_issues_a_new_server_cert_and_pushes_it(world):
+    world.create()
+    server = os.path.join(world.store.machine_dir("m1"), "server.pem")
+    old_serial = pki.load_cert(server).serial_number
+    world.load().regenerate_certs(world.log)
+    new = open(server, "rb").read()
+    assert pki.load_cert(server).serial_number != old_serial
+    assert world.host.files["/etc/dockyard/server.pem"][0] == new
+    assert world.host.ran("mv -f")[-1].endswith("systemctl restart dockyard-engine.service; }")
+    assert world.lines[-2:] == ["Checking connection to the engine...", "The engine is up and running!"]
+
+
+def test_regenerate_certs_refuses_a_stopped_machine(world):
+    world.create()
+    world.load().stop(world.log)
+    with pytest.raises(HostNotRunning):
+        world.load().regenerate_certs(world.log)
