@@ -22,8 +22,6 @@ def _arch(instance_type):
 
 class AmazonEC2Driver(CloudDriver):
     name = "amazonec2"
-    default_ssh_user = "ubuntu"
-    firewall_default = "dockyard"
     credential_fields = [
         Field("access_key", "AWS_ACCESS_KEY_ID", "amazonec2_access_key"),
         Field("secret_key", "AWS_SECRET_ACCESS_KEY", "amazonec2_secret_key"),
@@ -81,24 +79,24 @@ class AmazonEC2Driver(CloudDriver):
     ] + common_flags("amazonec2", "AWS_", ssh_user="ubuntu", endpoint_env="AWS_ENDPOINT")
 
     def configure(self, options):
-        private_only = bool(self.opt(options, "private_address_only", False))
+        private_only = bool(self.opt(options, "private_address_only"))
         self.config.update(
-            Region=self.opt(options, "region", "us-east-1"),
-            Zone=self.opt(options, "zone", "a"),
-            AMI=self.opt(options, "ami", "") or "",
-            InstanceType=self.opt(options, "instance_type", "t3.micro"),
-            VpcId=self.opt(options, "vpc_id", "") or "",
-            SubnetId=self.opt(options, "subnet_id", "") or "",
-            FirewallName=self.opt(options, "security_group", "dockyard"),
-            SecurityGroupReadonly=bool(self.opt(options, "security_group_readonly", False)),
-            RootSize=int(self.opt(options, "root_size", 16)),
-            VolumeType=self.opt(options, "volume_type", "gp3"),
-            DeviceName=self.opt(options, "device_name", "") or "",
-            IamInstanceProfile=self.opt(options, "iam_instance_profile", "") or "",
+            Region=self.opt(options, "region"),
+            Zone=self.opt(options, "zone"),
+            AMI=self.opt(options, "ami") or "",
+            InstanceType=self.opt(options, "instance_type"),
+            VpcId=self.opt(options, "vpc_id") or "",
+            SubnetId=self.opt(options, "subnet_id") or "",
+            FirewallName=self.opt(options, "security_group"),
+            SecurityGroupReadonly=bool(self.opt(options, "security_group_readonly")),
+            RootSize=int(self.opt(options, "root_size")),
+            VolumeType=self.opt(options, "volume_type"),
+            DeviceName=self.opt(options, "device_name") or "",
+            IamInstanceProfile=self.opt(options, "iam_instance_profile") or "",
             PrivateAddressOnly=private_only,
-            UsePrivateAddress=private_only or bool(self.opt(options, "use_private_address", False)),
-            SpotInstance=bool(self.opt(options, "request_spot_instance", False)),
-            SpotPrice=self.opt(options, "spot_price", "") or "",
+            UsePrivateAddress=private_only or bool(self.opt(options, "use_private_address")),
+            SpotInstance=bool(self.opt(options, "request_spot_instance")),
+            SpotPrice=self.opt(options, "spot_price") or "",
         )
         key_value_tags(self.config["Tags"])  # validate now
         if len(self.config["Zone"]) != 1 or not self.config["Zone"].isalpha():

@@ -43,7 +43,6 @@ class _VM:
 class AzureDriver(CloudDriver):
     name = "azure"
     imports_key = False  # the key goes into the VM's osProfile
-    default_ssh_user = "docker-user"
     endpoint_is_api = False
     credential_fields = [
         Field("client_id", "AZURE_CLIENT_ID", "azure_client_id"),
@@ -103,14 +102,14 @@ class AzureDriver(CloudDriver):
         for key in ("subscription_id", "tenant_id"):
             if not self.opt(options, key):
                 raise DriverError(f"azure driver requires --azure-{key.replace('_', '-')}")
-        env = self.opt(options, "environment", "AzurePublicCloud")
+        env = self.opt(options, "environment")
         if env not in ENVIRONMENTS:
             raise DriverError(f'unknown --azure-environment "{env}" (known: {", ".join(ENVIRONMENTS)})')
-        image = self.opt(options, "image", DEFAULT_IMAGE)
+        image = self.opt(options, "image")
         if len(image.split(":")) != 4:
             raise DriverError(f'invalid --azure-image "{image}": expected publisher:offer:sku:version')
-        no_public = bool(self.opt(options, "no_public_ip", False))
-        ad = self.opt(options, "ad_endpoint", "") or ""
+        no_public = bool(self.opt(options, "no_public_ip"))
+        ad = self.opt(options, "ad_endpoint") or ""
         if ad and parse_endpoint(ad)[2] != 443:
             # libcloud signs in to Active Directory on port 443 of the URL's host, whatever the URL says.
             raise DriverError(f'--azure-ad-endpoint "{ad}": the Azure sign-in goes to port 443 only')
@@ -118,18 +117,18 @@ class AzureDriver(CloudDriver):
             SubscriptionId=self.opt(options, "subscription_id"),
             TenantId=self.opt(options, "tenant_id"),
             Environment=env,
-            ADEndpoint=self.opt(options, "ad_endpoint", "") or "",
-            Location=self.opt(options, "location", "westeurope"),
-            ResourceGroup=self.opt(options, "resource_group", "dockyard"),
-            Size=self.opt(options, "size", "Standard_B1s"),
+            ADEndpoint=self.opt(options, "ad_endpoint") or "",
+            Location=self.opt(options, "location"),
+            ResourceGroup=self.opt(options, "resource_group"),
+            Size=self.opt(options, "size"),
             Image=image,
-            VNet=self.opt(options, "vnet", "dockyard-vnet"),
-            Subnet=self.opt(options, "subnet", "dockyard"),
-            SubnetPrefix=self.opt(options, "subnet_prefix", "192.168.0.0/16"),
-            DiskSize=int(self.opt(options, "disk_size", 30)),
-            StorageType=self.opt(options, "storage_type", "StandardSSD_LRS"),
+            VNet=self.opt(options, "vnet"),
+            Subnet=self.opt(options, "subnet"),
+            SubnetPrefix=self.opt(options, "subnet_prefix"),
+            DiskSize=int(self.opt(options, "disk_size")),
+            StorageType=self.opt(options, "storage_type"),
             NoPublicIP=no_public,
-            UsePrivateAddress=no_public or bool(self.opt(options, "use_private_ip", False)),
+            UsePrivateAddress=no_public or bool(self.opt(options, "use_private_ip")),
         )
         key_value_tags(self.config["Tags"])
 

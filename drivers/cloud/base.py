@@ -7,15 +7,18 @@ everything that must be the same for every cloud (recording, locking, waiting, e
 
 import abc
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from dockyard.drivers.base import POWER, Driver, Flag, State
+from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound, translate
 from dockyard.provisioner.core import credentials
 from dockyard.provisioner.core.errors import DockyardError, DriverError, PreCreateCheckError, SSHTimeout
@@ -66,6 +69,7 @@ def common_flags(
         Flag(
             f"{prefix}-source-cidr",
             "Allow SSH and the engine only from this CIDR (repeatable; default 0.0.0.0/0)",
+            default=("0.0.0.0/0",),
             multiple=True,
             envvar=f"{env_prefix}SOURCE_CIDR",
         ),
@@ -149,14 +153,39 @@ def list_tags(text):
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+@dataclasses.dataclass
+class CloudSettings(Settings):
+    """What every cloud driver records from the common flags (flag keys without the `<driver>_` prefix)."""
+
+    provider: str = setting("Provider")
+    ssh_user: str = setting("SSHUser", flag="ssh_user")
+    ssh_port: int = setting("SSHPort", flag="ssh_port")
+    open_ports: list[str] = setting("OpenPorts", flag="open_port")
+    source_cidrs: list[str] = setting("SourceCIDRs", flag="source_cidr")
+    endpoint: str = setting("Endpoint", flag="endpoint")
+    account: str = setting("Account", flag="account")
+    ssh_timeout: int = setting("SSHTimeout", flag="ssh_timeout")
+    firewall_name: str = setting("FirewallName", flag="firewall")
+    tags: str = setting("Tags", flag="tags")
+    user_data_file: str = setting("UserDataFile", flag="userdata")
+
+    def __post_init__(self) -> None:
+        self.ssh_port, self.ssh_timeout = int(self.ssh_port), int(self.ssh_timeout)
+        self.open_ports = [f"{p}/{proto}" for p, proto in parse_ports(self.open_ports)]
+        self.endpoint, self.firewall_name, self.tags = self.endpoint or "", self.firewall_name or "", self.tags or ""
+        path = self.user_data_file
+        self.user_data_file = os.path.abspath(os.path.expanduser(path)) if path else ""
+        parse_endpoint(self.endpoint)  # fail early on a bad URL
+
+
 class CloudDriver(Driver):
     """Base of the libcloud drivers. Subclasses set name, flags, credential_fields and the hooks below."""
 
     name = "cloud"
     capabilities = POWER
     credential_fields: list = []  # provisioner.credentials.Field
-    default_ssh_user = "root"
-    firewall_default = "dockyard"
+    # The firewall of drivers without a --<name>-firewall flag (amazonec2 names its security group itself).
+    unflagged_firewall = "dockyard"
     poll_interval = 1.0
     imports_key = True  # False: the public key goes into the create call itself (self.public_key)
     endpoint_is_api = True  # False where the endpoint flag names something else (OpenStack's auth URL)
@@ -178,26 +207,34 @@ class CloudDriver(Driver):
             pass
 
     # -- flags ------------------------------------------------------------------------------------
-    def opt(self, options, suffix, default=None):
-        v = options.get(f"{self.name}_{suffix}".replace("-", "_"))
-        return default if v in (None, "", ()) else v
+    def opt(self, options: Mapping[str, Any], suffix: str) -> Any:
+        """The value of flag --<name>-<suffix>: its declared default when unset (defaults live in the flags)."""
+        key = f"{self.name}_{suffix}".replace("-", "_")
+        flag = next((f for f in self.flags if f.key == key), None)
+        if flag is None:
+            v = options.get(key)
+            return None if v in (None, "", ()) else v
+        return flag.value(options)
+
+    @property
+    def firewall_default(self) -> str:
+        """The firewall name used when none is given: the --<name>-firewall flag's default."""
+        key = f"{self.name}_firewall"
+        return next((f.default for f in self.flags if f.key == key), self.unflagged_firewall)
+
+    def flag_values(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """This driver's flag values, defaults applied; the keys of flags it lacks hold None."""
+        values = flag_values(self.flags, options)
+        for f in CloudSettings.__dataclass_fields__.values():
+            if f.metadata.get("flag"):
+                values.setdefault(f"{self.name}_{f.metadata['flag']}", None)
+        if values[f"{self.name}_firewall"] is None:
+            values[f"{self.name}_firewall"] = self.firewall_default
+        return values
 
     def set_config_from_flags(self, options):
-        self.config.update(
-            Provider=self.name,
-            SSHUser=self.opt(options, "ssh_user", self.default_ssh_user),
-            SSHPort=int(self.opt(options, "ssh_port", 22)),
-            OpenPorts=[f"{p}/{proto}" for p, proto in parse_ports(self.opt(options, "open_port", ()))],
-            SourceCIDRs=list(self.opt(options, "source_cidr", ())) or ["0.0.0.0/0"],
-            Endpoint=self.opt(options, "endpoint", "") or "",
-            Account=self.opt(options, "account", "default"),
-            SSHTimeout=int(self.opt(options, "ssh_timeout", 120)),
-            FirewallName=self.opt(options, "firewall", self.firewall_default) or "",
-            Tags=self.opt(options, "tags", "") or "",
-        )
-        userdata = self.opt(options, "userdata")
-        self.config["UserDataFile"] = os.path.abspath(os.path.expanduser(userdata)) if userdata else ""
-        parse_endpoint(self.config["Endpoint"])  # fail early on a bad URL
+        values = self.flag_values(options)
+        self.config.update(CloudSettings.from_flags(values, prefix=f"{self.name}_", provider=self.name).to_config())
         given = {f.name: options.get(f.flag_key) for f in self.credential_fields if f.flag_key}
         self._credential_choice = given
         self.configure(options)

@@ -1,11 +1,30 @@
 """The `digitalocean` driver: a droplet, an uploaded SSH key, and a cloud firewall applied by tag."""
 
+import dataclasses
 import re
 
-from dockyard.drivers.base import Flag
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudNotFound
 from dockyard.provisioner.core.credentials import Field
+
+
+@dataclasses.dataclass
+class DigitalOceanSettings(Settings):
+    """The droplet's settings (flag keys without the `digitalocean_` prefix)."""
+
+    region: str = setting("Region", flag="region")
+    size: str = setting("Size", flag="size")
+    image: str = setting("Image", flag="image")
+    ipv6: bool = setting("IPv6", flag="ipv6")
+    private_networking: bool = setting("PrivateNetworking", flag="private_networking")
+    use_private_address: bool = setting("UsePrivateAddress", flag="use_private_address")
+    backups: bool = setting("Backups", flag="backups")
+    monitoring: bool = setting("Monitoring", flag="monitoring")
+
+    def __post_init__(self) -> None:
+        # The private address exists only with private networking.
+        self.private_networking = self.private_networking or self.use_private_address
 
 
 class DigitalOceanDriver(CloudDriver):
@@ -40,18 +59,8 @@ class DigitalOceanDriver(CloudDriver):
     )
 
     def configure(self, options):
-        self.config.update(
-            Region=self.opt(options, "region", "nyc3"),
-            Size=self.opt(options, "size", "s-1vcpu-1gb"),
-            Image=self.opt(options, "image", "ubuntu-24-04-x64"),
-            IPv6=bool(self.opt(options, "ipv6", False)),
-            PrivateNetworking=bool(self.opt(options, "private_networking", False)),
-            UsePrivateAddress=bool(self.opt(options, "use_private_address", False)),
-            Backups=bool(self.opt(options, "backups", False)),
-            Monitoring=bool(self.opt(options, "monitoring", False)),
-        )
-        if self.config["UsePrivateAddress"]:
-            self.config["PrivateNetworking"] = True
+        settings = DigitalOceanSettings.from_flags(self.flag_values(options), prefix="digitalocean_")
+        self.config.update(settings.to_config())
 
     def connect(self, secrets, endpoint):
         from libcloud.compute.drivers.digitalocean import DigitalOcean_v2_NodeDriver

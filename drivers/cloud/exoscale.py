@@ -44,7 +44,6 @@ def _named(items, name, what, provider, attr="name"):
 
 class ExoscaleDriver(CloudDriver):
     name = "exoscale"
-    default_ssh_user = "ubuntu"
     credential_fields = [
         Field("api_key", "EXOSCALE_API_KEY", "exoscale_api_key"),
         Field("api_secret", "EXOSCALE_API_SECRET", "exoscale_api_secret_key"),
@@ -78,10 +77,10 @@ class ExoscaleDriver(CloudDriver):
 
     def configure(self, options):
         self.config.update(
-            Zone=self.opt(options, "availability_zone", "ch-gva-2"),
-            InstanceProfile=self.opt(options, "instance_profile", "Small"),
-            Image=self.opt(options, "image", "Linux Ubuntu 24.04 LTS 64-bit"),
-            DiskSize=int(self.opt(options, "disk_size", 20)),
+            Zone=self.opt(options, "availability_zone"),
+            InstanceProfile=self.opt(options, "instance_profile"),
+            Image=self.opt(options, "image"),
+            DiskSize=int(self.opt(options, "disk_size")),
         )
 
     def targets_exoscale(self):

@@ -77,14 +77,14 @@ class LibcloudDriver(CloudDriver):
         self.config["SecretOptions"] = secret_names
 
     def configure(self, options):
-        provider = self.opt(options, "provider", "")
+        provider = self.opt(options, "provider")
         if not provider:
             raise DriverError("libcloud driver requires --libcloud-provider NAME")
         self.config.update(
             LibcloudProvider=provider,
-            Size=self.opt(options, "size", "") or "",
-            Image=self.opt(options, "image", "") or "",
-            Location=self.opt(options, "location", "") or "",
+            Size=self.opt(options, "size") or "",
+            Image=self.opt(options, "image") or "",
+            Location=self.opt(options, "location") or "",
         )
         if not self.config["Size"] or not self.config["Image"]:
             raise DriverError("libcloud driver requires --libcloud-size and --libcloud-image")

@@ -37,7 +37,6 @@ def _service_account(value):
 class GoogleDriver(CloudDriver):
     name = "google"
     imports_key = False  # the public key goes into the instance metadata (ssh-keys)
-    default_ssh_user = "docker-user"
     credential_fields = [Field("service_account_json", "GOOGLE_APPLICATION_CREDENTIALS", "google_credentials_file")]
     flags = [
         Flag(
@@ -81,22 +80,22 @@ class GoogleDriver(CloudDriver):
     )
 
     def configure(self, options):
-        project = self.opt(options, "project", "")
+        project = self.opt(options, "project")
         if not project:
             raise DriverError("google driver requires --google-project (or GOOGLE_PROJECT)")
-        internal_only = bool(self.opt(options, "use_internal_ip_only", False))
+        internal_only = bool(self.opt(options, "use_internal_ip_only"))
         self.config.update(
             Project=project,
-            Zone=self.opt(options, "zone", "us-central1-a"),
-            MachineType=self.opt(options, "machine_type", "e2-small"),
-            Image=self.opt(options, "machine_image", DEFAULT_IMAGE),
-            DiskSize=int(self.opt(options, "disk_size", 20)),
-            DiskType=self.opt(options, "disk_type", "pd-balanced"),
-            Network=self.opt(options, "network", "default"),
-            Subnetwork=self.opt(options, "subnetwork", "") or "",
-            Preemptible=bool(self.opt(options, "preemptible", False)),
+            Zone=self.opt(options, "zone"),
+            MachineType=self.opt(options, "machine_type"),
+            Image=self.opt(options, "machine_image"),
+            DiskSize=int(self.opt(options, "disk_size")),
+            DiskType=self.opt(options, "disk_type"),
+            Network=self.opt(options, "network"),
+            Subnetwork=self.opt(options, "subnetwork") or "",
+            Preemptible=bool(self.opt(options, "preemptible")),
             InternalOnly=internal_only,
-            UsePrivateAddress=internal_only or bool(self.opt(options, "use_internal_ip", False)),
+            UsePrivateAddress=internal_only or bool(self.opt(options, "use_internal_ip")),
         )
 
     def connect(self, secrets, endpoint):

@@ -36,11 +36,11 @@ class LinodeDriver(CloudDriver):
 
     def configure(self, options):
         self.config.update(
-            Region=self.opt(options, "region", "us-east"),
-            InstanceType=self.opt(options, "instance_type", "g6-nanode-1"),
-            Image=self.opt(options, "image", "linode/ubuntu24.04"),
-            PrivateIP=bool(self.opt(options, "create_private_ip", False)),
-            UsePrivateAddress=bool(self.opt(options, "use_private_address", False)),
+            Region=self.opt(options, "region"),
+            InstanceType=self.opt(options, "instance_type"),
+            Image=self.opt(options, "image"),
+            PrivateIP=bool(self.opt(options, "create_private_ip")),
+            UsePrivateAddress=bool(self.opt(options, "use_private_address")),
         )
         if self.config["UsePrivateAddress"]:
             self.config["PrivateIP"] = True

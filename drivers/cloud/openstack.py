@@ -61,24 +61,24 @@ class OpenStackDriver(CloudDriver):
     )
 
     def configure(self, options):
-        auth_url = self.opt(options, "auth_url", "")
+        auth_url = self.opt(options, "auth_url")
         if not auth_url:
             raise DriverError("openstack driver requires --openstack-auth-url (or OS_AUTH_URL)")
         self.config.update(
             Endpoint=auth_url,
-            TenantName=self.opt(options, "tenant_name", "") or "",
-            DomainName=self.opt(options, "domain_name", "Default"),
-            Region=self.opt(options, "region", "") or "",
-            AvailabilityZone=self.opt(options, "availability_zone", "") or "",
-            FlavorName=self.opt(options, "flavor_name", "") or "",
-            FlavorId=self.opt(options, "flavor_id", "") or "",
-            ImageName=self.opt(options, "image_name", "") or "",
-            ImageId=self.opt(options, "image_id", "") or "",
-            NetName=self.opt(options, "net_name", "") or "",
-            NetId=self.opt(options, "net_id", "") or "",
-            SecGroups=[g.strip() for g in (self.opt(options, "sec_groups", "") or "").split(",") if g.strip()],
-            FloatingIPPool=self.opt(options, "floatingip_pool", "") or "",
-            UsePrivateAddress=bool(self.opt(options, "use_private_address", False)),
+            TenantName=self.opt(options, "tenant_name") or "",
+            DomainName=self.opt(options, "domain_name"),
+            Region=self.opt(options, "region") or "",
+            AvailabilityZone=self.opt(options, "availability_zone") or "",
+            FlavorName=self.opt(options, "flavor_name") or "",
+            FlavorId=self.opt(options, "flavor_id") or "",
+            ImageName=self.opt(options, "image_name") or "",
+            ImageId=self.opt(options, "image_id") or "",
+            NetName=self.opt(options, "net_name") or "",
+            NetId=self.opt(options, "net_id") or "",
+            SecGroups=[g.strip() for g in (self.opt(options, "sec_groups") or "").split(",") if g.strip()],
+            FloatingIPPool=self.opt(options, "floatingip_pool") or "",
+            UsePrivateAddress=bool(self.opt(options, "use_private_address")),
         )
         self.late_address = bool(self.config["FloatingIPPool"]) and not self.config["UsePrivateAddress"]
         if not (self.config["FlavorName"] or self.config["FlavorId"]):

@@ -1,13 +1,32 @@
 """The `vultr` driver: a Vultr instance, an uploaded SSH key, and a firewall group."""
 
 import base64
+import dataclasses
 
-from dockyard.drivers.base import Flag
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudNotFound
 from dockyard.provisioner.core.credentials import Field
 
 DEFAULT_OS = "Ubuntu 24.04 LTS x64"
+
+
+@dataclasses.dataclass
+class VultrSettings(Settings):
+    """The instance's settings (flag keys without the `vultr_` prefix)."""
+
+    region: str = setting("Region", flag="region")
+    plan: str = setting("Plan", flag="plan")
+    os: str = setting("OS", flag="os")
+    ipv6: bool = setting("IPv6", flag="ipv6")
+    private_network: bool = setting("PrivateNetwork", flag="private_network")
+    use_private_address: bool = setting("UsePrivateAddress", flag="use_private_address")
+    backups: bool = setting("Backups", flag="backups")
+
+    def __post_init__(self) -> None:
+        self.os = str(self.os)  # a numeric id stays a string in config.json
+        # The private address exists only on the VPC.
+        self.private_network = self.private_network or self.use_private_address
 
 
 class VultrDriver(CloudDriver):
@@ -36,17 +55,7 @@ class VultrDriver(CloudDriver):
     )
 
     def configure(self, options):
-        self.config.update(
-            Region=self.opt(options, "region", "ewr"),
-            Plan=self.opt(options, "plan", "vc2-1c-1gb"),
-            OS=str(self.opt(options, "os", DEFAULT_OS)),
-            IPv6=bool(self.opt(options, "ipv6", False)),
-            PrivateNetwork=bool(self.opt(options, "private_network", False)),
-            UsePrivateAddress=bool(self.opt(options, "use_private_address", False)),
-            Backups=bool(self.opt(options, "backups", False)),
-        )
-        if self.config["UsePrivateAddress"]:
-            self.config["PrivateNetwork"] = True
+        self.config.update(VultrSettings.from_flags(self.flag_values(options), prefix="vultr_").to_config())
 
     def connect(self, secrets, endpoint):
         from libcloud.compute.drivers.vultr import VultrNodeDriverV2

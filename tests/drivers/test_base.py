@@ -112,7 +112,7 @@ def test_flag_values_apply_each_declared_default_once():
     }
 
 
-def test_settings_keep_their_declared_config_order():
+def test_settings_keep_their_declared_config_order() -> None:
     @dataclasses.dataclass
     class S(Settings):
         b: int = setting("Bee", flag="x_b")
