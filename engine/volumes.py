@@ -1,11 +1,14 @@
 """Local volumes: data-root/volumes/<name>/_data plus meta.json (labels, options, created, anonymous)."""
 
+from __future__ import annotations
+
 import os
 import re
 import shutil
 import threading
 import time
 import uuid
+from typing import Callable, List  # List: the class has a method named list
 
 from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
@@ -80,23 +83,23 @@ class Volume:
 class VolumeStore:
     """The local volumes (req.engine.volumes): create, inspect, remove, prune, who uses them."""
 
-    def __init__(self, data_root):
+    def __init__(self, data_root: str) -> None:
         self.root = os.path.join(data_root, "volumes")
         os.makedirs(self.root, mode=0o701, exist_ok=True)
         self._lock = threading.RLock()
-        self._usage_check = None
+        self._usage_check: Callable[[str], List[str]] | None = None
 
-    def set_usage_check(self, fn):
+    def set_usage_check(self, fn: Callable[[str], List[str]]) -> None:
         """fn(volume_name) -> list of container IDs that mount the volume."""
         self._usage_check = fn
 
-    def users(self, name):
+    def users(self, name: str) -> List[str]:
         if self._usage_check is None:
             return []
         return list(self._usage_check(name) or [])
 
     @staticmethod
-    def validate_name(name):
+    def validate_name(name: str) -> None:
         if len(name) < 2 and _VALID_NAME.match(name + "a"):
             raise InvalidParameter("volume name is too short, names should be at least two alphanumeric characters")
         if not _VALID_NAME.match(name):
@@ -106,7 +109,14 @@ class VolumeStore:
                 "directory, use absolute path" % name
             )
 
-    def create(self, name=None, labels=None, anonymous=False, driver="local", options=None):
+    def create(
+        self,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        anonymous: bool = False,
+        driver: str | None = "local",
+        options: dict[str, str] | None = None,
+    ) -> Volume:
         """Create (or return the existing) volume; anonymous ones get a random 64-hex name."""
         if driver not in (None, "", "local"):
             raise NotFound("plugin %s not found" % driver)
@@ -147,13 +157,13 @@ class VolumeStore:
             return None
         return Volume(self, name, meta)
 
-    def get(self, name):
+    def get(self, name: str) -> Volume:
         vol = self._load(name)
         if vol is None:
             raise NotFound("get %s: no such volume" % name)
         return vol
 
-    def list(self):
+    def list(self) -> List[Volume]:
         out = []
         for name in sorted(os.listdir(self.root)):
             vol = self._load(name)
@@ -161,7 +171,7 @@ class VolumeStore:
                 out.append(vol)
         return out
 
-    def remove(self, name, force=False):
+    def remove(self, name: str, force: bool = False) -> None:
         users = self.users(name)  # before our lock: the container manager may hold its own and call us
         with self._lock:
             vol = self._load(name)
@@ -175,7 +185,9 @@ class VolumeStore:
             os.rename(vol.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def prune(self, include_named=False, label_filter=None):
+    def prune(
+        self, include_named: bool = False, label_filter: Callable[[dict], bool] | None = None
+    ) -> tuple[List[str], int]:
         """Remove unused volumes (only anonymous ones unless include_named); -> (names, bytes)."""
         deleted, reclaimed = [], 0
         for vol in self.list():

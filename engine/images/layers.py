@@ -9,6 +9,8 @@ diff/ (the tar-split idea). When a tar cannot be rebuilt that way (a path writte
 twice, sparse files), the uncompressed tar itself is kept as layer.tar instead.
 """
 
+from __future__ import annotations
+
 import bz2
 import gzip
 import hashlib
@@ -23,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from typing import BinaryIO, Callable
 
 from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import InvalidParameter, NotFound
@@ -275,7 +278,7 @@ def _write_skeleton(tar_path, refs, out_path):
 class LayerStore:
     """data-root/image/layers: ingest tars, look layers up, remove unreferenced ones."""
 
-    def __init__(self, image_root):
+    def __init__(self, image_root: str) -> None:
         self.root = os.path.join(image_root, "layers")
         self.links = os.path.join(image_root, "l")
         self.tmp = os.path.join(image_root, "tmp")
@@ -291,28 +294,30 @@ class LayerStore:
             if name.startswith("."):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
-    def exists(self, diff_id):
+    def exists(self, diff_id: str) -> bool:
         hexid = diff_id.split(":", 1)[-1]
         return os.path.exists(os.path.join(self.root, hexid, "meta.json"))
 
-    def get(self, diff_id):
+    def get(self, diff_id: str) -> Layer:
         hexid = diff_id.split(":", 1)[-1]
         meta = read_json(os.path.join(self.root, hexid, "meta.json"))
         if meta is None:
             raise NotFound("layer %s does not exist" % diff_id)
         return Layer(self, hexid, meta)
 
-    def list_ids(self):
+    def list_ids(self) -> list[str]:
         out = []
         for name in os.listdir(self.root):
             if not name.startswith(".") and os.path.exists(os.path.join(self.root, name, "meta.json")):
                 out.append("sha256:" + name)
         return out
 
-    def tempdir(self):
+    def tempdir(self) -> str:
         return tempfile.mkdtemp(prefix="w-", dir=self.tmp)
 
-    def ingest(self, fileobj, expected=None, progress=None):
+    def ingest(
+        self, fileobj: BinaryIO, expected: str | None = None, progress: Callable[[int], None] | None = None
+    ) -> Layer:
         """Store a (maybe compressed) layer tar; returns its Layer (existing one if known).
 
         expected: the diff ID the image config promises; a mismatch is a 400.
@@ -379,7 +384,7 @@ class LayerStore:
             shutil.rmtree(stage, ignore_errors=True)
             raise
 
-    def remove(self, diff_id):
+    def remove(self, diff_id: str) -> bool:
         """Delete a layer (the caller checked that nothing references it)."""
         hexid = diff_id.split(":", 1)[-1]
         final = os.path.join(self.root, hexid)

@@ -12,6 +12,8 @@ as docker's overlay2 does); if even that is too long, the mount is made from a
 forked child whose working directory is data-root/image, with relative paths.
 """
 
+from __future__ import annotations
+
 import ctypes
 import errno
 import logging
@@ -20,7 +22,7 @@ import shutil
 
 from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import SystemFailure
-from dockyard.engine.images.layers import read_json
+from dockyard.engine.images.layers import LayerStore, read_json
 
 log = logging.getLogger("dockyard.engine.images")
 
@@ -100,7 +102,7 @@ def _mount_in_child(cwd, data, target):
 class RootfsManager:
     """Mounts, unmounts and removes per-container overlay roots."""
 
-    def __init__(self, data_root, layer_store):
+    def __init__(self, data_root: str, layer_store: LayerStore) -> None:
         self.data_root = data_root
         self.root = os.path.join(data_root, "overlay")
         self.image_root = os.path.join(data_root, "image")
@@ -109,7 +111,7 @@ class RootfsManager:
         self.empty = os.path.join(self.image_root, "empty")
         os.makedirs(self.empty, mode=0o755, exist_ok=True)
 
-    def paths(self, container_id):
+    def paths(self, container_id: str) -> dict[str, str]:
         base = os.path.join(self.root, container_id)
         return {
             "dir": base,
@@ -118,13 +120,13 @@ class RootfsManager:
             "merged": os.path.join(base, "merged"),
         }
 
-    def graph_driver_data(self, container_id, diff_ids):
+    def graph_driver_data(self, container_id: str, diff_ids: list[str]) -> dict[str, str]:
         """GraphDriver.Data for container inspect (LowerDir/UpperDir/MergedDir/WorkDir)."""
         p = self.paths(container_id)
         lowers = [self.layers.get(d).diff_dir for d in reversed(diff_ids)]
         return {"LowerDir": ":".join(lowers), "UpperDir": p["upper"], "MergedDir": p["merged"], "WorkDir": p["work"]}
 
-    def mount(self, container_id, diff_ids):
+    def mount(self, container_id: str, diff_ids: list[str]) -> str:
         """Mount (idempotently) the rootfs of a container; diff_ids LOWEST first. -> merged path."""
         if not container_id or "/" in container_id or container_id.startswith("."):
             raise ValueError("bad container id %r" % container_id)
@@ -168,7 +170,7 @@ class RootfsManager:
             ) from None
         return p["merged"]
 
-    def remount(self, container_id):
+    def remount(self, container_id: str) -> str:
         """Mount again from the recorded layers (after an engine/host restart)."""
         p = self.paths(container_id)
         rec = read_json(os.path.join(p["dir"], "layers.json"))
@@ -176,10 +178,10 @@ class RootfsManager:
             raise SystemFailure("container %s has no root filesystem record" % container_id)
         return self.mount(container_id, rec["layers"])
 
-    def is_mounted(self, container_id):
+    def is_mounted(self, container_id: str) -> bool:
         return os.path.ismount(self.paths(container_id)["merged"])
 
-    def unmount(self, container_id):
+    def unmount(self, container_id: str) -> None:
         merged = self.paths(container_id)["merged"]
         for _ in range(8):  # stacked mounts (mounted twice) come off one at a time
             try:
@@ -189,13 +191,13 @@ class RootfsManager:
                     return
                 raise SystemFailure("cannot unmount %s: %s" % (merged, exc.strerror))
 
-    def remove(self, container_id):
+    def remove(self, container_id: str) -> None:
         self.unmount(container_id)
         shutil.rmtree(self.paths(container_id)["dir"], ignore_errors=True)
 
-    def layers_in_use(self):
+    def layers_in_use(self) -> set[str]:
         """Diff IDs used by any container's rootfs (mounted or not)."""
-        used = set()
+        used: set[str] = set()
         try:
             names = os.listdir(self.root)
         except FileNotFoundError:

@@ -6,6 +6,8 @@ data-root/image/repositories.json    {"tags": {"name:tag": "sha256:<id>"}, "dige
 Layers live in layers.py's LayerStore; container roots in overlay.py.
 """
 
+from __future__ import annotations
+
 import calendar
 import hashlib
 import json
@@ -13,6 +15,7 @@ import logging
 import os
 import re
 import threading
+from typing import Callable, Iterable, List  # List: the class has a method named list
 
 from dockyard.engine.atomicfile import atomic_write, atomic_write_json
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
@@ -115,7 +118,7 @@ class Image:
 class ImageStore:
     """Everything about images on this engine (req.engine.images): configs, tags, layers, overlay roots."""
 
-    def __init__(self, data_root):
+    def __init__(self, data_root: str) -> None:
         self.data_root = data_root
         self.root = os.path.join(data_root, "image")
         self.config_dir = os.path.join(self.root, "configs")
@@ -126,23 +129,23 @@ class ImageStore:
         self.layers = LayerStore(self.root)
         self.rootfs = RootfsManager(data_root, self.layers)
         self._lock = threading.RLock()
-        self._cache = {}
-        self._usage_check = None
-        self._running_check = None
+        self._cache: dict[str, Image] = {}
+        self._usage_check: Callable[[str], List[str]] | None = None
+        self._running_check: Callable[[str], bool] | None = None
         self._repos = read_json(self.repos_path, None) or {"tags": {}, "digests": {}}
         self._repos.setdefault("tags", {})
         self._repos.setdefault("digests", {})
 
     # -- hooks -----------------------------------------------------------------------
-    def set_usage_check(self, fn):
+    def set_usage_check(self, fn: Callable[[str], List[str]]) -> None:
         """fn(image_id) -> list of container IDs using the image (rmi answers 409 unless forced)."""
         self._usage_check = fn
 
-    def set_running_check(self, fn):
+    def set_running_check(self, fn: Callable[[str], bool]) -> None:
         """fn(container_id) -> True if running (rmi -f still refuses images of running containers)."""
         self._running_check = fn
 
-    def users(self, image_id):
+    def users(self, image_id: str) -> List[str]:
         if self._usage_check is None:
             return []
         try:
@@ -160,27 +163,27 @@ class ImageStore:
             return False
 
     # -- rootfs (the interface the runtime uses) -------------------------------------------
-    def mount_rootfs(self, container_id, image):
+    def mount_rootfs(self, container_id: str, image: Image) -> str:
         return self.rootfs.mount(container_id, image.diff_ids)
 
-    def unmount_rootfs(self, container_id):
+    def unmount_rootfs(self, container_id: str) -> None:
         self.rootfs.unmount(container_id)
 
-    def remove_rootfs(self, container_id):
+    def remove_rootfs(self, container_id: str) -> None:
         self.rootfs.remove(container_id)
 
     # -- reading ------------------------------------------------------------------------
     def _save_repos(self):
         atomic_write_json(self.repos_path, self._repos, durable=True)
 
-    def ids(self):
+    def ids(self) -> List[str]:
         out = []
         for name in os.listdir(self.config_dir):
             if name.endswith(".json") and len(name) == 69:
                 out.append("sha256:" + name[:-5])
         return out
 
-    def by_id(self, image_id):
+    def by_id(self, image_id: str) -> Image:
         img = self._cache.get(image_id)
         if img is not None:
             return img
@@ -194,10 +197,10 @@ class ImageStore:
         self._cache[img.id] = img
         return img
 
-    def exists(self, image_id):
+    def exists(self, image_id: str) -> bool:
         return os.path.exists(os.path.join(self.config_dir, image_id.split(":", 1)[-1] + ".json"))
 
-    def list(self):
+    def list(self) -> List[Image]:
         out = []
         for image_id in self.ids():
             try:
@@ -212,7 +215,7 @@ class ImageStore:
             return self.by_id(matches[0])
         return None
 
-    def get(self, ref):
+    def get(self, ref: str) -> Image:
         """name[:tag], name@digest, full or short ID, 'sha256:...' -> Image; NotFound otherwise."""
         ref = ref or ""
         if ref.startswith("sha256:"):
@@ -241,20 +244,20 @@ class ImageStore:
                 return img
         raise NotFound("No such image: %s" % (parsed if parsed is not None else ref))
 
-    def tags_of(self, image_id):
+    def tags_of(self, image_id: str) -> List[str]:
         with self._lock:
             return sorted(t for t, i in self._repos["tags"].items() if i == image_id)
 
-    def digests_of(self, image_id):
+    def digests_of(self, image_id: str) -> List[str]:
         with self._lock:
             return sorted(d for d, i in self._repos["digests"].items() if i == image_id)
 
-    def all_tags(self):
+    def all_tags(self) -> dict[str, str]:
         with self._lock:
             return dict(self._repos["tags"])
 
     # -- writing ----------------------------------------------------------------------
-    def add_config(self, raw_config):
+    def add_config(self, raw_config: bytes) -> Image:
         """Store an image config whose layers are all present; returns the Image."""
         try:
             config = json.loads(raw_config.decode("utf-8"))
@@ -282,7 +285,7 @@ class ImageStore:
         meta.update(updates)
         atomic_write_json(path, meta, durable=True)
 
-    def tag(self, image_id, ref):
+    def tag(self, image_id: str, ref: str | reference.Reference) -> str | None:
         """Point 'repo:tag' at the image; returns the ID the tag had before (or None)."""
         parsed = reference.parse(ref, default_tag=True) if isinstance(ref, str) else ref
         if parsed.digest and not parsed.tag:
@@ -296,12 +299,12 @@ class ImageStore:
             self._write_meta(image_id, {"LastTagTime": rfc3339nano()})
         return old if old != image_id else None
 
-    def add_digest(self, image_id, repo, digest):
+    def add_digest(self, image_id: str, repo: str, digest: str) -> None:
         with self._lock:
             self._repos["digests"]["%s@%s" % (repo, digest)] = image_id
             self._save_repos()
 
-    def untag(self, name):
+    def untag(self, name: str) -> bool:
         """Remove one reference ('repo:tag' or 'repo@digest'); True if it existed."""
         with self._lock:
             table = "digests" if "@" in name else "tags"
@@ -310,11 +313,13 @@ class ImageStore:
             self._save_repos()
             return True
 
-    def references(self, image_id):
+    def references(self, image_id: str) -> List[str]:
         return self.tags_of(image_id) + self.digests_of(image_id)
 
     # -- removal ------------------------------------------------------------------------
-    def delete(self, ref, force=False, prune=True, stats=None):
+    def delete(
+        self, ref: str, force: bool = False, prune: bool = True, stats: dict[str, int] | None = None
+    ) -> List[dict[str, str]]:
         """`docker rmi`: moby's untag-vs-delete rules; returns [{"Untagged"}|{"Deleted"}].
 
         stats (a dict), if given, gets "reclaimed": bytes of layers actually removed.
@@ -394,7 +399,7 @@ class ImageStore:
         self.gc_layers(candidates=img.diff_ids, stats=stats)
         return stats.get("reclaimed", 0)
 
-    def gc_layers(self, candidates=None, stats=None):
+    def gc_layers(self, candidates: Iterable[str] | None = None, stats: dict[str, int] | None = None) -> List[str]:
         """Remove layers that no image and no container rootfs uses; returns removed diff IDs."""
         with self._lock:
             used = set(self.rootfs.layers_in_use())
@@ -411,12 +416,15 @@ class ImageStore:
                             stats["reclaimed"] = stats.get("reclaimed", 0) + size
             return removed
 
-    def is_dangling(self, img):
+    def is_dangling(self, img: Image) -> bool:
         return not self.references(img.id)
 
-    def prune(self, dangling_only=True, until=None, label_filter=None):
+    def prune(
+        self, dangling_only: bool = True, until: float | None = None, label_filter: Callable[[dict], bool] | None = None
+    ) -> tuple[List[dict[str, str]], int]:
         """`docker image prune [-a]`: images no container uses (untagged ones unless -a)."""
-        deleted, reclaimed = [], 0
+        deleted: List[dict[str, str]] = []
+        reclaimed = 0
         for img in self.list():
             if dangling_only and not self.is_dangling(img):
                 continue
@@ -426,7 +434,7 @@ class ImageStore:
                 continue
             if self.users(img.id):
                 continue
-            stats = {}
+            stats: dict[str, int] = {}
             try:
                 records = self.delete(img.id, force=True, stats=stats)
             except (Conflict, NotFound):

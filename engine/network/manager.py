@@ -15,11 +15,19 @@ import logging
 import os
 import socket
 import threading
-from typing import Protocol
+from typing import Iterable, List, Protocol  # List: the manager has a method named list
 
 from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.network import bridge, dns, nat, portproxy, vendor
-from dockyard.engine.network.catalog import BUILTIN, DEFAULT_BRIDGE, DEFAULT_POOLS, DRIVERS, Catalog, random_id
+from dockyard.engine.network.catalog import (
+    BUILTIN,
+    DEFAULT_BRIDGE,
+    DEFAULT_POOLS,
+    DRIVERS,
+    BridgeNet,
+    Catalog,
+    random_id,
+)
 from dockyard.engine.network.fsutil import read_json, write_json
 from dockyard.engine.network.ipam import IpamError
 from dockyard.engine.network.netns import loopback_up, netns_path, run_in_netns
@@ -76,7 +84,7 @@ def settings_ip(settings):
 class NetworkManager:
     """Owns the bridges, NAT, address leases, host-port reservations and endpoint records."""
 
-    def __init__(self, data_root, opts=None, warnings=None):
+    def __init__(self, data_root: str, opts: dict[str, str] | None = None, warnings: List[str] | None = None) -> None:
         opts = dict(opts or {})
         self.dir = os.path.join(data_root, "network")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -144,7 +152,7 @@ class NetworkManager:
         return [net.device for net in self.catalog.bridged()]
 
     # -- bridges, forwarding, NAT: on first use (and after network create/remove) ------------
-    def ensure_ready(self, net=None):
+    def ensure_ready(self, net: BridgeNet | None = None) -> None:
         """Create the network's bridge; forwarding and NAT for all bridged networks (idempotent)."""
         net = net or self.catalog.default
         with self._lock:
@@ -229,7 +237,7 @@ class NetworkManager:
         )
 
     # -- container endpoints ---------------------------------------------------------------
-    def validate(self, host_config, config):
+    def validate(self, host_config: dict, config: dict) -> str:
         """Checks for container create: unknown networks and bad port bindings (400)."""
         mode = self.network_mode(host_config)
         try:
@@ -238,7 +246,7 @@ class NetworkManager:
             raise InvalidParameter(str(exc)) from None
         return mode
 
-    def connect(self, container, pid):
+    def connect(self, container: ContainerView, pid: int) -> dict:
         """Attach the container (its netns: /proc/<pid>/ns/net) to its network -> NetworkSettings."""
         cid, name, config, host_config = _parts(container)
         netname = self.network_name(host_config)
@@ -360,16 +368,16 @@ class NetworkManager:
             "Networks": {netname: ep},
         }
 
-    def stopped_settings(self, container):
+    def stopped_settings(self, container: ContainerView) -> dict:
         """NetworkSettings for a created or exited container (no address, no ports)."""
         _, _, config, host_config = _parts(container)
         return self._settings(None, config, host_config)
 
-    def port_proxies(self, settings):
+    def port_proxies(self, settings: dict) -> List[portproxy.TcpProxy | portproxy.UdpProxy]:
         """Userland forwarders for the published ports in `settings` (start them in the supervisor)."""
         return portproxy.proxies_for(settings)
 
-    def disconnect(self, container, settings=None):
+    def disconnect(self, container: ContainerView, settings: dict | None = None) -> None:
         """Free the container's address and ports and remove its veth (if its netns still exists)."""
         cid = _parts(container)[0]
         with self._lock:
@@ -399,7 +407,7 @@ class NetworkManager:
         except bridge.BridgeError as exc:
             log.warning("%s", exc)
 
-    def reconcile(self, running_ids):
+    def reconcile(self, running_ids: Iterable[str]) -> List[str]:
         """After an engine (re)start: forget endpoints, leases and ports of containers not running."""
         running = set(running_ids)
         with self._lock:
@@ -418,11 +426,11 @@ class NetworkManager:
         return gone
 
     # -- container files --------------------------------------------------------------------
-    def resolv_conf(self, container):
+    def resolv_conf(self, container: ContainerView) -> str:
         _, _, _, host_config = _parts(container)
         return dns.resolv_conf(host_config, self.network_mode(host_config), fallback=self.dns_fallback)
 
-    def hosts_file(self, container, settings=None):
+    def hosts_file(self, container: ContainerView, settings: dict | None = None) -> str:
         _, _, config, host_config = _parts(container)
         if settings is not None:
             net = next(iter((settings.get("Networks") or {}).values()), None) or {}
@@ -434,7 +442,7 @@ class NetworkManager:
         )
 
     @staticmethod
-    def ps_ports(settings, config=None):
+    def ps_ports(settings: dict, config: dict | None = None) -> List[dict]:
         return ps_ports(settings, config)
 
     # -- the networks API ------------------------------------------------------------------
@@ -496,21 +504,29 @@ class NetworkManager:
             "Labels": labels,
         }
 
-    def list(self):
+    def list(self) -> List[dict]:
         return [self._network(name, verbose=False) for name in self.catalog.names()]
 
-    def resolve(self, ref):
+    def resolve(self, ref: str) -> str:
         """Network name for a name, full ID or unique ID prefix; NotFound otherwise."""
         return self.catalog.resolve(ref)
 
-    def inspect(self, ref):
+    def inspect(self, ref: str) -> dict:
         return self._network(self.resolve(ref))
 
-    def in_use(self, name):
+    def in_use(self, name: str) -> List[str]:
         with self._lock:
             return [cid for cid, ep in self.endpoints.items() if ep.get("Network") == name]
 
-    def create_network(self, name, subnet=None, gateway=None, internal=False, labels=None, options=None):
+    def create_network(
+        self,
+        name: str,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        internal: bool = False,
+        labels: dict[str, str] | None = None,
+        options: dict[str, str] | None = None,
+    ) -> BridgeNet:
         """A user-defined bridge network (`docker network create`); its bridge comes up now."""
         with self._lock:
             vendor.prepare(self.dir)
@@ -528,7 +544,7 @@ class NetworkManager:
                 raise
             return net
 
-    def remove_network(self, ref):
+    def remove_network(self, ref: str) -> str:
         """`docker network rm`: built-in networks and networks with containers are refused."""
         with self._lock:
             name = self.resolve(ref)

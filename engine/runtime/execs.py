@@ -1,6 +1,8 @@
 """`docker exec`: exec instances (create, start, resize, inspect) and the engine side of an
 exec process started through the fork server (execproc.py does the namespace work)."""
 
+from __future__ import annotations
+
 import fcntl
 import logging
 import os
@@ -8,11 +10,16 @@ import struct
 import termios
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.runtime import channel
 from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.forkserver import ForkServerError
+from dockyard.engine.runtime.store import Container
+
+if TYPE_CHECKING:  # the manager builds its ExecManager and hands itself in
+    from dockyard.engine.runtime.manager import ContainerManager
 
 log = logging.getLogger("dockyard.engine")
 
@@ -157,19 +164,19 @@ class ExecProcess:
 
 
 class ExecManager:
-    def __init__(self, manager):
+    def __init__(self, manager: ContainerManager) -> None:
         self.manager = manager
-        self.execs = {}
+        self.execs: dict[str, ExecInstance] = {}
         self.lock = threading.Lock()
 
-    def get(self, eid):
+    def get(self, eid: str) -> ExecInstance:
         with self.lock:
             inst = self.execs.get(eid)
         if inst is None:
             raise NotFound("No such exec instance: %s" % eid)
         return inst
 
-    def create(self, c, body):
+    def create(self, c: Container, body: dict) -> ExecInstance:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid exec config")
         cmd = body.get("Cmd")
@@ -191,12 +198,18 @@ class ExecManager:
         self.manager.emit(c, "exec_create: %s" % " ".join(cmd), {"execID": eid})
         return inst
 
-    def forget_container(self, cid):
+    def forget_container(self, cid: str) -> None:
         with self.lock:
             for eid in [e for e, inst in self.execs.items() if inst.container.id == cid]:
                 del self.execs[eid]
 
-    def spawn(self, inst, tty=None, console_size=None, detach=False):
+    def spawn(
+        self,
+        inst: ExecInstance,
+        tty: bool | None = None,
+        console_size: tuple[int, int] | None = None,
+        detach: bool = False,
+    ) -> ExecProcess:
         """Start the process; -> ExecProcess once the helper reported started (or failed)."""
         c = inst.container
         with inst.lock:
@@ -252,7 +265,7 @@ class ExecManager:
         self.manager.emit(c, "exec_start: %s" % " ".join(body.get("Cmd") or []), {"execID": inst.id})
         return proc
 
-    def finish(self, inst, proc):
+    def finish(self, inst: ExecInstance, proc: ExecProcess) -> None:
         """Record the exit code (before the client's stream is closed)."""
         while not proc.exited:
             proc.poll_events(block=True)
@@ -261,7 +274,7 @@ class ExecManager:
         inst.done.set()
         self.manager.emit(inst.container, "exec_die", {"execID": inst.id, "exitCode": str(proc.exit_code)})
 
-    def run_detached(self, inst, proc):
+    def run_detached(self, inst: ExecInstance, proc: ExecProcess) -> None:
         def wait():
             try:
                 if proc.master is not None:

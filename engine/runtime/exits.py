@@ -1,16 +1,22 @@
 """Exit handling, restart policies and live restore for the ContainerManager (a mixin: the
 manager's state and helpers are used as they are)."""
 
+from __future__ import annotations
+
 import logging
 import os
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from dockyard.engine.errors import EngineError
 from dockyard.engine.runtime import channel
 from dockyard.engine.runtime.store import Container, read_json
 from dockyard.engine.timefmt import rfc3339nano_ns
+
+if TYPE_CHECKING:
+    from dockyard.engine.network.manager import NetworkManager
 
 log = logging.getLogger("dockyard.engine")
 
@@ -20,6 +26,19 @@ RESTART_RESET_AFTER = 10.0  # a run this long resets the back-off, as dockerd
 
 
 class ExitsMixin:
+    # What the mixin uses of the ContainerManager it is part of, declared for readers and type checkers.
+    root: str
+    lock: threading.RLock
+    containers: dict[str, Container]
+    names: dict[str, str]
+    network: NetworkManager
+
+    if TYPE_CHECKING:
+
+        def remove(self, c: Container, force: bool = False, volumes: bool = False, auto: bool = False) -> None: ...
+
+        def _spawn_checked(self, c: Container) -> None: ...
+
     # -- exit handling -----------------------------------------------------------------------
     def _supervisor_gone(self, c, record, sock):
         """Monitor thread: the supervisor reported an exit, or its channel closed."""
@@ -164,7 +183,7 @@ class ExitsMixin:
             c.state.update({"Status": "exited", "Restarting": False})
 
     # -- engine start / stop -----------------------------------------------------------------
-    def restore(self):
+    def restore(self) -> tuple[list[Container], list[Container]]:
         """Load every container; reconnect to live supervisors; settle the ones that died."""
         loaded = []
         for cid in sorted(os.listdir(self.root)):
@@ -208,7 +227,7 @@ class ExitsMixin:
         log.info("re-attached to running container %s (pid %s)", c.id[:12], reply.get("pid"))
         return True
 
-    def settle_dead(self, died):
+    def settle_dead(self, died: list[Container]) -> None:
         """Containers whose supervisor is gone: the recorded exit, or 255 (host reboot, crash)."""
         for c in died:
             record = read_json(c.exit_file)
@@ -216,7 +235,7 @@ class ExitsMixin:
                 record = {"ExitCode": 255, "finished_ns": time.time_ns(), "OOMKilled": False}
             self._record_exit(c, record, after_restore=True)
 
-    def start_policies(self, loaded, died):
+    def start_policies(self, loaded: list[Container], died: list[Container]) -> None:
         """At engine start: --rm leftovers are removed, restart policies applied."""
         died_ids = {c.id for c in died}
         for c in loaded:

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from typing import Callable, List  # List: the manager has a method named list
 
 from dockyard.engine.config import Config
 from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, NotModified, SystemFailure
@@ -83,7 +84,7 @@ class ContainerManager(ExitsMixin):
         self.lock = threading.RLock()
         self.execs = ExecManager(self)
 
-    def emit(self, container, action, extra=None):
+    def emit(self, container: Container, action: str, extra: dict[str, str] | None = None) -> None:
         attrs = {"image": container.config.get("Image") or container.image_id, "name": container.name}
         for key, value in (container.config.get("Labels") or {}).items():
             attrs.setdefault(key, value)
@@ -91,7 +92,7 @@ class ContainerManager(ExitsMixin):
         self.events.emit("container", action, container.id, attrs)
 
     # -- lookup ------------------------------------------------------------------------------
-    def get(self, ref):
+    def get(self, ref: str) -> Container:
         """By full ID, name (with or without '/'), or unique ID prefix; NotFound otherwise."""
         ref = (ref or "").strip()
         with self.lock:
@@ -127,18 +128,18 @@ class ContainerManager(ExitsMixin):
             "ContainersStopped": len(items) - running - paused,
         }
 
-    def list(self):
+    def list(self) -> List[Container]:
         with self.lock:
             return sorted(self.containers.values(), key=lambda c: c.record.get("CreatedNs", 0), reverse=True)
 
-    def using_image(self, image_id):
+    def using_image(self, image_id: str) -> List[str]:
         return [c.id for c in self.list() if c.image_id == image_id]
 
-    def using_volume(self, name):
+    def using_volume(self, name: str) -> List[str]:
         return [c.id for c in self.list() if any(p.get("Type") == "volume" and p.get("Name") == name for p in c.mounts)]
 
     # -- create ------------------------------------------------------------------------------
-    def create(self, body, name=None):
+    def create(self, body: dict, name: str | None = None) -> tuple[Container, List[str]]:
         if not isinstance(body, dict):
             raise InvalidParameter("config cannot be empty in order to create a container")
         ref = body.get("Image") or ""
@@ -151,7 +152,7 @@ class ContainerManager(ExitsMixin):
         mode = self._network_mode(hc)
         self.network.validate(hc, cfg)
         cid = os.urandom(32).hex()
-        warnings = []
+        warnings: List[str] = []
         if not cfg.get("Hostname"):
             cfg["Hostname"] = socket.gethostname() if mode == "host" else cid[:12]
         points = createmod.parse_mounts(hc, cfg)
@@ -230,7 +231,7 @@ class ContainerManager(ExitsMixin):
         _write_in_place(os.path.join(c.dir, "resolv.conf"), self.network.resolv_conf(c))
 
     # -- start -------------------------------------------------------------------------------
-    def start(self, c, restarting=False):
+    def start(self, c: Container, restarting: bool = False) -> None:
         try:
             with c.lock:
                 if c.removing or c.removed:
@@ -370,7 +371,7 @@ class ContainerManager(ExitsMixin):
             (time.monotonic() - t2) * 1000,
         )
 
-    def sock_path(self, c):
+    def sock_path(self, c: Container) -> str:
         return os.path.join(self.sock_dir, c.id[:24] + ".sock")
 
     def _mount_rootfs(self, c):
@@ -422,7 +423,7 @@ class ContainerManager(ExitsMixin):
         except OSError:
             return False
 
-    def kill(self, c, sig_value=None, manual=True):
+    def kill(self, c: Container, sig_value: str | int | None = None, manual: bool = True) -> None:
         try:
             sig = parse_signal(sig_value) if sig_value not in (None, "") else signal.SIGKILL
         except SignalError as exc:
@@ -438,7 +439,7 @@ class ContainerManager(ExitsMixin):
                 self._thaw(c)
         self.emit(c, "kill", {"signal": str(sig)})
 
-    def stop(self, c, timeout=None, sig_value=None):
+    def stop(self, c: Container, timeout: float | None = None, sig_value: str | int | None = None) -> bool:
         with c.lock:
             if c.status == "restarting":
                 self._cancel_restart(c)
@@ -486,7 +487,7 @@ class ContainerManager(ExitsMixin):
                 c.cond.wait(left if left is not None else 1.0)
             return True
 
-    def restart(self, c, timeout=None, sig_value=None):
+    def restart(self, c: Container, timeout: float | None = None, sig_value: str | int | None = None) -> None:
         if c.running or c.status == "restarting":
             self.stop(c, timeout, sig_value)
         with c.lock:
@@ -502,7 +503,7 @@ class ContainerManager(ExitsMixin):
         c.state["ManuallyStopped"] = False
         self._spawn(c)
 
-    def pause(self, c):
+    def pause(self, c: Container) -> None:
         with c.lock:
             if not c.running:
                 raise Conflict("Container %s is not running" % c.id)
@@ -517,7 +518,7 @@ class ContainerManager(ExitsMixin):
             c.save_state()
         self.emit(c, "pause")
 
-    def unpause(self, c):
+    def unpause(self, c: Container) -> None:
         with c.lock:
             if not c.state.get("Paused") or not c.running:
                 raise Conflict("Container %s is not paused" % c.id)
@@ -533,13 +534,13 @@ class ContainerManager(ExitsMixin):
         c.state.update({"Paused": False, "Status": "running"})
         c.save_state()
 
-    def resize(self, c, h, w):
+    def resize(self, c: Container, h: int, w: int) -> None:
         with c.lock:
             if not c.running:
                 raise Conflict("Container %s is not running" % c.id)
             self._send(c, {"op": "resize", "h": int(h or 0), "w": int(w or 0)})
 
-    def rename(self, c, new_name):
+    def rename(self, c: Container, new_name: str) -> None:
         if not new_name:
             raise InvalidParameter("Neither old nor new names may be empty")
         new_name = createmod.validate_name(new_name)
@@ -562,7 +563,7 @@ class ContainerManager(ExitsMixin):
         self.emit(c, "rename", {"oldName": "/" + old})
 
     # -- attach -------------------------------------------------------------------------------
-    def attach_socket(self, c, opts):
+    def attach_socket(self, c: Container, opts: dict) -> socket.socket:
         """A stream socket wired to the container's stdio: now if it runs, else at its next start."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with c.lock:
@@ -582,7 +583,7 @@ class ContainerManager(ExitsMixin):
         return mine
 
     # -- wait ---------------------------------------------------------------------------------
-    def wait(self, c, condition="not-running", gone=None):
+    def wait(self, c: Container, condition: str = "not-running", gone: Callable[[], bool] | None = None) -> int | None:
         """Block until `condition`; -> exit code. `gone()` True aborts (client left) -> None."""
         condition = condition or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
@@ -603,7 +604,7 @@ class ContainerManager(ExitsMixin):
                     return None
 
     # -- remove -------------------------------------------------------------------------------
-    def remove(self, c, force=False, volumes=False, auto=False):
+    def remove(self, c: Container, force: bool = False, volumes: bool = False, auto: bool = False) -> None:
         with c.lock:
             if c.removed:
                 if auto:
@@ -683,7 +684,7 @@ class ContainerManager(ExitsMixin):
             c.cond.notify_all()
         self.emit(c, "destroy")
 
-    def prune(self, until_ns=None, labels=None):
+    def prune(self, until_ns: int | None = None, labels: Callable[[dict], bool] | None = None) -> List[str]:
         deleted = []
         for c in self.list():
             if c.running or c.status == "restarting":
@@ -697,7 +698,7 @@ class ContainerManager(ExitsMixin):
                 pass
         return deleted
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """The daemon stops: supervisors keep the containers running; only our ends close."""
         for c in self.list():
             timer = c.restart_timer
