@@ -27,7 +27,9 @@ sys.path.insert(0, ROOT)
 
 from dockyard.drivers.guestimage import build, seed  # noqa: E402
 from dockyard.drivers.qemu import boot  # noqa: E402
-from dockyard.provisioner.core.ssh import SSHSession, SSHTarget, generate_keypair  # noqa: E402
+from dockyard.provisioner.core.ssh import SSHSession  # noqa: E402
+from dockyard.provisioner.core.ssh_keys import generate_keypair  # noqa: E402
+from dockyard.provisioner.core.ssh_target import SSHTarget  # noqa: E402
 
 CACHE = os.environ.get("DOCKYARD_IMAGE_CACHE") or "/var/cache/dockyard-tests/images"
 UP = re.compile(r"Cloud-init v\. \S+ (running 'init-local'|finished) at .*?Up ([0-9.]+) seconds")
