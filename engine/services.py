@@ -65,8 +65,17 @@ class Engine:
         return self.containers.execs
 
     def collect_info(self) -> dict[str, int]:
-        """The /info counters: containers by state and images."""
-        return {**self.containers.counts(), "Images": len(self.images.ids())}
+        """The /info counters: containers by state and images; a part that fails is logged, not fatal."""
+        info: dict[str, int] = {}
+        for count in (self.containers.counts, self._image_count):
+            try:
+                info.update(count())
+            except Exception:
+                log.exception("/info: %s failed", count.__name__)
+        return info
+
+    def _image_count(self) -> dict[str, int]:
+        return {"Images": len(self.images.ids())}
 
 
 def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
