@@ -22,10 +22,6 @@ class InvalidParameter(EngineError):
     """A bad parameter, malformed JSON or an unsupported option in the request."""
 
 
-class Unauthorized(EngineError):
-    """The request lacks credentials the engine (or a registry) requires."""
-
-
 class Forbidden(EngineError):
     """Allowed in general, refused for this object (a pre-defined network, a read-only rootfs)."""
 

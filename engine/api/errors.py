@@ -17,7 +17,6 @@ class ApiError(errors.EngineError):
 STATUS_OF_KIND: tuple[tuple[type[errors.EngineError], int], ...] = (
     (errors.NotModified, 304),  # sent without a body
     (errors.InvalidParameter, 400),
-    (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.NotFound, 404),  # also unknown routes ("page not found")
     (errors.Conflict, 409),
