@@ -24,13 +24,13 @@ from dockyard.engine.network.manager import NetworkManager
 from dockyard.engine.runtime import cgroups, channel, names
 from dockyard.engine.runtime import create as createmod
 from dockyard.engine.runtime import spec as specmod
-from dockyard.engine.runtime.etcfiles import minimal_settings
 from dockyard.engine.runtime.events import EventBus
 from dockyard.engine.runtime.execs import ExecManager
 from dockyard.engine.runtime.exits import ExitsMixin
 from dockyard.engine.runtime.forkserver import ForkServer, ForkServerError
 from dockyard.engine.runtime.monitor import Monitor
 from dockyard.engine.runtime.mountns import secure_join
+from dockyard.engine.runtime.netsettings import minimal_settings
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 from dockyard.engine.runtime.store import ZERO_TIME, Container
 from dockyard.engine.timefmt import rfc3339nano_ns

@@ -5,7 +5,7 @@ import os
 import time
 
 from dockyard.engine.errors import EngineError, InvalidParameter
-from dockyard.engine.runtime.etcfiles import minimal_settings
+from dockyard.engine.runtime.netsettings import minimal_settings
 
 INTERNAL_KEYS = ("Rootfs", "MountPoints", "CreatedNs")
 PS_FILTERS = (
