@@ -7,7 +7,14 @@ import re
 import time
 
 from dockyard.drivers.base import Flag, State
-from dockyard.drivers.cloud.base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags, parse_endpoint
+from dockyard.drivers.cloud.base import (
+    RUNNING_TIMEOUT,
+    CloudDriver,
+    common_flags,
+    json_body,
+    key_value_tags,
+    parse_endpoint,
+)
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
 from dockyard.provisioner.core.credentials import Field
 from dockyard.provisioner.core.errors import DriverError
@@ -168,11 +175,11 @@ class AzureDriver(CloudDriver):
         """An ARM request; returns the decoded body ("" when empty)."""
         from libcloud.common.exceptions import BaseHTTPError
 
-        # Not self.rest(): libcloud's Azure connection JSON-encodes the body itself, so a dict goes in.
+        # Not self.rest(): ARM wants an api-version on every call and answers DELETEs with a bare 204.
         with self.api(what):
             try:
                 return conn.connection.request(
-                    path, params={"api-version": api, **(params or {})}, data=data, method=method
+                    path, params={"api-version": api, **(params or {})}, data=json_body(conn, data), method=method
                 ).object
             except BaseHTTPError as e:
                 if e.code == 204:  # libcloud counts "204 No Content" (e.g. a DELETE) as a failure

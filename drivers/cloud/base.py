@@ -139,6 +139,14 @@ def parse_endpoint(url):
     return secure, parts.hostname, parts.port or (443 if secure else 80), parts.path.rstrip("/")
 
 
+def json_body(conn, data):
+    """data as the request body for conn's connection: left as is for connections whose (public) encode_data
+    JSON-encodes bodies itself (Azure, Google), JSON text for the others, which send bodies as given."""
+    if data is None:
+        return None
+    return data if isinstance(conn.connection.encode_data(data), (str, bytes)) else json.dumps(data)
+
+
 def key_value_tags(text):
     """Docker Machine's "k1,v1,k2,v2" tag list as a dict."""
     if not text:
@@ -310,8 +318,7 @@ class CloudDriver(Driver):
     def rest(self, conn, what, path, method="GET", data=None, params=None):
         """A JSON request through the libcloud connection (its auth, host and errors); returns the object."""
         with self.api(what):
-            body = json.dumps(data) if data is not None else None
-            return conn.connection.request(path, params=params or {}, data=body, method=method).object
+            return conn.connection.request(path, params=params or {}, data=json_body(conn, data), method=method).object
 
     def endpoint_kwargs(self, endpoint):
         """libcloud's usual host/port/secure constructor arguments for an endpoint override."""

@@ -63,13 +63,11 @@ class DigitalOceanDriver(CloudDriver):
         self.config.update(settings.to_config())
 
     def connect(self, secrets, endpoint):
-        from libcloud.compute.drivers.digitalocean import DigitalOcean_v2_NodeDriver
+        from libcloud.compute.drivers.digitalocean import DigitalOceanNodeDriver
 
-        # libcloud's version-picking __new__ hands keywords (host, port) to object.__new__, which refuses
-        # them: make the v2 driver and initialise it in two steps.
-        conn = object.__new__(DigitalOcean_v2_NodeDriver)
-        conn.__init__(secrets["access_token"], **self.endpoint_kwargs(endpoint))
-        return conn
+        # The version-picking class makes the v2 driver. No host/port keywords: its __new__ hands them on to
+        # object.__new__, which refuses them; point_at applies an endpoint override to the connection instead.
+        return DigitalOceanNodeDriver(secrets["access_token"], api_version="v2")
 
     def resolve(self, conn):
         from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
@@ -202,18 +200,17 @@ class DigitalOceanDriver(CloudDriver):
         data = self.rest(conn, "creating the droplet", "/v2/droplets", "POST", body)
         self.record(NodeId=str(data["droplet"]["id"]))
         with self.api("reading the new droplet"):
-            return conn._to_node(data["droplet"])
+            return conn.ex_get_node_details(self.config["NodeId"])
 
     def get_node(self, conn):
         node_id = self.config.get("NodeId")
         if not node_id:
             return None
         try:
-            data = self.rest(conn, "looking up the droplet", f"/v2/droplets/{node_id}")
+            with self.api("looking up the droplet"):
+                return conn.ex_get_node_details(node_id)
         except CloudNotFound:
             return None
-        with self.api("reading the droplet"):
-            return conn._to_node(data["droplet"])
 
     def _action(self, conn, node, kind, what):
         self.rest(conn, what, f"/v2/droplets/{node.id}/actions", "POST", {"type": kind})

@@ -136,9 +136,11 @@ class ExoscaleDriver(CloudDriver):
             if group is None:
                 # Not conn.ex_create_security_group: it refuses any name that is a substring of an existing
                 # group's ("dockyard" while "dockyard-old" exists).
-                group = conn.connection._sync_request(
-                    "createSecurityGroup", params={"name": name, "description": "dockyard machines"}
-                )["securitygroup"]
+                reply = conn.connection.request(
+                    conn.path,
+                    params={"command": "createSecurityGroup", "name": name, "description": "dockyard machines"},
+                ).object
+                group = reply["createsecuritygroupresponse"]["securitygroup"]
             # Made by dockyard (now or for an earlier machine): the last machine to go deletes it.
             self.record(FirewallId=group["id"], FirewallManaged=group.get("description") == "dockyard machines")
             have = {

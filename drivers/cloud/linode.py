@@ -154,25 +154,17 @@ class LinodeDriver(CloudDriver):
         data = self.rest(conn, "creating the instance", "/v4/linode/instances", "POST", body)
         self.record(NodeId=str(data["id"]))
         with self.api("reading the new instance"):
-            return conn._to_node(data)
+            return conn.ex_get_node(self.config["NodeId"])
 
     def get_node(self, conn):
         node_id = self.config.get("NodeId")
         if not node_id:
             return None
         try:
-            data = self.rest(conn, "looking up the instance", f"/v4/linode/instances/{node_id}")
+            with self.api("looking up the instance"):
+                return conn.ex_get_node(node_id)
         except CloudNotFound:
             return None
-        with self.api("reading the instance"):
-            return conn._to_node(data)
-
-    def find_orphan(self, conn):
-        found = self.rest(
-            conn, "looking for a half-created instance", "/v4/linode/instances", params={"page_size": 500}
-        )["data"]
-        data = next((d for d in found if d["label"] == self.node_name()), None)
-        return conn._to_node(data) if data else None
 
     def _post(self, conn, node, verb, what):
         self.rest(conn, what, f"/v4/linode/instances/{node.id}/{verb}", "POST", {})

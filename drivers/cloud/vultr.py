@@ -152,23 +152,23 @@ class VultrDriver(CloudDriver):
         data = self.rest(conn, "creating the instance", "/v2/instances", "POST", body)["instance"]
         self.record(NodeId=data["id"])
         with self.api("reading the new instance"):
-            return conn._to_node(data)
+            return conn.ex_get_node(data["id"])
 
     def get_node(self, conn):
         node_id = self.config.get("NodeId")
         if not node_id:
             return None
         try:
-            data = self.rest(conn, "looking up the instance", f"/v2/instances/{node_id}")["instance"]
+            with self.api("looking up the instance"):
+                return conn.ex_get_node(node_id)
         except CloudNotFound:
             return None
-        with self.api("reading the instance"):
-            return conn._to_node(data)
 
     def find_orphan(self, conn):
-        found = self._all(conn, "instances", "/v2/instances", "instances")
-        data = next((d for d in found if d.get("label") == self.node_name()), None)
-        return conn._to_node(data) if data else None
+        with self.api("looking for a half-created instance"):
+            # Instances only: a bare-metal server is never one of ours.
+            nodes = conn.list_nodes(ex_list_bare_metals=False)
+        return next((n for n in nodes if n.name == self.node_name()), None)
 
     def addresses(self, node):
         public, private = super().addresses(node)

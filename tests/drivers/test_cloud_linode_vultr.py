@@ -89,6 +89,8 @@ class LinodeModel:
                 return 200, {"data": devs, "page": 1, "pages": 1}, {}
             self.firewalls.pop(fw_id)
             return 200, {}, {}
+        if p == "/v4/linode/instances" and m == "GET":
+            return 200, {"data": [self._inst(i) for i in self.instances.values()], "page": 1, "pages": 1}, {}
         if p == "/v4/linode/instances" and m == "POST":
             self.next_id += 1
             inst = dict(r.json, id=self.next_id, status="provisioning")
@@ -269,6 +271,8 @@ class VultrModel:
                 return 200, {"firewall_group": g}, {}
             self.groups.pop(gid)
             return 204, None, {}
+        if p == "/v2/instances" and m == "GET":
+            return 200, {"instances": [self._inst(i) for i in self.instances.values()], "meta": meta}, {}
         if p == "/v2/instances" and m == "POST":
             inst = dict(r.json, id=self._id(), power="running")
             self.instances[inst["id"]] = inst
@@ -349,5 +353,33 @@ def test_vultr_unknown_os_and_bad_key(tmp_path, monkeypatch):
         d = make_driver(VultrDriver, tmp_path, vultr_api_key="nope", vultr_endpoint=api.url)
         with pytest.raises(PreCreateCheckError, match="refused the credentials"):
             d.pre_create_check()
+    finally:
+        api.close()
+
+
+@pytest.mark.parametrize("provider", ["linode", "vultr"])
+def test_rm_finds_a_node_whose_id_was_never_recorded(tmp_path, monkeypatch, provider):
+    """A create killed between the provider's answer and recording the id: rm finds the node by its name
+    (through libcloud's public list_nodes) and deletes it."""
+    if provider == "linode":
+        api, cls, key, inst = FakeAPI(LinodeModel()), LinodeDriver, TOKEN, {"id": 7, "status": "running"}
+        inst.update(label="dy-m1", region="us-east", type="g6-nanode-1", image="linode/ubuntu24.04", tags=[])
+        other = dict(inst, id=8, label="someone-else")
+    else:
+        api, cls, key, inst = FakeAPI(VultrModel()), VultrDriver, VKEY, {"id": "abc", "power": "running"}
+        inst.update(label="m1", region="fra", plan="vc2-2c-4gb", os_id=2284, tags=[])
+        other = dict(inst, id="def", label="someone-else")
+    try:
+        monkeypatch.setenv("LINODE_TOKEN" if provider == "linode" else "VULTR_API_KEY", key)
+        api.model.instances = {inst["id"]: inst, other["id"]: other}
+        flags = {f"{provider}_endpoint": api.url, f"{provider}_firewall": ""}
+        flags["linode_token" if provider == "linode" else "vultr_api_key"] = key
+        if provider == "vultr":
+            flags.update(vultr_region="fra", vultr_plan="vc2-2c-4gb")
+        d = make_driver(cls, tmp_path, **flags)
+        d.pre_create_check()  # chooses the credentials, as create does
+        d.record(NodeName=d.node_name(), CreateRequested=True)
+        d.remove()
+        assert list(api.model.instances) == [other["id"]]
     finally:
         api.close()
