@@ -90,9 +90,10 @@ def flag_values(flags: Sequence[Flag], options: Mapping[str, Any]) -> dict[str, 
     return {f.key: f.value(options) for f in flags}
 
 
-def setting(config_key: str, flag: str | None = None) -> Any:
-    """A settings field stored as config_key in config.json, read from the flag named flag (a Flag.key)."""
-    return dataclasses.field(metadata={"config_key": config_key, "flag": flag})
+def setting(config_key: str, flag: str | None = None, derived: Any = dataclasses.MISSING) -> Any:
+    """A settings field stored as config_key in config.json, read from the flag named flag (a Flag.key).
+    derived: the placeholder of a field that __post_init__ computes from other fields (no flag, not given)."""
+    return dataclasses.field(default=derived, metadata={"config_key": config_key, "flag": flag})
 
 
 SettingsT = TypeVar("SettingsT", bound="Settings")

@@ -1,6 +1,9 @@
 """The `qemu` driver: a daemonized QEMU per machine over a copy-on-write disk of the guest image, set up by
 cloud-init, reached through 127.0.0.1 port forwards (user-mode networking) and controlled through QMP."""
 
+from __future__ import annotations
+
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,8 +14,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from dockyard.drivers.base import POWER, Driver, Flag, State
+from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
 from dockyard.drivers.guestimage import build, seed, source, tools
 from dockyard.drivers.qemu import accel as accel_mod
 from dockyard.drivers.qemu import boot, cmdline
@@ -94,6 +99,43 @@ def guest_ip_for_mac(link_output, addr_output, mac):
     return ""
 
 
+@dataclasses.dataclass(kw_only=True)  # keyword-only: the derived field with a placeholder sits between the others
+class QemuSettings(Settings):
+    binary: str = setting("Binary", flag="qemu_binary")
+    accel: str = setting("Accel", flag="qemu_accel")
+    cpus: int = setting("CPUs", flag="qemu_cpus")
+    memory: int = setting("Memory", flag="qemu_memory")
+    disk_size: int = setting("DiskSize", flag="qemu_disk_size")
+    network: str = setting("Network", flag="qemu_network")  # the flag's "user" or "bridge=NAME"; then the mode
+    bridge: str = setting("Bridge", derived="")  # the bridge's name, from --qemu-network
+    restrict: bool = setting("Restrict", flag="qemu_restrict")
+    boot_timeout: int = setting("BootTimeout", flag="qemu_boot_timeout")
+    image: str = setting("Image", flag="qemu_image")
+    image_sha256: str = setting("ImageSHA256", flag="qemu_image_sha256")
+    ssh_user: str = setting("SSHUser")
+
+    def __post_init__(self) -> None:
+        self.accel = str(self.accel).lower()
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise DriverError(f'invalid --qemu-accel "{self.accel}": expected auto, kvm or tcg')
+        self.cpus, self.memory = int(self.cpus), int(self.memory)
+        self.disk_size, self.boot_timeout = int(self.disk_size), int(self.boot_timeout)
+        if self.cpus < 1 or self.memory < 256 or self.disk_size < 1024 or self.boot_timeout < 10:
+            raise DriverError(
+                "--qemu-cpus must be >= 1, --qemu-memory >= 256 (MB), --qemu-disk-size >= 1024 (MB) "
+                "and --qemu-boot-timeout >= 10 (s)"
+            )
+        try:
+            self.network, self.bridge = cmdline.parse_network(self.network)
+        except ValueError as e:
+            raise DriverError(str(e)) from None
+        if self.restrict and self.network == "bridge":
+            raise DriverError(
+                "--qemu-restrict cuts the VM off every network; it cannot be combined with --qemu-network bridge=NAME"
+            )
+        self.image, self.image_sha256 = self.image or "", (self.image_sha256 or "").lower()
+
+
 class QemuDriver(Driver):
     name = "qemu"
     capabilities = POWER
@@ -139,40 +181,9 @@ class QemuDriver(Driver):
     ]
 
     # -- configuration ------------------------------------------------------------------
-    def set_config_from_flags(self, options):
-        accel = str(options.get("qemu_accel") or "auto").lower()
-        if accel not in ("auto", "kvm", "tcg"):
-            raise DriverError(f'invalid --qemu-accel "{accel}": expected auto, kvm or tcg')
-        cpus, memory = int(options.get("qemu_cpus") or 2), int(options.get("qemu_memory") or 1024)
-        disk, timeout = int(options.get("qemu_disk_size") or 20000), int(options.get("qemu_boot_timeout") or 300)
-        if cpus < 1 or memory < 256 or disk < 1024 or timeout < 10:
-            raise DriverError(
-                "--qemu-cpus must be >= 1, --qemu-memory >= 256 (MB), --qemu-disk-size >= 1024 (MB) "
-                "and --qemu-boot-timeout >= 10 (s)"
-            )
-        try:
-            mode, bridge = cmdline.parse_network(options.get("qemu_network"))
-        except ValueError as e:
-            raise DriverError(str(e)) from None
-        restrict = bool(options.get("qemu_restrict"))
-        if restrict and mode == "bridge":
-            raise DriverError(
-                "--qemu-restrict cuts the VM off every network; it cannot be combined with --qemu-network bridge=NAME"
-            )
-        self.config.update(
-            Binary=options.get("qemu_binary") or "qemu-system-x86_64",
-            Accel=accel,
-            CPUs=cpus,
-            Memory=memory,
-            DiskSize=disk,
-            Network=mode,
-            Bridge=bridge,
-            Restrict=restrict,
-            BootTimeout=timeout,
-            Image=options.get("qemu_image") or "",
-            ImageSHA256=(options.get("qemu_image_sha256") or "").lower(),
-            SSHUser=build.recipe.SSH_USER,
-        )
+    def set_config_from_flags(self, options: Mapping[str, Any]) -> None:
+        settings = QemuSettings.from_flags(flag_values(self.flags, options), ssh_user=build.recipe.SSH_USER)
+        self.config.update(settings.to_config())
 
     @property
     def cache_dir(self):

@@ -5,12 +5,17 @@ engine, at the address the guest reports for that NIC). Nothing here has run aga
 the tests use tests/drivers/fake_vboxmanage.py, which enforces VBoxManage's argument grammar.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import os
 import random
 import subprocess
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from dockyard.drivers.base import POWER, Driver, Flag, State
+from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
 from dockyard.drivers.guestimage import build, seed, source, tools
 from dockyard.drivers.qemu import boot
 from dockyard.drivers.qemu.cmdline import random_mac
@@ -21,6 +26,33 @@ from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 STOP_TIMEOUT = 90.0
 SHARE_NAME = "hosthome"
 FILES = ("disk.vdi", "boot.iso", "seed.iso", "serial.log")
+
+
+@dataclasses.dataclass
+class VirtualBoxSettings(Settings):
+    cpus: int = setting("CPU", flag="virtualbox_cpu_count")
+    memory: int = setting("Memory", flag="virtualbox_memory")
+    disk_size: int = setting("DiskSize", flag="virtualbox_disk_size")
+    host_only_cidr: str = setting("HostOnlyCIDR", flag="virtualbox_hostonly_cidr")
+    host_only_no_dhcp: bool = setting("HostOnlyNoDHCP", flag="virtualbox_hostonly_no_dhcp")
+    no_share: bool = setting("NoShare", flag="virtualbox_no_share")
+    no_vtx_check: bool = setting("NoVTXCheck", flag="virtualbox_no_vtx_check")
+    image: str = setting("Image", flag="virtualbox_image")
+    image_sha256: str = setting("ImageSHA256", flag="virtualbox_image_sha256")
+    boot_timeout: int = setting("BootTimeout", flag="virtualbox_boot_timeout")
+    ssh_user: str = setting("SSHUser")
+
+    def __post_init__(self) -> None:
+        cpus = int(self.cpus)
+        self.cpus = min(os.cpu_count() or 1 if cpus == -1 else cpus, 32)
+        self.memory, self.disk_size, self.boot_timeout = int(self.memory), int(self.disk_size), int(self.boot_timeout)
+        if self.cpus < 1 or self.memory < 256 or self.disk_size < 1024:
+            raise DriverError(
+                "--virtualbox-cpu-count must be >= 1 (or -1), --virtualbox-memory >= 256 (MB) and "
+                "--virtualbox-disk-size >= 1024 (MB)"
+            )
+        vbox.parse_cidr(self.host_only_cidr)
+        self.image, self.image_sha256 = self.image or "", (self.image_sha256 or "").lower()
 
 
 class VirtualBoxDriver(Driver):
@@ -96,32 +128,9 @@ class VirtualBoxDriver(Driver):
         return build.store_cache_dir(self.machine_dir)
 
     # -- configuration --------------------------------------------------------------------------
-    def set_config_from_flags(self, options):
-        cpus = int(options.get("virtualbox_cpu_count") or 1)
-        if cpus == -1:
-            cpus = os.cpu_count() or 1
-        cpus = min(cpus, 32)
-        memory, disk = int(options.get("virtualbox_memory") or 1024), int(options.get("virtualbox_disk_size") or 20000)
-        if cpus < 1 or memory < 256 or disk < 1024:
-            raise DriverError(
-                "--virtualbox-cpu-count must be >= 1 (or -1), --virtualbox-memory >= 256 (MB) and "
-                "--virtualbox-disk-size >= 1024 (MB)"
-            )
-        cidr = options.get("virtualbox_hostonly_cidr") or vbox.DEFAULT_CIDR
-        vbox.parse_cidr(cidr)
-        self.config.update(
-            CPU=cpus,
-            Memory=memory,
-            DiskSize=disk,
-            HostOnlyCIDR=cidr,
-            HostOnlyNoDHCP=bool(options.get("virtualbox_hostonly_no_dhcp")),
-            NoShare=bool(options.get("virtualbox_no_share")),
-            NoVTXCheck=bool(options.get("virtualbox_no_vtx_check")),
-            Image=options.get("virtualbox_image") or "",
-            ImageSHA256=(options.get("virtualbox_image_sha256") or "").lower(),
-            BootTimeout=int(options.get("virtualbox_boot_timeout") or 300),
-            SSHUser=build.recipe.SSH_USER,
-        )
+    def set_config_from_flags(self, options: Mapping[str, Any]) -> None:
+        settings = VirtualBoxSettings.from_flags(flag_values(self.flags, options), ssh_user=build.recipe.SSH_USER)
+        self.config.update(settings.to_config())
 
     # -- addresses --------------------------------------------------------------------------------
     def ssh_host(self):
