@@ -18,6 +18,7 @@ import json
 import logging
 import lzma
 import os
+import re
 import shutil
 import struct
 import tarfile
@@ -28,8 +29,8 @@ import uuid
 from typing import BinaryIO, Callable
 
 from dockyard.engine.atomicfile import atomic_write_json
-from dockyard.engine.errors import InvalidParameter, NotFound
-from dockyard.engine.images import tarsafe
+from dockyard.engine.errors import InvalidParameter, NotFound, SystemFailure
+from dockyard.engine.images import digest, tarsafe
 
 log = logging.getLogger("dockyard.engine.images")
 
@@ -38,6 +39,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BZIP2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Link names under image/l/ are made by the engine (uuid4 hex, upper case) and kept in the layer's
+# meta.json, next to diff/ and out of reach of layer content; they are checked again when read.
+_LINK_NAME = re.compile(r"\A[0-9A-Z]{20}\Z")
+_HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
 def read_json(path, default=None):
@@ -139,9 +144,27 @@ class Layer:
         return int(self.meta.get("tar_size", 0))
 
     @property
-    def link(self):
-        """Short name under image/l/ pointing at diff/ (keeps overlay mount options short)."""
-        return self.meta.get("link", "")
+    def link(self) -> str:
+        """Short name under image/l/ pointing at diff/ (keeps overlay mount options short).
+
+        Only a name of the engine's own form whose symlink points at this layer's diff/ is handed
+        out: whatever the name, the overlay lowerdir it becomes is this layer and nothing else.
+        """
+        name = self.meta.get("link")
+        if not isinstance(name, str) or not _LINK_NAME.match(name):
+            raise SystemFailure("layer %s has a corrupt link name %r" % (self.diff_id, name))
+        path = os.path.join(self.store.links, name)
+        want = self.store.link_target(self.hex)
+        try:
+            target = os.readlink(path)
+        except FileNotFoundError:
+            os.symlink(want, path)  # lost in a crash between rename and symlink: the name is ours
+            return name
+        except OSError as exc:
+            raise SystemFailure("layer %s: cannot read its link %s: %s" % (self.diff_id, name, exc.strerror)) from None
+        if target != want:
+            raise SystemFailure("layer %s: link %s points at %r, not at the layer" % (self.diff_id, name, target))
+        return name
 
     def open_tar(self):
         """A file object giving back the original uncompressed layer tar, byte for byte."""
@@ -294,21 +317,33 @@ class LayerStore:
             if name.startswith("."):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
+    @staticmethod
+    def link_target(hexid: str) -> str:
+        """What image/l/<link> of layer hexid points at."""
+        return "../layers/%s/diff" % hexid
+
     def exists(self, diff_id: str) -> bool:
-        hexid = diff_id.split(":", 1)[-1]
+        """True if the engine committed this layer (layers/<hex>/meta.json, written only after verification).
+
+        diff_id must be a well-formed sha256 digest (InvalidParameter otherwise): the hex is a path
+        component, and only layers/<64 hex>/meta.json is out of reach of every layer's content.
+        """
+        hexid = digest.hex_of(diff_id, "diff ID")
         return os.path.exists(os.path.join(self.root, hexid, "meta.json"))
 
     def get(self, diff_id: str) -> Layer:
-        hexid = diff_id.split(":", 1)[-1]
+        hexid = digest.hex_of(diff_id, "diff ID")
         meta = read_json(os.path.join(self.root, hexid, "meta.json"))
         if meta is None:
             raise NotFound("layer %s does not exist" % diff_id)
+        if not isinstance(meta, dict) or meta.get("diff_id") != diff_id:
+            raise SystemFailure("layer %s has corrupt metadata" % diff_id)
         return Layer(self, hexid, meta)
 
     def list_ids(self) -> list[str]:
         out = []
         for name in os.listdir(self.root):
-            if not name.startswith(".") and os.path.exists(os.path.join(self.root, name, "meta.json")):
+            if _HEX64.match(name) and os.path.exists(os.path.join(self.root, name, "meta.json")):
                 out.append("sha256:" + name)
         return out
 
@@ -320,13 +355,18 @@ class LayerStore:
     ) -> Layer:
         """Store a (maybe compressed) layer tar; returns its Layer (existing one if known).
 
-        expected: the diff ID the image config promises; a mismatch is a 400.
+        expected: the diff ID the image config promises; a mismatch is a 400. A layer that is
+        already stored is not trusted to match: the stream is hashed all the same (and not stored).
         progress(done_bytes) is called while the uncompressed tar is copied.
         """
+        if expected is not None:
+            digest.check(expected, "diff ID")
+            if self.exists(expected):
+                return self._verify_existing(fileobj, expected, progress)
         work = self.tempdir()
         try:
             tar_path = os.path.join(work, "layer.tar")
-            digest = hashlib.sha256()
+            sha = hashlib.sha256()
             total = 0
             src = decompressed(fileobj)
             try:
@@ -335,14 +375,14 @@ class LayerStore:
                         chunk = src.read(COPY_CHUNK)
                         if not chunk:
                             break
-                        digest.update(chunk)
+                        sha.update(chunk)
                         out.write(chunk)
                         total += len(chunk)
                         if progress:
                             progress(total)
             except (OSError, EOFError, lzma.LZMAError) as exc:
                 raise InvalidParameter("invalid layer data: %s" % exc) from None
-            diff_id = "sha256:" + digest.hexdigest()
+            diff_id = "sha256:" + sha.hexdigest()
             if expected and expected != diff_id:
                 raise InvalidParameter("invalid diffID for layer: expected %s, got %s" % (expected, diff_id))
             if self.exists(diff_id):
@@ -351,8 +391,29 @@ class LayerStore:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def _verify_existing(self, fileobj, expected, progress):
+        """Hash a layer stream that is already stored: the same 400 as ingest on a mismatch, nothing written."""
+        sha = hashlib.sha256()
+        total = 0
+        src = decompressed(fileobj)
+        try:
+            while True:
+                chunk = src.read(COPY_CHUNK)
+                if not chunk:
+                    break
+                sha.update(chunk)
+                total += len(chunk)
+                if progress:
+                    progress(total)
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            raise InvalidParameter("invalid layer data: %s" % exc) from None
+        got = "sha256:" + sha.hexdigest()
+        if got != expected:
+            raise InvalidParameter("invalid diffID for layer: expected %s, got %s" % (expected, got))
+        return self.get(expected)
+
     def _extract(self, work, tar_path, diff_id, tar_size):
-        hexid = diff_id.split(":", 1)[1]
+        hexid = digest.hex_of(diff_id, "diff ID")
         stage = os.path.join(self.root, ".%s-%s" % (hexid[:16], uuid.uuid4().hex[:8]))
         os.mkdir(stage, 0o700)
         try:
@@ -377,7 +438,7 @@ class LayerStore:
                     shutil.rmtree(stage, ignore_errors=True)  # a concurrent load won the race
                     return self.get(diff_id)
                 shutil.rmtree(final, ignore_errors=True)
-                os.symlink("../layers/%s/diff" % hexid, os.path.join(self.links, link))
+                os.symlink(self.link_target(hexid), os.path.join(self.links, link))
                 os.rename(stage, final)
             return Layer(self, hexid, meta)
         except BaseException:
@@ -386,19 +447,23 @@ class LayerStore:
 
     def remove(self, diff_id: str) -> bool:
         """Delete a layer (the caller checked that nothing references it)."""
-        hexid = diff_id.split(":", 1)[-1]
+        hexid = digest.hex_of(diff_id, "diff ID")
         final = os.path.join(self.root, hexid)
         meta = read_json(os.path.join(final, "meta.json")) or {}
+        link = meta.get("link") if isinstance(meta, dict) else None
         with self._lock:
             trash = os.path.join(self.root, ".rm-%s-%s" % (hexid[:16], uuid.uuid4().hex[:8]))
             try:
                 os.rename(final, trash)  # atomic: the layer is gone at once, deletion can be slow
             except FileNotFoundError:
                 return False
-            if meta.get("link"):
+            # Only a link of the engine's own form that points at this very layer is removed.
+            if isinstance(link, str) and _LINK_NAME.match(link):
+                path = os.path.join(self.links, link)
                 try:
-                    os.unlink(os.path.join(self.links, meta["link"]))
-                except FileNotFoundError:
+                    if os.readlink(path) == self.link_target(hexid):
+                        os.unlink(path)
+                except OSError:
                     pass
         shutil.rmtree(trash, ignore_errors=True)
         return True

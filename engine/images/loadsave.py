@@ -2,11 +2,18 @@
 
 Load reads an archive that was first streamed to disk (request bodies come
 chunked), finds its images through manifest.json (docker save, every version)
-or index.json (OCI layout), checks every layer's diff ID against the config and
-stores config and tags. Save writes the Docker 25+ layout: OCI blobs, index.json
-and oci-layout plus manifest.json and repositories, so docker, skopeo and this
-engine can all read it back. Import turns a rootfs tarball into a one-layer image.
+or index.json (OCI layout) and checks all of it before anything is stored: every
+digest is a well-formed sha256 digest, every path named by the archive's own
+JSON stays inside the archive, every content-addressed blob (index, manifest,
+config, layer) matches its digest, and every layer matches its diff ID, also a
+layer the engine already has. Layers stored by a load that then fails are
+removed again; configs and tags are written only once every layer is in.
+Save writes the Docker 25+ layout: OCI blobs, index.json and oci-layout plus
+manifest.json and repositories, so docker, skopeo and this engine can all read
+it back. Import turns a rootfs tarball into a one-layer image.
 """
+
+from __future__ import annotations
 
 import hashlib
 import io
@@ -21,8 +28,9 @@ import time
 
 from dockyard.engine import hostinfo
 from dockyard.engine.errors import InvalidParameter
-from dockyard.engine.images import reference
+from dockyard.engine.images import digest, reference
 from dockyard.engine.images.layers import decompressed, sniff_compression
+from dockyard.engine.images.store import config_diff_ids
 from dockyard.engine.timefmt import rfc3339nano
 
 log = logging.getLogger("dockyard.engine.images")
@@ -52,6 +60,9 @@ class _Archive:
     def has(self, name):
         return posixpath.normpath(name.lstrip("/")) in self.members
 
+    def size(self, name):
+        return self.members[posixpath.normpath(name.lstrip("/"))].size
+
     def open(self, name):
         member = self.members.get(posixpath.normpath(name.lstrip("/")))
         if member is None:
@@ -70,21 +81,56 @@ class _Archive:
             raise InvalidParameter("invalid archive: %s is too large" % name)
         return data
 
-    def json(self, name):
+    def json(self, name, data=None):
         try:
-            return json.loads(self.read(name).decode("utf-8"))
+            return json.loads((self.read(name) if data is None else data).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidParameter("invalid archive: %s is not valid JSON: %s" % (name, exc)) from None
+
+    def blob(self, name, want):
+        """Bytes of member `name`, checked against digest `want` when the path is content-addressed."""
+        data = self.read(name)
+        if want is not None and digest.of_bytes(data) != want:
+            raise InvalidParameter(
+                "invalid archive: %s does not match its digest (content is %s)" % (name, digest.of_bytes(data))
+            )
+        return data
+
+    def blob_json(self, desc_digest, what):
+        """The JSON document stored as blobs/sha256/<hex>, checked against its digest."""
+        path = _blob_path(desc_digest, what)
+        return self.json(path, self.blob(path, desc_digest))
 
     def close(self):
         self.tar.close()
 
 
-def _blob_path(digest):
-    if not isinstance(digest, str) or ":" not in digest:
-        raise InvalidParameter("invalid archive: bad digest %r" % (digest,))
-    algo, hexpart = digest.split(":", 1)
-    return "blobs/%s/%s" % (algo, hexpart)
+def _blob_path(value, what="digest"):
+    return "blobs/sha256/" + digest.hex_of(value, what)
+
+
+def _member_path(name, what):
+    """A path named in manifest.json: relative, no `..`, inside the archive; blobs/ paths are digests."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise InvalidParameter("invalid archive: %s %r is not a path" % (what, name))
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts:
+        raise InvalidParameter("invalid archive: %s %r points outside the archive" % (what, name))
+    clean = [p for p in parts if p not in ("", ".")]
+    if not clean:
+        raise InvalidParameter("invalid archive: %s %r is not a path" % (what, name))
+    if clean[0] == "blobs":
+        if len(clean) != 3 or clean[1] != "sha256":
+            raise InvalidParameter("invalid archive: %s %r is not blobs/sha256/<digest>" % (what, name))
+        digest.check("sha256:" + clean[2], what)
+    return "/".join(clean)
+
+
+def _addressed(path):
+    """The digest a content-addressed member path promises (blobs/sha256/<hex>), else None."""
+    if path.startswith("blobs/sha256/"):
+        return "sha256:" + path[len("blobs/sha256/") :]
+    return None
 
 
 def _platform_ok(desc):
@@ -97,9 +143,17 @@ def _platform_ok(desc):
 def _oci_images(arc):
     """[(config_path, tags, layer_paths)] from index.json, following nested indexes."""
     out = []
+    depth = [0]
 
     def walk(index, inherited_names):
+        if not isinstance(index, dict) or not isinstance(index.get("manifests") or [], list):
+            raise InvalidParameter("invalid archive: an image index is not an object with a manifests list")
+        depth[0] += 1
+        if depth[0] > 8:
+            raise InvalidParameter("invalid archive: image indexes nested too deep")
         for desc in index.get("manifests") or []:
+            if not isinstance(desc, dict):
+                raise InvalidParameter("invalid archive: a manifest descriptor is not an object")
             mt = desc.get("mediaType", "")
             ann = desc.get("annotations") or {}
             names = list(inherited_names)
@@ -111,15 +165,19 @@ def _oci_images(arc):
                 names.append(ref)  # a full reference; a bare tag has no repository to go with it
             if mt in (MT_OCI_INDEX, MT_DOCKER_LIST):
                 if _platform_ok(desc):
-                    walk(arc.json(_blob_path(desc.get("digest"))), names)
+                    walk(arc.blob_json(desc.get("digest"), "index digest"), names)
             elif mt in (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST, ""):
                 if not _platform_ok(desc):
                     continue
-                manifest = arc.json(_blob_path(desc.get("digest")))
-                if "config" not in manifest:
+                manifest = arc.blob_json(desc.get("digest"), "manifest digest")
+                if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
                     continue
-                layers = [_blob_path(l.get("digest")) for l in manifest.get("layers") or []]
-                out.append((_blob_path(manifest["config"].get("digest")), names, layers))
+                descs = manifest.get("layers") or []
+                if not isinstance(descs, list) or not all(isinstance(l, dict) for l in descs):
+                    raise InvalidParameter("invalid archive: manifest layers are not a list of descriptors")
+                layers = [_blob_path(l.get("digest"), "layer digest") for l in descs]
+                out.append((_blob_path(manifest["config"].get("digest"), "config digest"), names, layers))
+        depth[0] -= 1
 
     walk(arc.json("index.json"), [])
     # One image may be listed once per tag: merge by config.
@@ -140,7 +198,17 @@ def _docker_images(arc):
     for entry in manifest:
         if not isinstance(entry, dict) or "Config" not in entry:
             raise InvalidParameter("invalid archive: bad manifest.json entry")
-        out.append((entry["Config"], list(entry.get("RepoTags") or []), list(entry.get("Layers") or [])))
+        tags = entry.get("RepoTags") or []
+        layers = entry.get("Layers") or []
+        if not isinstance(tags, list) or not isinstance(layers, list):
+            raise InvalidParameter("invalid archive: bad manifest.json entry")
+        out.append(
+            (
+                _member_path(entry["Config"], "config path"),
+                list(tags),
+                [_member_path(layer, "layer path") for layer in layers],
+            )
+        )
     return out
 
 
@@ -194,94 +262,157 @@ def load(store, path, emit, quiet=True):
             os.unlink(temp)
 
 
+class _PlannedImage:
+    """One image of an archive, checked and ready to store: config bytes, diff IDs, layer members, tags."""
+
+    def __init__(self, raw_config, diff_ids, layer_paths, tags):
+        self.raw_config = raw_config
+        self.diff_ids = diff_ids
+        self.layer_paths = layer_paths
+        self.tags = tags
+
+
+def _plan(arc):
+    """Read and check everything in the archive that is not layer content; nothing is written."""
+    if arc.has("manifest.json"):
+        images = _docker_images(arc)
+    elif arc.has("index.json"):
+        images = _oci_images(arc)
+    elif arc.has("repositories"):
+        raise InvalidParameter("invalid archive: legacy (pre-1.10) image format without manifest.json is not supported")
+    else:
+        raise InvalidParameter(
+            "invalid archive: no manifest.json or index.json found (is this a `docker save` tarball?)"
+        )
+    if not images:
+        raise InvalidParameter("invalid archive: no images in it")
+    planned = []
+    for cfg_path, tags, layer_paths in images:
+        raw = arc.blob(cfg_path, _addressed(cfg_path))
+        try:
+            config = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidParameter("invalid image config %s: %s" % (cfg_path, exc)) from None
+        diff_ids = config_diff_ids(config)
+        if len(diff_ids) != len(layer_paths):
+            raise InvalidParameter(
+                "invalid manifest, layers length mismatch: expected %d, got %d" % (len(diff_ids), len(layer_paths))
+            )
+        refs = []
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise InvalidParameter("invalid archive: a RepoTags entry is not a string")
+            parsed = reference.parse(tag, default_tag=True)
+            if parsed.digest and not parsed.tag:
+                raise InvalidParameter("invalid archive: %s is not a tag" % tag)
+            reference.check_repo_name(parsed.repo)
+            refs.append(parsed)
+        for layer_path in layer_paths:
+            if not arc.has(layer_path):
+                raise InvalidParameter("invalid archive: %s is missing" % layer_path)
+        planned.append(_PlannedImage(raw, diff_ids, layer_paths, refs))
+    return planned
+
+
 def _load(store, path, emit, quiet):
     arc = _Archive(path)
     try:
-        if arc.has("manifest.json"):
-            images = _docker_images(arc)
-        elif arc.has("index.json"):
-            images = _oci_images(arc)
-        elif arc.has("repositories"):
-            raise InvalidParameter(
-                "invalid archive: legacy (pre-1.10) image format without manifest.json is not supported"
-            )
-        else:
-            raise InvalidParameter(
-                "invalid archive: no manifest.json or index.json found (is this a `docker save` tarball?)"
-            )
-        if not images:
-            raise InvalidParameter("invalid archive: no images in it")
-        loaded = []
-        for cfg_path, tags, layer_paths in images:
-            raw = arc.read(cfg_path)
-            try:
-                config = json.loads(raw.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidParameter("invalid image config %s: %s" % (cfg_path, exc)) from None
-            diff_ids = list(((config.get("rootfs") or {}).get("diff_ids")) or [])
-            if len(diff_ids) != len(layer_paths):
-                raise InvalidParameter(
-                    "invalid manifest, layers length mismatch: expected %d, got %d" % (len(diff_ids), len(layer_paths))
-                )
-            for diff_id, layer_path in zip(diff_ids, layer_paths):
-                if store.layers.exists(diff_id):
-                    continue
-                member = arc.open(layer_path)
-                total = arc.members[posixpath.normpath(layer_path.lstrip("/"))].size
-                sid = diff_id.split(":", 1)[-1][:12]
-                report = None
-                if not quiet:
-                    last = [0.0]
-
-                    def report(done, sid=sid, total=total, last=last):
-                        now = time.monotonic()
-                        if now - last[0] < 0.1:
-                            return
-                        last[0] = now
-                        emit(
-                            {
-                                "status": "Loading layer",
-                                "progressDetail": {"current": min(done, total), "total": total},
-                                "progress": _progress_bar(min(done, total), total),
-                                "id": sid,
-                            }
-                        )
-
-                try:
-                    store.layers.ingest(member, expected=diff_id, progress=report)
-                except InvalidParameter as exc:
-                    raise InvalidParameter("error loading layer %s: %s" % (layer_path, exc.message)) from None
-                if not quiet:
-                    emit(
-                        {
-                            "status": "Loading layer",
-                            "progressDetail": {"current": total, "total": total},
-                            "progress": _progress_bar(total, total),
-                            "id": sid,
-                        }
-                    )
-            img = store.add_config(raw)
-            names = []
-            for tag in tags:
-                parsed = reference.parse(tag, default_tag=True)
-                old = store.tag(img.id, parsed)
-                if old and store.exists(old):
-                    emit(
-                        {
-                            "stream": "The image %s already exists, renaming the old one with ID %s to "
-                            "empty string\n" % (parsed.tagged, old)
-                        }
-                    )
-                names.append(parsed.tagged)
-            if names:
-                for name in names:
-                    emit({"stream": "Loaded image: %s\n" % name})
-            else:
-                emit({"stream": "Loaded image ID: %s\n" % img.id})
-            loaded.append(img)
-        return loaded
+        planned = _plan(arc)
+        added = _load_layers(store, arc, planned, emit, quiet)
+        try:
+            return [_store_image(store, item, emit) for item in planned]
+        except BaseException:
+            store.gc_layers(candidates=added)
+            raise
     finally:
         arc.close()
+
+
+def _load_layers(store, arc, planned, emit, quiet):
+    """Ingest (or verify, when already stored) every layer; -> diff IDs this load added.
+
+    Layers added before a failure are removed again (unless an image or container uses them by then).
+    """
+    added = []
+    done = set()
+    try:
+        for item in planned:
+            for diff_id, layer_path in zip(item.diff_ids, item.layer_paths):
+                if (diff_id, layer_path) in done:
+                    continue
+                existed = store.layers.exists(diff_id)
+                _load_layer(store, arc, diff_id, layer_path, emit, quiet)
+                done.add((diff_id, layer_path))
+                if not existed:
+                    added.append(diff_id)
+    except BaseException:
+        store.gc_layers(candidates=added)
+        raise
+    return added
+
+
+def _load_layer(store, arc, diff_id, layer_path, emit, quiet):
+    total = arc.size(layer_path)
+    sid = diff_id.split(":", 1)[-1][:12]
+    report = None
+    if not quiet:
+        last = [0.0]
+
+        def report(done, sid=sid, total=total, last=last):
+            now = time.monotonic()
+            if now - last[0] < 0.1:
+                return
+            last[0] = now
+            emit(
+                {
+                    "status": "Loading layer",
+                    "progressDetail": {"current": min(done, total), "total": total},
+                    "progress": _progress_bar(min(done, total), total),
+                    "id": sid,
+                }
+            )
+
+    reader = _HashingReader(arc.open(layer_path))
+    try:
+        store.layers.ingest(reader, expected=diff_id, progress=report)
+        while reader.read(1 << 20):  # a compressed blob may end after the data its decoder asked for
+            pass
+    except InvalidParameter as exc:
+        raise InvalidParameter("error loading layer %s: %s" % (layer_path, exc.message)) from None
+    want = _addressed(layer_path)
+    got = "sha256:" + reader.sha.hexdigest()
+    if want is not None and got != want:
+        raise InvalidParameter("invalid archive: %s does not match its digest (content is %s)" % (layer_path, got))
+    if not quiet:
+        emit(
+            {
+                "status": "Loading layer",
+                "progressDetail": {"current": total, "total": total},
+                "progress": _progress_bar(total, total),
+                "id": sid,
+            }
+        )
+
+
+def _store_image(store, item, emit):
+    img = store.add_config(item.raw_config)
+    names = []
+    for parsed in item.tags:
+        old = store.tag(img.id, parsed)
+        if old and store.exists(old):
+            emit(
+                {
+                    "stream": "The image %s already exists, renaming the old one with ID %s to "
+                    "empty string\n" % (parsed.tagged, old)
+                }
+            )
+        names.append(parsed.tagged)
+    if names:
+        for name in names:
+            emit({"stream": "Loaded image: %s\n" % name})
+    else:
+        emit({"stream": "Loaded image ID: %s\n" % img.id})
+    return img
 
 
 # -- save ----------------------------------------------------------------------------------
@@ -363,9 +494,9 @@ def save(store, selection, out):
         for img, tags in selection:
             layer_descs = []
             for layer in img.layers():
-                digest = layer.diff_id
-                if digest not in written:
-                    info = tarfile.TarInfo(_blob_path(digest))
+                diff_id = layer.diff_id
+                if diff_id not in written:
+                    info = tarfile.TarInfo(_blob_path(diff_id))
                     info.size = layer.tar_size
                     info.mode = 0o644
                     info.mtime = mtime
@@ -375,10 +506,10 @@ def save(store, selection, out):
                         tar.addfile(info, reader)
                     finally:
                         src.close()
-                    if "sha256:" + reader.sha.hexdigest() != digest:
-                        log.error("layer %s no longer matches its diff ID on disk", digest)
-                    written.add(digest)
-                layer_descs.append({"mediaType": MT_OCI_LAYER, "size": layer.tar_size, "digest": digest})
+                    if "sha256:" + reader.sha.hexdigest() != diff_id:
+                        log.error("layer %s no longer matches its diff ID on disk", diff_id)
+                    written.add(diff_id)
+                layer_descs.append({"mediaType": MT_OCI_LAYER, "size": layer.tar_size, "digest": diff_id})
             if img.id not in written:
                 _add_bytes(tar, _blob_path(img.id), img.raw_config, mtime)
                 written.add(img.id)

@@ -22,6 +22,7 @@ import shutil
 
 from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import SystemFailure
+from dockyard.engine.images import digest
 from dockyard.engine.images.layers import LayerStore, read_json
 
 log = logging.getLogger("dockyard.engine.images")
@@ -130,6 +131,8 @@ class RootfsManager:
         """Mount (idempotently) the rootfs of a container; diff_ids LOWEST first. -> merged path."""
         if not container_id or "/" in container_id or container_id.startswith("."):
             raise ValueError("bad container id %r" % container_id)
+        for diff_id in diff_ids:
+            digest.check(diff_id, "diff ID")  # a digest is a path component: checked before anything is made
         p = self.paths(container_id)
         for key in ("dir", "upper", "work", "merged"):
             os.makedirs(p[key], mode=0o755 if key != "dir" else 0o700, exist_ok=True)

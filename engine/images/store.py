@@ -19,7 +19,7 @@ from typing import Callable, Iterable, List  # List: the class has a method name
 
 from dockyard.engine.atomicfile import atomic_write, atomic_write_json
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
-from dockyard.engine.images import reference
+from dockyard.engine.images import digest, reference
 from dockyard.engine.images.layers import LayerStore, read_json
 from dockyard.engine.images.overlay import RootfsManager
 from dockyard.engine.timefmt import rfc3339nano
@@ -44,6 +44,21 @@ def parse_time(text):
         sign = 1 if tz[0] == "+" else -1
         ts -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
     return ts
+
+
+def config_diff_ids(config: object) -> List[str]:
+    """rootfs.diff_ids of a parsed image config, each checked to be a sha256 digest (InvalidParameter)."""
+    if not isinstance(config, dict):
+        raise InvalidParameter("invalid image config: not a JSON object")
+    rootfs = config.get("rootfs") or {}
+    if not isinstance(rootfs, dict):
+        raise InvalidParameter("invalid image config: rootfs is not an object")
+    if rootfs.get("type", "layers") != "layers":
+        raise InvalidParameter("invalid image config: rootfs type %r" % rootfs.get("type"))
+    diff_ids = rootfs.get("diff_ids") or []
+    if not isinstance(diff_ids, list):
+        raise InvalidParameter("invalid image config: rootfs.diff_ids is not a list")
+    return [digest.check(d, "diff ID") for d in diff_ids]
 
 
 class Image:
@@ -104,6 +119,8 @@ class Image:
     def size(self):
         total = 0
         for d in self.diff_ids:
+            if not digest.is_sha256(d):
+                continue  # a config stored before digests were checked; mounting it is refused
             try:
                 total += self.store.layers.get(d).size
             except NotFound:
@@ -179,7 +196,7 @@ class ImageStore:
     def ids(self) -> List[str]:
         out = []
         for name in os.listdir(self.config_dir):
-            if name.endswith(".json") and len(name) == 69:
+            if name.endswith(".json") and digest.is_sha256("sha256:" + name[:-5]):
                 out.append("sha256:" + name[:-5])
         return out
 
@@ -187,7 +204,7 @@ class ImageStore:
         img = self._cache.get(image_id)
         if img is not None:
             return img
-        hexid = image_id.split(":", 1)[-1]
+        hexid = digest.hex_of(image_id, "image ID")
         try:
             with open(os.path.join(self.config_dir, hexid + ".json"), "rb") as fh:
                 raw = fh.read()
@@ -198,7 +215,7 @@ class ImageStore:
         return img
 
     def exists(self, image_id: str) -> bool:
-        return os.path.exists(os.path.join(self.config_dir, image_id.split(":", 1)[-1] + ".json"))
+        return os.path.exists(os.path.join(self.config_dir, digest.hex_of(image_id, "image ID") + ".json"))
 
     def list(self) -> List[Image]:
         out = []
@@ -265,10 +282,8 @@ class ImageStore:
             raise InvalidParameter("invalid image config: %s" % exc) from None
         if not isinstance(config, dict):
             raise InvalidParameter("invalid image config: not a JSON object")
-        rootfs = config.get("rootfs") or {}
-        if rootfs.get("type", "layers") != "layers":
-            raise InvalidParameter("invalid image config: rootfs type %r" % rootfs.get("type"))
-        for diff_id in rootfs.get("diff_ids") or []:
+        diff_ids = config_diff_ids(config)
+        for diff_id in diff_ids:
             if not self.layers.exists(diff_id):
                 raise InvalidParameter("image config references missing layer %s" % diff_id)
         image_id = "sha256:" + hashlib.sha256(raw_config).hexdigest()
@@ -299,9 +314,10 @@ class ImageStore:
             self._write_meta(image_id, {"LastTagTime": rfc3339nano()})
         return old if old != image_id else None
 
-    def add_digest(self, image_id: str, repo: str, digest: str) -> None:
+    def add_digest(self, image_id: str, repo: str, manifest_digest: str) -> None:
+        digest.check(manifest_digest, "manifest digest")
         with self._lock:
-            self._repos["digests"]["%s@%s" % (repo, digest)] = image_id
+            self._repos["digests"]["%s@%s" % (repo, manifest_digest)] = image_id
             self._save_repos()
 
     def untag(self, name: str) -> bool:
@@ -408,6 +424,8 @@ class ImageStore:
             pool = candidates if candidates is not None else self.layers.list_ids()
             removed = []
             for diff_id in pool:
+                if not digest.is_sha256(diff_id):
+                    continue  # never a path: a crafted config can name no layer to delete
                 if diff_id not in used and self.layers.exists(diff_id):
                     size = self.layers.get(diff_id).size
                     if self.layers.remove(diff_id):
