@@ -2,11 +2,18 @@
 
 Resolves the reference, fetches the manifest (an index/manifest list is narrowed
 to linux/<this arch>), the config and each layer blob, verifying every digest,
-then ingests the layers and records tag and repo digest. Bearer-token and basic
+then ingests the layers and records tag and repo digest. Nothing the registry
+says about content is trusted: a manifest's digest is the sha256 of its bytes
+(a Docker-Content-Digest header that disagrees is an error, a pull by digest
+must get exactly those bytes), blobs are hashed as they stream and cut off at
+their descriptor's size, and manifests, tokens, configs and error bodies have
+size limits. Bearer-token and basic
 auth are supported (X-Registry-Auth), redirects are followed without leaking
 Authorization to another host, and localhost, 127.0.0.0/8 and --insecure-registry
 entries are spoken to over plain HTTP.
 """
+
+from __future__ import annotations
 
 import base64
 import hashlib
@@ -21,7 +28,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from dockyard.engine import hostinfo
 from dockyard.engine.errors import InvalidParameter, NotFound, SystemFailure
-from dockyard.engine.images import reference
+from dockyard.engine.images import digest, reference
+from dockyard.engine.images.store import config_diff_ids
 
 log = logging.getLogger("dockyard.engine.images")
 
@@ -35,6 +43,10 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 INDEX_TYPES = MANIFEST_TYPES[:2]
+MAX_MANIFEST = 4 << 20  # manifests and indexes (containerd's limit)
+MAX_TOKEN = 1 << 20  # token endpoint answers
+MAX_CONFIG = 8 << 20  # image config blobs
+MAX_ERROR_BODY = 64 << 10  # error answers are only shown, never kept
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -96,6 +108,21 @@ class _Response:
 
     def read(self, n=-1):
         return self.resp.read() if n is None or n < 0 else self.resp.read(n)
+
+    def read_limited(self, limit, what):
+        """The whole body, refused (RegistryError) when it is longer than limit bytes."""
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            self.close()
+            raise RegistryError("%s is too large (%s bytes, the limit is %d)" % (what, length, limit))
+        try:
+            body = self.resp.read(limit + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise RegistryError("error reading %s: %s" % (what, exc)) from None
+        if len(body) > limit:
+            self.close()
+            raise RegistryError("%s is too large (more than %d bytes)" % (what, limit))
+        return body
 
     def close(self):
         self.conn.close()
@@ -175,8 +202,10 @@ class Registry:
             return True
         try:
             resp = self._open("GET", url, headers)
-            body = resp.read()
-            resp.close()
+            try:
+                body = resp.read_limited(MAX_TOKEN, "the token answer from %s" % fields["realm"])
+            finally:
+                resp.close()
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
             raise RegistryError("error fetching a registry token from %s: %s" % (fields["realm"], exc)) from None
         if resp.status != 200:
@@ -185,26 +214,44 @@ class Registry:
             data = json.loads(body.decode("utf-8"))
         except ValueError:
             return False
-        self.token = data.get("token") or data.get("access_token")
-        return bool(self.token)
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+            return False
+        self.token = token
+        return True
 
     # -- distribution API ---------------------------------------------------------------------
     def manifest(self, ref):
-        """(media type, raw bytes, digest) of the manifest for a tag or digest."""
+        """(media type, raw bytes, digest, parsed) of the manifest for a tag or a sha256 digest.
+
+        The digest is always the sha256 of the bytes received: for a digest ref it must be that
+        digest, for a tag the registry's Docker-Content-Digest header (if sent) must agree.
+        """
         resp = self.request("/v2/%s/manifests/%s" % (self.repository, ref), accept=MANIFEST_TYPES)
-        body = resp.read()
-        resp.close()
-        if resp.status == 200:
-            digest = resp.headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(body).hexdigest()
-            if ref.startswith("sha256:") and "sha256:" + hashlib.sha256(body).hexdigest() != ref:
-                raise RegistryError("manifest digest mismatch for %s" % ref)
-            mediatype = (resp.headers.get("content-type") or "").split(";")[0].strip()
-            try:
-                doc = json.loads(body.decode("utf-8"))
-            except ValueError:
-                raise RegistryError("registry sent an invalid manifest") from None
-            return doc.get("mediaType") or mediatype, body, digest, doc
-        return self._error(resp.status, body, ref)
+        try:
+            if resp.status != 200:
+                body = resp.read_limited(MAX_ERROR_BODY, "the registry's error answer")
+                return self._error(resp.status, body, ref)
+            body = resp.read_limited(MAX_MANIFEST, "manifest %s" % ref)
+        finally:
+            resp.close()
+        got = digest.of_bytes(body)
+        if ref.startswith("sha256:") and got != ref:
+            raise RegistryError("manifest verification failed for %s: its content is %s" % (ref, got))
+        claimed = resp.headers.get("docker-content-digest")
+        if claimed and claimed != got:
+            raise RegistryError(
+                "manifest verification failed for %s: the registry says %s but its content is %s"
+                % (ref, claimed[:80], got)
+            )
+        mediatype = (resp.headers.get("content-type") or "").split(";")[0].strip()
+        try:
+            doc = json.loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise RegistryError("registry sent an invalid manifest") from None
+        if not isinstance(doc, dict):
+            raise RegistryError("registry sent an invalid manifest: not a JSON object")
+        return doc.get("mediaType") or mediatype, body, got, doc
 
     def _error(self, status, body, ref):
         detail = ""
@@ -215,8 +262,9 @@ class Registry:
                 if errs
                 else ""
             )
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            pass
+        except (ValueError, AttributeError, TypeError, IndexError, KeyError, UnicodeDecodeError):
+            detail = ""
+        detail = " ".join(str(detail).split())[:200]  # the registry's words, on one short line
         if status in (401, 403) or (status == 404 and "name unknown" in detail):
             raise NotFound(
                 "pull access denied for %s, repository does not exist or may require "
@@ -226,17 +274,20 @@ class Registry:
             raise NotFound("manifest for %s:%s not found: %s" % (self.repository, ref, detail or "manifest unknown"))
         raise RegistryError("registry %s answered %d for %s %s" % (self.host, status, ref, detail))
 
-    def blob(self, digest, out, progress=None):
-        """Download a blob into the file object `out`, checking its digest; returns its size."""
-        resp = self.request("/v2/%s/blobs/%s" % (self.repository, digest))
+    def blob(self, blob_digest, out, progress=None, limit=None):
+        """Download a blob into the file object `out`, hashing it as it streams; returns its size.
+
+        More than `limit` bytes (the descriptor's size) stops the download; content that does not
+        hash to blob_digest is a RegistryError (the caller has used none of it yet).
+        """
+        want = digest.hex_of(blob_digest, "blob digest")
+        resp = self.request("/v2/%s/blobs/%s" % (self.repository, blob_digest))
         if resp.status != 200:
-            body = resp.read()
-            resp.close()
-            self._error(resp.status, body, digest)
-        algo, _, want = digest.partition(":")
-        if algo != "sha256":
-            resp.close()
-            raise RegistryError("unsupported digest algorithm %s" % algo)
+            try:
+                body = resp.read_limited(MAX_ERROR_BODY, "the registry's error answer")
+            finally:
+                resp.close()
+            self._error(resp.status, body, blob_digest)
         sha = hashlib.sha256()
         total = 0
         try:
@@ -244,26 +295,35 @@ class Registry:
                 chunk = resp.read(1 << 20)
                 if not chunk:
                     break
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    raise RegistryError("blob %s is larger than its descriptor says (%d bytes)" % (blob_digest, limit))
                 sha.update(chunk)
                 out.write(chunk)
-                total += len(chunk)
                 if progress:
                     progress(total)
         except (OSError, http.client.HTTPException) as exc:
-            raise RegistryError("error downloading %s: %s" % (digest, exc)) from None
+            raise RegistryError("error downloading %s: %s" % (blob_digest, exc)) from None
         finally:
             resp.close()
         if sha.hexdigest() != want:
-            raise RegistryError("blob %s failed verification: got sha256:%s" % (digest, sha.hexdigest()))
+            raise RegistryError(
+                "blob %s failed verification: its content is sha256:%s" % (blob_digest, sha.hexdigest())
+            )
         return total
 
 
 def _pick_platform(index):
     arch = hostinfo.go_arch()
-    for desc in index.get("manifests") or []:
+    descs = index.get("manifests") or []
+    if not isinstance(descs, list):
+        raise RegistryError("registry sent an invalid image index")
+    for desc in descs:
+        if not isinstance(desc, dict):
+            raise RegistryError("registry sent an invalid image index")
         plat = desc.get("platform") or {}
-        if plat.get("os") == "linux" and plat.get("architecture") == arch:
-            return desc["digest"]
+        if isinstance(plat, dict) and plat.get("os") == "linux" and plat.get("architecture") == arch:
+            return digest.check(desc.get("digest"), "manifest digest")
     raise NotFound("no matching manifest for linux/%s in the manifest list entries" % arch)
 
 
@@ -284,59 +344,100 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
             "(start it with --opt registry-pull=all to reach %s); load the image with "
             "`docker load` instead" % (ref.repo, host)
         )
+    if ref.digest:
+        digest.check(ref.digest, "manifest digest")
     reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries)
     wanted = ref.digest or ref.tag
-    mediatype, raw, digest, doc = reg.manifest(wanted)
+    mediatype, raw, manifest_digest, doc = reg.manifest(wanted)
     if mediatype in INDEX_TYPES or "manifests" in doc:
-        mediatype, raw, digest, doc = reg.manifest(_pick_platform(doc))
+        mediatype, raw, manifest_digest, doc = reg.manifest(_pick_platform(doc))
     if doc.get("schemaVersion") == 1 or "config" not in doc:
         raise InvalidParameter("unsupported manifest format (schema 1): the image must be re-pushed")
+    config_desc = _descriptor(doc["config"], "config")
+    layers = [_descriptor(d, "layer") for d in _list(doc.get("layers"), "layers")]
     shown = ref.tag or ref.digest
     emit({"status": "Pulling from %s" % repo_path, "id": shown})
 
     cfg_buf = _Buffer()
-    reg.blob(doc["config"]["digest"], cfg_buf)
+    reg.blob(config_desc["digest"], cfg_buf, limit=config_desc.get("size"))
     config_raw = cfg_buf.getvalue()
     try:
         config = json.loads(config_raw.decode("utf-8"))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise RegistryError("invalid image config in the registry") from None
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-    layers = doc.get("layers") or []
+    diff_ids = config_diff_ids(config)
     if len(diff_ids) != len(layers):
         raise RegistryError("manifest has %d layers but the config %d" % (len(layers), len(diff_ids)))
-    image_id = "sha256:" + hashlib.sha256(config_raw).hexdigest()
+    image_id = digest.of_bytes(config_raw)
     up_to_date = store.exists(image_id)
-    for desc, diff_id in zip(layers, diff_ids):
-        sid = desc["digest"].split(":", 1)[-1][:12]
-        if store.layers.exists(diff_id):
-            emit({"status": "Already exists", "progressDetail": {}, "id": sid})
-            continue
-        emit({"status": "Pulling fs layer", "progressDetail": {}, "id": sid})
-        size = int(desc.get("size") or 0)
-        with tempfile.TemporaryFile(dir=store.layers.tmp) as tmp:
-
-            def progress(done, sid=sid, size=size):
-                emit({"status": "Downloading", "progressDetail": {"current": done, "total": size}, "id": sid})
-
-            reg.blob(desc["digest"], tmp, progress if size > (1 << 20) else None)
-            emit({"status": "Download complete", "progressDetail": {}, "id": sid})
-            tmp.seek(0)
-            emit({"status": "Extracting", "progressDetail": {"current": size, "total": size}, "id": sid})
-            store.layers.ingest(tmp, expected=diff_id)
-        emit({"status": "Pull complete", "progressDetail": {}, "id": sid})
-    img = store.add_config(config_raw)
+    added = []
+    try:
+        for desc, diff_id in zip(layers, diff_ids):
+            if _pull_layer(store, reg, desc, diff_id, emit):
+                added.append(diff_id)
+        img = store.add_config(config_raw)
+    except BaseException:
+        store.gc_layers(candidates=added)  # a failed pull leaves no layer behind
+        raise
     if ref.tag:
         store.tag(img.id, reference.Reference(ref.repo, ref.tag))
-    store.add_digest(img.id, ref.repo, digest)
-    emit({"status": "Digest: %s" % digest})
+    store.add_digest(img.id, ref.repo, manifest_digest)
+    emit({"status": "Digest: %s" % manifest_digest})
     state = "Image is up to date for" if up_to_date else "Downloaded newer image for"
     emit({"status": "Status: %s %s" % (state, ref.tagged if ref.tag else "%s@%s" % (ref.repo, ref.digest))})
     return img
 
 
+def _list(value, what):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RegistryError("registry sent an invalid manifest: %s is not a list" % what)
+    return value
+
+
+def _descriptor(desc, what):
+    """A manifest descriptor with a checked sha256 digest and a non-negative int size (or none)."""
+    if not isinstance(desc, dict):
+        raise RegistryError("registry sent an invalid manifest: a %s descriptor is not an object" % what)
+    digest.check(desc.get("digest"), "%s digest" % what)
+    size = desc.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise RegistryError("registry sent an invalid manifest: bad %s size %r" % (what, size))
+    if what == "config" and size is not None and size > MAX_CONFIG:
+        raise RegistryError("image config is too large (%d bytes, the limit is %d)" % (size, MAX_CONFIG))
+    return desc
+
+
+def _pull_layer(store, reg, desc, diff_id, emit):
+    """Download, verify and store one layer; True if it was new.
+
+    A layer already in the store was committed by this engine after it hashed its content to
+    exactly this (checked, sha256) diff ID, so it is trusted, as Docker does ("Already exists").
+    """
+    sid = desc["digest"].split(":", 1)[-1][:12]
+    if store.layers.exists(diff_id):
+        emit({"status": "Already exists", "progressDetail": {}, "id": sid})
+        return False
+    emit({"status": "Pulling fs layer", "progressDetail": {}, "id": sid})
+    size = desc.get("size")
+    total = size or 0
+    with tempfile.TemporaryFile(dir=store.layers.tmp) as tmp:
+
+        def progress(done, sid=sid, total=total):
+            emit({"status": "Downloading", "progressDetail": {"current": done, "total": total}, "id": sid})
+
+        reg.blob(desc["digest"], tmp, progress if total > (1 << 20) else None, limit=size)
+        emit({"status": "Download complete", "progressDetail": {}, "id": sid})
+        tmp.seek(0)
+        emit({"status": "Extracting", "progressDetail": {"current": total, "total": total}, "id": sid})
+        store.layers.ingest(tmp, expected=diff_id)
+    emit({"status": "Pull complete", "progressDetail": {}, "id": sid})
+    return True
+
+
 class _Buffer:
-    def __init__(self, limit=16 << 20):
+    def __init__(self, limit=MAX_CONFIG):
         self.parts = []
         self.size = 0
         self.limit = limit
