@@ -241,6 +241,8 @@ class ImageStore:
                 img = self._by_prefix(hexpart)
                 if img is not None:
                     return img
+            else:
+                reference.parse(ref)  # 400 for what is neither an ID nor a name ("sha256:../x"), as moby
             raise NotFound("No such image: %s" % ref)
         parsed = None
         try:

@@ -11,7 +11,8 @@ InvalidParameter (400) before anything is written for that member.
 
 Whiteouts (`.wh.NAME`, `.wh..wh..opq`) are kept as files, converted to the
 overlayfs form (char device 0/0, xattr trusted.overlay.opaque=y), or applied
-(deleted), depending on `whiteouts`.
+(deleted), depending on `whiteouts`. Of the archive's own xattrs only user.*,
+security.capability and POSIX ACLs are set (see xattr_allowed).
 """
 
 import errno
@@ -25,6 +26,7 @@ WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 MAX_SYMLINK_HOPS = 40
+_ARCHIVE_XATTRS = ("security.capability", "system.posix_acl_access", "system.posix_acl_default")
 
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -66,6 +68,18 @@ def symlink_escapes(entry_parts, target):
         else:
             depth += 1
     return False
+
+
+def xattr_allowed(name):
+    """Extended attributes an archive may set: user.*, file capabilities and POSIX ACLs.
+
+    trusted.* is refused (trusted.overlay.* is overlayfs's own metadata: opaque, redirect, metacopy,
+    origin would change what the merged view shows; the engine sets opaque itself from whiteouts),
+    and so are the other security.* labels (SELinux, IMA/EVM, SMACK) and any other namespace.
+    security.capability is kept, as Docker keeps it: it only counts inside a container, within
+    the container's bounding set.
+    """
+    return name.startswith("user.") or name in _ARCHIVE_XATTRS
 
 
 def _close(fd):
@@ -424,6 +438,8 @@ class _Extractor:
             if not key.startswith("SCHILY.xattr."):
                 continue
             attr = key[len("SCHILY.xattr.") :]
+            if not xattr_allowed(attr):
+                continue
             raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
             try:
                 os.setxattr(fd_or_path, attr, raw)
