@@ -28,6 +28,7 @@ _LEVELS = {
     "error": logging.ERROR,
     "fatal": logging.CRITICAL,
 }
+DATA_ROOT_MODE = 0o710
 _SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt", signal.SIGHUP: "hangup"}
 
 INSECURE_TCP_WARNING = (
@@ -114,7 +115,12 @@ class Daemon:
 
         self._install_signals()
         try:
-            os.makedirs(cfg.data_root, mode=0o711, exist_ok=True)
+            os.makedirs(cfg.data_root, mode=DATA_ROOT_MODE, exist_ok=True)
+            # 0710 root:root, also for a data-root made by an older engine (0711): no other host user
+            # may walk in, e.g. to a setuid file a container left in a volume.
+            if os.geteuid() == 0:
+                os.chown(cfg.data_root, 0, 0)
+            os.chmod(cfg.data_root, DATA_ROOT_MODE)
             # 0711, not 0700: the default unix socket lives here and the docker group must reach it.
             os.makedirs(cfg.exec_root, mode=0o711, exist_ok=True)
             engine_id = load_or_create_engine_id(cfg.data_root)

@@ -1,10 +1,16 @@
-"""Local volumes: data-root/volumes/<name>/_data plus meta.json (labels, options, created, anonymous)."""
+"""Local volumes: data-root/volumes/<name>/_data plus meta.json (labels, options, created, anonymous).
+
+volumes/ and volumes/<name> are 0700: a container can put a setuid-root file into its volume, and
+no host user other than root may reach it (containers get _data by a bind mount, which needs no
+search permission on its parents).
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -14,6 +20,7 @@ from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
 from dockyard.engine.images.layers import read_json
 
+VOLUME_DIR_MODE = 0o700
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"
 
@@ -85,9 +92,19 @@ class VolumeStore:
 
     def __init__(self, data_root: str) -> None:
         self.root = os.path.join(data_root, "volumes")
-        os.makedirs(self.root, mode=0o701, exist_ok=True)
+        os.makedirs(self.root, mode=VOLUME_DIR_MODE, exist_ok=True)
+        self.fix_modes()
         self._lock = threading.RLock()
         self._usage_check: Callable[[str], List[str]] | None = None
+
+    def fix_modes(self) -> None:
+        """Volume dirs made by older engines (0701/0711) lose their search bit for other users."""
+        os.chmod(self.root, VOLUME_DIR_MODE)
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) != VOLUME_DIR_MODE:
+                os.chmod(path, VOLUME_DIR_MODE)
 
     def set_usage_check(self, fn: Callable[[str], List[str]]) -> None:
         """fn(volume_name) -> list of container IDs that mount the volume."""
@@ -143,7 +160,7 @@ class VolumeStore:
                 "Anonymous": bool(anonymous),
             }
             stage = os.path.join(self.root, ".new-%s" % uuid.uuid4().hex[:12])
-            os.mkdir(stage, 0o701)
+            os.mkdir(stage, VOLUME_DIR_MODE)
             os.mkdir(os.path.join(stage, "_data"), 0o755)
             atomic_write_json(os.path.join(stage, "meta.json"), meta, durable=True)
             os.rename(stage, os.path.join(self.root, name))

@@ -28,6 +28,14 @@ from dockyard.engine.images.layers import LayerStore, read_json
 log = logging.getLogger("dockyard.engine.images")
 
 MNT_DETACH = 2
+# The engine's own view of image content never honours device nodes or setuid bits (an image's node
+# must not open a host device for the engine, e.g. during volume copy-up); a container's root is a
+# bind of this mount with its own flags (runtime.mountns).
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MERGED_FLAGS = MS_NODEV | MS_NOSUID
 MAX_MOUNT_DATA = 4000  # a page minus headroom
 OVERLAYFS_SUPER_MAGIC = 0x794C7630
 
@@ -90,7 +98,7 @@ def _mount_in_child(cwd, data, target):
         code = 1
         try:
             os.chdir(cwd)
-            rc = lib.mount(b"overlay", target.encode(), b"overlay", 0, data.encode())
+            rc = lib.mount(b"overlay", target.encode(), b"overlay", MERGED_FLAGS, data.encode())
             code = 0 if rc == 0 else (ctypes.get_errno() or 1)
         finally:
             os._exit(code)
@@ -142,6 +150,8 @@ class RootfsManager:
         else:
             diff_ids = read_json(record)["layers"]
         if os.path.ismount(p["merged"]):
+            # Mounted by an engine before nodev,nosuid: add them (a bind remount changes this mount only).
+            mount("none", p["merged"], None, MS_REMOUNT | MS_BIND | MERGED_FLAGS)
             return p["merged"]
         layers = [self.layers.get(d) for d in reversed(diff_ids)]  # top first, as overlayfs wants
         links = [l.link for l in layers]
@@ -154,7 +164,7 @@ class RootfsManager:
         data = "lowerdir=" + ":".join(absolute) + tail
         try:
             if len(data) <= MAX_MOUNT_DATA:
-                mount("overlay", p["merged"], "overlay", 0, data)
+                mount("overlay", p["merged"], "overlay", MERGED_FLAGS, data)
             else:
                 data = "lowerdir=" + ":".join(relative) + tail
                 if len(data) > MAX_MOUNT_DATA:

@@ -24,12 +24,12 @@ from dockyard.engine.network.manager import NetworkManager
 from dockyard.engine.runtime import cgroups, channel, names
 from dockyard.engine.runtime import create as createmod
 from dockyard.engine.runtime import spec as specmod
+from dockyard.engine.runtime.copyup import copy_up_volumes
 from dockyard.engine.runtime.events import EventBus
 from dockyard.engine.runtime.execs import ExecManager
 from dockyard.engine.runtime.exits import ExitsMixin
 from dockyard.engine.runtime.forkserver import ForkServer, ForkServerError
 from dockyard.engine.runtime.monitor import Monitor
-from dockyard.engine.runtime.mountns import secure_join
 from dockyard.engine.runtime.netsettings import minimal_settings
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 from dockyard.engine.runtime.store import ZERO_TIME, Container
@@ -391,25 +391,7 @@ class ContainerManager(ExitsMixin):
 
     def _copy_up_volumes(self, c, rootfs_path):
         """Docker copies the image's content at a volume's path into a new, empty volume."""
-        changed = False
-        for point in c.mounts:
-            if point.get("Type") != "volume" or point.get("NoCopy") or point.get("CopiedUp"):
-                continue
-            src = secure_join(rootfs_path, point["Destination"])
-            dst = point.get("Source")
-            point["CopiedUp"] = changed = True
-            if not dst or not os.path.isdir(src) or os.listdir(dst):
-                continue
-            for entry in os.listdir(src):
-                s, d = os.path.join(src, entry), os.path.join(dst, entry)
-                if os.path.isdir(s) and not os.path.islink(s):
-                    shutil.copytree(s, d, symlinks=True)
-                else:
-                    shutil.copy2(s, d, follow_symlinks=False)
-            st = os.stat(src)
-            os.chown(dst, st.st_uid, st.st_gid)
-            os.chmod(dst, st.st_mode & 0o7777)
-        if changed:
+        if copy_up_volumes(c.mounts, rootfs_path):
             c.save_config()
 
     # -- control -----------------------------------------------------------------------------

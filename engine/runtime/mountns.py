@@ -4,13 +4,22 @@ root bind, /proc, a minimal /dev (devpts, shm, mqueue), /sys, user mounts, pivot
 Unprivileged containers get every mount `nodev` and only a few device nodes, bind-mounted from the
 host: a device node created inside the container (CAP_MKNOD) cannot be opened, on cgroup v1 and v2
 alike. This stands in for the v2 eBPF device filter.
+
+Every mount target inside the root, and every bind source, is resolved once into a descriptor
+(rootpath.open_in_root: symlinks resolved as if the root were '/') and mounted through that
+descriptor, so a container sharing a volume cannot swap a component for a symlink to the host between
+the check and the mount. `ro` and `nodev` on a bind reach its submounts too (rootpath.bind).
 """
 
+from __future__ import annotations
+
+import contextlib
 import errno
 import os
 import stat
+from typing import Iterator
 
-from dockyard.engine.runtime import libc
+from dockyard.engine.runtime import libc, rootpath
 from dockyard.engine.runtime.libc import (
     MNT_DETACH,
     MS_BIND,
@@ -24,6 +33,7 @@ from dockyard.engine.runtime.libc import (
     MS_STRICTATIME,
     mount,
 )
+from dockyard.engine.runtime.rootpath import O_PATH, open_in_root, proc_fd
 
 # Docker's defaults.
 MASKED_PATHS = (
@@ -50,7 +60,6 @@ DEV_LINKS = (
     ("ptmx", "pts/ptmx"),
     ("core", "/proc/kcore"),
 )
-MAX_SYMLINKS = 255
 
 _FLAG_WORDS = {
     "ro": (MS_RDONLY, True),
@@ -67,64 +76,6 @@ _FLAG_WORDS = {
 
 class RootfsError(OSError):
     """The container's filesystem could not be assembled."""
-
-
-def secure_join(root, path):
-    """`path` inside `root` with every symlink resolved as if `root` were '/': never escapes.
-
-    Missing components are kept literally (they will be created under root).
-    """
-    root = os.path.abspath(root)
-    parts = [p for p in path.split("/") if p and p != "."]
-    resolved = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *(resolved + [part]))
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            resolved.append(part)
-            continue
-        except NotADirectoryError:
-            resolved.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > MAX_SYMLINKS:
-                raise RootfsError(errno.ELOOP, "too many symlinks resolving %s" % path)
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved) if resolved else root
-
-
-def _mkdirs(path, mode=0o755):
-    try:
-        os.makedirs(path, mode=mode, exist_ok=True)
-    except FileExistsError:
-        pass
-
-
-def ensure_mountpoint(root, dest, is_dir):
-    """Create `dest` (inside root, symlink-safe) as a directory or an empty file; return the host path."""
-    target = secure_join(root, dest)
-    if is_dir:
-        if not os.path.isdir(target):
-            _mkdirs(target)
-    else:
-        if not os.path.exists(target):
-            _mkdirs(os.path.dirname(target))
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            os.close(fd)
-    return target
 
 
 def parse_mount_options(text, defaults=()):
@@ -150,6 +101,22 @@ def _bind(source, target, readonly=False, extra=0, recursive=True):
         mount(None, target, None, MS_REMOUNT | MS_BIND | extra | (MS_RDONLY if readonly else 0))
 
 
+@contextlib.contextmanager
+def _target(root_fd: int, dest: str, kind: str) -> Iterator[int]:
+    """An O_PATH descriptor of the mount point `dest` inside the root (made if missing, as `kind`)."""
+    fd = open_in_root(root_fd, dest, create=kind)
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        if is_dir != (kind == "dir"):
+            raise RootfsError(
+                errno.ENOTDIR if kind == "dir" else errno.EISDIR,
+                "cannot mount %s on %s: it is %sa directory" % (kind, dest, "" if is_dir else "not "),
+            )
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def setup(spec):
     """Assemble the root filesystem and pivot into it. Runs in the container's mount namespace."""
     root = spec["root"]
@@ -157,15 +124,21 @@ def setup(spec):
     nodev = 0 if privileged else MS_NODEV
 
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # The root must be a mount point of its own for pivot_root, and carry nodev.
-    _bind(root, root, extra=nodev)
+    # The root must be a mount point of its own for pivot_root. Its flags are set here, not inherited:
+    # the engine's own mount of the image is nodev,nosuid; a container's root keeps setuid binaries
+    # working (as Docker's) and is nodev unless privileged.
+    mount(root, root, None, MS_BIND | MS_REC)
+    mount(None, root, None, MS_REMOUNT | MS_BIND | nodev)
 
-    _mount_proc(root)
-    _mount_dev(root, spec, privileged, nodev)
-    _mount_sys(root, spec, privileged)
-
-    for m in sorted(spec.get("mounts", []), key=lambda m: len(m["destination"].rstrip("/").split("/"))):
-        _user_mount(root, m, nodev)
+    root_fd = os.open(root, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _mount_proc(root_fd)
+        _mount_dev(root_fd, spec, privileged, nodev)
+        _mount_sys(root_fd, spec, privileged)
+        for m in sorted(spec.get("mounts", []), key=lambda m: len(m["destination"].rstrip("/").split("/"))):
+            _user_mount(root_fd, m, nodev)
+    finally:
+        os.close(root_fd)
 
     os.chdir(root)
     libc.pivot_root(".", ".")
@@ -181,14 +154,15 @@ def setup(spec):
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | nodev)
 
 
-def _mount_proc(root):
-    target = ensure_mountpoint(root, "/proc", True)
-    mount("proc", target, "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV)
+def _mount_proc(root_fd):
+    with _target(root_fd, "/proc", "dir") as fd:
+        rootpath.mount_on("proc", fd, "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV)
 
 
-def _mount_dev(root, spec, privileged, nodev):
-    dev = ensure_mountpoint(root, "/dev", True)
-    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME | nodev, "mode=755,size=65536k")
+def _mount_dev(root_fd, spec, privileged, nodev):
+    with _target(root_fd, "/dev", "dir") as fd:
+        rootpath.mount_on("tmpfs", fd, "tmpfs", MS_NOSUID | MS_STRICTATIME | nodev, "mode=755,size=65536k")
+        dev = os.readlink(proc_fd(fd))  # the fresh tmpfs: nothing else can reach it yet
     pts = os.path.join(dev, "pts")
     os.mkdir(pts, 0o755)
     mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
@@ -235,16 +209,21 @@ def _copy_host_devices(dev):
                 pass
 
 
-def _mount_sys(root, spec, privileged):
-    target = ensure_mountpoint(root, "/sys", True)
+def _mount_sys(root_fd, spec, privileged):
     flags = MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if privileged else MS_RDONLY)
-    try:
-        mount("sysfs", target, "sysfs", flags)
-    except OSError as exc:
-        # sysfs may refuse a new mount when the container shares the host's network namespace.
-        if exc.errno != errno.EPERM:
-            raise
-        _bind("/sys", target, readonly=not privileged, extra=MS_NOSUID | MS_NOEXEC | MS_NODEV)
+    with _target(root_fd, "/sys", "dir") as fd:
+        try:
+            rootpath.mount_on("sysfs", fd, "sysfs", flags)
+        except OSError as exc:
+            # sysfs may refuse a new mount when the container shares the host's network namespace.
+            if exc.errno != errno.EPERM:
+                raise
+            src = os.open("/sys", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.close(rootpath.bind(src, fd, flags))
+            finally:
+                os.close(src)
+        target = os.readlink(proc_fd(fd))
     if spec.get("cgroup2"):
         cg = os.path.join(target, "fs", "cgroup")
         if os.path.isdir(cg):
@@ -254,34 +233,35 @@ def _mount_sys(root, spec, privileged):
                 pass
 
 
-def _user_mount(root, m, nodev):
+_PROPAGATION = {
+    "private": MS_PRIVATE,
+    "rprivate": MS_PRIVATE | MS_REC,
+    "slave": libc.MS_SLAVE,
+    "rslave": libc.MS_SLAVE | MS_REC,
+    "shared": libc.MS_SHARED,
+    "rshared": libc.MS_SHARED | MS_REC,
+}
+
+
+def _user_mount(root_fd, m, nodev):
     kind = m.get("type", "bind")
     dest = m["destination"]
     if kind == "tmpfs":
-        target = ensure_mountpoint(root, dest, True)
         flags, data = parse_mount_options(m.get("options", ""), ("noexec", "nosuid", "nodev"))
-        mount("tmpfs", target, "tmpfs", flags | nodev, data or None)
+        with _target(root_fd, dest, "dir") as fd:
+            rootpath.mount_on("tmpfs", fd, "tmpfs", flags | nodev, data or None)
         return
-    source = m["source"]
-    target = ensure_mountpoint(root, dest, os.path.isdir(source))
-    extra = nodev
-    if m.get("flags"):
-        extra |= int(m["flags"])
-    _bind(source, target, readonly=bool(m.get("readonly")), extra=extra)
-    prop = m.get("propagation") or "rprivate"
-    prop_flags = {
-        "private": MS_PRIVATE,
-        "rprivate": MS_PRIVATE | MS_REC,
-        "slave": libc.MS_SLAVE,
-        "rslave": libc.MS_SLAVE | MS_REC,
-        "shared": libc.MS_SHARED,
-        "rshared": libc.MS_SHARED | MS_REC,
-    }.get(prop)
-    if prop_flags:
-        try:
-            mount(None, target, None, prop_flags)
-        except OSError:
-            pass
+    # The source is opened once (a host path the API caller named; symlinks followed, as Docker) and
+    # mounted from that descriptor: what is mounted is what was opened.
+    src = os.open(m["source"], O_PATH | os.O_CLOEXEC)
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(src).st_mode)
+        flags = nodev | int(m.get("flags") or 0) | (MS_RDONLY if m.get("readonly") else 0)
+        propagation = _PROPAGATION.get(m.get("propagation") or "rprivate", 0)
+        with _target(root_fd, dest, "dir" if is_dir else "file") as fd:
+            os.close(rootpath.bind(src, fd, flags, propagation))
+    finally:
+        os.close(src)
 
 
 def _mask(path):

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from dockyard.engine.errors import InvalidParameter
-from dockyard.engine.runtime import caps, cgroups, create, logs, mountns, relay, userdb, views
+from dockyard.engine.runtime import caps, cgroups, create, logs, relay, rootpath, userdb, views
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 
 
@@ -164,16 +164,31 @@ def test_json_file_log_lines_partials_and_tail(tmp_path):
     assert logs.parse_since("1700000000.5") == 1700000000500000000
 
 
-def test_secure_join_never_escapes(tmp_path):
+def test_open_in_root_never_escapes(tmp_path):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
+    (root / "outside").mkdir()
     os.symlink("/etc/../../outside", root / "evil")
     os.symlink("../../..", root / "etc" / "up")
-    assert mountns.secure_join(str(root), "/evil/x") == str(root / "outside" / "x")
-    assert mountns.secure_join(str(root), "/etc/up/passwd") == str(root / "passwd")
-    assert mountns.secure_join(str(root), "../../etc") == str(root / "etc")
-    target = mountns.ensure_mountpoint(str(root), "/evil/deep/file", False)
-    assert target.startswith(str(root) + "/") and os.path.isfile(target)
+
+    def resolve(path, **kw):
+        fd = rootpath.open_in_root(root_fd, path, **kw)
+        try:
+            return os.readlink(rootpath.proc_fd(fd))
+        finally:
+            os.close(fd)
+
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert resolve("/evil") == str(root / "outside")
+        assert resolve("/etc/up") == str(root)
+        assert resolve("../../etc") == str(root / "etc")
+        assert resolve("/evil/deep/file", create="file") == str(root / "outside" / "deep" / "file")
+        assert (root / "outside" / "deep" / "file").is_file()
+        with pytest.raises(OSError):
+            resolve("/evil", follow=False)
+    finally:
+        os.close(root_fd)
 
 
 def test_cgroup_layout_detection(tmp_path):
