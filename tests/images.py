@@ -148,6 +148,9 @@ def _cached(name: str, recipe: dict, build) -> Path:
 # -- generic archive writer --------------------------------------------------------------
 
 
+_DEVICE_TYPES = {"chardev": tarfile.CHRTYPE, "blockdev": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}
+
+
 def _tarinfo(
     name: str, kind: str = "file", size: int = 0, mode: int = 0o644, link: str = "", mtime: int = FIXED_MTIME
 ) -> tarfile.TarInfo:
@@ -160,24 +163,65 @@ def _tarinfo(
         info.type, info.linkname = tarfile.SYMTYPE, link
     elif kind == "hardlink":
         info.type, info.linkname = tarfile.LNKTYPE, link
+    elif kind in _DEVICE_TYPES:
+        info.type = _DEVICE_TYPES[kind]
     else:
         info.size = size
     return info
 
 
 def layer_tar(entries) -> bytes:
-    """An uncompressed layer from [(name, kind, data_or_link, mode)] (kind: file/dir/symlink/hardlink)."""
+    """An uncompressed layer from [(name, kind, payload, mode[, xattrs])].
+
+    kind: file (payload: data), dir, symlink/hardlink (payload: target), chardev/blockdev
+    (payload: (major, minor)) or fifo; xattrs: {name: bytes}, written as SCHILY.xattr.* PAX headers.
+    """
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, kind, payload, mode in entries:
+        for entry in entries:
+            name, kind, payload, mode = entry[:4]
+            xattrs = entry[4] if len(entry) > 4 else {}
             if kind == "file":
                 data = payload if isinstance(payload, bytes) else payload.encode()
-                tar.addfile(_tarinfo(name, "file", len(data), mode), io.BytesIO(data))
-            elif kind == "dir":
-                tar.addfile(_tarinfo(name, "dir", mode=mode))
+                info = _tarinfo(name, "file", len(data), mode)
+            elif kind in ("symlink", "hardlink"):
+                info, data = _tarinfo(name, kind, mode=mode, link=payload), None
             else:
-                tar.addfile(_tarinfo(name, kind, mode=mode, link=payload))
+                info, data = _tarinfo(name, kind, mode=mode), None
+                if kind in ("chardev", "blockdev"):
+                    info.devmajor, info.devminor = payload
+            info.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()}
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
+
+
+def write_members(out, members) -> Path:
+    """An archive holding exactly [(name, bytes)] as regular files, in order (for hand-made manifests)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            tar.addfile(_tarinfo(name, size=len(data)), io.BytesIO(data))
+    Path(out).write_bytes(raw.getvalue())
+    return Path(out)
+
+
+def oci_manifest(config: bytes, layer_blobs) -> bytes:
+    """An OCI image manifest for config and (uncompressed) layer blobs, as the archive writers make it."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + _sha(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:" + _sha(b), "size": len(b)}
+                for b in layer_blobs
+            ],
+        }
+    ).encode()
 
 
 def image_config(diff_ids, cmd=("sh",), env=(PATH_ENV,), extra_config=None, history=None) -> bytes:

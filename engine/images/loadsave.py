@@ -340,11 +340,10 @@ def _load_layers(store, arc, planned, emit, quiet):
             for diff_id, layer_path in zip(item.diff_ids, item.layer_paths):
                 if (diff_id, layer_path) in done:
                     continue
-                existed = store.layers.exists(diff_id)
+                if not store.layers.exists(diff_id):
+                    added.append(diff_id)  # before: a blob digest is checked after the layer is in
                 _load_layer(store, arc, diff_id, layer_path, emit, quiet)
                 done.add((diff_id, layer_path))
-                if not existed:
-                    added.append(diff_id)
     except BaseException:
         store.gc_layers(candidates=added)
         raise
