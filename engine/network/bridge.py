@@ -133,8 +133,22 @@ def _configure_inside(ip, prefixlen, gateway, mtu):
         ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
 
 
-def attach_container(pid, bridge, veth, ip, prefixlen, gateway, mac, mtu=None):
-    """veth pair: `veth` on the bridge here, eth0 (ip, mac, default route) in pid's netns."""
+def _isolate_port(ipr, index, veth):
+    """Bridge-port isolation (Linux 4.18+): isolated ports exchange no frames with each other, only
+    with non-isolated ports and the bridge itself (the gateway): Docker's enable_icc=false."""
+    ipr.brport("set", index=index, isolated=1)
+    info = ipr.brport("show", index=index)
+    flags = info[0].get_attr("IFLA_PROTINFO") if info else None
+    if flags is None or flags.get_attr("IFLA_BRPORT_ISOLATED") != 1:
+        raise BridgeError(
+            "cannot isolate %s on its bridge (com.docker.network.bridge.enable_icc=false needs Linux 4.18 or later)"
+            % veth
+        )
+
+
+def attach_container(pid, bridge, veth, ip, prefixlen, gateway, mac, mtu=None, isolated=False):
+    """veth pair: `veth` on the bridge here, eth0 (ip, mac, default route) in pid's netns.
+    isolated: the port talks to the bridge (gateway) only, not to other isolated ports."""
     errors = _netlink_errors()
     ns_fd = os.open(netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -150,7 +164,14 @@ def attach_container(pid, bridge, veth, ip, prefixlen, gateway, mac, mtu=None):
             index = _lookup(ipr, veth)
             if mtu:
                 ipr.link("set", index=index, mtu=mtu)
-            ipr.link("set", index=index, master=master, state="up")
+            ipr.link("set", index=index, master=master)
+            if isolated:
+                try:
+                    _isolate_port(ipr, index, veth)
+                except BaseException:
+                    ipr.link("del", index=index)
+                    raise
+            ipr.link("set", index=index, state="up")
     except errors as exc:
         raise BridgeError("cannot create the veth pair for pid %d: %s" % (pid, exc)) from None
     finally:

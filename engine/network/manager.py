@@ -18,7 +18,7 @@ import threading
 from typing import Iterable, List, Protocol  # List: the manager has a method named list
 
 from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
-from dockyard.engine.network import bridge, dns, nat, portproxy, vendor
+from dockyard.engine.network import bridge, dns, nat, portproxy, ruleset, vendor
 from dockyard.engine.network.catalog import (
     BUILTIN,
     DEFAULT_BRIDGE,
@@ -55,6 +55,21 @@ def _bool_opt(opts, name, default):
     if value is None:
         return default
     return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+_GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True}
+_GO_BOOLS.update({"0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False})
+
+
+def parse_go_bool(option: str, value: str) -> bool:
+    """A network option's bool as moby reads it (strconv.ParseBool), with moby's error."""
+    try:
+        return _GO_BOOLS[value]
+    except (KeyError, TypeError):
+        raise InvalidParameter(
+            'failed to parse %s value: %s (strconv.ParseBool: parsing "%s": invalid syntax)' % (option, value, value)
+        ) from None
 
 
 class ContainerView(Protocol):
@@ -94,12 +109,13 @@ class NetworkManager:
         self.mtu = int(opts["mtu"]) if opts.get("mtu") else None
         self.ip_masq = _bool_opt(opts, "ip-masq", True)
         self.ip_forward = _bool_opt(opts, "ip-forward", True)
+        self.icc_default = _bool_opt(opts, "icc", True)  # dockerd --icc: the default bridge's enable_icc
         self.dns_fallback = tuple(s for s in (opts.get("dns") or "").split(",") if s) or dns.DEFAULT_NAMESERVERS
         self.explicit_bip = opts.get("bip") or None
         self.warnings = warnings if warnings is not None else []
         self.catalog = Catalog(self.dir, device, self.explicit_bip)
-        self.nat = None
-        self.nat_method = None
+        self.firewall: nat.Firewall | None = None
+        self.nat_method = None  # "nftables" or "iptables": how masquerading and isolation are installed
         self._lock = threading.RLock()
         self._host_ready = False
         self._endpoints_path = os.path.join(self.dir, "endpoints.json")
@@ -177,9 +193,9 @@ class NetworkManager:
                             "containers cannot reach other hosts" % exc
                         )
                 self._host_ready = True
-            self._sync_nat()
+            self._sync_firewall()
             log.info(
-                "bridge %s %s/%d up for network %s, outbound NAT via %s",
+                "bridge %s %s/%d up for network %s, outbound NAT and isolation via %s",
                 net.device,
                 net.gateway,
                 net.subnet.prefixlen,
@@ -187,16 +203,24 @@ class NetworkManager:
                 self.nat_method or "none",
             )
 
-    def _sync_nat(self):
-        if not self.ip_masq:
-            return
-        if self.nat is None:
-            self.nat = nat.Nat()
-        rules = [(net.subnet, net.device) for net in self.catalog.bridged() if not net.internal]
+    def _sync_firewall(self):
+        """Masquerading (unless ip-masq=false) and isolation for every bridged network of the catalog,
+        whether or not its bridge is up in this engine process (the rules name devices)."""
+        if self.firewall is None:
+            self.firewall = nat.Firewall()
+        networks = [ruleset.BridgedNetwork(net.device, net.subnet, net.internal) for net in self.catalog.bridged()]
         try:
-            self.nat_method = self.nat.setup(rules)
-        except nat.NatUnavailable as exc:
+            self.nat_method = self.firewall.setup(ruleset.engine_rules(networks, masquerade=self.ip_masq))
+        except nat.FirewallUnavailable as exc:
+            self.nat_method = None
             self._warn(str(exc))
+
+    def icc(self, net: BridgeNet) -> bool:
+        """Whether containers of `net` may talk to each other (enable_icc; Docker's default: yes)."""
+        if net.default:
+            return self.icc_default
+        value = net.options.get(ICC_OPTION)
+        return True if value is None else parse_go_bool(ICC_OPTION, value)
 
     def _warn(self, text):
         log.warning("%s", text)
@@ -283,6 +307,7 @@ class NetworkManager:
                     net.gateway,
                     bridge.mac_for(ip),
                     self.mtu,
+                    isolated=not self.icc(net),
                 )
             except bridge.BridgeError as exc:
                 raise NetworkError(str(exc)) from None
@@ -471,7 +496,7 @@ class NetworkManager:
             if net.default:
                 options = {
                     "com.docker.network.bridge.default_bridge": "true",
-                    "com.docker.network.bridge.enable_icc": "true",
+                    ICC_OPTION: "true" if self.icc_default else "false",
                     "com.docker.network.bridge.enable_ip_masquerade": "true" if self.ip_masq else "false",
                     "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
                     "com.docker.network.bridge.name": net.device,
@@ -534,6 +559,8 @@ class NetworkManager:
             def routed(network):
                 return bool(bridge.overlapping_routes(network, self._own_devices()))
 
+            if ICC_OPTION in (options or {}):
+                parse_go_bool(ICC_OPTION, (options or {})[ICC_OPTION])
             if subnet and routed(ipaddress.IPv4Network(subnet, strict=False)):
                 raise InvalidParameter("subnet %s overlaps routes of this host" % subnet)
             net = self.catalog.create(name, subnet, gateway, internal, labels, options, routed)
@@ -563,8 +590,10 @@ class NetworkManager:
                     bridge.delete_link(net.device)
                 except bridge.BridgeError as exc:
                     log.warning("%s", exc)
-            if self.nat is not None or self._host_ready:
-                self._sync_nat()
+            # Always, even before this engine process set any rule: the kernel keeps the rules
+            # of an earlier engine process, and the removed network's must go now.
+            vendor.prepare(self.dir)
+            self._sync_firewall()
             return name
 
     @staticmethod
