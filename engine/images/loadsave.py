@@ -137,6 +137,8 @@ def _platform_ok(desc):
     plat = desc.get("platform")
     if not plat:
         return True
+    if not isinstance(plat, dict):
+        raise InvalidParameter("invalid archive: a descriptor's platform is not an object")
     return plat.get("os", "linux") == "linux" and plat.get("architecture") in (None, hostinfo.go_arch())
 
 
@@ -156,9 +158,13 @@ def _oci_images(arc):
                 raise InvalidParameter("invalid archive: a manifest descriptor is not an object")
             mt = desc.get("mediaType", "")
             ann = desc.get("annotations") or {}
+            if not isinstance(ann, dict):
+                raise InvalidParameter("invalid archive: a descriptor's annotations are not an object")
             names = list(inherited_names)
             full = ann.get(ANNOTATION_NAME)
             ref = ann.get(ANNOTATION_REF, "")
+            if not isinstance(full, (str, type(None))) or not isinstance(ref, str):
+                raise InvalidParameter("invalid archive: an image name annotation is not a string")
             if full:
                 names.append(full)
             elif ref and ("/" in ref or ":" in ref):

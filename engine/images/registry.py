@@ -359,7 +359,7 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
     emit({"status": "Pulling from %s" % repo_path, "id": shown})
 
     cfg_buf = _Buffer()
-    reg.blob(config_desc["digest"], cfg_buf, limit=config_desc.get("size"))
+    reg.blob(config_desc["digest"], cfg_buf, limit=config_desc["size"])
     config_raw = cfg_buf.getvalue()
     try:
         config = json.loads(config_raw.decode("utf-8"))
@@ -397,14 +397,14 @@ def _list(value, what):
 
 
 def _descriptor(desc, what):
-    """A manifest descriptor with a checked sha256 digest and a non-negative int size (or none)."""
+    """A manifest descriptor with a checked sha256 digest and a non-negative int size."""
     if not isinstance(desc, dict):
         raise RegistryError("registry sent an invalid manifest: a %s descriptor is not an object" % what)
     digest.check(desc.get("digest"), "%s digest" % what)
-    size = desc.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise RegistryError("registry sent an invalid manifest: bad %s size %r" % (what, size))
-    if what == "config" and size is not None and size > MAX_CONFIG:
+    size = desc.get("size")  # required by the OCI and Docker schema 2 specs; it bounds the download
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise RegistryError("registry sent an invalid manifest: missing or bad %s size %.40r" % (what, size))
+    if what == "config" and size > MAX_CONFIG:
         raise RegistryError("image config is too large (%d bytes, the limit is %d)" % (size, MAX_CONFIG))
     return desc
 
@@ -420,8 +420,8 @@ def _pull_layer(store, reg, desc, diff_id, emit):
         emit({"status": "Already exists", "progressDetail": {}, "id": sid})
         return False
     emit({"status": "Pulling fs layer", "progressDetail": {}, "id": sid})
-    size = desc.get("size")
-    total = size or 0
+    size = desc["size"]
+    total = size
     with tempfile.TemporaryFile(dir=store.layers.tmp) as tmp:
 
         def progress(done, sid=sid, total=total):

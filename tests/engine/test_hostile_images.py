@@ -614,6 +614,15 @@ def test_a_blob_longer_than_its_descriptor_is_cut_off(watch, fake_registry):
     body = json.dumps(man).encode()
     reg.manifest("big/blob", "1", body)
     assert_pull_fails(watch, f"{reg.host}/big/blob:1", "larger than its descriptor")
+    del man["layers"][0]["size"]  # no size: nothing would bound the download
+    reg.manifest("big/blob", "1", json.dumps(man).encode())
+    assert_pull_fails(watch, f"{reg.host}/big/blob:1", "missing or bad layer size")
+    man = json.loads(oci_manifest(config, [layer]))
+    man["config"]["size"] = 9 << 20  # refused before a byte of it is fetched
+    reg.manifest("big/blob", "1", json.dumps(man).encode())
+    hits = len(reg.hits)
+    assert_pull_fails(watch, f"{reg.host}/big/blob:1", "image config is too large")
+    assert reg.hits[hits:] == ["/v2/big/blob/manifests/1"]
 
 
 def test_oversized_manifests_and_token_answers_are_refused(watch, fake_registry):
