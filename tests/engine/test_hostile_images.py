@@ -439,6 +439,8 @@ def test_setuid_files_and_device_nodes_are_inert_content(watch, tmp_path):
         ([("d", "dir", None, 0o755), ("d/up", "symlink", "../..", 0o777)], "points outside the destination"),
         ([("../../../../../tmp/escaped", "file", "x", 0o644)], "contains '..'"),
         ([("/etc/evil", "file", "x", 0o644)], "is absolute"),
+        # a hard link through a symlinked directory is resolved inside the layer: /etc is not there
+        ([("h", "symlink", "/etc", 0o777), ("shadow", "hardlink", "h/shadow", 0o644)], "not found"),
     ],
 )
 def test_links_and_names_out_of_the_layer_are_refused(watch, tmp_path, entries, needle):
