@@ -448,6 +448,15 @@ class NetworkManager:
             self.ports.release(cid)
             for net in self.catalog.bridged():
                 net.ipam.release(cid)
+        with self._lock:
+            bridged = [ep for ep in self.endpoints.values() if self.catalog.bridge_net(ep.get("Network") or "")]
+        if bridged:
+            # Containers kept running through the restart: put their isolation and NAT back now
+            # should the kernel's rules have been flushed meanwhile (a firewall reload), rather than
+            # at the next container start.
+            with self._lock:
+                vendor.prepare(self.dir)
+                self._sync_firewall()
         return gone
 
     # -- container files --------------------------------------------------------------------

@@ -245,6 +245,14 @@ def test_rules_survive_an_engine_restart(world):
     assert world.tcp("a3", world.ip("a1")) and not world.ping("a3", world.ip("d1"))
 
 
+def test_an_engine_restart_puts_flushed_rules_back(world):
+    world.eng.stop()
+    world.host.run(_nft_delete_chain_rules, ruleset.ISOLATION_CHAIN)  # what a firewall reload does
+    world.eng.start()  # with containers running on bridges, the engine syncs at start
+    world.assert_rules_exact()
+    assert not world.ping("a2", world.ip("b1"))
+
+
 def test_network_rm_takes_its_rules_away(world):
     device = world.devices["netb"]
     world.eng.docker("rm", "-f", "b1")
