@@ -5,6 +5,8 @@ Layout (one job per module):
   caps          capability names, Docker's default set, bounding/capset application
   cgroups       cgroup v1 and v2: create, limits, join, freeze, stats, OOM, remove
   mountns       the container's mount namespace: root bind, /proc, /dev, user mounts, pivot_root, masks
+  rootpath      paths resolved once inside a root through descriptors; mounts made onto those descriptors
+  copyup        fills a new volume from the image's content at its path (descriptor walk, nodes by mknod)
   userdb        /etc/passwd and /etc/group lookups inside the container
   containerinit the container's first process: namespaces, rootfs, user, capabilities, execve
   supervisor    one per running container: owns the process, stdio, json-file log, attach, exit status
