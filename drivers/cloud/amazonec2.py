@@ -1,8 +1,9 @@
 """The `amazonec2` driver: EC2 instances in a VPC subnet, a shared security group, an imported key pair."""
 
+import dataclasses
 import uuid
 
-from dockyard.drivers.base import Flag
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, key_value_tags
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
 from dockyard.provisioner.core.credentials import Field
@@ -18,6 +19,38 @@ def _arch(instance_type):
     # Graviton families carry a "g" after the generation digit (t4g, m7g, c7gn...).
     family = instance_type.split(".")[0]
     return "arm64" if len(family) > 2 and "g" in family[2:] and family[0] != "g" else "amd64"
+
+
+@dataclasses.dataclass
+class AmazonEC2Settings(Settings):
+    """The instance's settings (flag keys without the `amazonec2_` prefix)."""
+
+    region: str = setting("Region", flag="region")
+    zone: str = setting("Zone", flag="zone")
+    ami: str = setting("AMI", flag="ami")
+    instance_type: str = setting("InstanceType", flag="instance_type")
+    vpc_id: str = setting("VpcId", flag="vpc_id")
+    subnet_id: str = setting("SubnetId", flag="subnet_id")
+    security_group: str = setting("FirewallName", flag="security_group")  # the common firewall's key
+    security_group_readonly: bool = setting("SecurityGroupReadonly", flag="security_group_readonly")
+    root_size: int = setting("RootSize", flag="root_size")
+    volume_type: str = setting("VolumeType", flag="volume_type")
+    device_name: str = setting("DeviceName", flag="device_name")
+    iam_instance_profile: str = setting("IamInstanceProfile", flag="iam_instance_profile")
+    private_address_only: bool = setting("PrivateAddressOnly", flag="private_address_only")
+    use_private_address: bool = setting("UsePrivateAddress", flag="use_private_address")
+    spot_instance: bool = setting("SpotInstance", flag="request_spot_instance")
+    spot_price: str = setting("SpotPrice", flag="spot_price")
+
+    def __post_init__(self) -> None:
+        self.ami, self.vpc_id, self.subnet_id = self.ami or "", self.vpc_id or "", self.subnet_id or ""
+        self.device_name, self.iam_instance_profile = self.device_name or "", self.iam_instance_profile or ""
+        self.spot_price, self.root_size = self.spot_price or "", int(self.root_size)
+        self.use_private_address = self.private_address_only or self.use_private_address
+        if len(self.zone) != 1 or not self.zone.isalpha():
+            raise DriverError(f'invalid zone "{self.zone}": expected one letter, as "a"')
+        if self.root_size < 1:
+            raise DriverError("--amazonec2-root-size must be at least 1 (GB)")
 
 
 class AmazonEC2Driver(CloudDriver):
@@ -79,30 +112,8 @@ class AmazonEC2Driver(CloudDriver):
     ] + common_flags("amazonec2", "AWS_", ssh_user="ubuntu", endpoint_env="AWS_ENDPOINT")
 
     def configure(self, options):
-        private_only = bool(self.opt(options, "private_address_only"))
-        self.config.update(
-            Region=self.opt(options, "region"),
-            Zone=self.opt(options, "zone"),
-            AMI=self.opt(options, "ami") or "",
-            InstanceType=self.opt(options, "instance_type"),
-            VpcId=self.opt(options, "vpc_id") or "",
-            SubnetId=self.opt(options, "subnet_id") or "",
-            FirewallName=self.opt(options, "security_group"),
-            SecurityGroupReadonly=bool(self.opt(options, "security_group_readonly")),
-            RootSize=int(self.opt(options, "root_size")),
-            VolumeType=self.opt(options, "volume_type"),
-            DeviceName=self.opt(options, "device_name") or "",
-            IamInstanceProfile=self.opt(options, "iam_instance_profile") or "",
-            PrivateAddressOnly=private_only,
-            UsePrivateAddress=private_only or bool(self.opt(options, "use_private_address")),
-            SpotInstance=bool(self.opt(options, "request_spot_instance")),
-            SpotPrice=self.opt(options, "spot_price") or "",
-        )
-        key_value_tags(self.config["Tags"])  # validate now
-        if len(self.config["Zone"]) != 1 or not self.config["Zone"].isalpha():
-            raise DriverError(f'invalid zone "{self.config["Zone"]}": expected one letter, as "a"')
-        if self.config["RootSize"] < 1:
-            raise DriverError("--amazonec2-root-size must be at least 1 (GB)")
+        key_value_tags(self.config["Tags"])  # validate now (before the zone and size checks, as always)
+        self.config.update(AmazonEC2Settings.from_flags(self.flag_values(options), prefix="amazonec2_").to_config())
 
     # -- connection --------------------------------------------------------------------------------
     def connect(self, secrets, endpoint):

@@ -3,10 +3,11 @@ network that are created when missing, behind a shared network security group. C
 Azure Resource Manager connection (its sign-in and errors); the requests themselves are plain ARM."""
 
 import base64
+import dataclasses
 import re
 import time
 
-from dockyard.drivers.base import Flag, State
+from dockyard.drivers.base import Flag, Settings, State, setting
 from dockyard.drivers.cloud.base import (
     RUNNING_TIMEOUT,
     CloudDriver,
@@ -45,6 +46,42 @@ class _VM:
 
     def __init__(self, vm_id, state, public, private):
         self.id, self.state, self.public_ips, self.private_ips = vm_id, state, public, private
+
+
+@dataclasses.dataclass
+class AzureSettings(Settings):
+    """The VM's settings (flag keys without the `azure_` prefix)."""
+
+    subscription_id: str = setting("SubscriptionId", flag="subscription_id")
+    tenant_id: str = setting("TenantId", flag="tenant_id")
+    environment: str = setting("Environment", flag="environment")
+    ad_endpoint: str = setting("ADEndpoint", flag="ad_endpoint")
+    location: str = setting("Location", flag="location")
+    resource_group: str = setting("ResourceGroup", flag="resource_group")
+    size: str = setting("Size", flag="size")
+    image: str = setting("Image", flag="image")
+    vnet: str = setting("VNet", flag="vnet")
+    subnet: str = setting("Subnet", flag="subnet")
+    subnet_prefix: str = setting("SubnetPrefix", flag="subnet_prefix")
+    disk_size: int = setting("DiskSize", flag="disk_size")
+    storage_type: str = setting("StorageType", flag="storage_type")
+    no_public_ip: bool = setting("NoPublicIP", flag="no_public_ip")
+    use_private_address: bool = setting("UsePrivateAddress", flag="use_private_ip")
+
+    def __post_init__(self) -> None:
+        for flag, value in (("subscription-id", self.subscription_id), ("tenant-id", self.tenant_id)):
+            if not value:
+                raise DriverError(f"azure driver requires --azure-{flag}")
+        if self.environment not in ENVIRONMENTS:
+            raise DriverError(f'unknown --azure-environment "{self.environment}" (known: {", ".join(ENVIRONMENTS)})')
+        if len(self.image.split(":")) != 4:
+            raise DriverError(f'invalid --azure-image "{self.image}": expected publisher:offer:sku:version')
+        self.ad_endpoint = self.ad_endpoint or ""
+        if self.ad_endpoint and parse_endpoint(self.ad_endpoint)[2] != 443:
+            # libcloud signs in to Active Directory on port 443 of the URL's host, whatever the URL says.
+            raise DriverError(f'--azure-ad-endpoint "{self.ad_endpoint}": the Azure sign-in goes to port 443 only')
+        self.disk_size = int(self.disk_size)
+        self.use_private_address = self.no_public_ip or self.use_private_address
 
 
 class AzureDriver(CloudDriver):
@@ -106,37 +143,7 @@ class AzureDriver(CloudDriver):
     )
 
     def configure(self, options):
-        for key in ("subscription_id", "tenant_id"):
-            if not self.opt(options, key):
-                raise DriverError(f"azure driver requires --azure-{key.replace('_', '-')}")
-        env = self.opt(options, "environment")
-        if env not in ENVIRONMENTS:
-            raise DriverError(f'unknown --azure-environment "{env}" (known: {", ".join(ENVIRONMENTS)})')
-        image = self.opt(options, "image")
-        if len(image.split(":")) != 4:
-            raise DriverError(f'invalid --azure-image "{image}": expected publisher:offer:sku:version')
-        no_public = bool(self.opt(options, "no_public_ip"))
-        ad = self.opt(options, "ad_endpoint") or ""
-        if ad and parse_endpoint(ad)[2] != 443:
-            # libcloud signs in to Active Directory on port 443 of the URL's host, whatever the URL says.
-            raise DriverError(f'--azure-ad-endpoint "{ad}": the Azure sign-in goes to port 443 only')
-        self.config.update(
-            SubscriptionId=self.opt(options, "subscription_id"),
-            TenantId=self.opt(options, "tenant_id"),
-            Environment=env,
-            ADEndpoint=self.opt(options, "ad_endpoint") or "",
-            Location=self.opt(options, "location"),
-            ResourceGroup=self.opt(options, "resource_group"),
-            Size=self.opt(options, "size"),
-            Image=image,
-            VNet=self.opt(options, "vnet"),
-            Subnet=self.opt(options, "subnet"),
-            SubnetPrefix=self.opt(options, "subnet_prefix"),
-            DiskSize=int(self.opt(options, "disk_size")),
-            StorageType=self.opt(options, "storage_type"),
-            NoPublicIP=no_public,
-            UsePrivateAddress=no_public or bool(self.opt(options, "use_private_ip")),
-        )
+        self.config.update(AzureSettings.from_flags(self.flag_values(options), prefix="azure_").to_config())
         key_value_tags(self.config["Tags"])
 
     def connect(self, secrets, endpoint):

@@ -6,9 +6,10 @@ against Exoscale itself the pre-create check stops with an explanation before an
 --exoscale-endpoint naming another CloudStack-compatible API still works.
 """
 
+import dataclasses
 from urllib.parse import urlsplit
 
-from dockyard.drivers.base import Flag
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import CloudDriver, common_flags
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound
 from dockyard.provisioner.core.credentials import Field
@@ -40,6 +41,19 @@ def _named(items, name, what, provider, attr="name"):
         if getattr(item, attr, None) == name or str(getattr(item, "id", "")) == name:
             return item
     raise CloudNotFound(f'{provider}: {what} "{name}" not found')
+
+
+@dataclasses.dataclass
+class ExoscaleSettings(Settings):
+    """The instance's settings (flag keys without the `exoscale_` prefix)."""
+
+    zone: str = setting("Zone", flag="availability_zone")
+    instance_profile: str = setting("InstanceProfile", flag="instance_profile")
+    image: str = setting("Image", flag="image")
+    disk_size: int = setting("DiskSize", flag="disk_size")
+
+    def __post_init__(self) -> None:
+        self.disk_size = int(self.disk_size)
 
 
 class ExoscaleDriver(CloudDriver):
@@ -76,12 +90,7 @@ class ExoscaleDriver(CloudDriver):
     )
 
     def configure(self, options):
-        self.config.update(
-            Zone=self.opt(options, "availability_zone"),
-            InstanceProfile=self.opt(options, "instance_profile"),
-            Image=self.opt(options, "image"),
-            DiskSize=int(self.opt(options, "disk_size")),
-        )
+        self.config.update(ExoscaleSettings.from_flags(self.flag_values(options), prefix="exoscale_").to_config())
 
     def targets_exoscale(self):
         host = (urlsplit(self.config["Endpoint"]).hostname or "") if self.config.get("Endpoint") else "exoscale.com"

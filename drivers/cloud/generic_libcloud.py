@@ -5,7 +5,9 @@ It does what every libcloud provider can: pick size, image and location by id or
 destroy the node; start/stop where the provider has them. Firewalls are the provider's business here.
 """
 
-from dockyard.drivers.base import Flag
+import dataclasses
+
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import CloudDriver, common_flags
 from dockyard.drivers.cloud.errors import CloudNotFound
 from dockyard.provisioner.core.credentials import Field
@@ -39,6 +41,23 @@ def _value(text):
     if text.isdigit():
         return int(text)
     return text
+
+
+@dataclasses.dataclass
+class LibcloudSettings(Settings):
+    """The node's settings (flag keys without the `libcloud_` prefix); --libcloud-option is kept apart."""
+
+    provider: str = setting("LibcloudProvider", flag="provider")
+    size: str = setting("Size", flag="size")
+    image: str = setting("Image", flag="image")
+    location: str = setting("Location", flag="location")
+
+    def __post_init__(self) -> None:
+        if not self.provider:
+            raise DriverError("libcloud driver requires --libcloud-provider NAME")
+        self.size, self.image, self.location = self.size or "", self.image or "", self.location or ""
+        if not self.size or not self.image:
+            raise DriverError("libcloud driver requires --libcloud-size and --libcloud-image")
 
 
 class LibcloudDriver(CloudDriver):
@@ -77,17 +96,7 @@ class LibcloudDriver(CloudDriver):
         self.config["SecretOptions"] = secret_names
 
     def configure(self, options):
-        provider = self.opt(options, "provider")
-        if not provider:
-            raise DriverError("libcloud driver requires --libcloud-provider NAME")
-        self.config.update(
-            LibcloudProvider=provider,
-            Size=self.opt(options, "size") or "",
-            Image=self.opt(options, "image") or "",
-            Location=self.opt(options, "location") or "",
-        )
-        if not self.config["Size"] or not self.config["Image"]:
-            raise DriverError("libcloud driver requires --libcloud-size and --libcloud-image")
+        self.config.update(LibcloudSettings.from_flags(self.flag_values(options), prefix="libcloud_").to_config())
 
     @property
     def credential_provider(self):

@@ -2,12 +2,13 @@
 that targets a network tag."""
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import re
 
-from dockyard.drivers.base import Flag
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudAuthError, CloudError, CloudNotFound, one_line, translate
 from dockyard.provisioner.core.credentials import Field
@@ -32,6 +33,29 @@ def _service_account(value):
             "google: the credentials are not a service account JSON key "
             "(GOOGLE_APPLICATION_CREDENTIALS or --google-credentials-file)"
         ) from None
+
+
+@dataclasses.dataclass
+class GoogleSettings(Settings):
+    """The instance's settings (flag keys without the `google_` prefix)."""
+
+    project: str = setting("Project", flag="project")
+    zone: str = setting("Zone", flag="zone")
+    machine_type: str = setting("MachineType", flag="machine_type")
+    image: str = setting("Image", flag="machine_image")
+    disk_size: int = setting("DiskSize", flag="disk_size")
+    disk_type: str = setting("DiskType", flag="disk_type")
+    network: str = setting("Network", flag="network")
+    subnetwork: str = setting("Subnetwork", flag="subnetwork")
+    preemptible: bool = setting("Preemptible", flag="preemptible")
+    internal_only: bool = setting("InternalOnly", flag="use_internal_ip_only")
+    use_private_address: bool = setting("UsePrivateAddress", flag="use_internal_ip")
+
+    def __post_init__(self) -> None:
+        if not self.project:
+            raise DriverError("google driver requires --google-project (or GOOGLE_PROJECT)")
+        self.disk_size, self.subnetwork = int(self.disk_size), self.subnetwork or ""
+        self.use_private_address = self.internal_only or self.use_private_address
 
 
 class GoogleDriver(CloudDriver):
@@ -80,23 +104,7 @@ class GoogleDriver(CloudDriver):
     )
 
     def configure(self, options):
-        project = self.opt(options, "project")
-        if not project:
-            raise DriverError("google driver requires --google-project (or GOOGLE_PROJECT)")
-        internal_only = bool(self.opt(options, "use_internal_ip_only"))
-        self.config.update(
-            Project=project,
-            Zone=self.opt(options, "zone"),
-            MachineType=self.opt(options, "machine_type"),
-            Image=self.opt(options, "machine_image"),
-            DiskSize=int(self.opt(options, "disk_size")),
-            DiskType=self.opt(options, "disk_type"),
-            Network=self.opt(options, "network"),
-            Subnetwork=self.opt(options, "subnetwork") or "",
-            Preemptible=bool(self.opt(options, "preemptible")),
-            InternalOnly=internal_only,
-            UsePrivateAddress=internal_only or bool(self.opt(options, "use_internal_ip")),
-        )
+        self.config.update(GoogleSettings.from_flags(self.flag_values(options), prefix="google_").to_config())
 
     def connect(self, secrets, endpoint):
         from libcloud.common.google import GoogleAuthError, GoogleBaseError

@@ -1,13 +1,28 @@
 """The `linode` driver: a Linode instance with the machine's key authorized, behind a Cloud Firewall."""
 
 import base64
+import dataclasses
 import re
 import secrets as pysecrets
 
-from dockyard.drivers.base import Flag
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import CloudDriver, common_flags, list_tags
 from dockyard.drivers.cloud.errors import CloudNotFound
 from dockyard.provisioner.core.credentials import Field
+
+
+@dataclasses.dataclass
+class LinodeSettings(Settings):
+    """The instance's settings (flag keys without the `linode_` prefix)."""
+
+    region: str = setting("Region", flag="region")
+    instance_type: str = setting("InstanceType", flag="instance_type")
+    image: str = setting("Image", flag="image")
+    private_ip: bool = setting("PrivateIP", flag="create_private_ip")
+    use_private_address: bool = setting("UsePrivateAddress", flag="use_private_address")
+
+    def __post_init__(self) -> None:
+        self.private_ip = self.private_ip or self.use_private_address  # reached by the address it asks for
 
 
 class LinodeDriver(CloudDriver):
@@ -35,15 +50,7 @@ class LinodeDriver(CloudDriver):
     )
 
     def configure(self, options):
-        self.config.update(
-            Region=self.opt(options, "region"),
-            InstanceType=self.opt(options, "instance_type"),
-            Image=self.opt(options, "image"),
-            PrivateIP=bool(self.opt(options, "create_private_ip")),
-            UsePrivateAddress=bool(self.opt(options, "use_private_address")),
-        )
-        if self.config["UsePrivateAddress"]:
-            self.config["PrivateIP"] = True
+        self.config.update(LinodeSettings.from_flags(self.flag_values(options), prefix="linode_").to_config())
 
     def connect(self, secrets, endpoint):
         from libcloud.compute.drivers.linode import LinodeNodeDriverV4

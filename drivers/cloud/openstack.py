@@ -1,10 +1,11 @@
 """The `openstack` driver: a Nova server, an imported key pair, a security group, an optional floating IP."""
 
 import contextlib
+import dataclasses
 import re
 import time
 
-from dockyard.drivers.base import Flag
+from dockyard.drivers.base import Flag, Settings, setting
 from dockyard.drivers.cloud.base import RUNNING_TIMEOUT, CloudDriver, common_flags, key_value_tags
 from dockyard.drivers.cloud.errors import CloudError, CloudNotFound, CloudQuotaError, one_line
 from dockyard.provisioner.core.credentials import Field
@@ -18,6 +19,42 @@ def _by_name_or_id(items, name, ident, what, provider):
         if (ident and str(item.id) == ident) or (name and item.name == name):
             return item
     raise CloudNotFound(f'{provider}: {what} "{ident or name}" not found')
+
+
+@dataclasses.dataclass
+class OpenStackSettings(Settings):
+    """The server's settings (flag keys without the `openstack_` prefix)."""
+
+    auth_url: str = setting("Endpoint", flag="auth_url")
+    tenant_name: str = setting("TenantName", flag="tenant_name")
+    domain_name: str = setting("DomainName", flag="domain_name")
+    region: str = setting("Region", flag="region")
+    availability_zone: str = setting("AvailabilityZone", flag="availability_zone")
+    flavor_name: str = setting("FlavorName", flag="flavor_name")
+    flavor_id: str = setting("FlavorId", flag="flavor_id")
+    image_name: str = setting("ImageName", flag="image_name")
+    image_id: str = setting("ImageId", flag="image_id")
+    net_name: str = setting("NetName", flag="net_name")
+    net_id: str = setting("NetId", flag="net_id")
+    sec_groups: list[str] = setting("SecGroups", flag="sec_groups")  # the flag's "a,b", then the list
+    floating_ip_pool: str = setting("FloatingIPPool", flag="floatingip_pool")
+    use_private_address: bool = setting("UsePrivateAddress", flag="use_private_address")
+
+    def __post_init__(self) -> None:
+        if not self.auth_url:
+            raise DriverError("openstack driver requires --openstack-auth-url (or OS_AUTH_URL)")
+        self.tenant_name, self.region = self.tenant_name or "", self.region or ""
+        self.availability_zone, self.floating_ip_pool = self.availability_zone or "", self.floating_ip_pool or ""
+        self.flavor_name, self.flavor_id = self.flavor_name or "", self.flavor_id or ""
+        self.image_name, self.image_id = self.image_name or "", self.image_id or ""
+        self.net_name, self.net_id = self.net_name or "", self.net_id or ""
+        text = str(self.sec_groups or "")
+        self.sec_groups = [g.strip() for g in text.split(",") if g.strip()]
+        if not (self.flavor_name or self.flavor_id):
+            raise DriverError("openstack driver requires --openstack-flavor-name or --openstack-flavor-id")
+        if not self.tenant_name:
+            # Keystone v3 password auth scoped to a project: without one every call is refused.
+            raise DriverError("openstack driver requires --openstack-tenant-name (or OS_PROJECT_NAME)")
 
 
 class OpenStackDriver(CloudDriver):
@@ -61,31 +98,9 @@ class OpenStackDriver(CloudDriver):
     )
 
     def configure(self, options):
-        auth_url = self.opt(options, "auth_url")
-        if not auth_url:
-            raise DriverError("openstack driver requires --openstack-auth-url (or OS_AUTH_URL)")
-        self.config.update(
-            Endpoint=auth_url,
-            TenantName=self.opt(options, "tenant_name") or "",
-            DomainName=self.opt(options, "domain_name"),
-            Region=self.opt(options, "region") or "",
-            AvailabilityZone=self.opt(options, "availability_zone") or "",
-            FlavorName=self.opt(options, "flavor_name") or "",
-            FlavorId=self.opt(options, "flavor_id") or "",
-            ImageName=self.opt(options, "image_name") or "",
-            ImageId=self.opt(options, "image_id") or "",
-            NetName=self.opt(options, "net_name") or "",
-            NetId=self.opt(options, "net_id") or "",
-            SecGroups=[g.strip() for g in (self.opt(options, "sec_groups") or "").split(",") if g.strip()],
-            FloatingIPPool=self.opt(options, "floatingip_pool") or "",
-            UsePrivateAddress=bool(self.opt(options, "use_private_address")),
-        )
+        # The auth URL replaces the common Endpoint (same key, same place in config.json).
+        self.config.update(OpenStackSettings.from_flags(self.flag_values(options), prefix="openstack_").to_config())
         self.late_address = bool(self.config["FloatingIPPool"]) and not self.config["UsePrivateAddress"]
-        if not (self.config["FlavorName"] or self.config["FlavorId"]):
-            raise DriverError("openstack driver requires --openstack-flavor-name or --openstack-flavor-id")
-        if not self.config["TenantName"]:
-            # Keystone v3 password auth scoped to a project: without one every call is refused.
-            raise DriverError("openstack driver requires --openstack-tenant-name (or OS_PROJECT_NAME)")
         key_value_tags(self.config["Tags"])
 
     @contextlib.contextmanager

@@ -26,6 +26,23 @@ CASES = {
     "qemu": {"qemu_memory": 2048, "qemu_accel": "TCG"},
     "qemu-bridge": {"qemu_network": "bridge=br0", "qemu_image": "/srv/img.qcow2"},
     "virtualbox": {"virtualbox_memory": 2048, "virtualbox_cpu_count": 2, "virtualbox_image_sha256": "ABC"},
+    "google": {"google_project": "p1", "google_use_internal_ip_only": True, "google_subnetwork": None},
+    "linode": {"linode_use_private_address": True, "linode_tags": "a"},
+    "exoscale": {"exoscale_disk_size": 50},
+    "azure": {"azure_subscription_id": "sub", "azure_tenant_id": "ten", "azure_no_public_ip": True},
+    "openstack": {
+        "openstack_auth_url": "https://keystone.example:5000/v3",
+        "openstack_tenant_name": "t",
+        "openstack_flavor_name": "m1.small",
+        "openstack_sec_groups": "a, b",
+        "openstack_floatingip_pool": "pub",
+    },
+    "libcloud": {
+        "libcloud_provider": "dummy",
+        "libcloud_size": "1",
+        "libcloud_image": "2",
+        "libcloud_option": ("region=x",),
+    },
 }
 
 
