@@ -360,3 +360,19 @@ def test_iptables_fallback_sync(bare, monkeypatch):
         return subprocess.run([binary, "-S", "DOCKYARD-ISOLATION-1"], capture_output=True).returncode
 
     assert bare.run(scenario) != 0  # the chain is gone
+
+
+def test_icc_engine_option_is_the_default_bridges(tmp_path):
+    from dockyard.engine.errors import InvalidParameter
+    from dockyard.engine.network.manager import ICC_OPTION, NetworkManager, parse_go_bool
+
+    quiet = NetworkManager(str(tmp_path / "a"), {"icc": "false"})
+    assert quiet.icc(quiet.catalog.default) is False
+    assert quiet.inspect("bridge")["Options"][ICC_OPTION] == "false"
+    chatty = NetworkManager(str(tmp_path / "b"))
+    assert chatty.icc(chatty.catalog.default) is True
+    assert chatty.inspect("bridge")["Options"][ICC_OPTION] == "true"
+    assert [parse_go_bool(ICC_OPTION, v) for v in ("1", "t", "TRUE", "0", "F", "false")] == [True] * 3 + [False] * 3
+    for bad in ("yes", "", " true", None):
+        with pytest.raises(InvalidParameter):
+            parse_go_bool(ICC_OPTION, bad)
