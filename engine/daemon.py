@@ -1,5 +1,6 @@
 """dockyard-engine entry point: config, listening sockets, signals and the daemon's lifecycle."""
 
+import errno
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import sys
 import time
 
 from dockyard.engine import __version__
+from dockyard.engine.api.admission import Admission, PendingConnection
 from dockyard.engine.api.http import HttpServer
 from dockyard.engine.api.routes import build_router, common_headers
 from dockyard.engine.atomicfile import atomic_write
@@ -30,6 +32,7 @@ _LEVELS = {
 }
 DATA_ROOT_MODE = 0o710
 _SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt", signal.SIGHUP: "hangup"}
+ACCEPTS_PER_WAKEUP = 64  # then back to the loop: signals and pending connections get their turn
 
 INSECURE_TCP_WARNING = (
     "WARNING: API is accessible on http://%s without encryption. Anyone who can reach "
@@ -68,6 +71,13 @@ def sd_notify(state):
         log.debug("sd_notify(%s) failed: %s", state, exc)
 
 
+def _open_reserve_fd():
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -91,6 +101,8 @@ class Daemon:
         self._sig_r = self._sig_w = None
         self._stopping = False
         self._old_wakeup_fd = None
+        self.admission = None
+        self._reserve_fd = None  # given up when accept() hits EMFILE, to accept and close one connection
 
     # -- startup -------------------------------------------------------------
     def start(self):
@@ -186,33 +198,71 @@ class Daemon:
         for listener in self.listeners:
             sel.register(listener.sock, selectors.EVENT_READ, listener)
         sel.register(self._sig_r, selectors.EVENT_READ, None)
+        # Handshakes and the wait for a first request run here, on this loop (api/admission.py).
+        self.admission = Admission(sel, self.server.serve_ready)
+        self._reserve_fd = _open_reserve_fd()
         sd_notify("READY=1")
         log.info("Daemon has completed initialization (version %s, pid %d)", __version__, os.getpid())
         try:
             while not self._stopping:
-                for key, _ in sel.select():
-                    if key.data is None:
-                        self._handle_signals()
-                    else:
-                        self._accept(key.data)
+                self._loop_once(sel)
         finally:
+            if self.admission is not None:
+                self.admission.close_all()
+            if self._reserve_fd is not None:
+                os.close(self._reserve_fd)
+                self._reserve_fd = None
             sel.close()
             self.shutdown()
         return 0
 
+    def _loop_once(self, sel):
+        """One round of the main loop; an error in it is logged, never the end of the daemon."""
+        try:
+            events = sel.select(self.admission.timeout())
+            for key, _ in events:
+                if key.data is None:
+                    self._handle_signals()
+                elif isinstance(key.data, PendingConnection):
+                    self.admission.ready(key.data)
+                else:
+                    self._accept(key.data)
+            self.admission.tick()
+        except Exception:
+            log.exception("main loop error (the daemon keeps serving)")
+            time.sleep(0.05)
+
     def _accept(self, listener):
-        while True:
+        for _ in range(ACCEPTS_PER_WAKEUP):
             try:
                 sock, peer = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE and friends: back off instead of spinning on a readable listener.
-                log.error("accept on %s failed: %s", listener.address, exc)
-                time.sleep(0.05)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._shed_connection(listener)
+                else:
+                    log.error("accept on %s failed: %s", listener.address, exc)
+                    time.sleep(0.05)
                 return
-            sock.setblocking(True)
-            self.server.spawn(sock, peer or listener.address, listener.tls_context)
+            self.admission.admit(sock, peer or listener.address, listener.tls_context)
+
+    def _shed_connection(self, listener):
+        """Out of file descriptors: accept the waiting connection with the reserve fd and close it.
+
+        The client sees its connection closed instead of hanging in the backlog, and the loop does
+        not spin on a listener that stays readable.
+        """
+        log.error("accept on %s: out of file descriptors; refusing a connection", listener.address)
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+        try:
+            sock, _ = listener.sock.accept()
+            sock.close()
+        except OSError:
+            time.sleep(0.05)
+        self._reserve_fd = _open_reserve_fd()
 
     def _handle_signals(self):
         try:

@@ -1,22 +1,27 @@
 """Containers resource: create, list, inspect, start/stop/kill/restart/pause, wait, rm, rename,
 resize, attach, logs, top, stats, update, prune (req.engine.containers does the work)."""
 
+import os
 import select
 import ssl
 import time
 
+from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import Response, json_bytes
 from dockyard.engine.errors import Conflict, InvalidParameter, NotModified, SystemFailure
 from dockyard.engine.runtime import logs as logmod
 from dockyard.engine.runtime import relay, views
 from dockyard.engine.runtime import stats as statsmod
 from dockyard.engine.runtime.cgroups import Cgroup
+from dockyard.engine.runtime.create import RESTART_POLICIES, validate_name
 from dockyard.engine.runtime.logs import parse_since
 
 MUX = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
 DOCKER_PY_DELAY = 0.05  # docker-py loses stream bytes glued to the 101 response (§0.8)
 FOLLOW_POLL = 0.05
+LOG_WRITE_BATCH = 64 * 1024  # log payloads go out in chunks of about this size, not one per line
+MAX_TERMINAL_SIDE = 65535  # TIOCSWINSZ takes unsigned shorts
 
 
 def register(router, engine):
@@ -65,12 +70,21 @@ def first_write_at(req):
 # -- create / list / inspect ----------------------------------------------------------------
 def create(req):
     mgr = req.engine.containers
-    body = req.json(default=None)
+    body = req.json(default=None, schema=bodies.CONTAINER_CREATE)
     if body is None:
         raise InvalidParameter("config cannot be empty in order to create a container")
     name = req.query_value("name") or None
+    if name is not None:
+        validate_name(name)  # before the image lookup: a 404 there would make the CLI pull
+    check_host_config(body.get("HostConfig") or {})
     c, warnings = mgr.create(body, name)
     return Response(201, json_bytes({"Id": c.id, "Warnings": warnings}), "application/json")
+
+
+def check_host_config(hc):
+    """The value checks of a create's HostConfig that the schema's types do not cover."""
+    bodies.check_resources(hc, os.cpu_count() or 1)
+    logmod.parse_log_opts((hc.get("LogConfig") or {}).get("Config"))
 
 
 def list_containers(req):
@@ -191,7 +205,7 @@ def rename(req):
 def resize(req):
     mgr = req.engine.containers
     c = mgr.get(req.params["id"])
-    h, w = req.query_int("h", 0), req.query_int("w", 0)
+    h, w = req.query_uint("h", MAX_TERMINAL_SIDE), req.query_uint("w", MAX_TERMINAL_SIDE)
     mgr.resize(c, h, w)
     return Response(200, b"", "text/plain; charset=utf-8")
 
@@ -209,9 +223,12 @@ def prune(req):
 def update(req):
     mgr = req.engine.containers
     c = mgr.get(req.params["id"])
-    body = req.json(default={}) or {}
+    body = req.json(default={}, schema=bodies.CONTAINER_UPDATE) or {}
     warnings = []
     with c.lock:
+        merged = dict(c.host_config)
+        merged.update({k: v for k, v in body.items() if k in bodies.RESOURCES and v})
+        bodies.check_resources(merged, os.cpu_count() or 1)
         hc = c.host_config
         if "RestartPolicy" in body and body["RestartPolicy"]:
             rp = body["RestartPolicy"]
@@ -219,10 +236,14 @@ def update(req):
                 raise InvalidParameter(
                     "Restart policy cannot be updated because AutoRemove is enabled for the container"
                 )
-            hc["RestartPolicy"] = {
-                "Name": rp.get("Name") or "no",
-                "MaximumRetryCount": int(rp.get("MaximumRetryCount") or 0),
-            }
+            name, count = rp.get("Name") or "no", rp.get("MaximumRetryCount") or 0
+            if name not in RESTART_POLICIES:
+                raise InvalidParameter("invalid restart policy: unknown policy '%s'" % name)
+            if count < 0:
+                raise InvalidParameter("invalid restart policy: maximum retry count can't be negative")
+            if count and name != "on-failure":
+                raise InvalidParameter("invalid restart policy: maximum retry count can only be used with 'on-failure'")
+            hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": count}
         res = {}
         for key in (
             "Memory",
@@ -262,18 +283,20 @@ def attach(req):
     stream_it, with_logs = req.query_bool("stream"), req.query_bool("logs")
     if not (stream_it or with_logs):
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
-    prefix = b""
-    if with_logs:
-        prefix = b"".join(_log_payloads(c, logmod.LogReader(c.log_path).poll(), want["stdout"], want["stderr"], False))
     peer = mgr.attach_socket(c, want) if stream_it else None
     hijacked = req.hijack(RAW if c.tty else MUX)
     start_at = first_write_at(req)
+    if with_logs:
+        reader = logmod.LogReader(c.log_path)
+        try:
+            for chunk in _batched(_log_payloads(c, reader.entries(), want["stdout"], want["stderr"], False)):
+                relay.sleep_until(start_at)
+                hijacked.sendall(chunk)
+        finally:
+            reader.close()
     if peer is None:
-        if prefix:
-            relay.sleep_until(start_at)
-            hijacked.sendall(prefix)
         return None
-    relay.relay_attach(hijacked, peer, stdin=want["stdin"], detach_keys=keys, first_write_at=start_at, prefix=prefix)
+    relay.relay_attach(hijacked, peer, stdin=want["stdin"], detach_keys=keys, first_write_at=start_at)
     hijacked.shutdown_write()
     relay.drain_client(hijacked)
     return None
@@ -296,6 +319,19 @@ def _log_payloads(c, entries, stdout, stderr, timestamps, since=None, until=None
         yield data if c.tty else relay.frame(2 if entry.stream == "stderr" else 1, data)
 
 
+def _batched(payloads):
+    """Join small payloads into writes of about LOG_WRITE_BATCH bytes (one chunk per line is slow)."""
+    batch, size = [], 0
+    for data in payloads:
+        batch.append(data)
+        size += len(data)
+        if size >= LOG_WRITE_BATCH:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
 def logs(req):
     mgr = req.engine.containers
     c = mgr.get(req.params["id"])
@@ -305,18 +341,25 @@ def logs(req):
     follow, timestamps = req.query_bool("follow"), req.query_bool("timestamps")
     since, until = parse_since(req.query_value("since")), parse_since(req.query_value("until"))
     tail = (req.query_value("tail") or "all").strip()
-    if tail in ("all", ""):
-        offset = 0
-    else:
+    lines = None
+    if tail not in ("all", ""):
         try:
-            n = int(tail)
+            lines = int(tail)
         except ValueError:
-            n = -1
-        offset = logmod.tail_offset(c.log_path, n) if n >= 0 else 0
-    reader = logmod.LogReader(c.log_path, offset)
+            lines = None
+        if lines is not None and lines < 0:
+            lines = None
+    reader = logmod.LogReader(c.log_path, tail=lines)
+    try:
+        return _stream_logs(req, c, reader, stdout, stderr, timestamps, since, until, follow)
+    finally:
+        reader.close()
+
+
+def _stream_logs(req, c, reader, stdout, stderr, timestamps, since, until, follow):
     stream = req.stream(200, RAW if c.tty else MUX)
     try:
-        for chunk in _log_payloads(c, reader.poll(), stdout, stderr, timestamps, since, until):
+        for chunk in _batched(_log_payloads(c, reader.entries(), stdout, stderr, timestamps, since, until)):
             stream.write(chunk)
         if not follow:
             return None
@@ -325,12 +368,13 @@ def logs(req):
                 running = c.running or c.status == "restarting"
                 if running:
                     c.cond.wait(FOLLOW_POLL)
-            batch = reader.poll()
-            for chunk in _log_payloads(c, batch, stdout, stderr, timestamps, since, until):
+            sent = 0
+            for chunk in _batched(_log_payloads(c, reader.entries(), stdout, stderr, timestamps, since, until)):
                 stream.write(chunk)
+                sent += 1
             if until is not None and time.time_ns() > until:
                 return None
-            if not running and not batch:
+            if not running and not sent:
                 return None
             if c.removed:
                 return None

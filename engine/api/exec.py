@@ -1,6 +1,7 @@
 """Exec resource: create an exec instance, start it (hijacked stream or detached), resize, inspect."""
 
-from dockyard.engine.api.containers import MUX, RAW, first_write_at
+from dockyard.engine.api import bodies
+from dockyard.engine.api.containers import MAX_TERMINAL_SIDE, MUX, RAW, first_write_at
 from dockyard.engine.api.responses import Response, json_bytes
 from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, SystemFailure
 from dockyard.engine.runtime import relay
@@ -16,7 +17,7 @@ def register(router, engine):
 def create(req):
     mgr = req.engine.containers
     c = mgr.get(req.params["id"])
-    body = req.json(default=None)
+    body = req.json(default=None, schema=bodies.EXEC_CREATE)
     if not isinstance(body, dict):
         raise InvalidParameter("invalid exec config")
     if body.get("DetachKeys"):
@@ -31,7 +32,7 @@ def create(req):
 def start(req):
     execs = req.engine.execs
     inst = execs.get(req.params["id"])
-    body = req.json(default={}) or {}
+    body = req.json(default={}, schema=bodies.EXEC_START) or {}
     detach = bool(body.get("Detach"))
     tty = body.get("Tty")
     if tty is None:
@@ -94,7 +95,7 @@ def _write_error(hijacked, text, tty, start_at):
 
 def resize(req):
     inst = req.engine.execs.get(req.params["id"])
-    h, w = req.query_int("h", 0), req.query_int("w", 0)
+    h, w = req.query_uint("h", MAX_TERMINAL_SIDE), req.query_uint("w", MAX_TERMINAL_SIDE)
     proc = inst.proc
     if proc is None or not inst.running:
         raise Conflict("exec %s is not running" % inst.id)

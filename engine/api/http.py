@@ -9,11 +9,14 @@ Framing lives in wire.py, response objects in responses.py.
 import email.utils
 import json
 import logging
+import socket
 import ssl
 import threading
+import time
 from urllib.parse import parse_qs, unquote
 
 from dockyard.engine.api import query as querymod
+from dockyard.engine.api import schema as schemamod
 from dockyard.engine.api.errors import ApiError, http_status
 from dockyard.engine.api.responses import (  # noqa: F401  (re-exported for handlers)
     NO_BODY_STATUS,
@@ -38,8 +41,13 @@ from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
 
 log = logging.getLogger("dockyard.engine.http")
 
-HEADER_TIMEOUT = 300.0  # idle keep-alive / slow headers, like moby's ReadHeaderTimeout
-HANDSHAKE_TIMEOUT = 30.0
+HEADER_TIMEOUT = 30.0  # from a request's first line to the end of its headers (slowloris)
+IDLE_TIMEOUT = 120.0  # keep-alive: the next request must start within this (Go clients drop idle ones at 90 s)
+HANDSHAKE_TIMEOUT = 10.0  # TLS handshakes on spawn()ed sockets (the daemon's go through api/admission.py)
+LINGER_SECONDS = 2.0  # after a 413: how long, and how much, of the unread body we read and drop
+LINGER_BYTES = 8 << 20
+MAX_CONNECTIONS = 1024  # connections with a thread; beyond, new ones are refused (closed) instead
+MAX_JSON_BODY = 1 << 20  # JSON request bodies (create is ~2 KB); archives are streamed, not read whole
 
 REASONS = {
     100: "Continue",
@@ -121,24 +129,36 @@ class Request:
         """The whole decoded body; 413 beyond `limit` bytes. Read it before hijack()."""
         if limit is None:
             return self.body.read()
+        too_large = ApiError("request body too large: the limit is %d bytes" % limit, 413)
+        if isinstance(self.body, LengthBody) and self.body.remaining > limit:
+            self.must_close = True  # never read it: the connection goes
+            raise too_large
         parts, total = [], 0
         for part in self.body:
             total += len(part)
             if total > limit:
                 self.must_close = True
-                raise ApiError("request body too large", 413)
+                raise too_large
             parts.append(part)
         return b"".join(parts)
 
-    def json(self, default=None):
-        """The body parsed as JSON; `default` when empty; 400 when malformed."""
-        data = self.read_body()
+    def json(self, default=None, schema=None):
+        """The body parsed as JSON (at most MAX_JSON_BODY bytes: 413); `default` when empty; 400 when malformed.
+
+        With `schema` (engine/api/schema.py) a body of the wrong shape or types is a 400 too.
+        """
+        data = self.read_body(MAX_JSON_BODY)
         if not data.strip():
             return default
         try:
-            return json.loads(data.decode("utf-8"))
+            value = json.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidParameter("invalid JSON: %s" % exc) from None
+        except RecursionError:
+            raise InvalidParameter("invalid JSON: nested too deeply") from None
+        if schema is not None and value is not None:
+            schemamod.check(schema, value)
+        return value
 
     def query_value(self, name, default=None):
         return querymod.first(self.query, name, default)
@@ -148,6 +168,9 @@ class Request:
 
     def query_int(self, name, default=None):
         return querymod.integer(self.query, name, default)
+
+    def query_uint(self, name, maximum):
+        return querymod.unsigned(self.query, name, maximum)
 
     def filters(self, name="filters"):
         return querymod.Filters.from_query(self.query, name)
@@ -247,12 +270,14 @@ class Connection:
             self.send_raw(body)
 
     def _read_request(self):
-        self.sock.settimeout(self.server.header_timeout)
+        # Deadlines, not per-read timeouts: a client trickling a byte at a time cannot hold the thread.
+        self.reader.deadline = time.monotonic() + self.server.idle_timeout
         line = self.reader.readline()
         while line in (b"\r\n", b"\n"):  # tolerate stray CRLF between requests (RFC 7230 3.5)
             line = self.reader.readline()
         if not line:
             return None
+        self.reader.deadline = time.monotonic() + self.server.header_timeout
         try:
             method, target, version = line.decode("latin-1").rstrip("\r\n").split(" ")
         except ValueError:
@@ -274,6 +299,7 @@ class Connection:
                 raise ProtocolError("malformed header line")
             headers.add(name, value.strip())
         # Handlers may block for long (wait, attach): no timeout once the request is in.
+        self.reader.deadline = None
         self.sock.settimeout(None)
         return Request(self, method.upper(), target, version, headers)
 
@@ -307,6 +333,8 @@ class Connection:
             if req is None:
                 return
             self._handle(req)
+            if req.hijacked is None and req.must_close and not req.body.done:
+                self._linger()
             if req.hijacked is not None or req.must_close or not req.keep_alive:
                 return
             try:
@@ -314,6 +342,28 @@ class Connection:
                     return
             except (ProtocolError, OSError):
                 return
+
+    def _linger(self):
+        """Answered without reading the body (413): read and drop some of it before closing.
+
+        Closing with unread bytes makes the kernel send a reset, which can destroy our answer in the
+        client's receive buffer before the client reads it; a bounded lingering read avoids that.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            dropped = 0
+            while dropped < LINGER_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.sock.settimeout(left)
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                dropped += len(data)
+        except (OSError, ValueError):
+            return
 
     def _handle(self, req):
         try:
@@ -373,26 +423,68 @@ class HttpServer:
     """Owns the app callable and the headers every response carries; serves accepted sockets."""
 
     def __init__(
-        self, app, base_headers=(), context=None, header_timeout=HEADER_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT
+        self,
+        app,
+        base_headers=(),
+        context=None,
+        header_timeout=HEADER_TIMEOUT,
+        handshake_timeout=HANDSHAKE_TIMEOUT,
+        idle_timeout=IDLE_TIMEOUT,
+        max_connections=MAX_CONNECTIONS,
     ):
         self.app = app
         self.base_headers = list(base_headers)
         self.context = context
         self.header_timeout = header_timeout
         self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._count_lock = threading.Lock()
+        self.active = 0  # connections with a thread
+        self.refused = 0
 
     def spawn(self, sock, peer, tls_context=None):
-        """Serve `sock` on a new daemon thread (TLS handshake included)."""
+        """Serve `sock` on a new daemon thread (TLS handshake included); None when it was refused."""
+        with self._count_lock:
+            if self.active >= self.max_connections:
+                return self._refuse(sock, peer, "%d connections are being served" % self.active)
+            self.active += 1
         thread = threading.Thread(
             target=self.handle_connection,
             args=(sock, peer, tls_context),
             name="conn-%s" % (peer,),
             daemon=True,
         )
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            with self._count_lock:
+                self.active -= 1
+                return self._refuse(sock, peer, str(exc))
         return thread
 
+    def serve_ready(self, sock, peer):
+        """A connection past its TLS handshake whose first request is arriving (api/admission.py)."""
+        return self.spawn(sock, peer, None) is not None
+
+    def _refuse(self, sock, peer, why):
+        self.refused += 1
+        if self.refused == 1 or self.refused % 1000 == 0:
+            log.warning("refusing connection from %s: %s (%d refused so far)", peer, why, self.refused)
+        try:
+            sock.close()
+        except OSError:
+            pass
+        return None
+
     def handle_connection(self, sock, peer, tls_context=None):
+        try:
+            self._serve_connection(sock, peer, tls_context)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+
+    def _serve_connection(self, sock, peer, tls_context):
         conn = None
         try:
             if tls_context is not None:

@@ -2,11 +2,15 @@
 
 import re
 
+from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import json_response
 from dockyard.engine.errors import InvalidParameter, Unsupported
 from dockyard.engine.network.catalog import BUILTIN
 
 _FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
+MAX_NETWORK_NAME = 200
+# Docker's rule for object names; the bridge device and file names derive from the id, not the name.
+NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,%d}" % (MAX_NETWORK_NAME - 1))
 
 
 def register(router, engine):
@@ -64,12 +68,15 @@ def inspect_network(req):
 
 
 def create_network(req):
-    body = req.json({}) or {}
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: expected an object")
+    body = req.json({}, schema=bodies.NETWORK_CREATE) or {}
     name = body.get("Name") or ""
     if not name:
         raise InvalidParameter("network name is required")
+    if not NETWORK_NAME.fullmatch(name):
+        raise InvalidParameter(
+            "invalid network name %r: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at most %d characters"
+            % (name, MAX_NETWORK_NAME)
+        )
     if body.get("Driver") not in (None, "", "bridge"):
         raise InvalidParameter(
             "dockyard supports only the bridge driver for user-defined networks, not %r" % body["Driver"]

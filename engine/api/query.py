@@ -40,6 +40,18 @@ def integer(query, name, default=None):
         raise InvalidParameter('invalid value for %s: "%s"' % (name, value)) from None
 
 
+def unsigned(query, name, maximum):
+    """A required unsigned integer query parameter up to `maximum` (resize h/w); 400 in strconv's words."""
+    value = first(query, name, "")
+    text = value
+    if not text.isdigit() or not text.isascii():
+        raise InvalidParameter('strconv.ParseUint: parsing "%s": invalid syntax' % value)
+    number = int(text, 10)
+    if number > maximum:
+        raise InvalidParameter('strconv.ParseUint: parsing "%s": value out of range' % value)
+    return number
+
+
 class Filters:
     """Parsed `filters` JSON: key -> list of values, in the order they were given.
 

@@ -30,6 +30,8 @@ def json_response(obj, status=200, headers=None):
 def error_response(status, message):
     if status in NO_BODY_STATUS:
         return Response(status)
+    # One line, whatever a request put into it (a name ending in a newline is echoed as \n).
+    message = str(message).replace("\r", "\\r").replace("\n", "\\n")
     # Exactly application/json, no charset: the CLI only decodes errors with that type.
     return json_response({"message": message}, status)
 

@@ -1,5 +1,6 @@
 """Volumes resource: docker volume create / ls / inspect / rm / prune with docker's JSON shapes."""
 
+from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import json_response
 from dockyard.engine.api.router import version_less
 from dockyard.engine.errors import InvalidParameter
@@ -51,12 +52,8 @@ def list_volumes(req):
 
 def create_volume(req):
     store = req.engine.volumes
-    body = req.json(default={}) or {}
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: expected an object")
+    body = req.json(default={}, schema=bodies.VOLUME_CREATE) or {}
     labels = body.get("Labels") or {}
-    if not isinstance(labels, dict):
-        raise InvalidParameter("Labels must be an object")
     vol = store.create(
         name=body.get("Name") or None,
         labels=labels,

@@ -1,5 +1,8 @@
 """HTTP/1.1 framing on a socket: buffered reads, header maps and request-body decoding."""
 
+import socket
+import time
+
 MAX_LINE = 64 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_HEADERS = 200
@@ -20,8 +23,14 @@ class SocketReader:
     def __init__(self, sock):
         self.sock = sock
         self.buf = bytearray()
+        self.deadline = None  # time.monotonic() by which reads must be done; None: the socket's timeout
 
     def _fill(self):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("deadline passed")
+            self.sock.settimeout(left)
         data = self.sock.recv(65536)
         if not data:
             return False
