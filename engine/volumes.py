@@ -117,9 +117,9 @@ class VolumeStore:
 
     @staticmethod
     def validate_name(name: str) -> None:
-        if len(name) < 2 and _VALID_NAME.match(name + "a"):
+        if len(name) < 2 and _VALID_NAME.fullmatch(name + "a"):
             raise InvalidParameter("volume name is too short, names should be at least two alphanumeric characters")
-        if not _VALID_NAME.match(name):
+        if not _VALID_NAME.fullmatch(name):
             raise InvalidParameter(
                 '"%s" includes invalid characters for a local volume name, only '
                 '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host '

@@ -111,7 +111,7 @@ CONFIG_KEYS = (
 
 
 def validate_name(name):
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidParameter("Invalid container name (%s), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" % name)
     return name.lstrip("/")
 

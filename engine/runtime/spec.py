@@ -110,6 +110,7 @@ def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, soc
         "run": run_id,
         "sock": sock,
         "log": container.log_path,
+        "log_opts": dict((hc.get("LogConfig") or {}).get("Config") or {}),
         "exit_file": container.exit_file,
         "tty": bool(cfg.get("Tty")),
         "open_stdin": bool(cfg.get("OpenStdin")),

@@ -17,6 +17,7 @@ import time
 import traceback
 
 from dockyard.engine.atomicfile import atomic_write_json
+from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.network import portproxy
 from dockyard.engine.runtime import channel, containerinit, libc, logs
 from dockyard.engine.runtime.cgroups import Cgroup, CgroupError
@@ -135,7 +136,11 @@ class Supervisor:
         os.chmod(spec["sock"], 0o600)
         self.listener.listen(16)
         self.listener.setblocking(False)
-        self.log = logs.JsonLogWriter(spec["log"])
+        try:
+            limits = logs.parse_log_opts(spec.get("log_opts"))
+        except InvalidParameter:
+            limits = logs.LogLimits()  # a container created before log options were checked
+        self.log = logs.JsonLogWriter(spec["log"], limits)
 
         child_stdio = None
         parent_close = []
@@ -454,7 +459,7 @@ class Supervisor:
             return
         try:
             containerinit.set_winsize(self.master, int(h or 0), int(w or 0))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError, struct.error):  # a bad size must not end the container
             pass
 
     # -- attached clients ---------------------------------------------------------------------
