@@ -244,6 +244,16 @@ _PROPAGATION = {
 
 
 def _user_mount(root_fd, m, nodev):
+    try:
+        _user_mount_fds(root_fd, m, nodev)
+    except OSError as exc:
+        what = m.get("source") or m.get("type", "bind")
+        raise RootfsError(
+            exc.errno, "cannot mount %s on %s: %s" % (what, m["destination"], os.strerror(exc.errno or 0))
+        ) from None
+
+
+def _user_mount_fds(root_fd, m, nodev):
     kind = m.get("type", "bind")
     dest = m["destination"]
     if kind == "tmpfs":

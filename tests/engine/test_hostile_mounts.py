@@ -19,6 +19,7 @@ import io
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import tarfile
@@ -259,6 +260,9 @@ def test_copy_up_walk_opens_no_special_file_and_follows_no_link(tmp_path):
     (outside / "secret").write_text("host\n")
     os.mknod(root / "data" / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
     os.mkfifo(root / "data" / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "data" / "sock"))
+    sock.close()
     os.symlink(str(outside), root / "data" / "out")
     os.symlink("../../../../../../..", root / "data" / "dir" / "up")
     os.symlink(str(outside), root / "linked-volume-path")
@@ -277,7 +281,7 @@ def test_copy_up_walk_opens_no_special_file_and_follows_no_link(tmp_path):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert stat.S_ISCHR(os.lstat(vol / "zero").st_mode) and os.lstat(vol / "zero").st_rdev == os.makedev(1, 5)
-    assert stat.S_ISFIFO(os.lstat(vol / "fifo").st_mode)
+    assert stat.S_ISFIFO(os.lstat(vol / "fifo").st_mode) and stat.S_ISSOCK(os.lstat(vol / "sock").st_mode)
     assert os.readlink(vol / "out") == str(outside) and os.readlink(vol / "dir" / "up") == "../../../../../../.."
     assert os.listdir(vol2) == []
     assert tree_snapshot(outside) == before
@@ -310,6 +314,29 @@ def test_planted_symlinks_in_shared_volume_keep_mounts_inside_the_root(eng, tmp_
     for name in ("dy-planted", "dy-planted-dir", "dy-final", "dy-volume", "dy-tmpfs"):
         assert not os.path.lexists("/etc/" + name)
     assert etc_snapshot() == before and engine_mounts(eng) == mounts and tree_snapshot(hostdir) == bind_before
+    assert_engine_answers(eng)
+
+
+def test_racing_swapper_never_gets_a_mount_onto_the_host(eng, tmp_path):
+    """A container flips a shared path between a directory and a symlink to /etc while others mount under it."""
+    (tmp_path / "file").write_text("bound\n")
+    before, mounts = etc_snapshot(), engine_mounts(eng)
+    swap = "while :; do mkdir /s/sub; rm -rf /s/sub; ln -s /etc /s/sub; rm -f /s/sub; done"
+    eng.docker("run", "-d", "--name", "swapper", *N, "-v", "race:/s", "busybox", "sh", "-c", swap)
+    try:
+        outcomes = set()
+        for _ in range(15):
+            p = eng.docker(
+                "run", "--rm", *N, "-v", "race:/s", "-v", "%s/file:/s/sub/dy-race" % tmp_path,
+                "--tmpfs", "/s/sub/dy-race-tmpfs", "busybox", "true",
+                check=False,
+            )  # fmt: skip
+            outcomes.add(p.returncode)
+            assert not os.path.lexists("/etc/dy-race") and not os.path.lexists("/etc/dy-race-tmpfs")
+        assert 0 in outcomes  # the mounts do happen (inside the root), not just fail
+    finally:
+        eng.docker("rm", "-f", "swapper", check=False)
+    assert etc_snapshot() == before and engine_mounts(eng) == mounts
     assert_engine_answers(eng)
 
 
