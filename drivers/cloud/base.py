@@ -215,15 +215,6 @@ class CloudDriver(Driver):
             pass
 
     # -- flags ------------------------------------------------------------------------------------
-    def opt(self, options: Mapping[str, Any], suffix: str) -> Any:
-        """The value of flag --<name>-<suffix>: its declared default when unset (defaults live in the flags)."""
-        key = f"{self.name}_{suffix}".replace("-", "_")
-        flag = next((f for f in self.flags if f.key == key), None)
-        if flag is None:
-            v = options.get(key)
-            return None if v in (None, "", ()) else v
-        return flag.value(options)
-
     @property
     def firewall_default(self) -> str:
         """The firewall name used when none is given: the --<name>-firewall flag's default."""
