@@ -7,6 +7,7 @@ from dockyard.engine import hostinfo
 from dockyard.engine.api.responses import Response
 from dockyard.engine.buildinfo import build_info
 from dockyard.engine.config import registry_config
+from dockyard.engine.runtime import seccomp
 from dockyard.engine.timefmt import rfc3339nano
 
 PING_HEADERS = [
@@ -72,8 +73,16 @@ def version(req):
     return version_payload()
 
 
+def security_options():
+    """/info SecurityOptions: seccomp with Docker's default profile when containers get it."""
+    return ["name=seccomp,profile=builtin"] if seccomp.available() else []
+
+
 def _warnings(features, cfg, engine):
     out = list(engine.warnings)
+    reason = seccomp.unavailable_reason()
+    if reason is not None:
+        out.append("WARNING: seccomp is not enforced (%s): containers run without Docker's default profile" % reason)
     for key, text in (
         ("MemoryLimit", "No memory limit support"),
         ("SwapLimit", "No swap limit support"),
@@ -154,8 +163,8 @@ def info_payload(engine):
         "ContainerdCommit": {"ID": ""},
         "RuncCommit": {"ID": ""},
         "InitCommit": {"ID": ""},
-        # Filled by the runtime once it enforces seccomp/apparmor/cgroupns; claiming them now would lie.
-        "SecurityOptions": [],
+        # Only what is enforced (no AppArmor, no SELinux, no user namespaces by default here).
+        "SecurityOptions": security_options(),
         "CDISpecDirs": [],
         "Warnings": _warnings(features, cfg, engine),
     }

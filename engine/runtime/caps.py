@@ -128,11 +128,14 @@ def drop_bounding(keep_mask):
 
 
 def apply(keep_mask):
-    """Final sets before execve: effective = permitted = inheritable = keep_mask, ambient empty."""
+    """Final sets before execve: effective = permitted = keep_mask; inheritable and ambient empty.
+
+    An empty inheritable set is Docker's since CVE-2022-24769: with it set, a non-root user could
+    regain the container's capabilities by running a file that carries inheritable file caps."""
     try:
         libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
     # Never more than we hold ourselves (--privileged on a host whose bounding set lacks some).
     keep_mask &= libc.capget()[1]
-    libc.capset(keep_mask, keep_mask, keep_mask)
+    libc.capset(keep_mask, keep_mask, 0)

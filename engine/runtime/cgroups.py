@@ -10,6 +10,8 @@ import errno
 import os
 import time
 
+from dockyard.engine.runtime import devicefilter
+
 ROOT = "/sys/fs/cgroup"
 
 # v1 controllers a container joins; others (net_cls, perf_event, ...) stay at the parent's.
@@ -162,6 +164,8 @@ class Cgroup:
             self.set_resources(resources)
             if self.version == "1" and not privileged and "devices" in self.paths:
                 self._devices_v1()
+            elif self.version == "2" and not privileged:
+                self._devices_v2()
         except OSError as exc:
             if isinstance(exc, CgroupError):
                 raise
@@ -205,6 +209,16 @@ class Cgroup:
         allow = self._p("devices", "devices.allow")
         for rule in DEFAULT_DEVICE_RULES:
             _write(allow, rule)
+
+    def _devices_v2(self):
+        # cgroup v2 has no devices controller: the same allow-list as an eBPF program (as runc).
+        # Fails closed: a container whose device list cannot be enforced does not start.
+        try:
+            devicefilter.attach(self.paths["unified"], DEFAULT_DEVICE_RULES)
+        except OSError as exc:
+            raise CgroupError(
+                exc.errno or errno.EPERM, "cannot restrict the container's devices (cgroup v2 device filter): %s" % exc
+            ) from None
 
     def set_resources(self, res):
         """Write the limits of a HostConfig-shaped dict (Memory, NanoCpus, CpuShares, PidsLimit...)."""

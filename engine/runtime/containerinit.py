@@ -70,6 +70,8 @@ def main(spec, sync, stdio):
 
 
 def _run(spec, sync, stdio):
+    # Until execve this is the host's python, already PID 1 of the container's PID namespace.
+    process.make_undumpable()
     libc.prctl(libc.PR_SET_PDEATHSIG, 9)  # no orphaned container if its supervisor dies
     if stdio is not None:
         for target, fd in enumerate(stdio):

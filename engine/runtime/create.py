@@ -6,6 +6,7 @@ import re
 
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.runtime import caps as capmod
+from dockyard.engine.runtime import seccomp
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -274,23 +275,81 @@ def normalize_host_config(hc):
         }[mode_key]
         if value not in allowed:
             raise InvalidParameter("dockyard does not support %s=%s" % (mode_key, value))
-    for opt in out.get("SecurityOpt") or []:
-        key = opt.replace(":", "=", 1).split("=", 1)[0]
-        if key not in ("no-new-privileges", "label", "apparmor", "seccomp"):
-            raise InvalidParameter('invalid --security-opt: "%s"' % opt)
+    security_options(out.get("SecurityOpt"))
     if out.get("Devices"):
         raise InvalidParameter("dockyard does not support --device yet")
     return out
 
 
-def no_new_privs(hc):
-    """dockyard default: on (safer without seccomp); --security-opt no-new-privileges=false turns it off."""
-    value = True
-    for opt in hc.get("SecurityOpt") or []:
-        key, _, val = opt.replace(":", "=", 1).partition("=")
+# Go's strconv.ParseBool, which dockerd uses for no-new-privileges=<bool>.
+_GO_BOOLS = {
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+}
+# Values that ask for no confinement from a mechanism the engine does not have: honoured by doing nothing.
+_OPT_OUTS = {"apparmor": ("unconfined",), "label": ("disable",)}
+SECCOMP_UNAVAILABLE = "seccomp profiles are not supported on this daemon, you cannot specify a custom seccomp profile"
+
+
+def _split_security_opt(opt):
+    """dockerd's parseSecurityOpt split: key=value, the deprecated key:value, bare flags."""
+    if not isinstance(opt, str):
+        raise InvalidParameter("invalid --security-opt: %r" % (opt,))
+    if opt == "no-new-privileges":
+        return "no-new-privileges", "true"
+    if opt == "disable":
+        return "label", "disable"
+    sep = "=" if "=" in opt else ":" if ":" in opt else None
+    if sep is None:
+        raise InvalidParameter('invalid --security-opt 1: "%s"' % opt)
+    key, _, value = opt.partition(sep)
+    return key, value
+
+
+def security_options(opts):
+    """Validate HostConfig.SecurityOpt -> {"no_new_privs": bool, "seccomp": "default" | "unconfined" | dict}.
+
+    Only what the engine enforces is accepted: seccomp (Docker's default profile, unconfined, or a
+    profile's JSON, which the docker CLI sends in place of the file name), no-new-privileges, and
+    the opt-outs apparmor=unconfined / label=disable of mechanisms dockyard does not have.
+    """
+    result = {"no_new_privs": True, "seccomp": "default", "seccomp_explicit": False}
+    for opt in opts or []:
+        key, value = _split_security_opt(opt)
         if key == "no-new-privileges":
-            value = val.strip().lower() not in ("false", "0", "no") if val else True
-    return value
+            if value not in _GO_BOOLS:
+                raise InvalidParameter('invalid --security-opt 2: "%s"' % opt)
+            result["no_new_privs"] = _GO_BOOLS[value]
+        elif key == "seccomp":
+            result["seccomp"] = _seccomp_choice(value)
+            result["seccomp_explicit"] = True
+        elif key in _OPT_OUTS:
+            if value not in _OPT_OUTS[key]:
+                raise InvalidParameter(
+                    '--security-opt "%s" cannot be enforced: dockyard has no %s support (only %s=%s is accepted)'
+                    % (opt, "AppArmor" if key == "apparmor" else "SELinux labeling", key, _OPT_OUTS[key][0])
+                )
+        else:
+            raise InvalidParameter('invalid --security-opt 2: "%s"' % opt)
+    if result["seccomp"] != "unconfined" and result["seccomp_explicit"] and not seccomp.available():
+        raise InvalidParameter(SECCOMP_UNAVAILABLE)
+    return result
+
+
+def _seccomp_choice(value):
+    if value == "unconfined":
+        return "unconfined"
+    if value in ("", "builtin"):
+        return "default"
+    try:
+        return seccomp.parse_profile(value)
+    except seccomp.ProfileError as exc:
+        raise InvalidParameter(str(exc)) from None
+
+
+def no_new_privs(hc):
+    """dockyard default: on; --security-opt no-new-privileges=false turns it off."""
+    return security_options(hc.get("SecurityOpt"))["no_new_privs"]
 
 
 # -- mounts --------------------------------------------------------------------------------------

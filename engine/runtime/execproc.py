@@ -11,7 +11,7 @@ import json
 import os
 import socket
 
-from dockyard.engine.runtime import channel, containerinit, libc, process
+from dockyard.engine.runtime import channel, containerinit, libc, process, procident
 from dockyard.engine.runtime.cgroups import Cgroup
 from dockyard.engine.runtime.supervisor import exit_status
 
@@ -33,6 +33,14 @@ def main(spec, fds):
     stdio = fds[1:4]
     try:
         return _run(spec, ctl, stdio)
+    except procident.ProcessGone as exc:
+        try:
+            channel.send(
+                ctl, {"event": "failed", "error": "container is not running: %s" % exc, "code": 126, "gone": True}
+            )
+        except OSError:
+            pass
+        return 1
     except Exception as exc:
         code = getattr(exc, "code", 126)
         try:
@@ -44,7 +52,20 @@ def main(spec, fds):
 
 def _run(spec, ctl, stdio):
     libc.set_process_name("dockyard-exec")
-    target = int(spec["pid"])
+    # This process and the child it forks into the container's PID namespace are the host's python
+    # until the child's execve: no one in the container may open them through /proc/<pid>/exe.
+    process.make_undumpable()
+    # The init is addressed by PID plus recorded start time (and a pidfd): once it has exited,
+    # its PID may belong to a host process, whose namespaces we must never join.
+    pinned = procident.Pinned(int(spec["pid"]), spec.get("pid_start")).open()
+    try:
+        return _run_pinned(spec, ctl, stdio, pinned)
+    finally:
+        pinned.close()
+
+
+def _run_pinned(spec, ctl, stdio, pinned):
+    target = pinned.pid
     wanted = [n for n in NS_ORDER if n in spec.get("namespaces", NS_ORDER)]
     own = {}
     for name in wanted:
@@ -58,6 +79,7 @@ def _run(spec, ctl, stdio):
     # setns(mnt) lands on the namespace's root mount, which is not the container's root when
     # the engine itself runs chrooted: take the init's root directly (/proc/<pid>/root).
     root_fd = os.open("/proc/%d/root" % target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    pinned.check()  # every /proc/<pid> file above was opened while the recorded init ran
     cg = Cgroup.from_dict(spec.get("cgroup"))
     if cg is not None:
         cg.join(0)

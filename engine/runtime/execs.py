@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound, SystemFailure
-from dockyard.engine.runtime import channel
+from dockyard.engine.runtime import channel, procident
 from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.forkserver import ForkServerError
 from dockyard.engine.runtime.store import Container
@@ -163,6 +163,13 @@ class ExecProcess:
             pass
 
 
+def _check_init_running(c: Container) -> None:
+    """Conflict unless the container's init still runs: the recorded PID with its recorded start
+    time (the engine's state can lag behind an init that has just exited, and a PID is reused)."""
+    if not c.running or not procident.is_running(c.pid, c.state.get("PidStartTime")):
+        raise Conflict("container %s is not running" % c.id)
+
+
 class ExecManager:
     def __init__(self, manager: ContainerManager) -> None:
         self.manager = manager
@@ -186,8 +193,7 @@ class ExecManager:
         if not cmd:
             raise InvalidParameter("No exec command specified")
         with c.lock:
-            if not c.running:
-                raise Conflict("container %s is not running" % c.id)
+            _check_init_running(c)
             if c.state.get("Paused"):
                 raise Conflict("Container %s is paused, unpause the container before exec" % c.id)
         eid = os.urandom(32).hex()
@@ -217,8 +223,7 @@ class ExecManager:
                 raise Conflict("Error: Exec command %s is already running" % inst.id)
             inst.started = True
         with c.lock:
-            if not c.running:
-                raise Conflict("container %s is not running" % c.id)
+            _check_init_running(c)
             body = dict(inst.body)
             if tty is not None:
                 body["Tty"] = bool(tty)
@@ -261,6 +266,11 @@ class ExecManager:
         while not proc.started and not proc.exited and time.monotonic() < deadline:
             proc.poll_events(block=True)
         proc.ctl.settimeout(None)
+        if proc.failure and proc.failure.get("gone"):
+            # The init exited after the check above: the helper refused to join whatever holds its PID now.
+            inst.running = False
+            proc.close()
+            raise Conflict("container %s is not running" % c.id)
         inst.pid = proc.pid
         self.manager.emit(c, "exec_start: %s" % " ".join(body.get("Cmd") or []), {"execID": inst.id})
         return proc

@@ -341,6 +341,7 @@ class ContainerManager(ExitsMixin):
             {
                 "Status": "running",
                 "Pid": pid,
+                "PidStartTime": msg.get("pid_start"),
                 "ExitCode": 0,
                 "Error": "",
                 "OOMKilled": False,

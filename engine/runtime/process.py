@@ -5,6 +5,7 @@ Runs inside the container (after pivot_root or setns), as root, in a single-thre
 Failures are reported as {"error": text, "code": 126|127} on the close-on-exec `report` socket.
 """
 
+import base64
 import errno
 import json
 import os
@@ -12,7 +13,7 @@ import resource
 import signal
 import stat
 
-from dockyard.engine.runtime import caps, libc, userdb
+from dockyard.engine.runtime import caps, libc, seccomp, userdb
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _RESET_SIGNALS = (
@@ -116,6 +117,9 @@ def prepare_identity(proc):
     if env_get(env, "HOME") is None:
         env.append("HOME=" + home)
     cap_mask = int(proc.get("caps", 0))
+    if not proc.get("no_new_privs"):
+        # Without no_new_privs, installing a filter takes CAP_SYS_ADMIN: now, while we hold it.
+        install_seccomp(proc)
     if not proc.get("privileged_caps"):
         caps.drop_bounding(cap_mask)
     libc.prctl(libc.PR_SET_KEEPCAPS, 1)
@@ -125,6 +129,27 @@ def prepare_identity(proc):
     libc.prctl(libc.PR_SET_KEEPCAPS, 0)
     caps.apply(cap_mask)
     return env
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def make_undumpable():
+    """PR_SET_DUMPABLE 0: /proc/<pid>/exe, fd/, mem of this process (the host's python until execve)
+    need CAP_SYS_PTRACE from anyone else, also from the container's root (CVE-2019-5736). execve
+    of the container's command makes the process dumpable again, as any process."""
+    libc.prctl(_PR_SET_DUMPABLE, 0)
+
+
+def install_seccomp(proc):
+    """Load the container's seccomp program (spec "seccomp": base64 BPF compiled by the engine)."""
+    program = proc.get("seccomp")
+    if not program:
+        return
+    try:
+        seccomp.install_bpf(base64.b64decode(program))
+    except (OSError, ValueError) as exc:
+        raise StartError("error loading seccomp filter into kernel: %s" % exc, 127) from None
 
 
 def chdir(cwd, create):
@@ -155,6 +180,8 @@ def start(proc, report_fd=None, keep_fds=(), before_exec=None):
         before_exec()
     reset_signals()
     close_fds(set(keep_fds) | ({report_fd} if report_fd is not None else set()))
+    if proc.get("no_new_privs"):
+        install_seccomp(proc)  # as late as possible: nothing of ours runs under the filter
     try:
         os.execve(path, args, _env_dict(env))
     except OSError as exc:

@@ -1,11 +1,18 @@
 """The runtime spec: everything a supervisor (or an exec helper) needs to run a container's
 process, derived from the stored container record at start time. Plain JSON-able dicts."""
 
+import base64
+import logging
 import os
 
+from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.runtime import caps as capmod
-from dockyard.engine.runtime import cgroups, mountns
-from dockyard.engine.runtime.create import merge_env, no_new_privs
+from dockyard.engine.runtime import cgroups, mountns, seccomp
+from dockyard.engine.runtime.create import merge_env, no_new_privs, security_options
+
+log = logging.getLogger("dockyard.engine")
+
+SECCOMP_UNAVAILABLE_AT_START = "cannot apply the container's seccomp profile: %s"
 
 
 def process_env(container):
@@ -25,9 +32,40 @@ def cap_mask(host_config, privileged=None):
     return capmod.mask(names)
 
 
+def seccomp_filter(host_config):
+    """The container's seccomp program (base64 of the BPF) for process.start, or None: unconfined.
+
+    As dockerd: privileged containers and seccomp=unconfined run without a filter, everything else
+    gets Docker's default profile evaluated for the container's capabilities. Unlike dockerd (which
+    ignores it), a profile given explicitly to a privileged container is applied. Exec processes get
+    the container's filter, as runc does. Without libseccomp the default profile is skipped (/info
+    warns); an explicit profile is refused."""
+    choice = security_options(host_config.get("SecurityOpt"))
+    profile = choice["seccomp"]
+    if profile == "unconfined" or (host_config.get("Privileged") and not choice["seccomp_explicit"]):
+        return None
+    reason = seccomp.unavailable_reason()
+    if reason is not None:
+        if choice["seccomp_explicit"]:
+            raise InvalidParameter(SECCOMP_UNAVAILABLE_AT_START % reason)
+        log.warning("seccomp: %s; the container runs without the default profile", reason)
+        return None
+    if profile == "default":
+        profile = seccomp.default_profile()
+    names = capmod.effective_set(
+        host_config.get("CapAdd"), host_config.get("CapDrop"), bool(host_config.get("Privileged"))
+    )
+    try:
+        program = seccomp.compile_bpf(profile, names)
+    except seccomp.ProfileError as exc:
+        raise InvalidParameter(str(exc)) from None
+    return base64.b64encode(program).decode("ascii") if program else None
+
+
 def process_spec(container):
     cfg, hc = container.config, container.host_config
     return {
+        "seccomp": seccomp_filter(hc),
         "args": [container.record["Path"]] + list(container.record.get("Args") or []),
         "env": process_env(container),
         "cwd": cfg.get("WorkingDir") or "/",
@@ -147,6 +185,7 @@ def exec_spec(container, exec_cfg, cgroup_dict, layout):
         env = merge_env(env, exec_cfg["Env"])
     return {
         "pid": container.state.get("Pid"),
+        "pid_start": container.state.get("PidStartTime"),
         "namespaces": ["cgroup", "ipc", "uts", "net", "pid", "mnt"],
         "cgroup": cgroup_dict,
         "tty": bool(exec_cfg.get("Tty")),
@@ -161,6 +200,7 @@ def exec_spec(container, exec_cfg, cgroup_dict, layout):
             "caps": cap_mask(hc, privileged),
             "privileged_caps": privileged,
             "no_new_privs": (not privileged) and no_new_privs(hc),
+            "seccomp": seccomp_filter(hc),
         },
     }
 

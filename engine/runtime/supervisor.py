@@ -19,7 +19,7 @@ import traceback
 from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.network import portproxy
-from dockyard.engine.runtime import channel, containerinit, libc, logs
+from dockyard.engine.runtime import channel, containerinit, libc, logs, procident
 from dockyard.engine.runtime.cgroups import Cgroup, CgroupError
 from dockyard.engine.timefmt import rfc3339nano_ns
 
@@ -248,7 +248,12 @@ class Supervisor:
                 self.stdin_fd = None
         sync.close()
         self.started_at = time.time_ns()
-        self.notify({"event": "started", "pid": self.pid, "started_at": self.started_at})
+        # The start time pins the PID (procident): read now, while our unreaped child cannot be recycled.
+        try:
+            pid_start = procident.start_time(self.pid)
+        except procident.ProcessGone:
+            pid_start = None  # exited already (a short command): nothing will be exec'd into it
+        self.notify({"event": "started", "pid": self.pid, "pid_start": pid_start, "started_at": self.started_at})
         return True
 
     def _start_failed(self, msg):

@@ -176,6 +176,36 @@ def test_default_list_refuses_block_devices_and_allows_null(make_cgroup, tmp_pat
     }
 
 
+def attached_count(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return len(devicefilter.attached_program_ids(fd))
+    finally:
+        os.close(fd)
+
+
+@needs_kernel
+def test_container_cgroups_on_v2_get_the_program_unless_privileged(make_cgroup, tmp_path, monkeypatch):
+    """Cgroup.create on cgroup v2 attaches Docker's list (the v1 devices.allow rules) for an
+    unprivileged container, nothing for a privileged one; the container's view of the host disk."""
+    monkeypatch.setattr(cgroups, "ROOT", ROOT)  # the hybrid layout's unified tree stands in for a v2 host
+    parent = make_cgroup()
+    unprivileged = cgroups.Cgroup("2", {"unified": os.path.join(parent, "c1")})
+    privileged = cgroups.Cgroup("2", {"unified": os.path.join(parent, "c2")})
+    unprivileged.create({}, privileged=False)
+    privileged.create({}, privileged=True)
+    try:
+        assert attached_count(unprivileged.paths["unified"]) == 1
+        assert attached_count(privileged.paths["unified"]) == 0
+        block = host_disk()
+        results = run_in_cgroup(unprivileged.paths["unified"], probes(str(tmp_path), block))
+        assert results["open disk"] == "EPERM" and results["open null"] == "ok", results
+    finally:
+        for cg in (unprivileged, privileged):
+            cg.kill_all()
+            cg.remove()
+
+
 def loop_probes():
     return {
         "read loop0": opener("/dev/loop0"),

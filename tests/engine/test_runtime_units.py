@@ -3,12 +3,28 @@ detach keys, the json-file log, symlink-safe joins, cgroup file formats and stat
 
 import json
 import os
+import re
 import signal
+import subprocess
+import time
 
 import pytest
 
 from dockyard.engine.errors import InvalidParameter
-from dockyard.engine.runtime import caps, cgroups, create, logs, relay, rootpath, userdb, views
+from dockyard.engine.runtime import (
+    caps,
+    cgroups,
+    create,
+    logs,
+    process,
+    procident,
+    relay,
+    rootpath,
+    seccomp,
+    spec,
+    userdb,
+    views,
+)
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 
 
@@ -239,3 +255,144 @@ def test_human_status_strings():
     assert views.human_duration(300) == "5 minutes"
     assert views.human_duration(3600) == "About an hour"
     assert views.human_duration(3 * 86400) == "3 days"
+
+
+def test_security_opt_parsing_follows_dockerd():
+    opts = create.security_options
+    assert opts(None) == {"no_new_privs": True, "seccomp": "default", "seccomp_explicit": False}
+    assert opts(["no-new-privileges"])["no_new_privs"] is True
+    assert opts(["no-new-privileges=false"])["no_new_privs"] is False
+    assert opts(["no-new-privileges:F"])["no_new_privs"] is False  # the deprecated ':' form, Go's ParseBool
+    assert opts(["seccomp=unconfined"])["seccomp"] == "unconfined"
+    assert opts(["seccomp=builtin"]) == {"no_new_privs": True, "seccomp": "default", "seccomp_explicit": True}
+    profile = opts(['seccomp={"defaultAction": "SCMP_ACT_ERRNO"}'])["seccomp"]
+    assert profile == {"defaultAction": "SCMP_ACT_ERRNO"}
+    assert opts(["apparmor=unconfined", "label=disable", "disable"])["seccomp"] == "default"
+    for bad, message in (
+        ("apparmor=docker-default", "no AppArmor support"),
+        ("label=level:s0", "no SELinux labeling support"),
+        ("label:user:x", "no SELinux labeling support"),
+        ("selinux=x", 'invalid --security-opt 2: "selinux=x"'),
+        ("bare", 'invalid --security-opt 1: "bare"'),
+        ("no-new-privileges=yes", 'invalid --security-opt 2: "no-new-privileges=yes"'),
+        ("seccomp=/etc/profile.json", "Decoding seccomp profile failed"),  # a path never reaches the daemon
+        ('seccomp={"defaultAction": "SCMP_ACT_NOTIFY"}', "SCMP_ACT_NOTIFY"),
+    ):
+        with pytest.raises(InvalidParameter, match=re.escape(message)):
+            opts([bad])
+    with pytest.raises(InvalidParameter, match="invalid --security-opt"):
+        create.normalize_host_config({"SecurityOpt": ["apparmor"]})
+
+
+def test_explicit_seccomp_is_refused_without_libseccomp(monkeypatch):
+    monkeypatch.setattr(seccomp, "available", lambda: False)
+    assert create.security_options(["seccomp=unconfined"])["seccomp"] == "unconfined"
+    assert create.security_options([])["seccomp"] == "default"  # runs unconfined; /info warns
+    for opt in ("seccomp=builtin", 'seccomp={"defaultAction": "SCMP_ACT_ALLOW"}'):
+        with pytest.raises(InvalidParameter, match=re.escape(create.SECCOMP_UNAVAILABLE)):
+            create.security_options([opt])
+
+
+@pytest.mark.skipif(not seccomp.available(), reason="needs libseccomp")
+def test_seccomp_filter_choice():
+    assert spec.seccomp_filter({}) is not None
+    assert spec.seccomp_filter({"SecurityOpt": ["seccomp=unconfined"]}) is None
+    assert spec.seccomp_filter({"Privileged": True}) is None  # dockerd: privileged runs unconfined
+    assert spec.seccomp_filter({"Privileged": True, "SecurityOpt": ["seccomp=builtin"]}) is not None
+    # Capabilities change the program: CAP_SYS_ADMIN opens mount/unshare/setns ... as in Docker's profile.
+    assert spec.seccomp_filter({"CapAdd": ["SYS_ADMIN"]}) != spec.seccomp_filter({})
+    allow_all = json.dumps({"defaultAction": "SCMP_ACT_ALLOW"})
+    assert spec.seccomp_filter({"SecurityOpt": ["seccomp=" + allow_all]}) is not None
+    assert spec.seccomp_filter({"SecurityOpt": ["seccomp={}"]}) is None  # an empty profile confines nothing
+
+
+def _fork(body):
+    """Run body() in a child; its return value (an int < 256) is the exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _status(pid):
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_pid_start_time_guard_catches_reuse_and_exit():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = procident.start_time(child.pid)
+        with procident.Pinned(child.pid, started) as pinned:
+            pinned.check()
+        assert procident.is_running(child.pid, started)
+        assert procident.is_running(child.pid, None)
+        # The same PID with another start time: what a recycled PID looks like.
+        with pytest.raises(procident.ProcessGone, match="PID reused"):
+            procident.Pinned(child.pid, started + 1).open()
+        pinned = procident.Pinned(child.pid, started).open()
+        child.kill()
+        time.sleep(0.1)  # not reaped yet: a zombie has exited all the same
+        with pytest.raises(procident.ProcessGone):
+            pinned.check()
+        pinned.close()
+        assert not procident.is_running(child.pid, started)
+    finally:
+        child.kill()
+        child.wait()
+    assert not procident.is_running(child.pid, started)
+    assert not procident.is_running(0, None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes capabilities")
+def test_container_processes_get_no_inheritable_or_ambient_capabilities():
+    def body():
+        caps.drop_bounding(caps.mask(caps.DEFAULT))
+        caps.apply(caps.mask(caps.DEFAULT))
+        with open("/proc/self/status") as fh:
+            st = dict(line.split(":\t", 1) for line in fh if line.startswith("Cap"))
+        ok = int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
+        return 0 if ok and int(st["CapEff"], 16) == caps.mask(caps.DEFAULT) else 1
+
+    assert _status(_fork(body)) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes capabilities")
+@pytest.mark.parametrize("undumpable", [True, False])
+def test_an_undumpable_process_hides_its_exe_from_a_peer_with_the_same_capabilities(undumpable):
+    """What execproc/containerinit do before they are visible in the container's PID namespace:
+    a root process holding the container's capabilities cannot reach /proc/<pid>/exe of the
+    (still host python) process, as long as it lacks CAP_SYS_PTRACE."""
+    mask = caps.mask(caps.DEFAULT)
+    hold_r, hold_w = os.pipe()
+
+    def target():
+        if undumpable:
+            process.make_undumpable()
+        caps.drop_bounding(mask)
+        caps.apply(mask)
+        os.close(hold_w)
+        os.read(hold_r, 1)
+        return 0
+
+    tpid = _fork(target)
+    os.close(hold_r)
+
+    def peer():
+        caps.drop_bounding(mask)
+        caps.apply(mask)
+        time.sleep(0.2)
+        try:
+            os.readlink("/proc/%d/exe" % tpid)
+        except PermissionError:
+            return 13
+        return 0
+
+    try:
+        assert _status(_fork(peer)) == (13 if undumpable else 0)
+    finally:
+        os.close(hold_w)
+        assert _status(tpid) == 0
