@@ -1,9 +1,12 @@
 """Driver registry: built-in drivers plus third-party ones from the `dockyard.drivers` entry points."""
 
+from __future__ import annotations
+
 import importlib
 import importlib.util
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
+from dockyard.drivers.base import Driver
 from dockyard.provisioner.core.errors import DriverNotFound
 
 # name -> "module:Class". Modules are imported only when their driver is used (libcloud is slow to import).
@@ -24,7 +27,7 @@ BUILTIN = {
 }
 
 
-def _available(spec):
+def _available(spec: str) -> bool:
     module = spec.partition(":")[0]
     try:
         return importlib.util.find_spec(module) is not None
@@ -32,27 +35,27 @@ def _available(spec):
         return False
 
 
-def _load(spec):
+def _load(spec: str) -> type[Driver]:
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def _entry_points():
+def _entry_points() -> dict[str, EntryPoint]:
     try:
         return {ep.name: ep for ep in entry_points(group="dockyard.drivers")}
     except Exception:
         return {}
 
 
-def builtin_names():
+def builtin_names() -> list[str]:
     return sorted(n for n, spec in BUILTIN.items() if _available(spec))
 
 
-def names():
+def names() -> list[str]:
     return sorted(set(builtin_names()) | set(_entry_points()))
 
 
-def get(name):
+def get(name: str) -> type[Driver]:
     """The driver class registered under name."""
     spec = BUILTIN.get(name)
     if spec and _available(spec):
