@@ -158,12 +158,16 @@ def hostile_layer(disk_rdev):
 
 @pytest.fixture(scope="module")
 def loop_disk(tmp_path_factory):
-    """(rdev, backing file) of a loop device full of MARKER: what copy-up must never read."""
+    """(rdev, backing file) of a loop device full of MARKER: what copy-up must never read.
+
+    Without loop devices: (the host disk's rdev, None)."""
     backing = tmp_path_factory.mktemp("disk") / "disk.img"
     backing.write_bytes(MARKER * (1 << 16))  # 1 MiB
     p = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
     if p.returncode != 0:
-        pytest.skip("no loop device: %s" % p.stderr.strip())
+        # No loop devices here: the disk the host's / lives on (its bytes are not known to the test).
+        yield os.stat("/").st_dev, None
+        return
     dev = p.stdout.strip()
     try:
         yield os.stat(dev).st_rdev, backing
@@ -225,7 +229,7 @@ def check_copied_volume(vol, disk_rdev):
 
 def test_copy_up_recreates_nodes_never_reads_them(eng, loop_disk):
     before, mounts = etc_snapshot(), engine_mounts(eng)
-    backing = hashlib.sha256(loop_disk[1].read_bytes()).hexdigest()
+    backing = loop_disk[1] and hashlib.sha256(loop_disk[1].read_bytes()).hexdigest()
     p = eng.docker(
         "run",
         "--rm",
@@ -248,7 +252,7 @@ def test_copy_up_recreates_nodes_never_reads_them(eng, loop_disk):
     check_copied_volume(Path(source), loop_disk[0])
     eng.docker("rm", "-v", "anon")
     assert etc_snapshot() == before and engine_mounts(eng) == mounts
-    assert hashlib.sha256(loop_disk[1].read_bytes()).hexdigest() == backing
+    assert not backing or hashlib.sha256(loop_disk[1].read_bytes()).hexdigest() == backing
     assert_engine_answers(eng)
 
 
