@@ -15,8 +15,9 @@ import stat
 import tarfile
 
 from dockyard.engine.api.responses import Response
-from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
+from dockyard.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.images import tarsafe
+from dockyard.engine.runtime import procident
 from dockyard.engine.timefmt import rfc3339nano
 
 STAT_HEADER = "X-Docker-Container-Path-Stat"
@@ -67,10 +68,8 @@ def container_root(req, ref):
     """(container, root path) of the container's filesystem as the engine can reach it."""
     ctr = req.engine.containers.get(ref)
     pid = ctr.pid or 0
-    if pid:
-        root = "/proc/%d/root" % pid
-        if os.path.exists(root):
-            return ctr, root
+    if pid and procident.is_running(pid, ctr.state.get("PidStartTime")):  # not a reused PID
+        return ctr, "/proc/%d/root" % pid
     images = req.engine.images
     rootfs = ctr.rootfs
     if not images.rootfs.is_mounted(ctr.id):
@@ -139,11 +138,21 @@ def _not_found(path, ctr):
     return NotFound("Could not find the file %s in container %s" % (path, ctr.name or ctr.id))
 
 
+def open_scope(ctr, root):
+    """tarsafe.Scope on `root`; a running container's /proc/<pid>/root is confirmed, once open,
+    to still be its init's: had the init exited and its PID been reused, this is a 409."""
+    scope = tarsafe.Scope(root)
+    if root.startswith("/proc/") and not procident.is_running(ctr.pid, ctr.state.get("PidStartTime")):
+        scope.close()
+        raise Conflict("container %s stopped during the copy" % ctr.id)
+    return scope
+
+
 def _open_target(req):
     path = req.query_value("path", "")
     ctr, root = container_root(req, req.params["name"])
     abs_path = _abs(path)
-    scope = tarsafe.Scope(root)
+    scope = open_scope(ctr, root)
     follow = abs_path.endswith("/") or abs_path.endswith("/.")
     try:
         target = _Target(scope, abs_path, follow)
@@ -285,7 +294,7 @@ def put_archive(req):
     abs_path = _abs(path)
     no_overwrite = req.query_bool("noOverwriteDirNonDir")
     copy_uidgid = req.query_bool("copyUIDGID")
-    with tarsafe.Scope(root) as scope:
+    with open_scope(ctr, root) as scope:
         try:
             real = scope.realpath(abs_path)
             fd, _ = scope.walk_dir([p for p in real.split("/") if p])

@@ -35,6 +35,7 @@ class Ctr:
     def __init__(self, cid, name, rootfs, image_id):
         self.id, self.name, self.rootfs, self.image_id = cid, name, rootfs, image_id
         self.pid = 0
+        self.state = {}  # as Container.state; no PidStartTime recorded: the PID alone names the process
         self.proc = None
         self.host_config = {}
 

@@ -301,7 +301,11 @@ def test_exec_while_the_engine_has_not_seen_the_init_die_is_409(eng):
     import docker.errors
 
     client = eng.client()
-    cid = eng.docker("run", "-d", *N, "busybox", "sleep", "60").stdout.strip()
+    cid = eng.docker("run", "-d", *N, "busybox", "sh", "-c", "echo inside > /marker; exec sleep 60").stdout.strip()
+    for _ in range(50):
+        if eng.docker("exec", cid, "cat", "/marker", check=False).stdout == "inside\n":
+            break
+        time.sleep(0.1)
     pid = _init_pid(eng, cid)
     stat = Path(f"/proc/{pid}/stat").read_text()
     supervisor = int(stat[stat.rindex(")") + 2 :].split()[1])
@@ -313,6 +317,9 @@ def test_exec_while_the_engine_has_not_seen_the_init_die_is_409(eng):
         with pytest.raises(docker.errors.APIError) as err:
             client.api.exec_create(cid, ["true"])
         assert err.value.status_code == 409
+        # docker cp does not go through the dead init's /proc/<pid>/root either: the container's own files.
+        p = eng.docker("cp", f"{cid}:/marker", "-")
+        assert "inside\n" in p.stdout and p.stdout.startswith("marker")
     finally:
         os.kill(supervisor, signal.SIGCONT)
         eng.docker("rm", "-f", cid)
