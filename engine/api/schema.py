@@ -5,7 +5,9 @@ walks the body and raises InvalidParameter with Go's wording on the first value 
 ("invalid JSON: json: cannot unmarshal string into Go struct field HostConfig.Privileged of type bool"),
 so `"Privileged": "false"` is a 400 and never a truthy string. As in Go:
 - unknown fields are accepted (clients send many the engine ignores);
-- null is accepted for every field (Go leaves the zero value);
+- null is accepted for every field (Go leaves the zero value), but not as an item of a list or a value
+  of a map (Go would make it "" or an empty struct; the engine's code would meet a None), except
+  where the item is an empty struct or anything;
 - integers are integers: no strings, no booleans, no fractions, and within the Go type's range.
 Ranges Docker checks with its own message carry that message (`Int(..., message=...)`).
 """
@@ -21,6 +23,8 @@ INT64 = (-(1 << 63), (1 << 63) - 1)
 
 def _json_kind(value: Any) -> str:
     """Go's name for the JSON value that did not fit ("string", "number", "bool", "array", "object")."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, str):
@@ -45,6 +49,7 @@ def type_error(path: str, value: Any, go_type: str) -> InvalidParameter:
 
 class Node:
     go_type = "interface {}"
+    null_item_ok = False  # may null be an item of a list / a value of a map of these?
 
     def check(self, value: Any, path: str) -> None:
         raise NotImplementedError
@@ -52,6 +57,8 @@ class Node:
 
 class Any_(Node):
     """Anything (a field the engine never reads as a typed value)."""
+
+    null_item_ok = True
 
     def check(self, value: Any, path: str) -> None:
         return None
@@ -145,6 +152,8 @@ class List(Node):
         if self.max_items is not None and len(value) > self.max_items:
             raise InvalidParameter("invalid value for %s: at most %d items" % (path, self.max_items))
         for item in value:
+            if item is None and not self.item.null_item_ok:
+                raise type_error(path, item, self.item.go_type)
             self.item.check(item, path)
 
 
@@ -176,6 +185,8 @@ class Map(Node):
         if not isinstance(value, dict):
             raise type_error(path, value, self.go_type)
         for item in value.values():
+            if item is None and not self.value.null_item_ok:
+                raise type_error(path, item, self.value.go_type)
             self.value.check(item, path)
 
 
@@ -197,6 +208,7 @@ class Obj(Node):
 
 
 EMPTY_STRUCT = Obj("struct {}", {})
+EMPTY_STRUCT.null_item_ok = True  # ExposedPorts / Volumes: {"80/tcp": null} means the same as {}
 
 
 def check(schema: Obj, body: Any) -> None:

@@ -547,3 +547,165 @@ def test_out_of_threads_refuses_connections_and_survives(start_engine, bundle):
             time.sleep(0.1)
     assert (status, body) == (200, b"OK")
     assert proc.proc.poll() is None
+
+
+# -- units: the schema, log options, rotation and the reader (no root) ------------------------------
+def test_schema_takes_what_clients_send_and_nothing_of_the_wrong_type():
+    from dockyard.engine.api import bodies, schema
+    from dockyard.engine.errors import InvalidParameter
+
+    cli = {  # the shape of docker CLI 28's create body: nulls, zeros, fields the engine ignores
+        "Hostname": "",
+        "AttachStdout": True,
+        "ExposedPorts": {"80/tcp": {}},
+        "Tty": False,
+        "Env": ["K=V"],
+        "Cmd": ["sleep", "1000"],
+        "Image": "alpine",
+        "Volumes": {},
+        "Entrypoint": None,
+        "OnBuild": None,
+        "Labels": {},
+        "SomethingNew": {"x": [1, "y"]},
+        "HostConfig": {
+            "Binds": ["/host:/ctr"],
+            "LogConfig": {"Type": "", "Config": {}},
+            "NetworkMode": "default",
+            "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "ConsoleSize": [40, 120],
+            "CapAdd": None,
+            "Memory": 67108864,
+            "NanoCpus": 500000000,
+            "PidsLimit": None,
+            "MemorySwappiness": None,
+            "OomKillDisable": None,
+            "Ulimits": None,
+            "BlkioWeightDevice": [],
+            "Mounts": [{"Type": "bind", "Source": "/tmp", "Target": "/t", "ReadOnly": True}],
+        },
+        "NetworkingConfig": {"EndpointsConfig": {"default": {"IPAMConfig": None, "Links": None, "Aliases": None}}},
+    }
+    schema.check(bodies.CONTAINER_CREATE, cli)
+    schema.check(bodies.CONTAINER_CREATE, dict(cli, Cmd="echo hi", HostConfig=None))  # StrSlice; null HostConfig
+    bodies.check_resources(cli["HostConfig"], 2)
+    for wrong in (
+        {"Tty": 1},
+        {"Tty": "false"},
+        {"HostConfig": {"Memory": True}},
+        {"HostConfig": {"Memory": 1.0}},
+        {"HostConfig": {"CapAdd": [1]}},
+        {"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": 8080}]}}},
+        {"HostConfig": []},
+        {"Env": [None]},
+    ):
+        with pytest.raises(InvalidParameter) as info:
+            schema.check(bodies.CONTAINER_CREATE, wrong)
+        assert info.value.message.startswith("invalid JSON: json: cannot unmarshal "), wrong
+    schema.check(
+        bodies.EXEC_CREATE,
+        {
+            "User": "",
+            "Privileged": False,
+            "Tty": True,
+            "ConsoleSize": [24, 80],
+            "Env": None,
+            "Cmd": ["sh"],
+            "DetachKeys": "",
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "text,size",
+    [
+        ("1", 1),
+        ("1k", 1000),
+        ("1kb", 1000),
+        ("1KiB", 1000),
+        ("10m", 10**7),
+        ("1.5g", 1500000000),
+        ("2 m", 2 * 10**6),
+        ("3b", 3),
+    ],
+)
+def test_max_size_is_parsed_as_docker_does(text, size):
+    from dockyard.engine.runtime import logs
+
+    assert logs.from_human_size(text) == size
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        ({"max-size": "-1"}, "invalid size: '-1'"),
+        ({"max-size": "k"}, "invalid size: 'k'"),
+        ({"max-size": "1q"}, "invalid suffix: 'q'"),
+        ({"max-size": "1kbb"}, "invalid suffix: 'kbb'"),
+        ({"max-size": "0"}, "max-size must be a positive number"),
+        ({"max-size": "1e30g"}, "invalid size: '1e30g'"),
+        ({"max-file": "0"}, "max-file cannot be less than 1"),
+        ({"max-file": "-3"}, "max-file cannot be less than 1"),
+        ({"max-file": "three"}, 'strconv.Atoi: parsing "three": invalid syntax'),
+        ({"max-file": "100000"}, "max-file cannot be more than 1000"),
+        ({"compress": "true"}, "compress is not supported"),
+        ({"mode": "non-blocking"}, "unknown log opt 'mode' for json-file log driver"),
+    ],
+)
+def test_bad_log_opts(opts, message):
+    from dockyard.engine.errors import InvalidParameter
+    from dockyard.engine.runtime import logs
+
+    with pytest.raises(InvalidParameter) as info:
+        logs.parse_log_opts(opts)
+    assert info.value.message.startswith(message)
+
+
+def test_rotation_and_reading_across_rotated_files(tmp_path):
+    from dockyard.engine.runtime import logs
+
+    path = str(tmp_path / "c-json.log")
+    limits = logs.parse_log_opts({"max-size": "1k", "max-file": "3"})
+    writer = logs.JsonLogWriter(path, limits)
+    follower = logs.LogReader(path)
+    seen = [e.data for e in follower.entries()]
+    for i in range(1, 301):
+        writer.write("stdout", b"line-%d\n" % i)
+        if i % 7 == 0:  # the follower polls now and then: several rotations happen in between
+            seen += [e.data for e in follower.entries()]
+    writer.close()
+    seen += [e.data for e in follower.entries()]
+    assert seen == [b"line-%d\n" % i for i in range(1, 301)]  # every line once, in order, across rotations
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["c-json.log", "c-json.log.1", "c-json.log.2"]
+    for name in names[1:]:
+        assert 1000 <= os.path.getsize(tmp_path / name) < 1100
+    kept = [e.data for e in logs.LogReader(path).entries()]
+    first = int(kept[0][5:])
+    assert kept == [b"line-%d\n" % i for i in range(first, 301)]
+    assert [e.data for e in logs.LogReader(path, tail=3).entries()] == [b"line-298\n", b"line-299\n", b"line-300\n"]
+    assert [e.data for e in logs.LogReader(path, tail=len(kept) - 1).entries()] == kept[1:]
+    assert [e.data for e in logs.LogReader(path, tail=10**6).entries()] == kept
+    assert list(logs.LogReader(path, tail=0).entries()) == []
+    # Reopened (a restarted container): the size already written counts.
+    again = logs.JsonLogWriter(path, limits)
+    again.write("stderr", b"x" * 2000 + b"\n")
+    again.write("stderr", b"after\n")
+    again.close()
+    assert [e.data for e in logs.LogReader(path, tail=1).entries()] == [b"after\n"]
+    assert sorted(os.listdir(tmp_path)) == names
+
+
+def test_max_file_1_replaces_the_file(tmp_path):
+    from dockyard.engine.runtime import logs
+
+    path = str(tmp_path / "c-json.log")
+    writer = logs.JsonLogWriter(path, logs.parse_log_opts({"max-size": "500"}))
+    follower = logs.LogReader(path)
+    got = []
+    for i in range(100):
+        writer.write("stdout", b"n%d\n" % i)
+        got += [e.data for e in follower.entries()]
+    writer.close()
+    assert os.listdir(tmp_path) == ["c-json.log"] and os.path.getsize(path) < 600
+    assert got == [b"n%d\n" % i for i in range(100)]

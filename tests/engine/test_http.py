@@ -4,14 +4,18 @@ import hashlib
 import json
 import os
 import re
+import selectors
 import socket
+import ssl
 import tempfile
 import threading
+import time
 from urllib.parse import quote
 
 import pytest
 
-from dockyard.engine.api.http import HttpServer, Response
+from dockyard.engine.api.admission import Admission
+from dockyard.engine.api.http import MAX_JSON_BODY, HttpServer, Response
 from dockyard.engine.api.router import Router
 from dockyard.engine.api.routes import common_headers
 from dockyard.engine.errors import Conflict, NotFound, NotModified
@@ -90,9 +94,9 @@ def build_test_router(gate):
 
 
 class ServerHarness:
-    def __init__(self, listen_sock, tls_ctx):
+    def __init__(self, listen_sock, tls_ctx, **server_options):
         self.gate = threading.Event()
-        self.server = HttpServer(build_test_router(self.gate), common_headers())
+        self.server = HttpServer(build_test_router(self.gate), common_headers(), **server_options)
         self.sock = listen_sock
         self.tls_ctx = tls_ctx
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -115,15 +119,21 @@ class ServerHarness:
         self.thread.join(5)
 
 
+@pytest.fixture
+def server_options():
+    """HttpServer keyword arguments for the harness (a test overrides this fixture to change them)."""
+    return {}
+
+
 @pytest.fixture(params=["unix", "tls"])
-def harness(request, pki):
+def harness(request, pki, server_options):
     if request.param == "unix":
         sockdir = tempfile.mkdtemp(prefix="dy-http-", dir="/tmp")
         path = os.path.join(sockdir, "s.sock")
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lsock.bind(path)
         lsock.listen(16)
-        h = ServerHarness(lsock, None)
+        h = ServerHarness(lsock, None, **server_options)
 
         def connect():
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -135,7 +145,9 @@ def harness(request, pki):
         lsock.bind(("127.0.0.1", 0))
         lsock.listen(16)
         port = lsock.getsockname()[1]
-        h = ServerHarness(lsock, make_server_tls_context(pki.server.ca, pki.server.cert, pki.server.key))
+        h = ServerHarness(
+            lsock, make_server_tls_context(pki.server.ca, pki.server.cert, pki.server.key), **server_options
+        )
         ctx = client_tls_context(pki.client)
 
         def connect():
@@ -361,3 +373,194 @@ def test_http10_closes_and_head_has_no_body(harness):
     assert data.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in data
     assert re.search(rb"\r\n\r\n\{\"name\":\"x\"\}\n$", data)
     s.close()
+
+
+# -- limits (issue 9, item 9) ---------------------------------------------------------------------
+def read_until_closed(sock):
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_json_body_over_the_limit_is_413_and_the_answer_arrives(harness, chunked):
+    body = b'{"a": "' + b"x" * (MAX_JSON_BODY + 10) + b'"}'
+    s = harness.connect()
+    try:
+        if chunked:
+            s.sendall(b"POST /json HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(body), 65536):
+                part = body[i : i + 65536]
+                s.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            s.sendall(b"0\r\n\r\n")
+        else:
+            request(s, "POST", "/json", body)
+        data = read_until_closed(s)  # the server closes after answering: the rest of the body is not read
+    finally:
+        s.close()
+    assert data.startswith(b"HTTP/1.1 413 Payload Too Large\r\n"), data[:200]
+    assert b"Connection: close" in data
+    assert b'"message":"request body too large: the limit is 1048576 bytes"' in data
+    # Just under the limit is fine.
+    s = harness.connect()
+    ok = b'{"a": "' + b"x" * (MAX_JSON_BODY - 100) + b'"}'
+    request(s, "POST", "/json", ok)
+    status, _, got = Reader(s).response()
+    s.close()
+    assert status == 200 and len(json.loads(got)["got"]["a"]) == MAX_JSON_BODY - 100
+
+
+@pytest.mark.parametrize("server_options", [{"header_timeout": 1.0, "idle_timeout": 1.5}])
+def test_slow_headers_and_idle_keep_alive_are_cut(harness, server_options):
+    # A client trickling its headers a byte at a time is closed at the header deadline ...
+    s = harness.connect()
+    started = time.monotonic()
+    s.sendall(b"GET /q HTTP/1.1\r\n")
+    closed = False
+    for byte in b"Host: trickle\r\nX-Slow: " + b"a" * 100:
+        try:
+            s.sendall(bytes([byte]))
+        except OSError:
+            closed = True
+            break
+        s.settimeout(0.2)
+        try:
+            if s.recv(4096) == b"":
+                closed = True
+                break
+        except socket.timeout:
+            pass
+        except (ConnectionResetError, ssl.SSLError):
+            closed = True
+            break
+    s.close()
+    assert closed and time.monotonic() - started < 4
+    # ... and a keep-alive connection left idle after a request is closed at the idle deadline.
+    s = harness.connect()
+    request(s, "GET", "/q")
+    assert Reader(s).response()[0] == 200
+    started = time.monotonic()
+    s.settimeout(10)
+    assert read_until_closed(s) == b""
+    assert 1.0 < time.monotonic() - started < 5
+    s.close()
+
+
+def test_connections_beyond_the_cap_or_without_threads_are_refused(monkeypatch):
+    server = HttpServer(build_test_router(threading.Event()), common_headers(), max_connections=1)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        assert server.spawn(a, "first") is not None  # holds the one slot while it waits for a request
+        assert server.spawn(c, "second") is None  # refused: closed, not queued
+        assert d.recv(1) == b""
+        b.sendall(b"GET /q HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert read_until_closed(b).startswith(b"HTTP/1.1 200 OK")
+        deadline = time.monotonic() + 5
+        while server.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.active == 0
+
+        def no_threads(self):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", no_threads)
+        e, f = socket.socketpair()
+        assert server.spawn(e, "third") is None  # no exception for the accept loop: refused
+        assert f.recv(1) == b"" and server.active == 0 and server.refused == 2
+        f.close()
+    finally:
+        for sock in (a, b, c, d):
+            sock.close()
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_admission_caps_waiting_connections_and_enforces_deadlines(pki):
+    sel = selectors.DefaultSelector()
+    handed = []
+    clock = FakeClock()
+    adm = Admission(sel, lambda sock, peer: handed.append((sock, peer)) or True, max_pending=3, clock=clock)
+    adm.handshake_timeout, adm.first_request_timeout = 5.0, 20.0
+    pairs = [socket.socketpair() for _ in range(5)]
+    try:
+        for i, (server_side, _) in enumerate(pairs):
+            clock.now += 1
+            adm.admit(server_side, "c%d" % i, None)
+        assert len(adm) == 3 and adm.evicted == 2
+        assert pairs[0][1].recv(1) == b"" and pairs[1][1].recv(1) == b""  # the two oldest were closed
+        pairs[3][1].sendall(b"GET /_ping HTTP/1.1\r\n")  # c3 starts a request: handed to a thread
+        for key, _ in sel.select(1):
+            adm.ready(key.data)
+        assert [peer for _, peer in handed] == ["c3"] and handed[0][0].getblocking()
+        clock.now += 25  # past the first-request deadline of the others
+        adm.tick()
+        assert len(adm) == 0 and adm.expired == 2
+        assert pairs[2][1].recv(1) == b"" and pairs[4][1].recv(1) == b""
+        assert adm.timeout() is None
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        for sock, _ in handed:
+            sock.close()
+        sel.close()
+
+
+def test_admission_runs_tls_handshakes_without_threads(pki):
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    port = lsock.getsockname()[1]
+    server_ctx = make_server_tls_context(pki.server.ca, pki.server.cert, pki.server.key)
+    sel = selectors.DefaultSelector()
+    handed = []
+    clock = FakeClock()
+    adm = Admission(sel, lambda sock, peer: handed.append(sock) or True, clock=clock)
+    result = {}
+
+    def client():
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        tls = client_tls_context(pki.client).wrap_socket(raw, server_hostname="127.0.0.1")
+        tls.sendall(b"GET /_ping HTTP/1.1\r\nHost: t\r\n\r\n")
+        result["tls"] = tls
+
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=10)  # connects, never says hello
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        for _ in range(2):
+            conn, peer = lsock.accept()
+            adm.admit(conn, peer, server_ctx)
+        deadline = time.monotonic() + 10
+        while not handed and time.monotonic() < deadline:
+            for key, _ in sel.select(0.1):
+                adm.ready(key.data)
+        thread.join(10)
+        assert len(handed) == 1 and isinstance(handed[0], ssl.SSLSocket)
+        assert handed[0].recv(100).startswith(b"GET /_ping")  # the request, decrypted, for the thread
+        assert len(adm) == 1  # the stalled one still waits for its handshake ...
+        clock.now += 11
+        adm.tick()  # ... until the handshake deadline
+        assert len(adm) == 0 and stalled.recv(1) == b""
+    finally:
+        stalled.close()
+        for sock in handed:
+            sock.close()
+        if "tls" in result:
+            result["tls"].close()
+        lsock.close()
+        sel.close()
