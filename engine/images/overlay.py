@@ -151,7 +151,10 @@ class RootfsManager:
             diff_ids = read_json(record)["layers"]
         if os.path.ismount(p["merged"]):
             # Mounted by an engine before nodev,nosuid: add them (a bind remount changes this mount only).
-            mount("none", p["merged"], None, MS_REMOUNT | MS_BIND | MERGED_FLAGS)
+            try:
+                mount("none", p["merged"], None, MS_REMOUNT | MS_BIND | MERGED_FLAGS)
+            except OSError as exc:
+                log.warning("cannot make %s nodev,nosuid: %s", p["merged"], exc.strerror)
             return p["merged"]
         layers = [self.layers.get(d) for d in reversed(diff_ids)]  # top first, as overlayfs wants
         links = [l.link for l in layers]

@@ -250,6 +250,14 @@ def test_copy_up_recreates_nodes_never_reads_them(eng, loop_disk):
     source = json.loads(eng.docker("inspect", "anon").stdout)[0]["Mounts"][0]["Source"]
     assert source.startswith(str(eng.dir / "data" / "volumes") + "/")
     check_copied_volume(Path(source), loop_disk[0])
+    # The engine's own mount of the image content (the container's merged overlay) honours no nodes, no setuid.
+    cid = json.loads(eng.docker("inspect", "anon").stdout)[0]["Id"]
+    merged = str(eng.dir / "data" / "overlay" / cid / "merged")
+    pid = int((eng.dir / "engine.pid").read_text())
+    options = {
+        f[4]: set(f[5].split(",")) for f in map(str.split, Path("/proc/%d/mountinfo" % pid).read_text().splitlines())
+    }
+    assert {"nodev", "nosuid"} <= options[merged]
     eng.docker("rm", "-v", "anon")
     assert etc_snapshot() == before and engine_mounts(eng) == mounts
     assert not backing or hashlib.sha256(loop_disk[1].read_bytes()).hexdigest() == backing
