@@ -95,3 +95,15 @@ def test_volume_docker_py(images_engine, monkeypatch):
     assert [x.name for x in client.volumes.list(filters={"label": "x=1"})] == ["pyvol"]
     v.remove()
     assert client.volumes.list() == []
+
+
+def test_volume_dirs_are_private_also_when_made_by_an_older_engine(tmp_path):
+    old = tmp_path / "data" / "volumes" / "old"
+    (old / "_data").mkdir(parents=True)
+    os.chmod(old.parent, 0o701)
+    os.chmod(old, 0o711)
+    store = VolumeStore(str(tmp_path / "data"))
+    new = store.create("new")
+    for path in (old.parent, old, new.path):
+        assert os.stat(path).st_mode & 0o777 == 0o700, path
+    assert os.stat(new.mountpoint).st_mode & 0o777 == 0o755  # the volume's own root: the image's (or 0755)
