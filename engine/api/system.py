@@ -74,8 +74,14 @@ def version(req):
 
 
 def security_options():
-    """/info SecurityOptions: seccomp with Docker's default profile when containers get it."""
-    return ["name=seccomp,profile=builtin"] if seccomp.available() else []
+    """/info SecurityOptions, as dockerd words them, for what every container gets by default here:
+    seccomp with Docker's default profile (when libseccomp is there), no_new_privs (dockyard's
+    default, dockerd's --no-new-privileges), and a private cgroup namespace on cgroup v2."""
+    out = ["name=seccomp,profile=builtin"] if seccomp.available() else []
+    out.append("name=no-new-privileges")
+    if hostinfo.cgroup_version() == "2":
+        out.append("name=cgroupns")
+    return out
 
 
 def _warnings(features, cfg, engine):

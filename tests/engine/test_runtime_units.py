@@ -396,3 +396,12 @@ def test_an_undumpable_process_hides_its_exe_from_a_peer_with_the_same_capabilit
     finally:
         os.close(hold_w)
         assert _status(tpid) == 0
+
+
+def test_info_lists_seccomp_only_when_enforced(monkeypatch):
+    from dockyard.engine.api import system
+
+    monkeypatch.setattr(seccomp, "available", lambda: False)
+    assert "name=seccomp,profile=builtin" not in system.security_options()
+    monkeypatch.setattr(seccomp, "available", lambda: True)
+    assert system.security_options()[0] == "name=seccomp,profile=builtin"
