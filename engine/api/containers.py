@@ -283,11 +283,14 @@ def attach(req):
     stream_it, with_logs = req.query_bool("stream"), req.query_bool("logs")
     if not (stream_it or with_logs):
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
+    reader = None
+    if with_logs:
+        reader = logmod.LogReader(c.log_path)
+        reader.stop_here()  # the log up to now; what comes after arrives through the attach socket
     peer = mgr.attach_socket(c, want) if stream_it else None
     hijacked = req.hijack(RAW if c.tty else MUX)
     start_at = first_write_at(req)
-    if with_logs:
-        reader = logmod.LogReader(c.log_path)
+    if reader is not None:
         try:
             for chunk in _batched(_log_payloads(c, reader.entries(), want["stdout"], want["stderr"], False)):
                 relay.sleep_until(start_at)

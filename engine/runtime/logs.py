@@ -309,6 +309,7 @@ class LogReader:
     def __init__(self, path: str, offset: int = 0, tail: int | None = None) -> None:
         self.path = path
         self.rest = b""
+        self.end: int | None = None  # stop_here(): where the current file's reading ends
         self.files: List[Any] = []  # open files still to read, oldest first; the last one is followed
         names = [path] if offset else log_files(path)
         for name in names:
@@ -395,13 +396,24 @@ class LogReader:
         except OSError:
             return False  # between the rename and the new file: look again next time
 
+    def stop_here(self) -> None:
+        """Read only what the files hold now: nothing appended later, no rotation followed."""
+        self.end = os.fstat(self.files[-1].fileno()).st_size if self.files else 0
+
     def entries(self) -> Iterator[Entry]:
         while self.files:
             fh = self.files[0]
-            data = fh.read(READ_BLOCK)
+            size = READ_BLOCK
+            if self.end is not None and len(self.files) == 1:
+                size = min(READ_BLOCK, self.end - fh.tell())
+                if size <= 0:
+                    return
+            data = fh.read(size)
             if data:
                 yield from self._lines(data)
                 continue
+            if self.end is not None and len(self.files) == 1:
+                return
             if len(self.files) > 1:
                 yield from self._end_of_file()
                 fh.close()
@@ -410,7 +422,7 @@ class LogReader:
             if not self._rotated(fh):
                 return
             # Rotated: what was appended before the rename is final now; read it, then the newer files.
-            data = fh.read()
+            data = fh.read(READ_BLOCK)
             while data:
                 yield from self._lines(data)
                 data = fh.read(READ_BLOCK)

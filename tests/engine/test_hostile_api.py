@@ -709,3 +709,31 @@ def test_max_file_1_replaces_the_file(tmp_path):
     writer.close()
     assert os.listdir(tmp_path) == ["c-json.log"] and os.path.getsize(path) < 600
     assert got == [b"n%d\n" % i for i in range(100)]
+
+
+@root_only
+def test_attach_with_logs_streams_the_log_up_to_now(eng):
+    cid = eng.docker("run", "-d", *N, "busybox", "sh", "-c", "echo one; usleep 200000; echo two >&2; sleep 600").stdout.strip()
+    try:
+        deadline = time.monotonic() + 10
+        while eng.docker("logs", cid).stderr != "two\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(eng.sock)
+        s.sendall(
+            b"POST /containers/%s/attach?logs=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n" % cid.encode()
+        )
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, _, frames = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 UPGRADED")
+        assert frames == b"\x01\x00\x00\x00\x00\x00\x00\x04one\n" + b"\x02\x00\x00\x00\x00\x00\x00\x04two\n"
+    finally:
+        eng.docker("rm", "-f", cid)
