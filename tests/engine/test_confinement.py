@@ -311,6 +311,7 @@ def test_exec_while_the_engine_has_not_seen_the_init_die_is_409(eng):
     pid = _init_pid(eng, cid)
     stat = Path(f"/proc/{pid}/stat").read_text()
     supervisor = int(stat[stat.rindex(")") + 2 :].split()[1])
+    created = client.api.exec_create(cid, ["touch", "/ran"])["Id"]  # while the init still runs
     os.kill(supervisor, signal.SIGSTOP)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -319,6 +320,10 @@ def test_exec_while_the_engine_has_not_seen_the_init_die_is_409(eng):
         with pytest.raises(docker.errors.APIError) as err:
             client.api.exec_create(cid, ["true"])
         assert err.value.status_code == 409
+        with pytest.raises(docker.errors.APIError) as err:
+            client.api.exec_start(created, detach=True)
+        assert err.value.status_code == 409
+        assert not os.path.exists("/ran")  # nothing ran on the host either
         # docker cp does not go through the dead init's /proc/<pid>/root either: the container's own files.
         p = eng.docker("cp", f"{cid}:/marker", "-")
         assert "inside\n" in p.stdout and p.stdout.startswith("marker")
