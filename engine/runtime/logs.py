@@ -36,7 +36,7 @@ class LogLimits:
 
 # The json-file driver's options (moby daemon/logger/jsonfilelog); only the rotation ones change anything here.
 LOG_OPTS = ("max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex", "tag")
-MAX_FILES_LIMIT = 1000  # Docker has none; a rotation touches every file, so bound it
+MAX_FILES_LIMIT = 100  # Docker has none; `docker logs` opens every file at once, so bound them
 _DECIMAL_UNITS = {"k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "p": 1000**5}
 
 

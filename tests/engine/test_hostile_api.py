@@ -648,7 +648,7 @@ def test_max_size_is_parsed_as_docker_does(text, size):
         ({"max-file": "0"}, "max-file cannot be less than 1"),
         ({"max-file": "-3"}, "max-file cannot be less than 1"),
         ({"max-file": "three"}, 'strconv.Atoi: parsing "three": invalid syntax'),
-        ({"max-file": "100000"}, "max-file cannot be more than 1000"),
+        ({"max-file": "101"}, "max-file cannot be more than 100"),
         ({"compress": "true"}, "compress is not supported"),
         ({"mode": "non-blocking"}, "unknown log opt 'mode' for json-file log driver"),
     ],
