@@ -1,7 +1,9 @@
 """Containers resource: create, list, inspect, start/stop/kill/restart/pause, wait, rm, rename,
 resize, attach, logs, top, stats, update, prune (req.engine.containers does the work)."""
 
+import datetime
 import os
+import re
 import select
 import ssl
 import time
@@ -214,10 +216,37 @@ def prune(req):
     mgr = req.engine.containers
     filters = req.filters()
     filters.validate(("until", "label", "label!"))
-    deleted = []
-    for cid in mgr.prune():
-        deleted.append(cid)
+    until = [parse_until(value) for value in filters.get("until")]
+    deleted = mgr.prune(until_ns=min(until) if until else None, labels=filters.label_matcher("label", "label!"))
     return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
+
+
+_GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$")
+_GO_UNITS = {"ns": 1, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
+
+
+def parse_until(value: str, now_ns: int | None = None) -> int:
+    """A prune `until` filter as moby reads it (timetypes.GetTimestamp): a Go duration before now
+    ("24h", "1h30m"), an RFC 3339 time or date, or Unix seconds -> ns; InvalidParameter otherwise."""
+    text = str(value).strip()
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    if _GO_DURATION.match(text):
+        total = sum(
+            float(num) * _GO_UNITS[unit] for num, _, unit in re.findall(r"([0-9]+(\.[0-9]*)?)(ns|us|µs|ms|s|m|h)", text)
+        )
+        return now_ns - int(total)
+    since = parse_since(text)
+    if since is not None and re.match(r"^[0-9]+(\.[0-9]+)?$", text):
+        return since
+    for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            parsed = datetime.datetime.strptime(re.sub(r"\.[0-9]+", "", text).replace("Z", "+00:00"), fmt)
+        except ValueError:
+            continue
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+        return int(parsed.timestamp()) * 1000000000
+    raise InvalidParameter("failed to parse value %s, expected a duration, a timestamp or a date" % text)
 
 
 def update(req):

@@ -304,6 +304,15 @@ class ContainerManager(ExitsMixin):
                     try:
                         settings = net.connect(c, int(msg["pid"]))
                         _write_in_place(os.path.join(c.dir, "hosts"), net.hosts_file(c, settings))
+                    except Exception:
+                        if _netns_gone(int(msg["pid"])):
+                            # The init died before its command ran (not found, not executable): its
+                            # error report is queued for the supervisor, which sends "failed" after "go".
+                            settings = None
+                            channel.send(ctl, {"op": "go", "settings": None})
+                            continue
+                        channel.send(ctl, {"op": "abort"})
+                        raise
                     except BaseException:
                         channel.send(ctl, {"op": "abort"})
                         raise
@@ -674,6 +683,8 @@ class ContainerManager(ExitsMixin):
                 continue
             if until_ns is not None and c.record.get("CreatedNs", 0) > until_ns:
                 continue
+            if labels is not None and not labels(c.config.get("Labels") or {}):
+                continue
             try:
                 self.remove(c)
                 deleted.append(c.id)
@@ -688,6 +699,11 @@ class ContainerManager(ExitsMixin):
             if timer is not None:
                 timer.cancel()
         self.forkserver.stop()
+
+
+def _netns_gone(pid):
+    """The process has no network namespace left: it exited (a zombie's ns links are gone too)."""
+    return not os.path.exists("/proc/%d/ns/net" % pid)
 
 
 def _write_in_place(path, text):

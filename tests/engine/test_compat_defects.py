@@ -1,0 +1,140 @@
+"""Compatibility defects found driving the engine with docker-py (issue 10), each against a real engine
+(its own network and mount namespace, tests/engine/runtime_helper.py) with the real docker CLI and docker-py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dockyard.engine.api.containers import parse_until
+from dockyard.engine.errors import InvalidParameter
+from tests.engine.runtime_helper import RuntimeEngine
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+
+NOT_A_MANAGER = 'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join"'
+
+
+@pytest.fixture(scope="module")
+def eng():
+    e = RuntimeEngine()
+    try:
+        e.start()
+        e.load_busybox()
+        yield e
+    finally:
+        e.cleanup()
+
+
+def test_swarm_endpoints_answer_as_dockerd_outside_a_swarm(eng):
+    import docker
+
+    client = eng.client()
+    api = client.api
+    assert api.leave_swarm(force=True) is True  # docker-py takes dockerd's 503 as "not in a swarm"
+    with pytest.raises(docker.errors.APIError) as info:
+        api.leave_swarm(force=False)
+    assert info.value.response.status_code == 503 and "not part of a swarm" in str(info.value)
+    for path in ("/swarm", "/nodes", "/services", "/tasks", "/secrets", "/configs", "/nodes/x", "/services/x"):
+        resp = api._get(api._url(path))
+        assert resp.status_code == 503, path
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.json()["message"].startswith(NOT_A_MANAGER), path
+    p = eng.docker("node", "ls", check=False)
+    assert p.returncode != 0 and "This node is not a swarm manager" in p.stderr
+    p = eng.docker("service", "ls", check=False)
+    assert p.returncode != 0 and "This node is not a swarm manager" in p.stderr
+    assert client.info()["Swarm"]["LocalNodeState"] == "inactive"
+    assert client.ping() is True  # the engine still answers
+
+
+def test_missing_command_on_the_bridge_is_dockers_error_not_a_proc_race(eng):
+    """Default network (bridge, so the engine wires the netns while the init looks the command up)."""
+    import docker
+
+    for _ in range(5):  # the init's failure and the network hook used to race
+        p = eng.docker("run", "--rm", "busybox", "nonexistent-cmd", check=False)
+        assert p.returncode == 127, p.stderr
+        assert 'exec: "nonexistent-cmd": executable file not found in $PATH' in p.stderr
+        assert "/proc/" not in p.stderr
+    p = eng.docker("run", "--rm", "busybox", "/etc", check=False)
+    assert p.returncode == 126 and "/proc/" not in p.stderr, p.stderr
+    client = eng.client()
+    with pytest.raises(docker.errors.APIError) as info:
+        client.containers.run("busybox", "nonexistent-cmd", name="nocmd")
+    assert info.value.response.status_code == 400
+    assert "executable file not found" in str(info.value)
+    c = client.containers.get("nocmd")
+    assert c.attrs["State"]["ExitCode"] == 127 and c.status in ("created", "exited")
+    c.remove()
+    # a command that exits at once runs and exits normally
+    assert client.containers.run("busybox", ["sh", "-c", "exit 0"], remove=True) == b""
+    assert eng.docker("ps", "-aq").stdout == ""
+    # the bridge's addresses were given back: a later container still starts and gets one
+    out = eng.docker("run", "--rm", "busybox", "ip", "-4", "-o", "addr", "show", "eth0").stdout
+    assert "inet 172." in out or "inet 10." in out
+
+
+def test_exec_output_framing_tty_and_demux(eng):
+    client = eng.client()
+    c = client.containers.run("busybox", ["sleep", "60"], detach=True, network_mode="none")
+    try:
+        script = ["sh", "-c", "echo out; echo err >&2"]
+        r = c.exec_run(script)
+        assert r.exit_code == 0 and sorted(r.output.splitlines()) == [b"err", b"out"] and b"\r" not in r.output
+        r = c.exec_run(script, demux=True)
+        assert r.output == (b"out\n", b"err\n")
+        r = c.exec_run(script, tty=True)
+        assert r.output == b"out\r\nerr\r\n"
+        r = c.exec_run(script, tty=True, demux=True)
+        assert r.output == (b"out\r\nerr\r\n", None)
+        # the raw API: multiplexed frames (stream 1 / 2) without tty, one raw stream with it
+        api = client.api
+        ex = api.exec_create(c.id, script)
+        raw = api.exec_start(ex["Id"], socket=False, stream=False, demux=False)
+        assert raw in (b"out\nerr\n", b"err\nout\n")
+        p = eng.docker("exec", c.id, "sh", "-c", "echo out; echo err >&2")
+        assert (p.stdout, p.stderr) == ("out\n", "err\n")
+    finally:
+        c.remove(force=True)
+
+
+def test_container_prune_filters(eng):
+    d = eng.docker
+    d("create", "--name", "keep", "--label", "keep=yes", "busybox", "true")
+    d("create", "--name", "drop1", "--label", "team=a", "busybox", "true")
+    d("create", "--name", "drop2", "--label", "team=b", "busybox", "true")
+    try:
+        out = d("container", "prune", "-f", "--filter", "label=team=a").stdout
+        names = set(d("ps", "-a", "--format", "{{.Names}}").stdout.split())
+        assert names == {"keep", "drop2"}, out
+        d("container", "prune", "-f", "--filter", "label!=keep")
+        assert set(d("ps", "-a", "--format", "{{.Names}}").stdout.split()) == {"keep"}
+        # until: nothing created before an hour ago
+        d("container", "prune", "-f", "--filter", "until=1h")
+        assert set(d("ps", "-a", "--format", "{{.Names}}").stdout.split()) == {"keep"}
+        client = eng.client()
+        res = client.containers.prune(filters={"label": ["keep=no"]})
+        assert not res.get("ContainersDeleted")
+        p = d("container", "prune", "-f", "--filter", "until=yesterday-ish", check=False)
+        assert p.returncode != 0 and "failed to parse value" in p.stderr
+        assert set(d("ps", "-a", "--format", "{{.Names}}").stdout.split()) == {"keep"}
+        res = client.containers.prune(filters={"label": "keep=yes"})
+        assert len(res["ContainersDeleted"]) == 1
+    finally:
+        d("rm", "-f", "keep", "drop1", "drop2", check=False)
+
+
+def test_parse_until():
+    now = 1_700_000_000 * 10**9
+    assert parse_until("1h", now) == now - 3600 * 10**9
+    assert parse_until("1h30m", now) == now - 5400 * 10**9
+    assert parse_until("1500ms", now) == now - 1_500_000_000
+    assert parse_until("1700000000", now) == now
+    assert parse_until("1700000000.5", now) == now + 500_000_000
+    assert parse_until("2023-11-14T22:13:20Z", now) == now
+    assert parse_until("2023-11-14", now) == 1_699_920_000 * 10**9
+    for bad in ("", "h", "1d", "soon", "2023-13-01"):
+        with pytest.raises(InvalidParameter):
+            parse_until(bad, now)
