@@ -7,6 +7,7 @@ with an emulation failure or crawls), so a file check alone would pick an accele
 import fcntl
 import json
 import os
+import select
 import subprocess
 import time
 
@@ -99,6 +100,44 @@ def boot_check(qemu, kernel, timeout=PROBE_TIMEOUT, accel="kvm"):
     return Probe(False, f"a test kernel failed under {accel.upper()} (exit {p.returncode}): {detail[:200]}", seconds)
 
 
+def firmware_check(qemu, timeout=PROBE_TIMEOUT, accel="kvm"):
+    """Without a kernel to test-boot (a cloud image boots through its own loader): run the firmware alone under
+    KVM; SeaBIOS reaching "No bootable device" (on its debug port) proves KVM runs guest code, while a
+    broken KVM aborts QEMU or makes no progress."""
+    cpu = ["-cpu", "host"] if accel == "kvm" else []
+    cmd = [qemu, "-accel", accel, *cpu, "-m", "64", "-nodefaults", "-no-user-config", "-display", "none"]
+    cmd += ["-monitor", "none", "-chardev", "stdio,id=dbg", "-device", "isa-debugcon,iobase=0x402,chardev=dbg"]
+    started = time.monotonic()
+    try:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        return Probe(False, f"cannot run {qemu}: {e.strerror}")
+    out = b""
+    try:
+        assert p.stdout is not None
+        while time.monotonic() - started < timeout:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+                if b"No bootable device" in out or b"Booting from" in out:
+                    seconds = time.monotonic() - started
+                    return Probe(True, f"the firmware ran under {accel.upper()} in {seconds:.1f}s", seconds)
+            elif p.poll() is not None:
+                break
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    seconds = time.monotonic() - started
+    lines = [line for line in err.splitlines() if line.strip()]
+    detail = lines[-1][:200] if lines else "no progress"
+    return Probe(False, f"the firmware failed under {accel.upper()} (exit {p.returncode}): {detail}", seconds)
+
+
 def _boot_id():
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -138,7 +177,7 @@ def probe(qemu, kernel, cache_dir, device="/dev/kvm", timeout=PROBE_TIMEOUT):
         pass
     result = device_check(device)
     if result.usable:
-        result = boot_check(qemu, kernel, timeout) if kernel else Probe(True, "device ok (no kernel to test-boot)")
+        result = boot_check(qemu, kernel, timeout) if kernel else firmware_check(qemu, timeout)
     try:
         atomic_write(path, json.dumps({"key": key, "result": result.to_dict()}), 0o644, durable=False)
     except OSError:

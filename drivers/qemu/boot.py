@@ -84,14 +84,51 @@ def describe(name, pid, serial, ssh_addr, banner, ssh_error, serial_path, qemu_l
     return text
 
 
+STAGES = (
+    ("kernel", "kernel started"),
+    ("systemd", "init (systemd) started"),
+    ("cloud_init_started", "cloud-init running"),
+    ("cloud_init_done", "cloud-init finished"),
+)
+
+
+class StageReporter:
+    """Reports each boot stage once, in order, as the serial console (and SSH) reach it."""
+
+    def __init__(self, progress, started):
+        self.progress, self.started, self.seen = progress, started, set()
+
+    def report(self, key, text):
+        if self.progress and key not in self.seen:
+            self.seen.add(key)
+            self.progress(f"  Boot: {text} ({time.monotonic() - self.started:.0f}s)")
+
+    def serial(self, serial):
+        reached = progress(serial)
+        for key, text in STAGES:
+            if reached[key]:
+                self.report(key, text)
+
+
 def wait_for_login(
-    name, target, pid_fn, serial_path, serial_offset, timeout, qemu_log_fn=lambda: "", what="QEMU process"
+    name,
+    target,
+    pid_fn,
+    serial_path,
+    serial_offset,
+    timeout,
+    qemu_log_fn=lambda: "",
+    what="QEMU process",
+    progress_fn=None,
 ):
     """Poll until SSH log-in with the machine's key works. Raises DriverError describing the stage reached
-    when QEMU dies, the kernel panics, or timeout passes. Returns the seconds it took."""
+    when QEMU dies, the kernel panics, or timeout passes. Returns the seconds it took.
+    progress_fn: gets one line per boot stage reached (firmware, kernel, init, cloud-init, SSH)."""
     started = time.monotonic()
     deadline = started + timeout
     banner, last_error = False, ""
+    stages = StageReporter(progress_fn, started)
+    stages.report("firmware", "firmware started")
     addr = f"{target.host}:{target.port}"
     while True:
         pid = pid_fn()
@@ -113,14 +150,18 @@ def wait_for_login(
         if not banner:
             banner = ssh_banner(target.host, target.port)
         if banner:
+            stages.serial(read_serial(serial_path, serial_offset))
+            stages.report("ssh", "SSH answers")
             try:
                 SSHSession(target, connect_timeout=10).close()
+                stages.report("login", "logged in")
                 return time.monotonic() - started
             except HostKeyChanged:
                 raise
             except SSHError as e:  # key not installed yet (cloud-init still running), or sshd restarting
                 last_error = str(e)
         serial = read_serial(serial_path, serial_offset)
+        stages.serial(serial)
         if "Kernel panic" in serial:
             raise DriverError(
                 "the guest kernel panicked while booting: "

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import random
 import shutil
 import signal
@@ -18,11 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
-from dockyard.drivers.guestimage import build, seed, source, tools
+from dockyard.drivers.guestimage import build, debian, seed, source, tools
 from dockyard.drivers.qemu import accel as accel_mod
 from dockyard.drivers.qemu import boot, cmdline
 from dockyard.drivers.qemu.qmp import QMP, QMPError
 from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
+
+BUILD = "build"  # --qemu-image build: dockyard's own image, built with mmdebstrap (needs root)
 
 STOP_TIMEOUT = 90.0  # ACPI power-down under emulation takes ~5 s; a hung guest is killed after this
 KILL_WAIT = 10.0
@@ -50,6 +53,23 @@ FILES = (
     "serial.log.prev",
     "qemu.log",
 )
+
+
+def host_binary(machine: str = "") -> str:
+    """qemu-system-<arch> for this host (the emulator that can use KVM here)."""
+    m = machine or platform.machine()
+    return "qemu-system-" + {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def host_kernel() -> str:
+    """The running host's kernel image, when readable: a test boot under KVM needs some kernel."""
+    path = f"/boot/vmlinuz-{os.uname().release}"
+    return path if os.access(path, os.R_OK) else ""
+
+
+def default_cpus() -> int:
+    """Half the host's CPUs, at least 1 and at most 4."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def free_port():
@@ -140,15 +160,15 @@ class QemuDriver(Driver):
     name = "qemu"
     capabilities = POWER
     flags = [
-        Flag("qemu-binary", "QEMU system emulator to run", default="qemu-system-x86_64", envvar="QEMU_BINARY"),
+        Flag("qemu-binary", "QEMU system emulator to run", default=host_binary(), envvar="QEMU_BINARY"),
         Flag(
             "qemu-accel",
             "Acceleration: auto (KVM if it really works, else TCG), kvm or tcg",
             default="auto",
             envvar="QEMU_ACCEL",
         ),
-        Flag("qemu-cpus", "Number of virtual CPUs", default=2, type=int, envvar="QEMU_CPUS"),
-        Flag("qemu-memory", "Memory in MB", default=1024, type=int, envvar="QEMU_MEMORY"),
+        Flag("qemu-cpus", "Number of virtual CPUs", default=default_cpus(), type=int, envvar="QEMU_CPUS"),
+        Flag("qemu-memory", "Memory in MB", default=2048, type=int, envvar="QEMU_MEMORY"),
         Flag("qemu-disk-size", "Disk size in MB", default=20000, type=int, envvar="QEMU_DISK_SIZE"),
         Flag(
             "qemu-network",
@@ -166,9 +186,17 @@ class QemuDriver(Driver):
         ),
         Flag(
             "qemu-image",
-            "Guest image: a path or http(s) URL of a cloud image (qcow2, raw, vdi) with "
-            "cloud-init; default: dockyard's own Debian image, built once and cached",
+            "Guest image: a path or http(s) URL of a cloud image (qcow2, raw, vdi) with cloud-init, or "
+            "\"build\" for dockyard's own Debian image built with mmdebstrap (needs root); default: Debian's "
+            "official cloud image for this host (downloaded once, verified against its SHA512SUMS, cached; "
+            "built instead when it cannot be downloaded)",
             envvar="QEMU_IMAGE",
+        ),
+        Flag(
+            "qemu-image-url-base",
+            "Where Debian's cloud image and its SHA512SUMS are downloaded from",
+            default=debian.DEFAULT_URL_BASE,
+            envvar=debian.URL_BASE_ENV,
         ),
         Flag("qemu-image-sha256", "sha256 of --qemu-image (required for URLs)", envvar="QEMU_IMAGE_SHA256"),
         Flag(
@@ -182,8 +210,12 @@ class QemuDriver(Driver):
 
     # -- configuration ------------------------------------------------------------------
     def set_config_from_flags(self, options: Mapping[str, Any]) -> None:
-        settings = QemuSettings.from_flags(flag_values(self.flags, options), ssh_user=build.recipe.SSH_USER)
+        values = flag_values(self.flags, options)
+        settings = QemuSettings.from_flags(values, ssh_user=build.recipe.SSH_USER)
         self.config.update(settings.to_config())
+        base = debian.url_base(values["qemu_image_url_base"] or "")
+        if base != debian.DEFAULT_URL_BASE:  # recorded only when it is not Debian's (keeps config.json as it was)
+            self.config["ImageURLBase"] = base
 
     @property
     def cache_dir(self):
@@ -241,10 +273,16 @@ class QemuDriver(Driver):
             subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=True)
         except (OSError, subprocess.SubprocessError) as e:
             raise PreCreateCheckError(f"{binary} does not run: {e}") from None
-        if self.config.get("Image"):
-            source.check(self.config["Image"], self.config.get("ImageSHA256"), "qemu-image")
-        else:
+        image = self.config.get("Image")
+        if image == BUILD:
             build.check_can_build(self.cache_dir)
+        elif image:
+            source.check(image, self.config.get("ImageSHA256"), "qemu-image")
+        else:
+            try:
+                debian.debian_arch()
+            except DriverError as e:
+                raise PreCreateCheckError(f"{e}; give one with --qemu-image") from None
         if self.config["Accel"] == "kvm":
             dev = accel_mod.device_check()
             if not dev.usable:
@@ -268,7 +306,7 @@ class QemuDriver(Driver):
         timings = {}
         started = time.monotonic()
         public_key = self.ensure_ssh_key()
-        image = source.resolve(self.config.get("Image"), self.config.get("ImageSHA256"), self.cache_dir, self.progress)
+        image = self._resolve_image()
         timings["Image"] = time.monotonic() - started
 
         t = time.monotonic()
@@ -313,11 +351,30 @@ class QemuDriver(Driver):
         timings["BootToSSH"] = self._wait_booted()
         self.config["Timings"] = {k: round(v, 2) for k, v in timings.items()}
 
+    def _resolve_image(self):
+        image = self.config.get("Image")
+        if image == BUILD:
+            return build.ensure_image(self.cache_dir, self.progress)
+        if image:
+            return source.resolve(image, self.config.get("ImageSHA256"), self.cache_dir, self.progress)
+        try:
+            return debian.ensure(debian.url_base(self.config.get("ImageURLBase") or ""), self.cache_dir, self.progress)
+        except debian.DownloadUnavailable as e:
+            try:
+                build.check_can_build(self.cache_dir)
+            except PreCreateCheckError as why:
+                raise DriverError(
+                    f"{e}; the fallback, building dockyard's own image with mmdebstrap, is not possible here "
+                    f"either: {why}"
+                ) from None
+            self.progress(f"Warning: {e}; building dockyard's own image with mmdebstrap instead")
+            return build.ensure_image(self.cache_dir, self.progress)
+
     def _choose_accel(self, image):
         kernel = image.kernel
-        if not kernel:  # a user's image boots through its own loader; test KVM with our kernel if we have one
+        if not kernel:  # a cloud image boots through its own loader; test KVM with a kernel we can read
             own = build.cached_image(self.cache_dir)
-            kernel = own.kernel if own else ""
+            kernel = own.kernel if own else host_kernel()
         chosen, warning = accel_mod.choose(
             self.config["Accel"],
             lambda: accel_mod.probe(self.config["Binary"], kernel, build.cache_root(self.cache_dir)),
@@ -411,6 +468,7 @@ class QemuDriver(Driver):
             0,
             float(self.config.get("BootTimeout") or 300),
             self._qemu_log,
+            progress_fn=self.progress,
         )
         if self.config.get("Network") == "bridge":
             self._learn_bridge_ip()

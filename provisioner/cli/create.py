@@ -2,15 +2,33 @@
 
 import json
 import os
+import shutil
 
 import click
 
 from dockyard.drivers import registry
 from dockyard.provisioner.cli.common import info, store_of
-from dockyard.provisioner.core.errors import DockyardError, UsageError
+from dockyard.provisioner.core.errors import DockyardError, PreCreateCheckError, UsageError
 from dockyard.provisioner.machines import batch, machine
 
 DRIVER_ENV = ("DOCKYARD_DRIVER", "MACHINE_DRIVER")
+DEFAULT_NAME = "default"
+INSTALL_HINT = (
+    "no local VM driver found: install QEMU (Debian/Ubuntu: apt-get install qemu-system qemu-utils; "
+    "Fedora: dnf install qemu-kvm qemu-img) or VirtualBox, or choose a driver with -d"
+)
+
+
+def local_driver():
+    """The driver `create` uses when none is given: qemu when qemu-system-<arch> is installed, else
+    virtualbox when VBoxManage is, else None."""
+    from dockyard.drivers.qemu.driver import host_binary  # lazy: only create needs it
+
+    if shutil.which(os.environ.get("QEMU_BINARY") or host_binary()):
+        return "qemu"
+    if shutil.which("VBoxManage"):
+        return "virtualbox"
+    return None
 
 
 def _driver_from_args(args):
@@ -26,7 +44,7 @@ def _driver_from_args(args):
     for env in DRIVER_ENV:
         if os.environ.get(env):
             return os.environ[env]
-    return None
+    return local_driver()
 
 
 def _driver_option(flag):
@@ -88,6 +106,13 @@ def _kv_list(values, what):
     help="How many machines to create at once (several names or -n).",
 )
 @click.option("-d", "--driver", envvar=list(DRIVER_ENV), help="Driver that makes the machine.", metavar="DRIVER")
+@click.option(
+    "--engine",
+    type=click.Choice(["dockyard", "docker"]),
+    default="dockyard",
+    show_default=True,
+    help="Engine to run on the machine: dockyard's own, or Docker Engine (dockerd, installed if missing).",
+)
 @click.option("--engine-opt", multiple=True, help="Engine option KEY=VALUE (repeatable).")
 @click.option("--engine-env", multiple=True, help="Environment variable KEY=VALUE for the engine (repeatable).")
 @click.option("--engine-label", multiple=True, help="Engine label KEY=VALUE (repeatable).")
@@ -110,6 +135,7 @@ def create(
     count,
     parallel,
     driver,
+    engine,
     engine_opt,
     engine_env,
     engine_label,
@@ -120,12 +146,14 @@ def create(
     tls_san,
     **driver_options,
 ):
-    """Create a machine (or several: NAME... or -n N NAME)."""
-    if not names:
-        raise UsageError("Error: No machine name specified")
-    names = batch.expand_names(names, count)
+    """Create a machine (or several: NAME... or -n N NAME).
+
+    With no NAME the machine is "default"; with no -d a local VM: qemu when it is installed, else
+    virtualbox ($DOCKYARD_DRIVER sets another default)."""
+    names = batch.expand_names(names or (DEFAULT_NAME,), count)
+    driver = driver or local_driver()
     if not driver:
-        raise UsageError("Error: No driver specified: use -d/--driver (drivers: " + ", ".join(registry.names()) + ")")
+        raise PreCreateCheckError(INSTALL_HINT)
     registry.get(driver)  # DriverNotFound with the list of known drivers
     labels = _kv_list(engine_label, "--engine-label")
     if f"provider={driver}" not in labels:
@@ -143,13 +171,21 @@ def create(
         engine_options["Port"] = engine_port
     store = store_of(ctx)
     if len(names) == 1:
-        machine.create(store, names[0], driver, driver_options, engine_options, list(tls_san), info)
+        machine.create(store, names[0], driver, driver_options, engine_options, list(tls_san), info, engine=engine)
         return
 
     def create_one(name, log):
         # The driver's own progress lines stay unprefixed, as they always were (info, not the batch's log).
         machine.create(
-            store, name, driver, driver_options, json.loads(json.dumps(engine_options)), list(tls_san), log, info
+            store,
+            name,
+            driver,
+            driver_options,
+            json.loads(json.dumps(engine_options)),
+            list(tls_san),
+            log,
+            info,
+            engine=engine,
         )
 
     run = batch.Batch(names, create_one, info, limit=parallel)

@@ -77,3 +77,14 @@ def guest_image():
     from tests.integration.test_qemu_vm import ensure_guest_image
 
     return ensure_guest_image()
+
+
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs qemu-system-x86 (.ci/vm-deps.sh)")
+def test_firmware_check_without_a_kernel():
+    """A cloud image brings no kernel to test-boot: the firmware alone is run under the accelerator."""
+    r = accel.firmware_check(shutil.which("qemu-system-x86_64"), timeout=60, accel="tcg")
+    assert r.usable, r.reason
+    failing = accel.firmware_check("/bin/false", timeout=5, accel="tcg")
+    assert not failing.usable and "failed under TCG" in failing.reason
+    missing = accel.firmware_check("/nonexistent/qemu", timeout=5)
+    assert not missing.usable and "cannot run" in missing.reason
