@@ -130,6 +130,8 @@ def dockyard_create(accel, work):
             "-d",
             "qemu",
             "--qemu-restrict",
+            "--qemu-image",
+            "build",
             "--qemu-accel",
             accel,
             "--qemu-memory",

@@ -70,6 +70,8 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
             "-d",
             "qemu",
             "--qemu-restrict",
+            "--qemu-image",
+            "build",
             "--qemu-memory",
             "1024",
             "--qemu-cpus",
