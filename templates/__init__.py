@@ -20,8 +20,17 @@ def _systemd_quote(value):
     return f'"{escaped}"'
 
 
+def _systemd_arg(value):
+    """Quote one ExecStart= argument: systemd splits on spaces and expands % specifiers and $VARS."""
+    text = str(value).replace("%", "%%").replace("$", "$$")
+    if text and all(c.isalnum() or c in "-_./:=,+@" for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 _env.filters["shquote"] = lambda v: shlex.quote(str(v))
 _env.filters["systemd_quote"] = _systemd_quote
+_env.filters["systemd_arg"] = _systemd_arg
 
 
 def render(name, **context):

@@ -20,10 +20,12 @@ from dockyard.provisioner.core.errors import (
     HostNotRunning,
     MachineAlreadyExists,
     ProvisionError,
+    UsageError,
 )
 from dockyard.provisioner.core.files import atomic_write
 from dockyard.provisioner.core.ssh_target import SSHTarget
 from dockyard.provisioner.core.store import Store, validate_name
+from dockyard.provisioner.provision import dockerengine
 
 if TYPE_CHECKING:
     from dockyard.provisioner.core.ssh import SSHSession
@@ -127,6 +129,12 @@ class Machine:
     @property
     def engine_options(self) -> dict[str, Any]:
         return self.config.setdefault("HostOptions", {}).setdefault("EngineOptions", default_engine_options())
+
+    @property
+    def engine(self) -> str:
+        """Which engine the machine runs: "dockyard" (the bundled one) or "docker" (Docker Engine). config.json
+        files written before the choice existed have no key and mean the bundled engine."""
+        return str(self.config.get("HostOptions", {}).get("Engine") or dockerengine.DEFAULT_ENGINE)
 
     @property
     def auth(self) -> dict[str, Any]:
@@ -252,13 +260,31 @@ class Machine:
         session = session or self.session()
         try:
             step("detecting the OS and preparing the host")
-            facts = provision.prepare_host(session, self.name, log)
+            docker = self.engine == "docker"
+            facts = provision.prepare_host(session, self.name, log, need_python=not docker)
             self.config["Provisioned"] = facts.to_dict()
             step("issuing the server certificate")
             self.copy_client_certs()
             self.issue_server_cert(log)
             self.save()
             step("installing and starting the engine")
+            if docker:
+                self.config["Provisioned"].update(
+                    provision.install_docker_engine(
+                        session,
+                        facts,
+                        self.name,
+                        self.engine_options,
+                        self.driver.engine_port(),
+                        self.path("ca.pem"),
+                        self.path("server.pem"),
+                        self.path("server-key.pem"),
+                        log,
+                    )
+                )
+                step("waiting for the engine to answer over TLS")
+                self.wait_engine(session, log)
+                return
             digest = provision.install_engine(
                 session,
                 facts,
@@ -283,7 +309,9 @@ class Machine:
         try:
             self.collaborators.wait_engine(self.url(), self.tls_files(), timeout)
         except (EngineUnreachable, CertError) as e:
-            logs = provision.engine_logs(session, self.config.get("Provisioned", {}), self.name, self.engine_options)
+            logs = provision.engine_logs(
+                session, self.config.get("Provisioned", {}), self.name, self.engine_options, engine=self.engine
+            )
             tail = "\n".join(logs.strip().splitlines()[-20:]) if logs.strip() else "(empty)"
             raise ProvisionError(f"{e}\nLast lines of the engine log:\n{tail}") from None
         log("The engine is up and running!")
@@ -292,7 +320,7 @@ class Machine:
         facts = self.config.get("Provisioned") or {}
         if not facts:
             raise ProvisionError(f'machine "{self.name}" was never provisioned; run dockyard provision {self.name}')
-        return provision.service_for(session, facts, self.name, self.engine_options)
+        return provision.service_for(session, facts, self.name, self.engine_options, self.engine)
 
     def restart_engine(self, log: Log, session: SSHSession) -> None:
         svc = self._service(session)
@@ -329,6 +357,10 @@ class Machine:
         self.require_running()
         with self.session() as session:
             self._service(session)  # refuses machines that were never provisioned
+            if self.engine == "docker":
+                dockerengine.upgrade(session, self.config["Provisioned"], log)
+                self.restart_engine(log, session)
+                return
             log("Upgrading the engine...")
             digest = provision.push_bundle(session, self.store.cache_dir, log)
             self.config["Provisioned"]["EngineBundle"] = digest
@@ -407,10 +439,15 @@ def create(
     progress: Log | None = None,
     *,
     collaborators: Collaborators = DEFAULT_COLLABORATORS,
+    engine: str = dockerengine.DEFAULT_ENGINE,
 ) -> Machine:
     """Create, provision and record a machine. On failure the machine stays, in state Error, for rm -f.
-    progress: where the driver's own progress lines go (default: log)."""
+    progress: where the driver's own progress lines go (default: log). engine: "dockyard" or "docker"."""
     validate_name(name)
+    if engine not in dockerengine.ENGINES:
+        raise UsageError(f'unknown engine "{engine}": use one of {", ".join(dockerengine.ENGINES)}')
+    if engine == "docker":
+        dockerengine.check_options(engine_options)
     store.ensure()
     if store.exists(name) or os.path.exists(store.machine_dir(name)):
         raise MachineAlreadyExists(name)
@@ -428,7 +465,11 @@ def create(
     driver.pre_create_check()
 
     store.reserve(name)
-    config = {"DriverName": driver_name, "Created": _now(), "HostOptions": {"EngineOptions": engine_options}}
+    config = {
+        "DriverName": driver_name,
+        "Created": _now(),
+        "HostOptions": {"Engine": engine, "EngineOptions": engine_options},
+    }
     m = Machine(store, name, config, collaborators)
     m._driver = driver
     m._auth_defaults(tls_sans)

@@ -14,7 +14,7 @@ import tarfile
 import time
 
 from dockyard import templates
-from dockyard.provisioner.provision import initsys, osinfo
+from dockyard.provisioner.provision import dockerengine, initsys, osinfo
 from dockyard.provisioner.provision.bundle import build_bundle
 
 REMOTE_CA = initsys.CONFIG_DIR + "/ca.pem"
@@ -142,7 +142,8 @@ class HostFacts:
         return {"OS": self.os.pretty_name, "OSFamily": self.os.family, "Python": self.python, "Init": self.init}
 
 
-def prepare_host(session, machine_name, log, set_host_name=True):
+def prepare_host(session, machine_name, log, set_host_name=True, need_python=True):
+    """Detect OS, python3 (installed when missing and need_python: the dockyard engine runs on it) and init."""
     log("Detecting the operating system of the host...")
     r = session.run(_facts_script(machine_name, set_host_name), sudo=True)
     sec = _sections(r.stdout)
@@ -151,7 +152,9 @@ def prepare_host(session, machine_name, log, set_host_name=True):
     info = osinfo.classify(osinfo.parse_os_release(sec["os-release"]))
     log(f"Provisioning with {info.pretty_name} ({info.family} family)...")
     python = osinfo.parse_python(sec.get("python", ""))
-    if python is None:
+    if python is None and not need_python:
+        python = ""  # Docker Engine does not need python3 on the host
+    elif python is None:
         python = osinfo.ensure_python(session, info, log)
     else:
         osinfo.check_python_version(python)
@@ -173,8 +176,21 @@ def install_engine(session, facts, machine_name, engine_options, port, ca, serve
     return digest
 
 
-def service_for(session, facts_dict, machine_name, engine_options):
-    """The init-system handle for an already provisioned host (from the stored facts)."""
+def install_docker_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key, log):
+    """Docker Engine instead of the dockyard engine: install it if missing, push certs and dockerd's config,
+    (re)start it. Returns what to store in config.json's Provisioned."""
+    files, then, stored = dockerengine.configure(session, facts, machine_name, engine_options, port, log)
+    log("Copying certs and the Docker Engine configuration to the remote machine...")
+    log("Starting Docker Engine...")
+    push_files(session, cert_files(ca, server_cert, server_key) + files, then=then)
+    return stored
+
+
+def service_for(session, facts_dict, machine_name, engine_options, engine=dockerengine.DEFAULT_ENGINE):
+    """The handle of the service that runs the machine's engine, for an already provisioned host (from the
+    stored facts): restart_cmd, restart(), stop(), logs()."""
+    if engine == "docker":
+        return dockerengine.service_for(session, facts_dict, machine_name, engine_options)
     return initsys.for_host(
         facts_dict.get("Init", "none"),
         session,
@@ -184,8 +200,8 @@ def service_for(session, facts_dict, machine_name, engine_options):
     )
 
 
-def engine_logs(session, facts_dict, machine_name, engine_options, lines=30):
+def engine_logs(session, facts_dict, machine_name, engine_options, lines=30, engine=dockerengine.DEFAULT_ENGINE):
     try:
-        return service_for(session, facts_dict, machine_name, engine_options).logs(lines)
+        return service_for(session, facts_dict, machine_name, engine_options, engine).logs(lines)
     except Exception as e:  # logs are a diagnostic aid; never hide the real error behind this one
         return f"(could not read the engine log: {e})"

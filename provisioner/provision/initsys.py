@@ -10,7 +10,8 @@ PIDFILE = "/run/dockyard/engine.pid"
 LOG_PATH = "/var/log/dockyard-engine.log"
 
 
-def _env_pairs(env):
+def env_pairs(env):
+    """(KEY, VALUE) pairs of --engine-env items; refuses items without KEY=."""
     pairs = []
     for item in env:
         key, sep, value = item.partition("=")
@@ -39,7 +40,7 @@ class InitSystem:
             pidfile=PIDFILE,
             log_path=LOG_PATH,
             env=self.env,
-            env_pairs=_env_pairs(self.env),
+            env_pairs=env_pairs(self.env),
             ctl_path=getattr(self, "ctl_path", ""),
         )
 

@@ -29,6 +29,8 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _INDEX_RE = re.compile(r"^dy-(?:v)?(\d+)(?:-|$)")
 # The dockyard engine's default data-root; bound to a real-disk directory (overlay on overlay is refused).
 ENGINE_DATA_ROOT = "/var/lib/dockyard"
+# dockerd's data-root, bound the same way on hosts whose rootfs has Docker (the "docker" rootfs variant).
+DOCKER_DATA_ROOT = "/var/lib/docker"
 
 
 def state_root() -> Path:
@@ -348,9 +350,16 @@ class TestHost:
         os.chown(path, uid, gid)
         os.chmod(path, mode)
 
+    @property
+    def has_docker(self) -> bool:
+        """The rootfs has Debian's dockerd (the "docker" variant of tests/hosts/rootfs.py)."""
+        return (self.lower / "usr/sbin/dockerd").exists()
+
     def _write_files(self) -> None:
         for sub in ("upper", "work", "merged", "engine-data"):
             (self.dir / sub).mkdir()
+        if self.has_docker:
+            (self.dir / "docker-data").mkdir()
         private, self.public_key = _ed25519_pair()
         self.key_path = self.dir / "id_ed25519"
         fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -396,6 +405,7 @@ class TestHost:
                         "--timezone=off",
                         f"--bind={self.dir / 'engine-data'}:{ENGINE_DATA_ROOT}",
                     ]
+                    + ([f"--bind={self.dir / 'docker-data'}:{DOCKER_DATA_ROOT}"] if self.has_docker else [])
                 )
             )
             argv = ["unshare", "--mount", "--propagation", "private"]
@@ -411,6 +421,14 @@ class TestHost:
                 # the host's root is an overlay itself, so bind a directory of the real disk there
                 f'mkdir -p "$R{ENGINE_DATA_ROOT}"',
                 f'mount --bind {q(str(self.dir / "engine-data"))} "$R{ENGINE_DATA_ROOT}"',
+                *(
+                    [
+                        f'mkdir -p "$R{DOCKER_DATA_ROOT}"',
+                        f'mount --bind {q(str(self.dir / "docker-data"))} "$R{DOCKER_DATA_ROOT}"',
+                    ]
+                    if self.has_docker
+                    else []
+                ),
                 'mount --rbind /dev "$R/dev"',
                 'mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$R/dev/pts"',
                 'mount --bind "$R/dev/pts/ptmx" "$R/dev/ptmx"',

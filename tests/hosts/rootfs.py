@@ -1,4 +1,8 @@
-"""Build (once) and cache the Debian bookworm rootfs that every test host boots from."""
+"""Build (once) and cache the Debian bookworm rootfs that every test host boots from.
+
+Two variants share one recipe: "base" (every test host) and "docker" (base plus Debian's docker.io, for
+`dockyard create --engine docker`; test hosts have no route out, so dockerd must already be in the image).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,11 @@ PACKAGES = (
     # The engine writes its NAT rules over netlink itself; `nft` lets tests (and people) read them.
     "nftables",
 )
+# Added on top of PACKAGES by the "docker" variant: Debian's Docker Engine and what it needs at run time.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "docker": ("docker.io", "iptables", "ca-certificates"),
+}
 # Docs, man pages and translations are never read by a test host; dropping them saves space and time.
 DPKG_OPTIONS = (
     "path-exclude=/usr/share/man/*",
@@ -86,7 +95,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DOCKYARD_TEST_CACHE") or "/var/cache/dockyard-tests")
 
 
-def recipe_key() -> str:
+def packages(variant: str = "base") -> tuple[str, ...]:
+    return PACKAGES + tuple(p for p in VARIANTS[variant] if p not in PACKAGES)
+
+
+def recipe_key(variant: str = "base") -> str:
     recipe = {
         "version": RECIPE_VERSION,
         "suite": SUITE,
@@ -95,6 +108,9 @@ def recipe_key() -> str:
         "dpkg": list(DPKG_OPTIONS),
         "setup": SETUP_SCRIPT,
     }
+    if variant != "base":  # the base variant keeps the key (and so the cache) it always had
+        recipe["variant-name"] = variant
+        recipe["packages"] = sorted(packages(variant))
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -172,12 +188,12 @@ def _host_apt_options() -> list[str]:
     return [line for line in dump.splitlines() if line.startswith(keep)]
 
 
-def mmdebstrap_command(target: Path, hook: Path) -> list[str]:
+def mmdebstrap_command(target: Path, hook: Path, variant: str = "base") -> list[str]:
     main, security = _host_debian_uris()
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
-        "--include=" + ",".join(PACKAGES),
+        "--include=" + ",".join(packages(variant)),
         "--customize-hook=sh " + str(hook) + ' "$1"',
     ]
     cmd += ["--dpkgopt=" + opt for opt in DPKG_OPTIONS]
@@ -192,8 +208,8 @@ def mmdebstrap_command(target: Path, hook: Path) -> list[str]:
     return cmd
 
 
-def ensure_rootfs(log=None) -> Path:
-    """Return the cached rootfs directory, building it first if needed.
+def ensure_rootfs(log=None, variant: str = "base") -> Path:
+    """Return the cached rootfs directory of `variant` (see VARIANTS), building it first if needed.
 
     A file lock makes concurrent pytest processes wait for one build instead of racing.
     `log(msg)` receives a line with the build time when a build happened.
@@ -202,7 +218,9 @@ def ensure_rootfs(log=None) -> Path:
         raise PermissionError("building the test rootfs needs root")
     base = cache_dir()
     base.mkdir(parents=True, exist_ok=True)
-    key = recipe_key()[:24]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown rootfs variant {variant!r}; known: {', '.join(VARIANTS)}")
+    key = recipe_key(variant)[:24]
     final = base / f"rootfs-{key}"
     if (final / ".dockyard-build.json").exists():
         return final
@@ -217,7 +235,7 @@ def ensure_rootfs(log=None) -> Path:
         hook = work / "setup.sh"
         hook.write_text(SETUP_SCRIPT)
         target = work / "root"
-        cmd = mmdebstrap_command(target, hook)
+        cmd = mmdebstrap_command(target, hook, variant)
         started = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.monotonic() - started
@@ -225,7 +243,8 @@ def ensure_rootfs(log=None) -> Path:
             shutil.rmtree(work, ignore_errors=True)
             raise RuntimeError(f"mmdebstrap failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         info = {
-            "key": recipe_key(),
+            "key": recipe_key(variant),
+            "variant": variant,
             "seconds": round(seconds, 1),
             "command": cmd,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -233,10 +252,11 @@ def ensure_rootfs(log=None) -> Path:
         (target / ".dockyard-build.json").write_text(json.dumps(info, indent=1))
         os.rename(target, final)  # atomic: readers see either nothing or a complete tree
         shutil.rmtree(work, ignore_errors=True)
-    msg = f"dockyard test rootfs built in {seconds:.1f} s -> {final}"
+    msg = f"dockyard test rootfs ({variant}) built in {seconds:.1f} s -> {final}"
     (log or (lambda m: print(m, file=sys.stderr)))(msg)
     return final
 
 
-if __name__ == "__main__":  # pre-build from CI: python3 -m tests.hosts.rootfs
-    print(ensure_rootfs(log=print))
+if __name__ == "__main__":  # pre-build from CI: python3 -m tests.hosts.rootfs [VARIANT...]
+    for name in sys.argv[1:] or ["base"]:
+        print(ensure_rootfs(log=print, variant=name))

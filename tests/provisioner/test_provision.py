@@ -1,13 +1,18 @@
 """Provisioning pieces that need no host: OS detection, engine config, rendered service files."""
 
 import json
+import os
+import shlex
 import subprocess
 
 import pytest
 
 from dockyard import templates
-from dockyard.provisioner.core.errors import UnsupportedOS
-from dockyard.provisioner.provision import engine_config, initsys, osinfo
+from dockyard.provisioner.core.errors import UnsupportedOS, UsageError
+from dockyard.provisioner.core.store import Store
+from dockyard.provisioner.machines import machine
+from dockyard.provisioner.machines.machine import Machine
+from dockyard.provisioner.provision import dockerengine, engine_config, initsys, osinfo
 
 OS_RELEASES = {
     "debian": ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n', "debian"),
@@ -94,3 +99,153 @@ def test_no_init_script_is_valid_sh(tmp_path):
     script = tmp_path / "ctl"
     script.write_text(templates.render("engine-ctl.sh.j2", **svc.context()))
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+
+
+# --- Docker Engine (`create --engine docker`) --------------------------------------------------------------------
+DOCKER_OPTIONS = {
+    "ArbitraryFlags": ["log-driver=json-file", "--default-ulimit=nofile=1024:2048", "debug", "cgroup-parent=dy x"],
+    "Labels": ["a=b", "provider=generic"],
+    "InsecureRegistry": ["reg:5000"],
+    "RegistryMirror": ["https://mirror.test"],
+    "StorageDriver": "vfs",
+    "Env": ["HTTP_PROXY=http://p:3128", "Q=a b %h $HOME"],
+}
+
+
+def test_docker_daemon_config_maps_every_engine_flag():
+    cfg = dockerengine.daemon_config(DOCKER_OPTIONS, 2377)
+    assert cfg["hosts"] == ["tcp://0.0.0.0:2377", "unix:///var/run/docker.sock"]
+    assert cfg["tlsverify"] is True and cfg["live-restore"] is True
+    assert (cfg["tlscacert"], cfg["tlscert"], cfg["tlskey"]) == (
+        "/etc/dockyard/ca.pem",
+        "/etc/dockyard/server.pem",
+        "/etc/dockyard/server-key.pem",
+    )
+    assert cfg["labels"] == ["a=b", "provider=generic"] and cfg["storage-driver"] == "vfs"
+    assert cfg["insecure-registries"] == ["reg:5000"] and cfg["registry-mirrors"] == ["https://mirror.test"]
+    assert json.loads(templates.render("docker-daemon.json.j2", config=cfg)) == cfg
+    # --engine-opt goes to dockerd's command line, as Docker Machine passed it
+    assert dockerengine.dockerd_args(DOCKER_OPTIONS) == [
+        "--log-driver=json-file",
+        "--default-ulimit=nofile=1024:2048",
+        "--debug",
+        "--cgroup-parent=dy x",
+    ]
+    # live-restore can be turned off, and then lives in the config file only
+    off = {"ArbitraryFlags": ["live-restore=false"]}
+    assert dockerengine.daemon_config(off, 2376)["live-restore"] is False and dockerengine.dockerd_args(off) == []
+
+
+@pytest.mark.parametrize(
+    "opt,message",
+    [
+        ("tlsverify=false", "dockyard sets tlsverify"),
+        ("H=tcp://0.0.0.0:1", "use --engine-port"),
+        ("--label=x=y", "use --engine-label"),
+        ("storage-driver=vfs", "use --engine-storage-driver"),
+        ("registry-pull=local", "option of the dockyard engine"),
+        ("live-restore=maybe", "true or false"),
+    ],
+)
+def test_docker_engine_refuses_options_it_cannot_pass(opt, message):
+    with pytest.raises(UsageError, match=message):
+        dockerengine.check_options({"ArbitraryFlags": [opt]})
+
+
+def test_docker_systemd_dropin_replaces_execstart_and_quotes():
+    svc = dockerengine.DockerService(None, "systemd", "m1", DOCKER_OPTIONS, "/usr/sbin/dockerd", containerd_unit=True)
+    path, data, mode = svc.service_file()
+    text = data.decode()
+    assert path == "/etc/systemd/system/docker.service.d/10-dockyard.conf" and mode == 0o644
+    lines = text.splitlines()
+    i = lines.index("ExecStart=")  # the package's command line (-H fd://) is dropped first
+    assert lines[i + 1] == (
+        "ExecStart=/usr/sbin/dockerd --config-file /etc/dockyard/docker-daemon.json "
+        "--containerd=/run/containerd/containerd.sock --log-driver=json-file --default-ulimit=nofile=1024:2048 "
+        '--debug "--cgroup-parent=dy x"'
+    )
+    assert 'Environment="Q=a b %%h $HOME"' in lines and 'Environment="HTTP_PROXY=http://p:3128"' in lines
+    assert svc.restart_cmd == "systemctl restart docker.service"
+    # % and $ in an argument are not expanded by systemd
+    assert templates.render("docker-dropin.conf.j2", argv=["/d", "--x=a%b$c"], **_docker_ctx()).count("--x=a%%b$$c")
+
+
+def _docker_ctx():
+    return dict(dockyard_version="0", machine="m1", config_path="/c.json", env=[], env_pairs=[])
+
+
+def test_docker_openrc_conf_is_sourceable(tmp_path):
+    svc = dockerengine.DockerService(None, "openrc", "m1", DOCKER_OPTIONS, "/usr/bin/dockerd")
+    path, data, _ = svc.service_file()
+    assert path == "/etc/conf.d/docker"
+    conf = tmp_path / "docker"
+    conf.write_bytes(data)
+    out = subprocess.run(
+        ["sh", "-c", '. "$1" && printf "%s\\n%s\\n" "$DOCKER_OPTS" "$Q"', "sh", str(conf)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].startswith("--config-file /etc/dockyard/docker-daemon.json --log-driver=json-file")
+    assert out[1] == "a b %h $HOME"
+
+
+def test_docker_no_init_ctl_script_runs_dockerd_with_its_config(tmp_path):
+    svc = dockerengine.DockerService(None, "none", "m1", DOCKER_OPTIONS, "/usr/sbin/dockerd")
+    path, data, mode = svc.service_file()
+    assert path == "/usr/local/lib/dockyard/dockerd-ctl" and mode == 0o755
+    script = tmp_path / "ctl"
+    script.write_bytes(data)
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    text = data.decode()
+    assert "setsid /usr/sbin/dockerd --config-file /etc/dockyard/docker-daemon.json" in text
+    assert "'--cgroup-parent=dy x'" in text and "export Q='a b %h $HOME'" in text
+    assert "--containerd" not in text  # without init, dockerd runs its own containerd
+
+
+def test_docker_install_command_per_family():
+    deb = dockerengine.install_command(osinfo.classify({"ID": "ubuntu"}))
+    assert "apt-get" in deb and "docker.io" in deb
+    fedora = dockerengine.install_command(osinfo.classify({"ID": "fedora"}))
+    assert fedora.index("install moby-engine") < fedora.index("install docker")  # moby-engine first, then docker
+    assert dockerengine.install_command(osinfo.classify({"ID": "alpine"})) == "{ apk add --no-cache docker; }"
+
+
+def _fake_bin(tmp_path, owner_output):
+    """A PATH dir whose dpkg-query answers owner_output and whose apt-get records its arguments."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "dpkg-query").write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(owner_output)}\n")
+    (bindir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/apt.log\n')
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    return {"PATH": f"{bindir}:/usr/bin:/bin"}
+
+
+def test_docker_upgrade_upgrades_the_package_that_owns_dockerd(tmp_path):
+    env = _fake_bin(tmp_path, "docker.io: /usr/sbin/dockerd\n")
+    cmd = dockerengine.upgrade_command("debian", "/usr/sbin/dockerd")
+    subprocess.run(["sh", "-c", cmd], env=env, check=True)
+    calls = (tmp_path / "apt.log").read_text().splitlines()
+    assert calls[0] == "update -q"
+    assert calls[1].endswith("install -y --only-upgrade --no-install-recommends docker.io")
+
+
+def test_docker_upgrade_refuses_a_dockerd_no_package_owns(tmp_path):
+    env = _fake_bin(tmp_path, "")
+    p = subprocess.run(["sh", "-c", dockerengine.upgrade_command("debian", "/opt/dockerd")], env=env)
+    assert p.returncode == 3 and not (tmp_path / "apt.log").exists()
+
+
+def test_engine_choice_is_stored_and_old_configs_mean_the_dockyard_engine(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    assert Machine(store, "old", {"DriverName": "none", "HostOptions": {"EngineOptions": {}}}).engine == "dockyard"
+    assert Machine(store, "new", {"DriverName": "none", "HostOptions": {"Engine": "docker"}}).engine == "docker"
+    # options dockerd cannot take are refused before anything is created
+    with pytest.raises(UsageError, match="dockyard sets tlsverify"):
+        machine.create(
+            store, "x1", "none", {}, {"ArbitraryFlags": ["tlsverify=false"]}, [], lambda m: None, engine="docker"
+        )
+    with pytest.raises(UsageError, match="unknown engine"):
+        machine.create(store, "x2", "none", {}, {}, [], lambda m: None, engine="podman")
+    assert not os.path.exists(store.machine_dir("x1")) and not os.path.exists(store.machine_dir("x2"))

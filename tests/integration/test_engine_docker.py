@@ -1,0 +1,176 @@
+"""End to end: `dockyard create -d generic --engine docker` on a test host whose rootfs has Debian's docker.io,
+then the real docker CLI and docker-py over mutual TLS, regenerate-certs with a running container, rm."""
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+
+import pytest
+from cryptography import x509
+
+from tests import images
+from tests.hosts import netns_host
+from tests.hosts import rootfs as rootfs_build
+from tests.integration.conftest import ROOT, Dockyard, clean_env, docker_py
+
+pytestmark = pytest.mark.integration
+
+
+class DockerDockyard(Dockyard):
+    """The fixture's runner without --engine-opt registry-pull=local: that is a dockyard-engine option and
+    dockerd would refuse it (test hosts have no route out anyway)."""
+
+    def argv(self, *args):
+        argv = super().argv(*args)
+        for i in range(len(argv) - 1):
+            if argv[i] == "--engine-opt" and argv[i + 1] == "registry-pull=local":
+                del argv[i : i + 2]
+                break
+        return argv
+
+
+@pytest.fixture(scope="module")
+def docker_rootfs():
+    if os.geteuid() != 0:
+        pytest.skip("test hosts need root (network namespaces, overlay mounts)")
+    missing = [t for t in ("mmdebstrap", "nsenter", "unshare", "ip", "mount", "docker") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: run .ci/hosts-deps.sh")
+    netns_host.cleanup_stale()
+    return rootfs_build.ensure_rootfs(variant="docker")
+
+
+@pytest.fixture
+def docker_host(docker_rootfs):
+    host = netns_host.TestHost(docker_rootfs, name="dk1")
+    try:
+        yield host.start()
+    finally:
+        host.teardown()
+
+
+@pytest.fixture
+def dockyard(tmp_path):
+    d = DockerDockyard(tmp_path / "store")
+    yield d
+    d.remove_cgroups()
+
+
+def _tls_ping(host, port, ca, cert=None, key=None):
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    with socket.create_connection((host, port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return tls.recv(100), tls.getpeercert(binary_form=True)
+
+
+def _dockerd_pid(host):
+    return host.exec("cat /var/run/docker.pid", check=True).stdout.strip()
+
+
+def test_engine_docker_on_generic_host(dockyard, docker_host, monkeypatch, tmp_path):
+    host = docker_host
+    out = dockyard(
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        host.ip,
+        "--generic-ssh-key",
+        host.key_path,
+        "--engine",
+        "docker",
+        "--engine-label",
+        "spam=eggs",
+        "--engine-env",
+        "DOCKYARD_TEST_ENV=hello world",
+        "--engine-insecure-registry",
+        "10.231.255.1:5000",
+        "h1",
+    ).stdout
+    assert "Using the host's Docker Engine (/usr/sbin/dockerd)" in out
+    assert "Docker is up and running!" in out
+    mdir = os.path.join(dockyard.store, "machines", "h1")
+    config = json.load(open(os.path.join(mdir, "config.json")))
+    assert config["HostOptions"]["Engine"] == "docker"
+
+    # The docker CLI over TLS, pointed by `dockyard env`: it is Docker's own engine, with the machine's settings.
+    server = json.loads(dockyard.docker("h1", "version", "--format", "{{json .Server}}").stdout)
+    assert server["Version"].startswith("20.10.")
+    info = json.loads(dockyard.docker("h1", "info", "--format", "{{json .}}").stdout)
+    assert "spam=eggs" in info["Labels"] and "provider=generic" in info["Labels"]
+    assert info["Name"] == "h1" and info["LiveRestoreEnabled"] is True and info["Driver"] == "overlay2"
+    assert "10.231.255.1:5000" in json.dumps(info["RegistryConfig"])
+    environ = (host.rootfs_dir / "proc" / _dockerd_pid(host) / "environ").read_bytes().split(b"\0")
+    assert b"DOCKYARD_TEST_ENV=hello world" in environ
+    # dockerd also serves the unix socket on the host
+    assert host.exec("docker -H unix:///var/run/docker.sock info --format '{{.Name}}'").stdout.strip() == "h1"
+
+    # ls shows Docker's version; inspect and ssh work as for the dockyard engine
+    row = dockyard("ls").stdout.splitlines()[1].split()
+    assert row[:5] == ["h1", "-", "generic", "Running", f"tcp://{host.ip}:2376"]
+    assert f"v{server['Version']}" in row
+    assert dockyard("version", "h1").stdout.strip() == server["Version"]
+    assert json.loads(dockyard("inspect", "h1").stdout)["DriverName"] == "generic"
+    assert dockyard("ssh", "h1", "cat", "/etc/hostname").stdout.strip() == "h1"
+
+    # busybox from tests/images.py, loaded with `docker load`, then run with the docker CLI and docker-py
+    dockyard.docker("h1", "load", "-i", str(images.busybox_tar()), timeout=300)
+    dockyard.docker("h1", "run", "--rm", "busybox", "true")
+    client = docker_py(dockyard, "h1", monkeypatch)
+    try:
+        assert client.version()["Version"] == server["Version"]
+        assert client.containers.run("busybox", ["echo", "from docker-py"], remove=True) == b"from docker-py\n"
+    finally:
+        client.close()
+
+    # mutual TLS: no client cert, no answer
+    ca, cert, key = (os.path.join(mdir, n) for n in ("ca.pem", "cert.pem", "key.pem"))
+    body, old_server_cert = _tls_ping(host.ip, 2376, ca, cert, key)
+    assert b"200 OK" in body
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _tls_ping(host.ip, 2376, ca)
+
+    # regenerate-certs: the new cert reaches dockerd, which restarts without stopping the running container
+    dockyard.docker("h1", "run", "-d", "--name", "keep", "busybox", "sleep", "3600")
+    before = json.loads(dockyard.docker("h1", "inspect", "keep").stdout)[0]["State"]
+    old_pid = _dockerd_pid(host)
+    dockyard("regenerate-certs", "-f", "h1")
+    assert _dockerd_pid(host) != old_pid
+    body, new_server_cert = _tls_ping(host.ip, 2376, ca, cert, key)
+    assert b"200 OK" in body and new_server_cert != old_server_cert
+    assert x509.load_der_x509_certificate(new_server_cert) == x509.load_pem_x509_certificate(
+        open(os.path.join(mdir, "server.pem"), "rb").read()
+    )
+    after = json.loads(dockyard.docker("h1", "inspect", "keep").stdout)[0]["State"]
+    assert after["Running"] and after["Pid"] == before["Pid"] and after["StartedAt"] == before["StartedAt"]
+
+    # provision keeps the engine choice (and the container)
+    dockyard("provision", "h1")
+    assert dockyard("version", "h1").stdout.strip() == server["Version"]
+    assert json.loads(dockyard.docker("h1", "inspect", "keep").stdout)[0]["State"]["Pid"] == before["Pid"]
+
+    dockyard.docker("h1", "rm", "-f", "keep")
+    assert "Successfully removed h1" in dockyard("rm", "-y", "h1").stdout
+    assert not os.path.exists(mdir)
+    assert dockyard("ls", "-q").stdout.strip() == ""
+
+
+def test_engine_docker_refuses_dockyard_only_and_owned_options(dockyard, tmp_path):
+    p = dockyard(
+        "create", "-d", "generic", "--generic-ip-address", "10.231.255.9", "--engine", "docker",
+        "--engine-opt", "tlsverify=false", "x1", check=False,
+    )  # fmt: skip
+    assert p.returncode != 0 and "dockyard sets tlsverify for Docker Engine" in p.stderr
+    assert not os.path.exists(os.path.join(dockyard.store, "machines", "x1"))
+    p = subprocess.run(
+        [*Dockyard.argv(dockyard, "create", "-d", "generic", "--generic-ip-address", "10.231.255.9"),
+         "--engine", "docker", "x2"],
+        capture_output=True, text=True, check=False, env=clean_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode != 0 and "registry-pull is an option of the dockyard engine" in p.stderr
