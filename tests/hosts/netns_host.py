@@ -388,6 +388,11 @@ class TestHost:
                 shlex.join(
                     [
                         "exec",
+                        *(
+                            # dockerd enables forwarding in the host's own netns; nspawn keeps /proc/sys/net
+                            # read-only unless told (the root namespace's sysctls are never touched)
+                            ["env", "SYSTEMD_NSPAWN_API_VFS_WRITABLE=network"] if self.has_docker else []
+                        ),
                         "systemd-nspawn",
                         "-D",
                         str(merged),
