@@ -4,7 +4,8 @@ import re
 
 from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import json_response
-from dockyard.engine.errors import InvalidParameter, Unsupported
+from dockyard.engine.errors import Forbidden, InvalidParameter
+from dockyard.engine.network.attachments import endpoint_request
 from dockyard.engine.network.catalog import BUILTIN
 
 _FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
@@ -123,15 +124,73 @@ def prune_networks(req):
     return {"NetworksDeleted": deleted}
 
 
-def connect_network(req):
+NETWORK_CONNECT = bodies.Obj(
+    "network.ConnectOptions", {"Container": bodies.STR, "EndpointConfig": bodies.ENDPOINT_SETTINGS}
+)
+NETWORK_DISCONNECT = bodies.Obj("network.DisconnectOptions", {"Container": bodies.STR, "Force": bodies.BOOL})
+HOST_CONFLICT = "container cannot be disconnected from host network or connected to host network"
+NONE_CONFLICT = "container cannot be connected to multiple networks with one of the networks in private (none) mode"
+
+
+def _target(req, schema):
+    """(network name, container, body) of a connect/disconnect request; 404 for either unknown."""
     name = req.engine.network.resolve(req.params["id"])
-    raise Unsupported(
-        "dockyard cannot connect a container to %s after creation: choose the network with docker run --network" % name
-    )
+    body = req.json(default={}, schema=schema) or {}
+    ref = body.get("Container") or ""
+    if not ref:
+        raise InvalidParameter("no container specified")
+    return name, req.engine.containers.get(ref), body
+
+
+def connect_network(req):
+    """`docker network connect [--alias A] [--ip IP] NET CTR`: a running container gets the interface
+    now; a stopped one remembers the network and joins it at its next start."""
+    network = req.engine.network
+    name, c, body = _target(req, NETWORK_CONNECT)
+    if name in ("host", "none"):
+        raise InvalidParameter(HOST_CONFLICT if name == "host" else NONE_CONFLICT)
+    request = endpoint_request(name, body.get("EndpointConfig"))
+    with c.lock:
+        current = network.attachments(c)
+        if name in current:
+            raise Forbidden("endpoint with name %s already exists in network %s" % (c.name, name))
+        if "host" in current:
+            raise InvalidParameter(HOST_CONFLICT)
+        if "none" in current:
+            raise InvalidParameter(NONE_CONFLICT)
+        if c.running and c.state.get("Pid"):
+            settings = network.connect_running(c, int(c.state["Pid"]), name, request)
+            c.state["NetworkSettings"] = settings
+            c.save_state()
+        attachments = dict(c.record.get("NetworkAttachments") or {})
+        attachments[name] = request
+        c.record["NetworkAttachments"] = attachments
+        c.save_config()
+    req.engine.events.emit("network", "connect", network.catalog.network_id(name), {"container": c.id, "name": name})
+    return None
 
 
 def disconnect_network(req):
-    name = req.engine.network.resolve(req.params["id"])
-    raise Unsupported(
-        "dockyard cannot disconnect a container from %s: containers keep the network they were created with" % name
-    )
+    """`docker network disconnect NET CTR`: the interface goes now (running) and at later starts."""
+    network = req.engine.network
+    name, c, _ = _target(req, NETWORK_DISCONNECT)
+    with c.lock:
+        current = network.attachments(c)
+        if name not in current:
+            raise Forbidden("container %s is not connected to network %s" % (c.id, name))
+        if name == "host":
+            raise InvalidParameter(HOST_CONFLICT)
+        if c.running:
+            c.state["NetworkSettings"] = network.disconnect_running(c, name)
+            c.save_state()
+        attachments = dict(c.record.get("NetworkAttachments") or {})
+        attachments.pop(name, None)
+        others = [each for each in current if each != name]
+        if name == network.network_name(c.host_config) and others:
+            # Its primary network goes: the next one becomes primary (its default route, published
+            # ports at the next start). Without another network it rejoins its NetworkMode at start.
+            c.host_config["NetworkMode"] = others[0]
+        c.record["NetworkAttachments"] = attachments
+        c.save_config()
+    req.engine.events.emit("network", "disconnect", network.catalog.network_id(name), {"container": c.id, "name": name})
+    return None

@@ -40,9 +40,17 @@ def _lookup(ipr, ifname):
         return None
 
 
-def host_ifname(container_id):
-    """Host-side veth name: stable per container so a later disconnect can find it (<= 15 chars)."""
-    return "veth" + container_id[:11]
+def host_ifname(container_id, index=0):
+    """Host-side veth name of the container's `index`th network link (<= 15 chars); index 0 keeps the
+    name earlier engines gave a container's only link, so their veths are still found."""
+    if index == 0:
+        return "veth" + container_id[:11]
+    return "veth%s%02x" % (container_id[:9], index % 256)
+
+
+def container_ifname(index):
+    """eth0 for the container's first network, eth1 for the next one connected, ..."""
+    return "eth%d" % index
 
 
 def mac_for(ip):
@@ -118,19 +126,20 @@ def delete_link(ifname):
     return False
 
 
-def _configure_inside(ip, prefixlen, gateway, mtu):
+def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, default_route=True):
     with _iproute() as ipr:
         lo = _lookup(ipr, "lo")
         if lo is not None:
             ipr.link("set", index=lo, state="up")
-        eth = _lookup(ipr, CONTAINER_IFNAME)
+        eth = _lookup(ipr, ifname)
         if eth is None:
-            raise BridgeError("%s did not arrive in the container's namespace" % CONTAINER_IFNAME)
+            raise BridgeError("%s did not arrive in the container's namespace" % ifname)
         if mtu:
             ipr.link("set", index=eth, mtu=mtu)
         ipr.addr("add", index=eth, address=str(ip), prefixlen=prefixlen)
         ipr.link("set", index=eth, state="up")
-        ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
+        if default_route:
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
 
 
 def _isolate_port(ipr, index, veth):
@@ -146,9 +155,21 @@ def _isolate_port(ipr, index, veth):
         )
 
 
-def attach_container(pid, bridge, veth, ip, prefixlen, gateway, mac, mtu=None, isolated=False):
-    """veth pair: `veth` on the bridge here, eth0 (ip, mac, default route) in pid's netns.
-    isolated: the port talks to the bridge (gateway) only, not to other isolated ports."""
+def attach_container(
+    pid,
+    bridge,
+    veth,
+    ip,
+    prefixlen,
+    gateway,
+    mac,
+    mtu=None,
+    isolated=False,
+    ifname=CONTAINER_IFNAME,
+    default_route=True,
+):
+    """veth pair: `veth` on the bridge here, `ifname` (ip, mac, the default route unless told not to)
+    in pid's netns. isolated: the port talks to the bridge (gateway) only, not to other isolated ports."""
     errors = _netlink_errors()
     ns_fd = os.open(netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -159,7 +180,7 @@ def attach_container(pid, bridge, veth, ip, prefixlen, gateway, mac, mtu=None, i
             stale = _lookup(ipr, veth)
             if stale is not None:  # left by a container that died with the engine down
                 ipr.link("del", index=stale)
-            peer = {"ifname": CONTAINER_IFNAME, "net_ns_fd": ns_fd, "address": mac}
+            peer = {"ifname": ifname, "net_ns_fd": ns_fd, "address": mac}
             ipr.link("add", ifname=veth, kind="veth", peer=peer)
             index = _lookup(ipr, veth)
             if mtu:
@@ -177,10 +198,10 @@ def attach_container(pid, bridge, veth, ip, prefixlen, gateway, mac, mtu=None, i
     finally:
         os.close(ns_fd)
     try:
-        run_in_netns(netns_path(pid), _configure_inside, ip, prefixlen, gateway, mtu)
+        run_in_netns(netns_path(pid), _configure_inside, ip, prefixlen, gateway, mtu, ifname, default_route)
     except errors as exc:
         delete_link(veth)
-        raise BridgeError("cannot configure %s in the container: %s" % (CONTAINER_IFNAME, exc)) from None
+        raise BridgeError("cannot configure %s in the container: %s" % (ifname, exc)) from None
     except BaseException:
         delete_link(veth)
         raise

@@ -15,10 +15,11 @@ import logging
 import os
 import socket
 import threading
-from typing import Iterable, List, Protocol  # List: the manager has a method named list
+from typing import Dict, Iterable, List, Protocol  # List, Dict: the manager has a method named list
 
 from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.network import bridge, dns, nat, portproxy, ruleset, vendor
+from dockyard.engine.network.attachments import requests_from_create
 from dockyard.engine.network.catalog import (
     BUILTIN,
     DEFAULT_BRIDGE,
@@ -120,7 +121,12 @@ class NetworkManager:
         self._host_ready = False
         self._endpoints_path = os.path.join(self.dir, "endpoints.json")
         self.ports = PortAllocator(os.path.join(self.dir, "ports.json"))
-        self.endpoints = read_json(self._endpoints_path, {}) or {}
+        # {container id: {network name: endpoint}}; an older engine kept one endpoint per container.
+        self.endpoints = {
+            cid: ({value["Network"]: value} if "Network" in value else value)
+            for cid, value in (read_json(self._endpoints_path, {}) or {}).items()
+            if isinstance(value, dict)
+        }
 
     def _save_endpoints(self):
         write_json(self._endpoints_path, self.endpoints)
@@ -261,25 +267,47 @@ class NetworkManager:
         )
 
     # -- container endpoints ---------------------------------------------------------------
-    def validate(self, host_config: dict, config: dict) -> str:
-        """Checks for container create: unknown networks and bad port bindings (400)."""
-        mode = self.network_mode(host_config)
+    def validate(self, host_config: dict, config: dict, networking_config: dict | None = None) -> Dict[str, dict]:
+        """Checks for container create: unknown networks, aliases/addresses where Docker refuses them,
+        bad port bindings (400). -> the endpoint requests by network name (the record's NetworkAttachments)."""
+        primary = self.network_name(host_config)
         try:
             validate_ports(host_config, config)
         except PortSpecError as exc:
             raise InvalidParameter(str(exc)) from None
-        return mode
+        return requests_from_create(primary, networking_config, self._resolve_for_create)
+
+    def _resolve_for_create(self, ref):
+        try:
+            return self.catalog.resolve(ref)
+        except NotFound:
+            raise InvalidParameter("network %s not found" % ref) from None  # 400: see network_name
+
+    def attachments(self, container: ContainerView) -> Dict[str, dict]:
+        """The networks the container is to be on, its primary (NetworkMode) first, with its requests;
+        networks removed since are left out."""
+        _, _, _, host_config = _parts(container)
+        primary = self.network_name(host_config)
+        wanted = dict((getattr(container, "record", None) or {}).get("NetworkAttachments") or {})
+        out = {primary: dict(wanted.pop(primary, None) or {})}
+        for netname, request in wanted.items():
+            if self.catalog.bridge_net(netname) is not None:
+                out[netname] = dict(request or {})
+        return out
 
     def connect(self, container: ContainerView, pid: int) -> dict:
-        """Attach the container (its netns: /proc/<pid>/ns/net) to its network -> NetworkSettings."""
+        """Attach the container (its netns: /proc/<pid>/ns/net) to its networks -> NetworkSettings."""
         cid, name, config, host_config = _parts(container)
-        netname = self.network_name(host_config)
+        wanted = self.attachments(container)
+        netname = next(iter(wanted))
         if netname in ("host", "none"):
             if netname == "none":
                 run_in_netns(netns_path(pid), loopback_up)
-            return self._record(cid, name, netname, None, [], config, host_config, pid)
-        net = self.catalog.bridge_net(netname)
-        self.ensure_ready(net)
+            endpoint = self._endpoint(cid, name, netname, None, [], pid, {})
+            with self._lock:
+                self.endpoints[cid] = {netname: endpoint}
+                self._save_endpoints()
+            return self._settings(self.endpoints[cid], config, host_config, name, cid)
         try:
             requests = requested_ports(host_config, config)
         except PortSpecError as exc:
@@ -292,33 +320,68 @@ class NetworkManager:
                 "driver failed programming external connectivity on endpoint "
                 "%s (%s): %s" % (name or cid[:12], endpoint_id, exc)
             ) from None
+        endpoints: Dict[str, dict] = {}
         try:
-            try:
-                ip = net.ipam.allocate(cid)
-            except IpamError as exc:
-                raise NetworkError(str(exc)) from None
-            try:
-                bridge.attach_container(
-                    pid,
-                    net.device,
-                    bridge.host_ifname(cid),
-                    ip,
-                    net.subnet.prefixlen,
-                    net.gateway,
-                    bridge.mac_for(ip),
-                    self.mtu,
-                    isolated=not self.icc(net),
+            for index, (each, request) in enumerate(wanted.items()):
+                endpoints[each] = self._attach(
+                    cid, name, each, request, pid, index, bindings if index == 0 else [], endpoint_id
                 )
-            except bridge.BridgeError as exc:
-                raise NetworkError(str(exc)) from None
+                endpoint_id = None
         except BaseException:
             self.ports.release(cid)
+            for each, endpoint in endpoints.items():
+                self._detach(cid, each, endpoint)
+            raise
+        with self._lock:
+            self.endpoints[cid] = endpoints
+            self._save_endpoints()
+        return self._settings(endpoints, config, host_config, name, cid)
+
+    def _attach(self, cid, name, netname, request, pid, index, bindings, endpoint_id=None):
+        """One veth from the network's bridge into the container's netns (eth<index>) -> the endpoint."""
+        net = self.catalog.bridge_net(netname)
+        if net is None:
+            raise NetworkError("network %s not found" % netname)
+        self.ensure_ready(net)
+        try:
+            ip = net.ipam.allocate(cid, request.get("IPv4Address") or None)
+        except IpamError as exc:
+            raise NetworkError(str(exc)) from None
+        host_if = bridge.host_ifname(cid, index)
+        try:
+            bridge.attach_container(
+                pid,
+                net.device,
+                host_if,
+                ip,
+                net.subnet.prefixlen,
+                net.gateway,
+                bridge.mac_for(ip),
+                self.mtu,
+                isolated=not self.icc(net),
+                ifname=bridge.container_ifname(index),
+                default_route=index == 0,
+            )
+        except bridge.BridgeError as exc:
+            net.ipam.release(cid)
+            raise NetworkError(str(exc)) from None
+        except BaseException:
             net.ipam.release(cid)
             raise
-        return self._record(cid, name, netname, ip, bindings, config, host_config, pid, endpoint_id)
+        endpoint = self._endpoint(cid, name, netname, ip, bindings, pid, request, endpoint_id)
+        endpoint.update({"HostIf": host_if, "Index": index})
+        return endpoint
 
-    def _record(self, cid, name, netname, ip, bindings, config, host_config, pid, endpoint_id=None):
-        endpoint = {
+    def _detach(self, cid, netname, endpoint):
+        """Undo _attach: the veth (if its netns still exists) and the address lease."""
+        net = self.catalog.bridge_net(netname)
+        if endpoint.get("HostIf"):
+            self._delete_veth(cid, endpoint["HostIf"])
+        if net is not None:
+            net.ipam.release(cid)
+
+    def _endpoint(self, cid, name, netname, ip, bindings, pid, request, endpoint_id=None):
+        return {
             "Network": netname,
             "NetworkID": self.catalog.network_id(netname),
             "Name": name,
@@ -328,20 +391,55 @@ class NetworkManager:
             "IPAddress": str(ip) if ip else "",
             "MacAddress": bridge.mac_for(ip) if ip else "",
             "Bindings": bindings,
+            "Aliases": list(request.get("Aliases") or []),
+            "IPv4Request": request.get("IPv4Address") or "",
         }
-        with self._lock:
-            self.endpoints[cid] = endpoint
-            self._save_endpoints()
-        return self._settings(endpoint, config, host_config)
 
-    def _endpoint_settings(self, netname, endpoint):
+    def connect_running(self, container: ContainerView, pid: int, netname: str, request: dict) -> dict:
+        """`docker network connect` of a running container: one more interface -> its NetworkSettings."""
+        cid, name, config, host_config = _parts(container)
+        with self._lock:
+            current = dict(self.endpoints.get(cid) or {})
+            if netname in current:
+                raise Forbidden("endpoint with name %s already exists in network %s" % (name, netname))
+            if any(each in ("host", "none") for each in current):
+                raise Forbidden("container cannot be disconnected from host network or connected to host network")
+            used = {ep.get("Index", 0) for ep in current.values()}
+            index = next(i for i in range(len(used) + 1) if i not in used)
+            endpoint = self._attach(cid, name, netname, request, pid, index, [])
+            current[netname] = endpoint
+            self.endpoints[cid] = current
+            self._save_endpoints()
+        return self._settings(current, config, host_config, name, cid)
+
+    def disconnect_running(self, container: ContainerView, netname: str) -> dict:
+        """`docker network disconnect` of a running container: its interface on `netname` goes."""
+        cid, name, config, host_config = _parts(container)
+        with self._lock:
+            current = dict(self.endpoints.get(cid) or {})
+            endpoint = current.pop(netname, None)
+            if endpoint is None:
+                raise Forbidden("container %s is not connected to network %s" % (cid, netname))
+            if netname in ("host", "none"):
+                raise Forbidden("container cannot be disconnected from host network or connected to host network")
+            self._detach(cid, netname, endpoint)
+            if endpoint.get("Bindings"):
+                self.ports.release(cid)
+            self.endpoints[cid] = current
+            self._save_endpoints()
+        return self._settings(current, config, host_config, name, cid)
+
+    def _endpoint_settings(self, netname, endpoint, aliases=None, name="", cid=""):
         ip = endpoint.get("IPAddress") if endpoint else ""
         net = self.catalog.bridge_net(netname)
         bridged = net is not None and bool(ip)
+        aliases = list(endpoint.get("Aliases") or []) if endpoint else list(aliases or [])
+        request_ip = (endpoint or {}).get("IPv4Request") or ""
+        named = net is not None and not net.default
         return {
-            "IPAMConfig": None,
+            "IPAMConfig": {"IPv4Address": request_ip} if request_ip else None,
             "Links": None,
-            "Aliases": None,
+            "Aliases": aliases or None,
             "MacAddress": endpoint.get("MacAddress", "") if endpoint else "",
             "DriverOpts": None,
             "GwPriority": 0,
@@ -353,29 +451,34 @@ class NetworkManager:
             "IPv6Gateway": "",
             "GlobalIPv6Address": "",
             "GlobalIPv6PrefixLen": 0,
-            "DNSNames": None,
+            "DNSNames": ([name, cid[:12]] + aliases) if named and endpoint and name else None,
         }
 
-    def _settings(self, endpoint, config, host_config):
-        """NetworkSettings as moby's inspect shows it; endpoint None = not running."""
-        if endpoint is not None:
-            netname = endpoint.get("Network")
+    def _settings(self, endpoints, config, host_config, name="", cid="", wanted=None):
+        """NetworkSettings as moby's inspect shows it; endpoints None = not running (`wanted`: its networks)."""
+        if endpoints is not None:
+            networks = {
+                netname: self._endpoint_settings(netname, ep, name=name, cid=cid) for netname, ep in endpoints.items()
+            }
+            primary = next(iter(endpoints.values()), None)
         else:
-            try:
-                netname = self.network_name(host_config)
-            except InvalidParameter:  # its network was removed since
-                netname = (host_config or {}).get("NetworkMode") or "bridge"
-        ep = self._endpoint_settings(netname, endpoint)
-        bridged = self.catalog.bridge_net(netname) is not None
-        ports = (
-            port_map(endpoint.get("Bindings") or [], config, host_config) if endpoint is not None and bridged else {}
-        )
+            networks = {
+                netname: self._endpoint_settings(netname, None, (request or {}).get("Aliases"))
+                for netname, request in (wanted or {}).items()
+            }
+            primary = None
+        if not networks:
+            mode = (host_config or {}).get("NetworkMode") or "bridge"
+            networks = {mode: self._endpoint_settings(mode, None)}
+        ports = {}
+        if primary is not None and self.catalog.bridge_net(primary.get("Network") or "") is not None:
+            ports = port_map(primary.get("Bindings") or [], config, host_config)
         # The deprecated top-level copies are filled for the default bridge network only.
-        top = ep if netname == "bridge" else self._endpoint_settings(netname, None)
+        top = networks.get("bridge") if "bridge" in networks else self._endpoint_settings("", None)
         return {
             "Bridge": "",
-            "SandboxID": endpoint.get("SandboxID", "") if endpoint else "",
-            "SandboxKey": endpoint.get("SandboxKey", "") if endpoint else "",
+            "SandboxID": primary.get("SandboxID", "") if primary else "",
+            "SandboxKey": primary.get("SandboxKey", "") if primary else "",
             "HairpinMode": False,
             "LinkLocalIPv6Address": "",
             "LinkLocalIPv6PrefixLen": 0,
@@ -390,36 +493,41 @@ class NetworkManager:
             "IPPrefixLen": top["IPPrefixLen"],
             "IPv6Gateway": "",
             "MacAddress": top["MacAddress"],
-            "Networks": {netname: ep},
+            "Networks": networks,
         }
 
     def stopped_settings(self, container: ContainerView) -> dict:
         """NetworkSettings for a created or exited container (no address, no ports)."""
         _, _, config, host_config = _parts(container)
-        return self._settings(None, config, host_config)
+        try:
+            wanted = self.attachments(container)
+        except InvalidParameter:  # its network was removed since
+            wanted = {(host_config or {}).get("NetworkMode") or "bridge": {}}
+        return self._settings(None, config, host_config, wanted=wanted)
 
     def port_proxies(self, settings: dict) -> List[portproxy.TcpProxy | portproxy.UdpProxy]:
         """Userland forwarders for the published ports in `settings` (start them in the supervisor)."""
         return portproxy.proxies_for(settings)
 
     def disconnect(self, container: ContainerView, settings: dict | None = None) -> None:
-        """Free the container's address and ports and remove its veth (if its netns still exists)."""
+        """Free the container's addresses and ports and remove its veths (if its netns still exists)."""
         cid = _parts(container)[0]
         with self._lock:
-            endpoint = self.endpoints.pop(cid, None)
-            if endpoint is not None:
+            endpoints = self.endpoints.pop(cid, None)
+            if endpoints is not None:
                 self._save_endpoints()
-        netname = (endpoint or {}).get("Network")
-        if netname is None and settings:
-            netname = next(iter(settings.get("Networks") or {}), None)
-        if self.catalog.bridge_net(netname or "") is not None or netname == "bridge":
-            self._delete_veth(cid)
+        if endpoints is None and settings:
+            # No record (an older engine's, or lost): the first link has the stable name.
+            endpoints = {netname: {"HostIf": bridge.host_ifname(cid)} for netname in settings.get("Networks") or {}}
+        for netname, endpoint in (endpoints or {}).items():
+            if self.catalog.bridge_net(netname) is not None:
+                self._delete_veth(cid, endpoint.get("HostIf") or bridge.host_ifname(cid, endpoint.get("Index", 0)))
         self.ports.release(cid)
         for net in self.catalog.bridged():
             net.ipam.release(cid)
 
-    def _delete_veth(self, cid):
-        name = bridge.host_ifname(cid)
+    def _delete_veth(self, cid, name=None):
+        name = name or bridge.host_ifname(cid)
         # The veth dies with the container's netns; only load netlink when it is still there
         # (an ioctl on a socket of this netns; /sys may show another netns' devices).
         try:
@@ -449,7 +557,7 @@ class NetworkManager:
             for net in self.catalog.bridged():
                 net.ipam.release(cid)
         with self._lock:
-            bridged = [ep for ep in self.endpoints.values() if self.catalog.bridge_net(ep.get("Network") or "")]
+            bridged = [n for eps in self.endpoints.values() for n in eps if self.catalog.bridge_net(n)]
         if bridged:
             # Containers kept running through the restart: put their isolation and NAT back now
             # should the kernel's rules have been flushed meanwhile (a firewall reload), rather than
@@ -485,8 +593,9 @@ class NetworkManager:
         out = {}
         with self._lock:
             items = list(self.endpoints.items())
-        for cid, ep in items:
-            if ep.get("Network") != netname:
+        for cid, endpoints in items:
+            ep = endpoints.get(netname)
+            if ep is None:
                 continue
             ip = ep.get("IPAddress") or ""
             out[cid] = {
@@ -550,7 +659,7 @@ class NetworkManager:
 
     def in_use(self, name: str) -> List[str]:
         with self._lock:
-            return [cid for cid, ep in self.endpoints.items() if ep.get("Network") == name]
+            return [cid for cid, endpoints in self.endpoints.items() if name in endpoints]
 
     def create_network(
         self,

@@ -150,7 +150,7 @@ class ContainerManager(ExitsMixin):
         cfg = createmod.merge_config(body, image.container_config)
         path, args = createmod.command_of(cfg)
         mode = self._network_mode(hc)
-        self.network.validate(hc, cfg)
+        attachments = self.network.validate(hc, cfg, body.get("NetworkingConfig"))
         cid = os.urandom(32).hex()
         warnings: List[str] = []
         if not cfg.get("Hostname"):
@@ -195,6 +195,7 @@ class ContainerManager(ExitsMixin):
                 "HostnamePath": os.path.join(cdir, "hostname"),
                 "HostsPath": os.path.join(cdir, "hosts"),
                 "LogPath": os.path.join(cdir, cid + "-json.log"),
+                "NetworkAttachments": attachments,  # the networks to join at start (network connect adds)
             }
             c = Container(self.root, record)
             self._write_etc_files(c, None)

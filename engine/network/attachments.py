@@ -1,0 +1,62 @@
+"""What a container asks of its networks: the create request's NetworkingConfig.EndpointsConfig and
+later `docker network connect`s, as {network name: {"Aliases": [...], "IPv4Address": "..."}}.
+
+The runtime keeps this in the container's record (NetworkAttachments) so a stopped container
+remembers the networks it was connected to; NetworkManager.connect() attaches them all at start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable, Dict
+
+from dockyard.engine.errors import InvalidParameter
+
+# Networks on which names mean nothing to Docker (no aliases, no fixed addresses).
+NAMELESS = ("bridge", "host", "none")
+ALIAS_MAX = 255  # a DNS name
+
+
+def endpoint_request(netname: str, endpoint: dict | None) -> dict:
+    """{"Aliases", "IPv4Address"} from one EndpointSettings, with dockerd's errors for what a built-in
+    network cannot have."""
+    endpoint = endpoint or {}
+    aliases = [str(a) for a in (endpoint.get("Aliases") or []) if a]
+    for alias in aliases:
+        if len(alias) > ALIAS_MAX or any(ch.isspace() for ch in alias) or "/" in alias:
+            raise InvalidParameter("invalid alias %r" % alias)
+    ip = ((endpoint.get("IPAMConfig") or {}).get("IPv4Address") or "").strip()
+    if ip:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise InvalidParameter("invalid IPv4 address: %s" % ip) from None
+    if netname in NAMELESS:
+        if ip:
+            raise InvalidParameter("user specified IP address is supported on user defined networks only")
+        if aliases:
+            raise InvalidParameter("network-scoped alias is supported only for containers in user defined networks")
+    out: dict = {}
+    if aliases:
+        out["Aliases"] = list(dict.fromkeys(aliases))
+    if ip:
+        out["IPv4Address"] = ip
+    return out
+
+
+def requests_from_create(
+    primary: str, networking_config: dict | None, resolve: Callable[[str], str]
+) -> Dict[str, dict]:
+    """The create request's endpoints by network name, the primary network (NetworkMode) first.
+
+    `resolve` turns a name or ID into a network name (InvalidParameter when unknown). Several
+    networks at create (API >= 1.44, `docker run --network a --network b`) are kept; host/none
+    cannot be combined with others."""
+    configs = (networking_config or {}).get("EndpointsConfig") or {}
+    out: Dict[str, dict] = {primary: {}}
+    for key, endpoint in configs.items():
+        netname = primary if key in ("default", primary) else resolve(key)
+        out[netname] = endpoint_request(netname, endpoint)
+    if len(out) > 1 and (primary in ("host", "none") or "host" in out or "none" in out):
+        raise InvalidParameter("Container cannot be connected to network endpoints: %s" % ", ".join(out))
+    return out

@@ -1,0 +1,172 @@
+"""`docker network connect/disconnect` (with --alias, --ip), several networks per container and
+--network-alias, with the real docker CLI and docker-py against an engine in its own network namespace
+(tests/engine/runtime_helper.py: the bridges, addresses and forwarding exist only there)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from dockyard.engine.errors import InvalidParameter
+from dockyard.engine.network.attachments import endpoint_request, requests_from_create
+from tests.engine.runtime_helper import RuntimeEngine
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("docker"), reason="needs root and the docker CLI")
+pytest.importorskip("pyroute2")
+
+
+@pytest.fixture(scope="module")
+def eng():
+    e = RuntimeEngine()
+    try:
+        e.start()
+        e.load_busybox()
+        e.docker("network", "create", "--subnet", "10.71.0.0/24", "neta")
+        e.docker("network", "create", "--subnet", "10.72.0.0/24", "netb")
+        yield e
+    finally:
+        e.cleanup()
+
+
+def addresses(eng, name):
+    """{ifname: address} inside the container."""
+    out = eng.docker("exec", name, "ip", "-4", "-o", "addr").stdout
+    return {line.split()[1]: line.split()[3].split("/")[0] for line in out.splitlines() if "inet" in line}
+
+
+def networks(eng, name):
+    return json.loads(eng.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", name).stdout)
+
+
+def ping(eng, src, address):
+    return eng.docker("exec", src, "ping", "-c", "1", "-W", "2", address, check=False).returncode == 0
+
+
+def test_connect_and_disconnect_a_running_container(eng):
+    d = eng.docker
+    d("run", "-d", "--name", "ra", "--network", "neta", "--network-alias", "alpha", "busybox", "sleep", "300")
+    d("run", "-d", "--name", "rb", "--network", "netb", "busybox", "sleep", "300")
+    try:
+        a_ip = addresses(eng, "ra")["eth0"]
+        assert a_ip.startswith("10.71.0.")
+        assert networks(eng, "ra")["neta"]["Aliases"] == ["alpha"]
+        assert not ping(eng, "rb", a_ip)  # different networks: isolated
+        d("network", "connect", "--alias", "bee", "--ip", "10.71.0.50", "neta", "rb")
+        addrs = addresses(eng, "rb")
+        assert addrs["eth0"].startswith("10.72.0.") and addrs["eth1"] == "10.71.0.50"
+        assert ping(eng, "rb", a_ip) and ping(eng, "ra", "10.71.0.50")  # on both networks now
+        nets = networks(eng, "rb")
+        assert set(nets) == {"neta", "netb"}
+        assert nets["neta"]["IPAddress"] == "10.71.0.50" and nets["neta"]["Aliases"] == ["bee"]
+        assert nets["neta"]["IPAMConfig"] == {"IPv4Address": "10.71.0.50"}
+        members = json.loads(d("network", "inspect", "-f", "{{json .Containers}}", "neta").stdout)
+        assert {m["Name"] for m in members.values()} == {"ra", "rb"}
+        # the default route stays on the first network
+        assert "eth0" in d("exec", "rb", "ip", "route", "show", "default").stdout
+        p = d("network", "connect", "neta", "rb", check=False)
+        assert p.returncode != 0 and "already exists in network neta" in p.stderr
+        p = d("network", "connect", "--ip", "10.71.0.50", "neta", "ra", check=False)
+        assert p.returncode != 0
+        d("network", "disconnect", "neta", "rb")
+        assert set(addresses(eng, "rb")) == {"lo", "eth0"}
+        assert not ping(eng, "ra", "10.71.0.50")
+        assert set(networks(eng, "rb")) == {"netb"}
+        p = d("network", "disconnect", "neta", "rb", check=False)
+        assert p.returncode != 0 and "is not connected to network neta" in p.stderr
+        # the address was given back: connecting again with it works
+        d("network", "connect", "--ip", "10.71.0.50", "neta", "rb")
+        assert addresses(eng, "rb")["eth1"] == "10.71.0.50"
+        # a restart keeps both networks
+        d("restart", "-t", "0", "rb")
+        assert set(addresses(eng, "rb")) == {"lo", "eth0", "eth1"}
+        assert addresses(eng, "rb")["eth1"] == "10.71.0.50"
+    finally:
+        d("rm", "-f", "ra", "rb", check=False)
+    # every address and veth went with the containers: the networks can go
+    d("network", "create", "netc")
+    d("network", "rm", "netc")
+
+
+def test_connect_a_stopped_container_and_several_networks(eng):
+    d = eng.docker
+    d("create", "--name", "sa", "--network", "neta", "busybox", "sleep", "300")
+    try:
+        d("network", "connect", "--alias", "web", "netb", "sa")
+        nets = networks(eng, "sa")
+        assert set(nets) == {"neta", "netb"} and nets["netb"]["Aliases"] == ["web"]
+        assert nets["netb"]["IPAddress"] == ""
+        d("start", "sa")
+        addrs = addresses(eng, "sa")
+        assert addrs["eth0"].startswith("10.71.0.") and addrs["eth1"].startswith("10.72.0.")
+        d("stop", "-t", "0", "sa")
+        d("network", "disconnect", "netb", "sa")
+        d("start", "sa")
+        assert set(addresses(eng, "sa")) == {"lo", "eth0"}
+        p = d("network", "connect", "host", "sa", check=False)
+        assert p.returncode != 0 and "host network" in p.stderr
+        p = d("network", "connect", "--ip", "172.17.0.9", "bridge", "sa", check=False)
+        assert p.returncode != 0 and "user defined networks only" in p.stderr
+        p = d("network", "connect", "nosuchnet", "sa", check=False)
+        assert p.returncode != 0 and "not found" in p.stderr
+        p = d("network", "connect", "neta", "nosuchcontainer", check=False)
+        assert p.returncode != 0 and "No such container" in p.stderr
+    finally:
+        d("rm", "-f", "sa", check=False)
+
+
+def test_docker_py_networks_at_create_and_connect(eng):
+    client = eng.client()
+    neta = client.networks.get("neta")
+    c = client.containers.create("busybox", ["sleep", "300"], name="pyc", network="netb")
+    try:
+        neta.connect(c, aliases=["pyalias"], ipv4_address="10.71.0.77")
+        c.start()
+        c.reload()
+        assert c.attrs["NetworkSettings"]["Networks"]["neta"]["IPAddress"] == "10.71.0.77"
+        assert "pyalias" in c.attrs["NetworkSettings"]["Networks"]["neta"]["Aliases"]
+        neta.reload()
+        assert c.id in {x.id for x in neta.containers}
+        neta.disconnect(c)
+        c.reload()
+        assert set(c.attrs["NetworkSettings"]["Networks"]) == {"netb"}
+        r = c.exec_run(["ip", "-4", "-o", "addr"])
+        assert b"10.71.0." not in r.output
+    finally:
+        c.remove(force=True)
+    # --network-alias on the default bridge is refused as dockerd refuses it (the CLI checks first too)
+    api = client.api
+    import docker
+
+    with pytest.raises(docker.errors.APIError) as info:
+        api.create_container(
+            "busybox",
+            "true",
+            host_config=api.create_host_config(network_mode="bridge"),
+            networking_config=api.create_networking_config({"bridge": api.create_endpoint_config(aliases=["x"])}),
+        )
+    assert info.value.response.status_code == 400 and "user defined networks" in str(info.value)
+    p = eng.docker("run", "--rm", "--network-alias", "x", "busybox", "true", check=False)
+    assert p.returncode != 0 and "user-defined networks" in p.stderr
+
+
+def test_endpoint_requests():
+    assert endpoint_request("neta", {"Aliases": ["a", "a", "b"], "IPAMConfig": {"IPv4Address": "10.0.0.5"}}) == {
+        "Aliases": ["a", "b"],
+        "IPv4Address": "10.0.0.5",
+    }
+    for bad in ({"IPAMConfig": {"IPv4Address": "10.0.0.300"}}, {"Aliases": ["a b"]}):
+        with pytest.raises(InvalidParameter):
+            endpoint_request("neta", bad)
+    with pytest.raises(InvalidParameter):
+        endpoint_request("bridge", {"Aliases": ["x"]})
+    resolve = {"neta": "neta", "netb": "netb"}.__getitem__
+    assert list(requests_from_create("neta", {"EndpointsConfig": {"netb": {}, "neta": {}}}, resolve)) == [
+        "neta",
+        "netb",
+    ]
+    assert requests_from_create("bridge", {"EndpointsConfig": {"default": {}}}, resolve) == {"bridge": {}}
+    with pytest.raises(InvalidParameter):
+        requests_from_create("host", {"EndpointsConfig": {"netb": {}}}, resolve)
