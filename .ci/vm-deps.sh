@@ -5,7 +5,7 @@
 # ($DOCKYARD_IMAGE_CACHE or /var/cache/dockyard-tests/images) so its build time shows here, not in a test.
 set -eu
 
-pkgs="qemu-system-x86 qemu-utils mmdebstrap debian-archive-keyring e2fsprogs genisoimage"
+pkgs="qemu-system-x86 qemu-utils mmdebstrap debian-archive-keyring e2fsprogs genisoimage syslinux syslinux-common mtools dosfstools"
 sh "$(dirname "$0")/apt-missing.sh" $pkgs  # shellcheck disable=SC2086
 
 if [ "${1:-}" = "--build" ]; then

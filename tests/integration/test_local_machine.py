@@ -1,0 +1,100 @@
+"""First run as a new user does it: `dockyard create` with no driver, no name and no flags makes a qemu machine
+called "default" from Debian's cloud image, here served from 127.0.0.1 (a stand-in built from the cached test
+guest image, booting through its own loader like Debian's, published under Debian's name with a SHA512SUMS).
+The image is downloaded into an empty cache, verified, booted with cloud-init; progress shows the download,
+the boot stages and provisioning; then `eval "$(dockyard env)"` and docker run work, and rm leaves nothing.
+
+Network safety: the VM has qemu user-mode networking with restrict=on (QEMU_RESTRICT, an environment
+variable, so the command line stays flag-free); the test talks only to 127.0.0.1. One VM, torn down on failure.
+"""
+
+import functools
+import http.server
+import os
+import shutil
+import signal
+import threading
+
+import pytest
+
+from dockyard.drivers.guestimage import debian
+from dockyard.drivers.qemu import accel
+from dockyard.drivers.qemu.driver import process_alive
+from tests.images import busybox_tar
+from tests.integration import local_image
+from tests.integration.test_qemu_vm import CACHE, ensure_guest_image, machine_config, qemu_pid
+
+pytestmark = [pytest.mark.vm, pytest.mark.integration]
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    missing = local_image.missing_tools()
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: run .ci/vm-deps.sh")
+    image = ensure_guest_image(lambda m: None)
+    out = os.path.join(CACHE, "debian-like-" + os.path.basename(os.path.dirname(image.disk)))
+    local_image.build_like_debian(image, out)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=out))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield image, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def accel_for(image):
+    """auto, unless KVM runs the firmware but not a kernel here (then auto would pick a KVM that hangs)."""
+    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+    with_kernel = accel.probe(qemu, image.kernel, CACHE)
+    return "tcg" if not with_kernel.usable and accel.firmware_check(qemu).usable else "auto"
+
+
+def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server, tmp_path):
+    image, base = image_server
+    cache = str(tmp_path / "images")
+    env = {
+        debian.URL_BASE_ENV: base,
+        "DOCKYARD_IMAGE_CACHE": cache,
+        "QEMU_RESTRICT": "1",
+        "QEMU_MEMORY": "1024",
+        "QEMU_ACCEL": accel_for(image),
+    }
+    try:
+        r = dockyard("create", env=env, timeout=900)
+        out = r.stdout + r.stderr
+        assert f"Downloading {base}{debian.image_filename('amd64')}" in out
+        assert "Verified against SHA512SUMS" in out
+        for stage in ("firmware started", "kernel started", "cloud-init running", "SSH answers", "logged in"):
+            assert f"Boot: {stage}" in out, out
+        assert "Docker is up and running!" in out
+
+        cfg = machine_config(dockyard, "default")
+        assert cfg["DriverName"] == "qemu"
+        drv = cfg["Driver"]
+        assert drv["BaseImage"]["disk"].startswith(os.path.join(cache, "debian", "sha512-"))
+        assert not drv.get("Cmdline")  # booted by the firmware through the image's own loader
+        assert drv["ImageURLBase"] == base and drv["AccelUsed"] in ("kvm", "tcg")
+
+        assert dockyard("ls", "-q").stdout.split() == ["default"]
+        assert dockyard("status").stdout.strip() == "Running"  # no name: "default"
+        env_out = dockyard("env", "--shell", "bash").stdout
+        assert f'DOCKER_HOST="tcp://127.0.0.1:{drv["EngineHostPort"]}"' in env_out
+        assert dockyard.docker("default", "load", "-i", str(busybox_tar()), timeout=300).returncode == 0
+        assert dockyard.docker("default", "run", "--rm", "busybox", "echo", "hello", timeout=300).stdout == "hello\n"
+
+        pid = qemu_pid(dockyard, "default")
+        dockyard("rm", "-y", "default", timeout=120)
+        assert not os.path.exists(os.path.join(dockyard.store, "machines", "default")) and not process_alive(pid)
+        assert os.listdir(os.path.join(cache, "debian"))  # the verified image stays cached
+    finally:
+        pid = qemu_pid(dockyard, "default")
+        if pid:  # a failed step must not leave a VM running
+            dockyard("rm", "-f", "-y", "default", check=False, timeout=120)
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(cache, ignore_errors=True)
