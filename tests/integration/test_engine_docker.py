@@ -170,6 +170,15 @@ def test_engine_docker_on_generic_host(dockyard, docker_host, monkeypatch, tmp_p
     assert json.load(open(os.path.join(mdir, "config.json")))["HostOptions"]["Engine"] == "docker"
     if containers:
         assert json.loads(dockyard.docker("h1", "inspect", "keep").stdout)[0]["State"]["Pid"] == before["Pid"]
+
+    # upgrade = the package manager's upgrade of the package that owns dockerd (docker.io here; the test host has
+    # no route out, so apt finds nothing newer), then a restart that keeps the container
+    old_pid = _dockerd_pid(host)
+    out = dockyard("upgrade", "h1", timeout=300).stdout
+    assert "Upgrading Docker Engine with the host's package manager..." in out
+    assert _dockerd_pid(host) != old_pid and dockyard("version", "h1").stdout.strip() == server["Version"]
+    if containers:
+        assert json.loads(dockyard.docker("h1", "inspect", "keep").stdout)[0]["State"]["Pid"] == before["Pid"]
         dockyard.docker("h1", "rm", "-f", "keep")
     assert "Successfully removed h1" in dockyard("rm", "-y", "h1").stdout
     assert not os.path.exists(mdir)
