@@ -1,0 +1,1 @@
+"""The classic image builder (POST /build): Dockerfile parsing, .dockerignore, build context, steps, cache."""

@@ -1,0 +1,165 @@
+"""The build context: the request body (a tar, maybe compressed) spooled to disk and extracted safely.
+
+Nothing in the context may lead outside it: tarsafe refuses absolute member names, `..`, hard links
+out of it and relative symlinks that climb above it; here absolute symlinks are refused as well
+(in a context they could only be meant to name a path of the host). Paths named by the Dockerfile
+(the `dockerfile` parameter, COPY/ADD sources) are resolved inside the extracted tree only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+from typing import BinaryIO
+
+from dockyard.engine.build import dockerignore
+from dockyard.engine.errors import InvalidParameter, NotFound
+from dockyard.engine.images import tarsafe
+
+COPY_CHUNK = 1 << 20
+WILDCARDS = "*?["
+
+
+class ContextError(InvalidParameter):
+    """The build context or a path in it is not acceptable."""
+
+
+def _refuse_absolute_links(member, parts, what):
+    if member.issym() and member.linkname.startswith("/"):
+        raise tarsafe.UnsafeArchive(
+            "invalid build context: symlink %r points to the absolute path %r" % (member.name, member.linkname)
+        )
+
+
+def clean_relative(path: str, what: str = "path") -> str:
+    """A context-relative path from the Dockerfile or the query ('' is the root); `..` out of it is refused."""
+    norm = posixpath.normpath(path.lstrip("/") or ".")
+    if norm == ".." or norm.startswith("../"):
+        raise ContextError("Forbidden path outside the build context: %s (%s)" % (path, what))
+    return "" if norm == "." else norm
+
+
+class BuildContext:
+    """An extracted context in its own temp dir under the builder's work dir; close() removes it."""
+
+    def __init__(self, workdir: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ctx-", dir=workdir)
+        self.root = os.path.join(self.dir, "context")
+        os.mkdir(self.root, 0o755)
+        self.ignore: list[dockerignore.Pattern] = []
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def receive(self, body: BinaryIO) -> int:
+        """Spool the body to disk (never held in memory), then extract it; -> bytes received."""
+        spool = os.path.join(self.dir, "context.tar")
+        total = 0
+        with open(spool, "wb") as out:
+            while True:
+                chunk = body.read(COPY_CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+                total += len(chunk)
+        if total == 0:
+            raise ContextError("the build context is empty: send the context as a tar archive")
+        try:
+            with open(spool, "rb") as fh:
+                tarsafe.safe_extract(fh, self.root, whiteouts="keep", on_member=_refuse_absolute_links)
+        except tarsafe.UnsafeArchive as exc:
+            raise ContextError("invalid build context: %s" % exc.message.replace("invalid build context: ", ""))
+        finally:
+            os.unlink(spool)
+        return total
+
+    # -- reading -----------------------------------------------------------------------------
+    def host_path(self, rel: str, follow: bool = True) -> str:
+        """Host path of a context path, symlinks resolved inside the context."""
+        with tarsafe.Scope(self.root) as scope:
+            fd, name, real = scope.resolve(rel, follow_final=follow)
+            os.close(fd)
+        inner = "/".join(real + ([name] if name else []))
+        path = os.path.join(self.root, inner) if inner else self.root
+        if os.path.commonpath([os.path.realpath(path), os.path.realpath(self.root)]) != os.path.realpath(self.root):
+            raise ContextError("Forbidden path outside the build context: %s" % rel)
+        return path
+
+    def read_file(self, rel: str, limit: int) -> bytes | None:
+        """A small file of the context (Dockerfile, .dockerignore); None if missing."""
+        try:
+            path = self.host_path(clean_relative(rel, "dockerfile"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError as exc:
+            raise ContextError("cannot read %s from the build context: %s" % (rel, exc.strerror)) from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ContextError("%s in the build context is not a regular file" % rel)
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise ContextError("%s in the build context is larger than %d bytes" % (rel, limit))
+        return data
+
+    def dockerfile(self, name: str, limit: int) -> bytes:
+        name = name or "Dockerfile"
+        data = self.read_file(name, limit)
+        if data is None and name == "Dockerfile":
+            data = self.read_file("dockerfile", limit)
+        if data is None:
+            raise NotFound("Cannot locate specified Dockerfile: %s" % name)
+        return data
+
+    def apply_dockerignore(self) -> None:
+        data = self.read_file(".dockerignore", 1 << 20)
+        if data is None:
+            return
+        self.ignore = dockerignore.parse(data.decode("utf-8", "replace"))
+        dockerignore.apply(self.root, self.ignore)
+
+    # -- COPY sources ------------------------------------------------------------------------
+    def sources(self, pattern: str) -> list[tuple[str, str]]:
+        """[(context-relative path, host path)] of a COPY/ADD source (wildcards expanded)."""
+        return match_sources(self.root, pattern, "build context")
+
+
+def match_sources(root: str, pattern: str, where: str) -> list[tuple[str, str]]:
+    """Sources under `root` (a context or a stage's rootfs) named by a COPY pattern, resolved inside root."""
+    rel = clean_relative(pattern, "source")
+    with tarsafe.Scope(root) as scope:
+        if not any(c in rel for c in WILDCARDS):
+            try:
+                real = scope.realpath(rel)
+            except (FileNotFoundError, NotADirectoryError):
+                real = None
+            if real is None or not os.path.lexists(os.path.join(root, real.lstrip("/"))):
+                raise NotFound("COPY failed: file not found in %s: stat %s: file does not exist" % (where, pattern))
+            return [(rel, os.path.join(root, real.lstrip("/")) if real != "/" else root)]
+        # Wildcards: match every path of the tree (no link is followed while walking).
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                full = os.path.join(dirpath, name)
+                relpath = os.path.relpath(full, root)
+                if _go_match(rel, relpath):
+                    out.append((relpath, full))
+        if not out:
+            raise NotFound("COPY failed: no source files were specified")
+        return out
+
+
+def _go_match(pattern, name):
+    """filepath.Match: like fnmatch, but `*` and `?` never match '/'."""
+    if pattern.count("/") != name.count("/"):
+        return False
+    return all(fnmatch.fnmatchcase(n, p) for p, n in zip(pattern.split("/"), name.split("/")))
