@@ -39,6 +39,7 @@ class Config:
     debug: bool
     opts: dict[str, str]
     group: str
+    userns_remap: str
 
     # name -> (default, kind). kind: "str", "bool", "list", "opts"
     FIELDS = {
@@ -59,6 +60,7 @@ class Config:
         "debug": (False, "bool"),
         "opts": (None, "opts"),
         "group": ("docker", "str"),
+        "userns_remap": ("", "str"),  # "" off; default, USER[:GROUP] or UID[:GID] (engine/runtime/userns.py)
     }
 
     def __init__(self, **values):
@@ -109,6 +111,7 @@ _FILE_KEYS = {
     "opts": "opts",
     "opt": "opts",
     "group": "group",
+    "userns-remap": "userns_remap",
 }
 
 
@@ -169,6 +172,13 @@ def build_parser():
         action="append",
         metavar="KEY=VALUE",
         help="generic option for engine subsystems (e.g. bip=172.17.0.1/16), repeatable",
+    )
+    p.add_argument(
+        "--userns-remap",
+        dest="userns_remap",
+        metavar="default|USER[:GROUP]",
+        help="run containers in user namespaces: their root is a subordinate id of USER on the host (default: "
+        "the user dockyard-remap, created if missing); off unless given",
     )
     p.add_argument("-G", "--group", metavar="GROUP", help="group owning unix sockets (default docker, if it exists)")
     p.add_argument("-v", "--version", action="store_true", help="print version and exit")
@@ -249,6 +259,10 @@ def _validate(cfg):
     for reg in cfg.insecure_registries:
         if "://" in reg:
             raise ConfigError("insecure registry %s should not contain '://'" % reg)
+    if cfg.userns_remap:
+        user, _, group = cfg.userns_remap.partition(":")
+        if not user or ":" in group or (user == "default" and group):
+            raise ConfigError("invalid --userns-remap %r: use default, USER[:GROUP] or UID[:GID]" % cfg.userns_remap)
     for path_name in ("data_root", "exec_root", "pidfile"):
         if not os.path.isabs(getattr(cfg, path_name)):
             raise ConfigError("--%s must be an absolute path" % path_name.replace("_", "-"))

@@ -29,6 +29,9 @@ from dockyard.engine.runtime.events import EventBus
 from dockyard.engine.runtime.execs import ExecManager
 from dockyard.engine.runtime.forkserver import ForkServer
 from dockyard.engine.runtime.manager import ContainerManager
+from dockyard.engine.runtime.userns import IdMap, RemapError
+from dockyard.engine.runtime.userns import data_root as remapped_data_root
+from dockyard.engine.runtime.userns import load as load_id_map
 from dockyard.engine.volumes import VolumeStore
 
 log = logging.getLogger("dockyard.engine")
@@ -80,8 +83,17 @@ class Engine:
 
 def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
     """Build every part. Nothing here may start a thread: the fork server must fork a single-threaded daemon."""
-    images = ImageStore(config.data_root)
-    volumes = VolumeStore(config.data_root)
+    idmap: IdMap | None = None
+    if config.userns_remap:
+        # As dockerd: everything lives under <data-root>/<uid>.<gid>/, layers extracted shifted into the range.
+        try:
+            idmap = load_id_map(config.userns_remap)
+        except RemapError as exc:
+            raise EngineError(str(exc)) from None
+        config.data_root = remapped_data_root(config.data_root, idmap)
+        log.info("user namespace remapping: container root is %d:%d on the host", *idmap.root)
+    images = ImageStore(config.data_root, idmap.shift if idmap else None)
+    volumes = VolumeStore(config.data_root, idmap.root if idmap else None)
     try:
         network = NetworkManager(config.data_root, config.opts, warnings)
     except ValueError as exc:  # a bad bip=/mtu=/bridge= engine opt
@@ -89,7 +101,7 @@ def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
     forkserver = ForkServer()
     forkserver.start()
     try:
-        containers = ContainerManager(config, forkserver, images, volumes, network)
+        containers = ContainerManager(config, forkserver, images, volumes, network, idmap)
     except BaseException:
         forkserver.stop()
         raise

@@ -90,8 +90,10 @@ class Volume:
 class VolumeStore:
     """The local volumes (req.engine.volumes): create, inspect, remove, prune, who uses them."""
 
-    def __init__(self, data_root: str) -> None:
+    def __init__(self, data_root: str, root_owner: tuple[int, int] | None = None) -> None:
+        """root_owner: with user namespace remapping, the host uid/gid of the containers' root (owns _data)."""
         self.root = os.path.join(data_root, "volumes")
+        self.root_owner = root_owner
         os.makedirs(self.root, mode=VOLUME_DIR_MODE, exist_ok=True)
         self.fix_modes()
         self._lock = threading.RLock()
@@ -162,6 +164,8 @@ class VolumeStore:
             stage = os.path.join(self.root, ".new-%s" % uuid.uuid4().hex[:12])
             os.mkdir(stage, VOLUME_DIR_MODE)
             os.mkdir(os.path.join(stage, "_data"), 0o755)
+            if self.root_owner is not None:
+                os.chown(os.path.join(stage, "_data"), *self.root_owner)
             atomic_write_json(os.path.join(stage, "meta.json"), meta, durable=True)
             os.rename(stage, os.path.join(self.root, name))
             return Volume(self, name, meta)

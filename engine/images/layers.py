@@ -301,7 +301,9 @@ def _write_skeleton(tar_path, refs, out_path):
 class LayerStore:
     """data-root/image/layers: ingest tars, look layers up, remove unreferenced ones."""
 
-    def __init__(self, image_root: str) -> None:
+    def __init__(self, image_root: str, shift: Callable[[int, int], tuple[int, int]] | None = None) -> None:
+        """shift: with user namespace remapping, (uid, gid) -> host ids for every extracted entry's owner."""
+        self.shift = shift
         self.root = os.path.join(image_root, "layers")
         self.links = os.path.join(image_root, "l")
         self.tmp = os.path.join(image_root, "tmp")
@@ -419,11 +421,13 @@ class LayerStore:
         try:
             diff = os.path.join(stage, "diff")
             os.mkdir(diff, 0o755)
+            if self.shift is not None:
+                os.chown(diff, *self.shift(0, 0))
             plan = _SkeletonPlan()
             with open(tar_path, "rb") as fh:
                 with tarfile.open(fileobj=fh, mode="r:") as tar:
                     result = tarsafe.safe_extract(
-                        tar, diff, whiteouts="overlay", allow_devices=True, on_member=plan.on_member
+                        tar, diff, whiteouts="overlay", allow_devices=True, on_member=plan.on_member, shift=self.shift
                     )
             if plan.ok:
                 _write_skeleton(tar_path, plan.refs, os.path.join(stage, "skeleton.gz"))

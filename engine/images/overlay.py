@@ -90,7 +90,7 @@ def filesystem_of(path):
     return best
 
 
-def _mount_in_child(cwd, data, target):
+def _mount_in_child(cwd, data, target, flags=MERGED_FLAGS):
     """mount(2) from a forked child that chdir'ed to `cwd` (relative lowerdirs; threads unaffected)."""
     lib = libc()
     pid = os.fork()
@@ -98,7 +98,7 @@ def _mount_in_child(cwd, data, target):
         code = 1
         try:
             os.chdir(cwd)
-            rc = lib.mount(b"overlay", target.encode(), b"overlay", MERGED_FLAGS, data.encode())
+            rc = lib.mount(b"overlay", target.encode(), b"overlay", flags, data.encode())
             code = 0 if rc == 0 else (ctypes.get_errno() or 1)
         finally:
             os._exit(code)
@@ -111,8 +111,14 @@ def _mount_in_child(cwd, data, target):
 class RootfsManager:
     """Mounts, unmounts and removes per-container overlay roots."""
 
-    def __init__(self, data_root: str, layer_store: LayerStore) -> None:
+    def __init__(self, data_root: str, layer_store: LayerStore, root_owner: tuple[int, int] | None = None) -> None:
+        """root_owner: with user namespace remapping, the host uid/gid of the containers' root, which
+        owns each upper dir (the merged root takes its owner from there)."""
         self.data_root = data_root
+        self.root_owner = root_owner
+        # Remapped, an image's setuid-root files belong to an unprivileged host uid and setuid works in
+        # the container as in Docker; the mount stays nodev (nosuid would be locked in the user namespace).
+        self.merged_flags = MERGED_FLAGS if root_owner is None else MERGED_FLAGS & ~MS_NOSUID
         self.root = os.path.join(data_root, "overlay")
         self.image_root = os.path.join(data_root, "image")
         self.layers = layer_store
@@ -144,6 +150,8 @@ class RootfsManager:
         p = self.paths(container_id)
         for key in ("dir", "upper", "work", "merged"):
             os.makedirs(p[key], mode=0o755 if key != "dir" else 0o700, exist_ok=True)
+        if self.root_owner is not None:
+            os.chown(p["upper"], *self.root_owner)
         record = os.path.join(p["dir"], "layers.json")
         if read_json(record) is None:
             atomic_write_json(record, {"layers": list(diff_ids)}, durable=True)
@@ -152,7 +160,7 @@ class RootfsManager:
         if os.path.ismount(p["merged"]):
             # Mounted by an engine before nodev,nosuid: add them (a bind remount changes this mount only).
             try:
-                mount("none", p["merged"], None, MS_REMOUNT | MS_BIND | MERGED_FLAGS)
+                mount("none", p["merged"], None, MS_REMOUNT | MS_BIND | self.merged_flags)
             except OSError as exc:
                 log.warning("cannot make %s nodev,nosuid: %s", p["merged"], exc.strerror)
             return p["merged"]
@@ -167,12 +175,12 @@ class RootfsManager:
         data = "lowerdir=" + ":".join(absolute) + tail
         try:
             if len(data) <= MAX_MOUNT_DATA:
-                mount("overlay", p["merged"], "overlay", MERGED_FLAGS, data)
+                mount("overlay", p["merged"], "overlay", self.merged_flags, data)
             else:
                 data = "lowerdir=" + ":".join(relative) + tail
                 if len(data) > MAX_MOUNT_DATA:
                     raise SystemFailure("image has too many layers (%d) to mount" % len(links))
-                _mount_in_child(self.image_root, data, p["merged"])
+                _mount_in_child(self.image_root, data, p["merged"], self.merged_flags)
         except OSError as exc:
             fstype, mnt = filesystem_of(self.data_root)
             hint = ""

@@ -135,7 +135,8 @@ class Image:
 class ImageStore:
     """Everything about images on this engine (req.engine.images): configs, tags, layers, overlay roots."""
 
-    def __init__(self, data_root: str) -> None:
+    def __init__(self, data_root: str, shift: Callable[[int, int], tuple[int, int]] | None = None) -> None:
+        """shift: user namespace remapping (layers are extracted with owners shifted into the range)."""
         self.data_root = data_root
         self.root = os.path.join(data_root, "image")
         self.config_dir = os.path.join(self.root, "configs")
@@ -143,8 +144,8 @@ class ImageStore:
         for d in (self.root, self.config_dir, self.meta_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self.repos_path = os.path.join(self.root, "repositories.json")
-        self.layers = LayerStore(self.root)
-        self.rootfs = RootfsManager(data_root, self.layers)
+        self.layers = LayerStore(self.root, shift)
+        self.rootfs = RootfsManager(data_root, self.layers, shift(0, 0) if shift else None)
         self._lock = threading.RLock()
         self._cache: dict[str, Image] = {}
         self._usage_check: Callable[[str], List[str]] | None = None

@@ -260,8 +260,11 @@ class ExtractResult:
 
 
 class _Extractor:
-    def __init__(self, scope, dest_parts, whiteouts, allow_devices, owner, no_overwrite_dir_nondir, on_member):
+    def __init__(
+        self, scope, dest_parts, whiteouts, allow_devices, owner, no_overwrite_dir_nondir, on_member, shift=None
+    ):
         self.scope = scope
+        self.shift = shift
         self.dest_parts = dest_parts
         self.whiteouts = whiteouts
         self.allow_devices = allow_devices
@@ -282,6 +285,17 @@ class _Extractor:
     def _mkdir_hook(self, parent_fd, name):
         if self.owner is not None:
             os.chown(name, self.owner[0], self.owner[1], dir_fd=parent_fd, follow_symlinks=False)
+        elif self.shift is not None:  # a parent the archive does not list belongs to the (remapped) root
+            uid, gid = self.shift(0, 0)
+            os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+
+    def _ids(self, member):
+        """The host owner of an entry: forced, the archive's ids, or those shifted into the remapped range."""
+        if self.owner is not None:
+            return self.owner
+        if self.shift is not None:
+            return self.shift(member.uid, member.gid)
+        return member.uid, member.gid
 
     def parent_fd(self, parts):
         """fd of the directory holding entry `parts` (created if missing); cached, not to be closed."""
@@ -365,7 +379,7 @@ class _Extractor:
                     self._invalidate()
                     pfd = self.parent_fd(parts)
 
-        uid, gid = self.owner if self.owner is not None else (member.uid, member.gid)
+        uid, gid = self._ids(member)
         if member.isdir():
             if st is None or not stat.S_ISDIR(st.st_mode):
                 os.mkdir(name, 0o700, dir_fd=pfd)
@@ -471,7 +485,7 @@ class _Extractor:
         else:
             fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
         try:
-            uid, gid = self.owner if self.owner is not None else (member.uid, member.gid)
+            uid, gid = self._ids(member)
             os.fchown(fd, uid, gid)
             os.fchmod(fd, member.mode & 0o7777)
             self._xattrs(fd, member)
@@ -542,6 +556,7 @@ def safe_extract(
     owner=None,
     no_overwrite_dir_nondir=False,
     on_member=None,
+    shift=None,
 ):
     """Extract a tar into `dest`; returns ExtractResult(entries, size).
 
@@ -553,6 +568,8 @@ def safe_extract(
       it must be an existing directory.
     whiteouts: "keep" (plain files), "overlay" (convert for overlayfs) or "apply" (delete).
     owner: None keeps the archive's numeric uid/gid; (uid, gid) forces them.
+    shift: with owner None, a function (uid, gid) -> (host uid, host gid) applied to every entry's owner
+      (user namespace remapping); it raises for ids outside the range, which fails the extraction.
     on_member(tarinfo, parts, what): called after each member (layers use it).
     Raises UnsafeArchive (400) for unsafe or corrupt archives; nothing is written
     outside the destination before or after the error.
@@ -571,7 +588,7 @@ def safe_extract(
             except NotADirectoryError:
                 raise UnsafeArchive("extraction point is not a directory") from None
             os.close(fd)
-        ex = _Extractor(scope, dest_parts, whiteouts, allow_devices, owner, no_overwrite_dir_nondir, on_member)
+        ex = _Extractor(scope, dest_parts, whiteouts, allow_devices, owner, no_overwrite_dir_nondir, on_member, shift)
         own_tar = not isinstance(source, tarfile.TarFile)
         try:
             tar = tarfile.open(fileobj=source, mode="r|*") if own_tar else source

@@ -8,6 +8,7 @@ Layout (one job per module):
   rootpath      paths resolved once inside a root through descriptors; mounts made onto those descriptors
   copyup        fills a new volume from the image's content at its path (descriptor walk, nodes by mknod)
   userdb        /etc/passwd and /etc/group lookups inside the container
+  userns        --userns-remap: the id map (/etc/subuid, /etc/subgid), its data-root, the container rules
   containerinit the container's first process: namespaces, rootfs, user, capabilities, execve
   supervisor    one per running container: owns the process, stdio, json-file log, attach, exit status
   execproc      `docker exec`: joins a running container's namespaces and cgroup, runs a process

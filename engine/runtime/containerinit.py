@@ -13,7 +13,7 @@ import socket
 import struct
 import termios
 
-from dockyard.engine.runtime import channel, libc, mountns, process
+from dockyard.engine.runtime import channel, libc, mountns, process, userns
 from dockyard.engine.runtime.cgroups import Cgroup
 
 _SIOCGIFFLAGS = 0x8913
@@ -94,10 +94,18 @@ def _run(spec, sync, stdio):
         flags |= libc.CLONE_NEWNET
     if ns.get("cgroup"):
         flags |= libc.CLONE_NEWCGROUP
-    libc.unshare(flags)
+    opened = None
+    if spec.get("userns"):
+        opened = _enter_user_namespace(flags, sync, spec["rootfs"])  # returns in the container's PID 1, its root
+    else:
+        libc.unshare(flags)
     channel.send(sync, {"ns": "ready"})
 
-    mountns.setup(spec["rootfs"])
+    try:
+        mountns.setup(spec["rootfs"], opened)
+    finally:
+        for fd in (opened or {}).values():
+            os.close(fd)
     if ns.get("uts", True):
         if spec.get("hostname"):
             libc.sethostname(spec["hostname"])
@@ -120,5 +128,35 @@ def _run(spec, sync, stdio):
         msg = channel.recv(sync)
         if msg.get("abort"):
             os._exit(1)
+        if spec.get("userns"):
+            # Our parent is the supervisor now (the intermediate that forked us has been reaped).
+            libc.prctl(libc.PR_SET_PDEATHSIG, 9)
 
     process.start(dict(spec["process"]), report_fd=sync.fileno(), before_exec=wait_for_go)
+
+
+def _enter_user_namespace(flags, sync, rootfs_spec):
+    """New user namespace owning every other new namespace, PID namespace included; -> open_sources.
+
+    Runs in the supervisor's child (the PID namespace must belong to the user namespace, so the
+    supervisor did not make one): unshare, let the supervisor write the id maps from outside, fork the
+    container's PID 1, report its host PID and exit. PID 1 waits until the supervisor has reaped us,
+    opens the root and the bind sources while its path lookups are still the host's uid 0, and then
+    becomes the namespace's root (the remapped uid on the host) before any mount is made.
+    """
+    libc.unshare(flags | libc.CLONE_NEWUSER | libc.CLONE_NEWPID)
+    channel.send(sync, {"userns": "ready"})
+    msg = channel.recv(sync)
+    if not msg.get("mapped"):
+        os._exit(1)
+    pid = os.fork()
+    if pid != 0:
+        channel.send(sync, {"init": pid})
+        os._exit(0)
+    process.make_undumpable()
+    msg = channel.recv(sync)  # the supervisor reaped our parent: from here it is our parent
+    if not msg.get("continue"):
+        os._exit(1)
+    opened = mountns.open_sources(rootfs_spec)
+    userns.become_root()
+    return opened

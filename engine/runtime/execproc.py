@@ -11,13 +11,14 @@ import json
 import os
 import socket
 
-from dockyard.engine.runtime import channel, containerinit, libc, process, procident
+from dockyard.engine.runtime import channel, containerinit, libc, process, procident, userns
 from dockyard.engine.runtime.cgroups import Cgroup
 from dockyard.engine.runtime.supervisor import exit_status
 
-# Join order: the cgroup namespace after the cgroup itself; mnt last (it changes root and cwd,
-# and the /proc/<pid>/ns files were opened before).
-NS_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+# Join order: the cgroup namespace after the cgroup itself; mnt after the others (it changes root and
+# cwd, and the /proc/<pid>/ns files were opened before); the user namespace (--userns-remap) last,
+# while we are still the host's root for the others.
+NS_ORDER = ("cgroup", "ipc", "uts", "net", "pid", "mnt", "user")
 NS_FLAGS = {
     "cgroup": libc.CLONE_NEWCGROUP,
     "ipc": libc.CLONE_NEWIPC,
@@ -25,6 +26,7 @@ NS_FLAGS = {
     "net": libc.CLONE_NEWNET,
     "pid": libc.CLONE_NEWPID,
     "mnt": libc.CLONE_NEWNS,
+    "user": libc.CLONE_NEWUSER,
 }
 
 
@@ -86,6 +88,8 @@ def _run_pinned(spec, ctl, stdio, pinned):
     for name, fd in ns_fds:
         libc.setns(fd, NS_FLAGS[name])
         os.close(fd)
+    if any(name == "user" for name, _ in ns_fds):
+        userns.become_root()  # the host's uid 0 has no id in there; the exec'd user is set later
     os.fchdir(root_fd)
     os.chroot(".")
     os.close(root_fd)

@@ -21,7 +21,7 @@ from dockyard.engine.config import Config
 from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, NotModified, SystemFailure
 from dockyard.engine.images.store import ImageStore
 from dockyard.engine.network.manager import NetworkManager
-from dockyard.engine.runtime import cgroups, channel, names
+from dockyard.engine.runtime import cgroups, channel, names, userns
 from dockyard.engine.runtime import create as createmod
 from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.copyup import copy_up_volumes
@@ -65,8 +65,10 @@ class ContainerManager(ExitsMixin):
         images: ImageStore,
         volumes: VolumeStore,
         network: NetworkManager,
+        idmap: userns.IdMap | None = None,
     ) -> None:
         cfg = config
+        self.idmap = idmap  # --userns-remap: containers run in a user namespace unless --userns=host
         self.images = images
         self.volumes = volumes
         self.network = network
@@ -147,6 +149,7 @@ class ContainerManager(ExitsMixin):
             raise InvalidParameter("No image specified")
         image = self.images.get(ref)
         hc = createmod.normalize_host_config(body.get("HostConfig"))
+        userns.check_container(hc, self.idmap is not None)
         cfg = createmod.merge_config(body, image.container_config)
         path, args = createmod.command_of(cfg)
         mode = self._network_mode(hc)
@@ -230,6 +233,10 @@ class ContainerManager(ExitsMixin):
         _write_in_place(os.path.join(c.dir, "hostname"), hostname + "\n")
         _write_in_place(os.path.join(c.dir, "hosts"), self.network.hosts_file(c, settings))
         _write_in_place(os.path.join(c.dir, "resolv.conf"), self.network.resolv_conf(c))
+        if userns.uses_userns(c.host_config, self.idmap):
+            assert self.idmap is not None
+            for name in ("hostname", "hosts", "resolv.conf"):  # the container's root may edit them
+                os.chown(os.path.join(c.dir, name), *self.idmap.root)
 
     # -- start -------------------------------------------------------------------------------
     def start(self, c: Container, restarting: bool = False) -> None:
@@ -276,6 +283,7 @@ class ContainerManager(ExitsMixin):
             run_id=run_id,
             network_hook=(mode == "bridge"),
             attach_opts=[o for _, o in pending],
+            idmap=self.idmap if userns.uses_userns(c.host_config, self.idmap) else None,
         )
         try:
             os.unlink(c.exit_file)

@@ -94,13 +94,6 @@ def parse_mount_options(text, defaults=()):
     return flags, ",".join(data)
 
 
-def _bind(source, target, readonly=False, extra=0, recursive=True):
-    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
-    if readonly or extra:
-        # A bind mount's flags can only be set by a remount of that bind.
-        mount(None, target, None, MS_REMOUNT | MS_BIND | extra | (MS_RDONLY if readonly else 0))
-
-
 @contextlib.contextmanager
 def _target(root_fd: int, dest: str, kind: str) -> Iterator[int]:
     """An O_PATH descriptor of the mount point `dest` inside the root (made if missing, as `kind`)."""
@@ -117,30 +110,60 @@ def _target(root_fd: int, dest: str, kind: str) -> Iterator[int]:
         os.close(fd)
 
 
-def setup(spec):
-    """Assemble the root filesystem and pivot into it. Runs in the container's mount namespace."""
+def open_sources(spec: dict) -> dict[str, int]:
+    """O_PATH descriptors of the root ("") and of every bind source, keyed by path.
+
+    In a user namespace the init opens these while it still has the host's uid 0 for path lookups
+    (the engine's directories are 0700 root), then becomes the namespace's root and mounts from them."""
+    opened: dict[str, int] = {}
+    try:
+        opened[""] = os.open(spec["root"], O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for m in spec.get("mounts", []):
+            if m.get("type", "bind") != "tmpfs" and m["source"] not in opened:
+                try:
+                    opened[m["source"]] = os.open(m["source"], O_PATH | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise RootfsError(
+                        exc.errno,
+                        "cannot mount %s on %s: %s" % (m["source"], m["destination"], os.strerror(exc.errno or 0)),
+                    ) from None
+    except BaseException:
+        for fd in opened.values():
+            os.close(fd)
+        raise
+    return opened
+
+
+def setup(spec, opened=None):
+    """Assemble the root filesystem and pivot into it. Runs in the container's mount namespace.
+
+    opened: from open_sources, in a user namespace; the mounts are made from those descriptors."""
     root = spec["root"]
     privileged = bool(spec.get("privileged"))
     nodev = 0 if privileged else MS_NODEV
 
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # The root must be a mount point of its own for pivot_root. Its flags are set here, not inherited:
-    # the engine's own mount of the image is nodev,nosuid; a container's root keeps setuid binaries
-    # working (as Docker's) and is nodev unless privileged.
-    mount(root, root, None, MS_BIND | MS_REC)
-    mount(None, root, None, MS_REMOUNT | MS_BIND | nodev)
-
-    root_fd = os.open(root, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if opened is None:
+        # The root must be a mount point of its own for pivot_root. Its flags are set here, not inherited:
+        # the engine's own mount of the image is nodev,nosuid; a container's root keeps setuid binaries
+        # working (as Docker's) and is nodev unless privileged.
+        mount(root, root, None, MS_BIND | MS_REC)
+        mount(None, root, None, MS_REMOUNT | MS_BIND | nodev)
+        root_fd = os.open(root, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        # In a user namespace the flags of the engine's image mount (nodev; with remapping not nosuid)
+        # are locked: the bind keeps them (mount_setattr only adds).
+        root_fd = rootpath.bind(opened[""], opened[""], nodev)
     try:
         _mount_proc(root_fd)
         _mount_dev(root_fd, spec, privileged, nodev)
         _mount_sys(root_fd, spec, privileged)
         for m in sorted(spec.get("mounts", []), key=lambda m: len(m["destination"].rstrip("/").split("/"))):
-            _user_mount(root_fd, m, nodev)
+            _user_mount(root_fd, m, nodev, opened)
+        os.fchdir(root_fd)
     finally:
         os.close(root_fd)
 
-    os.chdir(root)
     libc.pivot_root(".", ".")
     libc.umount2(".", MNT_DETACH)
     os.chdir("/")
@@ -162,34 +185,50 @@ def _mount_proc(root_fd):
 def _mount_dev(root_fd, spec, privileged, nodev):
     with _target(root_fd, "/dev", "dir") as fd:
         rootpath.mount_on("tmpfs", fd, "tmpfs", MS_NOSUID | MS_STRICTATIME | nodev, "mode=755,size=65536k")
-        dev = os.readlink(proc_fd(fd))  # the fresh tmpfs: nothing else can reach it yet
-    pts = os.path.join(dev, "pts")
-    os.mkdir(pts, 0o755)
-    mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    shm = os.path.join(dev, "shm")
-    os.mkdir(shm, 0o1777)
-    shm_size = int(spec.get("shm_size") or 64 * 1024 * 1024)
-    mount("shm", shm, "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV, "mode=1777,size=%d" % shm_size)
-    mq = os.path.join(dev, "mqueue")
-    os.mkdir(mq, 0o755)
+    # The fresh tmpfs (nothing else can reach it yet), worked on through its descriptor: in a user
+    # namespace the host path to it is not walkable by the container's root.
+    dev = open_in_root(root_fd, "/dev")
     try:
-        mount("mqueue", mq, "mqueue", MS_NOSUID | MS_NOEXEC | MS_NODEV)
+        _fill_dev(dev, spec, privileged)
+    finally:
+        os.close(dev)
+
+
+def _mount_in(dir_fd, name, mode, source, fstype, flags, data=None):
+    os.mkdir(name, mode, dir_fd=dir_fd)
+    fd = os.open(name, O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        rootpath.mount_on(source, fd, fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def _fill_dev(dev, spec, privileged):
+    _mount_in(dev, "pts", 0o755, "devpts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    shm_size = int(spec.get("shm_size") or 64 * 1024 * 1024)
+    _mount_in(dev, "shm", 0o1777, "shm", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV, "mode=1777,size=%d" % shm_size)
+    try:
+        _mount_in(dev, "mqueue", 0o755, "mqueue", "mqueue", MS_NOSUID | MS_NOEXEC | MS_NODEV)
     except OSError:
         pass  # kernels without POSIX mqueue
     if privileged:
-        _copy_host_devices(dev)
+        _copy_host_devices(os.readlink(proc_fd(dev)))  # never in a user namespace (refused with remapping)
     else:
         for name in DEVICES:
-            target = os.path.join(dev, name)
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
-            _bind("/dev/" + name, target, recursive=False)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dev)
+            os.close(fd)
+            fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev)
+            try:
+                mount("/dev/" + name, proc_fd(fd), None, MS_BIND)
+            finally:
+                os.close(fd)
     for name, link in DEV_LINKS:
         try:
-            os.symlink(link, os.path.join(dev, name))
+            os.symlink(link, name, dir_fd=dev)
         except FileExistsError:
             pass
     if spec.get("tty"):
-        os.close(os.open(os.path.join(dev, "console"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.close(os.open("console", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dev))
 
 
 def _copy_host_devices(dev):
@@ -223,14 +262,19 @@ def _mount_sys(root_fd, spec, privileged):
                 os.close(rootpath.bind(src, fd, flags))
             finally:
                 os.close(src)
-        target = os.readlink(proc_fd(fd))
     if spec.get("cgroup2"):
-        cg = os.path.join(target, "fs", "cgroup")
-        if os.path.isdir(cg):
-            try:
-                mount("cgroup2", cg, "cgroup2", MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if privileged else MS_RDONLY))
-            except OSError:
-                pass
+        try:
+            cg = open_in_root(root_fd, "/sys/fs/cgroup")
+        except OSError:
+            return
+        try:
+            if stat.S_ISDIR(os.fstat(cg).st_mode):
+                flags = MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if privileged else MS_RDONLY)
+                rootpath.mount_on("cgroup2", cg, "cgroup2", flags)
+        except OSError:
+            pass
+        finally:
+            os.close(cg)
 
 
 _PROPAGATION = {
@@ -243,9 +287,9 @@ _PROPAGATION = {
 }
 
 
-def _user_mount(root_fd, m, nodev):
+def _user_mount(root_fd, m, nodev, opened=None):
     try:
-        _user_mount_fds(root_fd, m, nodev)
+        _user_mount_fds(root_fd, m, nodev, opened)
     except OSError as exc:
         what = m.get("source") or m.get("type", "bind")
         raise RootfsError(
@@ -253,7 +297,7 @@ def _user_mount(root_fd, m, nodev):
         ) from None
 
 
-def _user_mount_fds(root_fd, m, nodev):
+def _user_mount_fds(root_fd, m, nodev, opened):
     kind = m.get("type", "bind")
     dest = m["destination"]
     if kind == "tmpfs":
@@ -263,7 +307,8 @@ def _user_mount_fds(root_fd, m, nodev):
         return
     # The source is opened once (a host path the API caller named; symlinks followed, as Docker) and
     # mounted from that descriptor: what is mounted is what was opened.
-    src = os.open(m["source"], O_PATH | os.O_CLOEXEC)
+    own = opened is None or m["source"] not in opened
+    src = os.open(m["source"], O_PATH | os.O_CLOEXEC) if own else opened[m["source"]]
     try:
         is_dir = stat.S_ISDIR(os.fstat(src).st_mode)
         flags = nodev | int(m.get("flags") or 0) | (MS_RDONLY if m.get("readonly") else 0)
@@ -271,7 +316,8 @@ def _user_mount_fds(root_fd, m, nodev):
         with _target(root_fd, dest, "dir" if is_dir else "file") as fd:
             os.close(rootpath.bind(src, fd, flags, propagation))
     finally:
-        os.close(src)
+        if own:
+            os.close(src)
 
 
 def _mask(path):

@@ -117,7 +117,9 @@ def namespaces(container, layout, network_mode):
     }
 
 
-def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, sock, run_id, network_hook, attach_opts):
+def supervisor_spec(
+    container, *, rootfs_path, cgroup, layout, network_mode, sock, run_id, network_hook, attach_opts, idmap=None
+):
     cfg, hc = container.config, container.host_config
     privileged = bool(hc.get("Privileged"))
     masked = hc.get("MaskedPaths")
@@ -141,6 +143,8 @@ def supervisor_spec(container, *, rootfs_path, cgroup, layout, network_mode, soc
             "cgroup2": layout.version == "2",
         },
         "process": process_spec(container),
+        # --userns-remap: the id maps of the container's user namespace (IdMap.to_dict), or None
+        "userns": idmap.to_dict() if idmap is not None else None,
     }
     return {
         "id": container.id,
@@ -186,7 +190,7 @@ def exec_spec(container, exec_cfg, cgroup_dict, layout):
     return {
         "pid": container.state.get("Pid"),
         "pid_start": container.state.get("PidStartTime"),
-        "namespaces": ["cgroup", "ipc", "uts", "net", "pid", "mnt"],
+        "namespaces": ["cgroup", "ipc", "uts", "net", "pid", "mnt", "user"],
         "cgroup": cgroup_dict,
         "tty": bool(exec_cfg.get("Tty")),
         "console_size": list(exec_cfg.get("ConsoleSize") or [0, 0]),

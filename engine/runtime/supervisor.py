@@ -19,7 +19,7 @@ import traceback
 from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.network import portproxy
-from dockyard.engine.runtime import channel, containerinit, libc, logs, procident
+from dockyard.engine.runtime import channel, containerinit, libc, logs, procident, userns
 from dockyard.engine.runtime.cgroups import Cgroup, CgroupError
 from dockyard.engine.timefmt import rfc3339nano_ns
 
@@ -28,6 +28,7 @@ MAX_CLIENT_BUFFER = 1 << 20  # above this an attached client stalls the containe
 DRAIN_AFTER_EXIT = 2.0  # seconds to wait for output EOF once the process died
 FLUSH_CLIENTS = 5.0
 CTL_SEND_TIMEOUT = 2.0
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def exit_status(status):
@@ -156,19 +157,29 @@ class Supervisor:
             parent_close = [in_r, out_w, err_w]
             self.outputs = {out_r: STDOUT, err_r: STDERR}
         sync_s, sync_c = channel.pair()
-        if spec["init"]["namespaces"].get("pid", True):
+        idmap = spec["init"].get("userns")
+        if idmap:
+            # The child makes the user namespace and the PID namespace it owns, forks the container's
+            # PID 1 and exits: that process is re-parented to us.
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        elif spec["init"]["namespaces"].get("pid", True):
             libc.unshare(libc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
             self._child(sync_s, sync_c, child_stdio)
-        self.pid = pid
         sync_c.close()
         for fd in parent_close:
             os.close(fd)
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self.pidfd = None
+        if idmap:
+            pid = self._map_user_namespace(sync_s, pid, idmap)
+            if pid is None:
+                return 1
+        self.pid = pid
+        if not idmap:
+            try:
+                self.pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                self.pidfd = None
         init_ns = spec["init"]["namespaces"]
         if self.cgroup is not None and not (self.cgroup.version == "2" or init_ns.get("cgroup")):
             try:
@@ -209,6 +220,35 @@ class Supervisor:
             containerinit.main(self.spec["init"], sync_c, stdio)
         finally:
             os._exit(127)
+
+    def _map_user_namespace(self, sync, child, idmap):
+        """The child's user namespace exists: write its id maps, learn the container's PID 1, reap the child."""
+        init = None
+        try:
+            msg = channel.recv(sync)
+            if "error" not in msg:
+                userns.write_maps(child, idmap)
+                channel.send(sync, {"mapped": True})
+                msg = channel.recv(sync)
+                init = msg.get("init")
+        except (channel.ChannelClosed, OSError) as exc:
+            msg = {"error": "cannot set up the container's user namespace: %s" % exc, "code": 127}
+        if init is None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except OSError:
+                pass
+        os.waitpid(child, 0)  # once reaped, the container's PID 1 is our child
+        if init is None:
+            self.fail(msg.get("error", "container init died during setup"), int(msg.get("code", 127)))
+            self._cleanup()
+            return None
+        try:
+            self.pidfd = os.pidfd_open(init)
+        except (AttributeError, OSError):
+            self.pidfd = None
+        channel.send(sync, {"continue": True})
+        return int(init)
 
     def _handshake(self, sync):
         """ns ready -> (network hook) -> go -> tty master -> execve (EOF) or error."""

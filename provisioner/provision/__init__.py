@@ -32,7 +32,9 @@ def engine_config(engine_options, port):
     # The engine on its own pulls only from loopback and --insecure-registry hosts; a provisioned
     # machine is meant to pull from Docker Hub like dockerd, unless the user says otherwise.
     opts.setdefault("registry-pull", "all")
-    return {
+    # --engine-opt userns-remap=... is the engine's own setting (engine.json "userns-remap"), as dockerd's flag.
+    remap = opts.pop("userns-remap", None)
+    config = {
         "hosts": [SOCKET, f"tcp://0.0.0.0:{port}"],
         "tlsverify": True,
         "tlscacert": REMOTE_CA,
@@ -44,6 +46,9 @@ def engine_config(engine_options, port):
         "registry-mirrors": list(engine_options.get("RegistryMirror", [])),
         "opts": opts,
     }
+    if remap:
+        config["userns-remap"] = remap
+    return config
 
 
 def _hostname_script(name):
