@@ -31,18 +31,20 @@ from dockyard.engine.network.catalog import (
 )
 from dockyard.engine.network.fsutil import read_json, write_json
 from dockyard.engine.network.ipam import IpamError
+from dockyard.engine.network.names import DnsUnavailable, NamesMixin
 from dockyard.engine.network.netns import loopback_up, netns_path, run_in_netns
 from dockyard.engine.network.ports import (
     PortAllocationError,
     PortAllocator,
     PortSpecError,
-    port_map,
     ps_ports,
     requested_ports,
 )
 from dockyard.engine.network.ports import (
     validate as validate_ports,
 )
+from dockyard.engine.network.resolver import EmbeddedDns
+from dockyard.engine.network.settings import network_members, network_settings
 
 log = logging.getLogger("dockyard.engine")
 
@@ -97,7 +99,7 @@ def settings_ip(settings):
     return ""
 
 
-class NetworkManager:
+class NetworkManager(NamesMixin):
     """Owns the bridges, NAT, address leases, host-port reservations and endpoint records."""
 
     def __init__(self, data_root: str, opts: dict[str, str] | None = None, warnings: List[str] | None = None) -> None:
@@ -122,6 +124,7 @@ class NetworkManager:
         self._endpoints_path = os.path.join(self.dir, "endpoints.json")
         self.ports = PortAllocator(os.path.join(self.dir, "ports.json"))
         # {container id: {network name: endpoint}}; an older engine kept one endpoint per container.
+        self.resolver = EmbeddedDns(self._dns_lookup, self._dns_upstreams)
         self.endpoints = {
             cid: ({value["Network"]: value} if "Network" in value else value)
             for cid, value in (read_json(self._endpoints_path, {}) or {}).items()
@@ -307,7 +310,7 @@ class NetworkManager:
             with self._lock:
                 self.endpoints[cid] = {netname: endpoint}
                 self._save_endpoints()
-            return self._settings(self.endpoints[cid], config, host_config, name, cid)
+            return network_settings(self.catalog, self.endpoints[cid], config, host_config)
         try:
             requests = requested_ports(host_config, config)
         except PortSpecError as exc:
@@ -332,10 +335,17 @@ class NetworkManager:
             for each, endpoint in endpoints.items():
                 self._detach(cid, each, endpoint)
             raise
+        for each, endpoint in endpoints.items():
+            self._name_endpoint(endpoint, each, cid, name, config, host_config)
         with self._lock:
             self.endpoints[cid] = endpoints
             self._save_endpoints()
-        return self._settings(endpoints, config, host_config, name, cid)
+        try:
+            self._serve_dns(cid, pid)
+        except BaseException:
+            self.disconnect(container)
+            raise
+        return network_settings(self.catalog, endpoints, config, host_config)
 
     def _attach(self, cid, name, netname, request, pid, index, bindings, endpoint_id=None):
         """One veth from the network's bridge into the container's netns (eth<index>) -> the endpoint."""
@@ -407,10 +417,12 @@ class NetworkManager:
             used = {ep.get("Index", 0) for ep in current.values()}
             index = next(i for i in range(len(used) + 1) if i not in used)
             endpoint = self._attach(cid, name, netname, request, pid, index, [])
+            self._name_endpoint(endpoint, netname, cid, name, config, host_config)
             current[netname] = endpoint
             self.endpoints[cid] = current
             self._save_endpoints()
-        return self._settings(current, config, host_config, name, cid)
+        self._serve_dns(cid, pid)
+        return network_settings(self.catalog, current, config, host_config)
 
     def disconnect_running(self, container: ContainerView, netname: str) -> dict:
         """`docker network disconnect` of a running container: its interface on `netname` goes."""
@@ -427,74 +439,7 @@ class NetworkManager:
                 self.ports.release(cid)
             self.endpoints[cid] = current
             self._save_endpoints()
-        return self._settings(current, config, host_config, name, cid)
-
-    def _endpoint_settings(self, netname, endpoint, aliases=None, name="", cid=""):
-        ip = endpoint.get("IPAddress") if endpoint else ""
-        net = self.catalog.bridge_net(netname)
-        bridged = net is not None and bool(ip)
-        aliases = list(endpoint.get("Aliases") or []) if endpoint else list(aliases or [])
-        request_ip = (endpoint or {}).get("IPv4Request") or ""
-        named = net is not None and not net.default
-        return {
-            "IPAMConfig": {"IPv4Address": request_ip} if request_ip else None,
-            "Links": None,
-            "Aliases": aliases or None,
-            "MacAddress": endpoint.get("MacAddress", "") if endpoint else "",
-            "DriverOpts": None,
-            "GwPriority": 0,
-            "NetworkID": self.catalog.network_id(netname) or (endpoint or {}).get("NetworkID", ""),
-            "EndpointID": endpoint.get("EndpointID", "") if endpoint else "",
-            "Gateway": str(net.gateway) if bridged else "",
-            "IPAddress": ip or "",
-            "IPPrefixLen": net.subnet.prefixlen if bridged else 0,
-            "IPv6Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
-            "DNSNames": ([name, cid[:12]] + aliases) if named and endpoint and name else None,
-        }
-
-    def _settings(self, endpoints, config, host_config, name="", cid="", wanted=None):
-        """NetworkSettings as moby's inspect shows it; endpoints None = not running (`wanted`: its networks)."""
-        if endpoints is not None:
-            networks = {
-                netname: self._endpoint_settings(netname, ep, name=name, cid=cid) for netname, ep in endpoints.items()
-            }
-            primary = next(iter(endpoints.values()), None)
-        else:
-            networks = {
-                netname: self._endpoint_settings(netname, None, (request or {}).get("Aliases"))
-                for netname, request in (wanted or {}).items()
-            }
-            primary = None
-        if not networks:
-            mode = (host_config or {}).get("NetworkMode") or "bridge"
-            networks = {mode: self._endpoint_settings(mode, None)}
-        ports = {}
-        if primary is not None and self.catalog.bridge_net(primary.get("Network") or "") is not None:
-            ports = port_map(primary.get("Bindings") or [], config, host_config)
-        # The deprecated top-level copies are filled for the default bridge network only.
-        top = networks.get("bridge") if "bridge" in networks else self._endpoint_settings("", None)
-        return {
-            "Bridge": "",
-            "SandboxID": primary.get("SandboxID", "") if primary else "",
-            "SandboxKey": primary.get("SandboxKey", "") if primary else "",
-            "HairpinMode": False,
-            "LinkLocalIPv6Address": "",
-            "LinkLocalIPv6PrefixLen": 0,
-            "Ports": ports,
-            "SecondaryIPAddresses": None,
-            "SecondaryIPv6Addresses": None,
-            "EndpointID": top["EndpointID"],
-            "Gateway": top["Gateway"],
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
-            "IPAddress": top["IPAddress"],
-            "IPPrefixLen": top["IPPrefixLen"],
-            "IPv6Gateway": "",
-            "MacAddress": top["MacAddress"],
-            "Networks": networks,
-        }
+        return network_settings(self.catalog, current, config, host_config)
 
     def stopped_settings(self, container: ContainerView) -> dict:
         """NetworkSettings for a created or exited container (no address, no ports)."""
@@ -503,7 +448,7 @@ class NetworkManager:
             wanted = self.attachments(container)
         except InvalidParameter:  # its network was removed since
             wanted = {(host_config or {}).get("NetworkMode") or "bridge": {}}
-        return self._settings(None, config, host_config, wanted=wanted)
+        return network_settings(self.catalog, None, config, host_config, wanted=wanted)
 
     def port_proxies(self, settings: dict) -> List[portproxy.TcpProxy | portproxy.UdpProxy]:
         """Userland forwarders for the published ports in `settings` (start them in the supervisor)."""
@@ -512,6 +457,7 @@ class NetworkManager:
     def disconnect(self, container: ContainerView, settings: dict | None = None) -> None:
         """Free the container's addresses and ports and remove its veths (if its netns still exists)."""
         cid = _parts(container)[0]
+        self.resolver.remove(cid)
         with self._lock:
             endpoints = self.endpoints.pop(cid, None)
             if endpoints is not None:
@@ -558,6 +504,14 @@ class NetworkManager:
                 net.ipam.release(cid)
         with self._lock:
             bridged = [n for eps in self.endpoints.values() for n in eps if self.catalog.bridge_net(n)]
+        for cid in running:
+            with self._lock:
+                key = next((ep.get("SandboxKey") for ep in (self.endpoints.get(cid) or {}).values()), "")
+            if key and key.startswith("/proc/"):
+                try:
+                    self._serve_dns(cid, int(key.split("/")[2]))
+                except (DnsUnavailable, ValueError) as exc:
+                    log.warning("container %s: %s", cid[:12], exc)
         if bridged:
             # Containers kept running through the restart: put their isolation and NAT back now
             # should the kernel's rules have been flushed meanwhile (a firewall reload), rather than
@@ -570,6 +524,8 @@ class NetworkManager:
     # -- container files --------------------------------------------------------------------
     def resolv_conf(self, container: ContainerView) -> str:
         _, _, _, host_config = _parts(container)
+        if any(self._named(n) for n in self.attachments(container)):
+            return dns.embedded_resolv_conf(host_config)
         return dns.resolv_conf(host_config, self.network_mode(host_config), fallback=self.dns_fallback)
 
     def hosts_file(self, container: ContainerView, settings: dict | None = None) -> str:
@@ -588,25 +544,6 @@ class NetworkManager:
         return ps_ports(settings, config)
 
     # -- the networks API ------------------------------------------------------------------
-    def _containers_on(self, netname):
-        net = self.catalog.bridge_net(netname)
-        out = {}
-        with self._lock:
-            items = list(self.endpoints.items())
-        for cid, endpoints in items:
-            ep = endpoints.get(netname)
-            if ep is None:
-                continue
-            ip = ep.get("IPAddress") or ""
-            out[cid] = {
-                "Name": ep.get("Name", ""),
-                "EndpointID": ep.get("EndpointID", ""),
-                "MacAddress": ep.get("MacAddress", ""),
-                "IPv4Address": "%s/%d" % (ip, net.subnet.prefixlen) if ip and net else "",
-                "IPv6Address": "",
-            }
-        return out
-
     def _network(self, name, verbose=True):
         net = self.catalog.bridge_net(name)
         if net is not None:
@@ -642,10 +579,14 @@ class NetworkManager:
             "Ingress": False,
             "ConfigFrom": {"Network": ""},
             "ConfigOnly": False,
-            "Containers": self._containers_on(name) if verbose else {},
+            "Containers": network_members(self.catalog, name, self._endpoint_items()) if verbose else {},
             "Options": options,
             "Labels": labels,
         }
+
+    def _endpoint_items(self):
+        with self._lock:
+            return list(self.endpoints.items())
 
     def list(self) -> List[dict]:
         return [self._network(name, verbose=False) for name in self.catalog.names()]
