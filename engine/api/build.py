@@ -185,6 +185,8 @@ def build(req, builder: Builder):
             for tag in options.tags:
                 builder.images.tag(image.id, tag)
                 out.emit({"stream": "Successfully tagged %s\n" % tag})
+        except (BrokenPipeError, ConnectionResetError):
+            raise  # the client went away: nobody to tell
         except StepFailed as exc:
             out.fail(exc.message, exc.code)
         except EngineError as exc:

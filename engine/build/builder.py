@@ -9,7 +9,6 @@ tagged unless every step succeeded.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import posixpath
@@ -17,18 +16,17 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dockyard.engine import __version__, hostinfo
+from dockyard.engine import hostinfo
 from dockyard.engine.build import copier, metadata, stepcontainer
 from dockyard.engine.build.cache import BuildCache
 from dockyard.engine.build.context import BuildContext, match_sources
 from dockyard.engine.build.parser import Instruction, ParseError, name_values, parse, parse_instruction, parse_words
 from dockyard.engine.build.shellwords import Lexer, env_map
+from dockyard.engine.build.stage import DEFAULT_PATH, Stage
 from dockyard.engine.errors import EngineError, InvalidParameter, NotFound, Unsupported
 from dockyard.engine.images.store import Image, ImageStore
 from dockyard.engine.runtime.manager import ContainerManager
-from dockyard.engine.timefmt import rfc3339nano
 
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 MAX_DOCKERFILE = 4 << 20
 BUILDKIT_ONLY = "the %s option requires BuildKit; this engine has the classic builder only"
@@ -58,37 +56,6 @@ class BuildOptions:
     network: str = ""
     cache_from: list[str] = field(default_factory=list)
     platform: str = ""
-
-
-class Stage:
-    """The state of one build stage: its current image and config."""
-
-    def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.name = name
-        self.image_id: str | None = None
-        self.config: dict = {}
-        self.diff_ids: list[str] = []
-        self.history: list[dict] = []
-        self.author = ""
-        self.args: dict[str, str | None] = {}
-        self.cmd_set = False
-
-    def load(self, img: Image) -> None:
-        full = img.config if isinstance(img.config, dict) else {}
-        self.image_id = img.id
-        self.config = copy.deepcopy(full.get("config") or {})
-        self.config.pop("Image", None)  # the parent's ID: set again at each commit
-        self.diff_ids = list(img.diff_ids)
-        self.history = copy.deepcopy(full.get("history") or [])
-        self.author = full.get("author") or ""
-
-    def copy_from(self, other: "Stage") -> None:
-        self.image_id = other.image_id
-        self.config = copy.deepcopy(other.config)
-        self.diff_ids = list(other.diff_ids)
-        self.history = copy.deepcopy(other.history)
-        self.author = other.author
 
 
 class Builder:
@@ -416,11 +383,14 @@ class Build:
         run_cfg = dict(stage.config)
         run_cfg["Env"] = list(stage.config.get("Env") or []) + declared + proxies
         c = stepcontainer.create(self.containers, stage.image_id, cmd, run_cfg, self.opts.network)
-        self.out(" ---> Running in %s\n" % c.id[:12])
         try:
+            self.out(" ---> Running in %s\n" % c.id[:12])
             code = stepcontainer.run(self.containers, c, self.out)
         except EngineError:
             self._drop(c, failed=True)
+            raise
+        except BaseException:
+            stepcontainer.remove(self.containers, c)  # the client went away: the step stops with it
             raise
         if code != 0:
             self._drop(c, failed=True)
@@ -556,6 +526,7 @@ class Build:
             hit = self._cache_from(stage, created_by)
             if hit is None:
                 return False
+            self.b.cache.put(key, hit)
         img = self.images.by_id(hit)
         cmd_set = stage.cmd_set
         stage.load(img)
@@ -564,21 +535,34 @@ class Build:
         return True
 
     def _cache_from(self, stage, created_by):
-        """--cache-from: an image given there whose history continues this stage's by this very step."""
+        """--cache-from: an image given there whose history continues this stage's with this very step.
+
+        As moby: the image itself when this is its last step, else an image restored from its
+        history and layers up to this step (with the stage's config).
+        """
+        n = len(stage.history)
+        mine = [h.get("created_by") for h in stage.history]
         for ref in self.opts.cache_from:
             try:
                 img = self.images.get(ref)
             except EngineError:
                 continue
             history = (img.config or {}).get("history") or []
-            n = len(stage.history)
-            if len(history) != n + 1 or history[n].get("created_by") != created_by:
+            if len(history) <= n or history[n].get("created_by") != created_by:
                 continue
-            if [h.get("created_by") for h in history[:n]] != [h.get("created_by") for h in stage.history]:
+            if [h.get("created_by") for h in history[:n]] != mine:
                 continue
-            if list(img.diff_ids[: len(stage.diff_ids)]) != stage.diff_ids:
+            layers = sum(1 for h in history[: n + 1] if not h.get("empty_layer"))
+            diff_ids = list(img.diff_ids)
+            if layers > len(diff_ids) or diff_ids[: len(stage.diff_ids)] != stage.diff_ids:
                 continue
-            return img.id
+            if len(history) == n + 1:
+                return img.id
+            entry = history[n]
+            diff_id = None if entry.get("empty_layer") else diff_ids[layers - 1]
+            probe = Stage(stage.index, stage.name)
+            probe.copy_from(stage)
+            return self.images.add_config(probe.record_step(created_by, diff_id, entry=entry)).id
         return None
 
     def _ensure_image(self, stage):
@@ -586,29 +570,7 @@ class Build:
             self._commit(stage, None, None, cache_key=None)
 
     def _commit(self, stage, created_by, diff_id, cache_key):
-        now = rfc3339nano()
-        if created_by is not None:
-            entry = {"created": now, "created_by": created_by}
-            if diff_id is None:
-                entry["empty_layer"] = True
-            stage.history.append(entry)
-        if diff_id is not None:
-            stage.diff_ids.append(diff_id)
-        cfg = dict(stage.config)
-        cfg["Image"] = stage.image_id or ""
-        image_config = {
-            "architecture": hostinfo.go_arch(),
-            "os": "linux",
-            "config": cfg,
-            "created": now,
-            "docker_version": __version__,
-            "history": stage.history,
-            "rootfs": {"type": "layers", "diff_ids": stage.diff_ids},
-        }
-        if stage.author:
-            image_config["author"] = stage.author
-        raw = json.dumps(image_config, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        img = self.images.add_config(raw)
+        img = self.images.add_config(stage.record_step(created_by, diff_id))
         stage.image_id = img.id
         if cache_key is not None:
             self.b.cache.put(cache_key, img.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import tarfile
 import time
@@ -354,3 +355,92 @@ def test_buildkit_endpoints_say_how_to_build(eng):
         assert "DOCKER_BUILDKIT=0" in json.loads(payload)["message"]
     status, headers, _ = http_get("/_ping", unix=eng.sock)
     assert headers["builder-version"] == "1"
+
+
+def test_cache_from_after_builder_prune_and_step_container_removal(eng, tmp_path):
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo step > /f\nCOPY a /a\n", "a": "1"})
+    build(eng, ctx, "-t", "cf:1")
+    image_id = eng.docker("image", "inspect", "-f", "{{.Id}}", "cf:1").stdout.strip()
+    status, _, payload = http_get("/v1.50/build/prune", unix=eng.sock, method="POST", body=b"")
+    assert status == 200 and image_id in json.loads(payload)["CachesDeleted"]
+    p = build(eng, ctx, "--cache-from", "cf:1", "-t", "cf:2")
+    assert p.stdout.count("Using cache") == 2 and "Running in" not in p.stdout
+    assert eng.docker("image", "inspect", "-f", "{{.Id}}", "cf:2").stdout.strip() == image_id
+    assert "Using cache" not in build(eng, ctx, "--no-cache").stdout
+    status, _, payload = http_get("/v1.50/build/prune", unix=eng.sock, method="POST", body=b"")
+    assert "Using cache" not in build(eng, ctx).stdout  # the cache index was emptied
+    # --rm=false keeps the step containers, --force-rm removes even a failed step's.
+    before = set(eng.docker("ps", "-aq", "--no-trunc").stdout.split())
+    build(eng, ctx, "--no-cache", "--rm=false")
+    kept = set(eng.docker("ps", "-aq", "--no-trunc").stdout.split()) - before
+    assert len(kept) == 1
+    eng.docker("rm", *kept)
+    failing = write_context(tmp_path / "fail", {"Dockerfile": "FROM busybox\nRUN exit 2\n"})
+    build(eng, failing, "--force-rm", check=False)
+    assert set(eng.docker("ps", "-aq", "--no-trunc").stdout.split()) == before
+
+
+def test_add_url(eng, tmp_path):
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "file.txt").write_text("downloaded\n")
+    pid = int((eng.dir / "engine.pid").read_text().split()[0])
+    port = 18000 + os.getpid() % 1000
+    # The engine lives in its own network namespace: serve the file there.
+    server = subprocess.Popen(
+        ["nsenter", "-t", str(pid), "-n", "python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=served,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", "lo", "up"], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                [
+                    "nsenter",
+                    "-t",
+                    str(pid),
+                    "-n",
+                    "python3",
+                    "-c",
+                    f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/file.txt', timeout=1)",
+                ],
+                capture_output=True,
+            )
+            if probe.returncode == 0:
+                break
+            time.sleep(0.2)
+        df = f"FROM busybox\nADD http://127.0.0.1:{port}/file.txt /dl/\nADD http://127.0.0.1:{port}/file.txt /named\n"
+        build(eng, write_context(tmp_path / "ctx", {"Dockerfile": df}), "-t", "url:1")
+        out = run_out(eng, "url:1", "sh", "-c", "cat /dl/file.txt /named; stat -c %a /named")
+        assert out == "downloaded\ndownloaded\n600\n"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_client_going_away_stops_the_running_step(eng):
+    df = b"FROM busybox\nRUN while true; do echo tick; sleep 0.2; done\n"
+    body = tar_bytes([({"name": "Dockerfile"}, df)])
+    before = set(eng.docker("ps", "-aq", "--no-trunc").stdout.split())
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(eng.sock)
+    s.sendall(
+        b"POST /v1.50/build?networkmode=none HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    seen = b""
+    while b'"stream":"tick' not in seen:
+        chunk = s.recv(65536)
+        assert chunk, seen
+        seen += chunk
+    s.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if set(eng.docker("ps", "-aq", "--no-trunc").stdout.split()) == before:
+            break
+        time.sleep(0.2)
+    assert set(eng.docker("ps", "-aq", "--no-trunc").stdout.split()) == before
+    assert_alive(eng)
