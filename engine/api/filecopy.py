@@ -1,10 +1,10 @@
 """`docker cp`: HEAD/GET/PUT /containers/{id}/archive, with the X-Docker-Container-Path-Stat header.
 
-Paths are resolved like moby does, inside the container: through
-/proc/<pid>/root for a running container (its own mounts, volumes included),
-through its overlay rootfs when stopped. Every lookup goes through
-tarsafe.Scope, so symlinks inside the container can never lead to host files;
-uploads are extracted by tarsafe.safe_extract.
+Paths are resolved like moby does, inside the container: through /proc/<pid>/root for a running
+container (its own mounts, volumes included); when stopped, through its overlay rootfs or, for a path
+under a volume or bind mount, through that mount's source. Every lookup goes through tarsafe.Scope,
+so symlinks inside the container can never lead to host files; uploads are extracted by
+tarsafe.safe_extract.
 """
 
 import base64
@@ -64,6 +64,16 @@ def go_file_mode(st_mode):
     return mode
 
 
+class Where:
+    """Where a container path is reached: `root` (a directory the scope is confined to), the path
+    inside it, and the mount point it came through (None: the container's root filesystem)."""
+
+    def __init__(self, root, inner, point=None):
+        self.root = root
+        self.inner = inner
+        self.point = point
+
+
 def container_root(req, ref):
     """(container, root path) of the container's filesystem as the engine can reach it."""
     ctr = req.engine.containers.get(ref)
@@ -77,6 +87,38 @@ def container_root(req, ref):
     if not rootfs or not os.path.isdir(rootfs):
         raise SystemFailure("container %s has no root filesystem" % ctr.id)
     return ctr, rootfs
+
+
+def locate(ctr, root, abs_path):
+    """Where `abs_path` is for a container whose filesystem is at `root`.
+
+    A running container's /proc/<pid>/root has its volumes and bind mounts in place. A stopped one's
+    rootfs does not: a path under a volume or bind mount's destination is reached in the mount's
+    source instead (as dockerd mounts them for the copy). The scope is then the source, so links in a
+    volume resolve inside that volume and never leave it."""
+    if root.startswith("/proc/"):
+        return Where(root, abs_path)
+    clean = abs_path.rstrip("/") or "/"
+    if clean.endswith("/."):
+        clean = clean[:-2] or "/"
+    best = None
+    for point in ctr.mounts:
+        dest = os.path.normpath(point.get("Destination") or "/")
+        source = point.get("Source") or ""
+        if dest == "/" or not source or point.get("Type") not in ("bind", "volume"):
+            continue
+        if (clean == dest or clean.startswith(dest + "/")) and (best is None or len(dest) > len(best[0])):
+            best = (dest, point)
+    if best is None:
+        return Where(root, abs_path)
+    dest, point = best
+    source = os.path.normpath(point["Source"])
+    rest = abs_path[len(dest) :]
+    if not os.path.isdir(source):  # a file bind-mounted on its own: only that file is reachable
+        if rest.strip("/"):
+            raise NotFound("Could not find the file %s in container %s" % (abs_path, ctr.name or ctr.id))
+        return Where(os.path.dirname(source), "/" + os.path.basename(source) + rest, point)
+    return Where(source, rest if rest.startswith("/") else "/" + rest, point)
 
 
 def _abs(path):
@@ -103,9 +145,11 @@ def _display_base(abs_path):
 class _Target:
     """A resolved path inside the container: parent dir fd + name (None = the root)."""
 
-    def __init__(self, scope, abs_path, follow_final):
+    def __init__(self, scope, abs_path, follow_final, shown=None):
         self.scope = scope
         self.abs = abs_path
+        self.shown = shown or abs_path  # the path as the container sees it
+        self.prefix = ""  # the mount destination the scope's root is seen at (stopped containers)
         self.pfd, self.name, self.parent_parts = scope.resolve(abs_path, follow_final=follow_final)
 
     def lstat(self):
@@ -121,8 +165,10 @@ def _stat_payload(scope, target, st):
     link_target = ""
     if stat.S_ISLNK(st.st_mode):
         link_target = scope.realpath(target.abs.rstrip("/"))
+        if target.prefix:
+            link_target = os.path.normpath(target.prefix + "/" + link_target)
     return {
-        "name": _display_base(target.abs),
+        "name": _display_base(target.shown),
         "size": st.st_size,
         "mode": go_file_mode(st.st_mode),
         "mtime": rfc3339nano(st.st_mtime),
@@ -152,10 +198,13 @@ def _open_target(req):
     path = req.query_value("path", "")
     ctr, root = container_root(req, req.params["name"])
     abs_path = _abs(path)
-    scope = open_scope(ctr, root)
+    where = locate(ctr, root, abs_path)
+    scope = open_scope(ctr, where.root)
     follow = abs_path.endswith("/") or abs_path.endswith("/.")
     try:
-        target = _Target(scope, abs_path, follow)
+        target = _Target(scope, where.inner, follow, abs_path)
+        if where.point is not None:
+            target.prefix = os.path.normpath(where.point["Destination"])
         st = target.lstat()
     except (FileNotFoundError, NotADirectoryError):
         scope.close()
@@ -294,9 +343,13 @@ def put_archive(req):
     abs_path = _abs(path)
     no_overwrite = req.query_bool("noOverwriteDirNonDir")
     copy_uidgid = req.query_bool("copyUIDGID")
+    where = locate(ctr, root, abs_path)
+    root = where.root
+    if where.point is not None and not where.point.get("RW", True):
+        raise Forbidden("mounted volume is marked read-only")
     with open_scope(ctr, root) as scope:
         try:
-            real = scope.realpath(abs_path)
+            real = scope.realpath(where.inner)
             fd, _ = scope.walk_dir([p for p in real.split("/") if p])
             os.close(fd)
         except FileNotFoundError:

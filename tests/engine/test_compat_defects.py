@@ -138,3 +138,86 @@ def test_parse_until():
     for bad in ("", "h", "1d", "soon", "2023-13-01"):
         with pytest.raises(InvalidParameter):
             parse_until(bad, now)
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
+def test_cp_through_volumes_and_bind_mounts_both_ways(eng, tmp_path, running):
+    d = eng.docker
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "b.txt").write_text("bindfile\n")
+    (tmp_path / "in.txt").write_text("hostfile\n")
+    vol = "cpvol-" + ("r" if running else "s")
+    name = "cpc-" + ("r" if running else "s")
+    script = "echo volfile > /data/v.txt; ln -s /etc/shadow /data/evil; ln -s / /data/up; sleep 300"
+    d(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "-v",
+        vol + ":/data",
+        "-v",
+        f"{bind}:/bnd",
+        "-v",
+        vol + ":/ro:ro",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    )
+    try:
+        for _ in range(50):
+            if d("exec", name, "test", "-L", "/data/up", check=False).returncode == 0:
+                break
+        if not running:
+            d("stop", "-t", "0", name)
+        out = tmp_path / "out"
+        out.mkdir()
+        d("cp", f"{name}:/data/v.txt", str(out / "v.txt"))
+        assert (out / "v.txt").read_text() == "volfile\n"
+        d("cp", f"{name}:/bnd/b.txt", str(out / "b.txt"))
+        assert (out / "b.txt").read_text() == "bindfile\n"
+        d("cp", f"{name}:/data", str(out / "datadir"))
+        assert sorted(os.listdir(out / "datadir")) == ["evil", "up", "v.txt"]
+        assert os.readlink(out / "datadir" / "evil") == "/etc/shadow"  # the link itself, never the host's file
+        d("cp", str(tmp_path / "in.txt"), f"{name}:/data/in.txt")
+        d("cp", str(tmp_path / "in.txt"), f"{name}:/bnd/in.txt")
+        assert (bind / "in.txt").read_text() == "hostfile\n"
+        # links in the volume do not lead out of it (stopped: they resolve inside the volume)
+        p = d("cp", f"{name}:/data/evil", str(out / "evil2"), check=False)
+        assert not (out / "evil2").exists() or os.path.islink(out / "evil2")
+        p = d("cp", str(tmp_path / "in.txt"), f"{name}:/data/up/etc/", check=False)
+        host_etc_in = os.path.exists("/etc/in.txt")
+        assert not host_etc_in
+        # a read-only mount takes nothing
+        p = d("cp", str(tmp_path / "in.txt"), f"{name}:/ro/x.txt", check=False)
+        assert p.returncode != 0 and "read-only" in p.stderr
+        client = eng.client()
+        ctr = client.containers.get(name)
+        bits, stat = ctr.get_archive("/data/in.txt")
+        assert stat["name"] == "in.txt" and stat["size"] == len("hostfile\n")
+        assert b"hostfile" in b"".join(bits)
+        assert ctr.put_archive("/bnd", _tar({"py.txt": b"from docker-py\n"}))
+        assert (bind / "py.txt").read_text() == "from docker-py\n"
+        check = d("run", "--rm", "--network", "none", "-v", vol + ":/x", "busybox", "cat", "/x/in.txt").stdout
+        assert check == "hostfile\n"
+        assert not os.path.exists("/ro") and not os.path.exists("/data/in.txt")
+    finally:
+        d("rm", "-f", name, check=False)
+        d("volume", "rm", vol, check=False)
+
+
+def _tar(files):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
