@@ -102,7 +102,7 @@ def locate(ctr, root, abs_path):
     if clean.endswith("/."):
         clean = clean[:-2] or "/"
     best = None
-    for point in ctr.mounts:
+    for point in getattr(ctr, "mounts", None) or ():  # the images tests' stand-in has none
         dest = os.path.normpath(point.get("Destination") or "/")
         source = point.get("Source") or ""
         if dest == "/" or not source or point.get("Type") not in ("bind", "volume"):
