@@ -121,9 +121,13 @@ def list_images(req):
     if filters.has("until"):
         until = min(parse_timestamp(v) for v in filters.get("until"))
     patterns = filters.get("reference")
+    show_all = req.query_bool("all")
+    parents = store.parents()
     out = []
     for img in store.list():
         tags = img.repo_tags
+        if not show_all and not tags and not img.repo_digests and img.id in parents:
+            continue  # an intermediate build step: `docker images -a` shows it (moby)
         if dangling is not None and len(dangling) == 1:
             is_dangling = not tags and not img.repo_digests
             if is_dangling not in dangling:

@@ -562,7 +562,10 @@ class Build:
             diff_id = None if entry.get("empty_layer") else diff_ids[layers - 1]
             probe = Stage(stage.index, stage.name)
             probe.copy_from(stage)
-            return self.images.add_config(probe.record_step(created_by, diff_id, entry=entry)).id
+            restored = self.images.add_config(probe.record_step(created_by, diff_id, entry=entry))
+            if stage.image_id:
+                self.images.set_parent(restored.id, stage.image_id)
+            return restored.id
         return None
 
     def _ensure_image(self, stage):
@@ -570,7 +573,10 @@ class Build:
             self._commit(stage, None, None, cache_key=None)
 
     def _commit(self, stage, created_by, diff_id, cache_key):
+        parent = stage.image_id
         img = self.images.add_config(stage.record_step(created_by, diff_id))
+        if parent:
+            self.images.set_parent(img.id, parent)
         stage.image_id = img.id
         if cache_key is not None:
             self.b.cache.put(cache_key, img.id)

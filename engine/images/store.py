@@ -335,6 +335,47 @@ class ImageStore:
     def references(self, image_id: str) -> List[str]:
         return self.tags_of(image_id) + self.digests_of(image_id)
 
+    # -- parents: the chain of images a build commits, one per step ---------------------------------
+    def set_parent(self, image_id: str, parent_id: str) -> None:
+        """Record that image_id was made from parent_id (moby's parent link).
+
+        Untagged images with children are build steps: `docker images` shows them only with -a,
+        image prune leaves them to their child, rmi of the child removes them.
+        """
+        digest.check(image_id, "image ID")
+        digest.check(parent_id, "image ID")
+        with self._lock:
+            self._write_meta(image_id, {"Parent": parent_id})
+
+    def parent_of(self, image_id: str) -> str | None:
+        parent = self.by_id(image_id).meta.get("Parent")
+        return parent if digest.is_sha256(parent) and self.exists(parent) else None
+
+    def parents(self) -> set[str]:
+        """IDs of the images that other images were made from."""
+        out = set()
+        for img in self.list():
+            parent = img.meta.get("Parent")
+            if digest.is_sha256(parent):
+                out.add(parent)
+        return out
+
+    def _remove_parents(self, parent, stats):
+        """After rmi: remove the untagged parents no other image and no container uses (moby's prune)."""
+        records = []
+        while parent and digest.is_sha256(parent) and self.exists(parent):
+            users = self.users(parent)  # asked before our lock, as in delete()
+            with self._lock:
+                img = self.by_id(parent)
+                if users or self.references(img.id) or img.id in self.parents():
+                    break
+                parent = img.meta.get("Parent")
+                freed = self._remove_image(img)
+            if stats is not None:
+                stats["reclaimed"] = stats.get("reclaimed", 0) + freed
+            records.append({"Deleted": img.id})
+        return records
+
     # -- removal ------------------------------------------------------------------------
     def delete(
         self, ref: str, force: bool = False, prune: bool = True, stats: dict[str, int] | None = None
@@ -393,6 +434,12 @@ class ImageStore:
                     "conflict: unable to delete %s (must be forced) - image is being used by "
                     "stopped container %s" % (img.short_id, users[0][:12])
                 )
+            if conflict is None and img.id in self.parents():
+                if quiet:
+                    return records  # an untagged build step of another image stays for it
+                conflict = "conflict: unable to delete %s (cannot be forced) - image has dependent child images" % (
+                    img.short_id
+                )
             if conflict:
                 if quiet:
                     return records  # the image stays, now untagged, for its containers
@@ -401,10 +448,13 @@ class ImageStore:
                 for r in self.references(img.id):
                     self.untag(r)
                     records.append({"Untagged": r})
+            parent = img.meta.get("Parent")
             freed = self._remove_image(img)
             if stats is not None:
                 stats["reclaimed"] = stats.get("reclaimed", 0) + freed
             records.append({"Deleted": img.id})
+        if prune and parent:
+            records.extend(self._remove_parents(parent, stats))
         return records
 
     def _remove_image(self, img):
@@ -446,9 +496,12 @@ class ImageStore:
         """`docker image prune [-a]`: images no container uses (untagged ones unless -a)."""
         deleted: List[dict[str, str]] = []
         reclaimed = 0
+        parents = self.parents()
         for img in self.list():
-            if dangling_only and not self.is_dangling(img):
-                continue
+            if dangling_only and (not self.is_dangling(img) or img.id in parents):
+                continue  # untagged images with children are build steps: they go with their child
+            if not self.exists(img.id):
+                continue  # removed meanwhile as the parent of an image deleted before it
             if until is not None and img.created >= until:
                 continue
             if label_filter is not None and not label_filter(img.labels):

@@ -444,3 +444,26 @@ def test_client_going_away_stops_the_running_step(eng):
         time.sleep(0.2)
     assert set(eng.docker("ps", "-aq", "--no-trunc").stdout.split()) == before
     assert_alive(eng)
+
+
+def test_build_steps_are_hidden_images_that_go_with_their_image(eng, tmp_path):
+    df = "FROM busybox\nENV A=1\nRUN echo x > /x\nCOPY f /f\n"
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": df, "f": str(uuid.uuid4())})
+    existing = set(eng.docker("images", "-aq", "--no-trunc").stdout.split())
+    build(eng, ctx, "-t", "steps:1")
+    listed = eng.docker("images", "-q", "--no-trunc").stdout.split()
+    every = eng.docker("images", "-aq", "--no-trunc").stdout.split()
+    image_id = eng.docker("image", "inspect", "-f", "{{.Id}}", "steps:1").stdout.strip()
+    step_ids = set(every) - set(listed) - existing
+    assert image_id in listed and len(step_ids) == 2  # the ENV and RUN steps: hidden without -a
+    parent = sorted(step_ids)[0]
+    p = eng.docker("rmi", parent, check=False)
+    assert p.returncode != 0 and "image has dependent child images" in p.stderr
+    eng.docker("image", "prune", "-f")
+    assert step_ids <= set(eng.docker("images", "-aq", "--no-trunc").stdout.split())  # prune leaves them
+    out = eng.docker("rmi", "steps:1").stdout
+    assert out.count("Deleted:") == 3  # the image and its two untagged steps
+    left = set(eng.docker("images", "-aq", "--no-trunc").stdout.split())
+    assert not (step_ids & left) and image_id not in left
+    busybox = eng.docker("image", "inspect", "-f", "{{.Id}}", "busybox").stdout.strip()
+    assert busybox in left  # tagged parents stay
