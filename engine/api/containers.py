@@ -10,7 +10,7 @@ import time
 
 from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import Response, json_bytes
-from dockyard.engine.errors import Conflict, InvalidParameter, NotModified, SystemFailure
+from dockyard.engine.errors import Conflict, InvalidParameter, NotModified, SystemFailure, Unsupported
 from dockyard.engine.runtime import logs as logmod
 from dockyard.engine.runtime import relay, views
 from dockyard.engine.runtime import stats as statsmod
@@ -86,7 +86,9 @@ def create(req):
 def check_host_config(hc):
     """The value checks of a create's HostConfig that the schema's types do not cover."""
     bodies.check_resources(hc, os.cpu_count() or 1)
-    logmod.parse_log_opts((hc.get("LogConfig") or {}).get("Config"))
+    log_config = hc.get("LogConfig") or {}
+    if log_config.get("Type"):  # "" is the engine's default driver: the runtime checks it at create
+        logmod.parse_driver_opts(logmod.check_log_driver(log_config["Type"]), log_config.get("Config"))
 
 
 def list_containers(req):
@@ -313,7 +315,7 @@ def attach(req):
     if not (stream_it or with_logs):
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
     reader = None
-    if with_logs:
+    if with_logs and _log_driver(c) != logmod.NONE:  # none: no past output, as dockerd
         reader = logmod.LogReader(c.log_path)
         reader.stop_here()  # the log up to now; what comes after arrives through the attach socket
     peer = mgr.attach_socket(c, want) if stream_it else None
@@ -364,12 +366,18 @@ def _batched(payloads):
         yield b"".join(batch)
 
 
+def _log_driver(c):
+    return (c.host_config.get("LogConfig") or {}).get("Type") or logmod.JSON_FILE
+
+
 def logs(req):
     mgr = req.engine.containers
     c = mgr.get(req.params["id"])
     stdout, stderr = req.query_bool("stdout"), req.query_bool("stderr")
     if not (stdout or stderr):
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
+    if _log_driver(c) == logmod.NONE:
+        raise Unsupported(logmod.READ_NOT_SUPPORTED)
     follow, timestamps = req.query_bool("follow"), req.query_bool("timestamps")
     since, until = parse_since(req.query_value("since")), parse_since(req.query_value("until"))
     tail = (req.query_value("tail") or "all").strip()

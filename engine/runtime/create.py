@@ -6,7 +6,7 @@ import re
 
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.runtime import caps as capmod
-from dockyard.engine.runtime import seccomp
+from dockyard.engine.runtime import logs, seccomp
 from dockyard.engine.runtime.signals import SignalError, parse_signal
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -201,18 +201,16 @@ def command_of(cfg):
     return argv[0], argv[1:]
 
 
-def normalize_host_config(hc):
+def normalize_host_config(hc, default_log_driver=logs.JSON_FILE):
+    """HostConfig with dockerd's defaults; LogConfig.Type "" becomes the engine's default driver
+    (--engine-opt log-driver=, json-file unless set) and its options are checked for that driver."""
     hc = dict(hc or {})
     out = dict(HOSTCONFIG_DEFAULTS)
     out.update({k: v for k, v in hc.items()})
     log_cfg = dict(out.get("LogConfig") or {})
-    if log_cfg.get("Type") in (None, "", "json-file"):
-        log_cfg["Type"] = "json-file"
-    else:
-        raise InvalidParameter(
-            'logging driver "%s" is not supported by dockyard (json-file only)' % log_cfg.get("Type")
-        )
+    log_cfg["Type"] = logs.check_log_driver(log_cfg.get("Type") or default_log_driver)
     log_cfg["Config"] = log_cfg.get("Config") or {}
+    logs.parse_driver_opts(log_cfg["Type"], log_cfg["Config"])
     out["LogConfig"] = log_cfg
     if not out.get("NetworkMode") or out["NetworkMode"] == "default":
         out["NetworkMode"] = "bridge"

@@ -73,12 +73,88 @@ def from_human_size(text: str) -> int:
     return int(size)
 
 
-def parse_log_opts(opts: dict | None) -> LogLimits:
+# Logging drivers: json-file (Docker's default), local (the same file here, with local's rotation
+# defaults: dockerd's local driver keeps a private format nothing but `docker logs` reads) and none.
+JSON_FILE, LOCAL, NONE = "json-file", "local", "none"
+LOG_DRIVERS = (JSON_FILE, LOCAL, NONE)
+LOCAL_OPTS = ("max-size", "max-file", "compress")
+LOCAL_DEFAULT_MAX_SIZE, LOCAL_DEFAULT_MAX_FILES = 20 * 1024 * 1024, 5  # dockerd's local driver: 20 MiB x 5
+# Docker's other drivers, which ship logs somewhere else: named in the refusal.
+OTHER_DOCKER_DRIVERS = (
+    "syslog",
+    "journald",
+    "gelf",
+    "fluentd",
+    "awslogs",
+    "splunk",
+    "etwlogs",
+    "gcplogs",
+    "logentries",
+)
+READ_NOT_SUPPORTED = "configured logging driver does not support reading"
+
+
+def check_log_driver(name: str) -> str:
+    """The driver of a LogConfig.Type ("" is the caller's default); InvalidParameter with dockerd's words."""
+    if name in LOG_DRIVERS:
+        return name
+    if name in OTHER_DOCKER_DRIVERS:
+        raise InvalidParameter(
+            'logging driver "%s" is not supported by dockyard (json-file, local and none are)' % name
+        )
+    raise InvalidParameter("logger: no log driver named '%s' is registered" % name)
+
+
+def parse_driver_opts(driver: str, opts: dict | None) -> LogLimits | None:
+    """LogConfig.Config checked for `driver` -> the rotation limits (None for the none driver)."""
+    if driver == NONE:
+        return None
+    if driver == LOCAL:
+        opts = dict(opts or {})
+        for key in opts:
+            if key not in LOCAL_OPTS:
+                raise InvalidParameter("unknown log opt '%s' for local log driver" % key)
+        limits = parse_log_opts(opts, driver=LOCAL)
+        if "max-size" not in opts:
+            limits.max_size = LOCAL_DEFAULT_MAX_SIZE
+        if "max-file" not in opts:
+            limits.max_files = LOCAL_DEFAULT_MAX_FILES
+        return limits
+    return parse_log_opts(opts)
+
+
+class NullLogWriter:
+    """The none driver: output reaches attached clients only."""
+
+    def write(self, stream, data):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def open_log_writer(path: str, driver: str | None, opts: dict | None) -> JsonLogWriter | NullLogWriter:
+    """The supervisor's log for the container's driver; options an older engine let through fall
+    back to the driver's defaults."""
+    driver = driver or JSON_FILE
+    if driver == NONE:
+        return NullLogWriter()
+    try:
+        limits = parse_driver_opts(driver, opts)
+    except InvalidParameter:
+        limits = parse_driver_opts(driver, {})
+    return JsonLogWriter(path, limits)
+
+
+def parse_log_opts(opts: dict | None, driver: str = JSON_FILE) -> LogLimits:
     """Validate a json-file LogConfig.Config as dockerd does; InvalidParameter (400) with its messages."""
     opts = opts or {}
     for key, value in opts.items():
         if key not in LOG_OPTS:
-            raise InvalidParameter("unknown log opt '%s' for json-file log driver" % key)
+            raise InvalidParameter("unknown log opt '%s' for %s log driver" % (key, driver))
         if not isinstance(value, str):
             raise InvalidParameter("invalid log opt '%s': the value must be a string" % key)
     max_size = None
@@ -98,7 +174,7 @@ def parse_log_opts(opts: dict | None) -> LogLimits:
         if max_files > MAX_FILES_LIMIT:
             raise InvalidParameter("max-file cannot be more than %d" % MAX_FILES_LIMIT)
     if opts.get("compress", "false").lower() not in ("", "0", "f", "false"):
-        raise InvalidParameter("compress is not supported by dockyard's json-file logs: rotated files stay plain")
+        raise InvalidParameter("compress is not supported by dockyard's %s logs: rotated files stay plain" % driver)
     return LogLimits(max_size, max_files)
 
 

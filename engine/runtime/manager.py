@@ -21,7 +21,7 @@ from dockyard.engine.config import Config
 from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, NotModified, SystemFailure
 from dockyard.engine.images.store import ImageStore
 from dockyard.engine.network.manager import NetworkManager
-from dockyard.engine.runtime import cgroups, channel, names, userns
+from dockyard.engine.runtime import cgroups, channel, logs, names, userns
 from dockyard.engine.runtime import create as createmod
 from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.copyup import copy_up_volumes
@@ -77,6 +77,8 @@ class ContainerManager(ExitsMixin):
         self.sock_dir = os.path.join(cfg.exec_root, "sv")
         os.makedirs(self.sock_dir, mode=0o700, exist_ok=True)
         self.cgroup_parent = (cfg.opts or {}).get("cgroup-parent") or "dockyard"
+        # --engine-opt log-driver=: the driver of containers created without --log-driver (dockerd --log-driver)
+        self.default_log_driver = logs.check_log_driver((cfg.opts or {}).get("log-driver") or logs.JSON_FILE)
         self.layout = cgroups.layout()
         self.forkserver = forkserver  # forked by the caller while the daemon has no threads
         self.events = EventBus()
@@ -148,7 +150,7 @@ class ContainerManager(ExitsMixin):
         if not ref:
             raise InvalidParameter("No image specified")
         image = self.images.get(ref)
-        hc = createmod.normalize_host_config(body.get("HostConfig"))
+        hc = createmod.normalize_host_config(body.get("HostConfig"), self.default_log_driver)
         userns.check_container(hc, self.idmap is not None)
         cfg = createmod.merge_config(body, image.container_config)
         path, args = createmod.command_of(cfg)

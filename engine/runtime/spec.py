@@ -152,6 +152,7 @@ def supervisor_spec(
         "run": run_id,
         "sock": sock,
         "log": container.log_path,
+        "log_driver": (hc.get("LogConfig") or {}).get("Type") or "json-file",
         "log_opts": dict((hc.get("LogConfig") or {}).get("Config") or {}),
         "exit_file": container.exit_file,
         "tty": bool(cfg.get("Tty")),

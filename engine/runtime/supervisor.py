@@ -17,7 +17,6 @@ import time
 import traceback
 
 from dockyard.engine.atomicfile import atomic_write_json
-from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.network import portproxy
 from dockyard.engine.runtime import channel, containerinit, libc, logs, procident, userns
 from dockyard.engine.runtime.cgroups import Cgroup, CgroupError
@@ -137,11 +136,7 @@ class Supervisor:
         os.chmod(spec["sock"], 0o600)
         self.listener.listen(16)
         self.listener.setblocking(False)
-        try:
-            limits = logs.parse_log_opts(spec.get("log_opts"))
-        except InvalidParameter:
-            limits = logs.LogLimits()  # a container created before log options were checked
-        self.log = logs.JsonLogWriter(spec["log"], limits)
+        self.log = logs.open_log_writer(spec["log"], spec.get("log_driver"), spec.get("log_opts"))
 
         child_stdio = None
         parent_close = []

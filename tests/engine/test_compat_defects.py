@@ -221,3 +221,73 @@ def _tar(files):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def test_log_drivers_none_local_json_file(eng):
+    import docker
+
+    d = eng.docker
+    fmt = "{{.HostConfig.LogConfig.Type}}"
+    d("run", "--name", "lnone", "--log-driver", "none", "--network", "none", "busybox", "echo", "quiet")
+    d(
+        "run",
+        "--name",
+        "llocal",
+        "--log-driver",
+        "local",
+        "--log-opt",
+        "max-size=1k",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in $(seq 1 200); do echo line-$i; done",
+    )
+    d("run", "--name", "ljson", "--network", "none", "busybox", "echo", "json")
+    try:
+        assert d("inspect", "-f", fmt, "lnone").stdout.strip() == "none"
+        p = d("logs", "lnone", check=False)
+        assert p.returncode != 0 and "configured logging driver does not support reading" in p.stderr
+        log_path = d("inspect", "-f", "{{.LogPath}}", "lnone").stdout.strip()
+        assert not os.path.exists(log_path) or os.path.getsize(log_path) == 0
+        # attached output still arrives with the none driver
+        p = d("run", "--rm", "--log-driver", "none", "--network", "none", "busybox", "echo", "attached")
+        assert p.stdout == "attached\n"
+        assert d("inspect", "-f", fmt, "llocal").stdout.strip() == "local"
+        out = d("logs", "llocal").stdout.splitlines()
+        assert out[-1] == "line-200" and len(out) < 200  # rotated at 1k, the last lines kept
+        assert d("inspect", "-f", fmt, "ljson").stdout.strip() == "json-file"
+        assert d("logs", "ljson").stdout == "json\n"
+        p = d("run", "--rm", "--log-driver", "syslog", "busybox", "true", check=False)
+        assert p.returncode != 0 and 'logging driver "syslog" is not supported by dockyard' in p.stderr
+        p = d("run", "--rm", "--log-driver", "nosuch", "busybox", "true", check=False)
+        assert p.returncode != 0 and "logger: no log driver named 'nosuch' is registered" in p.stderr
+        p = d("run", "--rm", "--log-driver", "local", "--log-opt", "labels=x", "busybox", "true", check=False)
+        assert p.returncode != 0 and "unknown log opt 'labels' for local log driver" in p.stderr
+        client = eng.client()
+        cfg = docker.types.LogConfig(type="none")
+        assert client.containers.run("busybox", "echo hi", log_config=cfg, network_mode="none", remove=True) is None
+        ctr = client.containers.run("busybox", "echo hi", log_config={"type": "local"}, detach=True)
+        assert ctr.wait()["StatusCode"] == 0 and ctr.logs() == b"hi\n"
+        ctr.remove()
+    finally:
+        d("rm", "-f", "lnone", "llocal", "ljson", check=False)
+
+
+class DefaultNoneEngine(RuntimeEngine):
+    def argv(self):
+        return super().argv() + ["--opt", "log-driver=none"]
+
+
+def test_engine_default_log_driver():
+    e = DefaultNoneEngine()
+    try:
+        e.start()
+        e.load_busybox()
+        e.docker("create", "--name", "dflt", "busybox", "true")
+        assert e.docker("inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "dflt").stdout.strip() == "none"
+        e.docker("create", "--name", "explicit", "--log-driver", "json-file", "busybox", "true")
+        assert e.docker("inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "explicit").stdout.strip() == "json-file"
+    finally:
+        e.cleanup()
