@@ -29,6 +29,7 @@ from dockyard.engine.runtime.manager import ContainerManager
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 MAX_DOCKERFILE = 4 << 20
+MAX_IMAGE_CONFIG = 8 << 20  # as the limit for pulled configs
 BUILDKIT_ONLY = "the %s option requires BuildKit; this engine has the classic builder only"
 Emit = Callable[[dict], None]
 Puller = Callable[[str, Emit], None]
@@ -574,7 +575,10 @@ class Build:
 
     def _commit(self, stage, created_by, diff_id, cache_key):
         parent = stage.image_id
-        img = self.images.add_config(stage.record_step(created_by, diff_id))
+        raw = stage.record_step(created_by, diff_id)
+        if len(raw) > MAX_IMAGE_CONFIG:
+            raise StepFailed("the image config would be larger than %d bytes" % MAX_IMAGE_CONFIG)
+        img = self.images.add_config(raw)
         if parent:
             self.images.set_parent(img.id, parent)
         stage.image_id = img.id

@@ -43,6 +43,8 @@ FLAGS = {
     "healthcheck": ("interval", "timeout", "start-period", "start-interval", "retries"),
 }
 MAX_DOCKERFILE = 4 << 20
+# Every step is an image whose config carries the history so far: bound the work a Dockerfile can ask for.
+MAX_INSTRUCTIONS = 1000
 
 _DIRECTIVE = re.compile(r"^#[ \t]*([a-zA-Z][a-zA-Z0-9]*)[ \t]*=[ \t]*(.+?)[ \t]*$")
 _KNOWN_DIRECTIVES = ("escape", "syntax", "check")
@@ -131,7 +133,7 @@ def json_array(rest: str) -> list[str] | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return None
@@ -222,6 +224,10 @@ def parse(data: bytes) -> Dockerfile:
     instructions = [parse_instruction(no + first, t, escape) for no, t in _logical_lines(lines[first:], escape)]
     if not instructions:
         raise ParseError("the Dockerfile (Dockerfile) cannot be empty")
+    if len(instructions) > MAX_INSTRUCTIONS:
+        raise ParseError(
+            "the Dockerfile has %d instructions: at most %d are built" % (len(instructions), MAX_INSTRUCTIONS)
+        )
     return Dockerfile(escape=escape, instructions=instructions)
 
 

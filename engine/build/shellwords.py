@@ -11,6 +11,8 @@ from typing import Iterable, Mapping
 
 from dockyard.engine.errors import InvalidParameter
 
+# A value may refer to itself (ENV A=$A$A): without a bound, a few lines would exhaust memory.
+MAX_EXPANSION = 1 << 20
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -59,6 +61,12 @@ class Lexer:
 
     # -- the scanner ---------------------------------------------------------------------------
     def _process(self, text, env, split):
+        words = self._scan(text, env, split)
+        if sum(len(w) for w in words) > MAX_EXPANSION:
+            raise SubstitutionError("variable substitution makes a word longer than %d bytes" % MAX_EXPANSION)
+        return words
+
+    def _scan(self, text, env, split):
         sc = _Scanner(text)
         words: list[str] = []
         cur: list[str] = []
@@ -148,6 +156,12 @@ class Lexer:
         return "".join(out)
 
     def _dollar(self, sc, env):
+        value = self._dollar_value(sc, env)
+        if len(value) > MAX_EXPANSION:
+            raise SubstitutionError("variable substitution makes a word longer than %d bytes" % MAX_EXPANSION)
+        return value
+
+    def _dollar_value(self, sc, env):
         if sc.peek() != "{":
             name = self._name(sc)
             if not name:

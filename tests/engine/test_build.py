@@ -467,3 +467,20 @@ def test_build_steps_are_hidden_images_that_go_with_their_image(eng, tmp_path):
     assert not (step_ids & left) and image_id not in left
     busybox = eng.docker("image", "inspect", "-f", "{{.Id}}", "busybox").stdout.strip()
     assert busybox in left  # tagged parents stay
+
+
+def test_cli_without_buildkit_variable_falls_back_and_dockerfile_flag_and_iidfile(eng, tmp_path):
+    ctx = write_context(tmp_path / "ctx", {"sub/Alt.dockerfile": "FROM busybox\nCOPY x /x\n", "x": "alt\n"})
+    iid = tmp_path / "iid"
+    env = eng.env()  # no DOCKER_BUILDKIT: the CLI without buildx falls back to the classic builder
+    p = subprocess.run(
+        ["docker", "build", "-f", str(ctx / "sub/Alt.dockerfile"), "--iidfile", str(iid), "-t", "alt:1", str(ctx)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "legacy builder is deprecated" in p.stderr
+    assert iid.read_text() == eng.docker("image", "inspect", "-f", "{{.Id}}", "alt:1").stdout.strip()
+    assert run_out(eng, "alt:1", "cat", "/x") == "alt\n"

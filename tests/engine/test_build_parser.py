@@ -126,3 +126,19 @@ def test_dockerignore_apply_keeps_exceptions(tmp_path):
     dockerignore.apply(str(tmp_path), dockerignore.parse("docs\n!docs/keep\n*.md\n"))
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["docs/keep/a", "src/c.md"]
+
+
+def test_hostile_dockerfiles_are_bounded():
+    # Self-referencing variables grow exponentially: refused once a word passes the bound.
+    lex = Lexer()
+    env = {"A": "x" * 1000}
+    with pytest.raises(SubstitutionError, match="longer than"):
+        for _ in range(20):
+            env["A"] = lex.word("$A$A", env)
+    # A deeply nested "exec form" is not JSON to us (no RecursionError): it is the shell form.
+    deep = b"FROM a\nRUN " + b"[" * 100000 + b"\n"
+    assert parser.parse(deep).instructions[1].json_args is None
+    with pytest.raises(parser.ParseError, match="at most 1000"):
+        parser.parse(b"FROM a\n" + b"ENV A=1\n" * 1000)
+    with pytest.raises(parser.ParseError, match="larger than"):
+        parser.parse(b"FROM a\n#" + b"x" * (4 << 20))
