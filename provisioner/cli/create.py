@@ -9,7 +9,7 @@ import click
 from dockyard.drivers import registry
 from dockyard.provisioner.cli.common import info, store_of
 from dockyard.provisioner.core.errors import DockyardError, PreCreateCheckError, UsageError
-from dockyard.provisioner.machines import batch, machine
+from dockyard.provisioner.machines import batch, cluster, machine
 
 DRIVER_ENV = ("DOCKYARD_DRIVER", "MACHINE_DRIVER")
 DEFAULT_NAME = "default"
@@ -128,6 +128,18 @@ def _kv_list(values, what):
     help="Engine TCP port (default 2376, or the driver's own flag).",
 )
 @click.option("--tls-san", multiple=True, help="Extra subject alternative name for the server cert (repeatable).")
+@click.option("--swarm", "swarm_flag", is_flag=True, help="Make the machine a swarm node (with --swarm-join).")
+@click.option("--swarm-master", is_flag=True, help="Start a new swarm with this machine as its manager.")
+@click.option("--swarm-join", metavar="MANAGER", help="Join the swarm that machine MANAGER manages.")
+@click.option("--swarm-manager", is_flag=True, help="Join as a manager instead of a worker.")
+@click.option("--swarm-opt", multiple=True, help="swarm init option KEY=VALUE (repeatable).")
+@click.option("--swarm-join-opt", multiple=True, help="swarm join option KEY=VALUE (repeatable).")
+@click.option("--swarm-discovery", hidden=True)
+@click.option("--swarm-image", hidden=True)
+@click.option("--swarm-strategy", hidden=True)
+@click.option("--swarm-host", hidden=True)
+@click.option("--swarm-addr", hidden=True)
+@click.option("--swarm-experimental", is_flag=True, hidden=True)
 @click.pass_context
 def create(
     ctx,
@@ -144,6 +156,18 @@ def create(
     engine_storage_driver,
     engine_port,
     tls_san,
+    swarm_flag,
+    swarm_master,
+    swarm_join,
+    swarm_manager,
+    swarm_opt,
+    swarm_join_opt,
+    swarm_discovery,
+    swarm_image,
+    swarm_strategy,
+    swarm_host,
+    swarm_addr,
+    swarm_experimental,
     **driver_options,
 ):
     """Create a machine (or several: NAME... or -n N NAME).
@@ -169,9 +193,29 @@ def create(
     }
     if engine_port:
         engine_options["Port"] = engine_port
+    swarm = cluster.options_from_flags(
+        swarm_flag=swarm_flag,
+        master=swarm_master,
+        manager=swarm_manager,
+        join=swarm_join,
+        opts=swarm_opt,
+        join_opts=swarm_join_opt,
+        classic={
+            "swarm-discovery": swarm_discovery,
+            "swarm-image": swarm_image,
+            "swarm-strategy": swarm_strategy,
+            "swarm-host": swarm_host,
+            "swarm-addr": swarm_addr,
+            "swarm-experimental": swarm_experimental,
+        },
+        engine=engine,
+        names=names,
+    )
     store = store_of(ctx)
     if len(names) == 1:
-        machine.create(store, names[0], driver, driver_options, engine_options, list(tls_san), info, engine=engine)
+        machine.create(
+            store, names[0], driver, driver_options, engine_options, list(tls_san), info, engine=engine, swarm=swarm
+        )
         return
 
     def create_one(name, log):
@@ -186,6 +230,7 @@ def create(
             log,
             info,
             engine=engine,
+            swarm=swarm,
         )
 
     run = batch.Batch(names, create_one, info, limit=parallel)

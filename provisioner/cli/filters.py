@@ -40,9 +40,10 @@ def needs_state(filters: Mapping[str, list[str]]) -> bool:
 
 
 def swarm_master_name(swarm_column: str) -> str:
-    """The master's name from the ls Swarm column ("m1" or "m1 (master)")."""
-    if swarm_column.endswith(_MASTER_SUFFIX):
-        return swarm_column[: -len(_MASTER_SUFFIX)]
+    """The master's name from the ls Swarm column ("m1", "m1 (master)" or "m1 (manager)")."""
+    for suffix in (_MASTER_SUFFIX, " (manager)"):
+        if swarm_column.endswith(suffix):
+            return swarm_column[: -len(suffix)]
     return swarm_column
 
 

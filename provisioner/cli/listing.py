@@ -8,6 +8,7 @@ from dockyard.drivers.base import State
 from dockyard.provisioner.cli.tables import HostListItem, go_duration
 from dockyard.provisioner.core import engine_client
 from dockyard.provisioner.core.errors import CertError, DockyardError
+from dockyard.provisioner.machines import cluster
 from dockyard.provisioner.machines.machine import Machine
 
 
@@ -27,7 +28,9 @@ def stored_item(store, name):
     except DockyardError:
         return HostListItem(Name=name, DriverName="not found", State=str(State.ERROR))
     options = config.get("HostOptions", {}).get("EngineOptions", {})
-    return HostListItem(Name=name, DriverName=config.get("DriverName", ""), EngineOptions=options)
+    return HostListItem(
+        Name=name, DriverName=config.get("DriverName", ""), EngineOptions=options, Swarm=cluster.column(config)
+    )
 
 
 def _row(store, name, timeout, docker_host):
@@ -38,6 +41,7 @@ def _row(store, name, timeout, docker_host):
         return HostListItem(Name=name, DriverName="not found", State=str(State.ERROR), Error=str(e).replace("\n", " "))
     item = HostListItem(Name=name, DriverName=m.config.get("DriverName", ""), Active="-")
     item.EngineOptions = m.engine_options
+    item.Swarm = cluster.column(m.config)
     started = time.monotonic()
     try:
         state = m.state()

@@ -13,6 +13,7 @@ from dockyard.provisioner.cli import gotemplate, listing, shells, tables
 from dockyard.provisioner.cli.common import complete_machines, load, many_names, one_name, store_of
 from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
+from dockyard.provisioner.machines import cluster
 
 SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credential")
 
@@ -94,8 +95,6 @@ def _tls_check(m):
 def env(ctx, name, shell, unset, no_proxy, swarm):
     """Print the commands that point the docker CLI at a machine."""
     store = store_of(ctx)
-    if swarm:
-        raise UsageError("Swarm mode (classic Swarm) is not supported by dockyard")
     if not shell:
         shell, guessed = shells.detect_shell(os.environ)
         if guessed:
@@ -110,6 +109,8 @@ def env(ctx, name, shell, unset, no_proxy, swarm):
         click.echo(shells.format_unset(shell, names, hint), nl=False)
         return
     m = load(store, one_name(store, (name,) if name else ()))
+    if swarm:  # any reachable manager of the machine's swarm
+        m = cluster.manager_for_env(m, store.names(), lambda n: load(store, n))
     _tls_check(m)
     variables = [
         ("DOCKER_TLS_VERIFY", "1"),

@@ -25,6 +25,7 @@ from dockyard.provisioner.core.errors import (
 from dockyard.provisioner.core.files import atomic_write
 from dockyard.provisioner.core.ssh_target import SSHTarget
 from dockyard.provisioner.core.store import Store, validate_name
+from dockyard.provisioner.machines import cluster
 from dockyard.provisioner.provision import dockerengine
 
 if TYPE_CHECKING:
@@ -280,6 +281,7 @@ class Machine:
                         self.path("server.pem"),
                         self.path("server-key.pem"),
                         log,
+                        swarm=bool(cluster.options(self.config).get("IsSwarm")),
                     )
                 )
                 step("waiting for the engine to answer over TLS")
@@ -440,9 +442,11 @@ def create(
     *,
     collaborators: Collaborators = DEFAULT_COLLABORATORS,
     engine: str = dockerengine.DEFAULT_ENGINE,
+    swarm: dict[str, Any] | None = None,
 ) -> Machine:
     """Create, provision and record a machine. On failure the machine stays, in state Error, for rm -f.
-    progress: where the driver's own progress lines go (default: log). engine: "dockyard" or "docker"."""
+    progress: where the driver's own progress lines go (default: log). engine: "dockyard" or "docker".
+    swarm: SwarmOptions (cluster.options_from_flags) when the machine joins or starts a swarm."""
     validate_name(name)
     if engine not in dockerengine.ENGINES:
         raise UsageError(f'unknown engine "{engine}": use one of {", ".join(dockerengine.ENGINES)}')
@@ -451,6 +455,12 @@ def create(
     store.ensure()
     if store.exists(name) or os.path.exists(store.machine_dir(name)):
         raise MachineAlreadyExists(name)
+    if swarm:
+        swarm = dict(swarm)
+        if swarm.get("Join"):
+            cluster.check_join(swarm, store.load(swarm["Join"]), swarm["Join"])
+        else:
+            swarm["Cluster"] = name
     driver_cls = collaborators.driver_class(driver_name)
     driver = driver_cls(name, store.machine_dir(name), {}, progress=progress or log)
     driver.set_config_from_flags(driver_options)
@@ -465,11 +475,10 @@ def create(
     driver.pre_create_check()
 
     store.reserve(name)
-    config = {
-        "DriverName": driver_name,
-        "Created": _now(),
-        "HostOptions": {"Engine": engine, "EngineOptions": engine_options},
-    }
+    host_options: dict[str, Any] = {"Engine": engine, "EngineOptions": engine_options}
+    if swarm:
+        host_options["SwarmOptions"] = swarm
+    config = {"DriverName": driver_name, "Created": _now(), "HostOptions": host_options}
     m = Machine(store, name, config, collaborators)
     m._driver = driver
     m._auth_defaults(tls_sans)
@@ -487,6 +496,9 @@ def create(
             with m.session() as session:
                 m.set_status("Creating", step="provisioning")
                 m.provision(log, step, session)
+                if swarm:
+                    step("forming the swarm")
+                    cluster.form(m, lambda n: Machine.load(store, n, collaborators), session, log)
         m.set_status("Running")
     except BaseException as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -513,6 +525,14 @@ def remove(
     try:
         if m is not None:
             m.driver.progress = log
+            # a swarm node is drained and leaves first: its services move to the other nodes
+            cluster.leave(m, store.names(), lambda n: Machine.load(store, n, collaborators), force, log)
+    except Exception as e:
+        if not force:
+            raise DockyardError(f'Error removing host "{name}": {e}') from None
+        log(f'Error taking "{name}" out of its swarm: {e} (removing it anyway, as -f was given)')
+    try:
+        if m is not None:
             m.driver.remove()
     except Exception as e:
         if not force:

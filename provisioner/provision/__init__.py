@@ -181,10 +181,12 @@ def install_engine(session, facts, machine_name, engine_options, port, ca, serve
     return digest
 
 
-def install_docker_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key, log):
+def install_docker_engine(
+    session, facts, machine_name, engine_options, port, ca, server_cert, server_key, log, swarm=False
+):
     """Docker Engine instead of the dockyard engine: install it if missing, push certs and dockerd's config,
-    (re)start it. Returns what to store in config.json's Provisioned."""
-    files, then, stored = dockerengine.configure(session, facts, machine_name, engine_options, port, log)
+    (re)start it. Returns what to store in config.json's Provisioned. swarm: the machine is a swarm node."""
+    files, then, stored = dockerengine.configure(session, facts, machine_name, engine_options, port, log, swarm)
     log("Copying certs and the Docker Engine configuration to the remote machine...")
     log("Starting Docker Engine...")
     push_files(session, cert_files(ca, server_cert, server_key) + files, then=then)

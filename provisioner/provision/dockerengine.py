@@ -71,12 +71,13 @@ def check_options(engine_options: Mapping[str, Any]) -> None:
             raise UsageError(f'--engine-opt "{item}": live-restore is true or false')
 
 
-def daemon_config(engine_options: Mapping[str, Any], port: int) -> dict[str, Any]:
-    """dockerd's config file (docker-daemon.json) from the machine's EngineOptions."""
-    live_restore = True
+def daemon_config(engine_options: Mapping[str, Any], port: int, swarm: bool = False) -> dict[str, Any]:
+    """dockerd's config file (docker-daemon.json) from the machine's EngineOptions. A swarm node runs without
+    live-restore: dockerd refuses swarm mode with it (its tasks are restarted by the swarm instead)."""
+    live_restore = not swarm
     for item in engine_options.get("ArbitraryFlags", []):
         key, value = _split_opt(item)
-        if key == "live-restore":
+        if key == "live-restore" and not swarm:
             live_restore = value != "false"
     return {
         "hosts": [f"tcp://0.0.0.0:{port}", UNIX_SOCKET],
@@ -265,6 +266,7 @@ def configure(
     engine_options: Mapping[str, Any],
     port: int,
     log: Callable[[str], None],
+    swarm: bool = False,
 ) -> tuple[list[tuple[str, bytes, int]], str, dict[str, Any]]:
     """Make sure dockerd is installed; return (files to write, command that (re)starts dockerd after they are
     written, facts to store)."""
@@ -272,7 +274,7 @@ def configure(
     dockerd = ensure_dockerd(session, facts.os, log)
     containerd_unit = facts.init == "systemd" and session.run(_CONTAINERD_UNIT, check=False).stdout.strip() == "yes"
     service = DockerService(session, facts.init, machine_name, engine_options, dockerd, containerd_unit)
-    config = templates.render("docker-daemon.json.j2", config=daemon_config(engine_options, port)).encode()
+    config = templates.render("docker-daemon.json.j2", config=daemon_config(engine_options, port, swarm)).encode()
     files = [(DAEMON_CONFIG, config, 0o644), service.service_file()]
     return (
         files,

@@ -15,11 +15,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+if TYPE_CHECKING:
+    from tests.hosts.lab import Lab
 
 # Everything this module creates is named with this prefix; cleanup_stale() relies on it.
 PREFIX = "dy-"
@@ -258,12 +261,15 @@ class TestHost:
     port = 22
     user = "root"
 
-    def __init__(self, rootfs: str | os.PathLike, name: str | None = None, systemd: bool = False):
+    def __init__(
+        self, rootfs: str | os.PathLike, name: str | None = None, systemd: bool = False, lab: Lab | None = None
+    ):
         if name is not None and not _NAME_RE.match(name):
             raise ValueError(f"bad host name {name!r}: use [a-z][a-z0-9-]*, at most 31 chars")
         self.lower = Path(rootfs)
         self.name = name
         self.systemd = systemd
+        self.lab = lab  # plugged into a lab switch (tests/hosts/lab.py) instead of its own /30 to the root ns
         self.index: int | None = None
         self.ip: str | None = None
         self.root_ip: str | None = None
@@ -304,6 +310,9 @@ class TestHost:
         return self
 
     def _create_network(self) -> None:
+        if self.lab is not None:
+            self._create_lab_network(self.lab)
+            return
         with _Lock():
             used = _used_indices()
             self.index = next((i for i in range(1, 255) if i not in used), None)
@@ -326,6 +335,18 @@ class TestHost:
         _run("ip", "-n", self.netns, "addr", "add", self.ip + "/30", "dev", "eth0")
         _run("ip", "-n", self.netns, "link", "set", "eth0", "up")
         _run("ip", "-n", self.netns, "link", "set", "lo", "up")
+
+    def _create_lab_network(self, lab: Lab) -> None:
+        if not self.name or lab.index is None:
+            raise ValueError("a lab host needs a name and a started lab")
+        with _Lock():
+            self.index = lab.index
+            self.netns = f"{PREFIX}{self.index}-{self.name}"
+            self.dir = state_root() / self.netns
+            self.dir.mkdir(mode=0o700)
+            (self.dir / "owner").write_text(_owner_token())
+            _run("ip", "netns", "add", self.netns)
+        self.ip, self.root_ip = lab.plug(self.netns, self.name)
 
     def _passwd(self) -> dict[str, tuple[int, int, str]]:
         users = {}
@@ -633,3 +654,13 @@ class TestHost:
                 errors.append(e)
         if errors:
             raise errors[0]
+
+
+# The pieces tests/hosts/lab.py shares with this module (no underscore names cross modules).
+run = _run
+lock = _Lock
+used_indices = _used_indices
+owner_token = _owner_token
+kill_pids = _kill_pids
+pids_in_netns = _pids_in_netns
+link_names = _link_names

@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 from cryptography import x509
@@ -14,6 +15,7 @@ from cryptography import x509
 from tests import images
 from tests.hosts import netns_host
 from tests.hosts import rootfs as rootfs_build
+from tests.hosts.lab import Lab
 from tests.integration.conftest import ROOT, Dockyard, clean_env, docker_py
 
 pytestmark = pytest.mark.integration
@@ -198,3 +200,97 @@ def test_engine_docker_refuses_dockyard_only_and_owned_options(dockyard, tmp_pat
         capture_output=True, text=True, check=False, env=clean_env(), cwd=ROOT,
     )  # fmt: skip
     assert p.returncode != 0 and "registry-pull is an option of the dockyard engine" in p.stderr
+
+
+# --- swarm mode --------------------------------------------------------------------------------------------------
+def _create_node(dockyard, host, name, *swarm_flags):
+    return dockyard(
+        "create", "-d", "generic", "--generic-ip-address", host.ip, "--generic-ssh-key", host.key_path,
+        "--engine", "docker", *swarm_flags, name, timeout=300,
+    ).stdout  # fmt: skip
+
+
+def _wait(what, check, timeout=90):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def _nodes(dockyard, via):
+    out = dockyard.docker(via, "node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.Availability}}").stdout
+    return sorted(tuple(line.split()) for line in out.splitlines())
+
+
+def _running_tasks(dockyard, via, service):
+    out = dockyard.docker(via, "service", "ps", service, "--filter", "desired-state=running", "--format",
+                          "{{.Node}} {{.CurrentState}}").stdout  # fmt: skip
+    return [line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["Running"]]
+
+
+def test_swarm_master_workers_ls_env_rm(dockyard, docker_rootfs):
+    with Lab() as lab:
+        m1, w1, w2 = (lab.host(docker_rootfs, n) for n in ("m1", "w1", "w2"))
+        out = _create_node(dockyard, m1, "m1", "--swarm-master")
+        assert f"Initializing a swarm with this machine as its manager (advertise address {m1.ip})" in out
+        if not os.path.isdir("/sys/module/ip_vs"):
+            assert "WARNING: the kernel of m1 has no ip_vs" in out
+        for host, name in ((w1, "w1"), (w2, "w2")):
+            assert "Joining the swarm of" in _create_node(dockyard, host, name, "--swarm", "--swarm-join", "m1")
+        # the join token was read at join time and is stored nowhere
+        token = dockyard.docker("m1", "swarm", "join-token", "-q", "worker").stdout.strip()
+        for name in ("m1", "w1", "w2"):
+            assert token not in open(os.path.join(dockyard.store, "machines", name, "config.json")).read()
+        assert _wait("3 ready nodes", lambda: [n[1] for n in _nodes(dockyard, "m1")] == ["Ready"] * 3)
+
+        # ls shows the swarm as Docker Machine showed the master; filter and env --swarm
+        rows = {r.split()[0]: r for r in dockyard("ls").stdout.splitlines()[1:]}
+        assert "m1 (manager)" in rows["m1"] and " m1 " in rows["w1"] and "(manager)" not in rows["w1"]
+        assert dockyard("ls", "-q", "--filter", "swarm=m1").stdout.split() == ["m1", "w1", "w2"]
+        env = dockyard("env", "--shell", "bash", "--swarm", "w1").stdout
+        assert f'export DOCKER_HOST="tcp://{m1.ip}:2376"' in env
+
+        # a service spreads over all three nodes (dnsrr: this kernel has no IPVS for virtual IPs)
+        for name in ("m1", "w1", "w2"):
+            dockyard.docker(name, "load", "-i", str(images.busybox_tar()), timeout=300)
+        dockyard.docker(
+            "m1", "service", "create", "--detach", "--name", "spread", "--replicas", "6", "--endpoint-mode", "dnsrr",
+            "--no-resolve-image", "busybox:latest", "sleep", "3600", timeout=180,
+        )  # fmt: skip
+        tasks = _wait("6 running tasks", lambda: (t := _running_tasks(dockyard, "m1", "spread")) and len(t) == 6 and t)
+        assert set(tasks) == {"m1", "w1", "w2"}
+
+        # regenerate-certs on the manager: dockerd restarts with the new cert, the swarm keeps running (swarm
+        # nodes run without live-restore, which dockerd refuses in swarm mode: the swarm restarts m1's tasks)
+        dockyard("regenerate-certs", "-f", "m1")
+        assert _wait("3 ready nodes", lambda: [n[1] for n in _nodes(dockyard, "m1")] == ["Ready"] * 3)
+        _wait("6 running tasks", lambda: len(_running_tasks(dockyard, "m1", "spread")) == 6)
+
+        # the last manager is not removed while workers depend on it
+        p = dockyard("rm", "-y", "m1", check=False)
+        assert p.returncode != 0 and "last manager" in p.stderr
+        # rm of a worker: drained (its tasks move), leaves, and is gone from the node list
+        assert "Draining the swarm node" in dockyard("rm", "-y", "w2").stdout
+        assert [n[0] for n in _nodes(dockyard, "m1")] == ["m1", "w1"]
+        tasks = _wait("6 running tasks on m1, w1", lambda: (t := _running_tasks(dockyard, "m1", "spread")) and
+                      len(t) == 6 and set(t) <= {"m1", "w1"} and t)  # fmt: skip
+        assert w2.exec("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "inactive"
+
+        dockyard.docker("m1", "service", "rm", "spread")
+        dockyard("rm", "-y", "w1")
+        dockyard("rm", "-y", "-f", "m1")
+        assert dockyard("ls", "-q").stdout.strip() == ""
+
+
+def test_classic_swarm_flags_are_refused_with_what_replaced_them(dockyard):
+    for flag, words in (("--swarm-discovery", "--swarm-join MANAGER"), ("--swarm-image", "no swarm image"),
+                        ("--swarm-strategy", "placement constraints")):  # fmt: skip
+        p = dockyard("create", "-d", "generic", "--generic-ip-address", "10.231.255.9", "--engine", "docker",
+                     flag, "x", "x1", check=False)  # fmt: skip
+        assert p.returncode != 0 and "belongs to classic Swarm" in p.stderr and words in p.stderr
+    p = dockyard("create", "-d", "generic", "--generic-ip-address", "10.231.255.9", "--swarm-master", "x1", check=False)
+    assert p.returncode != 0 and "add --engine docker" in p.stderr

@@ -10,9 +10,9 @@ import pytest
 from dockyard import templates
 from dockyard.provisioner.core.errors import UnsupportedOS, UsageError
 from dockyard.provisioner.core.store import Store
-from dockyard.provisioner.machines import machine
+from dockyard.provisioner.machines import cluster, machine
 from dockyard.provisioner.machines.machine import Machine
-from dockyard.provisioner.provision import dockerengine, engine_config, initsys, osinfo
+from dockyard.provisioner.provision import dockerengine, engine_config, initsys, osinfo, swarm
 
 OS_RELEASES = {
     "debian": ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n', "debian"),
@@ -249,3 +249,74 @@ def test_engine_choice_is_stored_and_old_configs_mean_the_dockyard_engine(tmp_pa
     with pytest.raises(UsageError, match="unknown engine"):
         machine.create(store, "x2", "none", {}, {}, [], lambda m: None, engine="podman")
     assert not os.path.exists(store.machine_dir("x1")) and not os.path.exists(store.machine_dir("x2"))
+
+
+# --- swarm mode ----------------------------------------------------------------------------------------------------
+def test_swarm_requests_from_options():
+    body = swarm.init_request("10.0.0.5", ["default-addr-pool=10.20.0.0/16,10.21.0.0/16", "data-path-port=4790"])
+    assert body["ListenAddr"] == "0.0.0.0:2377" and body["AdvertiseAddr"] == "10.0.0.5"
+    assert body["DefaultAddrPool"] == ["10.20.0.0/16", "10.21.0.0/16"] and body["DataPathPort"] == 4790
+    join = swarm.join_request("10.0.0.6", "10.0.0.5", "SWMTKN-x", ["availability=drain"])
+    assert join == {
+        "ListenAddr": "0.0.0.0:2377",
+        "AdvertiseAddr": "10.0.0.6",
+        "RemoteAddrs": ["10.0.0.5:2377"],
+        "JoinToken": "SWMTKN-x",
+        "Availability": "drain",
+    }
+    with pytest.raises(UsageError, match="--swarm-opt"):
+        swarm.init_request("10.0.0.5", ["strategy=binpack"])
+
+
+def test_swarm_flags_become_swarm_options_or_are_refused():
+    common = dict(opts=(), join_opts=(), classic={}, engine="docker", names=["w1"])
+    worker = cluster.options_from_flags(swarm_flag=True, master=False, manager=False, join="m1", **common)
+    assert worker and worker["Agent"] and not worker["Manager"] and worker["Join"] == "m1"
+    master = cluster.options_from_flags(swarm_flag=False, master=True, manager=False, join=None, **common)
+    assert master and master["Master"] and master["Manager"]
+    assert cluster.options_from_flags(swarm_flag=False, master=False, manager=False, join=None, **common) is None
+    for kwargs, message in (
+        (dict(swarm_flag=True, master=False, manager=False, join=None), "say which swarm"),
+        (dict(swarm_flag=False, master=True, manager=False, join="m1"), "choose one"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            cluster.options_from_flags(**kwargs, **common)
+    with pytest.raises(UsageError, match="add --engine docker"):
+        cluster.options_from_flags(
+            swarm_flag=False, master=True, manager=False, join=None, **dict(common, engine="dockyard")
+        )
+    with pytest.raises(UsageError, match="belongs to classic Swarm"):
+        cluster.options_from_flags(
+            swarm_flag=True, master=False, manager=False, join="m1", **dict(common, classic={"swarm-image": "swarm"})
+        )
+
+
+def test_swarm_column_and_join_target():
+    assert cluster.column({"HostOptions": {"SwarmOptions": {"IsSwarm": True, "Cluster": "m1", "Manager": True}}}) == (
+        "m1 (manager)"
+    )
+    assert cluster.column({"HostOptions": {"SwarmOptions": {"IsSwarm": True, "Cluster": "m1"}}}) == "m1"
+    assert cluster.column({"HostOptions": {}}) == ""
+    so = {"Join": "m2"}
+    cluster.check_join(
+        so, {"HostOptions": {"Engine": "docker", "SwarmOptions": {"Manager": True, "Cluster": "m1"}}}, "m2"
+    )
+    assert so["Cluster"] == "m1"  # joined through m2, a manager of m1's swarm
+    with pytest.raises(UsageError, match="not a swarm manager"):
+        cluster.check_join({}, {"HostOptions": {"Engine": "docker", "SwarmOptions": {"Agent": True}}}, "w1")
+
+
+def test_swarm_quorum_check():
+    def mgr(i, reach="reachable"):
+        return {"ID": i, "ManagerStatus": {"Reachability": reach}}
+
+    assert swarm.keeps_quorum_without([mgr("a"), mgr("b"), mgr("c")], "a")
+    assert not swarm.keeps_quorum_without([mgr("a"), mgr("b"), mgr("c", "unreachable")], "a")
+    assert swarm.keeps_quorum_without([mgr("a"), mgr("b")], "a")
+    assert not swarm.keeps_quorum_without([mgr("a"), {"ID": "w"}], "a")  # no manager would be left
+
+
+def test_swarm_nodes_run_without_live_restore():
+    assert (
+        dockerengine.daemon_config({"ArbitraryFlags": ["live-restore=true"]}, 2376, swarm=True)["live-restore"] is False
+    )
