@@ -500,7 +500,7 @@ class Build:
         try:
             root = stepcontainer.rootfs(c)
             own = owner if owner is not None else (copier.resolve_chown(chown, root) if chown else (0, 0))
-            writer = copier.Writer(root, self.b.tmp, own, chmod)
+            writer = copier.Writer(root, self.b.tmp, own, chmod, self.images.layers.shift)
             try:
                 write(root, writer)
             finally:

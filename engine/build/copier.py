@@ -112,8 +112,18 @@ def parse_chmod(spec: str | None) -> int | None:
 class Writer:
     """Writes sources into one step's rootfs (`root`, the container's merged dir)."""
 
-    def __init__(self, root: str, tmpdir: str, owner: tuple[int, int], chmod: int | None) -> None:
+    def __init__(
+        self,
+        root: str,
+        tmpdir: str,
+        owner: tuple[int, int],
+        chmod: int | None,
+        shift: Callable[[int, int], tuple[int, int]] | None = None,
+    ) -> None:
+        """owner: the container's (uid, gid) of what is written; shift: to host ids (--userns-remap)."""
         self.root = root
+        self.shift = shift
+        owner = shift(*owner) if shift is not None else owner
         self.owner = owner
         self.chmod = chmod
         self.tmp = tempfile.mkdtemp(prefix="copy-", dir=tmpdir)
@@ -148,7 +158,7 @@ class Writer:
 
     def _extract(self, tar_path, dest_dir, owner):
         with open(tar_path, "rb") as fh:
-            tarsafe.safe_extract(fh, dest_dir, root=self.root, whiteouts="keep", owner=owner)
+            tarsafe.safe_extract(fh, dest_dir, root=self.root, whiteouts="keep", owner=owner, shift=self.shift)
 
     def _mode(self, st):
         if self.chmod is not None:

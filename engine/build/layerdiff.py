@@ -13,7 +13,11 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from typing import BinaryIO
+from typing import BinaryIO, Callable
+
+from dockyard.engine.errors import EngineError
+
+Unshift = Callable[[int, int], "tuple[int, int]"]
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _RUNTIME_DIRS = ("proc", "sys", "dev")
@@ -40,17 +44,42 @@ def _skip(rel, st, path):
     return rel in _RUNTIME_FILES and stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
-def _info(name, st):
+def _info(name, st, unshift=None):
     ti = tarfile.TarInfo(name)
     ti.mode = stat.S_IMODE(st.st_mode)
-    ti.uid, ti.gid = st.st_uid, st.st_gid
+    ti.uid, ti.gid = unshift(st.st_uid, st.st_gid) if unshift else (st.st_uid, st.st_gid)
     ti.mtime = int(st.st_mtime)
     ti.uname = ti.gname = ""
     return ti
 
 
-def write_diff(upper: str, out: BinaryIO) -> int:
-    """Write the changes under `upper` to `out` as a tar; -> number of entries (0: no change)."""
+def unshifter(shift: Callable[[int, int], "tuple[int, int]"]) -> Unshift:
+    """The inverse of a user namespace shift for the ids of its first range; others become nobody.
+
+    With --userns-remap an upper dir holds host ids; a layer holds the container's ids.
+    """
+    root_uid, root_gid = shift(0, 0)
+
+    def back(uid: int, gid: int) -> "tuple[int, int]":
+        cu, cg = uid - root_uid, gid - root_gid
+        try:
+            ok_u = cu >= 0 and shift(cu, 0)[0] == uid
+        except EngineError:
+            ok_u = False
+        try:
+            ok_g = cg >= 0 and shift(0, cg)[1] == gid
+        except EngineError:
+            ok_g = False
+        return (cu if ok_u else 65534), (cg if ok_g else 65534)
+
+    return back
+
+
+def write_diff(upper: str, out: BinaryIO, unshift: Unshift | None = None) -> int:
+    """Write the changes under `upper` to `out` as a tar; -> number of entries (0: no change).
+
+    unshift: host (uid, gid) -> the container's, with user namespace remapping.
+    """
     count = 0
     inodes: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -74,16 +103,16 @@ def write_diff(upper: str, out: BinaryIO) -> int:
                     continue
                 count += 1
                 if _is_whiteout(st):
-                    ti = _info((rel_dir + "/" if rel_dir else "") + ".wh." + name, st)
+                    ti = _info((rel_dir + "/" if rel_dir else "") + ".wh." + name, st, unshift)
                     ti.mode = 0o600
                     tar.addfile(ti)
                     continue
-                ti = _info(rel, st)
+                ti = _info(rel, st, unshift)
                 if stat.S_ISDIR(st.st_mode):
                     ti.type = tarfile.DIRTYPE
                     tar.addfile(ti)
                     if _opaque(path):
-                        tar.addfile(_info(rel + "/.wh..wh..opq", st))
+                        tar.addfile(_info(rel + "/.wh..wh..opq", st, unshift))
                     subdirs.append(rel)
                 elif stat.S_ISLNK(st.st_mode):
                     ti.type = tarfile.SYMTYPE

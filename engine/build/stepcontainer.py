@@ -69,10 +69,12 @@ def rootfs(c: Container) -> str:
 def commit(images: ImageStore, c: Container, tmpdir: str) -> str | None:
     """The container's changes as a new layer; -> its diff ID, None when nothing changed."""
     upper = images.rootfs.paths(c.id)["upper"]
+    shift = images.layers.shift
+    unshift = layerdiff.unshifter(shift) if shift is not None else None
     fd, path = tempfile.mkstemp(prefix="diff-", suffix=".tar", dir=tmpdir)
     try:
         with os.fdopen(fd, "wb") as out:
-            count = layerdiff.write_diff(upper, out)
+            count = layerdiff.write_diff(upper, out, unshift)
         if count == 0:
             return None
         with open(path, "rb") as fh:
