@@ -3,6 +3,7 @@ cloud-init, reached through 127.0.0.1 port forwards (user-mode networking) and c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -13,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -52,7 +54,11 @@ FILES = (
     "serial.log",
     "serial.log.prev",
     "qemu.log",
+    "portfwd.pid",
+    "portfwd.log",
+    "ports.json",
 )
+PORTFWD_MODULE = "dockyard.drivers.qemu.portfwd"
 
 
 def host_binary(machine: str = "") -> str:
@@ -350,6 +356,7 @@ class QemuDriver(Driver):
         self.progress(f"Waiting for the VM to boot (serial console: {self.path('serial.log')})...")
         timings["BootToSSH"] = self._wait_booted()
         self.config["Timings"] = {k: round(v, 2) for k, v in timings.items()}
+        self._start_forwarder()
 
     def _resolve_image(self):
         image = self.config.get("Image")
@@ -510,6 +517,57 @@ class QemuDriver(Driver):
                 return
         raise DriverError(f"QEMU (pid {pid}) did not exit after SIGKILL")
 
+    # -- published ports --------------------------------------------------------------------------------
+    def _forwarder_pid(self):
+        try:
+            with open(self.path("portfwd.pid")) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        return pid if pid and process_alive(pid, PORTFWD_MODULE) else None
+
+    def _start_forwarder(self):
+        """The process that forwards containers' published ports to 127.0.0.1 while this VM runs."""
+        self._stop_forwarder()
+        pid = self._pid()
+        if not pid:
+            return
+        import dockyard  # the forwarder runs from the same package as this driver, installed or not
+
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(dockyard.__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_parent, os.environ.get("PYTHONPATH")])))
+        argv = [sys.executable, "-m", PORTFWD_MODULE, "--machine-dir", os.path.abspath(self.machine_dir)]
+        argv += ["--qmp", self._qmp_path(), "--engine-port", str(self.config["EngineHostPort"])]
+        argv += ["--qemu-pid", str(pid)]
+        with open(self.path("portfwd.log"), "a") as log:
+            p = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True, cwd="/"
+            )
+        with open(self.path("portfwd.pid"), "w") as f:
+            f.write(f"{p.pid}\n")
+        self.progress(f"Published ports will answer on 127.0.0.1 (log: {self.path('portfwd.log')})")
+
+    def _stop_forwarder(self):
+        pid = self._forwarder_pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if not self._wait_exit(pid, KILL_WAIT):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path("portfwd.pid"))
+
+    def published_ports(self):
+        """What the forwarder last did: {"Forwarded": {"8080/tcp": container}, "Conflicts": {...}}."""
+        try:
+            with open(self.path("ports.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     # -- lifecycle --------------------------------------------------------------------------------------
     def state(self):
         pid = self._pid()
@@ -551,8 +609,10 @@ class QemuDriver(Driver):
             self.config.pop("IPAddress", None)  # DHCP may hand out another one; learnt again below
         took = self._wait_booted()
         self.config.setdefault("Timings", {})["LastStartToSSH"] = round(took, 2)
+        self._start_forwarder()
 
     def stop(self):
+        self._stop_forwarder()
         pid = self._pid()
         if not pid:
             return
@@ -566,6 +626,7 @@ class QemuDriver(Driver):
             self._terminate(pid)
 
     def kill(self):
+        self._stop_forwarder()
         pid = self._pid()
         if not pid:
             return
@@ -582,6 +643,7 @@ class QemuDriver(Driver):
         self.start()
 
     def remove(self):
+        self._stop_forwarder()
         pid = self._pid()
         if pid:
             try:

@@ -10,10 +10,14 @@ variable, so the command line stays flag-free); the test talks only to 127.0.0.1
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import signal
+import socket
 import threading
+import time
+import urllib.request
 
 import pytest
 
@@ -54,6 +58,80 @@ def accel_for(image):
     return "tcg" if not with_kernel.usable and accel.firmware_check(qemu).usable else "auto"
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bindable(port, kind=socket.SOCK_STREAM):
+    """Free for a new listener (connections of the forward that linger in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:  # (for UDP it would let us share QEMU's port)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def ports_state(mdir):
+    try:
+        with open(os.path.join(mdir, "ports.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(what, check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def check_published_ports(dockyard, mdir):
+    """-p answers on the laptop's 127.0.0.1 (TCP, UDP) as the container starts, goes when it stops; a port
+    another program holds is a warning in the forwarder's log and ports.json."""
+    tcp, udp = free_port(), free_port()
+    web = dockyard.docker(
+        "default",
+        *("run", "-d", "--name", "web", "-p", f"{tcp}:8080", "-p", f"{udp}:9999/udp", "busybox"),
+        *("sh", "-c", "echo published > /tmp/index.html && exec busybox httpd -f -p 8080 -h /tmp"),
+    )
+    assert web.returncode == 0
+
+    def fetch():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{tcp}/index.html", timeout=5) as r:
+                return r.read()
+        except OSError:
+            return None
+
+    assert wait_for("the published port on 127.0.0.1", fetch) == b"published\n"
+    assert ports_state(mdir)["Forwarded"] == {f"{tcp}/tcp": "web", f"{udp}/udp": "web"}
+    assert not bindable(udp, socket.SOCK_DGRAM)
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        dockyard.docker("default", "run", "-d", "--name", "busy", "-p", f"{taken}:8080", "busybox", "sleep", "600")
+        wait_for("the conflict", lambda: ports_state(mdir).get("Conflicts") == {f"{taken}/tcp": "busy"})
+        with open(os.path.join(mdir, "portfwd.log")) as f:
+            assert f"Warning: cannot forward 127.0.0.1:{taken}/tcp to container busy" in f.read()
+    finally:
+        holder.close()
+    dockyard.docker("default", "rm", "-f", "web", "busy")
+    wait_for("the forwards to go", lambda: ports_state(mdir) == {"Forwarded": {}, "Conflicts": {}})
+    assert bindable(tcp) and bindable(udp, socket.SOCK_DGRAM)
+
+
 def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server, tmp_path):
     image, base = image_server
     cache = str(tmp_path / "images")
@@ -86,10 +164,15 @@ def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server
         assert f'DOCKER_HOST="tcp://127.0.0.1:{drv["EngineHostPort"]}"' in env_out
         assert dockyard.docker("default", "load", "-i", str(busybox_tar()), timeout=300).returncode == 0
         assert dockyard.docker("default", "run", "--rm", "busybox", "echo", "hello", timeout=300).stdout == "hello\n"
+        check_published_ports(dockyard, os.path.join(dockyard.store, "machines", "default"))
 
         pid = qemu_pid(dockyard, "default")
+        with open(os.path.join(dockyard.store, "machines", "default", "portfwd.pid")) as f:
+            forwarder = int(f.read())
+        assert process_alive(forwarder, "dockyard.drivers.qemu.portfwd")
         dockyard("rm", "-y", "default", timeout=120)
         assert not os.path.exists(os.path.join(dockyard.store, "machines", "default")) and not process_alive(pid)
+        assert not process_alive(forwarder)
         assert os.listdir(os.path.join(cache, "debian"))  # the verified image stays cached
     finally:
         pid = qemu_pid(dockyard, "default")
