@@ -185,6 +185,9 @@ def test_root_inside_is_the_remapped_uid_outside(eng, remap):
             == "/dev/pts/0"
         )
         assert "eth0" in eng.docker("run", "--rm", "busybox", "ip", "-o", "addr").stdout
+        out = eng.docker("run", "--rm", *N, "--read-only", "--tmpfs", "/t", "busybox", "sh", "-c",
+                         "touch /x 2>/dev/null || echo ro; touch /t/y && stat -c %u /t/y")  # fmt: skip
+        assert out.stdout.split() == ["ro", "0"]
         # the engine-written /etc files belong to the container's root
         out = eng.docker("exec", cid, "sh", "-c", "echo 10.1.2.3 x >> /etc/hosts && stat -c %u /etc/hosts /")
         assert out.stdout.split() == ["0", "0"]
