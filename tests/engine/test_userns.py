@@ -168,6 +168,9 @@ def test_root_inside_is_the_remapped_uid_outside(eng, remap):
         assert os.stat("/proc/%d/ns/user" % pid).st_ino != os.stat("/proc/self/ns/user").st_ino
         # exec joins the container's user namespace: root inside, the remapped uid outside
         assert eng.docker("exec", cid, "id", "-u").stdout.strip() == "0"
+        assert eng.docker("exec", "-t", cid, "sh", "-c", "[ -t 0 ] && echo tty").stdout.strip() == "tty"
+        eng.docker("exec", "-d", "--user", "1000", cid, "sleep", "72")
+        assert _status_ids(_wait_pid("sleep 72"))["Uid"] == [remap[0] + 1000] * 4
         eng.docker("exec", "-d", cid, "sleep", "71")
         exec_pid = _wait_pid("sleep 71")
         assert _status_ids(exec_pid)["Uid"] == [remap[0]] * 4
