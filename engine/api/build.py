@@ -17,7 +17,15 @@ log = logging.getLogger("dockyard.engine.build")
 NO_BUILDKIT = (
     "BuildKit is not supported by this engine: build with the classic builder, DOCKER_BUILDKIT=0 docker build ..."
 )
-_IGNORED_LIMITS = ("memory", "memswap", "cpushares", "cpusetcpus", "cpuperiod", "cpuquota", "shmsize", "ulimits")
+# Resource options of `docker build` -> the HostConfig of RUN's containers.
+_RUN_LIMITS = (
+    ("memory", "Memory"),
+    ("memswap", "MemorySwap"),
+    ("cpushares", "CpuShares"),
+    ("cpuperiod", "CpuPeriod"),
+    ("cpuquota", "CpuQuota"),
+    ("shmsize", "ShmSize"),
+)
 
 
 def register(router, engine):
@@ -76,6 +84,19 @@ def parse_options(req) -> BuildOptions:
             raise InvalidParameter("invalid reference format: a build tag cannot be a digest: %s" % tag)
         reference.check_repo_name(parsed.repo)
         tags.append(parsed.tagged)
+    run_host_config: dict = {}
+    for name, key in _RUN_LIMITS:
+        value = req.query_int(name)
+        if value:
+            run_host_config[key] = value
+    if req.query_value("cpusetcpus"):
+        run_host_config["CpusetCpus"] = req.query_value("cpusetcpus")
+    ulimits = _json_query(req, "ulimits", list, [])
+    if ulimits:
+        run_host_config["Ulimits"] = ulimits
+    extra_hosts = [h for value in req.query.get("extrahosts", []) for h in value.split(",") if h]
+    if extra_hosts:
+        run_host_config["ExtraHosts"] = extra_hosts
     network = req.query_value("networkmode") or ""
     if network == "default":
         network = ""
@@ -92,6 +113,7 @@ def parse_options(req) -> BuildOptions:
         network=network,
         cache_from=[c for c in cache_from if isinstance(c, str)],
         platform=req.query_value("platform") or "",
+        run_host_config=run_host_config,
     )
 
 

@@ -57,6 +57,7 @@ class BuildOptions:
     network: str = ""
     cache_from: list[str] = field(default_factory=list)
     platform: str = ""
+    run_host_config: dict = field(default_factory=dict)  # memory, CPU, ulimits... of RUN's containers
 
 
 class Builder:
@@ -383,7 +384,9 @@ class Build:
             return
         run_cfg = dict(stage.config)
         run_cfg["Env"] = list(stage.config.get("Env") or []) + declared + proxies
-        c = stepcontainer.create(self.containers, stage.image_id, cmd, run_cfg, self.opts.network)
+        c = stepcontainer.create(
+            self.containers, stage.image_id, cmd, run_cfg, self.opts.network, self.opts.run_host_config
+        )
         try:
             self.out(" ---> Running in %s\n" % c.id[:12])
             code = stepcontainer.run(self.containers, c, self.out)

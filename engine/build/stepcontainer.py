@@ -17,8 +17,15 @@ from dockyard.engine.runtime.store import Container
 _FRAME = struct.Struct(">BxxxI")
 
 
-def create(containers: ContainerManager, image_id: str, cmd: list[str], run: dict, network: str) -> Container:
-    """A step container from `image_id`; run: Env, WorkingDir, User of the step."""
+def create(
+    containers: ContainerManager,
+    image_id: str,
+    cmd: list[str],
+    run: dict,
+    network: str,
+    host_config: dict | None = None,
+) -> Container:
+    """A step container from `image_id`; run: Env, WorkingDir, User of the step; host_config: limits."""
     body = {
         "Image": image_id,
         "Cmd": cmd,
@@ -30,7 +37,7 @@ def create(containers: ContainerManager, image_id: str, cmd: list[str], run: dic
         "AttachStdout": True,
         "AttachStderr": True,
         "Healthcheck": {"Test": ["NONE"]},
-        "HostConfig": {"NetworkMode": network or "default", "AutoRemove": False},
+        "HostConfig": dict(host_config or {}, NetworkMode=network or "default", AutoRemove=False),
     }
     c, _ = containers.create(body)
     return c

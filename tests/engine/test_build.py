@@ -507,3 +507,60 @@ def test_build_on_a_remapped_engine_keeps_the_containers_ids_in_layers(tmp_path)
         assert out == "0:0 /made\n7:8 /made/f\n5:6 /a\n0:0 /b\n"
     finally:
         e.cleanup()
+
+
+def test_deletions_and_replaced_directories_become_whiteouts(eng, tmp_path):
+    df = (
+        "FROM busybox\n"
+        "RUN mkdir -p /d/sub && echo old > /d/sub/f && echo keep > /k && ln /k /k2\n"
+        "RUN rm /k && rm -rf /d && mkdir -p /d/new && echo new > /d/new/g && rm /bin/rmdir\n"
+    )
+    build(eng, write_context(tmp_path / "ctx", {"Dockerfile": df}), "-t", "wh:1")
+    out = run_out(eng, "wh:1", "sh", "-c", "ls /k /k2 /bin/rmdir 2>&1; find /d | sort; cat /k2")
+    lines = out.splitlines()
+    assert "ls: /k: No such file or directory" in lines and "ls: /bin/rmdir: No such file or directory" in lines
+    assert "/k2" in lines and lines[-1] == "keep"
+    assert [x for x in lines if x.startswith("/d")] == ["/d", "/d/new", "/d/new/g"]
+    # The layers carry OCI whiteouts, as `docker save` shows them.
+    with tarfile.open(
+        fileobj=io.BytesIO(
+            subprocess.run(["docker", "save", "wh:1"], capture_output=True, env=eng.env(), check=True).stdout
+        )
+    ) as outer:
+        names = []
+        for member in outer.getmembers():
+            if member.name.endswith(".tar") or member.name.startswith("blobs/"):
+                data = outer.extractfile(member)
+                if data is None:
+                    continue
+                try:
+                    with tarfile.open(fileobj=io.BytesIO(data.read())) as layer:
+                        names += layer.getnames()
+                except tarfile.TarError:
+                    continue
+    assert ".wh.k" in names and "bin/.wh.rmdir" in names and "d/.wh..wh..opq" in names
+
+
+def test_run_steps_get_the_build_limits_extra_hosts_and_proxy_args(eng, tmp_path):
+    df = "FROM busybox\nRUN grep -h builder-host /etc/hosts; echo proxy=$http_proxy\n"
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": df})
+    before = set(eng.docker("ps", "-aq").stdout.split())
+    p = build(
+        eng,
+        ctx,
+        "--rm=false",
+        "--memory",
+        "64m",
+        "--add-host",
+        "builder-host:10.1.2.3",
+        "--build-arg",
+        "http_proxy=http://p:3128",
+    )
+    assert "10.1.2.3\tbuilder-host" in p.stdout
+    assert "proxy=http://p:3128" in p.stdout and "not consumed" not in p.stdout
+    (kept,) = set(eng.docker("ps", "-aq").stdout.split()) - before
+    assert eng.docker("inspect", "-f", "{{.HostConfig.Memory}}", kept).stdout.strip() == str(64 << 20)
+    eng.docker("rm", kept)
+    # The proxy is no part of the image's history (nor of RUN's cache key).
+    image = p.stdout.split("Successfully built ")[1].split()[0]
+    assert "http://p:3128" not in eng.docker("history", "--no-trunc", image).stdout
