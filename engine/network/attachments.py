@@ -12,8 +12,10 @@ from typing import Callable, Dict
 
 from dockyard.engine.errors import InvalidParameter
 
+# --network container:<id>: the container joins another's network namespace (the runtime does it).
+CONTAINER_MODE = "container"
 # Networks on which names mean nothing to Docker (no aliases, no fixed addresses).
-NAMELESS = ("bridge", "host", "none")
+NAMELESS = ("bridge", "host", "none", CONTAINER_MODE)
 ALIAS_MAX = 255  # a DNS name
 
 
@@ -60,3 +62,20 @@ def requests_from_create(
     if len(out) > 1 and (primary in ("host", "none") or "host" in out or "none" in out):
         raise InvalidParameter("Container cannot be connected to network endpoints: %s" % ", ".join(out))
     return out
+
+
+def check_container_mode(host_config: dict, config: dict) -> None:
+    """What dockerd refuses with --network container:<id> (runconfig's conflicting options): the
+    network, hostname, DNS and hosts are the other container's."""
+    if config.get("Hostname"):
+        raise InvalidParameter("conflicting options: hostname and the network mode")
+    if host_config.get("Dns") or host_config.get("DnsSearch") or host_config.get("DnsOptions"):
+        raise InvalidParameter("conflicting options: dns and the network mode")
+    if host_config.get("ExtraHosts"):
+        raise InvalidParameter("conflicting options: custom host-to-IP mapping and the network mode")
+    if host_config.get("PortBindings") or host_config.get("PublishAllPorts"):
+        raise InvalidParameter("conflicting options: port publishing and the container type network mode")
+    if host_config.get("Links"):
+        raise InvalidParameter("conflicting options: container type network can't be used with links")
+    if config.get("MacAddress"):
+        raise InvalidParameter("conflicting options: mac-address and the network mode")

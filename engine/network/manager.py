@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Protocol  # List, Dict: the manager has
 
 from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.network import bridge, dns, nat, portproxy, ruleset, vendor
-from dockyard.engine.network.attachments import requests_from_create
+from dockyard.engine.network.attachments import CONTAINER_MODE, check_container_mode, requests_from_create
 from dockyard.engine.network.catalog import (
     BUILTIN,
     DEFAULT_BRIDGE,
@@ -147,9 +147,7 @@ class NetworkManager(NamesMixin):
         if mode in ("host", "none"):
             return mode
         if mode.startswith("container:"):
-            raise InvalidParameter(
-                "dockyard does not support --network container:<name> (sharing another container's network namespace)"
-            )
+            return CONTAINER_MODE  # another container's netns: the runtime joins it, nothing to wire here
         try:
             return self.catalog.resolve(mode)
         except NotFound:
@@ -157,9 +155,9 @@ class NetworkManager(NamesMixin):
             raise InvalidParameter("network %s not found" % mode) from None
 
     def network_mode(self, host_config: dict | None) -> str:
-        """'bridge' (any bridged network), 'host' or 'none'; InvalidParameter for what dockyard lacks."""
+        """'bridge' (any bridged network), 'host', 'none' or 'container'; InvalidParameter for unknown networks."""
         name = self.network_name(host_config)
-        return name if name in ("host", "none") else "bridge"
+        return name if name in ("host", "none", CONTAINER_MODE) else "bridge"
 
     @property
     def subnet(self):
@@ -274,6 +272,9 @@ class NetworkManager(NamesMixin):
         """Checks for container create: unknown networks, aliases/addresses where Docker refuses them,
         bad port bindings (400). -> the endpoint requests by network name (the record's NetworkAttachments)."""
         primary = self.network_name(host_config)
+        if primary == CONTAINER_MODE:
+            check_container_mode(host_config, config)
+            return {CONTAINER_MODE: {}}
         try:
             validate_ports(host_config, config)
         except PortSpecError as exc:
@@ -303,6 +304,8 @@ class NetworkManager(NamesMixin):
         cid, name, config, host_config = _parts(container)
         wanted = self.attachments(container)
         netname = next(iter(wanted))
+        if netname == CONTAINER_MODE:  # joined another container's netns: nothing of its own
+            return network_settings(self.catalog, {}, config, host_config)
         if netname in ("host", "none"):
             if netname == "none":
                 run_in_netns(netns_path(pid), loopback_up)

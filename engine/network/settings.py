@@ -46,8 +46,10 @@ def network_settings(
             for netname, request in (wanted or {}).items()
         }
         primary = None
-    if not networks:
-        mode = (host_config or {}).get("NetworkMode") or "bridge"
+    mode = (host_config or {}).get("NetworkMode") or "bridge"
+    if mode.startswith("container:"):
+        networks = {}  # as dockerd: the networks are the other container's
+    elif not networks:
         networks = {mode: endpoint_settings(catalog, mode, None)}
     ports = {}
     if primary is not None and catalog.bridge_net(primary.get("Network") or "") is not None:

@@ -13,7 +13,7 @@ import socket
 import struct
 import termios
 
-from dockyard.engine.runtime import channel, libc, mountns, process, userns
+from dockyard.engine.runtime import channel, libc, mountns, process, procident, userns
 from dockyard.engine.runtime.cgroups import Cgroup
 
 _SIOCGIFFLAGS = 0x8913
@@ -69,6 +69,18 @@ def main(spec, sync, stdio):
     os._exit(127)
 
 
+def _join_netns(pid, start):
+    """--network container:<id>: join that container's network namespace while still the host's root
+    (before any user namespace), pinned by PID and start time: a PID reused since is refused."""
+    fd = os.open("/proc/%d/ns/net" % pid, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if start is not None and procident.start_time(pid) != start:
+            raise procident.ProcessGone("the container whose network namespace this one joins has exited")
+        libc.setns(fd, libc.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+
+
 def _run(spec, sync, stdio):
     # Until execve this is the host's python, already PID 1 of the container's PID namespace.
     process.make_undumpable()
@@ -79,6 +91,8 @@ def _run(spec, sync, stdio):
         for fd in set(stdio):
             if fd > 2:
                 os.close(fd)
+    if spec.get("join_netns"):
+        _join_netns(spec["join_netns"]["pid"], spec["join_netns"].get("start"))
     ns = spec["namespaces"]
     cg = Cgroup.from_dict(spec.get("cgroup"))
     if cg is not None and (cg.version == "2" or ns.get("cgroup")):

@@ -55,6 +55,14 @@ class ProcessStartFailed(StartFailed, SystemFailure):
     """The engine could not start the container's process."""
 
 
+class NetnsOwnerMissing(StartFailed, NotFound):
+    """--network container:<ref>: no such container (any more)."""
+
+
+class NetnsOwnerNotRunning(StartFailed, Conflict):
+    """--network container:<ref>: that container is not running, so it has no netns to join."""
+
+
 class ContainerManager(ExitsMixin):
     """The containers: their lifecycle, their records on disk, and the parts a container stands on."""
 
@@ -156,6 +164,11 @@ class ContainerManager(ExitsMixin):
         path, args = createmod.command_of(cfg)
         mode = self._network_mode(hc)
         attachments = self.network.validate(hc, cfg, body.get("NetworkingConfig"))
+        if mode == "container":  # 400, not 404: the CLI answers a 404 from create by pulling
+            try:
+                self.get(hc["NetworkMode"].partition(":")[2])
+            except NotFound as exc:
+                raise InvalidParameter(str(exc)) from None
         cid = os.urandom(32).hex()
         warnings: List[str] = []
         if not cfg.get("Hostname"):
@@ -270,6 +283,7 @@ class ContainerManager(ExitsMixin):
             self._write_etc_files(c, None)
         else:
             _write_in_place(os.path.join(c.dir, "resolv.conf"), net.resolv_conf(c))
+        join = self._netns_owner(c) if mode == "container" else None
         cg = cgroups.Cgroup.for_container(self.cgroup_parent, c.id, self.layout)
         run_id = uuid.uuid4().hex
         sock_path = self.sock_path(c)
@@ -285,6 +299,7 @@ class ContainerManager(ExitsMixin):
             run_id=run_id,
             network_hook=(mode == "bridge"),
             attach_opts=[o for _, o in pending],
+            join_netns=join,
             idmap=self.idmap if userns.uses_userns(c.host_config, self.idmap) else None,
         )
         try:
@@ -391,6 +406,29 @@ class ContainerManager(ExitsMixin):
             (t2 - t1) * 1000,
             (time.monotonic() - t2) * 1000,
         )
+
+    def _netns_owner(self, c):
+        """--network container:<ref>: the running container whose netns `c` joins -> {"pid", "start"};
+        `c` takes its hostname, hosts and resolv.conf, as dockerd does."""
+        ref = (c.host_config.get("NetworkMode") or "").partition(":")[2]
+        try:
+            other = self.get(ref)
+        except NotFound:
+            raise NetnsOwnerMissing("No such container: %s" % ref) from None
+        if other.id == c.id:
+            raise CommandNotRunnable("cannot join own network")
+        if not other.running or not other.pid:
+            raise NetnsOwnerNotRunning("cannot join network of a non running container: %s" % other.id)
+        for name in ("hosts", "resolv.conf", "hostname"):
+            try:
+                with open(os.path.join(other.dir, name), encoding="utf-8") as fh:
+                    _write_in_place(os.path.join(c.dir, name), fh.read())
+            except OSError:
+                pass
+        if c.config.get("Hostname") != other.config.get("Hostname"):
+            c.config["Hostname"] = other.config.get("Hostname") or ""
+            c.save_config()
+        return {"pid": other.pid, "start": other.state.get("PidStartTime")}
 
     def sock_path(self, c: Container) -> str:
         return os.path.join(self.sock_dir, c.id[:24] + ".sock")

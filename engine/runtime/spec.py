@@ -110,7 +110,7 @@ def namespaces(container, layout, network_mode):
     cgroupns = hc.get("CgroupnsMode") or ("private" if layout.version == "2" else "host")
     return {
         "pid": hc.get("PidMode") != "host",
-        "net": network_mode != "host",
+        "net": network_mode not in ("host", "container"),  # container: joins another's (join_netns)
         "uts": hc.get("UTSMode") != "host",
         "ipc": hc.get("IpcMode") != "host",
         "cgroup": cgroupns == "private",
@@ -118,7 +118,18 @@ def namespaces(container, layout, network_mode):
 
 
 def supervisor_spec(
-    container, *, rootfs_path, cgroup, layout, network_mode, sock, run_id, network_hook, attach_opts, idmap=None
+    container,
+    *,
+    rootfs_path,
+    cgroup,
+    layout,
+    network_mode,
+    sock,
+    run_id,
+    network_hook,
+    attach_opts,
+    idmap=None,
+    join_netns=None,
 ):
     cfg, hc = container.config, container.host_config
     privileged = bool(hc.get("Privileged"))
@@ -145,6 +156,8 @@ def supervisor_spec(
         "process": process_spec(container),
         # --userns-remap: the id maps of the container's user namespace (IdMap.to_dict), or None
         "userns": idmap.to_dict() if idmap is not None else None,
+        # --network container:<id>: {"pid", "start"} of the init whose network namespace to join
+        "join_netns": join_netns,
     }
     return {
         "id": container.id,

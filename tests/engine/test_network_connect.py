@@ -170,3 +170,40 @@ def test_endpoint_requests():
     assert requests_from_create("bridge", {"EndpointsConfig": {"default": {}}}, resolve) == {"bridge": {}}
     with pytest.raises(InvalidParameter):
         requests_from_create("host", {"EndpointsConfig": {"netb": {}}}, resolve)
+
+
+def test_network_container_mode_joins_another_containers_netns(eng):
+    d = eng.docker
+    d("run", "-d", "--name", "owner", "--network", "neta", "busybox", "httpd", "-f", "-p", "8080", "-h", "/etc")
+    try:
+        owner_ip = addresses(eng, "owner")["eth0"]
+        owner_host = d("exec", "owner", "hostname").stdout
+        script = "ip -4 -o addr; hostname; wget -q -O- http://127.0.0.1:8080/hostname"
+        out = d("run", "--rm", "--network", "container:owner", "busybox", "sh", "-c", script).stdout
+        assert owner_ip in out and out.count(owner_host) == 2  # same address, hostname, and its localhost
+        d("run", "-d", "--name", "side", "--network", "container:owner", "busybox", "sleep", "300")
+        assert addresses(eng, "side") == addresses(eng, "owner")
+        assert networks(eng, "side") == {}
+        assert d("inspect", "-f", "{{.HostConfig.NetworkMode}}", "side").stdout.strip() == "container:owner"
+        # the owner's names work from the joined container too (its resolver lives in that netns)
+        assert "127.0.0.11" in d("exec", "side", "cat", "/etc/resolv.conf").stdout
+        for args, text in (
+            (("--network", "container:nosuch"), "No such container: nosuch"),
+            (("--network", "container:owner", "-p", "80:80"), "port publishing and the container type network"),
+            (("--network", "container:owner", "--hostname", "x"), "hostname and the network mode"),
+            (("--network", "container:owner", "--dns", "1.1.1.1"), "dns and the network mode"),
+        ):
+            p = d("run", "--rm", *args, "busybox", "true", check=False)
+            assert p.returncode == 125 and text in p.stderr, p.stderr
+        d("create", "--name", "idle", "busybox", "true")
+        p = d("run", "--rm", "--network", "container:idle", "busybox", "true", check=False)
+        assert p.returncode == 125 and "cannot join network of a non running container" in p.stderr
+        d("stop", "-t", "0", "owner")
+        p = d("start", "side", check=False)  # running still (the netns lives on with it), or refused
+        d("stop", "-t", "0", "side")
+        p = d("start", "side", check=False)
+        assert p.returncode != 0 and "cannot join network of a non running container" in p.stderr
+        assert "side" not in d("ps", "--format", "{{.Names}}").stdout
+    finally:
+        d("rm", "-f", "owner", "side", "idle", check=False)
+    assert d("ps", "-aq").stdout.strip() == ""
