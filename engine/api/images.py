@@ -251,6 +251,18 @@ def image_history(req):
     entries.reverse()
     entries[0]["Id"] = img.id
     entries[0]["Tags"] = img.repo_tags or None
+    if history:
+        # Images built here have their steps as parents (moby): each step's entry shows its image.
+        parent = store.parent_of(img.id)
+        for _ in range(len(entries)):
+            if parent is None:
+                break
+            step = store.by_id(parent)
+            index = len(entries) - len(step.config.get("history") or [])
+            if 0 < index < len(entries):
+                entries[index]["Id"] = step.id
+                entries[index]["Tags"] = step.repo_tags or None
+            parent = store.parent_of(step.id)
     return entries
 
 

@@ -564,3 +564,11 @@ def test_run_steps_get_the_build_limits_extra_hosts_and_proxy_args(eng, tmp_path
     # The proxy is no part of the image's history (nor of RUN's cache key).
     image = p.stdout.split("Successfully built ")[1].split()[0]
     assert "http://p:3128" not in eng.docker("history", "--no-trunc", image).stdout
+
+
+def test_history_shows_the_step_images(eng, tmp_path):
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": 'FROM busybox\nENV H=1\nRUN echo h > /h\nCMD ["sh"]\n'})
+    p = build(eng, ctx, "-t", "hist:1")
+    steps = [line[6:] for line in p.stdout.splitlines() if line.startswith(" ---> ") and len(line) == 18]
+    rows = eng.docker("history", "-q", "hist:1").stdout.split()
+    assert rows[:4] == [steps[3], steps[2], steps[1], steps[0]]  # CMD, RUN, ENV, then busybox itself
