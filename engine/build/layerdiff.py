@@ -41,6 +41,13 @@ def _skip(rel, st, path):
             return not os.listdir(path)
         except OSError:
             return True
+    if rel == "etc" and stat.S_ISDIR(st.st_mode) and not _opaque(path):
+        # /etc made or copied up only to hold the runtime's mount points: not the step's change.
+        try:
+            names = os.listdir(path)
+        except OSError:
+            return True
+        return all(_skip("etc/" + name, os.lstat(os.path.join(path, name)), os.path.join(path, name)) for name in names)
     return rel in _RUNTIME_FILES and stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 

@@ -164,7 +164,14 @@ class RootfsManager:
             except OSError as exc:
                 log.warning("cannot make %s nodev,nosuid: %s", p["merged"], exc.strerror)
             return p["merged"]
-        layers = [self.layers.get(d) for d in reversed(diff_ids)]  # top first, as overlayfs wants
+        # Top first, as overlayfs wants. A layer that comes twice (two build steps with the same diff,
+        # an image with repeated empty layers) is mounted once, at its topmost place: overlayfs refuses
+        # the same lower dir twice (ELOOP), and the lower copy adds nothing the upper one does not.
+        top_first: list[str] = []
+        for d in reversed(diff_ids):
+            if d not in top_first:
+                top_first.append(d)
+        layers = [self.layers.get(d) for d in top_first]
         links = [l.link for l in layers]
         if not links:
             absolute, relative = [self.empty], ["empty"]

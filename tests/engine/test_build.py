@@ -572,3 +572,13 @@ def test_history_shows_the_step_images(eng, tmp_path):
     steps = [line[6:] for line in p.stdout.splitlines() if line.startswith(" ---> ") and len(line) == 18]
     rows = eng.docker("history", "-q", "hist:1").stdout.split()
     assert rows[:4] == [steps[3], steps[2], steps[1], steps[0]]  # CMD, RUN, ENV, then busybox itself
+
+
+def test_the_same_layer_twice_in_one_image(eng, tmp_path):
+    # Both COPYs commit the very same diff: overlayfs takes a lower dir once only (ELOOP otherwise).
+    df = "FROM busybox\nCOPY a /a\nRUN rm /a\nCOPY a /a\nRUN cat /a\n"
+    p = build(eng, write_context(tmp_path / "ctx", {"Dockerfile": df, "a": "twice\n"}), "-t", "twice:1")
+    assert "twice\n" in p.stdout
+    diff_ids = json.loads(eng.docker("image", "inspect", "twice:1").stdout)[0]["RootFS"]["Layers"]
+    assert len(diff_ids) == 4 and diff_ids[1] == diff_ids[3]
+    assert run_out(eng, "twice:1", "cat", "/a") == "twice\n"
