@@ -10,7 +10,8 @@ import time
 
 from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import Response, json_bytes
-from dockyard.engine.errors import Conflict, InvalidParameter, NotModified, SystemFailure, Unsupported
+from dockyard.engine.errors import Conflict, InvalidParameter, NotFound, NotModified, SystemFailure, Unsupported
+from dockyard.engine.runtime import links as linkmod
 from dockyard.engine.runtime import logs as logmod
 from dockyard.engine.runtime import relay, views
 from dockyard.engine.runtime import stats as statsmod
@@ -39,6 +40,7 @@ def register(router, engine):
     router.add("POST", "/containers/{id}/unpause", unpause)
     router.add("POST", "/containers/{id}/wait", wait)
     router.add("DELETE", "/containers/{id}", remove)
+    router.add("DELETE", "/containers/{id}/{alias}", remove_link)  # docker rm --link /web/alias
     router.add("POST", "/containers/{id}/rename", rename)
     router.add("POST", "/containers/{id}/resize", resize)
     router.add("POST", "/containers/{id}/attach", attach)
@@ -364,6 +366,23 @@ def _batched(payloads):
             batch, size = [], 0
     if batch:
         yield b"".join(batch)
+
+
+def remove_link(req):
+    """DELETE /containers/{id}/{alias}?link=1: the legacy link goes from the container's HostConfig
+    (in effect at its next start)."""
+    ref, alias = req.params["id"], req.params["alias"]
+    if not req.query_bool("link"):
+        raise NotFound("No such container: %s/%s" % (ref, alias))
+    c = req.engine.containers.get(ref)
+    with c.lock:
+        entries = list(c.host_config.get("Links") or [])
+        kept = [e for e in entries if linkmod.parse_link(e).alias != alias]
+        if len(kept) == len(entries):
+            raise NotFound("No such link: /%s/%s" % (c.name, alias))
+        c.host_config["Links"] = kept or None
+        c.save_config()
+    return None
 
 
 def _log_driver(c):

@@ -538,9 +538,10 @@ class NetworkManager(NamesMixin):
             settings = dict(
                 settings, IPAddress=settings_ip(settings), Gateway=settings.get("Gateway") or net.get("Gateway", "")
             )
-        return dns.hosts_file(
-            config.get("Hostname") or "", settings, config.get("Domainname") or "", host_config.get("ExtraHosts") or ()
-        )
+        # --link on the default bridge: the runtime's "alias:ip" entries for the linked containers
+        link_hosts = (getattr(container, "record", None) or {}).get("LinkHosts") or []
+        extra = list(host_config.get("ExtraHosts") or ()) + list(link_hosts)
+        return dns.hosts_file(config.get("Hostname") or "", settings, config.get("Domainname") or "", extra)
 
     @staticmethod
     def ps_ports(settings: dict, config: dict | None = None) -> List[dict]:

@@ -43,6 +43,16 @@ class NamesMixin:
         if service:
             names.append(service)
         endpoint["DNSNames"] = list(dict.fromkeys(n for n in names if n))
+        # --link NAME:ALIAS on a user-defined network: ALIAS is a name of NAME for this container only
+        link_names = {}
+        for entry in host_config.get("Links") or ():
+            target, sep, alias = str(entry).partition(":")
+            target = target.lstrip("/")
+            alias = alias.rsplit("/", 1)[-1] if sep else target
+            if target and alias:
+                link_names[alias.lower()] = target.lower()
+        if link_names:
+            endpoint["LinkNames"] = link_names
         endpoint["Upstreams"] = dns.upstream_servers(host_config, fallback=self.dns_fallback)
 
     def _serve_dns(self, cid, pid):
@@ -62,9 +72,13 @@ class NamesMixin:
         qname = qname.rstrip(".").lower()
         found, known = [], False
         with self._lock:
-            mine = [n for n in self.endpoints.get(cid) or {} if self._named(n)]
+            own = self.endpoints.get(cid) or {}
+            mine = [n for n in own if self._named(n)]
             for netname in mine:
                 wanted = {qname}
+                linked = (own[netname].get("LinkNames") or {}).get(qname)
+                if linked:
+                    wanted.add(linked)
                 suffix = "." + netname.lower()
                 if qname.endswith(suffix):
                     wanted.add(qname[: -len(suffix)])

@@ -21,7 +21,7 @@ from dockyard.engine.config import Config
 from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, NotModified, SystemFailure
 from dockyard.engine.images.store import ImageStore
 from dockyard.engine.network.manager import NetworkManager
-from dockyard.engine.runtime import cgroups, channel, logs, names, userns
+from dockyard.engine.runtime import cgroups, channel, links, logs, names, userns
 from dockyard.engine.runtime import create as createmod
 from dockyard.engine.runtime import spec as specmod
 from dockyard.engine.runtime.copyup import copy_up_volumes
@@ -55,12 +55,12 @@ class ProcessStartFailed(StartFailed, SystemFailure):
     """The engine could not start the container's process."""
 
 
-class NetnsOwnerMissing(StartFailed, NotFound):
-    """--network container:<ref>: no such container (any more)."""
+class PeerMissing(StartFailed, NotFound):
+    """A container this one needs at start (--network container:, --link) does not exist (any more)."""
 
 
-class NetnsOwnerNotRunning(StartFailed, Conflict):
-    """--network container:<ref>: that container is not running, so it has no netns to join."""
+class PeerNotRunning(StartFailed, Conflict):
+    """A container this one needs at start (--network container:, --link) is not running."""
 
 
 class ContainerManager(ExitsMixin):
@@ -164,6 +164,11 @@ class ContainerManager(ExitsMixin):
         path, args = createmod.command_of(cfg)
         mode = self._network_mode(hc)
         attachments = self.network.validate(hc, cfg, body.get("NetworkingConfig"))
+        for link in links.parse_links(hc.get("Links")):
+            try:
+                self.get(link.name)
+            except NotFound:
+                raise InvalidParameter("could not get container for %s" % link.name) from None
         if mode == "container":  # 400, not 404: the CLI answers a 404 from create by pulling
             try:
                 self.get(hc["NetworkMode"].partition(":")[2])
@@ -284,6 +289,7 @@ class ContainerManager(ExitsMixin):
         else:
             _write_in_place(os.path.join(c.dir, "resolv.conf"), net.resolv_conf(c))
         join = self._netns_owner(c) if mode == "container" else None
+        self._resolve_links(c, mode)
         cg = cgroups.Cgroup.for_container(self.cgroup_parent, c.id, self.layout)
         run_id = uuid.uuid4().hex
         sock_path = self.sock_path(c)
@@ -414,11 +420,11 @@ class ContainerManager(ExitsMixin):
         try:
             other = self.get(ref)
         except NotFound:
-            raise NetnsOwnerMissing("No such container: %s" % ref) from None
+            raise PeerMissing("No such container: %s" % ref) from None
         if other.id == c.id:
             raise CommandNotRunnable("cannot join own network")
         if not other.running or not other.pid:
-            raise NetnsOwnerNotRunning("cannot join network of a non running container: %s" % other.id)
+            raise PeerNotRunning("cannot join network of a non running container: %s" % other.id)
         for name in ("hosts", "resolv.conf", "hostname"):
             try:
                 with open(os.path.join(other.dir, name), encoding="utf-8") as fh:
@@ -429,6 +435,30 @@ class ContainerManager(ExitsMixin):
             c.config["Hostname"] = other.config.get("Hostname") or ""
             c.save_config()
         return {"pid": other.pid, "start": other.state.get("PidStartTime")}
+
+    def _resolve_links(self, c, mode):
+        """--link on the default bridge: hosts entries and ALIAS_* variables for each linked container,
+        which must be running on the bridge (record LinkHosts/LinkEnv, read by the network and spec).
+        On user-defined networks a link is a name for the embedded DNS only (network/names.py)."""
+        env, hosts = [], []
+        bridge_only = mode == "bridge" and self.network.network_name(c.host_config) == "bridge"
+        for link in links.parse_links(c.host_config.get("Links")):
+            try:
+                other = self.get(link.name)
+            except NotFound:
+                raise PeerMissing("could not get container for %s" % link.name) from None
+            if not other.running:
+                raise PeerNotRunning(
+                    "Cannot link to a non running container: /%s AS /%s/%s" % (other.name, c.name, link.alias)
+                )
+            if not bridge_only:
+                continue
+            ip = ((other.state.get("NetworkSettings") or {}).get("Networks") or {}).get("bridge", {}).get("IPAddress")
+            if not ip:
+                raise PeerNotRunning("Cannot link to /%s, as it does not belong to the default network" % other.name)
+            env += links.link_env(c.name, link, ip, other.config.get("ExposedPorts") or {}, other.config.get("Env"))
+            hosts += links.hosts_entries(link, other.id, other.name, ip)
+        c.record["LinkEnv"], c.record["LinkHosts"] = env, hosts
 
     def sock_path(self, c: Container) -> str:
         return os.path.join(self.sock_dir, c.id[:24] + ".sock")

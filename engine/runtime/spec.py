@@ -17,7 +17,8 @@ SECCOMP_UNAVAILABLE_AT_START = "cannot apply the container's seccomp profile: %s
 
 def process_env(container):
     cfg = container.config
-    env = list(cfg.get("Env") or [])
+    # --link on the default bridge: ALIAS_* variables first, so the container's own win (as moby)
+    env = list((getattr(container, "record", None) or {}).get("LinkEnv") or []) + list(cfg.get("Env") or [])
     keys = {e.split("=", 1)[0] for e in env}
     if "HOSTNAME" not in keys and cfg.get("Hostname"):
         env.append("HOSTNAME=" + cfg["Hostname"])

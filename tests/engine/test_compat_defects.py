@@ -291,3 +291,55 @@ def test_engine_default_log_driver():
         assert e.docker("inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "explicit").stdout.strip() == "json-file"
     finally:
         e.cleanup()
+
+
+def test_legacy_links(eng):
+    d = eng.docker
+    d("run", "-d", "--name", "ldb", "-e", "SECRET=s3", "--expose", "5432", "busybox", "sleep", "300")
+    d("network", "create", "--subnet", "10.77.0.0/24", "linknet")
+    d("run", "-d", "--name", "ldb2", "--network", "linknet", "busybox", "sleep", "300")
+    try:
+        ip = d("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "ldb").stdout.strip()
+        script = "cat /etc/hosts; env | sort; ping -c 1 -W 2 pg >/dev/null && echo PING-OK"
+        out = d("run", "--rm", "--name", "lweb", "--link", "ldb:pg", "busybox", "sh", "-c", script).stdout
+        assert f"{ip}\tpg" in out and f"{ip}\tldb" in out and "PING-OK" in out
+        for line in (
+            "PG_NAME=/lweb/pg",
+            f"PG_PORT=tcp://{ip}:5432",
+            f"PG_PORT_5432_TCP=tcp://{ip}:5432",
+            f"PG_PORT_5432_TCP_ADDR={ip}",
+            "PG_PORT_5432_TCP_PORT=5432",
+            "PG_PORT_5432_TCP_PROTO=tcp",
+            "PG_ENV_SECRET=s3",
+        ):
+            assert line in out.splitlines(), line
+        # exec gets them too, as in Docker
+        d("run", "-d", "--name", "lweb2", "--link", "ldb", "busybox", "sleep", "300")
+        assert "LDB_ENV_SECRET=s3" in d("exec", "lweb2", "env").stdout
+        # docker-py: links={"ldb": "alias"}
+        client = eng.client()
+        out = client.containers.run("busybox", ["sh", "-c", "echo $DB_PORT"], links={"ldb": "db"}, remove=True)
+        assert out == f"tcp://{ip}:5432\n".encode()
+        # errors as dockerd words them
+        p = d("run", "--rm", "--link", "nosuch:x", "busybox", "true", check=False)
+        assert p.returncode == 125 and "could not get container for nosuch" in p.stderr
+        # a user-defined network: the link is a DNS name for this container only
+        out = d("run", "--rm", "--network", "linknet", "--link", "ldb2:store", "busybox", "nslookup", "store").stdout
+        assert (
+            d("inspect", "-f", '{{(index .NetworkSettings.Networks "linknet").IPAddress}}', "ldb2").stdout.strip()
+            in out
+        )
+        p = d("run", "--rm", "--network", "linknet", "busybox", "nslookup", "store", check=False)
+        assert p.returncode != 0
+        # docker rm --link
+        d("create", "--name", "lweb3", "--link", "ldb:pg", "busybox", "true")
+        d("rm", "--link", "/lweb3/pg")
+        assert d("inspect", "-f", "{{json .HostConfig.Links}}", "lweb3").stdout.strip() == "null"
+        p = d("rm", "--link", "/lweb3/zz", check=False)
+        assert p.returncode != 0 and "No such link" in p.stderr
+        d("stop", "-t", "0", "ldb")
+        p = d("run", "--rm", "--link", "ldb:pg", "busybox", "true", check=False)
+        assert p.returncode == 125 and "Cannot link to a non running container: /ldb AS" in p.stderr
+    finally:
+        d("rm", "-f", "ldb", "ldb2", "lweb2", "lweb3", check=False)
+        d("network", "rm", "linknet", check=False)
