@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import os
+import threading
 
 from dockyard.engine.build.builder import Build, Builder, BuildOptions, StepFailed
 from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
@@ -30,12 +31,15 @@ _RUN_LIMITS = (
 
 def register(router, engine):
     state: dict[str, Builder] = {}
+    lock = threading.Lock()
 
     def builder() -> Builder:
-        # One Builder per engine (its cache and work dir), made on the first build.
-        if "b" not in state:
-            state["b"] = Builder(engine.images, engine.containers, os.path.join(engine.config.data_root, "build"))
-        return state["b"]
+        # One Builder per engine (its cache and work dir, cleaned when made), made on the first build.
+        with lock:
+            if "b" not in state:
+                root = os.path.join(engine.config.data_root, "build")
+                state["b"] = Builder(engine.images, engine.containers, root)
+            return state["b"]
 
     router.add("POST", "/build", lambda req: build(req, builder()))
     router.add("POST", "/build/prune", lambda req: prune(req, builder()))

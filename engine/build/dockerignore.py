@@ -7,20 +7,88 @@ when the last pattern that matches it, or one of its parent directories, is not 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
 import re
 import shutil
 
+from dockyard.engine.errors import InvalidParameter
+
+# `**` inside a segment needs a backtracking regular expression: bound how many it may hold.
+MAX_INNER_DOUBLE_STARS = 3
+
 
 class Pattern:
+    """One pattern. Matching works segment by segment (`**` is zero or more whole segments, each
+    other segment is a Go filepath.Match pattern): linear in the path, whatever the pattern. Only a
+    `**` inside a segment (`a**b`, rare) is matched by the regular expression moby builds."""
+
     def __init__(self, text: str, exclusion: bool) -> None:
         self.text = text
         self.exclusion = exclusion
-        self.regex = re.compile(_to_regex(text), re.S)
+        segments = text.split("/")
+        self.segments: list[str] | None = None
+        self.regex = None
+        if all(seg == "**" or "**" not in seg for seg in segments):
+            collapsed: list[str] = []
+            for seg in segments:
+                if not (seg == "**" and collapsed and collapsed[-1] == "**"):
+                    collapsed.append(seg)
+            self.segments = [seg if seg == "**" else _fnmatch_form(seg) for seg in collapsed]
+        else:
+            if text.count("**") > MAX_INNER_DOUBLE_STARS:
+                raise InvalidParameter("invalid .dockerignore pattern %r: too many '**'" % text)
+            self.regex = re.compile(_to_regex(text), re.S)
 
     def match(self, path: str) -> bool:
-        return self.regex.match(path) is not None
+        if self.regex is not None:
+            return self.regex.match(path) is not None
+        assert self.segments is not None
+        return _match_segments(self.segments, path.split("/"))
+
+
+def _fnmatch_form(seg):
+    """A Go filepath.Match segment in fnmatch's syntax: `\\x` escapes and `[^...]` negation."""
+    out = []
+    i = 0
+    while i < len(seg):
+        ch = seg[i]
+        if ch == "\\" and i + 1 < len(seg):
+            out.append("[%s]" % seg[i + 1] if seg[i + 1] != "!" else "!")
+            i += 2
+            continue
+        if ch == "[" and seg[i + 1 : i + 2] == "^":
+            out.append("[!")
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _match_segments(segments, parts):
+    """Does the pattern (segments, `**` = zero or more segments; a last `**`: one or more) match?"""
+    n = len(parts)
+    nxt = [False] * (n + 1)
+    nxt[n] = True
+    last = len(segments) - 1
+    for i in range(last, -1, -1):
+        seg = segments[i]
+        cur = [False] * (n + 1)
+        if seg == "**":
+            if i == last:
+                cur = [j < n for j in range(n + 1)]
+            else:
+                seen = False
+                for j in range(n, -1, -1):
+                    seen = seen or nxt[j]
+                    cur[j] = seen
+        else:
+            for j in range(n):
+                cur[j] = nxt[j + 1] and fnmatch.fnmatchcase(parts[j], seg)
+        nxt = cur
+    return nxt[0]
 
 
 def _to_regex(pattern):

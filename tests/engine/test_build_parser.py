@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dockyard.engine.build import dockerignore, parser
 from dockyard.engine.build.shellwords import Lexer, SubstitutionError
+from dockyard.engine.errors import InvalidParameter
 
 ENV = {"A": "x y", "E": "", "N": "1"}
 
@@ -142,3 +145,18 @@ def test_hostile_dockerfiles_are_bounded():
         parser.parse(b"FROM a\n" + b"ENV A=1\n" * 1000)
     with pytest.raises(parser.ParseError, match="larger than"):
         parser.parse(b"FROM a\n#" + b"x" * (4 << 20))
+
+
+def test_dockerignore_patterns_cost_linear_time_and_go_syntax():
+    # 40 `**` segments against a deep path that does not match: a backtracking regex never returns.
+    bomb = dockerignore.parse("/".join(["**"] * 20 + ["a"] * 20) + "/zzz\n")
+    path = "/".join(["a"] * 60)
+    t0 = time.monotonic()
+    assert not dockerignore.excluded(bomb, path)
+    assert time.monotonic() - t0 < 1.0
+    patterns = dockerignore.parse("\\*star\nf[^0-9]\nlast/**\n")
+    assert dockerignore.excluded(patterns, "*star") and not dockerignore.excluded(patterns, "xstar")
+    assert dockerignore.excluded(patterns, "fx") and not dockerignore.excluded(patterns, "f1")
+    assert dockerignore.excluded(patterns, "last/a/b") and not dockerignore.excluded(patterns, "last")
+    with pytest.raises(InvalidParameter, match="too many"):
+        dockerignore.parse("a**b**c**d**e\n")
