@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from cryptography import x509
@@ -232,7 +233,40 @@ def _running_tasks(dockyard, via, service):
     return [line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["Running"]]
 
 
-def test_swarm_master_workers_ls_env_rm(dockyard, docker_rootfs):
+STACK = """\
+version: "3.8"
+services:
+  app:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+"""
+
+
+def _service(dockyard, name, *args):
+    dockyard.docker("m1", "service", "create", "--detach", "--name", name, "--endpoint-mode", "dnsrr",
+                    "--no-resolve-image", *_split_service_args(args), timeout=180)  # fmt: skip
+
+
+def _split_service_args(args):
+    """Options first, then the image, then the command: args are options up to the first non-option word."""
+    i = 0
+    while i < len(args) and args[i].startswith("--"):
+        i += 2
+    return [*args[:i], "busybox:latest", *args[i:]]
+
+
+def _http_get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.read()
+    except OSError:
+        return None
+
+
+def test_swarm_master_workers_ls_env_rm(dockyard, docker_rootfs, tmp_path):
     with Lab() as lab:
         m1, w1, w2 = (lab.host(docker_rootfs, n) for n in ("m1", "w1", "w2"))
         out = _create_node(dockyard, m1, "m1", "--swarm-master")
@@ -263,6 +297,44 @@ def test_swarm_master_workers_ls_env_rm(dockyard, docker_rootfs):
         )  # fmt: skip
         tasks = _wait("6 running tasks", lambda: (t := _running_tasks(dockyard, "m1", "spread")) and len(t) == 6 and t)
         assert set(tasks) == {"m1", "w1", "w2"}
+
+        # two services on an overlay network reach each other across nodes (w2 -> w1 over VXLAN). By task address:
+        # on these test hosts the tasks' resolv.conf is the host's, not Docker's embedded DNS (see the report).
+        dockyard.docker("m1", "network", "create", "-d", "overlay", "appnet")
+        httpd = "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 80 -h /www"
+        _service(dockyard, "web", "--network", "appnet", "--constraint", "node.hostname==w1", "sh", "-c", httpd)
+        _service(dockyard, "cli", "--network", "appnet", "--constraint", "node.hostname==w2", "sleep", "3600")
+        _wait("web and cli running", lambda: _running_tasks(dockyard, "m1", "web") == ["w1"]
+              and _running_tasks(dockyard, "m1", "cli") == ["w2"])  # fmt: skip
+        web = dockyard.docker("w1", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=web").stdout.split()
+        web_ip = json.loads(dockyard.docker("w1", "inspect", web[0]).stdout)[0]["NetworkSettings"]["Networks"]
+        web_ip = web_ip["appnet"]["IPAddress"]
+        cli = dockyard.docker("w2", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=cli").stdout.split()
+        got = _wait("web from w2", lambda: dockyard.docker(
+            "w2", "exec", cli[0], "wget", "-q", "-T", "3", "-O", "-", f"http://{web_ip}/", check=False).stdout)  # fmt: skip
+        assert got.strip() == "hello-from-web"
+
+        # a host-mode published port answers on the node that runs the task, and only there
+        _service(dockyard, "pub", "--publish", "mode=host,target=80,published=8080", "--constraint",
+                 "node.hostname==w2", "sh", "-c", httpd)  # fmt: skip
+        body = _wait("port 8080 on w2", lambda: _http_get(f"http://{w2.ip}:8080/"))
+        assert body.strip() == b"hello-from-web" and _http_get(f"http://{m1.ip}:8080/") is None
+
+        # docker stack deploy of a compose file
+        compose = tmp_path / "stack.yml"
+        compose.write_text(STACK)
+        dockyard.docker("m1", "stack", "deploy", "--resolve-image", "never", "-c", str(compose), "st", timeout=180)
+        _wait("the stack's 2 tasks", lambda: len(_running_tasks(dockyard, "m1", "st_app")) == 2)
+
+        # a worker's engine is killed: its tasks are rescheduled on the other nodes; then it comes back
+        w1.exec("kill -9 $(cat /var/run/docker.pid)", check=True)
+        _wait("w1 down", lambda: ("w1", "Down", "Active") in _nodes(dockyard, "m1"))
+        _wait("spread rescheduled off w1", lambda: (t := _running_tasks(dockyard, "m1", "spread")) and len(t) == 6
+              and "w1" not in t)  # fmt: skip
+        w1.exec("/usr/local/lib/dockyard/dockerd-ctl start", check=True)
+        _wait("3 ready nodes", lambda: [n[1] for n in _nodes(dockyard, "m1")] == ["Ready"] * 3)
+        dockyard.docker("m1", "stack", "rm", "st")
+        dockyard.docker("m1", "service", "rm", "web", "cli", "pub")
 
         # regenerate-certs on the manager: dockerd restarts with the new cert, the swarm keeps running (swarm
         # nodes run without live-restore, which dockerd refuses in swarm mode: the swarm restarts m1's tasks)
