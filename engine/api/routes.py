@@ -1,12 +1,23 @@
 """The one place where resource modules register their routes and common headers are defined."""
 
 from dockyard.engine import API_VERSION, __version__
-from dockyard.engine.api import build, containers, events, filecopy, images, networks, swarm, system, volumes
+from dockyard.engine.api import (
+    build,
+    containers,
+    distribution,
+    events,
+    filecopy,
+    images,
+    networks,
+    swarm,
+    system,
+    volumes,
+)
 from dockyard.engine.api import exec as exec_
 from dockyard.engine.api.router import Router
 
 # One module per resource; each has register(router, engine). Order matters only for overlapping patterns.
-RESOURCE_MODULES = (system, swarm, networks, images, volumes, filecopy, containers, exec_, events, build)
+RESOURCE_MODULES = (system, swarm, networks, images, distribution, volumes, filecopy, containers, exec_, events, build)
 
 
 def common_headers():

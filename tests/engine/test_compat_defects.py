@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
+from dockyard.engine.api import distribution
 from dockyard.engine.api.containers import parse_until
 from dockyard.engine.errors import InvalidParameter
+from tests.engine import images_helper
 from tests.engine.runtime_helper import RuntimeEngine
+from tests.engine.test_images_pull import REGISTRY, busybox_parts, push
+from tests.engine.test_images_pull import registry as registry  # the fixture, used by name below
+
+images_engine = images_helper.images_engine  # fixtures, used by name below
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
@@ -343,3 +350,31 @@ def test_legacy_links(eng):
     finally:
         d("rm", "-f", "ldb", "ldb2", "lweb2", "lweb3", check=False)
         d("network", "rm", "linknet", check=False)
+
+
+@pytest.mark.skipif(REGISTRY is None, reason="needs docker-registry (apt-get install docker-registry)")
+def test_distribution_inspect(images_engine, registry, monkeypatch):
+    import docker
+
+    host = registry
+    # the images tests' engine serves a few resource modules only: add this one to its router
+    distribution.register(images_engine.server.app, images_engine.engine)
+    config, layers = busybox_parts()
+    manifest_digest = push(host, "team/busybox", "1.0", config, layers)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    client = images_engine.client()
+    data = client.images.get_registry_data(f"{host}/team/busybox:1.0")
+    assert data.id == manifest_digest
+    assert data.attrs["Descriptor"]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    arch = json.loads(config)["architecture"]
+    assert data.attrs["Platforms"] == [{"architecture": arch, "os": "linux"}]
+    assert data.has_platform("linux/" + arch)
+    by_digest = client.images.get_registry_data(f"{host}/team/busybox@{manifest_digest}")
+    assert by_digest.id == manifest_digest
+    with pytest.raises(docker.errors.APIError):
+        client.images.get_registry_data(f"{host}/team/busybox:nosuchtag")
+    # the engine's pull policy: other registries are not contacted
+    with pytest.raises(docker.errors.NotFound) as info:
+        client.images.get_registry_data("registry.invalid/x/y:1")
+    assert "only reaches local registries" in str(info.value)
+    assert client.ping()
