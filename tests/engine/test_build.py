@@ -93,7 +93,7 @@ ARG GREETING=hello
 ENV WHO=${WHO:-world} MSG="$GREETING there"
 WORKDIR /app
 COPY early.txt ./
-RUN date +%s%N > /stamp && echo "ran: $MSG $WHO"
+RUN cat /proc/sys/kernel/random/uuid > /stamp && echo "ran: $MSG $WHO"
 COPY late.txt ./
 FROM busybox
 COPY --from=base /stamp /app/early.txt /app/late.txt /out/
