@@ -1,6 +1,7 @@
 """cloud-init NoCloud first-boot data (user, SSH key, hostname, network) and the `cidata` seed ISO carrying it."""
 
 import secrets
+import shlex
 
 from dockyard import templates
 from dockyard.drivers.guestimage import iso, recipe
@@ -17,9 +18,44 @@ def nic(id_, mac, default_route=True):
     return {"id": id_, "mac": mac, "default_route": default_route}
 
 
-def render(machine, instance, ssh_public_key, nics, user=recipe.SSH_USER, mounts=(), run_once=True, hostname=None):
+NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144"
+
+
+def fstab_path(path):
+    """A path as an fstab field (whitespace and backslashes octal-escaped)."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
+def ninep_mounts(shares):
+    """(bootcmd entries, fstab text) mounting virtio-9p shares [{"Path", "Tag", "ReadOnly"}] at their paths:
+    bootcmd mounts them early on first boot (before the SSH user exists, so before provisioning), the fstab
+    lines (nofail) on every later boot."""
+    cmds, lines = [], []
+    for s in shares:
+        opts = NINEP_OPTIONS + (",ro" if s.get("ReadOnly") else "")
+        path = shlex.quote(s["Path"])
+        cmds.append(
+            ["sh", "-c", f"mkdir -p {path} && (mountpoint -q {path} || mount -t 9p -o {opts} {s['Tag']} {path})"]
+        )
+        lines.append(f"{s['Tag']} {fstab_path(s['Path'])} 9p {opts},nofail 0 0\n")
+    return cmds, "".join(lines)
+
+
+def render(
+    machine,
+    instance,
+    ssh_public_key,
+    nics,
+    user=recipe.SSH_USER,
+    mounts=(),
+    run_once=True,
+    hostname=None,
+    shares=(),
+):
     """The seed's files {name: bytes}: user-data, meta-data, network-config.
-    mounts: fstab-like lists for cloud-init's mounts module. run_once: later boots skip cloud-init."""
+    mounts: fstab-like lists for cloud-init's mounts module. run_once: later boots skip cloud-init.
+    shares: virtio-9p folders [{"Path", "Tag", "ReadOnly"}] mounted at their paths."""
+    bootcmd, fstab = ninep_mounts(shares)
     ctx = dict(
         machine=machine,
         hostname=hostname or machine,
@@ -29,6 +65,8 @@ def render(machine, instance, ssh_public_key, nics, user=recipe.SSH_USER, mounts
         nics=list(nics),
         mounts=[list(m) for m in mounts],
         run_once=run_once,
+        bootcmd=bootcmd,
+        fstab=fstab,
     )
     return {
         "user-data": templates.render("cloud-init-user-data.j2", **ctx).encode(),

@@ -3,6 +3,8 @@
 import dataclasses
 import random
 
+from dockyard.drivers.qemu import shares as shares_mod
+
 
 def escape(value):
     """A value inside a QEMU option list: commas are doubled."""
@@ -48,6 +50,7 @@ class VMSpec:
     pidfile: str = ""
     qmp: str = ""
     serial_log: str = ""
+    shares: list = dataclasses.field(default_factory=list)  # [{"Path", "Tag", "ReadOnly"}] over virtio-9p
 
 
 def build(spec):
@@ -76,6 +79,7 @@ def build(spec):
             "-device",
             f"virtio-net-pci,netdev=net1,mac={spec.bridge_mac}",
         ]
+    argv += shares_mod.virtfs_args(spec.shares, escape)
     argv += [
         "-device",
         "virtio-rng-pci",

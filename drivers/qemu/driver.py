@@ -23,7 +23,7 @@ from typing import Any
 from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
 from dockyard.drivers.guestimage import build, debian, seed, source, tools
 from dockyard.drivers.qemu import accel as accel_mod
-from dockyard.drivers.qemu import boot, cmdline
+from dockyard.drivers.qemu import boot, cmdline, shares
 from dockyard.drivers.qemu.qmp import QMP, QMPError
 from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
@@ -206,6 +206,13 @@ class QemuDriver(Driver):
         ),
         Flag("qemu-image-sha256", "sha256 of --qemu-image (required for URLs)", envvar="QEMU_IMAGE_SHA256"),
         Flag(
+            "share",
+            "Share a laptop folder with the machine at the same path (PATH or PATH:ro; repeatable; "
+            "default: your home directory)",
+            multiple=True,
+        ),
+        Flag("no-share", "Share no laptop folder with the machine", is_flag=True),
+        Flag(
             "qemu-boot-timeout",
             "Seconds to wait for the VM to accept SSH log-ins",
             default=300,
@@ -219,6 +226,10 @@ class QemuDriver(Driver):
         values = flag_values(self.flags, options)
         settings = QemuSettings.from_flags(values, ssh_user=build.recipe.SSH_USER)
         self.config.update(settings.to_config())
+        if values["no_share"] and values["share"]:
+            raise DriverError("--share and --no-share contradict each other")
+        if values["no_share"] or values["share"]:  # the default (home) is chosen at create time
+            self.config["Shares"] = shares.parse(values["share"], settings.ssh_user)
         base = debian.url_base(values["qemu_image_url_base"] or "")
         if base != debian.DEFAULT_URL_BASE:  # recorded only when it is not Debian's (keeps config.json as it was)
             self.config["ImageURLBase"] = base
@@ -334,9 +345,22 @@ class QemuDriver(Driver):
             # The bridge NIC gives the routable address; the default route stays on the user-mode NIC.
             nics.append(seed.nic("eth1", self.config["BridgeMAC"], default_route=False))
         self.config["InstanceID"] = seed.instance_id(self.machine_name)
+        if "Shares" not in self.config:
+            self.config["Shares"], why_not = shares.default(self.ssh_user())
+            if why_not:
+                self.progress(f"Warning: {why_not}")
+        for s in self.config["Shares"]:
+            self.progress(f"Sharing {s['Path']}{' (read-only)' if s['ReadOnly'] else ''} with the machine")
         seed.write_seed(
             self.path("seed.iso"),
-            seed.render(self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user()),
+            seed.render(
+                self.machine_name,
+                self.config["InstanceID"],
+                public_key,
+                nics,
+                user=self.ssh_user(),
+                shares=self.config["Shares"],
+            ),
         )
         timings["Disk"] = time.monotonic() - t
 
@@ -446,6 +470,7 @@ class QemuDriver(Driver):
             pidfile=self.path("qemu.pid"),
             qmp=self._qmp_path(),
             serial_log=self.path("serial.log"),
+            shares=list(c.get("Shares") or []),
         )
 
     def _launch(self):

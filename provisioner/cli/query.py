@@ -169,6 +169,9 @@ def inspect_data(m):
             except DockyardError as e:
                 certs[label] = {"Error": str(e)}
     data["Certificates"] = certs
+    published_ports = getattr(m.driver, "published_ports", None)  # local VMs that forward containers' ports
+    if callable(published_ports):
+        data["PublishedPorts"] = published_ports()
     return redact(data)
 
 

@@ -123,6 +123,8 @@ def check_published_ports(dockyard, mdir):
     try:
         dockyard.docker("default", "run", "-d", "--name", "busy", "-p", f"{taken}:8080", "busybox", "sleep", "600")
         wait_for("the conflict", lambda: ports_state(mdir).get("Conflicts") == {f"{taken}/tcp": "busy"})
+        shown = json.loads(dockyard("inspect", "-f", "{{json .PublishedPorts}}").stdout)
+        assert shown["Conflicts"] == {f"{taken}/tcp": "busy"} and f"{tcp}/tcp" in shown["Forwarded"]
         with open(os.path.join(mdir, "portfwd.log")) as f:
             assert f"Warning: cannot forward 127.0.0.1:{taken}/tcp to container busy" in f.read()
     finally:
@@ -135,7 +137,11 @@ def check_published_ports(dockyard, mdir):
 def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server, tmp_path):
     image, base = image_server
     cache = str(tmp_path / "images")
+    home = tmp_path / "home"
+    (home / "proj").mkdir(parents=True)
+    (home / "proj" / "f.txt").write_text("from the laptop\n")
     env = {
+        "HOME": str(home),
         debian.URL_BASE_ENV: base,
         "DOCKYARD_IMAGE_CACHE": cache,
         "QEMU_RESTRICT": "1",
@@ -165,6 +171,20 @@ def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server
         assert dockyard.docker("default", "load", "-i", str(busybox_tar()), timeout=300).returncode == 0
         assert dockyard.docker("default", "run", "--rm", "busybox", "echo", "hello", timeout=300).stdout == "hello\n"
         check_published_ports(dockyard, os.path.join(dockyard.store, "machines", "default"))
+
+        # the home directory is in the VM at the same path: -v $PWD:/app sees the laptop's files, both ways, at once
+        assert drv["Shares"] == [{"Path": str(home), "Tag": "share0", "ReadOnly": False}]
+        assert f"Sharing {home} with the machine" in out
+        app = f"{home}/proj:/app"
+        assert dockyard.docker("default", "run", "--rm", "-v", app, "busybox", "cat", "/app/f.txt").stdout == (
+            "from the laptop\n"
+        )
+        (home / "proj" / "f.txt").write_text("changed on the laptop\n")
+        assert dockyard.docker("default", "run", "--rm", "-v", app, "busybox", "cat", "/app/f.txt").stdout == (
+            "changed on the laptop\n"
+        )
+        dockyard.docker("default", "run", "--rm", "-v", app, "busybox", "sh", "-c", "echo from the vm > /app/g.txt")
+        assert (home / "proj" / "g.txt").read_text() == "from the vm\n"
 
         pid = qemu_pid(dockyard, "default")
         with open(os.path.join(dockyard.store, "machines", "default", "portfwd.pid")) as f:
