@@ -8,6 +8,7 @@ remembers the networks it was connected to; NetworkManager.connect() attaches th
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Callable, Dict
 
 from dockyard.engine.errors import InvalidParameter
@@ -33,6 +34,11 @@ def endpoint_request(netname: str, endpoint: dict | None) -> dict:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise InvalidParameter("invalid IPv4 address: %s" % ip) from None
+    mac = (endpoint.get("MacAddress") or "").strip()
+    if mac:
+        mac = parse_mac(mac)
+        if netname in ("host", "none", CONTAINER_MODE):
+            raise InvalidParameter("conflicting options: mac-address and the network mode")
     if netname in NAMELESS:
         if ip:
             raise InvalidParameter("user specified IP address is supported on user defined networks only")
@@ -43,11 +49,27 @@ def endpoint_request(netname: str, endpoint: dict | None) -> dict:
         out["Aliases"] = list(dict.fromkeys(aliases))
     if ip:
         out["IPv4Address"] = ip
+    if mac:
+        out["MacAddress"] = mac
     return out
 
 
+_MAC = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
+
+
+def parse_mac(text: str) -> str:
+    """A 48-bit unicast MAC (aa:bb:cc:dd:ee:ff or with '-') in lower case with ':'; InvalidParameter
+    otherwise (a multicast address would not work as an interface's)."""
+    if not _MAC.match(text):
+        raise InvalidParameter("invalid MAC address: %s" % text)
+    mac = text.lower().replace("-", ":")
+    if int(mac[:2], 16) & 1:
+        raise InvalidParameter("invalid MAC address: %s is a multicast address" % text)
+    return mac
+
+
 def requests_from_create(
-    primary: str, networking_config: dict | None, resolve: Callable[[str], str]
+    primary: str, networking_config: dict | None, resolve: Callable[[str], str], legacy_mac: str = ""
 ) -> Dict[str, dict]:
     """The create request's endpoints by network name, the primary network (NetworkMode) first.
 
@@ -59,6 +81,8 @@ def requests_from_create(
     for key, endpoint in configs.items():
         netname = primary if key in ("default", primary) else resolve(key)
         out[netname] = endpoint_request(netname, endpoint)
+    if legacy_mac and not out[primary].get("MacAddress"):  # Config.MacAddress of API < 1.44
+        out[primary] = dict(out[primary], **endpoint_request(primary, {"MacAddress": legacy_mac}))
     if len(out) > 1 and (primary in ("host", "none") or "host" in out or "none" in out):
         raise InvalidParameter("Container cannot be connected to network endpoints: %s" % ", ".join(out))
     return out

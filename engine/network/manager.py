@@ -279,7 +279,9 @@ class NetworkManager(NamesMixin):
             validate_ports(host_config, config)
         except PortSpecError as exc:
             raise InvalidParameter(str(exc)) from None
-        return requests_from_create(primary, networking_config, self._resolve_for_create)
+        return requests_from_create(
+            primary, networking_config, self._resolve_for_create, (config or {}).get("MacAddress") or ""
+        )
 
     def _resolve_for_create(self, ref):
         try:
@@ -369,7 +371,7 @@ class NetworkManager(NamesMixin):
                 ip,
                 net.subnet.prefixlen,
                 net.gateway,
-                bridge.mac_for(ip),
+                request.get("MacAddress") or bridge.mac_for(ip),
                 self.mtu,
                 isolated=not self.icc(net),
                 ifname=bridge.container_ifname(index),
@@ -402,7 +404,7 @@ class NetworkManager(NamesMixin):
             "SandboxID": random_id(),
             "SandboxKey": netns_path(pid) if netname != "host" else "",
             "IPAddress": str(ip) if ip else "",
-            "MacAddress": bridge.mac_for(ip) if ip else "",
+            "MacAddress": (request.get("MacAddress") or bridge.mac_for(ip)) if ip else "",
             "Bindings": bindings,
             "Aliases": list(request.get("Aliases") or []),
             "IPv4Request": request.get("IPv4Address") or "",

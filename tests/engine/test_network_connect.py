@@ -207,3 +207,53 @@ def test_network_container_mode_joins_another_containers_netns(eng):
     finally:
         d("rm", "-f", "owner", "side", "idle", check=False)
     assert d("ps", "-aq").stdout.strip() == ""
+
+
+def test_mac_address(eng):
+    d = eng.docker
+    for network in ("neta", "bridge"):
+        out = d(
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "--mac-address",
+            "02:42:AC:11:00:99",
+            "busybox",
+            "cat",
+            "/sys/class/net/eth0/address",
+        ).stdout
+        assert out.strip() == "02:42:ac:11:00:99"
+    d(
+        "run",
+        "-d",
+        "--name",
+        "macc",
+        "--network",
+        "neta",
+        "--mac-address",
+        "0a:00:00:00:00:01",
+        "busybox",
+        "sleep",
+        "300",
+    )
+    try:
+        assert networks(eng, "macc")["neta"]["MacAddress"] == "0a:00:00:00:00:01"
+    finally:
+        d("rm", "-f", "macc")
+    for mac, text in (("01:00:5e:00:00:01", "multicast"), ("zz:00:00:00:00:01", "invalid MAC address")):
+        client = eng.client()
+        api = client.api
+        import docker
+
+        with pytest.raises(docker.errors.APIError) as info:
+            api.create_container(
+                "busybox",
+                "true",
+                host_config=api.create_host_config(network_mode="neta"),
+                networking_config=api.create_networking_config({"neta": api.create_endpoint_config()}),
+                mac_address=mac,
+            )
+        assert info.value.response.status_code == 400 and text in str(info.value)
+    p = d("run", "--rm", "--network", "host", "--mac-address", "02:00:00:00:00:01", "busybox", "true", check=False)
+    assert p.returncode != 0 and "mac-address" in p.stderr
