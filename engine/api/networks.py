@@ -92,14 +92,21 @@ def create_network(req):
     configs = ipam.get("Config") or []
     if len(configs) > 1:
         raise InvalidParameter("dockyard networks take one IPv4 subnet")
-    subnet = gateway = None
+    subnet = gateway = ip_range = None
+    aux: dict = {}
     if configs:
         cfg = configs[0] or {}
-        if cfg.get("IPRange") or cfg.get("AuxiliaryAddresses"):
-            raise InvalidParameter("--ip-range and --aux-address are not supported")
         subnet, gateway = cfg.get("Subnet") or None, cfg.get("Gateway") or None
+        ip_range, aux = cfg.get("IPRange") or None, dict(cfg.get("AuxiliaryAddresses") or {})
     net = req.engine.network.create_network(
-        name, subnet, gateway, bool(body.get("Internal")), body.get("Labels") or {}, body.get("Options") or {}
+        name,
+        subnet,
+        gateway,
+        bool(body.get("Internal")),
+        body.get("Labels") or {},
+        body.get("Options") or {},
+        ip_range=ip_range,
+        aux_addresses=aux,
     )
     return json_response({"Id": net.id, "Warning": ""}, 201)
 

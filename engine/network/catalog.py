@@ -48,7 +48,9 @@ class BridgeNet:
         self.options = dict(record.get("Options") or {})
         ipam_file = "ipam.json" if default else "ipam-%s.json" % self.id[:12]
         self.ipam_path = os.path.join(directory, ipam_file)
-        self.ipam = Ipam(self.ipam_path, self.subnet, self.gateway)
+        self.ip_range = record.get("IPRange") or None
+        self.aux_addresses = dict(record.get("AuxAddresses") or {})
+        self.ipam = Ipam(self.ipam_path, self.subnet, self.gateway, self.ip_range, self.aux_addresses.values())
         self.ready = False  # bridge device set up by this engine process
 
     def record(self):
@@ -61,7 +63,31 @@ class BridgeNet:
             "Internal": self.internal,
             "Labels": self.labels,
             "Options": self.options,
+            "IPRange": self.ip_range,
+            "AuxAddresses": self.aux_addresses,
         }
+
+
+def check_pool_extras(network, gateway, ip_range, aux):
+    """--ip-range and --aux-address of a network create, with dockerd's errors -> (range text, aux map)."""
+    if ip_range:
+        try:
+            pool = ipaddress.IPv4Network(ip_range, strict=False)
+        except ValueError:
+            raise InvalidParameter("invalid ip-range %r (IPv4 CIDR only)" % ip_range) from None
+        if not pool.subnet_of(network):
+            raise InvalidParameter("invalid pool request: ip-range %s is not within subnet %s" % (pool, network))
+        ip_range = str(pool)
+    checked = {}
+    for name, addr in (aux or {}).items():
+        try:
+            ip = ipaddress.IPv4Address(addr)
+        except ValueError:
+            raise InvalidParameter("invalid auxiliary address %s=%r" % (name, addr)) from None
+        if ip not in network or ip in (network.network_address, network.broadcast_address, gateway):
+            raise InvalidParameter("auxiliary address: (%s:%s) must belong to the master pool %s" % (name, ip, network))
+        checked[str(name)] = str(ip)
+    return ip_range or None, checked
 
 
 class Catalog:
@@ -151,7 +177,16 @@ class Catalog:
         return [net.subnet for net in self.bridged()]
 
     def create(
-        self, name, subnet=None, gateway=None, internal=False, labels=None, options=None, routed=lambda network: False
+        self,
+        name,
+        subnet=None,
+        gateway=None,
+        internal=False,
+        labels=None,
+        options=None,
+        routed=lambda network: False,
+        ip_range=None,
+        aux_addresses=None,
     ):
         """A new user-defined bridge network. `routed(network)` says if the host routes it."""
         if not name or "/" in name or len(name) > 200:
@@ -180,6 +215,8 @@ class Catalog:
         else:
             if gateway:
                 raise InvalidParameter("a gateway needs a subnet")
+            if ip_range or aux_addresses:
+                raise InvalidParameter("an ip-range or auxiliary addresses need a subnet")
             for pool in DEFAULT_POOLS:
                 iface = ipaddress.IPv4Interface(pool)
                 if not any(iface.network.overlaps(t) for t in taken) and not routed(iface.network):
@@ -190,6 +227,7 @@ class Catalog:
                     "could not find an available, non-overlapping IPv4 address pool "
                     "among the defaults to assign to the network"
                 )
+        ip_range, aux_addresses = check_pool_extras(network, gw, ip_range, aux_addresses)
         net_id = random_id()
         record = {
             "Id": net_id,
@@ -200,6 +238,8 @@ class Catalog:
             "Internal": bool(internal),
             "Labels": dict(labels or {}),
             "Options": dict(options or {}),
+            "IPRange": ip_range,
+            "AuxAddresses": aux_addresses,
         }
         net = BridgeNet(self.dir, name, record)
         self.custom[name] = net

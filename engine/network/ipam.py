@@ -25,10 +25,14 @@ class Ipam:
     wrong container). Every change is written to `path` before the call returns.
     """
 
-    def __init__(self, path, subnet, gateway):
+    def __init__(self, path, subnet, gateway, ip_range=None, reserved=()):
+        """ip_range (--ip-range): where addresses are handed out from (a fixed --ip may be anywhere in
+        the subnet); reserved (--aux-address): addresses never given to a container."""
         self.path = path
         self.network = ipaddress.IPv4Network(subnet, strict=False)
         self.gateway = ipaddress.IPv4Address(gateway)
+        self.range = ipaddress.IPv4Network(ip_range, strict=False) if ip_range else self.network
+        self.reserved = frozenset(ipaddress.IPv4Address(a) for a in reserved)
         if self.gateway not in self.network:
             raise IpamError("gateway %s is not in %s" % (self.gateway, self.network))
         if self.network.num_addresses < 4:
@@ -81,6 +85,7 @@ class Ipam:
             and ip != self.network.network_address
             and ip != self.network.broadcast_address
             and ip != self.gateway
+            and ip not in self.reserved
         )
 
     @property
@@ -131,15 +136,15 @@ class Ipam:
             return ip
 
     def _next_free(self):
-        first = int(self.network.network_address) + 1
-        last = int(self.network.broadcast_address) - 1
+        first = max(int(self.range.network_address), int(self.network.network_address) + 1)
+        last = min(int(self.range.broadcast_address), int(self.network.broadcast_address) - 1)
         start = int(self._last) + 1 if self._last else first
         if start > last or start < first:
             start = first
         span = last - first + 1
         for step in range(span):
             ip = ipaddress.IPv4Address(first + (start - first + step) % span)
-            if ip != self.gateway and ip not in self._by_ip:
+            if self._assignable(ip) and ip not in self._by_ip:
                 return ip
         raise PoolExhausted("no available IPv4 addresses on network bridge (%s)" % self.network)
 

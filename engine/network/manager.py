@@ -554,6 +554,10 @@ class NetworkManager(NamesMixin):
         net = self.catalog.bridge_net(name)
         if net is not None:
             ipam_config = [{"Subnet": str(net.subnet), "Gateway": str(net.gateway)}]
+            if net.ip_range:
+                ipam_config[0]["IPRange"] = net.ip_range
+            if net.aux_addresses:
+                ipam_config[0]["AuxiliaryAddresses"] = dict(net.aux_addresses)
             if net.default:
                 options = {
                     "com.docker.network.bridge.default_bridge": "true",
@@ -616,6 +620,8 @@ class NetworkManager(NamesMixin):
         internal: bool = False,
         labels: dict[str, str] | None = None,
         options: dict[str, str] | None = None,
+        ip_range: str | None = None,
+        aux_addresses: dict[str, str] | None = None,
     ) -> BridgeNet:
         """A user-defined bridge network (`docker network create`); its bridge comes up now."""
         with self._lock:
@@ -628,7 +634,7 @@ class NetworkManager(NamesMixin):
                 parse_go_bool(ICC_OPTION, (options or {})[ICC_OPTION])
             if subnet and routed(ipaddress.IPv4Network(subnet, strict=False)):
                 raise InvalidParameter("subnet %s overlaps routes of this host" % subnet)
-            net = self.catalog.create(name, subnet, gateway, internal, labels, options, routed)
+            net = self.catalog.create(name, subnet, gateway, internal, labels, options, routed, ip_range, aux_addresses)
             try:
                 self.ensure_ready(net)
             except Exception:

@@ -257,3 +257,56 @@ def test_mac_address(eng):
         assert info.value.response.status_code == 400 and text in str(info.value)
     p = d("run", "--rm", "--network", "host", "--mac-address", "02:00:00:00:00:01", "busybox", "true", check=False)
     assert p.returncode != 0 and "mac-address" in p.stderr
+
+
+def test_ip_range_and_aux_addresses(eng, tmp_path):
+    d = eng.docker
+    d(
+        "network",
+        "create",
+        "--subnet",
+        "10.73.0.0/24",
+        "--ip-range",
+        "10.73.0.128/30",
+        "--aux-address",
+        "router=10.73.0.129",
+        "ranged",
+    )
+    try:
+        ipam = json.loads(d("network", "inspect", "-f", "{{json .IPAM.Config}}", "ranged").stdout)
+        assert ipam == [
+            {
+                "Subnet": "10.73.0.0/24",
+                "Gateway": "10.73.0.1",
+                "IPRange": "10.73.0.128/30",
+                "AuxiliaryAddresses": {"router": "10.73.0.129"},
+            }
+        ]
+        got = []
+        for i in range(2):  # 10.73.0.128/30 holds .128-.131; .129 is reserved
+            d("run", "-d", "--name", f"rng{i}", "--network", "ranged", "busybox", "sleep", "300")
+            got.append(addresses(eng, f"rng{i}")["eth0"])
+        assert sorted(got) == ["10.73.0.128", "10.73.0.130"]  # from the range, .129 skipped
+        # a fixed address may lie outside the range, never on a reserved one
+        d("run", "-d", "--name", "rngfix", "--network", "ranged", "--ip", "10.73.0.50", "busybox", "sleep", "300")
+        assert addresses(eng, "rngfix")["eth0"] == "10.73.0.50"
+        p = d("run", "--rm", "--network", "ranged", "--ip", "10.73.0.129", "busybox", "true", check=False)
+        assert p.returncode != 0 and "not assignable" in p.stderr
+    finally:
+        d("rm", "-f", "rng0", "rng1", "rngfix", check=False)
+        d("network", "rm", "ranged", check=False)
+    # the CLI checks some of these itself: the engine's own checks, through docker-py
+    import docker
+
+    api = eng.client().api
+    for pool, text in (
+        ({"subnet": "10.74.0.0/24", "iprange": "10.75.0.0/28"}, "not within subnet"),
+        ({"subnet": "10.74.0.0/24", "aux_addresses": {"x": "10.75.0.1"}}, "must belong to the master pool"),
+        ({"subnet": "10.74.0.0/24", "aux_addresses": {"x": "10.74.0.1"}}, "must belong to the master pool"),
+        ({"iprange": "10.74.0.0/28"}, "need a subnet"),
+    ):
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(**pool)])
+        with pytest.raises(docker.errors.APIError) as info:
+            api.create_network("badnet", ipam=ipam)
+        assert info.value.response.status_code == 400 and text in str(info.value)
+    assert "badnet" not in d("network", "ls", "--format", "{{.Name}}").stdout
