@@ -215,7 +215,13 @@ def remove_node(
         while manager.tasks_on(node_id) and time.monotonic() < deadline:
             time.sleep(1)
         if is_manager:
+            log("Demoting the manager to a worker...")
             manager.update_node(node_id, Role="worker")
+            deadline = time.monotonic() + 60
+            while node.info().get("ControlAvailable"):  # the node must see itself demoted before it may leave
+                if time.monotonic() > deadline:
+                    raise ProvisionError("the node is still a manager a minute after its demotion")
+                time.sleep(1)
     log("Leaving the swarm...")
     node.leave(force=manager is None)
     if manager is not None:

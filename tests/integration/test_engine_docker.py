@@ -352,6 +352,15 @@ def test_swarm_master_workers_ls_env_rm(dockyard, docker_rootfs, tmp_path):
                       len(t) == 6 and set(t) <= {"m1", "w1"} and t)  # fmt: skip
         assert w2.exec("docker info --format '{{.Swarm.LocalNodeState}}'").stdout.strip() == "inactive"
 
+        # an extra manager (--swarm-manager) on w2's host: shown as a manager, then demoted, drained and removed
+        out = _create_node(dockyard, w2, "m2", "--swarm", "--swarm-join", "m1", "--swarm-manager")
+        assert "as a manager" in out
+        _wait("m2 ready", lambda: ("m2", "Ready", "Active") in _nodes(dockyard, "m1"))
+        assert "m1 (manager)" in next(r for r in dockyard("ls").stdout.splitlines() if r.startswith("m2 "))
+        assert dockyard.docker("m2", "node", "ls", "-q").stdout.split()  # m2 answers as a manager
+        assert "Demoting the manager to a worker" in dockyard("rm", "-y", "m2").stdout
+        assert [n[0] for n in _nodes(dockyard, "m1")] == ["m1", "w1"]
+
         dockyard.docker("m1", "service", "rm", "spread")
         dockyard("rm", "-y", "w1")
         dockyard("rm", "-y", "-f", "m1")
