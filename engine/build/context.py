@@ -8,7 +8,11 @@ out of it and relative symlinks that climb above it; here absolute symlinks are 
 
 from __future__ import annotations
 
+import bz2
 import fnmatch
+import gzip
+import io
+import lzma
 import os
 import posixpath
 import shutil
@@ -35,6 +39,38 @@ def _refuse_absolute_links(member, parts, what):
         )
 
 
+def _plain_tar(raw: str, out_path: str) -> None:
+    """The context as an uncompressed tar (gzip, bzip2 and xz are undone), ended properly.
+
+    The CLI's `-f -` context ends with its rewritten .dockerignore, unpadded and without the
+    end-of-archive blocks (Go's reader takes that): the blocks are added for Python's tarfile.
+    """
+    with open(raw, "rb") as fh:
+        head = fh.read(6)
+    src: io.BufferedIOBase
+    if head.startswith(b"\x1f\x8b"):
+        src = gzip.open(raw, "rb")
+    elif head.startswith(b"BZh"):
+        src = bz2.open(raw, "rb")
+    elif head.startswith(b"\xfd7zXZ"):
+        src = lzma.open(raw, "rb")
+    else:
+        src = open(raw, "rb")
+    total = 0
+    with open(out_path, "wb") as out:
+        try:
+            with src:
+                while True:
+                    chunk = src.read(COPY_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    total += len(chunk)
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            raise ContextError("invalid build context: cannot decompress it: %s" % exc) from None
+        out.write(b"\0" * ((-total) % 512 + 1024))
+
+
 def clean_relative(path: str, what: str = "path") -> str:
     """A context-relative path from the Dockerfile or the query ('' is the root); `..` out of it is refused."""
     norm = posixpath.normpath(path.lstrip("/") or ".")
@@ -58,9 +94,9 @@ class BuildContext:
     # -- receiving ---------------------------------------------------------------------------
     def receive(self, body: BinaryIO) -> int:
         """Spool the body to disk (never held in memory), then extract it; -> bytes received."""
-        spool = os.path.join(self.dir, "context.tar")
+        raw = os.path.join(self.dir, "context.raw")
         total = 0
-        with open(spool, "wb") as out:
+        with open(raw, "wb") as out:
             while True:
                 chunk = body.read(COPY_CHUNK)
                 if not chunk:
@@ -69,6 +105,11 @@ class BuildContext:
                 total += len(chunk)
         if total == 0:
             raise ContextError("the build context is empty: send the context as a tar archive")
+        spool = os.path.join(self.dir, "context.tar")
+        try:
+            _plain_tar(raw, spool)
+        finally:
+            os.unlink(raw)
         try:
             with open(spool, "rb") as fh:
                 tarsafe.safe_extract(fh, self.root, whiteouts="keep", on_member=_refuse_absolute_links)

@@ -582,3 +582,25 @@ def test_the_same_layer_twice_in_one_image(eng, tmp_path):
     diff_ids = json.loads(eng.docker("image", "inspect", "twice:1").stdout)[0]["RootFS"]["Layers"]
     assert len(diff_ids) == 4 and diff_ids[1] == diff_ids[3]
     assert run_out(eng, "twice:1", "cat", "/a") == "twice\n"
+
+
+def test_dockerfile_from_stdin_and_compressed_context(eng, tmp_path):
+    ctx = write_context(tmp_path / "ctx", {"x": "ctx file\n"})
+    env = eng.env()
+    env["DOCKER_BUILDKIT"] = "0"
+    df = "FROM busybox\nCOPY . /c/\nRUN ls -a /c\n"
+    for args in (["-f-", str(ctx)], ["--compress", "-f-", str(ctx)], ["-"]):
+        p = subprocess.run(
+            ["docker", "build", "--network", "none", "-t", "stdin:1", *args],
+            input=df if args != ["-"] else "FROM busybox\nRUN echo only-a-dockerfile\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr
+        if args == ["-"]:
+            assert "only-a-dockerfile" in p.stdout
+        else:
+            # The Dockerfile the CLI added under a random name (and .dockerignore) are .dockerignored.
+            assert run_out(eng, "stdin:1", "ls", "-a", "/c").split() == [".", "..", "x"]
