@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -604,3 +605,49 @@ def test_dockerfile_from_stdin_and_compressed_context(eng, tmp_path):
         else:
             # The Dockerfile the CLI added under a random name (and .dockerignore) are .dockerignored.
             assert run_out(eng, "stdin:1", "ls", "-a", "/c").split() == [".", "..", "x"]
+
+
+def test_from_pulls_a_missing_image_and_pull_flag(eng, tmp_path):
+    registry_bin = shutil.which("docker-registry")
+    if registry_bin is None:
+        pytest.skip("needs docker-registry")
+    pid = (eng.dir / "engine.pid").read_text().split()[0]
+    in_engine_net = ["nsenter", "-t", pid, "-n"]
+    subprocess.run(in_engine_net + ["ip", "link", "set", "lo", "up"], check=True)
+    port = 15000 + os.getpid() % 1000
+    cfg = tmp_path / "registry.yml"
+    cfg.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/reg\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    # The registry lives in the engine's network namespace (the engine pulls from loopback only).
+    reg = subprocess.Popen(in_engine_net + [registry_bin, "serve", str(cfg)], stdout=subprocess.DEVNULL)
+    repo_root = str(Path(__file__).resolve().parents[2])
+    push = (
+        "import time, socket\n"
+        "from tests.engine.test_images_pull import push, busybox_parts\n"
+        "for _ in range(200):\n"
+        "    try:\n"
+        f"        socket.create_connection(('127.0.0.1', {port}), timeout=1).close(); break\n"
+        "    except OSError: time.sleep(0.05)\n"
+        "c, layers = busybox_parts()\n"
+        f"push('127.0.0.1:{port}', 'team/bb', '1', c, layers)\n"
+    )
+    try:
+        subprocess.run(
+            in_engine_net + [sys.executable, "-c", push],
+            cwd=repo_root,
+            env=dict(os.environ, PYTHONPATH=repo_root),
+            check=True,
+            timeout=60,
+        )
+        ref = f"127.0.0.1:{port}/team/bb:1"
+        ctx = write_context(tmp_path / "ctx", {"Dockerfile": f"FROM {ref}\nRUN echo pulled-base\n"})
+        p = build(eng, ctx, "-t", "pulled:1")
+        assert "Pulling from team/bb" in p.stdout and "pulled-base" in p.stdout
+        assert eng.docker("image", "inspect", ref).returncode == 0
+        p = build(eng, ctx, "--pull", "-t", "pulled:2")
+        assert "Image is up to date" in p.stdout and "Using cache" in p.stdout
+    finally:
+        reg.kill()
+        reg.wait()
