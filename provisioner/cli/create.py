@@ -8,6 +8,8 @@ import click
 
 from dockyard.drivers import registry
 from dockyard.provisioner.cli.common import info, store_of
+from dockyard.provisioner.cli.context import context_after_create
+from dockyard.provisioner.cli.progress import renderer
 from dockyard.provisioner.core.errors import DockyardError, PreCreateCheckError, UsageError
 from dockyard.provisioner.machines import batch, cluster, machine
 
@@ -128,6 +130,13 @@ def _kv_list(values, what):
     help="Engine TCP port (default 2376, or the driver's own flag).",
 )
 @click.option("--tls-san", multiple=True, help="Extra subject alternative name for the server cert (repeatable).")
+@click.option(
+    "--no-docker-context",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: ctx.meta.__setitem__("no_docker_context", value),
+    help='Do not create the docker context "dockyard-NAME" (made by default when the docker CLI is installed).',
+)
 @click.option("--swarm", "swarm_flag", is_flag=True, help="Make the machine a swarm node (with --swarm-join).")
 @click.option("--swarm-master", is_flag=True, help="Start a new swarm with this machine as its manager.")
 @click.option("--swarm-join", metavar="MANAGER", help="Join the swarm that machine MANAGER manages.")
@@ -212,15 +221,19 @@ def create(
         names=names,
     )
     store = store_of(ctx)
+    with_context = not ctx.meta.get("no_docker_context")
     if len(names) == 1:
-        machine.create(
-            store, names[0], driver, driver_options, engine_options, list(tls_san), info, engine=engine, swarm=swarm
+        show = renderer()
+        m = machine.create(
+            store, names[0], driver, driver_options, engine_options, list(tls_san), show, engine=engine, swarm=swarm
         )
+        if with_context:
+            context_after_create(m, show)
         return
 
     def create_one(name, log):
         # The driver's own progress lines stay unprefixed, as they always were (info, not the batch's log).
-        machine.create(
+        m = machine.create(
             store,
             name,
             driver,
@@ -232,6 +245,8 @@ def create(
             engine=engine,
             swarm=swarm,
         )
+        if with_context:
+            context_after_create(m, log)
 
     run = batch.Batch(names, create_one, info, limit=parallel)
     failed = run.run()

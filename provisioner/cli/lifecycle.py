@@ -3,6 +3,7 @@
 import click
 
 from dockyard.provisioner.cli.common import complete_machines, confirm, for_each, info, many_names, store_of
+from dockyard.provisioner.cli.context import remove_context
 from dockyard.provisioner.core.errors import DockyardError, UsageError
 from dockyard.provisioner.machines import machine
 
@@ -95,6 +96,9 @@ def rm(ctx, names, force, yes):
             machine.remove(store, n, force, info)
         except DockyardError as e:
             errors.append(str(e))
+            if not force:
+                continue
+        remove_context(n, info)
     if errors and not force:
         raise DockyardError("\n".join(errors))
     for message in errors:

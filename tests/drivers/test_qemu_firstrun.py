@@ -1,14 +1,18 @@
 """First run: `dockyard create` with no driver picks a local VM driver (qemu, else virtualbox, else one line
 saying what to install, exit 3, before anything is made) and with no name makes "default"."""
 
+import json
 import os
+import shutil
 import stat
+import subprocess
 
 import pytest
 
 from dockyard.drivers.qemu.driver import default_cpus, host_binary
 from dockyard.provisioner.cli import create as create_cmd
 from dockyard.provisioner.cli.main import main
+from dockyard.provisioner.core import pki
 
 
 def fake_tool(directory, name):
@@ -77,3 +81,55 @@ def test_qemu_flags_are_offered_without_d_when_qemu_is_installed(run, bindir):
     fake_tool(bindir, host_binary())
     code, out, _ = run("create", "--help")
     assert code == 0 and "--qemu-image-url-base" in out and "--qemu-cpus" in out
+
+
+@pytest.mark.skipif(not shutil.which("docker"), reason="needs the docker CLI")
+def test_create_makes_the_docker_context_and_rm_removes_it(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    monkeypatch.setenv("DOCKYARD_DRIVER", "none")
+
+    def context(name):
+        p = subprocess.run(["docker", "context", "inspect", name], capture_output=True, text=True)
+        return json.loads(p.stdout)[0] if p.returncode == 0 else None
+
+    code, out, err = run("create", "--url", "tcp://192.0.2.8:2376", "ctx1")
+    assert code == 0, err
+    # the none driver only records an engine: no context (nothing was provisioned with our certs)
+    assert context("dockyard-ctx1") is None
+    code, out, err = run("rm", "-y", "ctx1")
+    assert code == 0, err
+
+
+def test_context_written_for_a_provisioned_machine_and_removed_with_it(tmp_path, monkeypatch):
+    if not shutil.which("docker"):
+        pytest.skip("needs the docker CLI")
+    from dockyard.provisioner.cli import context as context_cmd
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+
+    class FakeMachine:
+        name = "web"
+
+        class driver:
+            provisions = True
+
+        def url(self):
+            return "tcp://127.0.0.1:2376"
+
+        def tls_files(self):
+            class T:
+                ca, cert, key = (str(tmp_path / f) for f in ("ca.pem", "cert.pem", "key.pem"))
+
+            return T
+
+    paths = pki.CertPaths(str(tmp_path))  # docker reads the pair: real ones
+    pki.ensure_ca(paths, lambda m: None)
+    pki.ensure_client(paths, lambda m: None)
+    lines = []
+    context_cmd.context_after_create(FakeMachine(), lines.append)
+    p = subprocess.run(["docker", "context", "inspect", "dockyard-web"], capture_output=True, text=True)
+    assert p.returncode == 0 and json.loads(p.stdout)[0]["Endpoints"]["docker"]["Host"] == "tcp://127.0.0.1:2376"
+    assert any('Docker context "dockyard-web" created' in line for line in lines)
+    context_cmd.remove_context("web", lines.append)
+    p = subprocess.run(["docker", "context", "inspect", "dockyard-web"], capture_output=True, text=True)
+    assert p.returncode != 0 and any("Removed docker context" in line for line in lines)

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -142,6 +143,7 @@ def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server
     (home / "proj" / "f.txt").write_text("from the laptop\n")
     env = {
         "HOME": str(home),
+        "DOCKER_CONFIG": str(tmp_path / "docker-config"),
         debian.URL_BASE_ENV: base,
         "DOCKYARD_IMAGE_CACHE": cache,
         "QEMU_RESTRICT": "1",
@@ -165,6 +167,15 @@ def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server
         assert drv["ImageURLBase"] == base and drv["AccelUsed"] in ("kvm", "tcg")
 
         assert dockyard("ls", "-q").stdout.split() == ["default"]
+        # the docker context made by create reaches the same engine
+        via_context = subprocess.run(
+            ["docker", "--context", "dockyard-default", "version", "--format", "{{.Server.Os}}"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, DOCKER_CONFIG=env["DOCKER_CONFIG"]),
+            timeout=60,
+        )
+        assert via_context.stdout.strip() == "linux", via_context.stderr
         assert dockyard("status").stdout.strip() == "Running"  # no name: "default"
         env_out = dockyard("env", "--shell", "bash").stdout
         assert f'DOCKER_HOST="tcp://127.0.0.1:{drv["EngineHostPort"]}"' in env_out
@@ -190,7 +201,13 @@ def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server
         with open(os.path.join(dockyard.store, "machines", "default", "portfwd.pid")) as f:
             forwarder = int(f.read())
         assert process_alive(forwarder, "dockyard.drivers.qemu.portfwd")
-        dockyard("rm", "-y", "default", timeout=120)
+        dockyard("rm", "-y", "default", timeout=120, env={"DOCKER_CONFIG": env["DOCKER_CONFIG"]})
+        gone = subprocess.run(
+            ["docker", "context", "inspect", "dockyard-default"],
+            capture_output=True,
+            env=dict(os.environ, DOCKER_CONFIG=env["DOCKER_CONFIG"]),
+        )
+        assert gone.returncode != 0
         assert not os.path.exists(os.path.join(dockyard.store, "machines", "default")) and not process_alive(pid)
         assert not process_alive(forwarder)
         assert os.listdir(os.path.join(cache, "debian"))  # the verified image stays cached
