@@ -651,3 +651,12 @@ def test_from_pulls_a_missing_image_and_pull_flag(eng, tmp_path):
     finally:
         reg.kill()
         reg.wait()
+
+
+def test_cache_survives_an_engine_restart(eng, tmp_path):
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo restart-step > /r\n"})
+    build(eng, ctx, "-t", "restart:1")
+    eng.restart()
+    p = build(eng, ctx, "-t", "restart:2")
+    assert "Using cache" in p.stdout and "Running in" not in p.stdout
+    assert not os.listdir(eng.dir / "data" / "build" / "tmp")
