@@ -126,7 +126,8 @@ def _apt_entries():
 
 
 def mirrors():
-    """(main, security) Debian mirror URIs: $DOCKYARD_DEBIAN_MIRROR, the host's own Debian mirror, or deb.debian.org."""
+    """(main, security) Debian mirror URIs: $DOCKYARD_DEBIAN_MIRROR or the host's own Debian mirror; (None, None)
+    when neither names one (mmdebstrap then uses its own default)."""
     main = os.environ.get(MIRROR_ENV)
     security = None
     if not main:
@@ -137,7 +138,8 @@ def mirrors():
                 security = security or uri
             else:
                 main = main or uri
-    main = main or "http://deb.debian.org/debian"
+    if not main:
+        return None, None  # no mirror is hard-coded here: mmdebstrap picks its own default
     security = security or main.rstrip("/").rsplit("/", 1)[0] + "/debian-security"
     return main, security
 
@@ -165,6 +167,8 @@ def mmdebstrap_command(target, setup_hook, customize_hook):
         f'--customize-hook=sh {customize_hook} "$1"',
     ]
     cmd += ["--dpkgopt=" + o for o in recipe.DPKG_OPTIONS] + ["--aptopt=" + o for o in _apt_options()]
+    if not main:
+        return cmd + [s, target]
     return cmd + [
         s,
         target,
@@ -267,7 +271,7 @@ def _build(work, log):
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "mmdebstrap_seconds": round(t_debootstrap, 1),
         "seconds": round(time.monotonic() - started, 1),
-        "mirror": mirrors()[0],
+        "mirror": mirrors()[0] or "mmdebstrap's default",
     }
     with open(os.path.join(work, INFO), "w") as f:
         json.dump(info, f, indent=1)

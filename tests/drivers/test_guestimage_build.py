@@ -88,3 +88,15 @@ def test_missing_tools_name_their_package(tmp_path, monkeypatch):
 def test_size_parsing():
     assert build._size_bytes("2G") == 2 << 30 and build._size_bytes("512M") == 512 << 20
     assert build._size_bytes("1024") == 1024
+
+
+def test_no_mirror_is_hard_coded(monkeypatch):
+    """Without $DOCKYARD_DEBIAN_MIRROR and without a Debian mirror in the host's apt sources, mmdebstrap gets
+    no mirror at all and uses its own default."""
+    monkeypatch.delenv(build.MIRROR_ENV, raising=False)
+    monkeypatch.setattr(build, "_apt_entries", lambda: [("http://archive.ubuntu.com/ubuntu", "noble")])
+    assert build.mirrors() == (None, None)
+    cmd = build.mmdebstrap_command("/w/rootfs", "/w/setup.sh", "/w/customize.sh")
+    assert cmd[-2:] == ["bookworm", "/w/rootfs"] and not any(a.startswith("deb ") for a in cmd)
+    monkeypatch.setattr(build, "_apt_entries", lambda: [("http://ftp.example.org/debian", "bookworm")])
+    assert build.mirrors() == ("http://ftp.example.org/debian", "http://ftp.example.org/debian-security")
