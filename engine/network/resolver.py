@@ -6,8 +6,8 @@ container is --internal.
 
 The sockets are opened by a thread that joined the container's network namespace (netns.run_in_netns) and
 stay there; one engine thread serves them all with a selector. Forwarded queries and TCP connections run
-on short-lived worker threads, at most MAX_WORKERS at once (beyond that: SERVFAIL / connection closed), so
-a container flooding its resolver cannot starve the others or the engine.
+on short-lived worker threads, at most MAX_WORKERS at once and PER_CONTAINER for one container (beyond that:
+SERVFAIL / connection closed), so a container flooding its resolver cannot starve the others or the engine.
 
 Every packet is hostile: questions are parsed strictly (one question, no compression, bounded lengths);
 a malformed query gets FORMERR or nothing, never an exception in the serving thread.
@@ -33,6 +33,8 @@ PORT = 53
 MAX_UDP = 4096
 MAX_TCP = 65535
 MAX_WORKERS = 32
+PER_CONTAINER = 4
+TCP_QUERIES = 16  # per connection: a slow client cannot hold a worker for long
 UPSTREAM_TIMEOUT = 2.0
 TCP_TIMEOUT = 5.0
 TTL = 600
@@ -111,6 +113,7 @@ class EmbeddedDns:
         self._sel = selectors.DefaultSelector()
         self._sockets: Dict[str, List[socket.socket]] = {}
         self._workers = threading.BoundedSemaphore(MAX_WORKERS)
+        self._busy: Dict[str, int] = {}  # container id -> worker slots it holds
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: Optional[threading.Thread] = None
@@ -203,21 +206,39 @@ class EmbeddedDns:
             conn, _ = listener.accept()
         except OSError:
             return
-        if not self._workers.acquire(blocking=False):
+        if not self._take(cid):
             conn.close()
             return
         threading.Thread(target=self._tcp, args=(cid, conn), name="embedded-dns-tcp", daemon=True).start()
 
-    def _spawn(self, func, *args, fail):
-        if not self._workers.acquire(blocking=False):
+    def _take(self, cid):
+        """A worker slot for `cid`: at most MAX_WORKERS in all and PER_CONTAINER for one container,
+        so a container flooding its resolver only slows its own lookups."""
+        with self._lock:
+            if self._busy.get(cid, 0) >= PER_CONTAINER or not self._workers.acquire(blocking=False):
+                return False
+            self._busy[cid] = self._busy.get(cid, 0) + 1
+            return True
+
+    def _give(self, cid):
+        with self._lock:
+            left = self._busy.get(cid, 1) - 1
+            if left > 0:
+                self._busy[cid] = left
+            else:
+                self._busy.pop(cid, None)
+            self._workers.release()
+
+    def _spawn(self, func, cid, *args, fail):
+        if not self._take(cid):
             fail()
             return
 
         def run():
             try:
-                func(*args)
+                func(cid, *args)
             finally:
-                self._workers.release()
+                self._give(cid)
 
         threading.Thread(target=run, name="embedded-dns-forward", daemon=True).start()
 
@@ -258,7 +279,7 @@ class EmbeddedDns:
     def _tcp(self, cid, conn):
         try:
             conn.settimeout(TCP_TIMEOUT)
-            while True:
+            for _ in range(TCP_QUERIES):
                 head = _recv_exact(conn, 2)
                 if head is None:
                     return
@@ -277,7 +298,7 @@ class EmbeddedDns:
             pass
         finally:
             conn.close()
-            self._workers.release()
+            self._give(cid)
 
 
 def _send_quietly(sock, data, peer):

@@ -81,7 +81,7 @@ def eng():
         yield e
     finally:
         if upstream is not None:
-            upstream.close()
+            e.upstream.close()
         e.cleanup()
 
 
@@ -146,10 +146,13 @@ def test_names_aliases_and_services_on_shared_networks(eng):
         d("rm", "-f", "web2")
         assert lookup(eng, "db", "web") == [web1]
         # the engine restarts: running containers' resolvers come back (RuntimeEngine's restart puts the
-        # engine in a new network namespace, away from the fake upstream: names of ours only)
+        # engine in a new network namespace: the fake upstream moves there too)
         eng.restart()
+        eng.upstream.close()
+        eng.upstream = FakeUpstream("/proc/%d/ns/net" % eng.proc.proc.pid)
         assert lookup(eng, "web1", "kv") == [db_ip]
         assert lookup(eng, "lone", "db") == []
+        assert lookup(eng, "lone", OUTSIDE_NAME) == [OUTSIDE_IP]
     finally:
         d("rm", "-f", "db", "web1", "web2", "lone", check=False)
 
@@ -173,7 +176,9 @@ def test_default_bridge_has_no_names_and_internal_networks_do_not_forward(eng):
 
 def test_hostile_packets_leave_the_resolver_answering(eng):
     d = eng.docker
-    d("run", "-d", "--name", "target", "--network", "app", "busybox", "sleep", "300")
+    # target's upstream never answers (an unused address of its own network): each forward holds a worker
+    d("run", "-d", "--name", "target", "--network", "app", "--dns", "10.81.0.254", "busybox", "sleep", "300")
+    d("run", "-d", "--name", "witness", "--network", "other", "--dns", "127.0.0.1", "busybox", "sleep", "300")
     try:
         pid = int(d("inspect", "-f", "{{.State.Pid}}", "target").stdout)
         rng = random.Random(7)
@@ -212,8 +217,21 @@ def test_hostile_packets_leave_the_resolver_answering(eng):
         assert socket.inet_ntoa(reply[-4:]) == ip_of(eng, "target", "app")
         assert lookup(eng, "target", "target") == [ip_of(eng, "target", "app")]
         assert eng.client().ping()
+
+        # a flood of forwarded queries from target takes its own worker slots only: another
+        # container's lookups are still forwarded meanwhile
+        def flood():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for i in range(200):
+                    sock.sendto(query("n%d.flood.example" % i, qid=i), ("127.0.0.11", 53))
+            finally:
+                sock.close()
+
+        run_in_netns("/proc/%d/ns/net" % pid, flood)
+        assert lookup(eng, "witness", OUTSIDE_NAME) == [OUTSIDE_IP]
     finally:
-        d("rm", "-f", "target", check=False)
+        d("rm", "-f", "target", "witness", check=False)
 
 
 def test_parse_and_answer_units():
