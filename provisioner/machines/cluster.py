@@ -164,3 +164,49 @@ def manager_for_env(m: Machine, names: Iterable[str], load: Callable[[str], Mach
     if found is None:
         raise EngineUnreachable(f'no manager of the swarm "{so.get("Cluster")}" answers')
     return found
+
+
+def join_existing(
+    m: Machine, manager: str, as_manager: bool, join_opts: Sequence[str], load: Callable[[str], Machine], log: Log
+) -> None:
+    """`dockyard swarm join NAME --to MANAGER`: an existing --engine docker machine joins a swarm. dockerd is
+    provisioned again first, without live-restore (swarm mode refuses it): running containers stop."""
+    if m.engine != "docker":
+        raise UsageError(f'"{m.name}" runs the dockyard engine; swarm mode needs a machine made with --engine docker')
+    if options(m.config).get("IsSwarm"):
+        raise UsageError(f'"{m.name}" is already in the swarm "{options(m.config).get("Cluster")}"')
+    so = options_from_flags(
+        swarm_flag=True,
+        master=False,
+        manager=as_manager,
+        join=manager,
+        opts=(),
+        join_opts=join_opts,
+        classic={},
+        engine="docker",
+        names=[m.name],
+    )
+    assert so is not None
+    check_join(so, load(manager).config, manager)
+    m.require_running()
+    m.config.setdefault("HostOptions", {})["SwarmOptions"] = so
+    try:
+        with m.session() as session:
+            m.provision(log, session=session)
+            form(m, load, session, log)
+    except BaseException:
+        m.config["HostOptions"].pop("SwarmOptions", None)
+        raise
+    finally:
+        m.save()
+
+
+def leave_existing(m: Machine, names: Iterable[str], load: Callable[[str], Machine], force: bool, log: Log) -> None:
+    """`dockyard swarm leave NAME`: drain, leave, drop from the node list; dockerd gets live-restore back."""
+    if not options(m.config).get("IsSwarm"):
+        raise UsageError(f'"{m.name}" is not part of a swarm')
+    leave(m, names, load, force, log)
+    m.config["HostOptions"].pop("SwarmOptions", None)
+    m.save()
+    with m.session() as session:
+        m.provision(log, session=session)

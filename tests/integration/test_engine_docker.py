@@ -361,6 +361,18 @@ def test_swarm_master_workers_ls_env_rm(dockyard, docker_rootfs, tmp_path):
         assert "Demoting the manager to a worker" in dockyard("rm", "-y", "m2").stdout
         assert [n[0] for n in _nodes(dockyard, "m1")] == ["m1", "w1"]
 
+        # a machine made earlier without swarm flags joins with `dockyard swarm join` and leaves again
+        _create_node(dockyard, w2, "x2")
+        assert json.loads(dockyard.docker("x2", "info", "--format", "{{json .}}").stdout)["LiveRestoreEnabled"]
+        dockyard("swarm", "join", "x2", "--to", "m1")
+        _wait("x2 ready", lambda: ("x2", "Ready", "Active") in _nodes(dockyard, "m1"))
+        assert dockyard("ls", "-q", "--filter", "swarm=m1").stdout.split() == ["m1", "w1", "x2"]
+        dockyard("swarm", "leave", "x2")
+        assert [n[0] for n in _nodes(dockyard, "m1")] == ["m1", "w1"]
+        info = json.loads(dockyard.docker("x2", "info", "--format", "{{json .}}").stdout)
+        assert info["Swarm"]["LocalNodeState"] == "inactive" and info["LiveRestoreEnabled"]
+        dockyard("rm", "-y", "x2")
+
         dockyard.docker("m1", "service", "rm", "spread")
         dockyard("rm", "-y", "w1")
         dockyard("rm", "-y", "-f", "m1")
