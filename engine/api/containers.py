@@ -1,6 +1,8 @@
 """Containers resource: create, list, inspect, start/stop/kill/restart/pause, wait, rm, rename,
 resize, attach, logs, top, stats, update, prune (req.engine.containers does the work)."""
 
+from __future__ import annotations
+
 import datetime
 import os
 import re

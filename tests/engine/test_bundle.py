@@ -154,3 +154,16 @@ def test_engine_runs_on_python39(start_engine):
         timeout=30,
     )
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(_python39() is None, reason="no python3.9 on this machine")
+def test_every_engine_module_imports_on_python39(bundle):
+    """Starting the engine imports only part of it: import every module of the bundle under 3.9."""
+    code = (
+        "import sys, pkgutil, importlib; sys.path.insert(0, sys.argv[1]);"
+        "import dockyard.engine as e; names = [m.name for m in pkgutil.walk_packages(e.__path__, 'dockyard.engine.')];"
+        "[importlib.import_module(n) for n in names]; print(len(names))"
+    )
+    out = subprocess.run([_python39(), "-c", code, str(bundle[0])], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout) > 50
