@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
-from dockyard.drivers.guestimage import build, debian, seed, source, tools
+from dockyard.drivers.guestimage import build, debian, resources, seed, source, tools
 from dockyard.drivers.qemu import accel as accel_mod
 from dockyard.drivers.qemu import boot, cmdline, shares
 from dockyard.drivers.qemu.qmp import QMP, QMPError
@@ -71,11 +71,6 @@ def host_kernel() -> str:
     """The running host's kernel image, when readable: a test boot under KVM needs some kernel."""
     path = f"/boot/vmlinuz-{os.uname().release}"
     return path if os.access(path, os.R_OK) else ""
-
-
-def default_cpus() -> int:
-    """Half the host's CPUs, at least 1 and at most 4."""
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def free_port():
@@ -173,9 +168,10 @@ class QemuDriver(Driver):
             default="auto",
             envvar="QEMU_ACCEL",
         ),
-        Flag("qemu-cpus", "Number of virtual CPUs", default=default_cpus(), type=int, envvar="QEMU_CPUS"),
-        Flag("qemu-memory", "Memory in MB", default=2048, type=int, envvar="QEMU_MEMORY"),
-        Flag("qemu-disk-size", "Disk size in MB", default=20000, type=int, envvar="QEMU_DISK_SIZE"),
+        Flag("qemu-cpus", "Number of virtual CPUs", default=resources.default_cpus(), type=int, envvar="QEMU_CPUS"),
+        Flag("qemu-memory", "Memory in MB", default=resources.DEFAULT_MEMORY_MB, type=int, envvar="QEMU_MEMORY"),
+        Flag("qemu-disk-size", "Disk size in MB", default=resources.DEFAULT_DISK_MB, type=int, envvar="QEMU_DISK_SIZE"),
+        *resources.FLAGS,
         Flag(
             "qemu-network",
             'Networking: "user" (127.0.0.1 port forwards) or "bridge=NAME" (adds a NIC on '
@@ -224,6 +220,12 @@ class QemuDriver(Driver):
     # -- configuration ------------------------------------------------------------------
     def set_config_from_flags(self, options: Mapping[str, Any]) -> None:
         values = flag_values(self.flags, options)
+        given = resources.overrides(values)  # --cpus/--memory/--disk (GiB) win over --qemu-* (MB)
+        values.update(
+            qemu_cpus=given.get("cpus", values["qemu_cpus"]),
+            qemu_memory=given.get("memory_mb", values["qemu_memory"]),
+            qemu_disk_size=given.get("disk_mb", values["qemu_disk_size"]),
+        )
         settings = QemuSettings.from_flags(values, ssh_user=build.recipe.SSH_USER)
         self.config.update(settings.to_config())
         if values["no_share"] and values["share"]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
-from dockyard.drivers.guestimage import build, seed, source, tools
+from dockyard.drivers.guestimage import build, resources, seed, source, tools
 from dockyard.drivers.qemu import boot
 from dockyard.drivers.qemu.cmdline import random_mac
 from dockyard.drivers.qemu.driver import free_port, guest_ip_for_mac, port_free
@@ -62,12 +62,25 @@ class VirtualBoxDriver(Driver):
         Flag(
             "virtualbox-cpu-count",
             "Number of CPUs for the machine (-1 = all host CPUs)",
-            default=1,
+            default=resources.default_cpus(),
             type=int,
             envvar="VIRTUALBOX_CPU_COUNT",
         ),
-        Flag("virtualbox-memory", "Memory in MB", default=1024, type=int, envvar="VIRTUALBOX_MEMORY_SIZE"),
-        Flag("virtualbox-disk-size", "Disk size in MB", default=20000, type=int, envvar="VIRTUALBOX_DISK_SIZE"),
+        Flag(
+            "virtualbox-memory",
+            "Memory in MB",
+            default=resources.DEFAULT_MEMORY_MB,
+            type=int,
+            envvar="VIRTUALBOX_MEMORY_SIZE",
+        ),
+        Flag(
+            "virtualbox-disk-size",
+            "Disk size in MB",
+            default=resources.DEFAULT_DISK_MB,
+            type=int,
+            envvar="VIRTUALBOX_DISK_SIZE",
+        ),
+        *resources.FLAGS,
         Flag(
             "virtualbox-hostonly-cidr",
             "Host-only network: the host's address and prefix (VirtualBox >= 6.1.28 "
@@ -129,7 +142,14 @@ class VirtualBoxDriver(Driver):
 
     # -- configuration --------------------------------------------------------------------------
     def set_config_from_flags(self, options: Mapping[str, Any]) -> None:
-        settings = VirtualBoxSettings.from_flags(flag_values(self.flags, options), ssh_user=build.recipe.SSH_USER)
+        values = flag_values(self.flags, options)
+        given = resources.overrides(values)  # --cpus/--memory/--disk (GiB) win over --virtualbox-* (MB)
+        values.update(
+            virtualbox_cpu_count=given.get("cpus", values["virtualbox_cpu_count"]),
+            virtualbox_memory=given.get("memory_mb", values["virtualbox_memory"]),
+            virtualbox_disk_size=given.get("disk_mb", values["virtualbox_disk_size"]),
+        )
+        settings = VirtualBoxSettings.from_flags(values, ssh_user=build.recipe.SSH_USER)
         self.config.update(settings.to_config())
 
     # -- addresses --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from dockyard.drivers.base import State
+from dockyard.drivers.guestimage import resources
 from dockyard.drivers.virtualbox import driver as vdriver
 from dockyard.drivers.virtualbox import vbox
 from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
@@ -148,13 +149,13 @@ def test_every_planned_command_is_accepted_by_the_fake(fake, tmp_path, image):
         "setextradata",
     ]
     vm = fake.state()["vms"]["vb1"]
-    assert vm["state"] == "poweroff" and vm["memory"] == 1024 and vm["cpus"] == 1
+    assert vm["state"] == "poweroff" and vm["memory"] == 2048 and vm["cpus"] == resources.default_cpus()
     assert vm["media"]["SATA-0-0"] == {"type": "hdd", "path": d.path("disk.vdi")}
     assert vm["media"]["SATA-2-0"]["path"] == d.path("seed.iso")
     assert vm["nics"]["1"]["type"] == "nat" and vm["nics"]["1"]["mac"] == d.config["NATMAC"].replace(":", "").upper()
     assert vm["natpf"]["1"] == {"ssh": f"ssh,tcp,127.0.0.1,{d.config['SSHPort']},,22"}
     assert vm["shares"] == {"hosthome": os.path.expanduser("~")}
-    assert fake.state()["medium_sizes"][d.path("disk.vdi")] == 20000 << 20
+    assert fake.state()["medium_sizes"][d.path("disk.vdi")] == 20 << 30
     assert d.state() == State.STOPPED
 
 
