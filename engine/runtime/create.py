@@ -370,6 +370,8 @@ def parse_mounts(hc, cfg):
         dest = os.path.normpath(point["Destination"])
         if not dest.startswith("/"):
             raise InvalidParameter("invalid mount config: mount path must be absolute: %s" % dest)
+        if dest == "/" or dest == "//":  # normpath keeps a leading '//'; mounting over the root is Docker's 400 too
+            raise InvalidParameter("invalid mount config: destination can't be '/'")
         if dest in seen:
             raise InvalidParameter("Duplicate mount point: %s" % dest)
         point["Destination"] = dest
