@@ -5,7 +5,7 @@ import re
 from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import json_response
 from dockyard.engine.errors import Forbidden, InvalidParameter
-from dockyard.engine.network.attachments import endpoint_request
+from dockyard.engine.network.attachments import DISCONNECTED, endpoint_request
 from dockyard.engine.network.catalog import BUILTIN
 
 _FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
@@ -158,7 +158,7 @@ def connect_network(req):
         raise InvalidParameter(HOST_CONFLICT if name == "host" else NONE_CONFLICT)
     request = endpoint_request(name, body.get("EndpointConfig"))
     with c.lock:
-        current = network.attachments(c)
+        current = network.attachments(c, fallback=False)
         if name in current:
             raise Forbidden("endpoint with name %s already exists in network %s" % (c.name, name))
         if "host" in current:
@@ -182,7 +182,7 @@ def disconnect_network(req):
     network = req.engine.network
     name, c, _ = _target(req, NETWORK_DISCONNECT)
     with c.lock:
-        current = network.attachments(c)
+        current = network.attachments(c, fallback=False)
         if name not in current:
             raise Forbidden("container %s is not connected to network %s" % (c.id, name))
         if name == "host":
@@ -192,11 +192,9 @@ def disconnect_network(req):
             c.save_state()
         attachments = dict(c.record.get("NetworkAttachments") or {})
         attachments.pop(name, None)
-        others = [each for each in current if each != name]
-        if name == network.network_name(c.host_config) and others:
-            # Its primary network goes: the next one becomes primary (its default route, published
-            # ports at the next start). Without another network it rejoins its NetworkMode at start.
-            c.host_config["NetworkMode"] = others[0]
+        if name == network.network_name(c.host_config):
+            # The primary (NetworkMode) stays what it is; it is marked left until connected again.
+            attachments[name] = {DISCONNECTED: True}
         c.record["NetworkAttachments"] = attachments
         c.save_config()
     req.engine.events.emit("network", "disconnect", network.catalog.network_id(name), {"container": c.id, "name": name})

@@ -13,6 +13,8 @@ from typing import Callable, Dict
 
 from dockyard.engine.errors import InvalidParameter
 
+# The request of a primary network the container was disconnected from (NetworkManager.attachments).
+DISCONNECTED = "Disconnected"
 # --network container:<id>: the container joins another's network namespace (the runtime does it).
 CONTAINER_MODE = "container"
 # Networks on which names mean nothing to Docker (no aliases, no fixed addresses).

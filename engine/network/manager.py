@@ -19,7 +19,12 @@ from typing import Dict, Iterable, List, Protocol  # List, Dict: the manager has
 
 from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.network import bridge, dns, nat, portproxy, ruleset, vendor
-from dockyard.engine.network.attachments import CONTAINER_MODE, check_container_mode, requests_from_create
+from dockyard.engine.network.attachments import (
+    CONTAINER_MODE,
+    DISCONNECTED,
+    check_container_mode,
+    requests_from_create,
+)
 from dockyard.engine.network.catalog import (
     BUILTIN,
     DEFAULT_BRIDGE,
@@ -289,17 +294,20 @@ class NetworkManager(NamesMixin):
         except NotFound:
             raise InvalidParameter("network %s not found" % ref) from None  # 400: see network_name
 
-    def attachments(self, container: ContainerView) -> Dict[str, dict]:
+    def attachments(self, container: ContainerView, fallback: bool = True) -> Dict[str, dict]:
         """The networks the container is to be on, its primary (NetworkMode) first, with its requests;
-        networks removed since are left out."""
+        networks removed since are left out. A primary network it was disconnected from (`docker network
+        disconnect`, as docker-compose does before connecting it again with its aliases) is left out
+        too, unless no other network is left: then the container rejoins its NetworkMode."""
         _, _, _, host_config = _parts(container)
         primary = self.network_name(host_config)
         wanted = dict((getattr(container, "record", None) or {}).get("NetworkAttachments") or {})
-        out = {primary: dict(wanted.pop(primary, None) or {})}
+        first = dict(wanted.pop(primary, None) or {})
+        out = {} if first.get(DISCONNECTED) else {primary: first}
         for netname, request in wanted.items():
-            if self.catalog.bridge_net(netname) is not None:
+            if self.catalog.bridge_net(netname) is not None and not (request or {}).get(DISCONNECTED):
                 out[netname] = dict(request or {})
-        return out
+        return out or ({primary: {}} if fallback else {})
 
     def connect(self, container: ContainerView, pid: int) -> dict:
         """Attach the container (its netns: /proc/<pid>/ns/net) to its networks -> NetworkSettings."""

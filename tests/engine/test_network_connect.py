@@ -310,3 +310,84 @@ def test_ip_range_and_aux_addresses(eng, tmp_path):
             api.create_network("badnet", ipam=ipam)
         assert info.value.response.status_code == 400 and text in str(info.value)
     assert "badnet" not in d("network", "ls", "--format", "{{.Name}}").stdout
+
+
+def test_compose_style_disconnect_and_reconnect_of_the_primary_network(eng):
+    """docker-compose 1.29 creates a container on its first network, then disconnects it from that
+    network and connects it again with the service's aliases, before starting it."""
+    client = eng.client()
+    api = client.api
+    c = api.create_container(
+        "busybox",
+        ["sleep", "300"],
+        name="cmp-web-1",
+        host_config=api.create_host_config(network_mode="neta"),
+        networking_config=api.create_networking_config({"neta": api.create_endpoint_config(aliases=["web"])}),
+    )
+    try:
+        api.disconnect_container_from_network(c["Id"], "neta")
+        api.connect_container_to_network(c["Id"], "neta", aliases=["web", "frontend"])
+        api.connect_container_to_network(c["Id"], "netb", aliases=["web"])
+        nets = api.inspect_container(c["Id"])["NetworkSettings"]["Networks"]
+        assert set(nets) == {"neta", "netb"} and nets["neta"]["Aliases"] == ["web", "frontend"]
+        api.start(c["Id"])
+        addrs = addresses(eng, "cmp-web-1")
+        assert addrs["eth0"].startswith("10.71.0.") and addrs["eth1"].startswith("10.72.0.")
+        # a running container leaves its primary network and comes back to it
+        api.disconnect_container_from_network(c["Id"], "neta")
+        assert set(addresses(eng, "cmp-web-1")) == {"lo", "eth1"}
+        api.connect_container_to_network(c["Id"], "neta")
+        assert set(addresses(eng, "cmp-web-1")) == {"lo", "eth0", "eth1"}
+        # disconnected from everything, it rejoins its NetworkMode at the next start
+        api.disconnect_container_from_network(c["Id"], "neta")
+        api.disconnect_container_from_network(c["Id"], "netb")
+        api.restart(c["Id"], timeout=0)
+        assert addresses(eng, "cmp-web-1")["eth0"].startswith("10.71.0.")
+    finally:
+        api.remove_container(c["Id"], force=True)
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="needs docker-compose (Debian's, 1.29)")
+def test_docker_compose_services_find_each_other(eng, tmp_path):
+    import subprocess
+
+    (tmp_path / "docker-compose.yml").write_text(
+        "version: '3.8'\n"
+        "services:\n"
+        "  kv:\n    image: busybox\n    command: [httpd, -f, -p, '8080', -h, /etc]\n    networks: [back]\n"
+        "  web:\n    image: busybox\n    command: [sleep, '300']\n    networks: [back, front]\n"
+        "  edge:\n    image: busybox\n    command: [sleep, '300']\n"
+        "    networks:\n      front:\n        aliases: [gateway]\n"
+        "networks:\n  back: {}\n  front: {}\n"
+    )
+
+    def compose(*args):
+        p = subprocess.run(
+            ["docker-compose", "-p", "cmpt", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=eng.env(),
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    try:
+        compose("up", "-d", "--scale", "kv=2")
+        kv = sorted(
+            eng.docker("inspect", "-f", '{{(index .NetworkSettings.Networks "cmpt_back").IPAddress}}', n).stdout.strip()
+            for n in ("cmpt_kv_1", "cmpt_kv_2")
+        )
+        out = eng.docker("exec", "cmpt_web_1", "nslookup", "kv").stdout
+        assert all(ip in out for ip in kv)
+        hostnames = {eng.docker("exec", n, "hostname").stdout for n in ("cmpt_kv_1", "cmpt_kv_2")}
+        assert eng.docker("exec", "cmpt_web_1", "wget", "-q", "-O-", "http://kv:8080/hostname").stdout in hostnames
+        assert eng.docker("exec", "cmpt_web_1", "nslookup", "gateway").returncode == 0
+        assert eng.docker("exec", "cmpt_edge_1", "nslookup", "kv", check=False).returncode != 0  # not on back
+        compose("restart")
+        out = eng.docker("exec", "cmpt_web_1", "nslookup", "kv").stdout
+        assert out.count("Address:") == 3  # the server and both kv containers
+    finally:
+        compose("down", "-v")
+    assert "cmpt_back" not in eng.docker("network", "ls", "--format", "{{.Name}}").stdout
