@@ -92,6 +92,24 @@ def test_connect_and_disconnect_a_running_container(eng):
 
 def test_connect_a_stopped_container_and_several_networks(eng):
     d = eng.docker
+    # several networks at create (API >= 1.44): docker run --network a --network name=b,alias=x
+    script = "ip -4 -o addr; nslookup bee 127.0.0.11"
+    out = d(
+        "run",
+        "--rm",
+        "--name",
+        "multi",
+        "--network",
+        "neta",
+        "--network",
+        "name=netb,alias=bee",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ).stdout
+    assert "eth0    inet 10.71.0." in out and "eth1    inet 10.72.0." in out
+    assert "Address: 10.72.0." in out.split("Name:")[-1]
     d("create", "--name", "sa", "--network", "neta", "busybox", "sleep", "300")
     try:
         d("network", "connect", "--alias", "web", "netb", "sa")
