@@ -9,7 +9,7 @@ import time
 from dockyard.engine.api.responses import Response
 from dockyard.engine.api.router import version_less
 from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
-from dockyard.engine.images import loadsave, reference, registry
+from dockyard.engine.images import loadsave, push, reference, registry
 from dockyard.engine.images.store import ZERO_TIME, parse_time
 
 log = logging.getLogger("dockyard.engine.images")
@@ -320,7 +320,29 @@ def search_images(req):
 
 
 def push_image(req):
-    raise Unsupported("pushing images to registries is not supported by the dockyard engine yet")
+    cfg = req.engine.config
+    out = _LazyStream(req, buffer_all=False)
+    try:
+        push.push(
+            req.engine.images,
+            req.params["name"],
+            req.query_value("tag") or "",
+            out.emit,
+            req.headers.get("X-Registry-Auth"),
+            cfg.insecure_registries,
+            policy=(cfg.opts or {}).get("registry-pull", "local"),
+        )
+    except EngineError as exc:
+        if out.fail(exc.message):
+            return None
+        raise
+    except Exception as exc:
+        log.exception("push of %s failed", req.params["name"])
+        if out.fail(str(exc)):
+            return None
+        raise
+    out.flush()
+    return None
 
 
 # -- load / save / import ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from dockyard.engine import API_VERSION, __version__
 from dockyard.engine.api import (
+    auth,
     build,
     containers,
     distribution,
@@ -17,7 +18,20 @@ from dockyard.engine.api import exec as exec_
 from dockyard.engine.api.router import Router
 
 # One module per resource; each has register(router, engine). Order matters only for overlapping patterns.
-RESOURCE_MODULES = (system, swarm, networks, images, distribution, volumes, filecopy, containers, exec_, events, build)
+RESOURCE_MODULES = (
+    system,
+    auth,
+    swarm,
+    networks,
+    images,
+    distribution,
+    volumes,
+    filecopy,
+    containers,
+    exec_,
+    events,
+    build,
+)
 
 
 def common_headers():

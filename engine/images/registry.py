@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from dockyard.engine import hostinfo
 from dockyard.engine.errors import InvalidParameter, NotFound, SystemFailure
-from dockyard.engine.images import digest, reference
+from dockyard.engine.images import digest, distmeta, reference
 from dockyard.engine.images.store import config_diff_ids
 
 log = logging.getLogger("dockyard.engine.images")
@@ -131,16 +131,18 @@ class _Response:
 class Registry:
     """One registry host for one repository (scope of the pull token)."""
 
-    def __init__(self, host, repository, auth=None, insecure_registries=()):
+    def __init__(self, host, repository, auth=None, insecure_registries=(), scope=None):
         self.host = host
         self.repository = repository
         self.auth = auth or {}
+        # the token's scope: pull only, unless a push asks for more (its own repo and mount sources)
+        self.scope = scope or ["repository:%s:pull" % repository]
         self.scheme = "http" if is_insecure(host, insecure_registries) else "https"
         self.token = None
         self.basic = None
 
     # -- HTTP -----------------------------------------------------------------------------
-    def _open(self, method, url, headers):
+    def _open(self, method, url, headers, body=None):
         parts = urlsplit(url)
         if parts.scheme == "https":
             conn = http.client.HTTPSConnection(parts.netloc, timeout=TIMEOUT, context=ssl.create_default_context())
@@ -149,33 +151,46 @@ class Registry:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        conn.request(method, path, headers=headers)
+        if body is not None and hasattr(body, "seek"):
+            body.seek(0)  # a retry after a 401 sends the whole body again
+        conn.request(method, path, body=body, headers=headers)
         return _Response(conn, conn.getresponse())
 
-    def request(self, path, accept=None, allow_auth=True):
-        url = "%s://%s%s" % (self.scheme, self.host, path)
-        headers = {"User-Agent": "dockyard-engine"}
+    def base_url(self):
+        return "%s://%s" % (self.scheme, self.host)
+
+    def request(self, path, accept=None, allow_auth=True, method="GET", body=None, headers=None):
+        """One request to this registry; `path` may also be an absolute URL (an upload Location).
+
+        Credentials go only to the registry's own host, never to a host a Location or redirect names.
+        """
+        url = path if "://" in path else "%s%s" % (self.base_url(), path)
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise RegistryError("registry %s named a URL that is not http(s)" % self.host)
+        sent = {"User-Agent": "dockyard-engine"}
+        sent.update(headers or {})
         if accept:
-            headers["Accept"] = ", ".join(accept)
-        if self.token:
-            headers["Authorization"] = "Bearer " + self.token
-        elif self.basic:
-            headers["Authorization"] = "Basic " + self.basic
-        origin = urlsplit(url).netloc
+            sent["Accept"] = ", ".join(accept)
+        origin = urlsplit(self.base_url()).netloc
+        if urlsplit(url).netloc == origin:
+            if self.token:
+                sent["Authorization"] = "Bearer " + self.token
+            elif self.basic:
+                sent["Authorization"] = "Basic " + self.basic
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                resp = self._open("GET", url, headers)
+                resp = self._open(method, url, sent, body)
             except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
                 raise RegistryError("error contacting registry %s: %s" % (self.host, exc)) from None
             if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("location"):
                 resp.close()
                 url = urljoin(url, resp.headers["location"])
                 if urlsplit(url).netloc != origin:
-                    headers.pop("Authorization", None)  # never hand credentials to a CDN
+                    sent.pop("Authorization", None)  # never hand credentials to a CDN
                 continue
             if resp.status == 401 and allow_auth and self._authenticate(resp.headers.get("www-authenticate", "")):
                 resp.close()
-                return self.request(path, accept, allow_auth=False)
+                return self.request(path, accept, False, method, body, headers)
             return resp
         raise RegistryError("too many redirects fetching %s" % path)
 
@@ -190,9 +205,11 @@ class Registry:
             return True
         if scheme.lower() != "bearer" or "realm" not in fields:
             return False
-        query = {"scope": "repository:%s:pull" % self.repository}
+        query = [("scope", s) for s in self.scope]
         if fields.get("service"):
-            query["service"] = fields["service"]
+            query.append(("service", fields["service"]))
+        if user:
+            query.append(("account", user))
         url = fields["realm"] + ("&" if "?" in fields["realm"] else "?") + urlencode(query)
         headers = {"User-Agent": "dockyard-engine"}
         if user:
@@ -254,17 +271,7 @@ class Registry:
         return doc.get("mediaType") or mediatype, body, got, doc
 
     def _error(self, status, body, ref):
-        detail = ""
-        try:
-            errs = json.loads(body.decode("utf-8")).get("errors") or []
-            detail = (
-                ": ".join(filter(None, [errs[0].get("code", "").lower().replace("_", " "), errs[0].get("message", "")]))
-                if errs
-                else ""
-            )
-        except (ValueError, AttributeError, TypeError, IndexError, KeyError, UnicodeDecodeError):
-            detail = ""
-        detail = " ".join(str(detail).split())[:200]  # the registry's words, on one short line
+        detail = error_detail(body)
         if status in (401, 403) or (status == 404 and "name unknown" in detail):
             raise NotFound(
                 "pull access denied for %s, repository does not exist or may require "
@@ -313,6 +320,21 @@ class Registry:
         return total
 
 
+def error_detail(body: bytes) -> str:
+    """The first error of a registry's error answer as one short line ("unauthorized: ..."), or ""."""
+    detail = ""
+    try:
+        errs = json.loads(body.decode("utf-8")).get("errors") or []
+        detail = (
+            ": ".join(filter(None, [errs[0].get("code", "").lower().replace("_", " "), errs[0].get("message", "")]))
+            if errs
+            else ""
+        )
+    except (ValueError, AttributeError, TypeError, IndexError, KeyError, UnicodeDecodeError):
+        detail = ""
+    return " ".join(str(detail).split())[:200]  # the registry's words, on one short line
+
+
 def _pick_platform(index):
     arch = hostinfo.go_arch()
     descs = index.get("manifests") or []
@@ -327,6 +349,21 @@ def _pick_platform(index):
     raise NotFound("no matching manifest for linux/%s in the manifest list entries" % arch)
 
 
+def check_policy(host: str, repo: str, policy: str, insecure_registries=(), action: str = "pull") -> None:
+    """NotFound unless the engine's registry policy lets it reach `host` (checked before any connection).
+
+    policy "local" (the default) only reaches registries on loopback and those given with
+    --insecure-registry; "all" also docker.io and any other registry.
+    """
+    if policy != "all" and not is_insecure(host, insecure_registries):
+        verb = {"pull": "pulls from", "push": "pushes to"}.get(action, "talks to")
+        raise NotFound(
+            "%s access denied for %s: this engine only %s local registries "
+            "(start it with --opt registry-pull=all to reach %s)%s"
+            % (action, repo, verb, host, "; load the image with `docker load` instead" if action == "pull" else "")
+        )
+
+
 def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(), policy="local"):
     """Pull one image; emit(dict) gets moby's JSON progress messages. Returns the Image.
 
@@ -338,12 +375,7 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
         ref_text += ("@" if tag.startswith("sha256:") else ":") + tag
     ref = reference.parse(ref_text, default_tag=True)
     host, repo_path = split_repository(ref.repo)
-    if policy != "all" and not is_insecure(host, insecure_registries):
-        raise NotFound(
-            "pull access denied for %s: this engine only pulls from local registries "
-            "(start it with --opt registry-pull=all to reach %s); load the image with "
-            "`docker load` instead" % (ref.repo, host)
-        )
+    check_policy(host, ref.repo, policy, insecure_registries)
     if ref.digest:
         digest.check(ref.digest, "manifest digest")
     reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries)
@@ -374,11 +406,15 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
     try:
         for desc, diff_id in zip(layers, diff_ids):
             if _pull_layer(store, reg, desc, diff_id, emit):
-                added.append(diff_id)
+                added.append((diff_id, desc))
         img = store.add_config(config_raw)
     except BaseException:
-        store.gc_layers(candidates=added)  # a failed pull leaves no layer behind
+        store.gc_layers(candidates=[diff_id for diff_id, _ in added])  # a failed pull leaves no layer behind
         raise
+    known = distmeta.DistributionMetadata(store.root)
+    for diff_id, desc in added:
+        # the blob hashed to its digest and its content to the diff ID: a push can reuse it
+        known.add(diff_id, desc["digest"], desc["size"], desc.get("mediaType"), "%s/%s" % (host, repo_path))
     if ref.tag:
         store.tag(img.id, reference.Reference(ref.repo, ref.tag))
     store.add_digest(img.id, ref.repo, manifest_digest)

@@ -18,7 +18,7 @@ from typing import cast
 
 import pytest
 
-from dockyard.engine.api import filecopy, images, system, volumes
+from dockyard.engine.api import auth, filecopy, images, system, volumes
 from dockyard.engine.api.http import HttpServer
 from dockyard.engine.api.router import Router
 from dockyard.engine.api.routes import common_headers
@@ -124,7 +124,7 @@ class ImagesEngine:
             runtime,
         )
         router = Router()
-        for module in (system, images, volumes, filecopy):
+        for module in (system, auth, images, volumes, filecopy):
             module.register(router, self.engine)
         self.server = HttpServer(router, common_headers(), context=self.engine)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
