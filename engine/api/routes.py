@@ -4,6 +4,7 @@ from dockyard.engine import API_VERSION, __version__
 from dockyard.engine.api import (
     auth,
     build,
+    containerfs,
     containers,
     distribution,
     events,
@@ -27,6 +28,7 @@ RESOURCE_MODULES = (
     distribution,
     volumes,
     filecopy,
+    containerfs,
     containers,
     exec_,
     events,
