@@ -398,7 +398,7 @@ class QemuDriver(Driver):
             except PreCreateCheckError as why:
                 raise DriverError(
                     f"{e}; the fallback, building dockyard's own image with mmdebstrap, is not possible here "
-                    f"either: {why}"
+                    f"either: {why.cause}"
                 ) from None
             self.progress(f"Warning: {e}; building dockyard's own image with mmdebstrap instead")
             return build.ensure_image(self.cache_dir, self.progress)

@@ -134,3 +134,38 @@ def test_context_written_for_a_provisioned_machine_and_removed_with_it(tmp_path,
     context_cmd.remove_context("web", lines.append)
     p = subprocess.run(["docker", "context", "inspect", "dockyard-web"], capture_output=True, text=True)
     assert p.returncode != 0 and any("Removed docker context" in line for line in lines)
+
+
+def test_default_image_falls_back_to_the_mmdebstrap_build_only_when_the_download_is_impossible(tmp_path, monkeypatch):
+    from dockyard.drivers.guestimage import build, debian
+    from dockyard.drivers.qemu.driver import QemuDriver
+    from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
+
+    d = QemuDriver("m", str(tmp_path / "store" / "machines" / "m"), {"ImageURLBase": "http://127.0.0.1:9/"})
+    lines = []
+    d.progress = lines.append
+    built = build.GuestImage(disk="/cache/built.qcow2")
+
+    def unavailable(*a, **k):
+        raise debian.DownloadUnavailable("cannot download http://127.0.0.1:9/SHA512SUMS: Connection refused")
+
+    monkeypatch.setattr(debian, "ensure", unavailable)
+    monkeypatch.setattr(build, "check_can_build", lambda cache: None)
+    monkeypatch.setattr(build, "ensure_image", lambda cache, log: built)
+    assert d._resolve_image() is built
+    assert any(line.startswith("Warning: cannot download") and "mmdebstrap instead" in line for line in lines)
+
+    def cannot_build(cache):
+        raise PreCreateCheckError("building the guest image needs root once")
+
+    monkeypatch.setattr(build, "check_can_build", cannot_build)
+    with pytest.raises(DriverError, match="Connection refused.*not possible here either: building the guest image"):
+        d._resolve_image()
+
+    def mismatch(*a, **k):
+        raise DriverError("download has SHA-512 0000..., not the published 1111...")
+
+    monkeypatch.setattr(debian, "ensure", mismatch)  # a bad download never falls back silently
+    monkeypatch.setattr(build, "check_can_build", lambda cache: None)
+    with pytest.raises(DriverError, match="not the published"):
+        d._resolve_image()
