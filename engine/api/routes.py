@@ -6,6 +6,7 @@ from dockyard.engine.api import (
     build,
     containerfs,
     containers,
+    diskusage,
     distribution,
     events,
     filecopy,
@@ -22,6 +23,7 @@ from dockyard.engine.api.router import Router
 RESOURCE_MODULES = (
     system,
     auth,
+    diskusage,
     swarm,
     networks,
     images,

@@ -496,23 +496,29 @@ class ImageStore:
         """`docker image prune [-a]`: images no container uses (untagged ones unless -a)."""
         deleted: List[dict[str, str]] = []
         reclaimed = 0
-        parents = self.parents()
-        for img in self.list():
-            if dangling_only and (not self.is_dangling(img) or img.id in parents):
-                continue  # untagged images with children are build steps: they go with their child
-            if not self.exists(img.id):
-                continue  # removed meanwhile as the parent of an image deleted before it
-            if until is not None and img.created >= until:
-                continue
-            if label_filter is not None and not label_filter(img.labels):
-                continue
-            if self.users(img.id):
-                continue
-            stats: dict[str, int] = {}
-            try:
-                records = self.delete(img.id, force=True, stats=stats)
-            except (Conflict, NotFound):
-                continue
-            deleted.extend(records)
-            reclaimed += stats.get("reclaimed", 0)
+        progress = True
+        while progress:  # with -a, a parent refused while its child was there goes in the next pass
+            progress = False
+            parents = self.parents()
+            for img in self.list():
+                if dangling_only and (not self.is_dangling(img) or img.id in parents):
+                    continue  # untagged images with children are build steps: they go with their child
+                if not self.exists(img.id):
+                    continue  # removed meanwhile as the parent of an image deleted before it
+                if until is not None and img.created >= until:
+                    continue
+                if label_filter is not None and not label_filter(img.labels):
+                    continue
+                if self.users(img.id):
+                    continue
+                if img.id in parents:
+                    continue  # a parent goes after its children (delete would refuse it now)
+                stats: dict[str, int] = {}
+                try:
+                    records = self.delete(img.id, force=True, stats=stats)
+                except (Conflict, NotFound):
+                    continue
+                deleted.extend(records)
+                reclaimed += stats.get("reclaimed", 0)
+                progress = True
         return deleted, reclaimed
