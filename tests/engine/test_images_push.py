@@ -291,3 +291,107 @@ def test_credentials_never_follow_an_upload_location_to_another_host(images_engi
         assert e.docker("version").returncode == 0
     finally:
         reg.close()
+
+
+class _TokenRegistry:
+    """A registry front that only knows token auth: /v2/ wants a Bearer token from its /token realm."""
+
+    def __init__(self, user="bob", password="pw"):
+        self.scopes = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.startswith("/token"):
+                    outer.scopes.append(self.path)
+                    want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+                    if self.headers.get("Authorization") != want:
+                        return self._send(401, b'{"details":"bad credentials"}')
+                    return self._send(200, json.dumps({"token": "tok-123"}).encode())
+                if self.headers.get("Authorization") == "Bearer tok-123":
+                    return self._send(200, b"{}")
+                realm = f'Bearer realm="http://{outer.host}/token",service="fake"'
+                body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+                self._send(401, body, [("WWW-Authenticate", realm)])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = "127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_login_with_token_auth(images_engine):
+    e = images_engine
+    reg = _TokenRegistry()
+    try:
+        p = e.docker("login", "-u", "bob", "--password-stdin", reg.host, input=b"nope", check=False)
+        assert p.returncode == 1 and b"401 Unauthorized" in p.stderr and b"authentication required" in p.stderr
+        p = e.docker("login", "-u", "bob", "--password-stdin", reg.host, input=b"pw")
+        assert b"Login Succeeded" in p.stdout
+        assert all("account=bob" in s and "service=fake" in s for s in reg.scopes)
+        res = e.client().login("bob", "pw", registry=reg.host, reauth=True)
+        assert res["Status"] == "Login Succeeded"
+    finally:
+        reg.close()
+
+
+def test_build_push_rmi_pull_run_on_a_real_engine(tmp_path):
+    """The whole round trip on a running engine: the registry lives in the engine's network namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("the engine needs root")
+    from tests.engine.runtime_helper import RuntimeEngine
+
+    eng = RuntimeEngine()
+    reg = None
+    try:
+        eng.start()
+        eng.load_busybox()
+        pid = (eng.dir / "engine.pid").read_text().split()[0]
+        in_net = ["nsenter", "-t", pid, "-n"]
+        subprocess.run(in_net + ["ip", "link", "set", "lo", "up"], check=True)
+        port = 16000 + os.getpid() % 1000
+        cfg = tmp_path / "registry.yml"
+        cfg.write_text(
+            f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/reg\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n"
+        )
+        reg = subprocess.Popen(in_net + [REGISTRY, "serve", str(cfg)], stdout=subprocess.DEVNULL)
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text('FROM busybox\nRUN echo built-and-pushed > /msg\nCMD ["cat", "/msg"]\n')
+        ref = f"127.0.0.1:{port}/team/app:1"
+        eng.docker("build", "-q", "-t", ref, str(ctx), timeout=120)
+        image_id = eng.docker("images", "-q", "--no-trunc", ref).stdout.strip()
+        deadline = time.monotonic() + 20  # only bounds a registry that never starts
+        while True:
+            p = eng.docker("push", ref, check=False)
+            if p.returncode == 0 or time.monotonic() > deadline or "connection refused" not in p.stderr:
+                break
+            time.sleep(0.2)
+        assert p.returncode == 0, p.stderr
+        assert "Pushed" in p.stdout and "1: digest: sha256:" in p.stdout
+        eng.docker("rmi", "-f", image_id)
+        eng.docker("rmi", "busybox")
+        out = eng.docker("pull", ref).stdout
+        assert "Downloaded newer image" in out
+        assert eng.docker("images", "-q", "--no-trunc", ref).stdout.strip() == image_id
+        assert eng.docker("run", "--rm", ref).stdout == "built-and-pushed\n"
+    finally:
+        if reg is not None:
+            reg.kill()
+            reg.wait()
+        eng.cleanup()
