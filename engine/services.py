@@ -28,6 +28,7 @@ from dockyard.engine.network.manager import NetworkManager
 from dockyard.engine.runtime.events import EventBus
 from dockyard.engine.runtime.execs import ExecManager
 from dockyard.engine.runtime.forkserver import ForkServer
+from dockyard.engine.runtime.health import HealthMonitor
 from dockyard.engine.runtime.manager import ContainerManager
 from dockyard.engine.runtime.userns import IdMap, RemapError
 from dockyard.engine.runtime.userns import data_root as remapped_data_root
@@ -133,6 +134,7 @@ def start_engine(engine: Engine) -> None:
             log.exception("applying restart policies at start failed")
 
     threading.Thread(target=policies, name="restart-policies", daemon=True).start()
+    HealthMonitor(containers, containers.execs).start()  # --health-* / HEALTHCHECK probes
 
 
 def stop_engine(engine: Engine) -> None:

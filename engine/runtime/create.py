@@ -181,6 +181,13 @@ def merge_config(body, image_config):
         if cfg.get(key) is None:
             cfg[key] = default
     cfg["Image"] = body.get("Image") or ""
+    image_hc = img.get("Healthcheck")
+    if isinstance(image_hc, dict):  # moby: what the request leaves empty comes from the image's HEALTHCHECK
+        user_hc = dict(cfg.get("Healthcheck") or {})
+        for key, value in image_hc.items():
+            if not user_hc.get(key):
+                user_hc[key] = value
+        cfg["Healthcheck"] = user_hc
     if cfg.get("StopSignal"):
         try:
             parse_signal(cfg["StopSignal"])

@@ -72,7 +72,12 @@ def human_status(c, now=None):
         return "Removal In Progress"
     if status in ("running", "paused"):
         text = "Up " + human_duration(now - st.get("StartedNs", 0) / 1e9)
-        return text + " (Paused)" if status == "paused" else text
+        if status == "paused":
+            return text + " (Paused)"
+        health = (health_view(c) or {}).get("Status")
+        if health:  # as moby's ps: (health: starting), (healthy), (unhealthy)
+            text += " (health: starting)" if health == "starting" else " (%s)" % health
+        return text
     if status == "restarting":
         return "Restarting (%d) %s ago" % (st.get("ExitCode", 0), human_duration(now - st.get("FinishedNs", 0) / 1e9))
     if status == "dead":
@@ -97,7 +102,17 @@ def state_view(c):
         "Error": st.get("Error", ""),
         "StartedAt": st.get("StartedAt"),
         "FinishedAt": st.get("FinishedAt"),
+        **({"Health": health_view(c)} if health_view(c) else {}),
     }
+
+
+def health_view(c):
+    """State.Health: a running container whose check has not run since this start is "starting"."""
+    st = c.state
+    test = (c.config.get("Healthcheck") or {}).get("Test") or []
+    if c.running and test and test[0] != "NONE" and st.get("HealthStarted") != st.get("StartedNs"):
+        return {"Status": "starting", "FailingStreak": 0, "Log": []}
+    return st.get("Health")
 
 
 def mounts_view(c):
@@ -296,6 +311,10 @@ def filter_containers(items, filters, manager, all_):
         if filters.get("network"):
             mode = c.host_config.get("NetworkMode") or "bridge"
             if mode not in filters.get("network"):
+                continue
+        if filters.get("health"):
+            health = (health_view(c) or {}).get("Status") if c.running else None
+            if (health or "none") not in filters.get("health"):
                 continue
         if filters.get("is-task") and "true" in filters.get("is-task"):
             continue
