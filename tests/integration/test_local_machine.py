@@ -95,6 +95,19 @@ def wait_for(what, check, timeout=60):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def forwarder_pid(mdir):
+    with open(os.path.join(mdir, "portfwd.pid")) as f:
+        return int(f.read())
+
+
+def fetch(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as r:
+            return r.read()
+    except OSError:
+        return None
+
+
 def check_published_ports(dockyard, mdir):
     """-p answers on the laptop's 127.0.0.1 (TCP, UDP) as the container starts, goes when it stops; a port
     another program holds is a warning in the forwarder's log and ports.json."""
@@ -106,14 +119,7 @@ def check_published_ports(dockyard, mdir):
     )
     assert web.returncode == 0
 
-    def fetch():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{tcp}/index.html", timeout=5) as r:
-                return r.read()
-        except OSError:
-            return None
-
-    assert wait_for("the published port on 127.0.0.1", fetch) == b"published\n"
+    assert wait_for("the published port on 127.0.0.1", lambda: fetch(tcp)) == b"published\n"
     assert ports_state(mdir)["Forwarded"] == {f"{tcp}/tcp": "web", f"{udp}/udp": "web"}
     assert not bindable(udp, socket.SOCK_DGRAM)
 
@@ -197,10 +203,27 @@ def test_first_run_makes_default_from_debians_cloud_image(dockyard, image_server
         dockyard.docker("default", "run", "--rm", "-v", app, "busybox", "sh", "-c", "echo from the vm > /app/g.txt")
         assert (home / "proj" / "g.txt").read_text() == "from the vm\n"
 
+        # after a stop and start: the share comes back from fstab and ports are forwarded by a new forwarder
+        mdir = os.path.join(dockyard.store, "machines", "default")
+        first = forwarder_pid(mdir)
+        assert process_alive(first, "dockyard.drivers.qemu.portfwd")
+        dockyard("stop", timeout=300)
+        assert not process_alive(first)
+        dockyard("start", timeout=600)
+        assert dockyard.docker("default", "run", "--rm", "-v", app, "busybox", "cat", "/app/g.txt").stdout == (
+            "from the vm\n"
+        )
+        port = free_port()
+        dockyard.docker(
+            "default",
+            *("run", "-d", "--name", "again", "-p", f"{port}:8080", "busybox"),
+            *("sh", "-c", "echo again > /tmp/index.html && exec busybox httpd -f -p 8080 -h /tmp"),
+        )
+        assert wait_for("a port after restart", lambda: fetch(port)) == b"again\n"
+
         pid = qemu_pid(dockyard, "default")
-        with open(os.path.join(dockyard.store, "machines", "default", "portfwd.pid")) as f:
-            forwarder = int(f.read())
-        assert process_alive(forwarder, "dockyard.drivers.qemu.portfwd")
+        forwarder = forwarder_pid(mdir)
+        assert process_alive(forwarder, "dockyard.drivers.qemu.portfwd") and forwarder != first
         dockyard("rm", "-y", "default", timeout=120, env={"DOCKER_CONFIG": env["DOCKER_CONFIG"]})
         gone = subprocess.run(
             ["docker", "context", "inspect", "dockyard-default"],
