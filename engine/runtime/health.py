@@ -150,21 +150,26 @@ class HealthMonitor:
             timed_out = False
             try:
                 fds = list(proc.outputs)
-                while fds:
+                ctl = proc.ctl.fileno()
+                while fds and not proc.exited:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         timed_out = True
                         break
-                    ready, _, _ = select.select(fds, [], [], min(left, 1.0))
-                    for fd in ready:
-                        data = os.read(fd, 65536)
-                        if not data:
+                    ready, _, _ = select.select(fds + [ctl], [], [], min(left, 1.0))
+                    if ctl in ready:
+                        proc.poll_events()  # exited: a child it left behind may hold the pipes open
+                    for fd in (f for f in ready if f != ctl):
+                        if not _read_into(fd, output):
                             fds.remove(fd)
-                        elif len(output) < MAX_OUTPUT:
-                            output += data[: MAX_OUTPUT - len(output)]
-                if timed_out and proc.pid:
+                for fd in fds:  # what the probe wrote just before it exited
+                    if select.select([fd], [], [], 0)[0]:
+                        _read_into(fd, output)
+                while not timed_out and proc.poll_events() is not None:
+                    pass
+                if timed_out and proc.pid and not proc.exited:
                     try:
-                        os.kill(proc.pid, signal.SIGKILL)
+                        os.kill(proc.pid, signal.SIGKILL)  # the helper has not reaped it: still this process
                     except OSError:
                         pass
                 self.execs.finish(inst, proc)
@@ -214,6 +219,17 @@ class HealthMonitor:
             c.save_state()
         if not reset and health["Status"] != old:
             self.containers.emit(c, "health_status: " + health["Status"])
+
+
+def _read_into(fd: int, output: bytearray) -> bool:
+    """Read what fd has into output (up to MAX_OUTPUT kept); False at end of file."""
+    try:
+        data = os.read(fd, 65536)
+    except OSError:
+        return False
+    if data and len(output) < MAX_OUTPUT:
+        output += data[: MAX_OUTPUT - len(output)]
+    return bool(data)
 
 
 def _go_duration(ns: int) -> str:

@@ -89,3 +89,15 @@ def test_image_healthcheck_timeout_and_start_period(eng, tmp_path):
     time.sleep(0.5)
     assert _health(eng, "hc4") is None
     eng.docker("rm", "-f", "hc4")
+
+
+def test_a_probe_that_leaves_a_child_holding_its_output_ends_when_it_exits(eng):
+    eng.docker(
+        "run", "-d", "--name", "hc5", "--health-cmd", "sleep 30 & echo bg-ok", "--health-interval", "200ms",
+        "--health-timeout", "20s", "busybox", "sleep", "60",
+    )  # fmt: skip
+    started = time.monotonic()
+    h = _wait_status(eng, "hc5", "healthy")
+    assert time.monotonic() - started < 15  # not the 20 s timeout
+    assert h["Log"][-1]["ExitCode"] == 0 and h["Log"][-1]["Output"] == "bg-ok\n"
+    eng.docker("rm", "-f", "hc5")
