@@ -462,6 +462,7 @@ def pull_image(req, from_image, tag):
             req.headers.get("X-Registry-Auth"),
             cfg.insecure_registries,
             policy=policy,
+            mirrors=cfg.registry_mirrors,
         )
     except EngineError as exc:
         if out.fail(exc.message):

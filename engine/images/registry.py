@@ -364,23 +364,55 @@ def check_policy(host: str, repo: str, policy: str, insecure_registries=(), acti
         )
 
 
-def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(), policy="local"):
+def _mirror_registries(host, repo_path, insecure_registries, mirrors):
+    """Registries for the operator's --registry-mirror URLs (docker.io images only; no credentials sent)."""
+    out = []
+    if host != DOCKER_HUB:
+        return out
+    for url in mirrors or ():
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            reg = Registry(parts.netloc, repo_path, {}, insecure_registries)
+            reg.scheme = parts.scheme  # the URL says how to reach it
+            out.append(reg)
+    return out
+
+
+def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(), policy="local", mirrors=()):
     """Pull one image; emit(dict) gets moby's JSON progress messages. Returns the Image.
 
     policy "local" (the default) only reaches registries on loopback and those given
-    with --insecure-registry; "all" also docker.io and any other registry.
+    with --insecure-registry; "all" also docker.io and any other registry. A docker.io image
+    is asked of each --registry-mirror first (configured by the operator, so under any policy),
+    then of docker.io itself if the policy allows.
     """
     ref_text = from_image
     if tag:
         ref_text += ("@" if tag.startswith("sha256:") else ":") + tag
     ref = reference.parse(ref_text, default_tag=True)
     host, repo_path = split_repository(ref.repo)
-    check_policy(host, ref.repo, policy, insecure_registries)
+    candidates = _mirror_registries(host, repo_path, insecure_registries, mirrors)
+    if not candidates:
+        check_policy(host, ref.repo, policy, insecure_registries)
     if ref.digest:
         digest.check(ref.digest, "manifest digest")
-    reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries)
     wanted = ref.digest or ref.tag
-    mediatype, raw, manifest_digest, doc = reg.manifest(wanted)
+    found = None
+    for i, reg in enumerate(candidates):
+        try:
+            found = reg, reg.manifest(wanted)
+            break
+        except (RegistryError, NotFound) as exc:
+            log.info("registry mirror %s: %s", reg.host, exc.message)
+            if i == len(candidates) - 1:
+                try:
+                    check_policy(host, ref.repo, policy, insecure_registries)
+                except NotFound:
+                    raise exc from None  # no fallback allowed: the mirror's answer is the one to show
+    if found is None:
+        reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries)
+        found = reg, reg.manifest(wanted)
+    reg, (mediatype, raw, manifest_digest, doc) = found
     if mediatype in INDEX_TYPES or "manifests" in doc:
         mediatype, raw, manifest_digest, doc = reg.manifest(_pick_platform(doc))
     if doc.get("schemaVersion") == 1 or "config" not in doc:

@@ -395,3 +395,21 @@ def test_build_push_rmi_pull_run_on_a_real_engine(tmp_path):
             reg.kill()
             reg.wait()
         eng.cleanup()
+
+
+def test_docker_io_images_come_from_the_registry_mirror(images_engine, registry, tmp_path):  # noqa: F811
+    """--registry-mirror: a docker.io name is pulled from the mirror, even under the local-only policy."""
+    e = images_engine
+    config, layers = busybox_parts()
+    digest = api_push(registry, "library/busybox", "mirrored", config, layers)
+    e.engine.config.registry_mirrors = [f"http://{registry}/"]
+    out = e.docker("pull", "busybox:mirrored").stdout.decode()
+    assert f"Digest: {digest}" in out
+    assert e.images.get("busybox:mirrored").id == busybox_image_id()
+    # not on the mirror: the local-only policy forbids docker.io, the mirror's answer is shown
+    p = e.docker("pull", "busybox:nosuchtag", check=False)
+    assert p.returncode == 1 and b"not found" in p.stderr, p.stderr
+    # a mirror that is down, and no fallback allowed
+    e.engine.config.registry_mirrors = ["http://127.0.0.1:1/"]
+    p = e.docker("pull", "busybox:mirrored2", check=False)
+    assert p.returncode == 1 and b"127.0.0.1:1" in p.stderr, p.stderr
