@@ -124,3 +124,17 @@ def test_export_is_the_merged_root_and_never_follows_links(eng, tmp_path):
         assert tar.extractfile("new").read() == b"hi\n"
     eng.docker("rm", "ex1")
     eng.docker("rmi", "exported:1")
+
+
+def test_diff_never_looks_through_a_link_in_the_image(eng, tmp_path):
+    """An image layer's /lnk -> / must not make diff consult the host's files for a path under /lnk."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN ln -s / /lnk\n")
+    eng.docker("build", "-q", "-t", "linky:1", str(ctx), timeout=120)
+    eng.docker("run", "--name", "lk", "linky:1", "sh", "-c", "rm /lnk && mkdir -p /lnk/etc && touch /lnk/etc/passwd")
+    lines = eng.docker("diff", "lk").stdout.splitlines()
+    # the host has /etc/passwd; the image has no /lnk/etc/passwd: it is an addition
+    assert "A /lnk/etc/passwd" in lines and "A /lnk/etc" in lines, lines
+    eng.docker("rm", "lk")
+    eng.docker("rmi", "linky:1")
