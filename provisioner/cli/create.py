@@ -24,7 +24,7 @@ INSTALL_HINT = (
 def local_driver():
     """The driver `create` uses when none is given: qemu when qemu-system-<arch> is installed, else
     virtualbox when VBoxManage is, else None."""
-    from dockyard.drivers.qemu.driver import host_binary  # lazy: only create needs it
+    from dockyard.drivers.qemu.settings import host_binary  # lazy: only create needs it
 
     if shutil.which(os.environ.get("QEMU_BINARY") or host_binary()):
         return "qemu"

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from dockyard.drivers.guestimage.resources import default_cpus
-from dockyard.drivers.qemu.driver import host_binary
+from dockyard.drivers.qemu.settings import host_binary
 from dockyard.provisioner.cli import create as create_cmd
 from dockyard.provisioner.cli.main import main
 from dockyard.provisioner.core import pki
