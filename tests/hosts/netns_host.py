@@ -460,7 +460,14 @@ class TestHost:
                 'mount --bind "$R/dev/pts/ptmx" "$R/dev/ptmx"',
                 'mkdir -m 0755 "$R/run/sshd"',
                 f"hostname {q(self.name)}",
-                'exec chroot "$R" /usr/sbin/sshd -D -e',
+                *(
+                    # A chroot leaves this mount namespace's root at the machine's own /: runc exec's setns
+                    # lands there, not in the container (docker exec then ran the machine's programs and read
+                    # its /etc/resolv.conf). pivot_root makes the overlay the namespace's root, as on a real host.
+                    ['cd "$R"', "pivot_root . .", "umount -l .", "exec /usr/sbin/sshd -D -e"]
+                    if self.has_docker
+                    else ['exec chroot "$R" /usr/sbin/sshd -D -e']
+                ),
             ]
             # nsenter execs (no fork), so the PID we keep is unshare's; --kill-child takes
             # PID 1 (sshd) and with it the whole pid namespace down when unshare dies.

@@ -298,27 +298,41 @@ def test_swarm_master_workers_ls_env_rm(dockyard, docker_rootfs, tmp_path):
         tasks = _wait("6 running tasks", lambda: (t := _running_tasks(dockyard, "m1", "spread")) and len(t) == 6 and t)
         assert set(tasks) == {"m1", "w1", "w2"}
 
-        # two services on an overlay network reach each other across nodes (w2 -> w1 over VXLAN). By task address:
-        # on these test hosts the tasks' resolv.conf is the host's, not Docker's embedded DNS (see the report).
+        # two services on an overlay network reach each other by service name across nodes (over VXLAN), through
+        # Docker's embedded DNS: each task's resolv.conf names 127.0.0.11, and `web` / `cli` resolve to the other
+        # node's task (dnsrr: the task addresses themselves)
         dockyard.docker("m1", "network", "create", "-d", "overlay", "appnet")
-        httpd = "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 80 -h /www"
-        _service(dockyard, "web", "--network", "appnet", "--constraint", "node.hostname==w1", "sh", "-c", httpd)
-        _service(dockyard, "cli", "--network", "appnet", "--constraint", "node.hostname==w2", "sleep", "3600")
+        httpd = "mkdir -p /www && echo hello-from-{} > /www/index.html && exec httpd -f -p 80 -h /www"
+        _service(dockyard, "web", "--network", "appnet", "--constraint", "node.hostname==w1", "sh", "-c",
+                 httpd.format("web"))  # fmt: skip
+        _service(dockyard, "cli", "--network", "appnet", "--constraint", "node.hostname==w2", "sh", "-c",
+                 httpd.format("cli"))  # fmt: skip
         _wait("web and cli running", lambda: _running_tasks(dockyard, "m1", "web") == ["w1"]
               and _running_tasks(dockyard, "m1", "cli") == ["w2"])  # fmt: skip
-        web = dockyard.docker("w1", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=web").stdout.split()
-        web_ip = json.loads(dockyard.docker("w1", "inspect", web[0]).stdout)[0]["NetworkSettings"]["Networks"]
-        web_ip = web_ip["appnet"]["IPAddress"]
-        cli = dockyard.docker("w2", "ps", "-q", "--filter", "label=com.docker.swarm.service.name=cli").stdout.split()
-        got = _wait("web from w2", lambda: dockyard.docker(
-            "w2", "exec", cli[0], "wget", "-q", "-T", "3", "-O", "-", f"http://{web_ip}/", check=False).stdout)  # fmt: skip
-        assert got.strip() == "hello-from-web"
+        tasks = {}
+        for service, node in (("web", "w1"), ("cli", "w2")):
+            ids = dockyard.docker(node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}")
+            cid = ids.stdout.split()[0]
+            networks = json.loads(dockyard.docker(node, "inspect", cid).stdout)[0]["NetworkSettings"]["Networks"]
+            tasks[service] = (node, cid, networks["appnet"]["IPAddress"])
+            resolv = dockyard.docker(node, "exec", cid, "cat", "/etc/resolv.conf").stdout
+            assert "nameserver 127.0.0.11" in resolv, resolv
+        for src, dst in (("cli", "web"), ("web", "cli")):
+            node, cid, _ = tasks[src]
+            answer = _wait(f"{dst} resolved in {src}'s task", lambda: dockyard.docker(
+                node, "exec", cid, "nslookup", dst, check=False).stdout)  # fmt: skip
+            assert tasks[dst][2] in answer, answer
+            # busybox nc, not wget: this static busybox's wget dies of SIGSEGV under dockerd (also by address)
+            get = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {dst} 80"
+            got = _wait(f"http://{dst}/ from {src}'s task on {node}", lambda: dockyard.docker(
+                node, "exec", cid, "sh", "-c", get, check=False).stdout)  # fmt: skip
+            assert got.startswith("HTTP/1.") and got.rstrip().endswith(f"hello-from-{dst}"), got
 
         # a host-mode published port answers on the node that runs the task, and only there
         _service(dockyard, "pub", "--publish", "mode=host,target=80,published=8080", "--constraint",
-                 "node.hostname==w2", "sh", "-c", httpd)  # fmt: skip
+                 "node.hostname==w2", "sh", "-c", httpd.format("pub"))  # fmt: skip
         body = _wait("port 8080 on w2", lambda: _http_get(f"http://{w2.ip}:8080/"))
-        assert body.strip() == b"hello-from-web" and _http_get(f"http://{m1.ip}:8080/") is None
+        assert body.strip() == b"hello-from-pub" and _http_get(f"http://{m1.ip}:8080/") is None
 
         # docker stack deploy of a compose file
         compose = tmp_path / "stack.yml"
