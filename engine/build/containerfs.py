@@ -219,6 +219,10 @@ def _merge_config(base: Dict[str, Any], user: Optional[Dict[str, Any]]) -> Dict[
     for key, value in (user or {}).items():
         if value not in (None, "", [], {}, False, 0):
             merged[key] = copy.deepcopy(value)
+    user_env = (user or {}).get("Env")
+    if isinstance(user_env, list) and user_env:  # Env is merged by name: the container's others stay
+        names = {str(e).split("=", 1)[0] for e in user_env}
+        merged["Env"] = list(user_env) + [e for e in base.get("Env") or [] if str(e).split("=", 1)[0] not in names]
     return merged
 
 

@@ -79,7 +79,9 @@ def test_commit_of_a_running_container_pauses_it_and_lets_it_run_on(eng):
     eng.docker("run", "-d", "--name", "cm2", "busybox", "sleep", "60")
     eng.docker("exec", "cm2", "sh", "-c", "echo live > /live")
     c = eng.client().containers.get("cm2")
-    img = c.commit(repository="live", tag="1", changes=["CMD cat /live"])
+    img = c.commit(repository="live", tag="1", changes=["CMD cat /live"], conf={"Env": ["FROM_CONF=1"]})
+    env = img.attrs["Config"]["Env"]
+    assert "FROM_CONF=1" in env and any(e.startswith("PATH=") for e in env)  # merged by name, as moby
     assert eng.docker("inspect", "-f", "{{.State.Status}}", "cm2").stdout.strip() == "running"
     assert eng.docker("run", "--rm", img.id).stdout == "live\n"
     eng.docker("commit", "--pause=false", "cm2", "live:2")

@@ -116,6 +116,12 @@ def test_push_rmi_pull_and_layer_reuse(images_engine, registry):  # noqa: F811
     out = e.docker("push", f"{registry}/other/bb:2").stdout.decode()
     assert "Mounted from team/bb" in out and "Pushed" not in out
 
+    # --all-tags: every local tag of the repository
+    e.docker("tag", ref, f"{registry}/team/bb:1.1")
+    out = e.docker("push", "--all-tags", f"{registry}/team/bb").stdout.decode()
+    assert "1.0: digest: " in out and "1.1: digest: " in out
+    assert json.loads(_manifest(registry, "team/bb", "1.1"))["config"]["digest"] == busybox_image_id()
+
     # rmi, then pull back what was pushed: the same image, verified
     e.docker("rmi", "-f", busybox_image_id())
     assert e.docker("images", "-q").stdout.strip() == b""
