@@ -140,3 +140,15 @@ def test_diff_never_looks_through_a_link_in_the_image(eng, tmp_path):
     assert "A /lnk/etc/passwd" in lines and "A /lnk/etc" in lines, lines
     eng.docker("rm", "lk")
     eng.docker("rmi", "linky:1")
+
+
+def test_export_of_a_running_container(eng, tmp_path):
+    eng.docker("run", "-d", "--name", "ex2", "busybox", "sleep", "60")
+    eng.docker("exec", "ex2", "sh", "-c", "echo running > /r")
+    out = tmp_path / "ex2.tar"
+    eng.docker("export", "-o", str(out), "ex2")
+    with tarfile.open(out) as tar:
+        assert tar.extractfile("r").read() == b"running\n"
+        assert "bin/busybox" in tar.getnames()
+        assert not [n for n in tar.getnames() if n.startswith("proc/")]  # not the container's mounts
+    eng.docker("rm", "-f", "ex2")
