@@ -1,5 +1,6 @@
 """`dockyard create`: the shared engine/TLS flags plus the chosen driver's own flags."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -231,24 +232,32 @@ def create(
             context_after_create(m, show)
         return
 
+    # Several machines starting a new swarm: the first initializes it while the others are created alongside and
+    # wait for it before joining (cluster.ManagerGate).
+    per_name = cluster.batch_options(swarm, names, swarm_manager) if swarm and swarm["Master"] else {}
+    gate = cluster.ManagerGate(names[0]) if per_name else None
+
     def create_one(name, log):
         # The driver's own progress lines stay unprefixed, as they always were (info, not the batch's log).
-        m = machine.create(
-            store,
-            name,
-            driver,
-            driver_options,
-            json.loads(json.dumps(engine_options)),
-            list(tls_san),
-            log,
-            info,
-            engine=engine,
-            swarm=swarm,
-        )
+        lead = gate is not None and name == gate.manager
+        with gate.leading() if gate is not None and lead else contextlib.nullcontext():
+            m = machine.create(
+                store,
+                name,
+                driver,
+                driver_options,
+                json.loads(json.dumps(engine_options)),
+                list(tls_san),
+                log,
+                info,
+                engine=engine,
+                swarm=per_name.get(name, swarm),
+                swarm_ready=gate.wait if gate is not None and not lead else None,
+            )
         if with_context:
             context_after_create(m, log)
 
-    run = batch.Batch(names, create_one, info, limit=parallel)
+    run = batch.Batch(names, create_one, info, limit=parallel, lead=gate.manager if gate else None)
     failed = run.run()
     if failed:
         raise DockyardError(run.summary())

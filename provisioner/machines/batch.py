@@ -1,6 +1,7 @@
 """Creating several machines at once: names from `-n`, bounded concurrency, progress lines prefixed with
 the machine's name, and a summary in which one failure does not hide the others."""
 
+import contextlib
 import threading
 
 from dockyard.provisioner.core.errors import DockyardError, UsageError
@@ -31,10 +32,12 @@ def _first_line(e):
 
 
 class Batch:
-    """Runs action(name, log) for every name, at most `limit` at a time."""
+    """Runs action(name, log) for every name, at most `limit` at a time. `lead`, a name the others may wait for
+    (the manager of a new swarm), runs outside the limit, so that waiting machines can never keep it from a slot."""
 
-    def __init__(self, names, action, echo, limit=DEFAULT_CONCURRENCY):
+    def __init__(self, names, action, echo, limit=DEFAULT_CONCURRENCY, lead=None):
         self.names = list(names)
+        self.lead = lead
         self.action = action
         self.echo = echo
         self.limit = max(1, int(limit))
@@ -50,7 +53,7 @@ class Batch:
         return log
 
     def _run_one(self, name, sem):
-        with sem:
+        with contextlib.nullcontext() if name == self.lead else sem:
             log = self.logger(name)
             try:
                 self.action(name, log)

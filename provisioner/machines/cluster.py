@@ -9,7 +9,9 @@ machine it joined through), ArbitraryFlags (--swarm-opt), ArbitraryJoinFlags (--
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dockyard.provisioner.core.errors import DockyardError, EngineUnreachable, UsageError
@@ -55,10 +57,10 @@ def options_from_flags(
         raise UsageError("swarm mode needs Docker Engine: add --engine docker (the dockyard engine has no swarm)")
     if master and join:
         raise UsageError("--swarm-master starts a new swarm; --swarm-join joins an existing one: choose one")
-    if master and len(names) > 1:
-        raise UsageError("--swarm-master makes one machine; create the others with --swarm --swarm-join NAME")
     if not master and not join:
-        raise UsageError("say which swarm: --swarm-master (a new one) or --swarm-join MANAGER")
+        if not (swarm_flag and len(names) > 1):
+            raise UsageError("say which swarm: --swarm-master (a new one) or --swarm-join MANAGER")
+        master = True  # several new machines and no swarm to join: they form a new one (batch_options)
     if master:
         swarm.init_request("0.0.0.0", opts)  # refuses unknown --swarm-opt keys now, not after the machine exists
     if join_opts:
@@ -73,6 +75,52 @@ def options_from_flags(
         "ArbitraryFlags": list(opts),
         "ArbitraryJoinFlags": list(join_opts),
     }
+
+
+def batch_options(so: Mapping[str, Any], names: Sequence[str], as_manager: bool = False) -> dict[str, dict[str, Any]]:
+    """SwarmOptions per machine when several machines start a new swarm (create -n N / several names with
+    --swarm-master, or --swarm and no --swarm-join), as Docker Machine users expect: the first machine initializes
+    it, the others join it (as managers with --swarm-manager: as_manager, else as workers)."""
+    if not so.get("Master") or not names:
+        raise ValueError("batch_options is for a new swarm made by several machines")
+    lead = names[0]
+    out = {lead: dict(so, Master=True, Manager=True, Agent=False, Join="", Cluster=lead)}
+    for name in names[1:]:
+        out[name] = dict(
+            so, Master=False, Manager=as_manager, Agent=not as_manager, Join=lead, Cluster=lead, ArbitraryFlags=[]
+        )
+    return out
+
+
+class ManagerGate:
+    """The machines of a batch that join a swarm its first machine starts are created alongside it and wait here,
+    after provisioning and before joining, until that manager has initialized the swarm (or has failed)."""
+
+    def __init__(self, manager: str) -> None:
+        self.manager = manager
+        self._done = threading.Event()
+        self._error = ""
+
+    def open(self, error: str = "") -> None:
+        """The manager's create ended: the swarm is up (no error) or it never will be."""
+        self._error = error
+        self._done.set()
+
+    @contextlib.contextmanager
+    def leading(self) -> Iterator[None]:
+        """Around the manager's create: opens the gate when it ends, with its error if it failed."""
+        try:
+            yield
+        except BaseException as e:
+            text = str(e).strip()
+            self.open(text.splitlines()[0] if text else type(e).__name__)
+            raise
+        self.open()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self._error:
+            raise DockyardError(f'not joining: the swarm manager "{self.manager}" failed: {self._error}')
 
 
 def check_join(so: dict[str, Any], manager_config: Mapping[str, Any], manager_name: str) -> None:

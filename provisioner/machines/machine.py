@@ -443,10 +443,12 @@ def create(
     collaborators: Collaborators = DEFAULT_COLLABORATORS,
     engine: str = dockerengine.DEFAULT_ENGINE,
     swarm: dict[str, Any] | None = None,
+    swarm_ready: Callable[[], None] | None = None,
 ) -> Machine:
     """Create, provision and record a machine. On failure the machine stays, in state Error, for rm -f.
     progress: where the driver's own progress lines go (default: log). engine: "dockyard" or "docker".
-    swarm: SwarmOptions (cluster.options_from_flags) when the machine joins or starts a swarm."""
+    swarm: SwarmOptions (cluster.options_from_flags) when the machine joins or starts a swarm. swarm_ready: for a
+    machine joining a manager made in the same batch, waited for (and the manager checked) just before joining."""
     validate_name(name)
     if engine not in dockerengine.ENGINES:
         raise UsageError(f'unknown engine "{engine}": use one of {", ".join(dockerengine.ENGINES)}')
@@ -458,7 +460,8 @@ def create(
     if swarm:
         swarm = dict(swarm)
         if swarm.get("Join"):
-            cluster.check_join(swarm, store.load(swarm["Join"]), swarm["Join"])
+            if swarm_ready is None:
+                cluster.check_join(swarm, store.load(swarm["Join"]), swarm["Join"])
         else:
             swarm["Cluster"] = name
     driver_cls = collaborators.driver_class(driver_name)
@@ -498,6 +501,9 @@ def create(
                 m.provision(log, step, session)
                 if swarm:
                     step("forming the swarm")
+                    if swarm_ready is not None:
+                        swarm_ready()
+                        cluster.check_join(swarm, store.load(swarm["Join"]), swarm["Join"])
                     cluster.form(m, lambda n: Machine.load(store, n, collaborators), session, log)
         m.set_status("Running")
     except BaseException as e:
