@@ -195,6 +195,7 @@ def build(req, builder: Builder):
             _auth_for(registry_config, ref),
             req.engine.config.insecure_registries,
             policy,
+            mirrors=req.engine.config.registry_mirrors,
         )
 
     context = builder.new_context()
