@@ -431,7 +431,6 @@ def python_tar(tag: str = "pyweb:latest") -> Path:
     def build(tmp: Path):
         if not shutil.which("mmdebstrap"):
             raise RuntimeError("mmdebstrap is needed to build the python test image")
-        main, security = hostroot._host_debian_uris()
         work = Path(tempfile.mkdtemp(dir=cache_dir()))
         try:
             rootfs_tar = work / "rootfs.tar"
@@ -441,11 +440,10 @@ def python_tar(tag: str = "pyweb:latest") -> Path:
                 "--include=" + ",".join(PYTHON_PACKAGES),
                 "--format=tar",
                 *[f"--dpkgopt={o}" for o in hostroot.DPKG_OPTIONS],
-                *[f"--aptopt={o}" for o in hostroot._host_apt_options()],
+                *[f"--aptopt={o}" for o in hostroot.host_apt_options()],
                 PYTHON_SUITE,
                 str(rootfs_tar),
-                f"deb {main} {PYTHON_SUITE} main",
-                f"deb {security} {PYTHON_SUITE}-security main",
+                *hostroot.mirror_lines(PYTHON_SUITE, updates=False),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:

@@ -139,8 +139,8 @@ def _parse_deb822(text: str) -> list[dict[str, str]]:
 _DEBIAN_SUITES = ("bookworm", "trixie", "bullseye", "stable", "oldstable", "testing", "sid")
 
 
-def _host_debian_uris() -> tuple[str, str]:
-    """(main URI, security URI) of the host's Debian mirror, falling back to deb.debian.org."""
+def host_debian_uris() -> tuple[str, str] | None:
+    """(main URI, security URI) of the Debian mirror the host's apt uses, or None (then mmdebstrap picks)."""
     main = security = None
     entries: list[tuple[str, str]] = []  # (uri, suite)
     for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
@@ -173,12 +173,25 @@ def _host_debian_uris() -> tuple[str, str]:
             security = security or uri
         else:
             main = main or uri
-    main = main or "http://deb.debian.org/debian"
+    if main is None:
+        return None
     security = security or main.rstrip("/").rsplit("/", 1)[0] + "/debian-security"
     return main, security
 
 
-def _host_apt_options() -> list[str]:
+def mirror_lines(suite: str, updates: bool = True) -> list[str]:
+    """mmdebstrap's mirror arguments: the host's Debian mirror if apt has one, else none (its own default)."""
+    uris = host_debian_uris()
+    if uris is None:
+        return []
+    main, security = uris
+    lines = [f"deb {main} {suite} main"]
+    if updates:
+        lines.append(f"deb {main} {suite}-updates main")
+    return lines + [f"deb {security} {suite}-security main"]
+
+
+def host_apt_options() -> list[str]:
     """apt options of the host that must also apply to the build (validity checks, proxy)."""
     try:
         dump = subprocess.run(["apt-config", "dump"], capture_output=True, text=True, check=True).stdout
@@ -189,7 +202,6 @@ def _host_apt_options() -> list[str]:
 
 
 def mmdebstrap_command(target: Path, hook: Path, variant: str = "base") -> list[str]:
-    main, security = _host_debian_uris()
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
@@ -197,15 +209,8 @@ def mmdebstrap_command(target: Path, hook: Path, variant: str = "base") -> list[
         "--customize-hook=sh " + str(hook) + ' "$1"',
     ]
     cmd += ["--dpkgopt=" + opt for opt in DPKG_OPTIONS]
-    cmd += ["--aptopt=" + opt for opt in _host_apt_options()]
-    cmd += [
-        SUITE,
-        str(target),
-        f"deb {main} {SUITE} main",
-        f"deb {main} {SUITE}-updates main",
-        f"deb {security} {SUITE}-security main",
-    ]
-    return cmd
+    cmd += ["--aptopt=" + opt for opt in host_apt_options()]
+    return cmd + [SUITE, str(target), *mirror_lines(SUITE)]
 
 
 def ensure_rootfs(log=None, variant: str = "base") -> Path:
