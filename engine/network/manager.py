@@ -81,12 +81,20 @@ def parse_go_bool(option: str, value: str) -> bool:
 
 
 class ContainerView(Protocol):
-    """What the network reads of a container (the runtime's Container has these attributes)."""
+    """What the network reads of a container (the runtime's Container has these attributes; read-only,
+    so its properties match)."""
 
-    id: str
-    name: str
-    config: dict
-    host_config: dict
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> dict: ...
+
+    @property
+    def host_config(self) -> dict: ...
 
 
 def _parts(container: ContainerView) -> tuple[str, str, dict, dict]:

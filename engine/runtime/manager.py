@@ -3,6 +3,9 @@
 create, start (through the fork server and a supervisor), stop, kill, restart, pause, wait,
 remove, rename, resize, attach; exit handling with --rm and restart policies; live restore
 (reconnecting to supervisors after an engine restart). State lives in store.Container.
+The manager owns the containers' records (IDs, names) and creates and removes them; it hands
+starting a process to starter.ContainerStarter, signals, pause, attach and wait to
+control.ContainerControl, and exits and restart policies to exits.ExitsMixin.
 """
 
 from __future__ import annotations
@@ -14,53 +17,26 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from typing import Callable, List  # List: the manager has a method named list
 
 from dockyard.engine.config import Config
 from dockyard.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, NotModified, SystemFailure
 from dockyard.engine.images.store import ImageStore
 from dockyard.engine.network.manager import NetworkManager
-from dockyard.engine.runtime import cgroups, channel, links, logs, names, userns
+from dockyard.engine.runtime import cgroups, links, logs, names, userns
 from dockyard.engine.runtime import create as createmod
-from dockyard.engine.runtime import spec as specmod
-from dockyard.engine.runtime.copyup import copy_up_volumes
+from dockyard.engine.runtime.control import KILL_WAIT, ContainerControl
 from dockyard.engine.runtime.events import EventBus
 from dockyard.engine.runtime.execs import ExecManager
 from dockyard.engine.runtime.exits import ExitsMixin
-from dockyard.engine.runtime.forkserver import ForkServer, ForkServerError
+from dockyard.engine.runtime.forkserver import ForkServer
 from dockyard.engine.runtime.monitor import Monitor
-from dockyard.engine.runtime.netsettings import minimal_settings
-from dockyard.engine.runtime.signals import SignalError, parse_signal
-from dockyard.engine.runtime.store import ZERO_TIME, Container
+from dockyard.engine.runtime.starter import ContainerStarter, StartFailed
+from dockyard.engine.runtime.store import Container
 from dockyard.engine.timefmt import rfc3339nano_ns
 from dockyard.engine.volumes import VolumeStore
 
 log = logging.getLogger("dockyard.engine")
-
-START_TIMEOUT = 60.0
-KILL_WAIT = 30.0
-_MANUAL_STOP_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
-
-
-class StartFailed(EngineError):
-    """The container's process could not be started (bad command, cgroup, mounts...)."""
-
-
-class CommandNotRunnable(StartFailed, InvalidParameter):
-    """The command is missing or not executable (exit code 126/127): the caller's mistake."""
-
-
-class ProcessStartFailed(StartFailed, SystemFailure):
-    """The engine could not start the container's process."""
-
-
-class PeerMissing(StartFailed, NotFound):
-    """A container this one needs at start (--network container:, --link) does not exist (any more)."""
-
-
-class PeerNotRunning(StartFailed, Conflict):
-    """A container this one needs at start (--network container:, --link) is not running."""
 
 
 class ContainerManager(ExitsMixin):
@@ -94,6 +70,20 @@ class ContainerManager(ExitsMixin):
         self.containers: dict[str, Container] = {}
         self.names: dict[str, str] = {}  # name -> container ID
         self.lock = threading.RLock()
+        self.starter = ContainerStarter(
+            forkserver,
+            images,
+            network,
+            self.monitor,
+            self.cgroup_parent,
+            self.layout,
+            self.sock_dir,
+            idmap,
+            lookup=self.get,
+            emit=self.emit,
+            disconnect=self._disconnect,
+        )
+        self.control = ContainerControl(emit=self.emit, cancel_restart=self._cancel_restart)
         self.execs = ExecManager(self)
 
     def emit(self, container: Container, action: str, extra: dict[str, str] | None = None) -> None:
@@ -162,7 +152,7 @@ class ContainerManager(ExitsMixin):
         userns.check_container(hc, self.idmap is not None)
         cfg = createmod.merge_config(body, image.container_config)
         path, args = createmod.command_of(cfg)
-        mode = self._network_mode(hc)
+        mode = self.starter.network_mode(hc)
         attachments = self.network.validate(hc, cfg, body.get("NetworkingConfig"))
         for link in links.parse_links(hc.get("Links")):
             try:
@@ -221,7 +211,7 @@ class ContainerManager(ExitsMixin):
                 "NetworkAttachments": attachments,  # the networks to join at start (network connect adds)
             }
             c = Container(self.root, record)
-            self._write_etc_files(c, None)
+            self.starter.write_etc_files(c, None)
             record["Rootfs"] = self.images.mount_rootfs(cid, image)
             c.save_config()
             c.save_state()
@@ -238,25 +228,6 @@ class ContainerManager(ExitsMixin):
             self.containers[cid] = c
         self.emit(c, "create")
         return c, warnings
-
-    def _network_mode(self, hc):
-        mode = hc.get("NetworkMode") or "bridge"
-        if mode in ("default", "bridge"):
-            return "bridge"
-        if mode in ("host", "none"):
-            return mode
-        return self.network.network_mode(hc)
-
-    def _write_etc_files(self, c, settings):
-        cfg = c.config
-        hostname = cfg.get("Hostname") or c.id[:12]
-        _write_in_place(os.path.join(c.dir, "hostname"), hostname + "\n")
-        _write_in_place(os.path.join(c.dir, "hosts"), self.network.hosts_file(c, settings))
-        _write_in_place(os.path.join(c.dir, "resolv.conf"), self.network.resolv_conf(c))
-        if userns.uses_userns(c.host_config, self.idmap):
-            assert self.idmap is not None
-            for name in ("hostname", "hosts", "resolv.conf"):  # the container's root may edit them
-                os.chown(os.path.join(c.dir, name), *self.idmap.root)
 
     # -- start -------------------------------------------------------------------------------
     def start(self, c: Container, restarting: bool = False) -> None:
@@ -278,285 +249,18 @@ class ContainerManager(ExitsMixin):
                 ).start()
             raise
 
-    def _spawn(self, c):
-        t0 = time.monotonic()
-        mode = self._network_mode(c.host_config)
-        net = self.network
-        rootfs_path = self._mount_rootfs(c)
-        self._copy_up_volumes(c, rootfs_path)
-        if not os.path.exists(os.path.join(c.dir, "hosts")):
-            self._write_etc_files(c, None)
-        else:
-            _write_in_place(os.path.join(c.dir, "resolv.conf"), net.resolv_conf(c))
-        join = self._netns_owner(c) if mode == "container" else None
-        self._resolve_links(c, mode)
-        cg = cgroups.Cgroup.for_container(self.cgroup_parent, c.id, self.layout)
-        run_id = uuid.uuid4().hex
-        sock_path = self.sock_path(c)
-        pending, c.pending_attach = c.pending_attach, []
-        pending = [(s, o) for s, o in pending if s.fileno() >= 0]
-        sv_spec = specmod.supervisor_spec(
-            c,
-            rootfs_path=rootfs_path,
-            cgroup=cg,
-            layout=self.layout,
-            network_mode=mode,
-            sock=sock_path,
-            run_id=run_id,
-            network_hook=(mode == "bridge"),
-            attach_opts=[o for _, o in pending],
-            join_netns=join,
-            idmap=self.idmap if userns.uses_userns(c.host_config, self.idmap) else None,
-        )
-        try:
-            os.unlink(c.exit_file)
-        except FileNotFoundError:
-            pass
-        ctl, remote = channel.pair()
-        t1 = time.monotonic()
-        try:
-            self.forkserver.request("supervise", sv_spec, [remote.fileno()] + [s.fileno() for s, _ in pending])
-        except ForkServerError as exc:
-            ctl.close()
-            raise SystemFailure(str(exc)) from None
-        finally:
-            remote.close()
-            for s, _ in pending:
-                s.close()
-        settings = None
-        try:
-            ctl.settimeout(START_TIMEOUT)
-            while True:
-                try:
-                    msg = channel.recv(ctl)
-                except (channel.ChannelClosed, OSError) as exc:
-                    raise SystemFailure("the container's supervisor died while starting: %s" % exc)
-                event = msg.get("event")
-                if event == "netns":
-                    try:
-                        settings = net.connect(c, int(msg["pid"]))
-                        _write_in_place(os.path.join(c.dir, "hosts"), net.hosts_file(c, settings))
-                    except Exception:
-                        if _netns_gone(int(msg["pid"])):
-                            # The init died before its command ran (not found, not executable): its
-                            # error report is queued for the supervisor, which sends "failed" after "go".
-                            settings = None
-                            channel.send(ctl, {"op": "go", "settings": None})
-                            continue
-                        channel.send(ctl, {"op": "abort"})
-                        raise
-                    except BaseException:
-                        channel.send(ctl, {"op": "abort"})
-                        raise
-                    channel.send(ctl, {"op": "go", "settings": settings})
-                elif event == "started":
-                    break
-                elif event == "failed":
-                    if settings is not None:
-                        self._disconnect(c, settings)
-                    code = int(msg.get("code") or 127)
-                    text = msg.get("error") or "start failed"
-                    c.state.update({"ExitCode": code, "Error": text})
-                    c.save_state()
-                    kind = CommandNotRunnable if code in (126, 127) else ProcessStartFailed
-                    raise kind(
-                        "failed to create task for container: unable to start container process: %s: unknown" % text
-                    )
-        except BaseException:
-            ctl.close()
-            raise
-        ctl.settimeout(None)
-        t2 = time.monotonic()
-        pid = int(msg["pid"])
-        if settings is None:
-            try:
-                settings = net.connect(c, pid)
-            except Exception as exc:
-                # A process that already exited (echo) has no netns left to look at.
-                level = logging.DEBUG if not os.path.exists("/proc/%d" % pid) else logging.WARNING
-                log.log(level, "network connect for %s (%s) failed: %s", c.id[:12], mode, exc)
-        if settings is None:
-            settings = minimal_settings(mode)
-        started = int(msg.get("started_at") or time.time_ns())
-        c.state.update(
-            {
-                "Status": "running",
-                "Pid": pid,
-                "PidStartTime": msg.get("pid_start"),
-                "ExitCode": 0,
-                "Error": "",
-                "OOMKilled": False,
-                "StartedAt": rfc3339nano_ns(started),
-                "StartedNs": started,
-                "FinishedAt": ZERO_TIME,
-                "FinishedNs": 0,
-                "Run": run_id,
-                "Cgroup": cg.to_dict(),
-                "NetworkSettings": settings,
-                "Paused": False,
-                "Restarting": False,
-                "HasBeenStarted": True,
-                "Sock": sock_path,
-            }
-        )
-        c.save_state()
-        c.control = ctl
-        self.monitor.add(c, ctl)
-        c.start_seq += 1
-        c.cond.notify_all()
-        self.emit(c, "start")
-        log.debug(
-            "started %s: prepare %.1f ms, supervisor %.1f ms, record %.1f ms",
-            c.id[:12],
-            (t1 - t0) * 1000,
-            (t2 - t1) * 1000,
-            (time.monotonic() - t2) * 1000,
-        )
-
-    def _netns_owner(self, c):
-        """--network container:<ref>: the running container whose netns `c` joins -> {"pid", "start"};
-        `c` takes its hostname, hosts and resolv.conf, as dockerd does."""
-        ref = (c.host_config.get("NetworkMode") or "").partition(":")[2]
-        try:
-            other = self.get(ref)
-        except NotFound:
-            raise PeerMissing("No such container: %s" % ref) from None
-        if other.id == c.id:
-            raise CommandNotRunnable("cannot join own network")
-        if not other.running or not other.pid:
-            raise PeerNotRunning("cannot join network of a non running container: %s" % other.id)
-        for name in ("hosts", "resolv.conf", "hostname"):
-            try:
-                with open(os.path.join(other.dir, name), encoding="utf-8") as fh:
-                    _write_in_place(os.path.join(c.dir, name), fh.read())
-            except OSError:
-                pass
-        if c.config.get("Hostname") != other.config.get("Hostname"):
-            c.config["Hostname"] = other.config.get("Hostname") or ""
-            c.save_config()
-        return {"pid": other.pid, "start": other.state.get("PidStartTime")}
-
-    def _resolve_links(self, c, mode):
-        """--link on the default bridge: hosts entries and ALIAS_* variables for each linked container,
-        which must be running on the bridge (record LinkHosts/LinkEnv, read by the network and spec).
-        On user-defined networks a link is a name for the embedded DNS only (network/names.py)."""
-        env, hosts = [], []
-        bridge_only = mode == "bridge" and self.network.network_name(c.host_config) == "bridge"
-        for link in links.parse_links(c.host_config.get("Links")):
-            try:
-                other = self.get(link.name)
-            except NotFound:
-                raise PeerMissing("could not get container for %s" % link.name) from None
-            if not other.running:
-                raise PeerNotRunning(
-                    "Cannot link to a non running container: /%s AS /%s/%s" % (other.name, c.name, link.alias)
-                )
-            if not bridge_only:
-                continue
-            ip = ((other.state.get("NetworkSettings") or {}).get("Networks") or {}).get("bridge", {}).get("IPAddress")
-            if not ip:
-                raise PeerNotRunning("Cannot link to /%s, as it does not belong to the default network" % other.name)
-            env += links.link_env(c.name, link, ip, other.config.get("ExposedPorts") or {}, other.config.get("Env"))
-            hosts += links.hosts_entries(link, other.id, other.name, ip)
-        c.record["LinkEnv"], c.record["LinkHosts"] = env, hosts
+    def _spawn(self, c: Container) -> None:
+        self.starter.spawn(c)
 
     def sock_path(self, c: Container) -> str:
-        return os.path.join(self.sock_dir, c.id[:24] + ".sock")
+        return self.starter.sock_path(c)
 
-    def _mount_rootfs(self, c):
-        images = self.images
-        try:
-            image = images.get(c.image_id)
-        except EngineError:
-            image = None
-        if image is not None:
-            path = images.mount_rootfs(c.id, image)
-        else:
-            path = images.rootfs.remount(c.id)
-        if c.record.get("Rootfs") != path:
-            c.record["Rootfs"] = path
-            c.save_config()
-        return path
-
-    def _copy_up_volumes(self, c, rootfs_path):
-        """Docker copies the image's content at a volume's path into a new, empty volume."""
-        if copy_up_volumes(c.mounts, rootfs_path):
-            c.save_config()
-
-    # -- control -----------------------------------------------------------------------------
-    def _send(self, c, obj, fds=()):
-        ctl = c.control
-        if ctl is None:
-            return False
-        try:
-            channel.send(ctl, obj, fds)
-            return True
-        except OSError:
-            return False
-
+    # -- control (control.py) ----------------------------------------------------------------
     def kill(self, c: Container, sig_value: str | int | None = None, manual: bool = True) -> None:
-        try:
-            sig = parse_signal(sig_value) if sig_value not in (None, "") else signal.SIGKILL
-        except SignalError as exc:
-            raise InvalidParameter(str(exc)) from None
-        with c.lock:
-            if not c.running:
-                raise Conflict("cannot kill container: %s: container %s is not running" % (c.name, c.id))
-            if manual and sig in _MANUAL_STOP_SIGNALS:
-                c.state["ManuallyStopped"] = True
-                c.save_state()
-            self._send(c, {"op": "kill", "signal": sig})
-            if c.state.get("Paused") and sig in _MANUAL_STOP_SIGNALS:
-                self._thaw(c)
-        self.emit(c, "kill", {"signal": str(sig)})
+        self.control.kill(c, sig_value, manual)
 
     def stop(self, c: Container, timeout: float | None = None, sig_value: str | int | None = None) -> bool:
-        with c.lock:
-            if c.status == "restarting":
-                self._cancel_restart(c)
-                c.state.update({"Status": "exited", "Restarting": False, "ManuallyStopped": True})
-                c.save_state()
-                c.cond.notify_all()
-                return True
-            if not c.running:
-                return False
-            c.state["ManuallyStopped"] = True
-            c.save_state()
-            seq = c.exit_seq
-        try:
-            sig = parse_signal(sig_value or c.config.get("StopSignal") or "SIGTERM")
-        except SignalError as exc:
-            raise InvalidParameter(str(exc)) from None
-        if timeout is None:
-            timeout = c.config.get("StopTimeout")
-        timeout = 10 if timeout is None else int(timeout)
-        if timeout < 0:
-            timeout = None  # -1: wait forever
-        with c.lock:
-            if c.running:
-                self._send(c, {"op": "kill", "signal": sig})
-                if c.state.get("Paused"):
-                    self._thaw(c)
-        self.emit(c, "kill", {"signal": str(sig)})
-        if not self._wait_exit(c, seq, timeout):
-            with c.lock:
-                if c.running:
-                    self._send(c, {"op": "kill", "signal": signal.SIGKILL})
-            self.emit(c, "kill", {"signal": str(int(signal.SIGKILL))})
-            if not self._wait_exit(c, seq, KILL_WAIT):
-                raise SystemFailure("container %s did not stop after SIGKILL" % c.id[:12])
-        self.emit(c, "stop")
-        return True
-
-    def _wait_exit(self, c, seq, timeout):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with c.lock:
-            while c.exit_seq == seq and c.running:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                c.cond.wait(left if left is not None else 1.0)
-            return True
+        return self.control.stop(c, timeout, sig_value)
 
     def restart(self, c: Container, timeout: float | None = None, sig_value: str | int | None = None) -> None:
         if c.running or c.status == "restarting":
@@ -575,41 +279,21 @@ class ContainerManager(ExitsMixin):
         self._spawn(c)
 
     def pause(self, c: Container) -> None:
-        with c.lock:
-            if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
-            if c.state.get("Paused"):
-                raise Conflict("Container %s is already paused" % c.id)
-            cg = cgroups.Cgroup.from_dict(c.state.get("Cgroup"))
-            try:
-                cg.freeze(True)
-            except OSError as exc:
-                raise SystemFailure("cannot pause container %s: %s" % (c.id[:12], exc)) from None
-            c.state.update({"Paused": True, "Status": "paused"})
-            c.save_state()
-        self.emit(c, "pause")
+        self.control.pause(c)
 
     def unpause(self, c: Container) -> None:
-        with c.lock:
-            if not c.state.get("Paused") or not c.running:
-                raise Conflict("Container %s is not paused" % c.id)
-            self._thaw(c)
-        self.emit(c, "unpause")
-
-    def _thaw(self, c):
-        cg = cgroups.Cgroup.from_dict(c.state.get("Cgroup"))
-        try:
-            cg.freeze(False)
-        except OSError as exc:
-            raise SystemFailure("cannot unpause container %s: %s" % (c.id[:12], exc)) from None
-        c.state.update({"Paused": False, "Status": "running"})
-        c.save_state()
+        self.control.unpause(c)
 
     def resize(self, c: Container, h: int, w: int) -> None:
-        with c.lock:
-            if not c.running:
-                raise Conflict("Container %s is not running" % c.id)
-            self._send(c, {"op": "resize", "h": int(h or 0), "w": int(w or 0)})
+        self.control.resize(c, h, w)
+
+    def attach_socket(self, c: Container, opts: dict) -> socket.socket:
+        """A stream socket wired to the container's stdio: now if it runs, else at its next start."""
+        return self.control.attach_socket(c, opts)
+
+    def wait(self, c: Container, condition: str = "not-running", gone: Callable[[], bool] | None = None) -> int | None:
+        """Block until `condition`; -> exit code. `gone()` True aborts (client left) -> None."""
+        return self.control.wait(c, condition, gone)
 
     def rename(self, c: Container, new_name: str) -> None:
         if not new_name:
@@ -632,47 +316,6 @@ class ContainerManager(ExitsMixin):
                 c.record["Name"] = "/" + new_name
                 c.save_config()
         self.emit(c, "rename", {"oldName": "/" + old})
-
-    # -- attach -------------------------------------------------------------------------------
-    def attach_socket(self, c: Container, opts: dict) -> socket.socket:
-        """A stream socket wired to the container's stdio: now if it runs, else at its next start."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        with c.lock:
-            if c.removing or c.removed:
-                mine.close()
-                theirs.close()
-                raise Conflict("container %s is being removed" % c.id)
-            if c.running and c.control is not None:
-                ok = self._send(c, dict(opts, op="attach"), [theirs.fileno()])
-                theirs.close()
-                if not ok:
-                    mine.close()
-                    raise SystemFailure("cannot attach: the container's supervisor is not reachable")
-            else:
-                c.pending_attach.append((theirs, dict(opts)))
-        self.emit(c, "attach")
-        return mine
-
-    # -- wait ---------------------------------------------------------------------------------
-    def wait(self, c: Container, condition: str = "not-running", gone: Callable[[], bool] | None = None) -> int | None:
-        """Block until `condition`; -> exit code. `gone()` True aborts (client left) -> None."""
-        condition = condition or "not-running"
-        if condition not in ("not-running", "next-exit", "removed"):
-            raise InvalidParameter("invalid condition: %s" % condition)
-        with c.lock:
-            seq = c.exit_seq
-            while True:
-                if condition == "removed" and c.removed:
-                    return c.state.get("ExitCode", 0)
-                if condition == "not-running" and not c.running and c.status != "restarting" and not c.removing:
-                    return c.state.get("ExitCode", 0)
-                if condition == "next-exit" and c.exit_seq != seq:
-                    return c.state.get("ExitCode", 0)
-                if condition == "not-running" and c.removed:
-                    return c.state.get("ExitCode", 0)
-                c.cond.wait(0.5)
-                if gone is not None and gone():
-                    return None
 
     # -- remove -------------------------------------------------------------------------------
     def remove(self, c: Container, force: bool = False, volumes: bool = False, auto: bool = False) -> None:
@@ -701,13 +344,13 @@ class ContainerManager(ExitsMixin):
             seq = c.exit_seq
             with c.lock:
                 c.state["ManuallyStopped"] = True
-                self._send(c, {"op": "kill", "signal": signal.SIGKILL})
+                self.control.send(c, {"op": "kill", "signal": signal.SIGKILL})
                 if c.state.get("Paused"):
                     try:
-                        self._thaw(c)
+                        self.control.thaw(c)
                     except EngineError:
                         pass
-            if not self._wait_exit(c, seq, KILL_WAIT):
+            if not self.control.wait_exit(c, seq, KILL_WAIT):
                 with c.lock:
                     c.removing = False
                 raise SystemFailure("could not kill container %s" % c.id[:12])
@@ -778,14 +421,3 @@ class ContainerManager(ExitsMixin):
             if timer is not None:
                 timer.cancel()
         self.forkserver.stop()
-
-
-def _netns_gone(pid):
-    """The process has no network namespace left: it exited (a zombie's ns links are gone too)."""
-    return not os.path.exists("/proc/%d/ns/net" % pid)
-
-
-def _write_in_place(path, text):
-    """Rewrite without replacing the inode: the file is bind-mounted into the container."""
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
