@@ -9,7 +9,7 @@ import click
 from dockyard import __version__
 from dockyard.drivers.base import State
 from dockyard.provisioner.cli import filters as ls_filters
-from dockyard.provisioner.cli import gotemplate, listing, shells, tables
+from dockyard.provisioner.cli import gotemplate, listing, shells, sshenv, tables
 from dockyard.provisioner.cli.common import complete_machines, load, many_names, one_name, store_of
 from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
@@ -91,8 +91,9 @@ def _tls_check(m):
 @click.option("-u", "--unset", is_flag=True, help="Print commands that unset the variables.")
 @click.option("--no-proxy", is_flag=True, help="Add the machine's IP to NO_PROXY.")
 @click.option("--swarm", is_flag=True, hidden=True)
+@click.option("--ssh", "over_ssh", is_flag=True, help="DOCKER_HOST=ssh://user@ip:port instead of TLS on tcp://.")
 @click.pass_context
-def env(ctx, name, shell, unset, no_proxy, swarm):
+def env(ctx, name, shell, unset, no_proxy, swarm, over_ssh):
     """Print the commands that point the docker CLI at a machine."""
     store = store_of(ctx)
     if not shell:
@@ -111,6 +112,9 @@ def env(ctx, name, shell, unset, no_proxy, swarm):
     m = load(store, one_name(store, (name,) if name else ()))
     if swarm:  # any reachable manager of the machine's swarm
         m = cluster.manager_for_env(m, store.names(), lambda n: load(store, n))
+    if over_ssh:
+        click.echo(_ssh_env(m, shell, hint, no_proxy), nl=False)
+        return
     _tls_check(m)
     variables = [
         ("DOCKER_TLS_VERIFY", "1"),
@@ -121,6 +125,35 @@ def env(ctx, name, shell, unset, no_proxy, swarm):
     if no_proxy:
         variables.append(shells.no_proxy_value(os.environ, m.ip()))
     click.echo(shells.format_env(shell, variables, hint), nl=False)
+
+
+def _ssh_env(m, shell, hint, no_proxy):
+    """env --ssh: unset the TLS variables, DOCKER_HOST=ssh://..., and the ssh config that makes it work."""
+    if not m.driver.provisions:
+        raise UsageError(f'machine "{m.name}" uses the {m.driver.name} driver, which has no SSH access')
+    if m.state() != State.RUNNING:
+        raise HostNotRunning(m.name)
+    # Lazy: paramiko (under ssh and ssh_system) is slow to import; only this form of env needs it.
+    from dockyard.provisioner.core.ssh import pin_host_key
+    from dockyard.provisioner.core.ssh_system import system_ssh_argv
+
+    target = m.ssh_target()
+    pin_host_key(target)  # a no-op once pinned; the config below names the pinned key
+    path = sshenv.write_ssh_config(m.dir, sshenv.ssh_config_text(m.name, target, system_ssh_argv(target, [])))
+    variables = [("DOCKER_HOST", sshenv.ssh_url(target)), ("DOCKER_MACHINE_NAME", m.name)]
+    if no_proxy:
+        variables.append(shells.no_proxy_value(os.environ, m.ip()))
+    notes = [
+        f"The docker CLI logs in with your ssh; {path} gives it this machine's key and pinned host key.",
+        "Once, at the top of ~/.ssh/config, add:",
+        sshenv.include_line(os.path.dirname(m.dir)),
+    ]
+    return (
+        shells.format_unset(shell, ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"], None)
+        + shells.format_env(shell, variables, None)
+        + shells.format_comments(shell, notes)
+        + shells.usage_hint(shell, hint)
+    )
 
 
 @click.command()

@@ -14,6 +14,7 @@ __all__ = [
     "format_env",
     "format_unset",
     "usage_hint",
+    "format_comments",
     "detect_shell",
     "no_proxy_value",
     "argv_hint",
@@ -66,10 +67,20 @@ def shell_syntax(shell: str) -> str:
     return name if name in _SET else "bash"
 
 
+def _comment(syntax: str) -> str:
+    return {"cmd": "REM", "emacs": ";;", "tcsh": ":"}.get(syntax, "#")
+
+
+def format_comments(shell: str, lines: list[str]) -> str:
+    """Lines as comments of the shell (evaluating the output ignores them; the user reads them)."""
+    comment = _comment(shell_syntax(shell))
+    return "".join(f"{comment} {line}\n" for line in lines)
+
+
 def usage_hint(shell: str, hint_command: str) -> str:
     """The two comment lines telling the user how to apply the output (note the space after 'shell:')."""
     syntax = shell_syntax(shell)
-    comment = {"cmd": "REM", "emacs": ";;", "tcsh": ":"}.get(syntax, "#")
+    comment = _comment(syntax)
     command = {
         "fish": f"eval ({hint_command})",
         "powershell": f"& {hint_command} | Invoke-Expression",

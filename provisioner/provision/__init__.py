@@ -13,7 +13,7 @@ import shlex
 import tarfile
 import time
 
-from dockyard import templates
+from dockyard import __version__, templates
 from dockyard.provisioner.provision import dockerengine, initsys, osinfo
 from dockyard.provisioner.provision.bundle import build_bundle
 
@@ -21,6 +21,11 @@ REMOTE_CA = initsys.CONFIG_DIR + "/ca.pem"
 REMOTE_CERT = initsys.CONFIG_DIR + "/server.pem"
 REMOTE_KEY = initsys.CONFIG_DIR + "/server-key.pem"
 SOCKET = "unix:///run/dockyard/engine.sock"
+# `docker system dial-stdio` for DOCKER_HOST=ssh://: staged under /etc/dockyard on every provision, copied to
+# DOCKER_SHIM_PATH only where no other docker CLI exists (a real one already does dial-stdio).
+DOCKER_SHIM_STAGED = initsys.CONFIG_DIR + "/docker-dial-stdio"
+DOCKER_SHIM_PATH = "/usr/local/bin/docker"
+DOCKER_SHIM_MARKER = "dockyard docker dial-stdio shim"
 
 
 def engine_config(engine_options, port):
@@ -169,6 +174,36 @@ def prepare_host(session, machine_name, log, set_host_name=True, need_python=Tru
     return HostFacts(info, python, init, bundle[0] if bundle else "")
 
 
+def docker_shim(python: str) -> bytes:
+    """The `docker` shim for hosts that run the dockyard engine: `docker system dial-stdio` only."""
+    text = templates.render(
+        "docker-dial-stdio.sh.j2",
+        marker=DOCKER_SHIM_MARKER,
+        dockyard_version=__version__,
+        socket_path=SOCKET[len("unix://") :],
+        python=python or "python3",
+    )
+    return text.encode()
+
+
+def docker_shim_install_script(
+    target: str = DOCKER_SHIM_PATH,
+    staged: str = DOCKER_SHIM_STAGED,
+    usual_places: tuple[str, ...] = ("/usr/bin/docker", "/bin/docker", "/snap/bin/docker"),
+) -> str:
+    """Shell that copies the staged shim to target unless another docker CLI is on the host: one on root's
+    PATH or in the usual places, or a target that is not an earlier copy of the shim (never overwritten)."""
+    q_target, q_staged, marker = shlex.quote(target), shlex.quote(staged), shlex.quote(DOCKER_SHIM_MARKER)
+    usual = " || ".join(f"[ -x {shlex.quote(p)} ]" for p in usual_places) or "false"
+    new = shlex.quote(target + ".dockyard-new")
+    return (
+        f"if [ -e {q_target} ] && ! grep -qF {marker} {q_target}; then :; "
+        f'elif d=$(command -v docker) && [ "$d" != {q_target} ]; then :; '
+        f"elif {usual}; then :; "
+        f"else cp {q_staged} {new} && chmod 0755 {new} && mv -f {new} {q_target}; fi"
+    )
+
+
 def install_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key, cache_dir, log):
     """Push bundle, certs, config and service; (re)start the engine. Returns the bundle digest."""
     digest = push_bundle(session, cache_dir, log, remote_digest=facts.bundle_digest)
@@ -176,8 +211,10 @@ def install_engine(session, facts, machine_name, engine_options, port, ca, serve
     service = initsys.for_host(facts.init, session, machine_name, facts.python, engine_options.get("Env", []))
     config = templates.render("engine.json.j2", config=engine_config(engine_options, port)).encode()
     files = cert_files(ca, server_cert, server_key) + [(initsys.CONFIG_PATH, config, 0o644), service.service_file()]
+    files.append((DOCKER_SHIM_STAGED, docker_shim(facts.python), 0o755))
     log("Starting the engine...")
-    push_files(session, files, then=f"{service.register_cmd} && {service.restart_cmd}")
+    then = f"{docker_shim_install_script()} && {service.register_cmd} && {service.restart_cmd}"
+    push_files(session, files, then=then)
     return digest
 
 
