@@ -107,3 +107,20 @@ def test_docker_host_ssh_with_the_real_cli(dockyard, make_host, tmp_path):
     (tmp_path / "user-ssh-config").write_text("")
     p = docker_over_ssh(env_text, bindir, docker_config, "version", timeout=120)
     assert p.returncode != 0
+
+
+def test_ssh_user_with_sudo_and_a_real_docker_left_alone(dockyard, make_host, tmp_path):
+    host = make_host()
+    create_generic(dockyard, host, "s2", user="tester")  # key login, passwordless sudo; the socket is root's
+    env_text = dockyard("env", "--shell", "bash", "--ssh", "s2").stdout
+    assert f'export DOCKER_HOST="ssh://tester@{host.ip}:22"' in env_text
+    bindir = user_ssh(tmp_path, env_text)
+    p = docker_over_ssh(env_text, bindir, tmp_path / "docker-config", "info", "--format", "{{.Name}}")
+    assert (p.returncode, p.stdout.strip()) == (0, "s2"), p.stderr
+
+    # A docker CLI that is not dockyard's shim is never overwritten by (re-)provisioning.
+    real = "#!/bin/sh\necho the real docker\n"
+    dockyard("ssh", "s2", f"printf '{real}' | sudo tee {provision.DOCKER_SHIM_PATH} >/dev/null")
+    dockyard("provision", "s2")
+    p = dockyard("ssh", "s2", "docker", "anything")
+    assert p.stdout == "the real docker\n"
