@@ -149,8 +149,7 @@ def _ssh_env(m, shell, hint, no_proxy):
         sshenv.include_line(os.path.dirname(m.dir)),
     ]
     return (
-        shells.format_unset(shell, ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"], None)
-        + shells.format_env(shell, variables, None)
+        shells.format_unset_and_env(shell, ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"], variables)
         + shells.format_comments(shell, notes)
         + shells.usage_hint(shell, hint)
     )

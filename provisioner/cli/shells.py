@@ -13,6 +13,7 @@ __all__ = [
     "shell_syntax",
     "format_env",
     "format_unset",
+    "format_unset_and_env",
     "usage_hint",
     "format_comments",
     "detect_shell",
@@ -111,6 +112,16 @@ def format_unset(shell: str, names: list[str], hint_command: str | None) -> str:
     prefix, delim, suffix = _UNSET[shell_syntax(shell)]
     text = "".join(f"{prefix}{name}{delim}{suffix}" for name in names)
     return text + (usage_hint(shell, hint_command) if hint_command is not None else "")
+
+
+def format_unset_and_env(shell: str, unset_names: list[str], variables: list[tuple[str, str]]) -> str:
+    """Unset some variables and set others in one output. `eval $(...)` unquoted joins every line into one
+    command line: bash syntax ends each unset line with ';' there, or the exports after it would be taken as
+    more names to unset. (fish and tcsh lines end with ';' already; PowerShell and cmd run line by line.)"""
+    unset = format_unset(shell, unset_names, None)
+    if shell_syntax(shell) == "bash":
+        unset = unset.replace("\n", ";\n")
+    return unset + format_env(shell, variables, None)
 
 
 def detect_shell(environ: Mapping[str, str]) -> tuple[str, bool]:

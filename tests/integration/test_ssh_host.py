@@ -60,8 +60,8 @@ def test_docker_host_ssh_with_the_real_cli(dockyard, make_host, tmp_path):
     env_text = dockyard("env", "--shell", "bash", "--ssh", "s1").stdout
     lines = env_text.splitlines()
     assert lines[:4] == [
-        "unset DOCKER_TLS_VERIFY",
-        "unset DOCKER_CERT_PATH",
+        "unset DOCKER_TLS_VERIFY;",
+        "unset DOCKER_CERT_PATH;",
         f'export DOCKER_HOST="ssh://root@{host.ip}:22"',
         'export DOCKER_MACHINE_NAME="s1"',
     ]

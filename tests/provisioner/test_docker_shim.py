@@ -161,3 +161,20 @@ def test_env_ssh_needs_a_machine_with_ssh(tmp_path, capsys, monkeypatch):
     assert code == 1 and out == ""
     assert err.strip() == 'machine "n1" uses the none driver, which has no SSH access'
     assert not os.path.exists(os.path.join(store, "machines", "n1", "ssh_config"))
+
+
+@pytest.mark.parametrize("quoted", [True, False])
+def test_unset_and_env_survive_eval_quoted_or_not(quoted):
+    text = shells.format_unset_and_env(
+        "bash", ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"], [("DOCKER_HOST", "ssh://root@10.0.0.2:22")]
+    )
+    text += shells.format_comments("bash", ["a comment; with * and $HOME"]) + shells.usage_hint("bash", "x")
+    assert text.startswith('unset DOCKER_TLS_VERIFY;\nunset DOCKER_CERT_PATH;\nexport DOCKER_HOST="ssh://')
+    sub = '"$(cat "$1")"' if quoted else '$(cat "$1")'
+    script = f'eval {sub}; echo "${{DOCKER_TLS_VERIFY-unset}} ${{DOCKER_CERT_PATH-unset}} $DOCKER_HOST"'
+    env = {"PATH": os.environ["PATH"], "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/c"}
+    for sh in ("bash", "sh"):
+        p = subprocess.run(
+            [sh, "-c", script, sh, "/dev/stdin"], input=text, capture_output=True, text=True, env=env, check=True
+        )
+        assert p.stdout == "unset unset ssh://root@10.0.0.2:22\n", (sh, p.stderr)
