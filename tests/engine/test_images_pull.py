@@ -27,7 +27,7 @@ REGISTRY = shutil.which("docker-registry")
 pytestmark = pytest.mark.skipif(REGISTRY is None, reason="needs docker-registry (apt-get install docker-registry)")
 
 
-def _free_port():
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -35,7 +35,7 @@ def _free_port():
 
 @pytest.fixture
 def registry(tmp_path):
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "registry.yml"
     cfg.write_text(
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/reg\n"

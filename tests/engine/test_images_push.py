@@ -20,8 +20,8 @@ from dockyard.engine.images import push as pushmod
 from tests.engine import images_helper
 from tests.engine.test_images_pull import (
     REGISTRY,
-    _free_port,
     busybox_parts,
+    free_port,
     registry,  # noqa: F401  (the fixture, used by name)
 )
 from tests.engine.test_images_pull import push as api_push
@@ -54,7 +54,7 @@ def _manifest(host, repo, ref, auth=None):
 
 
 def _start_registry(tmp_path, extra=""):
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "registry.yml"
     cfg.write_text(
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/reg\n"
@@ -230,7 +230,7 @@ class _LyingRegistry:
     def __init__(self):
         self.seen = []
         seen = self.seen
-        self.other_port = _free_port()
+        self.other_port = free_port()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *a):
