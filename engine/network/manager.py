@@ -6,19 +6,20 @@ the user process runs, port_proxies() inside the container's supervisor, and
 disconnect() when the container stops or is removed. State lives under
 data-root/network: networks and subnets (networks.json, see catalog.py), address leases
 (ipam*.json), host-port reservations (ports.json) and endpoints (endpoints.json).
+The manager owns the endpoints; bridges, forwarding and firewall rules are hostsetup.HostNetworking's,
+the `docker network` descriptions and create/rm are networks.Networks'.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
 import threading
 from typing import Dict, Iterable, List, Protocol  # List, Dict: the manager has a method named list
 
-from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound, SystemFailure
-from dockyard.engine.network import bridge, dns, nat, portproxy, ruleset, vendor
+from dockyard.engine.errors import Forbidden, InvalidParameter, NotFound
+from dockyard.engine.network import bridge, dns, portproxy, vendor
 from dockyard.engine.network.attachments import (
     CONTAINER_MODE,
     DISCONNECTED,
@@ -26,18 +27,19 @@ from dockyard.engine.network.attachments import (
     requests_from_create,
 )
 from dockyard.engine.network.catalog import (
-    BUILTIN,
     DEFAULT_BRIDGE,
-    DEFAULT_POOLS,
-    DRIVERS,
     BridgeNet,
     Catalog,
     random_id,
 )
 from dockyard.engine.network.fsutil import read_json, write_json
+from dockyard.engine.network.hostsetup import ICC_OPTION as ICC_OPTION  # re-exported: callers and tests
+from dockyard.engine.network.hostsetup import HostNetworking, NetworkError
+from dockyard.engine.network.hostsetup import parse_go_bool as parse_go_bool  # re-exported
 from dockyard.engine.network.ipam import IpamError
 from dockyard.engine.network.names import DnsUnavailable, NamesMixin
 from dockyard.engine.network.netns import loopback_up, netns_path, run_in_netns
+from dockyard.engine.network.networks import Networks
 from dockyard.engine.network.ports import (
     PortAllocationError,
     PortAllocator,
@@ -49,13 +51,9 @@ from dockyard.engine.network.ports import (
     validate as validate_ports,
 )
 from dockyard.engine.network.resolver import EmbeddedDns
-from dockyard.engine.network.settings import network_members, network_settings
+from dockyard.engine.network.settings import network_settings
 
 log = logging.getLogger("dockyard.engine")
-
-
-class NetworkError(SystemFailure):
-    """Connecting a container failed; the message is what `docker start` prints."""
 
 
 def _bool_opt(opts, name, default):
@@ -63,21 +61,6 @@ def _bool_opt(opts, name, default):
     if value is None:
         return default
     return value.strip().lower() not in ("0", "false", "no", "off", "")
-
-
-ICC_OPTION = "com.docker.network.bridge.enable_icc"
-_GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True}
-_GO_BOOLS.update({"0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False})
-
-
-def parse_go_bool(option: str, value: str) -> bool:
-    """A network option's bool as moby reads it (strconv.ParseBool), with moby's error."""
-    try:
-        return _GO_BOOLS[value]
-    except (KeyError, TypeError):
-        raise InvalidParameter(
-            'failed to parse %s value: %s (strconv.ParseBool: parsing "%s": invalid syntax)' % (option, value, value)
-        ) from None
 
 
 class ContainerView(Protocol):
@@ -130,10 +113,19 @@ class NetworkManager(NamesMixin):
         self.explicit_bip = opts.get("bip") or None
         self.warnings = warnings if warnings is not None else []
         self.catalog = Catalog(self.dir, device, self.explicit_bip)
-        self.firewall: nat.Firewall | None = None
-        self.nat_method = None  # "nftables" or "iptables": how masquerading and isolation are installed
         self._lock = threading.RLock()
-        self._host_ready = False
+        self.host = HostNetworking(
+            self.dir,
+            self.catalog,
+            self._lock,
+            self.warnings,
+            mtu=self.mtu,
+            ip_masq=self.ip_masq,
+            ip_forward=self.ip_forward,
+            icc_default=self.icc_default,
+            explicit_bip=self.explicit_bip,
+        )
+        self.networks = Networks(self.catalog, self.host, self._lock, self._endpoint_items, self.in_use)
         self._endpoints_path = os.path.join(self.dir, "endpoints.json")
         self.ports = PortAllocator(os.path.join(self.dir, "ports.json"))
         # {container id: {network name: endpoint}}; an older engine kept one endpoint per container.
@@ -184,101 +176,19 @@ class NetworkManager(NamesMixin):
     def bridge_name(self):
         return self.catalog.default.device
 
-    def _own_devices(self):
-        return [net.device for net in self.catalog.bridged()]
+    @property
+    def nat_method(self) -> str | None:
+        """ "nftables" or "iptables": how masquerading and isolation are installed (None: not at all)."""
+        return self.host.nat_method
 
-    # -- bridges, forwarding, NAT: on first use (and after network create/remove) ------------
+    # -- bridges, forwarding, NAT: on first use (hostsetup.py) -------------------------------
     def ensure_ready(self, net: BridgeNet | None = None) -> None:
         """Create the network's bridge; forwarding and NAT for all bridged networks (idempotent)."""
-        net = net or self.catalog.default
-        with self._lock:
-            if net.ready and self._host_ready:
-                return
-            vendor.prepare(self.dir)
-            if net.default:
-                self._pick_default_subnet()
-                net = self.catalog.default
-            try:
-                bridge.ensure_bridge(net.device, net.gateway, net.subnet.prefixlen, self.mtu)
-            except bridge.BridgeError as exc:
-                raise NetworkError(str(exc)) from None
-            net.ready = True
-            if not self._host_ready:
-                if self.ip_forward:
-                    try:
-                        nat.enable_ip_forward()
-                    except OSError as exc:
-                        self._warn(
-                            "IPv4 forwarding is disabled and cannot be enabled (%s): "
-                            "containers cannot reach other hosts" % exc
-                        )
-                self._host_ready = True
-            self._sync_firewall()
-            log.info(
-                "bridge %s %s/%d up for network %s, outbound NAT and isolation via %s",
-                net.device,
-                net.gateway,
-                net.subnet.prefixlen,
-                net.name,
-                self.nat_method or "none",
-            )
-
-    def _sync_firewall(self):
-        """Masquerading (unless ip-masq=false) and isolation for every bridged network of the catalog,
-        whether or not its bridge is up in this engine process (the rules name devices)."""
-        if self.firewall is None:
-            self.firewall = nat.Firewall()
-        networks = [ruleset.BridgedNetwork(net.device, net.subnet, net.internal) for net in self.catalog.bridged()]
-        try:
-            self.nat_method = self.firewall.setup(ruleset.engine_rules(networks, masquerade=self.ip_masq))
-        except nat.FirewallUnavailable as exc:
-            self.nat_method = None
-            self._warn(str(exc))
+        self.host.ensure_ready(net)
 
     def icc(self, net: BridgeNet) -> bool:
         """Whether containers of `net` may talk to each other (enable_icc; Docker's default: yes)."""
-        if net.default:
-            return self.icc_default
-        value = net.options.get(ICC_OPTION)
-        return True if value is None else parse_go_bool(ICC_OPTION, value)
-
-    def _warn(self, text):
-        log.warning("%s", text)
-        if text not in self.warnings:
-            self.warnings.append(text)
-
-    def _pick_default_subnet(self):
-        net = self.catalog.default
-        if net.ready:
-            return
-        clash = bridge.overlapping_routes(net.subnet, self._own_devices())
-        if not clash:
-            return
-        if self.explicit_bip:
-            raise NetworkError(
-                "bip=%s overlaps routes of this host (%s): choose another subnet "
-                "with --engine-opt bip=" % (self.explicit_bip, ", ".join(clash))
-            )
-        if net.ipam.allocations():
-            raise NetworkError("bridge subnet %s now overlaps %s" % (net.subnet, ", ".join(clash)))
-        taken = [n.subnet for n in self.catalog.bridged() if not n.default]
-        for pool in DEFAULT_POOLS:
-            iface = ipaddress.IPv4Interface(pool)
-            if any(iface.network.overlaps(t) for t in taken):
-                continue
-            if not bridge.overlapping_routes(iface.network, self._own_devices()):
-                log.info(
-                    "bridge subnet %s is in use on this host (%s); using %s",
-                    net.subnet,
-                    ", ".join(clash),
-                    iface.network,
-                )
-                self.catalog.set_default_subnet(iface)
-                return
-        raise NetworkError(
-            "could not find an available, non-overlapping IPv4 address pool for "
-            "the bridge: set one with --engine-opt bip="
-        )
+        return self.host.icc(net)
 
     # -- container endpoints ---------------------------------------------------------------
     def validate(self, host_config: dict, config: dict, networking_config: dict | None = None) -> Dict[str, dict]:
@@ -539,7 +449,7 @@ class NetworkManager(NamesMixin):
             # at the next container start.
             with self._lock:
                 vendor.prepare(self.dir)
-                self._sync_firewall()
+                self.host.sync_firewall()
         return gone
 
     # -- container files --------------------------------------------------------------------
@@ -565,64 +475,20 @@ class NetworkManager(NamesMixin):
     def ps_ports(settings: dict, config: dict | None = None) -> List[dict]:
         return ps_ports(settings, config)
 
-    # -- the networks API ------------------------------------------------------------------
-    def _network(self, name, verbose=True):
-        net = self.catalog.bridge_net(name)
-        if net is not None:
-            ipam_config = [{"Subnet": str(net.subnet), "Gateway": str(net.gateway)}]
-            if net.ip_range:
-                ipam_config[0]["IPRange"] = net.ip_range
-            if net.aux_addresses:
-                ipam_config[0]["AuxiliaryAddresses"] = dict(net.aux_addresses)
-            if net.default:
-                options = {
-                    "com.docker.network.bridge.default_bridge": "true",
-                    ICC_OPTION: "true" if self.icc_default else "false",
-                    "com.docker.network.bridge.enable_ip_masquerade": "true" if self.ip_masq else "false",
-                    "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
-                    "com.docker.network.bridge.name": net.device,
-                    "com.docker.network.driver.mtu": str(self.mtu or 1500),
-                }
-            else:
-                options = dict(net.options)
-            net_id, created, driver = net.id, net.created, "bridge"
-            internal, labels = net.internal, dict(net.labels)
-        else:
-            meta = self.catalog.builtin[name]
-            ipam_config, options, labels, internal = [], {}, {}, False
-            net_id, created, driver = meta["Id"], meta["Created"], DRIVERS[name]
-        return {
-            "Name": name,
-            "Id": net_id,
-            "Created": created,
-            "Scope": "local",
-            "Driver": driver,
-            "EnableIPv4": net is not None,
-            "EnableIPv6": False,
-            "IPAM": {"Driver": "default", "Options": None if name in BUILTIN else {}, "Config": ipam_config},
-            "Internal": internal,
-            "Attachable": False,
-            "Ingress": False,
-            "ConfigFrom": {"Network": ""},
-            "ConfigOnly": False,
-            "Containers": network_members(self.catalog, name, self._endpoint_items()) if verbose else {},
-            "Options": options,
-            "Labels": labels,
-        }
-
+    # -- the networks API (networks.py) ----------------------------------------------------
     def _endpoint_items(self):
         with self._lock:
             return list(self.endpoints.items())
 
     def list(self) -> List[dict]:
-        return [self._network(name, verbose=False) for name in self.catalog.names()]
+        return self.networks.list()
 
     def resolve(self, ref: str) -> str:
         """Network name for a name, full ID or unique ID prefix; NotFound otherwise."""
-        return self.catalog.resolve(ref)
+        return self.networks.resolve(ref)
 
     def inspect(self, ref: str) -> dict:
-        return self._network(self.resolve(ref))
+        return self.networks.inspect(ref)
 
     def in_use(self, name: str) -> List[str]:
         with self._lock:
@@ -640,53 +506,8 @@ class NetworkManager(NamesMixin):
         aux_addresses: dict[str, str] | None = None,
     ) -> BridgeNet:
         """A user-defined bridge network (`docker network create`); its bridge comes up now."""
-        with self._lock:
-            vendor.prepare(self.dir)
-
-            def routed(network):
-                return bool(bridge.overlapping_routes(network, self._own_devices()))
-
-            if ICC_OPTION in (options or {}):
-                parse_go_bool(ICC_OPTION, (options or {})[ICC_OPTION])
-            if subnet and routed(ipaddress.IPv4Network(subnet, strict=False)):
-                raise InvalidParameter("subnet %s overlaps routes of this host" % subnet)
-            net = self.catalog.create(name, subnet, gateway, internal, labels, options, routed, ip_range, aux_addresses)
-            try:
-                self.ensure_ready(net)
-            except Exception:
-                self.catalog.remove(name)
-                raise
-            return net
+        return self.networks.create_network(name, subnet, gateway, internal, labels, options, ip_range, aux_addresses)
 
     def remove_network(self, ref: str) -> str:
         """`docker network rm`: built-in networks and networks with containers are refused."""
-        with self._lock:
-            name = self.resolve(ref)
-            if name in BUILTIN:
-                raise Forbidden("%s is a pre-defined network and cannot be removed" % name)
-            users = self.in_use(name)
-            if users:
-                raise Forbidden(
-                    "error while removing network: network %s id %s has active "
-                    "endpoints" % (name, self.catalog.network_id(name))
-                )
-            net = self.catalog.remove(name)
-            if net.ready or self._device_exists(net.device):
-                vendor.prepare(self.dir)
-                try:
-                    bridge.delete_link(net.device)
-                except bridge.BridgeError as exc:
-                    log.warning("%s", exc)
-            # Always, even before this engine process set any rule: the kernel keeps the rules
-            # of an earlier engine process, and the removed network's must go now.
-            vendor.prepare(self.dir)
-            self._sync_firewall()
-            return name
-
-    @staticmethod
-    def _device_exists(name):
-        try:
-            socket.if_nametoindex(name)
-            return True
-        except OSError:
-            return False
+        return self.networks.remove_network(ref)
