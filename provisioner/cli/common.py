@@ -88,9 +88,16 @@ def for_each(store, names, action, log=info, limit=8):
         raise DockyardError("\n".join(f"{n}: {e}" for n, e in sorted(errors.items())))
 
 
+def stdin_is_terminal() -> bool:
+    try:
+        return bool(sys.stdin) and sys.stdin.isatty()
+    except (ValueError, OSError):  # closed or detached stdin
+        return False
+
+
 def confirm(prompt):
-    """A y/n prompt; a reply starting with y is yes. No tty on stdin means no."""
-    if not sys.stdin or not sys.stdin.isatty():
+    """A y/n prompt; a reply starting with y is yes. Without a tty the reply is read from stdin (EOF means no)."""
+    if not stdin_is_terminal():
         try:
             click.echo(prompt, nl=False)
             reply = sys.stdin.readline()

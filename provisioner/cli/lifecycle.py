@@ -2,7 +2,15 @@
 
 import click
 
-from dockyard.provisioner.cli.common import complete_machines, confirm, for_each, info, many_names, store_of
+from dockyard.provisioner.cli.common import (
+    complete_machines,
+    confirm,
+    for_each,
+    info,
+    many_names,
+    stdin_is_terminal,
+    store_of,
+)
 from dockyard.provisioner.cli.context import remove_context
 from dockyard.provisioner.core.errors import DockyardError, UsageError
 from dockyard.provisioner.machines import machine
@@ -89,6 +97,11 @@ def rm(ctx, names, force, yes):
     info(f"About to remove {', '.join(names)}")
     info("WARNING: This action will delete both local reference and remote instance.")
     if not (force or yes) and not confirm("Are you sure? (y/n): "):
+        if not stdin_is_terminal():
+            # Nobody could answer the prompt: say so and fail, rather than exit 0 having removed nothing.
+            raise DockyardError(
+                'Not removing anything: stdin is not a terminal and gave no "y"; use -y to remove without asking'
+            )
         return
     errors = []
     for n in names:

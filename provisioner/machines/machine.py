@@ -356,6 +356,10 @@ class Machine:
             self.push_server_cert(log, session)
 
     def upgrade(self, log: Log) -> None:
+        """Push this dockyard's engine and restart it; a stopped machine is started first, as Docker Machine did."""
+        if self.driver.provisions and self.driver.state() in (State.STOPPED, State.SAVED):
+            log("Starting machine so machine can be upgraded...")
+            self.start(log)
         self.require_running()
         with self.session() as session:
             self._service(session)  # refuses machines that were never provisioned

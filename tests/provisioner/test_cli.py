@@ -183,3 +183,20 @@ def test_machine_names_complete(run):
     )
     p = subprocess.run([sys.executable, "-m", "dockyard"], capture_output=True, text=True, env=env)
     assert p.stdout.split() == ["plain,alpha"]
+
+
+def test_rm_without_a_terminal_and_without_y_fails_and_says_why(run, monkeypatch):
+    import io
+
+    assert run("create", "-d", "none", "--url", "tcp://192.0.2.10:2376", "n1")[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal, nothing to read
+    code, out, err = run("rm", "n1")
+    assert code == 1
+    assert "Are you sure? (y/n): " in out
+    assert (
+        err.strip() == 'Not removing anything: stdin is not a terminal and gave no "y"; use -y to remove without asking'
+    )
+    assert os.path.exists(os.path.join(run.store, "machines", "n1"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # a piped answer still counts
+    code, out, _ = run("rm", "n1")
+    assert code == 0 and "Successfully removed n1" in out

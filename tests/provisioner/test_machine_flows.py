@@ -589,3 +589,19 @@ def test_regenerate_certs_refuses_a_stopped_machine(world):
     world.load().stop(world.log)
     with pytest.raises(HostNotRunning):
         world.load().regenerate_certs(world.log)
+
+
+def test_upgrade_of_a_stopped_machine_starts_it_then_upgrades_it(world):
+    world.create()
+    world.load().stop(world.log)
+    world.host.files.pop(initsys.BUNDLE_PATH)  # as if the host had an older engine
+    del world.lines[:]
+    world.load().upgrade(world.log)
+    assert world.cloud.states["m1"] == State.RUNNING and world.cloud.calls[-1] == ("start", "m1")
+    assert world.lines[:3] == [
+        "Starting machine so machine can be upgraded...",
+        'Starting "m1"...',
+        'Machine "m1" was started.',
+    ]
+    assert "Upgrading the engine..." in world.lines and initsys.BUNDLE_PATH in world.host.files
+    assert world.lines[-1] == "The engine is up and running!"
