@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from dockyard.provisioner.cli import context, create, creds, lifecycle, query, remote, swarmcmd
+from dockyard.provisioner.cli import context, create, creds, lifecycle, logs, query, remote, swarmcmd
 from dockyard.provisioner.cli.group import cli
 
 for command in (
@@ -30,6 +30,7 @@ for command in (
     query.version,
     remote.ssh,
     remote.scp,
+    logs.logs,
     swarmcmd.swarm,
 ):
     cli.add_command(command)

@@ -373,6 +373,23 @@ class Machine:
             self.save()
             self.restart_engine(log, session)
 
+    # -- logs -------------------------------------------------------------------------------------
+    def engine_log(self, lines: int) -> str:
+        """The last lines of the engine's log on the host (journal, no-init log file, or dockerd's), over SSH."""
+        if not self.driver.provisions:
+            raise DockyardError(
+                f'machine "{self.name}" uses the {self.driver.name} driver: dockyard did not install its engine, '
+                "so it has no engine log to show"
+            )
+        self.require_running()
+        with self.session() as session:
+            return self._service(session).logs(lines)
+
+    def serial_log_path(self) -> str | None:
+        """The VM's serial console log, kept by the local drivers (qemu, virtualbox) in the machine's directory."""
+        path = self.path("serial.log")
+        return path if os.path.isfile(path) else None
+
     # -- lifecycle ------------------------------------------------------------------------------
     def _after_boot(self, log):
         """After start/restart: wait for SSH, fix the cert if the IP moved, make sure the engine answers."""

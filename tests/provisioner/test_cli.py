@@ -200,3 +200,17 @@ def test_rm_without_a_terminal_and_without_y_fails_and_says_why(run, monkeypatch
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # a piped answer still counts
     code, out, _ = run("rm", "n1")
     assert code == 0 and "Successfully removed n1" in out
+
+
+def test_logs_serial_shows_the_console_log_tail_and_refuses_machines_without_one(run):
+    assert run("create", "-d", "none", "--url", "tcp://192.0.2.10:2376", "n1")[0] == 0
+    code, _, err = run("logs", "--serial", "n1")
+    assert code == 1 and 'machine "n1" has no serial console log' in err
+    code, _, err = run("logs", "n1")
+    assert code == 1 and "dockyard did not install its engine, so it has no engine log to show" in err
+    with open(os.path.join(run.store, "machines", "n1", "serial.log"), "wb") as f:
+        f.write(b"".join(b"line %d\n" % i for i in range(1, 201)) + b"bad \xff byte\n")
+    code, out, _ = run("logs", "--serial", "-n", "2", "n1")
+    assert code == 0 and out == "line 200\nbad \ufffd byte\n"
+    code, out, _ = run("logs", "--serial", "-n", "0", "n1")
+    assert out.startswith("line 1\nline 2\n") and out.count("\n") == 201

@@ -605,3 +605,12 @@ def test_upgrade_of_a_stopped_machine_starts_it_then_upgrades_it(world):
     ]
     assert "Upgrading the engine..." in world.lines and initsys.BUNDLE_PATH in world.host.files
     assert world.lines[-1] == "The engine is up and running!"
+
+
+def test_engine_log_is_read_from_the_hosts_journal_and_needs_a_running_machine(world):
+    world.create()
+    assert world.load().engine_log(50) == world.host.engine_log
+    assert world.host.commands[-1] == ("journalctl -u dockyard-engine.service -n 50 --no-pager -o cat", True)
+    world.load().stop(world.log)
+    with pytest.raises(HostNotRunning):
+        world.load().engine_log(50)
