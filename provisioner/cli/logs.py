@@ -5,7 +5,6 @@ import click
 from dockyard.provisioner.cli.common import complete_machines, load, one_name, store_of
 from dockyard.provisioner.core.errors import DockyardError
 
-
 ALL_LINES = 1_000_000
 """What -n 0 asks of journalctl/tail on the host: the whole log, within reason."""
 
