@@ -5,9 +5,9 @@ process into new namespaces (containerinit), relays its stdio (pipes or a pty) t
 log and to attached clients, serves control requests (kill, resize, attach, state) on a
 SEQPACKET socket that the engine reconnects to after a restart, and records the exit status
 (exit.json) before telling the engine and exiting. It never depends on the engine being up.
+The stdio streams and attached clients are stdiorelay.StdioRelay's, on this supervisor's selector.
 """
 
-import errno
 import os
 import selectors
 import signal
@@ -20,10 +20,9 @@ from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.network import portproxy
 from dockyard.engine.runtime import channel, containerinit, libc, logs, procident, userns
 from dockyard.engine.runtime.cgroups import Cgroup, CgroupError
+from dockyard.engine.runtime.stdiorelay import STDERR, STDOUT, StdioRelay
 from dockyard.engine.timefmt import rfc3339nano_ns
 
-STDIN, STDOUT, STDERR = 0, 1, 2
-MAX_CLIENT_BUFFER = 1 << 20  # above this an attached client stalls the container's output
 DRAIN_AFTER_EXIT = 2.0  # seconds to wait for output EOF once the process died
 FLUSH_CLIENTS = 5.0
 CTL_SEND_TIMEOUT = 2.0
@@ -39,26 +38,6 @@ def exit_status(status):
     return 255
 
 
-class Client:
-    """An attached stream (engine side holds the other end of `sock`)."""
-
-    def __init__(self, sock, opts, tty):
-        self.sock = sock
-        self.sock.setblocking(False)
-        self.stdin = bool(opts.get("stdin"))
-        self.stdout = bool(opts.get("stdout", True))
-        self.stderr = bool(opts.get("stderr", True))
-        self.tty = tty
-        self.out = bytearray()
-        self.reading = True
-        self.closed = False
-
-    def frame(self, stream, data):
-        if self.tty:
-            return data
-        return struct.pack(">BxxxI", stream, len(data)) + data
-
-
 class Supervisor:
     def __init__(self, spec, ctl_sock, attach):
         self.spec = spec
@@ -68,37 +47,25 @@ class Supervisor:
         self.stdin_once = bool(spec.get("stdin_once"))
         self.sel = selectors.DefaultSelector()
         self.controls = []
-        self.clients = []
+        self.stdio = StdioRelay(self.sel, self.tty, self.stdin_once)  # output, input, attached clients
         self.pid = None
         self.pidfd = None
         self.status = None
         self.exited_at = None
         self.started_at = None
-        self.outputs = {}  # fd -> stream number
-        self.stdin_fd = None
-        self.stdin_buf = bytearray()
-        self.stdin_closing = False
-        self.master = None
-        self.log = None
         self.listener = None
         self.cgroup = Cgroup.from_dict(spec.get("cgroup"))
         self.proxies = []
         self.settings = None
         self._add_control(ctl_sock)
         for sock, opts in attach:
-            self._add_client(sock, opts)
+            self.stdio.add_client(sock, opts)
 
     # -- setup ---------------------------------------------------------------------------
     def _add_control(self, sock):
         sock.settimeout(CTL_SEND_TIMEOUT)
         self.controls.append(sock)
         self.sel.register(sock, selectors.EVENT_READ, ("ctl", sock))
-
-    def _add_client(self, sock, opts):
-        client = Client(sock, opts, self.tty)
-        self.clients.append(client)
-        self.sel.register(sock, selectors.EVENT_READ, ("client", client))
-        return client
 
     def notify(self, obj):
         for sock in list(self.controls):
@@ -136,7 +103,7 @@ class Supervisor:
         os.chmod(spec["sock"], 0o600)
         self.listener.listen(16)
         self.listener.setblocking(False)
-        self.log = logs.open_log_writer(spec["log"], spec.get("log_driver"), spec.get("log_opts"))
+        self.stdio.log = logs.open_log_writer(spec["log"], spec.get("log_driver"), spec.get("log_opts"))
 
         child_stdio = None
         parent_close = []
@@ -145,12 +112,12 @@ class Supervisor:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             if self.open_stdin:
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
-                self.stdin_fd = in_w
+                self.stdio.stdin_fd = in_w
             else:
                 in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             child_stdio = (in_r, out_w, err_w)
             parent_close = [in_r, out_w, err_w]
-            self.outputs = {out_r: STDOUT, err_r: STDERR}
+            self.stdio.outputs = {out_r: STDOUT, err_r: STDERR}
         sync_s, sync_c = channel.pair()
         idmap = spec["init"].get("userns")
         if idmap:
@@ -187,11 +154,11 @@ class Supervisor:
                 return 1
         if not self._handshake(sync_s):
             return 1
-        for fd in self.outputs:
+        for fd in self.stdio.outputs:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, ("out", fd))
-        if self.stdin_fd is not None:
-            os.set_blocking(self.stdin_fd, False)
+        if self.stdio.stdin_fd is not None:
+            os.set_blocking(self.stdio.stdin_fd, False)
         if self.pidfd is not None:
             self.sel.register(self.pidfd, selectors.EVENT_READ, ("exit", None))
         self.sel.register(self.listener, selectors.EVENT_READ, ("listen", None))
@@ -204,14 +171,14 @@ class Supervisor:
             sync_s.close()
             for sock in self.controls:
                 sock.close()
-            for client in self.clients:
+            for client in self.stdio.clients:
                 client.sock.close()
             self.listener.close()
-            self.log.close()
-            for fd in self.outputs:
+            self.stdio.log.close()
+            for fd in self.stdio.outputs:
                 os.close(fd)
-            if self.stdin_fd is not None:
-                os.close(self.stdin_fd)
+            if self.stdio.stdin_fd is not None:
+                os.close(self.stdio.stdin_fd)
             containerinit.main(self.spec["init"], sync_c, stdio)
         finally:
             os._exit(127)
@@ -277,10 +244,10 @@ class Supervisor:
             if "error" in msg:
                 return self._start_failed(msg)
             if msg.get("tty") and fds:
-                self.master = fds[0]
-                os.set_blocking(self.master, False)
-                self.outputs = {self.master: STDOUT}
-                self.stdin_fd = None
+                self.stdio.master = fds[0]
+                os.set_blocking(self.stdio.master, False)
+                self.stdio.outputs = {self.stdio.master: STDOUT}
+                self.stdio.stdin_fd = None
         sync.close()
         self.started_at = time.time_ns()
         # The start time pins the PID (procident): read now, while our unreaped child cannot be recycled.
@@ -328,20 +295,20 @@ class Supervisor:
             # network part: no threads here (CLONE_NEWPID); the proxies run on this loop's selector
             self.proxies = portproxy.start_all(portproxy.proxies_for(self.settings), self.sel)
         except Exception as exc:  # the container runs; the port stays unpublished
-            self.log.write("stderr", ("dockyard: port publishing failed: %s\n" % exc).encode())
+            self.stdio.log.write("stderr", ("dockyard: port publishing failed: %s\n" % exc).encode())
 
     # -- main loop --------------------------------------------------------------------------
     def loop(self):
         drain_deadline = None
         while True:
             if self.status is not None:
-                if not self.outputs:
+                if not self.stdio.outputs:
                     break
                 if drain_deadline is None:
                     drain_deadline = time.monotonic() + DRAIN_AFTER_EXIT
                 if time.monotonic() >= drain_deadline:
                     break
-            self._update_interest()
+            self.stdio.update_interest()
             timeout = None
             if self.pidfd is None:
                 timeout = 0.05
@@ -350,7 +317,7 @@ class Supervisor:
             for key, events in self.sel.select(timeout):
                 kind, obj = key.data
                 if kind == "out":
-                    self._read_output(obj)
+                    self.stdio.read_output(obj)
                 elif kind == "exit":
                     self._reap(block=True)
                 elif kind == "ctl":
@@ -358,38 +325,14 @@ class Supervisor:
                 elif kind == "listen":
                     self._accept()
                 elif kind == "client":
-                    self._client_io(obj, events)
+                    self.stdio.client_io(obj, events)
                 elif kind == "stdin":
-                    self._write_stdin()
+                    self.stdio.write_stdin()
                 elif kind == "proxy":  # network part: published-port forwarders (portproxy.TAG)
                     obj(events)
             if self.pidfd is None and self.status is None:
                 self._reap(block=False)
         self._finish()
-
-    def _update_interest(self):
-        stalled = any(len(c.out) > MAX_CLIENT_BUFFER for c in self.clients)
-        for fd in list(self.outputs):
-            want = 0 if stalled else selectors.EVENT_READ
-            self._set(fd, want, ("out", fd))
-        for client in self.clients:
-            want = (selectors.EVENT_READ if client.reading else 0) | (selectors.EVENT_WRITE if client.out else 0)
-            self._set(client.sock, want, ("client", client))
-        if self.stdin_fd is not None:
-            self._set(self.stdin_fd, selectors.EVENT_WRITE if self.stdin_buf else 0, ("stdin", None))
-
-    def _set(self, fileobj, events, data):
-        try:
-            key = self.sel.get_key(fileobj)
-        except (KeyError, ValueError):
-            key = None
-        if key is None:
-            if events:
-                self.sel.register(fileobj, events, data)
-        elif not events:
-            self.sel.unregister(fileobj)
-        elif key.events != events:
-            self.sel.modify(fileobj, events, data)
 
     def _reap(self, block):
         if self.status is not None or self.pid is None:
@@ -410,34 +353,6 @@ class Supervisor:
             os.close(self.pidfd)
             self.pidfd = None
 
-    def _read_output(self, fd):
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: the pty's last slave closed
-                raise
-            data = b""
-        if not data:
-            self._close_output(fd)
-            return
-        stream = self.outputs[fd]
-        self.log.write("stdout" if stream == STDOUT else "stderr", data)
-        for client in self.clients:
-            if (stream == STDOUT and client.stdout) or (stream == STDERR and client.stderr):
-                client.out += client.frame(stream, data)
-                self._flush_client(client)
-
-    def _close_output(self, fd):
-        self.outputs.pop(fd, None)
-        try:
-            self.sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-        if fd != self.master:
-            os.close(fd)
-
     def _accept(self):
         try:
             sock, _ = self.listener.accept()
@@ -453,11 +368,11 @@ class Supervisor:
             return
         op = msg.get("op")
         if op == "attach" and fds:
-            client = self._add_client(socket.socket(fileno=fds[0]), msg)
+            client = self.stdio.add_client(socket.socket(fileno=fds[0]), msg)
             for fd in fds[1:]:
                 os.close(fd)
-            if self.status is not None and not self.outputs:
-                self._close_client(client)
+            if self.status is not None and not self.stdio.outputs:
+                self.stdio.close_client(client)
             return
         for fd in fds:
             os.close(fd)
@@ -480,8 +395,7 @@ class Supervisor:
             except OSError:
                 self._drop_control(sock)
         elif op == "close_stdin":
-            self.stdin_closing = True
-            self._write_stdin()
+            self.stdio.close_stdin()
 
     def _signal(self, sig):
         if self.status is not None or self.pid is None:
@@ -495,100 +409,21 @@ class Supervisor:
             pass
 
     def _resize(self, h, w):
-        if self.master is None:
+        if self.stdio.master is None:
             return
         try:
-            containerinit.set_winsize(self.master, int(h or 0), int(w or 0))
+            containerinit.set_winsize(self.stdio.master, int(h or 0), int(w or 0))
         except (OSError, ValueError, TypeError, struct.error):  # a bad size must not end the container
             pass
 
-    # -- attached clients ---------------------------------------------------------------------
-    def _client_io(self, client, events):
-        if events & selectors.EVENT_WRITE:
-            self._flush_client(client)
-        if client.closed or not events & selectors.EVENT_READ:
-            return
-        try:
-            data = client.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._close_client(client)
-            return
-        if not data:
-            # Half-close: no more stdin from this client, but it still wants the output.
-            client.reading = False
-            if client.stdin and self.stdin_once:
-                self.stdin_closing = True
-                self._write_stdin()
-            return
-        if client.stdin:
-            if self.master is not None:
-                self._write_master(data)
-            elif self.stdin_fd is not None:
-                self.stdin_buf += data
-                self._write_stdin()
-
-    def _write_master(self, data):
-        view = memoryview(data)
-        deadline = time.monotonic() + 1.0
-        while view and time.monotonic() < deadline:
-            try:
-                n = os.write(self.master, view)
-                view = view[n:]
-            except BlockingIOError:
-                time.sleep(0.001)
-            except OSError:
-                return
-
-    def _write_stdin(self):
-        if self.stdin_fd is None:
-            return
-        try:
-            while self.stdin_buf:
-                n = os.write(self.stdin_fd, self.stdin_buf)
-                del self.stdin_buf[:n]
-        except BlockingIOError:
-            return
-        except OSError:
-            self.stdin_buf.clear()
-        if self.stdin_closing and not self.stdin_buf:
-            self._set(self.stdin_fd, 0, None)
-            os.close(self.stdin_fd)
-            self.stdin_fd = None
-
-    def _flush_client(self, client):
-        if client.closed:
-            return
-        try:
-            while client.out:
-                n = client.sock.send(client.out)
-                del client.out[:n]
-        except BlockingIOError:
-            return
-        except OSError:
-            self._close_client(client)
-
-    def _close_client(self, client):
-        if client.closed:
-            return
-        client.closed = True
-        try:
-            self.sel.unregister(client.sock)
-        except (KeyError, ValueError):
-            pass
-        client.sock.close()
-        if client in self.clients:
-            self.clients.remove(client)
-
     # -- exit ---------------------------------------------------------------------------------
     def _finish(self):
-        for fd in list(self.outputs):
-            self._close_output(fd)
-        if self.master is not None:
-            os.close(self.master)
-            self.master = None
-        self.log.close()
+        for fd in list(self.stdio.outputs):
+            self.stdio.close_output(fd)
+        if self.stdio.master is not None:
+            os.close(self.stdio.master)
+            self.stdio.master = None
+        self.stdio.log.close()
         code = exit_status(self.status if self.status is not None else 255 << 8)
         oom = False
         if self.cgroup is not None:
@@ -615,12 +450,12 @@ class Supervisor:
             pass
         self.notify(dict(record, event="exited"))
         deadline = time.monotonic() + FLUSH_CLIENTS
-        while any(c.out for c in self.clients) and time.monotonic() < deadline:
-            for client in list(self.clients):
-                self._flush_client(client)
+        while any(c.out for c in self.stdio.clients) and time.monotonic() < deadline:
+            for client in list(self.stdio.clients):
+                self.stdio.flush_client(client)
             time.sleep(0.002)
-        for client in list(self.clients):
-            self._close_client(client)
+        for client in list(self.stdio.clients):
+            self.stdio.close_client(client)
         self._cleanup()
 
     def _cleanup(self):
