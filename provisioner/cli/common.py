@@ -5,7 +5,10 @@ import threading
 
 import click
 
+from dockyard.drivers import registry
+from dockyard.provisioner.cli.filters import FILTER_KEYS
 from dockyard.provisioner.cli.group import GlobalOptions
+from dockyard.provisioner.cli.shells import SHELLS
 from dockyard.provisioner.core.errors import DockyardError, MachineNotExist, UsageError
 from dockyard.provisioner.core.store import Store, default_store_path
 from dockyard.provisioner.machines.machine import Machine
@@ -113,3 +116,18 @@ def complete_machines(ctx, param, incomplete):
     root = ctx.find_root()
     path = root.params.get("storage_path") or default_store_path()
     return [n for n in sorted(Store(path).names()) if n.startswith(incomplete)]
+
+
+def complete_drivers(ctx, param, incomplete):
+    """Shell completion of driver names (built-ins available here and the dockyard.drivers entry points)."""
+    return [n for n in registry.names() if n.startswith(incomplete)]
+
+
+def complete_shells(ctx, param, incomplete):
+    """Shell completion of env --shell values."""
+    return [s for s in SHELLS if s.startswith(incomplete)]
+
+
+def complete_filters(ctx, param, incomplete):
+    """Shell completion of ls --filter keys (as KEY=)."""
+    return [f"{k}=" for k in FILTER_KEYS if f"{k}=".startswith(incomplete)]

@@ -8,7 +8,7 @@ import shutil
 import click
 
 from dockyard.drivers import registry
-from dockyard.provisioner.cli.common import info, store_of
+from dockyard.provisioner.cli.common import complete_drivers, info, store_of
 from dockyard.provisioner.cli.context import context_after_create
 from dockyard.provisioner.cli.progress import renderer
 from dockyard.provisioner.core.errors import DockyardError, PreCreateCheckError, UsageError
@@ -108,7 +108,14 @@ def _kv_list(values, what):
     show_default=True,
     help="How many machines to create at once (several names or -n).",
 )
-@click.option("-d", "--driver", envvar=list(DRIVER_ENV), help="Driver that makes the machine.", metavar="DRIVER")
+@click.option(
+    "-d",
+    "--driver",
+    envvar=list(DRIVER_ENV),
+    help="Driver that makes the machine.",
+    metavar="DRIVER",
+    shell_complete=complete_drivers,
+)
 @click.option(
     "--engine",
     type=click.Choice(["dockyard", "docker"]),

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from dockyard.provisioner.cli import context, create, creds, lifecycle, logs, query, remote, swarmcmd
+from dockyard.provisioner.cli import completion, context, create, creds, lifecycle, logs, query, remote, swarmcmd
 from dockyard.provisioner.cli.group import cli
 
 for command in (
@@ -32,6 +32,7 @@ for command in (
     remote.scp,
     logs.logs,
     swarmcmd.swarm,
+    completion.completion,
 ):
     cli.add_command(command)
 

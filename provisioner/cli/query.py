@@ -10,7 +10,15 @@ from dockyard import __version__
 from dockyard.drivers.base import State
 from dockyard.provisioner.cli import filters as ls_filters
 from dockyard.provisioner.cli import gotemplate, listing, shells, sshenv, tables
-from dockyard.provisioner.cli.common import complete_machines, load, many_names, one_name, store_of
+from dockyard.provisioner.cli.common import (
+    complete_filters,
+    complete_machines,
+    complete_shells,
+    load,
+    many_names,
+    one_name,
+    store_of,
+)
 from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
 from dockyard.provisioner.machines import cluster
@@ -26,6 +34,7 @@ SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credentia
     multiple=True,
     metavar="KEY=VALUE",
     help="Filter: driver, state, name (regex), label (KEY=VALUE). Same key OR'ed, different keys AND'ed.",
+    shell_complete=complete_filters,
 )
 @click.option(
     "-t",
@@ -87,7 +96,11 @@ def _tls_check(m):
 
 @click.command()
 @click.argument("name", required=False, shell_complete=complete_machines)
-@click.option("--shell", help="Shell to format for: bash, zsh, fish, powershell, cmd, tcsh, emacs (default: detect).")
+@click.option(
+    "--shell",
+    help="Shell to format for: bash, zsh, fish, powershell, cmd, tcsh, emacs (default: detect).",
+    shell_complete=complete_shells,
+)
 @click.option("-u", "--unset", is_flag=True, help="Print commands that unset the variables.")
 @click.option("--no-proxy", is_flag=True, help="Add the machine's IP to NO_PROXY.")
 @click.option("--swarm", is_flag=True, hidden=True)

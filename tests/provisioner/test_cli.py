@@ -214,3 +214,39 @@ def test_logs_serial_shows_the_console_log_tail_and_refuses_machines_without_one
     assert code == 0 and out == "line 200\nbad \ufffd byte\n"
     code, out, _ = run("logs", "--serial", "-n", "0", "n1")
     assert out.startswith("line 1\nline 2\n") and out.count("\n") == 201
+
+
+def complete(store, words):
+    """What the bash completion protocol answers for the command line `words` (the last one being typed)."""
+    env = dict(
+        os.environ,
+        _DOCKYARD_COMPLETE="bash_complete",
+        COMP_WORDS=" ".join(["dockyard", "-s", store, *words]),
+        COMP_CWORD=str(len(words) + 2),
+        PYTHONPATH=os.getcwd(),
+    )
+    p = subprocess.run([sys.executable, "-m", "dockyard"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    return [line.split(",", 1)[1] for line in p.stdout.split()]
+
+
+def test_completion_command_prints_each_shells_script(run):
+    for shell, marker in (
+        ("bash", "complete -o nosort -F _dockyard_completion dockyard"),
+        ("zsh", "#compdef dockyard"),
+        ("fish", "complete --no-files --command dockyard"),
+    ):
+        code, out, _ = run("completion", shell)
+        assert code == 0 and marker in out and "_DOCKYARD_COMPLETE" in out
+    code, _, err = run("completion", "tcsh")
+    assert code == 1 and "'tcsh' is not one of 'bash', 'zsh', 'fish'" in err
+
+
+def test_completion_of_commands_drivers_shells_filter_keys_and_machines(run, tmp_path):
+    run("create", "-d", "none", "--url", "tcp://192.0.2.1:2376", "alpha")
+    assert {"logs", "completion", "ls", "rm"} <= set(complete(run.store, [""]))
+    assert complete(run.store, ["create", "-d", "no"]) == ["none"]
+    assert "generic" in complete(run.store, ["create", "-d", ""])
+    assert complete(run.store, ["env", "--shell", "f"]) == ["fish"]
+    assert complete(run.store, ["ls", "--filter", ""]) == ["driver=", "state=", "name=", "swarm=", "label="]
+    assert complete(run.store, ["logs", "a"]) == ["alpha"]
