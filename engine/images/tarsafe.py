@@ -7,7 +7,8 @@ stops at the root), so neither a link from the archive nor one planted by a
 container process can lead a write elsewhere. On top of that, like moby:
 absolute member names, `..` components, relative symlinks that point above the
 extraction directory and hard links to anything outside it are refused with
-InvalidParameter (400) before anything is written for that member.
+InvalidParameter (400) before anything is written for that member. The confined path
+resolution itself (Scope) is scope.py's.
 
 Whiteouts (`.wh.NAME`, `.wh..wh..opq`) are kept as files, converted to the
 overlayfs form (char device 0/0, xattr trusted.overlay.opaque=y), or applied
@@ -21,15 +22,20 @@ import stat
 import tarfile
 
 from dockyard.engine.errors import InvalidParameter, SystemFailure
+from dockyard.engine.images.scope import (
+    DIR_FLAGS,
+    O_PATH,
+    Scope,
+    close_fd,
+    empty_dir,
+    proc_fd_path,
+    remove_entry,
+)
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-MAX_SYMLINK_HOPS = 40
 _ARCHIVE_XATTRS = ("security.capability", "system.posix_acl_access", "system.posix_acl_default")
-
-_O_PATH = getattr(os, "O_PATH", 0o10000000)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeArchive(InvalidParameter):
@@ -82,175 +88,6 @@ def xattr_allowed(name):
     return name.startswith("user.") or name in _ARCHIVE_XATTRS
 
 
-def _close(fd):
-    if fd is not None and fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _proc_fd(fd):
-    return "/proc/self/fd/%d" % fd
-
-
-class Scope:
-    """A directory fd treated as '/': resolves paths below it without escaping it."""
-
-    def __init__(self, root):
-        self.root_fd = os.open(root, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def close(self):
-        _close(self.root_fd)
-        self.root_fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _open_chain(self, names):
-        fd = os.open(".", _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fd)
-        try:
-            for name in names:
-                nfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-        except BaseException:
-            _close(fd)
-            raise
-        return fd
-
-    def walk_dir(self, parts, create=False, mkdir_hook=None):
-        """(fd, real_parts) of directory `parts`, following symlinks inside the scope.
-
-        Missing components are created (mode 0755) when `create`, and passed to
-        mkdir_hook(parent_fd, name). Raises FileNotFoundError / NotADirectoryError /
-        OSError(ELOOP) like the kernel would.
-        """
-        pending = list(parts)
-        real = []
-        hops = 0
-        fd = self._open_chain([])
-        try:
-            while pending:
-                name = pending.pop(0)
-                if name in ("", "."):
-                    continue
-                if name == "..":
-                    if real:
-                        real.pop()
-                        _close(fd)
-                        fd = -1
-                        fd = self._open_chain(real)
-                    continue
-                try:
-                    nfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    try:
-                        os.mkdir(name, 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                    if mkdir_hook is not None:
-                        mkdir_hook(fd, name)
-                    nfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                st = os.fstat(nfd)
-                if stat.S_ISDIR(st.st_mode):
-                    _close(fd)
-                    fd = nfd
-                    real.append(name)
-                    continue
-                _close(nfd)
-                if not stat.S_ISLNK(st.st_mode):
-                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", "/".join(real + [name]))
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", name)
-                target = os.readlink(name, dir_fd=fd)
-                if target.startswith("/"):
-                    real = []
-                    _close(fd)
-                    fd = -1
-                    fd = self._open_chain([])
-                pending = target.split("/") + pending
-            return fd, real
-        except BaseException:
-            _close(fd)
-            raise
-
-    def resolve(self, path, follow_final=True):
-        """Path inside the scope -> (parent_fd, final_name, real_parent_parts).
-
-        final_name is None for the root itself. With follow_final, a symlink in
-        the last component is followed too (the result names a non-symlink or a
-        missing entry).
-        """
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        hops = 0
-        while True:
-            if not parts:
-                fd, real = self.walk_dir([])
-                return fd, None, real
-            fd, real = self.walk_dir(parts[:-1])
-            name = parts[-1]
-            if name == "..":
-                _close(fd)
-                fd, real = self.walk_dir(parts)
-                if not real:
-                    return fd, None, real
-                _close(fd)
-                parts = list(real)
-                continue
-            if not follow_final:
-                return fd, name, real
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return fd, name, real
-            if not stat.S_ISLNK(st.st_mode):
-                return fd, name, real
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                _close(fd)
-                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-            target = os.readlink(name, dir_fd=fd)
-            _close(fd)
-            parts = target.split("/") if target.startswith("/") else real + target.split("/")
-            parts = [p for p in parts if p not in ("", ".")]
-
-    def realpath(self, path):
-        """The fully resolved path inside the scope, as '/a/b' (the entry may not exist)."""
-        fd, name, real = self.resolve(path)
-        _close(fd)
-        return "/" + "/".join(real + ([name] if name else []))
-
-
-def _remove_entry(dir_fd, name):
-    """Remove `name` (file, link, device or whole tree) below dir_fd without following links."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        try:
-            _empty_dir(fd)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
-
-
-def _empty_dir(fd, keep=()):
-    for name in os.listdir(fd):
-        if name not in keep:
-            _remove_entry(fd, name)
-
-
 class ExtractResult:
     """What was extracted: entry count and the total size of regular file contents."""
 
@@ -279,7 +116,7 @@ class _Extractor:
 
     # -- parent directories --------------------------------------------------
     def _invalidate(self):
-        _close(self._cache_fd)
+        close_fd(self._cache_fd)
         self._cache_key = self._cache_fd = None
 
     def _mkdir_hook(self, parent_fd, name):
@@ -374,7 +211,7 @@ class _Extractor:
                     "cannot overwrite non-directory %r with directory" % ("/" + "/".join(self.dest_parts + parts))
                 )
             if not (is_dir and kind == "dir"):
-                _remove_entry(pfd, name)
+                remove_entry(pfd, name)
                 if is_dir:
                     self._invalidate()
                     pfd = self.parent_fd(parts)
@@ -469,9 +306,9 @@ class _Extractor:
             pass
 
     def _set_node_meta(self, pfd, name, member, uid, gid):
-        fd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
-            path = _proc_fd(fd)
+            path = proc_fd_path(fd)
             os.chown(path, uid, gid)
             os.chmod(path, member.mode & 0o7777)
             self._xattrs(path, member)
@@ -481,9 +318,9 @@ class _Extractor:
 
     def _set_dir_meta_path(self, pfd, name, member, parts):
         if name is None:
-            fd = os.open(".", _DIR_FLAGS, dir_fd=pfd)
+            fd = os.open(".", DIR_FLAGS, dir_fd=pfd)
         else:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
         try:
             uid, gid = self._ids(member)
             os.fchown(fd, uid, gid)
@@ -501,7 +338,7 @@ class _Extractor:
             except OSError:
                 continue
             try:
-                os.utime(_proc_fd(fd), (mtime, mtime))
+                os.utime(proc_fd_path(fd), (mtime, mtime))
             except OSError:
                 pass
             finally:
@@ -514,16 +351,16 @@ class _Extractor:
         pfd = self.parent_fd(parts)
         if base == WHITEOUT_OPAQUE:
             if self.whiteouts == "overlay":
-                fd = os.open(".", _DIR_FLAGS, dir_fd=pfd)
+                fd = os.open(".", DIR_FLAGS, dir_fd=pfd)
                 try:
                     os.setxattr(fd, OPAQUE_XATTR, b"y")
                 finally:
                     os.close(fd)
             else:  # apply: everything not from this archive disappears from the directory
                 keep = {p[-1] for p in self.created if tuple(p[:-1]) == tuple(parts[:-1])}
-                fd = os.open(".", _DIR_FLAGS, dir_fd=pfd)
+                fd = os.open(".", DIR_FLAGS, dir_fd=pfd)
                 try:
-                    _empty_dir(fd, keep)
+                    empty_dir(fd, keep)
                 finally:
                     os.close(fd)
                 self._invalidate()
@@ -531,7 +368,7 @@ class _Extractor:
         target = base[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", ".."):
             raise UnsafeArchive("invalid whiteout %r" % "/".join(parts))
-        _remove_entry(pfd, target)
+        remove_entry(pfd, target)
         self._invalidate()
         if self.whiteouts == "overlay":
             pfd = self.parent_fd(parts)
