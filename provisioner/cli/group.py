@@ -1,8 +1,11 @@
 """The `dockyard` command group: global options, error handling and exit codes (commands are added by main)."""
 
+import logging
 import os
 import sys
+import time
 import traceback
+from collections.abc import Callable
 
 import click
 
@@ -18,6 +21,45 @@ class GlobalOptions:
         self.store = Store(storage_path)
         self.debug = debug
         self.native_ssh = native_ssh
+
+
+class DebugFormatter(logging.Formatter):
+    """`[+1.234s] ssh 192.0.2.10:22: ...`: seconds since the command started, then the record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.monotonic()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[+{time.monotonic() - self.started:.3f}s] {record.getMessage()}"
+
+
+class StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is when the record is made (click and tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def enable_debug_log() -> Callable[[], None]:
+    """-D: dockyard's debug records (SSH commands, driver calls, engine API calls, with timing) go to stderr.
+    Only the "dockyard" loggers: paramiko's own records stay off. Returns what undoes it."""
+    logger = logging.getLogger("dockyard")
+    handler = StderrHandler()
+    handler.setFormatter(DebugFormatter())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+    def disable() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return disable
 
 
 class DockyardGroup(click.Group):
@@ -59,7 +101,13 @@ def _debug_requested(ctx):
     show_default="~/.dockyard",
     help="Where machines, certs and caches are kept.",
 )
-@click.option("-D", "--debug", is_flag=True, envvar="DOCKYARD_DEBUG", help="Show tracebacks and debug output.")
+@click.option(
+    "-D",
+    "--debug",
+    is_flag=True,
+    envvar="DOCKYARD_DEBUG",
+    help="Show tracebacks, and every SSH command, driver call and engine API call with its time, on stderr.",
+)
 @click.option(
     "--native-ssh",
     is_flag=True,
@@ -71,3 +119,5 @@ def _debug_requested(ctx):
 def cli(ctx, storage_path, debug, native_ssh):
     """Create and manage hosts that run the dockyard container engine."""
     ctx.obj = GlobalOptions(storage_path, debug, native_ssh)
+    if debug:
+        ctx.call_on_close(enable_debug_log())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import ssl
 import time
@@ -15,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dockyard.provisioner.core.errors import CertError, EngineUnreachable
+
+debug_log = logging.getLogger(__name__)  # dockyard -D: every request with its status and time
 
 
 class TLSFiles:
@@ -42,6 +45,17 @@ def request(
     url: str, files: TLSFiles, method: str, path: str, timeout: float = 5.0
 ) -> tuple[int, dict[str, str], bytes]:
     """One request; returns (status, headers dict, body bytes). TLS problems raise CertError."""
+    started = time.monotonic()
+    try:
+        status, headers, body = _request(url, files, method, path, timeout)
+    except (CertError, EngineUnreachable) as e:
+        debug_log.debug("engine %s %s%s -> %s after %.3fs", method, url, path, e, time.monotonic() - started)
+        raise
+    debug_log.debug("engine %s %s%s -> HTTP %d in %.3fs", method, url, path, status, time.monotonic() - started)
+    return status, headers, body
+
+
+def _request(url: str, files: TLSFiles, method: str, path: str, timeout: float) -> tuple[int, dict[str, str], bytes]:
     host, port = _split(url)
     conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context(files))
     try:

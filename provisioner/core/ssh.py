@@ -43,6 +43,7 @@ from dockyard.provisioner.core.ssh_target import SSHTarget
 
 # paramiko logs transport failures itself; we report them as exceptions, so keep its records off stderr.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+debug_log = logging.getLogger(__name__)  # dockyard -D: every command with its exit status and time
 
 CHUNK = 32768
 _SUDO_PASSWORD_HINTS = ("a password is required", "a terminal is required", "no tty present", "must have a tty")
@@ -95,6 +96,7 @@ class SSHSession:
 
     def __init__(self, target: SSHTarget, connect_timeout: float = 10):
         self.target = target
+        started = time.monotonic()
         pkey = load_private_key(target.key_path) if target.key_path else None
         pinned = read_pinned_host_key(target.host_key_path) if target.host_key_path else None
         client = paramiko.SSHClient()
@@ -133,6 +135,7 @@ class SSHSession:
                 raise SSHError(f"cannot pin the host key in {target.host_key_path}: {e.strerror or e}") from None
         client.get_transport().set_keepalive(30)
         self._client = client
+        debug_log.debug("ssh %s@%s: connected in %.3fs", target.user, target.address, time.monotonic() - started)
 
     def __enter__(self) -> SSHSession:
         return self
@@ -220,7 +223,28 @@ class SSHSession:
         return sudo and self.target.user != "root"
 
     def _run(self, command: str, label: str, *, sudo=False, check=True, env=None, **kw) -> CommandResult:
-        status, out, err = self._exec(self._wrap(command, sudo, env), label=label, **kw)
+        started = time.monotonic()
+        try:
+            status, out, err = self._exec(self._wrap(command, sudo, env), label=label, **kw)
+        except Exception as e:
+            debug_log.debug(
+                "ssh %s: %s%s -> %s after %.3fs",
+                self.target.address,
+                "sudo " * sudo,
+                label,
+                e,
+                time.monotonic() - started,
+            )
+            raise
+        # the label, not the wrapped command: env values (proxy credentials) stay out of debug output
+        debug_log.debug(
+            "ssh %s: %s%s -> exit %d in %.3fs",
+            self.target.address,
+            "sudo " * sudo,
+            label,
+            status,
+            time.monotonic() - started,
+        )
         result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
         self._check_sudo(self._uses_sudo(sudo), status, result.stderr)
         if check and status != 0:

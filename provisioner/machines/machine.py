@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,10 @@ from dockyard.provisioner.provision import dockerengine
 
 if TYPE_CHECKING:
     from dockyard.provisioner.core.ssh import SSHSession
+
+debug_log = logging.getLogger(__name__)  # dockyard -D: every driver call with its time
+
+TRACED_DRIVER_CALLS = ("pre_create_check", "create", "remove", "start", "stop", "kill", "restart", "state", "ip")
 
 ENGINE_WAIT = 60.0
 SSH_WAIT = 120.0
@@ -61,6 +68,44 @@ class Collaborators:
 
 
 DEFAULT_COLLABORATORS = Collaborators()
+
+
+def trace_driver_calls(driver: Driver) -> Driver:
+    """With debug logging on, time each driver verb: instance attributes shadow the class's methods, so the
+    driver stays what it is (isinstance, capabilities). Without it, the driver is left alone."""
+    if not debug_log.isEnabledFor(logging.DEBUG):
+        return driver
+    for name in TRACED_DRIVER_CALLS:
+        method = getattr(driver, name, None)
+        if callable(method):
+            setattr(driver, name, _timed(driver, name, method))
+    return driver
+
+
+def _timed(driver: Driver, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            result = method(*args, **kwargs)
+        except Exception as e:
+            took = time.monotonic() - started
+            debug_log.debug(
+                "driver %s.%s(%s) -> %s: %s after %.3fs",
+                driver.name,
+                name,
+                driver.machine_name,
+                type(e).__name__,
+                e,
+                took,
+            )
+            raise
+        took = time.monotonic() - started
+        shown = f" = {result}" if name in ("state", "ip") else ""
+        debug_log.debug("driver %s.%s(%s)%s in %.3fs", driver.name, name, driver.machine_name, shown, took)
+        return result
+
+    return call
 
 
 def _now() -> str:
@@ -120,7 +165,7 @@ class Machine:
     def driver(self) -> Driver:
         if self._driver is None:
             cls = self.collaborators.driver_class(self.config["DriverName"])
-            self._driver = cls(self.name, self.dir, self.config.get("Driver", {}))
+            self._driver = trace_driver_calls(cls(self.name, self.dir, self.config.get("Driver", {})))
         return self._driver
 
     def save(self) -> None:
@@ -486,7 +531,7 @@ def create(
         else:
             swarm["Cluster"] = name
     driver_cls = collaborators.driver_class(driver_name)
-    driver = driver_cls(name, store.machine_dir(name), {}, progress=progress or log)
+    driver = trace_driver_calls(driver_cls(name, store.machine_dir(name), {}, progress=progress or log))
     driver.set_config_from_flags(driver_options)
     if engine_options.get("Port"):
         driver.config["EnginePort"] = engine_options["Port"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -250,3 +251,20 @@ def test_completion_of_commands_drivers_shells_filter_keys_and_machines(run, tmp
     assert complete(run.store, ["env", "--shell", "f"]) == ["fish"]
     assert complete(run.store, ["ls", "--filter", ""]) == ["driver=", "state=", "name=", "swarm=", "label="]
     assert complete(run.store, ["logs", "a"]) == ["alpha"]
+
+
+def test_debug_shows_driver_and_engine_calls_with_their_time_on_stderr_only(run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: the engine call is refused
+    assert run("create", "-d", "none", "--url", f"tcp://127.0.0.1:{port}", "n1")[0] == 0
+    code, out, err = run("-D", "version", "n1")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert any(re.fullmatch(r"\[\+\d+\.\d{3}s\] driver none\.state\(n1\) = Running in \d+\.\d{3}s", x) for x in lines)
+    assert any(
+        re.fullmatch(rf"\[\+\d+\.\d{{3}}s\] engine GET tcp://127\.0\.0\.1:{port}/version -> .* after \d+\.\d{{3}}s", x)
+        for x in lines
+    ), lines
+    code, out, err = run("status", "n1")  # without -D: nothing but the answer
+    assert (code, out, err) == (0, "Running\n", "")

@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import hashlib
 import io
+import logging
 import os
 import pty
 import re
@@ -696,3 +697,11 @@ def test_sudo_needing_a_password_is_reported(sshd, client_key, tmp_path):
         )
         with pytest.raises(SudoPasswordRequired):
             s.put_bytes(b"x", f"{sshd.root_only}/x", sudo=True)
+
+
+def test_debug_log_names_each_command_its_exit_status_and_time_but_not_env_values(session, caplog):
+    caplog.set_level(logging.DEBUG, logger="dockyard")
+    session.run("exit 3", check=False, env={"HTTP_PROXY": "http://user:s3cret@proxy:3128"})
+    records = [r.getMessage() for r in caplog.records if r.name == "dockyard.provisioner.core.ssh"]
+    assert re.fullmatch(r"ssh \S+: exit 3 -> exit 3 in \d+\.\d{3}s", records[-1]), records
+    assert not any("s3cret" in r for r in records)
