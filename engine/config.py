@@ -291,6 +291,15 @@ def parse_config(argv):
     return cfg, args
 
 
+SYSTEM_CERTS_D = "/etc/dockyard/certs.d"
+
+
+def registry_certs_dirs(cfg) -> list[str]:
+    """Where registry TLS files live, first match wins: <data-root>/certs.d/<host:port>/, then
+    /etc/dockyard/certs.d/<host:port>/ (Docker's /etc/docker/certs.d layout: *.crt CAs, *.cert + *.key pairs)."""
+    return [os.path.join(cfg.data_root, "certs.d"), SYSTEM_CERTS_D]
+
+
 def registry_config(cfg):
     """/info RegistryConfig from --insecure-registry and --registry-mirror, shaped like moby's."""
     cidrs = ["::1/128", "127.0.0.0/8"]

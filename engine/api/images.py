@@ -8,6 +8,7 @@ import time
 
 from dockyard.engine.api.responses import Response
 from dockyard.engine.api.router import version_less
+from dockyard.engine.config import registry_certs_dirs
 from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
 from dockyard.engine.images import loadsave, push, reference, registry
 from dockyard.engine.images.store import ZERO_TIME, parse_time
@@ -463,6 +464,7 @@ def pull_image(req, from_image, tag):
             cfg.insecure_registries,
             policy=policy,
             mirrors=cfg.registry_mirrors,
+            certs_dirs=registry_certs_dirs(cfg),
         )
     except EngineError as exc:
         if out.fail(exc.message):

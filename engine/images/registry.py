@@ -9,8 +9,11 @@ must get exactly those bytes), blobs are hashed as they stream and cut off at
 their descriptor's size, and manifests, tokens, configs and error bodies have
 size limits. Bearer-token and basic
 auth are supported (X-Registry-Auth), redirects are followed without leaking
-Authorization to another host, and localhost, 127.0.0.0/8 and --insecure-registry
-entries are spoken to over plain HTTP.
+Authorization to another host. TLS trusts the system CAs plus certs.d/<host:port>/*.crt
+and presents certs.d client pairs (*.cert + *.key), as Docker does; --insecure-registry
+hosts are tried over HTTPS without verification, then plain HTTP; localhost and
+127.0.0.0/8 without a certs.d directory are spoken to over plain HTTP. Layer downloads
+(parallel, resumable, shared between pulls) are engine/images/download.py's.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ import http.client
 import ipaddress
 import json
 import logging
+import os
 import re
 import ssl
-import tempfile
+import threading
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from dockyard.engine import hostinfo
 from dockyard.engine.errors import InvalidParameter, NotFound, SystemFailure
-from dockyard.engine.images import digest, distmeta, reference
+from dockyard.engine.images import digest, distmeta, download, reference
 from dockyard.engine.images.store import config_diff_ids
 
 log = logging.getLogger("dockyard.engine.images")
@@ -99,6 +103,54 @@ def is_insecure(host, insecure_registries=()):
     return False
 
 
+def listed_insecure(host, insecure_registries=()):
+    """True if the operator named host (or a non-loopback network holding it) with --insecure-registry.
+
+    Loopback hosts that are not named explicitly keep plain HTTP (they are insecure by default).
+    """
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if any(entry in (host, name.strip("[]")) for entry in insecure_registries or ()):
+        return True
+    return is_insecure(host, insecure_registries) and not is_insecure(host)
+
+
+def certs_dir_for(host, certs_dirs=()):
+    """The first certs.d/<host> directory that exists, or None; host is a checked registry domain."""
+    if not host or "/" in host or "\\" in host or host.startswith("."):
+        return None
+    for base in certs_dirs or ():
+        path = os.path.join(base, host)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def tls_context(host, certs_dirs=(), verify=True):
+    """An SSLContext for host: system CAs plus certs.d/<host>/*.crt, client pairs *.cert + *.key."""
+    ctx = ssl.create_default_context()
+    hostdir = certs_dir_for(host, certs_dirs)
+    if hostdir:
+        try:
+            names = sorted(os.listdir(hostdir))
+            for name in names:
+                path = os.path.join(hostdir, name)
+                if name.endswith(".crt"):
+                    ctx.load_verify_locations(cafile=path)
+                elif name.endswith(".cert"):
+                    key = name[: -len(".cert")] + ".key"
+                    if key not in names:
+                        raise RegistryError("missing key %s for client certificate %s" % (key, name))
+                    ctx.load_cert_chain(path, os.path.join(hostdir, key))
+                elif name.endswith(".key") and name[: -len(".key")] + ".cert" not in names:
+                    raise RegistryError("missing client certificate %s.cert for key %s" % (name[:-4], name))
+        except (OSError, ssl.SSLError) as exc:
+            raise RegistryError("bad TLS files in %s: %s" % (hostdir, exc)) from None
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class _Response:
     def __init__(self, conn, resp):
         self.conn = conn
@@ -131,21 +183,38 @@ class _Response:
 class Registry:
     """One registry host for one repository (scope of the pull token)."""
 
-    def __init__(self, host, repository, auth=None, insecure_registries=(), scope=None):
+    def __init__(self, host, repository, auth=None, insecure_registries=(), scope=None, certs_dirs=()):
         self.host = host
         self.repository = repository
         self.auth = auth or {}
         # the token's scope: pull only, unless a push asks for more (its own repo and mount sources)
         self.scope = scope or ["repository:%s:pull" % repository]
-        self.scheme = "http" if is_insecure(host, insecure_registries) else "https"
+        self.certs_dirs = tuple(certs_dirs or ())
+        # --insecure-registry: HTTPS without verification first, plain HTTP if that fails (Docker's order);
+        # loopback without a certs.d directory: plain HTTP; anything else: verified HTTPS only
+        self.verify_tls = True
+        self.http_fallback = False
+        if listed_insecure(host, insecure_registries):
+            self.scheme, self.verify_tls, self.http_fallback = "https", False, True
+        elif is_insecure(host) and not certs_dir_for(host, self.certs_dirs):
+            self.scheme = "http"
+        else:
+            self.scheme = "https"
         self.token = None
         self.basic = None
+        self._tls = None
 
     # -- HTTP -----------------------------------------------------------------------------
     def _open(self, method, url, headers, body=None):
         parts = urlsplit(url)
         if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.netloc, timeout=TIMEOUT, context=ssl.create_default_context())
+            if parts.netloc != self.host:
+                ctx = ssl.create_default_context()  # a CDN or token host: the system CAs
+            else:
+                if self._tls is None:
+                    self._tls = tls_context(self.host, self.certs_dirs, self.verify_tls)
+                ctx = self._tls
+            conn = http.client.HTTPSConnection(parts.netloc, timeout=TIMEOUT, context=ctx)
         else:
             conn = http.client.HTTPConnection(parts.netloc, timeout=TIMEOUT)
         path = parts.path or "/"
@@ -181,7 +250,14 @@ class Registry:
             try:
                 resp = self._open(method, url, sent, body)
             except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+                if self.http_fallback and url.startswith("https://%s/" % self.host):
+                    # an --insecure-registry host that does not speak TLS: plain HTTP from now on
+                    log.info("registry %s: HTTPS failed (%s), trying plain HTTP", self.host, exc)
+                    self.http_fallback = False
+                    self.scheme = "http"
+                    return self.request(path, accept, allow_auth, method, body, headers)
                 raise RegistryError("error contacting registry %s: %s" % (self.host, exc)) from None
+            self.http_fallback = False  # the scheme answered: keep it
             if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("location"):
                 resp.close()
                 url = urljoin(url, resp.headers["location"])
@@ -248,7 +324,7 @@ class Registry:
         try:
             if resp.status != 200:
                 body = resp.read_limited(MAX_ERROR_BODY, "the registry's error answer")
-                return self._error(resp.status, body, ref)
+                return self.raise_error(resp.status, body, ref)
             body = resp.read_limited(MAX_MANIFEST, "manifest %s" % ref)
         finally:
             resp.close()
@@ -270,7 +346,8 @@ class Registry:
             raise RegistryError("registry sent an invalid manifest: not a JSON object")
         return doc.get("mediaType") or mediatype, body, got, doc
 
-    def _error(self, status, body, ref):
+    def raise_error(self, status, body, ref):
+        """Raise NotFound or RegistryError for an error answer (status, body) about ref."""
         detail = error_detail(body)
         if status in (401, 403) or (status == 404 and "name unknown" in detail):
             raise NotFound(
@@ -294,7 +371,7 @@ class Registry:
                 body = resp.read_limited(MAX_ERROR_BODY, "the registry's error answer")
             finally:
                 resp.close()
-            self._error(resp.status, body, blob_digest)
+            self.raise_error(resp.status, body, blob_digest)
         sha = hashlib.sha256()
         total = 0
         try:
@@ -364,7 +441,7 @@ def check_policy(host: str, repo: str, policy: str, insecure_registries=(), acti
         )
 
 
-def _mirror_registries(host, repo_path, insecure_registries, mirrors):
+def _mirror_registries(host, repo_path, insecure_registries, mirrors, certs_dirs=()):
     """Registries for the operator's --registry-mirror URLs (docker.io images only; no credentials sent)."""
     out = []
     if host != DOCKER_HUB:
@@ -372,13 +449,16 @@ def _mirror_registries(host, repo_path, insecure_registries, mirrors):
     for url in mirrors or ():
         parts = urlsplit(url)
         if parts.scheme in ("http", "https") and parts.netloc:
-            reg = Registry(parts.netloc, repo_path, {}, insecure_registries)
+            reg = Registry(parts.netloc, repo_path, {}, insecure_registries, certs_dirs=certs_dirs)
             reg.scheme = parts.scheme  # the URL says how to reach it
+            reg.http_fallback = False
             out.append(reg)
     return out
 
 
-def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(), policy="local", mirrors=()):
+def pull(
+    store, from_image, tag, emit, auth_header=None, insecure_registries=(), policy="local", mirrors=(), certs_dirs=()
+):
     """Pull one image; emit(dict) gets moby's JSON progress messages. Returns the Image.
 
     policy "local" (the default) only reaches registries on loopback and those given
@@ -391,7 +471,7 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
         ref_text += ("@" if tag.startswith("sha256:") else ":") + tag
     ref = reference.parse(ref_text, default_tag=True)
     host, repo_path = split_repository(ref.repo)
-    candidates = _mirror_registries(host, repo_path, insecure_registries, mirrors)
+    candidates = _mirror_registries(host, repo_path, insecure_registries, mirrors, certs_dirs)
     if not candidates:
         check_policy(host, ref.repo, policy, insecure_registries)
     if ref.digest:
@@ -410,7 +490,7 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
                 except NotFound:
                     raise exc from None  # no fallback allowed: the mirror's answer is the one to show
     if found is None:
-        reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries)
+        reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries, certs_dirs=certs_dirs)
         found = reg, reg.manifest(wanted)
     reg, (mediatype, raw, manifest_digest, doc) = found
     if mediatype in INDEX_TYPES or "manifests" in doc:
@@ -434,13 +514,18 @@ def pull(store, from_image, tag, emit, auth_header=None, insecure_registries=(),
         raise RegistryError("manifest has %d layers but the config %d" % (len(layers), len(diff_ids)))
     image_id = digest.of_bytes(config_raw)
     up_to_date = store.exists(image_id)
+    lock = threading.Lock()
+
+    def emit_locked(msg):  # layer downloads report from several threads
+        with lock:
+            emit(msg)
+
     added = []
     try:
-        for desc, diff_id in zip(layers, diff_ids):
-            if _pull_layer(store, reg, desc, diff_id, emit):
-                added.append((diff_id, desc))
+        added = download.pull_layers(store, reg, layers, diff_ids, emit_locked)
         img = store.add_config(config_raw)
-    except BaseException:
+    except BaseException as exc:
+        added = added or getattr(exc, "added", [])
         store.gc_layers(candidates=[diff_id for diff_id, _ in added])  # a failed pull leaves no layer behind
         raise
     known = distmeta.DistributionMetadata(store.root)
@@ -475,33 +560,6 @@ def _descriptor(desc, what):
     if what == "config" and size > MAX_CONFIG:
         raise RegistryError("image config is too large (%d bytes, the limit is %d)" % (size, MAX_CONFIG))
     return desc
-
-
-def _pull_layer(store, reg, desc, diff_id, emit):
-    """Download, verify and store one layer; True if it was new.
-
-    A layer already in the store was committed by this engine after it hashed its content to
-    exactly this (checked, sha256) diff ID, so it is trusted, as Docker does ("Already exists").
-    """
-    sid = desc["digest"].split(":", 1)[-1][:12]
-    if store.layers.exists(diff_id):
-        emit({"status": "Already exists", "progressDetail": {}, "id": sid})
-        return False
-    emit({"status": "Pulling fs layer", "progressDetail": {}, "id": sid})
-    size = desc["size"]
-    total = size
-    with tempfile.TemporaryFile(dir=store.layers.tmp) as tmp:
-
-        def progress(done, sid=sid, total=total):
-            emit({"status": "Downloading", "progressDetail": {"current": done, "total": total}, "id": sid})
-
-        reg.blob(desc["digest"], tmp, progress if total > (1 << 20) else None, limit=size)
-        emit({"status": "Download complete", "progressDetail": {}, "id": sid})
-        tmp.seek(0)
-        emit({"status": "Extracting", "progressDetail": {"current": total, "total": total}, "id": sid})
-        store.layers.ingest(tmp, expected=diff_id)
-    emit({"status": "Pull complete", "progressDetail": {}, "id": sid})
-    return True
 
 
 class _Buffer:
