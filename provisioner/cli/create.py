@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 
 import click
@@ -48,6 +49,23 @@ def _driver_from_args(args):
         if os.environ.get(env):
             return os.environ[env]
     return local_driver()
+
+
+LOUD_LINE = re.compile(r"^(\(\S+\) )?\s*(warning|error)\b", re.IGNORECASE)
+"""What --quiet still shows (on stderr): warnings and errors, also as a batch prints them ("(NAME) Error: ...")."""
+
+
+class QuietLog:
+    """create --quiet's progress channel: keeps the last line (printed at the end), passes warnings to stderr."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, line: str) -> None:
+        if LOUD_LINE.match(line):
+            click.echo(line, err=True)
+        else:
+            self.last = line
 
 
 def _driver_option(flag):
@@ -107,6 +125,14 @@ def _kv_list(values, what):
     default=batch.DEFAULT_CONCURRENCY,
     show_default=True,
     help="How many machines to create at once (several names or -n).",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda ctx, _param, value: ctx.meta.__setitem__("quiet", value),
+    help="Print only errors, warnings (on stderr) and the final line.",
 )
 @click.option(
     "-d",
@@ -230,13 +256,17 @@ def create(
     )
     store = store_of(ctx)
     with_context = not ctx.meta.get("no_docker_context")
+    quiet = QuietLog() if ctx.meta.get("quiet") else None
     if len(names) == 1:
-        show = renderer()
+        show = quiet or renderer()
         m = machine.create(
             store, names[0], driver, driver_options, engine_options, list(tls_san), show, engine=engine, swarm=swarm
         )
+        final = quiet.last if quiet else ""
         if with_context:
             context_after_create(m, show)
+        if quiet:
+            info(final)
         return
 
     # Several machines starting a new swarm: the first initializes it while the others are created alongside and
@@ -256,7 +286,7 @@ def create(
                 json.loads(json.dumps(engine_options)),
                 list(tls_san),
                 log,
-                info,
+                quiet or info,
                 engine=engine,
                 swarm=per_name.get(name, swarm),
                 swarm_ready=gate.wait if gate is not None and not lead else None,
@@ -264,7 +294,7 @@ def create(
         if with_context:
             context_after_create(m, log)
 
-    run = batch.Batch(names, create_one, info, limit=parallel, lead=gate.manager if gate else None)
+    run = batch.Batch(names, create_one, quiet or info, limit=parallel, lead=gate.manager if gate else None)
     failed = run.run()
     if failed:
         raise DockyardError(run.summary())

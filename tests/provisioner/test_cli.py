@@ -268,3 +268,25 @@ def test_debug_shows_driver_and_engine_calls_with_their_time_on_stderr_only(run)
     ), lines
     code, out, err = run("status", "n1")  # without -D: nothing but the answer
     assert (code, out, err) == (0, "Running\n", "")
+
+
+def test_create_quiet_prints_only_the_final_line(run):
+    code, out, err = run("create", "-q", "-d", "none", "--url", "tcp://192.0.2.10:2376", "n1")
+    assert code == 0 and err == ""
+    assert out == (
+        "To see how to connect your Docker Client to the engine running on this machine, run: dockyard env n1\n"
+    )
+    code, out, err = run("create", "--quiet", "-d", "none", "--url", "tcp://192.0.2.10:2376", "-n", "2", "b")
+    assert code == 0 and err == "" and len(out.splitlines()) == 1, out
+    code, out, err = run("create", "-q", "-d", "none", "--url", "tcp://192.0.2.10:2376", "n1")
+    assert code == 1 and out == "" and 'Docker machine "n1" already exists' in err
+
+
+def test_quiet_passes_warnings_and_errors_to_stderr(capsys):
+    from dockyard.provisioner.cli.create import QuietLog
+
+    q = QuietLog()
+    for line in ("Creating machine...", "WARNING: overlay is not supported here", "(m2) Error: boom", "done"):
+        q(line)
+    assert q.last == "done"
+    assert capsys.readouterr().err == "WARNING: overlay is not supported here\n(m2) Error: boom\n"
