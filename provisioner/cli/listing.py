@@ -33,8 +33,9 @@ def stored_item(store, name):
     )
 
 
-def _row(store, name, timeout, docker_host):
-    """One row; raises nothing (errors go into the row)."""
+def _row(store, name, timeout, docker_host, builds=None):
+    """One row; raises nothing (errors go into the row). builds: where the build (GitCommit) each dockyard
+    engine reports is put, by machine name (engines that say they are not dockyard's, e.g. dockerd, are skipped)."""
     try:
         m = Machine.load(store, name)
     except DockyardError as e:
@@ -61,6 +62,8 @@ def _row(store, name, timeout, docker_host):
         try:
             v = engine_client.version(item.URL, m.tls_files(), timeout=timeout)
             item.DockerVersion = "v" + str(v.get("Version", "Unknown"))
+            if builds is not None and (v.get("Platform") or {}).get("Name") == "dockyard engine":
+                builds[name] = str(v.get("GitCommit", ""))
         except CertError as e:
             item.DockerVersion, item.Error = "Unknown", str(e)
         except DockyardError as e:
@@ -73,15 +76,16 @@ def _row(store, name, timeout, docker_host):
     return item
 
 
-def gather(store, names, timeout, docker_host=None):
-    """Rows for names, in the given order. Each row not done by the deadline is a Timeout row."""
+def gather(store, names, timeout, docker_host=None, builds=None):
+    """Rows for names, in the given order. Each row not done by the deadline is a Timeout row.
+    builds, when given, receives the engine build of each dockyard-engine machine that answered (see _row)."""
     docker_host = os.environ.get("DOCKER_HOST", "") if docker_host is None else docker_host
     results = {}
     lock = threading.Lock()
 
     def work(n):
         # The request may outlive the deadline: a host that is still silent then is a Timeout row.
-        r = _row(store, n, timeout + 1, docker_host)
+        r = _row(store, n, timeout + 1, docker_host, builds)
         with lock:
             results[n] = r
 
@@ -107,3 +111,17 @@ def gather(store, names, timeout, docker_host=None):
                     HostListItem(Name=n, DriverName=driver, State=str(State.TIMEOUT), ResponseTime=go_duration(timeout))
                 )
     return rows
+
+
+def outdated_engines(builds, current_build):
+    """Names whose dockyard engine is not the build this dockyard ships ("dev": an engine run from a source tree,
+    never flagged). Builds are the short source digests the engines report as GitCommit."""
+    return sorted(n for n, b in builds.items() if b and b != "dev" and b != current_build[: len(b)])
+
+
+def outdated_warning(names):
+    """The one stderr line ls prints about them."""
+    return (
+        f"Warning: the engine on {', '.join(names)} is older than this dockyard's: "
+        f"run 'dockyard upgrade {' '.join(names)}'"
+    )

@@ -22,6 +22,7 @@ from dockyard.provisioner.cli.common import (
 from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import CertError, DockyardError, EngineUnreachable, HostNotRunning, UsageError
 from dockyard.provisioner.machines import cluster
+from dockyard.provisioner.provision import bundle
 
 SECRET_WORDS = ("secret", "token", "password", "accesskey", "apikey", "credential")
 
@@ -56,15 +57,28 @@ def ls(ctx, quiet, filter_, timeout, format_):
     static = {k: v for k, v in filters.items() if k != "state"}
     if static:
         names = [n for n in names if ls_filters.match(listing.stored_item(store, n), static)]
+    builds: dict[str, str] = {}
     if quiet and not ls_filters.needs_state(filters):
         out = "".join(n + "\n" for n in names)
     else:
-        rows = listing.gather(store, names, timeout)
+        rows = listing.gather(store, names, timeout, builds=builds)
         if "state" in filters:
             rows = [r for r in rows if ls_filters.match(r, {"state": filters["state"]})]
         out = tables.format_ls(rows, fmt=format_, quiet=quiet)
     if out:
         click.echo(out, nl=not out.endswith("\n"))
+    if not quiet and any(builds.values()):
+        _warn_outdated(builds)
+
+
+def _warn_outdated(builds):
+    try:
+        current = bundle.source_digest()  # ~0.1 s: only paid when a dockyard engine answered
+    except DockyardError:  # no engine sources next to this client: nothing to compare with
+        return
+    names = listing.outdated_engines(builds, current)
+    if names:
+        click.echo(listing.outdated_warning(names), err=True)
 
 
 def _tls_check(m):

@@ -290,3 +290,26 @@ def test_quiet_passes_warnings_and_errors_to_stderr(capsys):
         q(line)
     assert q.last == "done"
     assert capsys.readouterr().err == "WARNING: overlay is not supported here\n(m2) Error: boom\n"
+
+
+def test_ls_warns_once_on_stderr_about_engines_older_than_this_dockyard(run, monkeypatch):
+    from dockyard.provisioner.core import engine_client
+    from dockyard.provisioner.provision import bundle
+
+    for name in ("new", "old1", "old2", "tree", "dockerd"):
+        run("create", "-d", "none", "--url", f"tcp://{name}.example:2376", name)
+    commits = {"new": "abcdef1", "old1": "1234567", "old2": "7654321", "tree": "dev", "dockerd": "a89b842"}
+    monkeypatch.setattr(bundle, "source_digest", lambda: "abcdef1" + "0" * 57)
+
+    def version(url, tls, timeout):
+        name = url.split("//")[1].split(".")[0]
+        platform = "Docker Engine - Community" if name == "dockerd" else "dockyard engine"
+        return {"Platform": {"Name": platform}, "Version": "0.1.0", "GitCommit": commits[name]}
+
+    monkeypatch.setattr(engine_client, "version", version)
+    code, out, err = run("ls")
+    assert code == 0 and len(out.splitlines()) == 6 and "v0.1.0" in out
+    assert err == "Warning: the engine on old1, old2 is older than this dockyard's: run 'dockyard upgrade old1 old2'\n"
+    assert run("ls", "-q")[2] == ""  # names only, for scripts: no warning
+    commits.update(old1="abcdef1", old2="abcdef1")
+    assert run("ls")[2] == ""
