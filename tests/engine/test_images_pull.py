@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -162,3 +163,44 @@ def test_uncompressed_layers_and_insecure_flag(images_engine, registry):
 
     assert is_insecure("localhost:5000") and is_insecure("127.0.0.1:5000") and not is_insecure("10.0.0.1:5000")
     assert is_insecure("10.0.0.1:5000", ["10.0.0.0/8"]) and is_insecure("reg.lan:443", ["reg.lan:443"])
+
+
+def test_multi_layer_pull_progress_and_a_corrupted_blob_is_refused(images_engine, registry, tmp_path):
+    """Four layers through the CLI: each shows docker's progress; a blob corrupted in the registry's storage
+    is refused (the digest check), nothing of it is stored, and the engine still answers."""
+    import io
+
+    from tests.engine.test_pull_parallel import make_image
+
+    config, layers = make_image(["a", "b", "c", "d"], seed=b"cli")
+    raws = [gzip.decompress(blob) for blob, _ in layers]
+    push(registry, "team/multi", "1", config, raws)
+    out = images_engine.docker("pull", f"{registry}/team/multi:1").stdout.decode()
+    for raw in raws:
+        sid = hashlib.sha256(gzip.compress(raw, mtime=0)).hexdigest()[:12]
+        for status in ("Pulling fs layer", "Verifying Checksum", "Download complete", "Pull complete"):
+            assert f"{sid}: {status}" in out, (sid, status, out)
+    assert f"Status: Downloaded newer image for {registry}/team/multi:1" in out
+
+    bad_raw = io.BytesIO()
+    with tarfile.open(fileobj=bad_raw, mode="w") as tar:
+        info = tarfile.TarInfo("x")
+        info.size = 1 << 20
+        tar.addfile(info, io.BytesIO(b"x" * (1 << 20)))
+    cfg = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
+            "sha256:" + hashlib.sha256(bad_raw.getvalue()).hexdigest()]}}
+    ).encode()  # fmt: skip
+    push(registry, "team/corrupt", "1", cfg, [bad_raw.getvalue()])
+    blob_hex = hashlib.sha256(gzip.compress(bad_raw.getvalue(), mtime=0)).hexdigest()
+    data = tmp_path / "reg/docker/registry/v2/blobs/sha256" / blob_hex[:2] / blob_hex / "data"
+    body = bytearray(data.read_bytes())
+    body[len(body) // 2] ^= 0xFF  # same size, different content
+    data.write_bytes(bytes(body))
+    before = set(images_engine.docker("images", "-q", "--no-trunc").stdout.decode().split())
+    p = images_engine.docker("pull", f"{registry}/team/corrupt:1", check=False)
+    assert p.returncode == 1 and b"failed verification" in p.stderr, p.stderr
+    assert set(images_engine.docker("images", "-q", "--no-trunc").stdout.decode().split()) == before
+    layer_dirs = os.listdir(os.path.join(images_engine.data_root, "image", "layers"))
+    assert json.loads(cfg)["rootfs"]["diff_ids"][0][7:] not in layer_dirs
+    assert os.listdir(os.path.join(images_engine.data_root, "image", "tmp", "downloads")) == []
