@@ -213,7 +213,9 @@ def pull_layers(store, reg, layers, diff_ids, emit) -> list[tuple[str, dict]]:
 
 def _pull_one(store, reg, sid, desc, diff_id, emit) -> bool:
     """One layer: wait for a download of it already running elsewhere, or download and ingest it."""
-    key = (store.layers.root, diff_id)
+    # keyed by blob: the partial file is per blob digest, so one writer per blob (a config that lies
+    # about a shared blob's diff ID only makes its own pull download again, after this one)
+    key = (store.layers.root, desc["digest"])
     while True:
         running = _claim(key)
         if running is None:

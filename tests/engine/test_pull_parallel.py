@@ -65,6 +65,8 @@ class FakeRegistry:
         self.blobs = {}
         self.gets = {}  # digest -> number of blob GETs
         self.ranges = []  # (digest, Range header) of every ranged GET
+        self.breaks = {}  # digest -> how many more transfers stop half-way through what was asked
+        self.sent = {}  # digest -> bytes of it sent by broken transfers
         self.break_once = set()  # digests whose first transfer stops half-way
         self.corrupt_resume = set()  # digests whose resumed part is wrong
         self.hold = {}  # digest -> Event the blob's answer waits for
@@ -161,6 +163,23 @@ class FakeRegistry:
                 except threading.BrokenBarrierError:
                     pass
             rng = h.headers.get("Range")
+            if self.breaks.get(digest):  # send half of what was asked for, then hang up
+                self.breaks[digest] -= 1
+                start = int(rng.split("=", 1)[1].rstrip("-")) if rng else 0
+                if rng:
+                    self.ranges.append((digest, rng))
+                rest = blob[start:]
+                h.send_response(206 if rng else 200)
+                if rng:
+                    h.send_header("Content-Range", "bytes %d-%d/%d" % (start, len(blob) - 1, len(blob)))
+                h.send_header("Content-Length", str(len(rest)))
+                h.end_headers()
+                h.wfile.write(rest[: len(rest) // 2])
+                self.sent[digest] = self.sent.get(digest, 0) + len(rest) // 2
+                h.wfile.flush()
+                h.close_connection = True
+                h.connection.shutdown(socket.SHUT_RDWR)
+                return
             if rng:
                 self.ranges.append((digest, rng))
                 start = int(rng.split("=", 1)[1].rstrip("-"))
@@ -253,6 +272,24 @@ def test_a_resumed_blob_whose_second_half_is_wrong_is_refused(fake, store):
     assert fake.ranges  # it did resume, and then refused the result
     assert not store.layers.exists(layers[0][1]) and store.layers.list_ids() == []
     assert os.listdir(os.path.join(store.layers.tmp, "downloads")) == []  # the bad partial is not kept to resume
+
+
+def test_a_failed_pull_leaves_its_partial_blob_and_the_next_pull_resumes_it(fake, store):
+    config, layers = make_image(["p"], seed=b"partial")
+    fake.add_image("team/partial", "1", config, layers)
+    blob = layers[0][0]
+    fake.breaks[_sha(blob)] = download.MAX_ATTEMPTS  # every attempt of the first pull breaks
+    with pytest.raises(SystemFailure, match="error downloading"):
+        registry.pull(store, "%s/team/partial" % fake.host, "1", Messages().append)
+    partial = os.path.join(store.layers.tmp, "downloads", _sha(blob)[7:] + ".partial")
+    kept = os.path.getsize(partial)
+    assert kept == fake.sent[_sha(blob)] and 0 < kept < len(blob)
+    assert store.layers.list_ids() == []
+    fake.ranges.clear()
+    img = registry.pull(store, "%s/team/partial" % fake.host, "1", Messages().append)
+    assert img.id == _sha(config) and store.layers.exists(layers[0][1])
+    assert fake.ranges == [(_sha(blob), "bytes=%d-" % kept)]  # only the rest was fetched
+    assert not os.path.exists(partial)
 
 
 def test_layers_download_three_at_a_time(fake, store):
