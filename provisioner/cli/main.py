@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from dockyard.provisioner.cli import completion, context, create, creds, lifecycle, logs, query, remote, swarmcmd
+from dockyard.provisioner.cli import completion, context, create, creds, lifecycle, logs, prune, query, remote, swarmcmd
 from dockyard.provisioner.cli.group import cli
 
 for command in (
@@ -33,6 +33,7 @@ for command in (
     logs.logs,
     swarmcmd.swarm,
     completion.completion,
+    prune.prune,
 ):
     cli.add_command(command)
 

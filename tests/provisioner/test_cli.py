@@ -313,3 +313,43 @@ def test_ls_warns_once_on_stderr_about_engines_older_than_this_dockyard(run, mon
     assert run("ls", "-q")[2] == ""  # names only, for scripts: no warning
     commits.update(old1="abcdef1", old2="abcdef1")
     assert run("ls")[2] == ""
+
+
+def test_prune_removes_only_cached_images_no_machine_uses(run, monkeypatch):
+    monkeypatch.delenv("DOCKYARD_IMAGE_CACHE", raising=False)
+    images = os.path.join(run.store, "cache", "images")
+    built = os.path.join(images, "dockyard-guest-0123456789abcdef")
+    used = os.path.join(images, "debian", "sha512-" + "a" * 32)
+    user = os.path.join(images, "user", "file-" + "b" * 24)
+    for d in (built, used, user):
+        os.makedirs(d)
+        with open(os.path.join(d, "disk.qcow2"), "wb") as f:
+            f.write(b"\0" * 8192)
+    os.makedirs(os.path.join(images, "half-built.tmp"))  # no disk: not an image, left alone
+    with open(os.path.join(images, "debian", "latest.json"), "w") as f:
+        f.write("{}")
+    assert run("create", "-d", "none", "--url", "tcp://192.0.2.10:2376", "n1")[0] == 0
+    config_path = os.path.join(run.store, "machines", "n1", "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["Driver"]["BaseImage"] = {"disk": os.path.relpath(os.path.join(used, "disk.qcow2"), run.store)}
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+
+    code, out, _ = run("prune", "--dry-run")
+    assert code == 0 and out.count("Would remove") == 2 and os.path.isdir(built) and os.path.isdir(user)
+    code, out, _ = run("prune")
+    assert code == 0 and out.splitlines()[-1].startswith("Reclaimed ")
+    assert f"Removing {built} (" in out and f"Removing {user} (" in out
+    assert not os.path.exists(built) and not os.path.exists(user)
+    assert os.path.isfile(os.path.join(used, "disk.qcow2"))  # n1's disk is based on it
+    assert os.path.isdir(os.path.join(images, "half-built.tmp"))
+    assert os.path.isfile(os.path.join(images, "debian", "latest.json"))
+    assert run("prune")[1] == "No unused cached images.\n"
+
+    os.makedirs(os.path.join(run.store, "machines", "half"))  # a create before its first save
+    os.makedirs(built)
+    open(os.path.join(built, "disk.qcow2"), "w").close()
+    code, _, err = run("prune")
+    assert code == 1 and 'not pruning: cannot tell which image machine "half" uses' in err
+    assert os.path.isdir(built)
