@@ -19,10 +19,11 @@ import time
 
 import pytest
 
-from tests.engine import images_helper
+from tests.engine import images_helper, test_pull_parallel
 from tests.images import busybox_image_id, busybox_tar
 
 images_engine = images_helper.images_engine  # the fixture, used by name below
+pki = test_pull_parallel.pki  # the test CA and its certificates (module-scoped fixture)
 
 REGISTRY = shutil.which("docker-registry")
 pytestmark = pytest.mark.skipif(REGISTRY is None, reason="needs docker-registry (apt-get install docker-registry)")
@@ -170,9 +171,7 @@ def test_multi_layer_pull_progress_and_a_corrupted_blob_is_refused(images_engine
     is refused (the digest check), nothing of it is stored, and the engine still answers."""
     import io
 
-    from tests.engine.test_pull_parallel import make_image
-
-    config, layers = make_image(["a", "b", "c", "d"], seed=b"cli")
+    config, layers = test_pull_parallel.make_image(["a", "b", "c", "d"], seed=b"cli")
     raws = [gzip.decompress(blob) for blob, _ in layers]
     push(registry, "team/multi", "1", config, raws)
     out = images_engine.docker("pull", f"{registry}/team/multi:1").stdout.decode()
@@ -204,3 +203,42 @@ def test_multi_layer_pull_progress_and_a_corrupted_blob_is_refused(images_engine
     layer_dirs = os.listdir(os.path.join(images_engine.data_root, "image", "layers"))
     assert json.loads(cfg)["rootfs"]["diff_ids"][0][7:] not in layer_dirs
     assert os.listdir(os.path.join(images_engine.data_root, "image", "tmp", "downloads")) == []
+
+
+def test_https_docker_registry_with_its_own_ca_through_certs_d(images_engine, registry, tmp_path, pki):
+    """docker-registry over TLS (a certificate from a test CA) serving what was pushed to the plain one:
+    refused until <data-root>/certs.d/<host:port>/ca.crt names the CA, then pulled and verified."""
+    config, layers = busybox_parts()
+    push(registry, "team/tls", "1", config, layers)
+    port = free_port()
+    cfg = tmp_path / "tls.yml"
+    cfg.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/reg\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {pki}/server.crt\n    key: {pki}/server.key\n"
+    )
+    proc = subprocess.Popen([REGISTRY, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20  # only bounds a hang
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "TLS docker-registry did not start"
+                time.sleep(0.05)
+        host = f"127.0.0.1:{port}"
+        p = images_engine.docker("pull", f"{host}/team/tls:1", check=False)
+        assert p.returncode == 1  # loopback without certs.d: plain HTTP, which a TLS registry refuses
+        hostdir = os.path.join(images_engine.data_root, "certs.d", host)
+        os.makedirs(hostdir)
+        shutil.copy(pki / "other.crt", os.path.join(hostdir, "ca.crt"))
+        p = images_engine.docker("pull", f"{host}/team/tls:1", check=False)
+        assert p.returncode == 1 and b"certificate verify failed" in p.stderr.lower(), p.stderr
+        shutil.copy(pki / "ca.crt", os.path.join(hostdir, "ca.crt"))
+        out = images_engine.docker("pull", f"{host}/team/tls:1").stdout.decode()
+        assert f"Status: Downloaded newer image for {host}/team/tls:1" in out
+        info = json.loads(images_engine.docker("image", "inspect", f"{host}/team/tls:1").stdout)[0]
+        assert info["Id"] == busybox_image_id()
+    finally:
+        proc.kill()
+        proc.wait()
