@@ -88,9 +88,17 @@ def regenerate_certs(ctx, names, force, client_certs):
     help="Remove the local record even if the driver fails to delete the machine; no prompt.",
 )
 @click.option("-y", "yes", is_flag=True, help="Assume yes to the prompt.")
+@click.option(
+    "--keep-engine",
+    is_flag=True,
+    help="generic machines: leave the engine, its service and /etc/dockyard on the host.",
+)
 @click.pass_context
-def rm(ctx, names, force, yes):
-    """Remove machines and everything their drivers made."""
+def rm(ctx, names, force, yes, keep_engine):
+    """Remove machines and everything their drivers made.
+
+    A generic machine's host stays, but the engine, its service and /etc/dockyard are taken off it
+    (the engine's data and log stay); --keep-engine leaves them."""
     store = store_of(ctx)
     if not names:
         raise UsageError("Error: Expected to get one or more machine names as arguments")
@@ -106,7 +114,7 @@ def rm(ctx, names, force, yes):
     errors = []
     for n in names:
         try:
-            machine.remove(store, n, force, info)
+            machine.remove(store, n, force, info, keep_engine=keep_engine)
         except DockyardError as e:
             errors.append(str(e))
             if not force:

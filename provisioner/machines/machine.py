@@ -40,6 +40,10 @@ TRACED_DRIVER_CALLS = ("pre_create_check", "create", "remove", "start", "stop", 
 
 ENGINE_WAIT = 60.0
 SSH_WAIT = 120.0
+UNINSTALL_SSH_WAIT = 20.0  # rm of a host that went away should not hang for SSH_WAIT
+
+HOST_OUTLIVES_MACHINE = ("generic",)
+"""Drivers whose remove() leaves the host running: rm takes the engine off it instead (unless --keep-engine)."""
 
 Log = Callable[[str], None]
 """Where a flow's progress lines go (one line per call)."""
@@ -435,6 +439,19 @@ class Machine:
         path = self.path("serial.log")
         return path if os.path.isfile(path) else None
 
+    def uninstall_engine(self, log: Log) -> None:
+        """Take the dockyard engine, its service and /etc/dockyard off the host (rm of a generic machine).
+        A Docker Engine machine's dockerd is left alone: dockyard may have found it there."""
+        facts = self.config.get("Provisioned") or {}
+        if not facts:
+            return
+        if self.engine == "docker":
+            log(f'Leaving Docker Engine on "{self.name}": dockyard may not have installed it.')
+            return
+        log(f'Removing the engine, its service and /etc/dockyard from "{self.name}"...')
+        with self.session(UNINSTALL_SSH_WAIT, "Connecting to remove the engine") as session:
+            provision.uninstall_engine(session, facts.get("Init", "none"))
+
     # -- lifecycle ------------------------------------------------------------------------------
     def _after_boot(self, log):
         """After start/restart: wait for SSH, fix the cert if the IP moved, make sure the engine answers."""
@@ -584,9 +601,16 @@ def create(
 
 
 def remove(
-    store: Store, name: str, force: bool, log: Log, *, collaborators: Collaborators = DEFAULT_COLLABORATORS
+    store: Store,
+    name: str,
+    force: bool,
+    log: Log,
+    *,
+    keep_engine: bool = False,
+    collaborators: Collaborators = DEFAULT_COLLABORATORS,
 ) -> None:
-    """Delete what the driver made, then the local record. With force, driver errors do not stop removal."""
+    """Delete what the driver made, then the local record. With force, driver errors do not stop removal.
+    A host that outlives its machine (generic) has the engine taken off it first, unless keep_engine."""
     try:
         m = Machine(store, name, store.load(name), collaborators)
     except DockyardError:
@@ -603,6 +627,16 @@ def remove(
         if not force:
             raise DockyardError(f'Error removing host "{name}": {e}') from None
         log(f'Error taking "{name}" out of its swarm: {e} (removing it anyway, as -f was given)')
+    try:
+        if m is not None and not keep_engine and m.driver.name in HOST_OUTLIVES_MACHINE:
+            m.uninstall_engine(log)
+    except Exception as e:
+        if not force:
+            raise DockyardError(
+                f'Error removing host "{name}": cannot take the engine off the host: {e} '
+                "(--keep-engine leaves it there, -f removes the record anyway)"
+            ) from None
+        log(f'Error taking the engine off "{name}": {e} (removing the local record anyway, as -f was given)')
     try:
         if m is not None:
             m.driver.remove()

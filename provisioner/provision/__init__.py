@@ -230,6 +230,44 @@ def install_docker_engine(
     return stored
 
 
+# How rm takes the engine's service off a host, by init system (initsys.KINDS); errors are ignored so that a
+# half-provisioned host is cleaned as far as it goes.
+_UNINSTALL_SERVICE = {
+    "systemd": (
+        f"systemctl disable --now dockyard-engine.service >/dev/null 2>&1; rm -f {initsys.Systemd.service_path}; "
+        "systemctl daemon-reload >/dev/null 2>&1"
+    ),
+    "openrc": (
+        f"{initsys.OpenRC.stop_cmd} >/dev/null 2>&1; rc-update del dockyard-engine default >/dev/null 2>&1; "
+        f"rm -f {initsys.OpenRC.service_path}"
+    ),
+    "none": f"[ -x {initsys.NoInit.ctl_path} ] && {initsys.NoInit.stop_cmd} >/dev/null 2>&1",
+}
+
+
+def uninstall_engine_script(init_kind: str) -> str:
+    """Shell that stops the dockyard engine and removes what provisioning put on the host: its service, the
+    bundle (and the no-init control script), /etc/dockyard, and the docker shim if it is dockyard's. The engine's
+    data (containers, images, volumes) and its log stay."""
+    service = _UNINSTALL_SERVICE.get(init_kind, _UNINSTALL_SERVICE["none"])
+    lib = posixpath.dirname(initsys.BUNDLE_PATH)
+    shim, marker = shlex.quote(DOCKER_SHIM_PATH), shlex.quote(DOCKER_SHIM_MARKER)
+    return (
+        f"{{ {service}; }}; "
+        f"rm -f {initsys.BUNDLE_PATH} {initsys.NoInit.ctl_path} && {{ rmdir {lib} 2>/dev/null || true; }} && "
+        f"rm -rf {initsys.CONFIG_DIR} && "
+        f"{{ if [ -f {shim} ] && grep -qF {marker} {shim}; then rm -f {shim}; fi; }}"
+    )
+
+
+def uninstall_engine(session, init_kind: str) -> None:
+    """Take the dockyard engine off the host (see uninstall_engine_script); ProvisionError if the removal fails."""
+    result = session.run(uninstall_engine_script(init_kind), sudo=True, check=False)
+    if result.exit_status != 0:
+        why = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no message"]
+        raise osinfo.ProvisionError(f"removing the engine failed on the host (exit {result.exit_status}): {why[0]}")
+
+
 def service_for(session, facts_dict, machine_name, engine_options, engine=dockerengine.DEFAULT_ENGINE):
     """The handle of the service that runs the machine's engine, for an already provisioned host (from the
     stored facts): restart_cmd, restart(), stop(), logs()."""

@@ -614,3 +614,36 @@ def test_engine_log_is_read_from_the_hosts_journal_and_needs_a_running_machine(w
     world.load().stop(world.log)
     with pytest.raises(HostNotRunning):
         world.load().engine_log(50)
+
+
+def test_rm_of_a_generic_machine_takes_the_engine_off_the_host_unless_kept(world):
+    world.create("g1")
+    world.create("g2")
+    world.driver_cls.name = "generic"  # the host outlives the machine
+    machine.remove(world.store, "g1", False, world.log, collaborators=world.collaborators)
+    (script,) = world.host.ran("rm -rf /etc/dockyard")
+    assert (script, True) in world.host.commands  # as root
+    assert "systemctl disable --now dockyard-engine.service" in script
+    assert f"rm -f {initsys.BUNDLE_PATH}" in script and "/var/lib" not in script  # the engine's data stays
+    assert world.lines[-2:] == [
+        'Removing the engine, its service and /etc/dockyard from "g1"...',
+        "Successfully removed g1",
+    ]
+    assert not world.store.exists("g1")
+    machine.remove(world.store, "g2", False, world.log, keep_engine=True, collaborators=world.collaborators)
+    assert len(world.host.ran("rm -rf /etc/dockyard")) == 1 and not world.store.exists("g2")
+
+
+def test_rm_of_a_generic_machine_whose_engine_cannot_be_removed_keeps_the_record_unless_forced(world):
+    world.create("g1")
+    world.driver_cls.name = "generic"
+    world.host.failures["rm -rf /etc/dockyard"] = (1, "rm: read-only file system")
+    with pytest.raises(DockyardError) as info:
+        machine.remove(world.store, "g1", False, world.log, collaborators=world.collaborators)
+    assert str(info.value) == (
+        'Error removing host "g1": cannot take the engine off the host: removing the engine failed on the host '
+        "(exit 1): rm: read-only file system (--keep-engine leaves it there, -f removes the record anyway)"
+    )
+    assert world.store.exists("g1")
+    machine.remove(world.store, "g1", True, world.log, collaborators=world.collaborators)
+    assert not world.store.exists("g1") and world.lines[-1] == "Successfully removed g1"

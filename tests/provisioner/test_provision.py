@@ -320,3 +320,14 @@ def test_swarm_nodes_run_without_live_restore():
     assert (
         dockerengine.daemon_config({"ArbitraryFlags": ["live-restore=true"]}, 2376, swarm=True)["live-restore"] is False
     )
+
+
+def test_uninstall_scripts_are_valid_sh_for_every_init_system():
+    import subprocess
+
+    from dockyard.provisioner.provision import initsys, uninstall_engine_script
+
+    for kind in initsys.KINDS:
+        script = uninstall_engine_script(kind)
+        assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0, script
+        assert "rm -rf /etc/dockyard" in script and "/var/lib" not in script
