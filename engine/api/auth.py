@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dockyard.engine.api import schema
 from dockyard.engine.api.errors import ApiError
+from dockyard.engine.config import registry_certs_dirs
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.images import push
 
@@ -34,6 +35,7 @@ def login(req):
         {k: v for k, v in body.items() if isinstance(v, str)},
         cfg.insecure_registries,
         policy=(cfg.opts or {}).get("registry-pull", "local"),
+        certs_dirs=registry_certs_dirs(cfg),
     )
     if not ok:
         raise ApiError(reason, status=401)

@@ -10,6 +10,7 @@ import os
 import threading
 
 from dockyard.engine.build.builder import Build, Builder, BuildOptions, StepFailed
+from dockyard.engine.config import registry_certs_dirs
 from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
 from dockyard.engine.images import reference, registry
 
@@ -196,6 +197,7 @@ def build(req, builder: Builder):
             req.engine.config.insecure_registries,
             policy,
             mirrors=req.engine.config.registry_mirrors,
+            certs_dirs=registry_certs_dirs(req.engine.config),
         )
 
     context = builder.new_context()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 
+from dockyard.engine.config import registry_certs_dirs
 from dockyard.engine.errors import NotFound
 from dockyard.engine.images import digest, reference, registry
 
@@ -34,7 +35,11 @@ def inspect_distribution(req):
     if ref.digest:
         digest.check(ref.digest, "manifest digest")
     reg = registry.Registry(
-        host, repo_path, registry.decode_auth(req.headers.get("X-Registry-Auth")), cfg.insecure_registries
+        host,
+        repo_path,
+        registry.decode_auth(req.headers.get("X-Registry-Auth")),
+        cfg.insecure_registries,
+        certs_dirs=registry_certs_dirs(cfg),
     )
     mediatype, raw, manifest_digest, doc = reg.manifest(ref.digest or ref.tag)
     if "manifests" in doc:

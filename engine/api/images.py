@@ -332,6 +332,7 @@ def push_image(req):
             req.headers.get("X-Registry-Auth"),
             cfg.insecure_registries,
             policy=(cfg.opts or {}).get("registry-pull", "local"),
+            certs_dirs=registry_certs_dirs(cfg),
         )
     except EngineError as exc:
         if out.fail(exc.message):

@@ -246,7 +246,9 @@ def _tags_to_push(store, repo: str, tag: str) -> List[Tuple[str, Any]]:
     return found
 
 
-def push(store, name: str, tag: str, emit: Emit, auth_header=None, insecure_registries=(), policy="local") -> None:
+def push(
+    store, name: str, tag: str, emit: Emit, auth_header=None, insecure_registries=(), policy="local", certs_dirs=()
+) -> None:
     """Push repo `name` (tag, or every local tag of it when tag is ""); emit(dict) gets moby's progress JSON."""
     ref = reference.parse(name)
     if ref.digest:
@@ -267,7 +269,7 @@ def push(store, name: str, tag: str, emit: Emit, auth_header=None, insecure_regi
                     if src_host == host and src_repo and src_repo != repo_path:
                         mounts.add(src_repo)
     scope = ["repository:%s:pull,push" % repo_path] + ["repository:%s:pull" % r for r in sorted(mounts)[:8]]
-    reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries, scope=scope)
+    reg = Registry(host, repo_path, decode_auth(auth_header), insecure_registries, scope=scope, certs_dirs=certs_dirs)
     up = Uploader(reg)
     source = "%s/%s" % (host, repo_path)
     emit({"status": "The push refers to repository [%s]" % ref.full_name()})
@@ -319,7 +321,7 @@ class _BytesFile:
         return out
 
 
-def login(auth: dict, insecure_registries=(), policy="local") -> Tuple[bool, str]:
+def login(auth: dict, insecure_registries=(), policy="local", certs_dirs=()) -> Tuple[bool, str]:
     """Check credentials against a registry's /v2/ (basic or token auth); -> (ok, the reason if not)."""
     server = str(auth.get("serveraddress") or "")
     host = urlsplit(server).netloc if "://" in server else server.split("/", 1)[0]
@@ -328,7 +330,7 @@ def login(auth: dict, insecure_registries=(), policy="local") -> Tuple[bool, str
     if any(c in host for c in " \r\n\t@"):
         raise RegistryError("invalid registry address %.100r" % server)
     check_policy(host, host, policy, insecure_registries, action="login")
-    reg = Registry(host, "", auth, insecure_registries, scope=[])
+    reg = Registry(host, "", auth, insecure_registries, scope=[], certs_dirs=certs_dirs)
     resp = reg.request("/v2/")
     try:
         body = resp.read_limited(MAX_ERROR_BODY, "the registry's answer")
