@@ -206,7 +206,13 @@ def inspect_payload(store, img, api_version="1.50"):
 
 def inspect_image(req):
     store = req.engine.images
-    return inspect_payload(store, store.get(req.params["name"]), req.api_version)
+    img = store.get(req.params["name"])
+    out = inspect_payload(store, img, req.api_version)
+    # docker-compose 1.x negotiates the newest API version yet reads ContainerConfig (gone since 1.44)
+    # whenever it recreates a container: without it `up` after a change fails with KeyError.
+    if (req.headers.get("User-Agent") or "").startswith("docker-compose/1."):
+        out.setdefault("ContainerConfig", normalized_config(img.config.get("container_config") or {}))
+    return out
 
 
 def image_history(req):

@@ -21,18 +21,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine import images_helper
 from tests.engine.runtime_helper import RuntimeEngine
-from tests.images import cache_dir
+from tests.images import busybox_tar, cache_dir
 
-pytestmark = [
+APP_MARKS = (
     pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("docker"), reason="needs root and the docker CLI"),
     pytest.mark.skipif(not shutil.which("docker-compose"), reason="needs docker-compose (Debian's, 1.29)"),
     pytest.mark.skipif(
         not shutil.which("mmdebstrap") and not list(cache_dir().glob("python-*.tar")),
         reason="needs the python test image (mmdebstrap or a cached build)",
     ),
-]
-pytest.importorskip("pyroute2")
+)
+
+
+def needs_the_app(test):
+    for mark in APP_MARKS:
+        test = mark(test)
+    return test
+
+
+images_engine = images_helper.images_engine  # the fixture, used by name below
 
 APP = Path(__file__).parent / "data" / "compose_app"
 PROJECT = "cmpapp"
@@ -135,6 +144,7 @@ class RecordingProxy:
 
 @pytest.fixture(scope="module")
 def eng():
+    pytest.importorskip("pyroute2")
     e = RuntimeEngine()
     try:
         e.start()
@@ -201,6 +211,28 @@ def wait_healthy(eng, names, timeout=120):
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize(
+    "version, agent, present",
+    [
+        ("1.50", "docker-sdk-python/7.1.0", False),  # Docker's shape since API 1.44
+        ("1.41", "docker-sdk-python/7.1.0", True),
+        ("1.50", "docker-compose/1.29.2 docker-py/5.0.3 Linux/6.1.0", True),
+    ],
+)
+def test_image_inspect_keeps_container_config_for_docker_compose_1(images_engine, version, agent, present):
+    """docker-compose 1.29 negotiates the newest API version, then reads the image's ContainerConfig (which
+    API 1.44 dropped) whenever it recreates a container: it gets one, other new clients do not."""
+    import docker
+
+    images_engine.docker("load", "-i", str(busybox_tar()))
+    api = docker.APIClient(base_url="unix://" + images_engine.socket_path, version=version, user_agent=agent)
+    info = api.inspect_image("busybox")
+    assert ("ContainerConfig" in info) is present
+    if present:
+        assert info["ContainerConfig"]["Volumes"] is None and "Cmd" in info["ContainerConfig"]
+
+
+@needs_the_app
 def test_compose_app_end_to_end(eng, proxy, project):
     env = compose_env(eng, proxy)
 
@@ -299,9 +331,25 @@ def test_compose_app_end_to_end(eng, proxy, project):
         port = int(compose("port", "web", "8000").stdout.strip().rsplit(":", 1)[1])
         assert int(http_get(eng, port, "/get/hits")) == hits
 
+        # change the code, `up -d --build` again: images rebuilt, every container recreated (compose renames
+        # the old one, reads its image's ContainerConfig, creates the new one), web back to one replica,
+        # the job run once more; the store keeps its data on the named volume
+        app = project / "app.py"
+        app.write_text(app.read_text().replace('"%s %s %s" % (NAME,', '"%s-v2 %s %s" % (NAME,'))
+        old_kv = eng.docker("inspect", "-f", "{{.Id}}", f"{PROJECT}_kv_1").stdout.strip()
+        compose("up", "-d", "--build")
+        wait_healthy(eng, [f"{PROJECT}_kv_1", f"{PROJECT}_web_1"])
+        assert eng.docker("inspect", "-f", "{{.Id}}", f"{PROJECT}_kv_1").stdout.strip() != old_kv
+        labels = f"label=com.docker.compose.project={PROJECT}"
+        web_ids = eng.docker("ps", "-q", "--filter", labels, "--filter", "label=com.docker.compose.service=web").stdout
+        assert len(web_ids.split()) == 1
+        port = int(compose("port", "web", "8000").stdout.strip().rsplit(":", 1)[1])
+        name, _, count = http_get(eng, port, "/hit").split()
+        assert name == "front-v2" and int(count) > hits
+
         # stop: everything stopped, nothing removed
         compose("stop")
-        states = health(eng, [f"{PROJECT}_kv_1", *webs])
+        states = health(eng, [f"{PROJECT}_kv_1", f"{PROJECT}_web_1"])
         assert all(s[0] == "exited" for s in states.values()), states
     finally:
         t_down = time.monotonic()
