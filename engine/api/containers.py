@@ -20,6 +20,7 @@ from dockyard.engine.runtime import stats as statsmod
 from dockyard.engine.runtime.cgroups import Cgroup
 from dockyard.engine.runtime.create import RESTART_POLICIES, validate_name
 from dockyard.engine.runtime.logs import parse_since
+from dockyard.engine.runtime.spec import RESOURCE_KEYS
 
 MUX = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
@@ -280,18 +281,7 @@ def update(req):
                 raise InvalidParameter("invalid restart policy: maximum retry count can only be used with 'on-failure'")
             hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": count}
         res = {}
-        for key in (
-            "Memory",
-            "MemorySwap",
-            "MemoryReservation",
-            "NanoCpus",
-            "CpuShares",
-            "CpuPeriod",
-            "CpuQuota",
-            "PidsLimit",
-            "CpusetCpus",
-            "CpusetMems",
-        ):
+        for key in RESOURCE_KEYS:
             if body.get(key):
                 hc[key] = body[key]
                 res[key] = body[key]

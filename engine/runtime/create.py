@@ -369,6 +369,21 @@ def _split_bind(spec):
     raise InvalidParameter("invalid volume specification: '%s'" % spec)
 
 
+def anonymous_volume(dest: str) -> dict:
+    """The mount point record of an anonymous volume at `dest` (`-v /data`, or the image's VOLUME)."""
+    return {
+        "Type": "volume",
+        "Name": "",
+        "Source": "",
+        "Destination": dest,
+        "Driver": "local",
+        "Mode": "",
+        "RW": True,
+        "Propagation": "",
+        "Anonymous": True,
+    }
+
+
 def parse_mounts(hc, cfg):
     """HostConfig Binds/Mounts/Tmpfs + Config.Volumes -> mount point records (unresolved volumes)."""
     points, seen = [], set()
@@ -388,19 +403,7 @@ def parse_mounts(hc, cfg):
     for spec in hc.get("Binds") or []:
         source, dest, opts = _split_bind(spec)
         if source is None:
-            add(
-                {
-                    "Type": "volume",
-                    "Name": "",
-                    "Source": "",
-                    "Destination": dest,
-                    "Driver": "local",
-                    "Mode": "",
-                    "RW": True,
-                    "Propagation": "",
-                    "Anonymous": True,
-                }
-            )
+            add(anonymous_volume(dest))
             continue
         words = [w for w in opts.split(",") if w]
         rw = "ro" not in words
@@ -512,19 +515,7 @@ def parse_mounts(hc, cfg):
     for dest in sorted((cfg.get("Volumes") or {}).keys()):
         if os.path.normpath(dest) in seen:
             continue
-        add(
-            {
-                "Type": "volume",
-                "Name": "",
-                "Source": "",
-                "Destination": dest,
-                "Driver": "local",
-                "Mode": "",
-                "RW": True,
-                "Propagation": "",
-                "Anonymous": True,
-            }
-        )
+        add(anonymous_volume(dest))
     return points
 
 

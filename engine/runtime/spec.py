@@ -14,6 +14,20 @@ log = logging.getLogger("dockyard.engine")
 
 SECCOMP_UNAVAILABLE_AT_START = "cannot apply the container's seccomp profile: %s"
 
+# The HostConfig fields the supervisor applies to the container's cgroup (and `docker update` may change).
+RESOURCE_KEYS = (
+    "Memory",
+    "MemorySwap",
+    "MemoryReservation",
+    "NanoCpus",
+    "CpuShares",
+    "CpuPeriod",
+    "CpuQuota",
+    "PidsLimit",
+    "CpusetCpus",
+    "CpusetMems",
+)
+
 
 def process_env(container):
     cfg = container.config
@@ -173,21 +187,7 @@ def supervisor_spec(
         "open_stdin": bool(cfg.get("OpenStdin")),
         "stdin_once": bool(cfg.get("StdinOnce")),
         "cgroup": cgroup.to_dict() if cgroup else None,
-        "resources": {
-            k: hc.get(k)
-            for k in (
-                "Memory",
-                "MemorySwap",
-                "MemoryReservation",
-                "NanoCpus",
-                "CpuShares",
-                "CpuPeriod",
-                "CpuQuota",
-                "PidsLimit",
-                "CpusetCpus",
-                "CpusetMems",
-            )
-        },
+        "resources": {k: hc.get(k) for k in RESOURCE_KEYS},
         "privileged": privileged,
         "network_hook": bool(network_hook),
         "attach": list(attach_opts),
