@@ -348,9 +348,17 @@ def test_compose_app_end_to_end(eng, proxy, project):
         assert name == "front-v2" and int(count) > hits
 
         # stop: everything stopped, nothing removed
+        t0 = time.monotonic()
         compose("stop")
+        stop_seconds = time.monotonic() - t0
         states = health(eng, [f"{PROJECT}_kv_1", f"{PROJECT}_web_1"])
         assert all(s[0] == "exited" for s in states.values()), states
+
+        # up -d again: the stopped containers start as they are; then down -v below stops a running app
+        t0 = time.monotonic()
+        compose("up", "-d", "--no-build")
+        wait_healthy(eng, [f"{PROJECT}_kv_1", f"{PROJECT}_web_1"])
+        restart_seconds = time.monotonic() - t0
     finally:
         t_down = time.monotonic()
         compose("down", "-v", check=False)
@@ -360,7 +368,10 @@ def test_compose_app_end_to_end(eng, proxy, project):
     assert f"{PROJECT}_kvdata" not in eng.docker("volume", "ls", "--format", "{{.Name}}").stdout
 
     endpoints = proxy.endpoints()
-    print(f"\ncompose up -d --build to all healthy: {up_seconds:.1f}s; down -v: {down_seconds:.1f}s")
+    print(
+        f"\ncompose up -d --build to all healthy: {up_seconds:.1f}s; stop: {stop_seconds:.1f}s;"
+        f" up -d of the stopped app to healthy: {restart_seconds:.1f}s; down -v: {down_seconds:.1f}s"
+    )
     print("endpoints docker-compose used:")
     for ep in sorted(endpoints):
         print("  %-50s %s" % (ep, sorted(endpoints[ep])))

@@ -2,6 +2,7 @@
 
 import http.server
 import os
+import signal
 import socket
 import socketserver
 
@@ -44,4 +45,6 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 if __name__ == "__main__":
     port = int(os.environ.get("APP_PORT", "8000"))
     print("web %s listening on %d, kv at %s" % (socket.gethostname(), port, KV[0]), flush=True)
+    # PID 1 ignores SIGTERM unless it handles it: exit at once on `stop`, not after the 10 s kill
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     Server(("0.0.0.0", port), Handler).serve_forever()

@@ -3,6 +3,7 @@ The data lives in /data/kv.json (a named volume), written on every change."""
 
 import json
 import os
+import signal
 import socketserver
 import threading
 
@@ -47,4 +48,6 @@ class Server(socketserver.ThreadingTCPServer):
 
 if __name__ == "__main__":
     print("kv: %d keys from %s" % (len(DATA), PATH), flush=True)
+    # PID 1 ignores SIGTERM unless it handles it: exit at once on `stop`, not after the 10 s kill
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     Server(("0.0.0.0", 6379), Handler).serve_forever()
