@@ -303,6 +303,19 @@ def test_compose_app_end_to_end(eng, proxy, project):
         ).stdout.split()
         assert out[0] == "kv" and re.fullmatch(r"\d+\.\d+\.\d+\.\d+", out[1])
 
+        # exec with a terminal (compose hands it to the docker CLI): a tty inside, the exit code comes back
+        code = "import sys; print(sys.stdin.isatty(), sys.stdout.isatty()); sys.exit(3)"
+        tty = subprocess.run(
+            ["script", "-qec", f'docker-compose exec web python3 -c "{code}"', "/dev/null"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+        assert tty.returncode == 3 and "True True" in tty.stdout, (tty.returncode, tty.stdout, tty.stderr)
+
         # run --rm: a second job run, its container gone afterwards
         run = compose("run", "--rm", "-T", "job")
         assert "job run 2: nightly front" in run.stdout, run.stdout + run.stderr
