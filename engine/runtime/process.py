@@ -117,6 +117,7 @@ def prepare_identity(proc):
     if env_get(env, "HOME") is None:
         env.append("HOME=" + home)
     cap_mask = int(proc.get("caps", 0))
+    set_rlimits(proc.get("rlimits") or ())  # while we still hold CAP_SYS_RESOURCE (raising a hard limit)
     if not proc.get("no_new_privs"):
         # Without no_new_privs, installing a filter takes CAP_SYS_ADMIN: now, while we hold it.
         install_seccomp(proc)
@@ -129,6 +130,19 @@ def prepare_identity(proc):
     libc.prctl(libc.PR_SET_KEEPCAPS, 0)
     caps.apply(cap_mask)
     return env
+
+
+def set_rlimits(rlimits):
+    """HostConfig.Ulimits ([name, soft, hard]; -1 is unlimited) for the process, as runc sets them."""
+    for name, soft, hard in rlimits:
+        kind = getattr(resource, "RLIMIT_" + str(name).upper(), None)
+        if not isinstance(kind, int):
+            raise StartError("error setting rlimit type %s: unknown limit" % name, 127)
+        limits = tuple(resource.RLIM_INFINITY if v < 0 else v for v in (int(soft), int(hard)))
+        try:
+            resource.setrlimit(kind, limits)
+        except (OSError, ValueError) as exc:
+            raise StartError("error setting rlimit type %d: %s" % (kind, exc), 127) from None
 
 
 _PR_SET_DUMPABLE = 4

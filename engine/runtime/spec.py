@@ -77,6 +77,11 @@ def seccomp_filter(host_config):
     return base64.b64encode(program).decode("ascii") if program else None
 
 
+def rlimits(host_config):
+    """HostConfig.Ulimits as [name, soft, hard] for process.set_rlimits (execs get them too, as runc's)."""
+    return [[u["Name"], u.get("Soft") or 0, u.get("Hard") or 0] for u in host_config.get("Ulimits") or []]
+
+
 def process_spec(container):
     cfg, hc = container.config, container.host_config
     return {
@@ -90,6 +95,7 @@ def process_spec(container):
         "caps": cap_mask(hc),
         "privileged_caps": bool(hc.get("Privileged")),
         "no_new_privs": (not hc.get("Privileged")) and no_new_privs(hc),
+        "rlimits": rlimits(hc),
     }
 
 
@@ -220,6 +226,7 @@ def exec_spec(container, exec_cfg, cgroup_dict, layout):
             "privileged_caps": privileged,
             "no_new_privs": (not privileged) and no_new_privs(hc),
             "seccomp": seccomp_filter(hc),
+            "rlimits": rlimits(hc),
         },
     }
 

@@ -233,6 +233,21 @@ def test_image_inspect_keeps_container_config_for_docker_compose_1(images_engine
 
 
 @needs_the_app
+def test_ulimits_apply_to_the_container_and_its_execs(eng):
+    """HostConfig.Ulimits was validated and stored, then not applied: the process kept the engine's."""
+    code = "import resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE), *resource.getrlimit(resource.RLIMIT_NPROC))"
+    d = eng.docker
+    out = d("run", "--rm", "--ulimit", "nofile=1024:2048", "--ulimit", "nproc=100:200", "pyweb", "python3", "-c", code)
+    assert out.stdout.split() == ["1024", "2048", "100", "200"]
+    d("run", "-d", "--name", "limited", "--ulimit", "nofile=512:4096", "pyweb", "sleep", "300")
+    try:
+        assert d("exec", "limited", "python3", "-c", code).stdout.split()[:2] == ["512", "4096"]
+        assert d("exec", "-u", "65534", "limited", "python3", "-c", code).stdout.split()[:2] == ["512", "4096"]
+    finally:
+        d("rm", "-f", "limited")
+
+
+@needs_the_app
 def test_compose_app_end_to_end(eng, proxy, project):
     env = compose_env(eng, proxy)
 
@@ -302,6 +317,12 @@ def test_compose_app_end_to_end(eng, proxy, project):
             "import os,socket;print(os.environ['KV_HOST'], socket.gethostbyname('kv'))",
         ).stdout.split()
         assert out[0] == "kv" and re.fullmatch(r"\d+\.\d+\.\d+\.\d+", out[1])
+
+        # the kv service's ulimits hold for its process and for an exec in it
+        code = "import resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE))"
+        assert compose("exec", "-T", "kv", "python3", "-c", code).stdout.split() == ["1024", "2048"]
+        limits = compose("exec", "-T", "kv", "cat", "/proc/1/limits").stdout
+        assert re.search(r"Max open files +1024 +2048 ", limits), limits
 
         # exec with a terminal (compose hands it to the docker CLI): a tty inside, the exit code comes back
         code = "import sys; print(sys.stdin.isatty(), sys.stdout.isatty()); sys.exit(3)"
