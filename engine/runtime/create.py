@@ -283,6 +283,8 @@ def normalize_host_config(hc, default_log_driver=logs.JSON_FILE):
     security_options(out.get("SecurityOpt"))
     if out.get("Devices"):
         raise InvalidParameter("dockyard does not support --device yet")
+    if out.get("Init"):  # accepting it would run the command as PID 1 while the user asked for an init
+        raise InvalidParameter("dockyard does not support --init yet: the engine ships no init process (docker-init)")
     return out
 
 

@@ -114,6 +114,7 @@ BAD_CREATES = [
     (create_body(Binds="/etc:/host"), 400, "HostConfig.Binds of type []string"),
     (create_body(Binds=["bad\n:/data"]), 400, "includes invalid characters for a local volume name"),
     (create_body(Binds=["/tmp:/"]), 400, "destination can't be '/'"),
+    (create_body(Init=True), 400, "does not support --init yet"),
     (create_body(Mounts=[{"Type": "tmpfs", "Target": "//"}]), 400, "destination can't be '/'"),
     (create_body(Mounts=[{"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": -1}}]), 400, "tmpfs size"),
     (dict(create_body(), Cmd=5), 400, "Go struct field Cmd of type strslice.StrSlice"),
