@@ -10,7 +10,7 @@ from dockyard.engine.api.responses import Response
 from dockyard.engine.api.router import version_less
 from dockyard.engine.config import registry_certs_dirs
 from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
-from dockyard.engine.images import loadsave, push, reference, registry
+from dockyard.engine.images import importer, loadsave, push, reference, registry
 from dockyard.engine.images.store import ZERO_TIME, parse_time
 
 log = logging.getLogger("dockyard.engine.images")
@@ -501,7 +501,7 @@ def import_image(req, src):
     path = _spool_body(req, store)
     try:
         with open(path, "rb") as fh:
-            img = loadsave.import_rootfs(
+            img = importer.import_rootfs(
                 store, fh, repo=repo, tag=tag, message=message, changes=changes, platform=platform
             )
     finally:

@@ -22,7 +22,7 @@ from dockyard.engine import hostinfo
 from dockyard.engine.build import layerdiff
 from dockyard.engine.errors import Conflict, EngineError, InvalidParameter
 from dockyard.engine.images import reference
-from dockyard.engine.images.loadsave import apply_changes
+from dockyard.engine.images.importer import apply_changes
 from dockyard.engine.images.store import Image, ImageStore
 from dockyard.engine.runtime.manager import ContainerManager
 from dockyard.engine.runtime.store import Container

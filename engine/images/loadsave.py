@@ -10,8 +10,7 @@ layer the engine already has. Layers stored by a load that then fails are
 removed again; configs and tags are written only once every layer is in.
 Save writes the Docker 25+ layout: OCI blobs, index.json and oci-layout plus
 manifest.json and repositories, so docker, skopeo and this engine can all read
-it back. Import (a rootfs tarball into a one-layer image) is importer.py's; import_rootfs and
-apply_changes are re-exported here for their callers.
+it back. Import (a rootfs tarball into a one-layer image) is importer.py's.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ import time
 from dockyard.engine import hostinfo
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.images import digest, reference
-from dockyard.engine.images.importer import apply_changes as apply_changes  # re-exported
-from dockyard.engine.images.importer import import_rootfs as import_rootfs  # re-exported
 from dockyard.engine.images.layers import decompressed, sniff_compression
 from dockyard.engine.images.store import config_diff_ids
 

@@ -33,9 +33,7 @@ from dockyard.engine.network.catalog import (
     random_id,
 )
 from dockyard.engine.network.fsutil import read_json, write_json
-from dockyard.engine.network.hostsetup import ICC_OPTION as ICC_OPTION  # re-exported: callers and tests
 from dockyard.engine.network.hostsetup import HostNetworking, NetworkError
-from dockyard.engine.network.hostsetup import parse_go_bool as parse_go_bool  # re-exported
 from dockyard.engine.network.ipam import IpamError
 from dockyard.engine.network.names import DnsUnavailable, NamesMixin
 from dockyard.engine.network.netns import loopback_up, netns_path, run_in_netns

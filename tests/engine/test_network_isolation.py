@@ -364,7 +364,8 @@ def test_iptables_fallback_sync(bare, monkeypatch):
 
 def test_icc_engine_option_is_the_default_bridges(tmp_path):
     from dockyard.engine.errors import InvalidParameter
-    from dockyard.engine.network.manager import ICC_OPTION, NetworkManager, parse_go_bool
+    from dockyard.engine.network.hostsetup import ICC_OPTION, parse_go_bool
+    from dockyard.engine.network.manager import NetworkManager
 
     quiet = NetworkManager(str(tmp_path / "a"), {"icc": "false"})
     assert quiet.icc(quiet.catalog.default) is False
