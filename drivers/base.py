@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from dockyard.provisioner.core.errors import NotSupported
+from dockyard.provisioner.core.errors import DriverError, NotSupported
 from dockyard.provisioner.core.ssh_target import SSHTarget
 
 Progress = Callable[[str], None]
@@ -51,9 +51,10 @@ class Capability(str, enum.Enum):
     STOP = "stop"
     KILL = "kill"
     RESTART = "restart"
+    RESIZE = "resize"  # `dockyard set`: a stopped machine's CPUs, memory and disk
 
 
-POWER = frozenset(Capability)
+POWER = frozenset({Capability.START, Capability.STOP, Capability.KILL, Capability.RESTART})
 """Every power verb: what a driver that runs its own VMs or cloud nodes supports."""
 
 
@@ -115,6 +116,25 @@ class Settings:
     def to_config(self) -> dict[str, Any]:
         """{config key: value} in field order: what the driver's section of config.json records."""
         return {f.metadata["config_key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_config(cls: type[SettingsT], config: Mapping[str, Any], **changed: Any) -> SettingsT:
+        """The settings config.json recorded (to_config's inverse), with `changed` fields replaced; checked again
+        by the subclass's __post_init__, so a change is validated like a create flag."""
+        kwargs = {
+            f.name: config[f.metadata["config_key"]]
+            for f in dataclasses.fields(cls)
+            if f.metadata["config_key"] in config
+        }
+        kwargs.update(changed)
+        missing = [
+            f.metadata["config_key"]
+            for f in dataclasses.fields(cls)
+            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise DriverError(f"config.json lacks {', '.join(missing)} (written by an older dockyard?)")
+        return cls(**kwargs)
 
 
 class Driver(abc.ABC):
@@ -193,6 +213,10 @@ class Driver(abc.ABC):
 
     def restart(self) -> None:
         self.require(Capability.RESTART)
+
+    def resize(self, cpus: int | None = None, memory_mb: int | None = None, disk_mb: int | None = None) -> None:
+        """Give a stopped machine new CPUs, memory (MB) or disk size (MB; grows only) and record them in config."""
+        self.require(Capability.RESIZE)
 
     # -- addresses ----------------------------------------------------------------
     @abc.abstractmethod

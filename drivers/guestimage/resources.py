@@ -44,3 +44,16 @@ def overrides(values: Mapping[str, Any]) -> dict[str, int]:
             raise DriverError("--disk must be at least 1 (GiB)")
         out["disk_mb"] = int(values["disk"]) * 1024
     return out
+
+
+def gib(mb: int) -> str:
+    """MB as the GiB the flags speak: 20480 -> "20 GiB", 1536 -> "1.5 GiB"."""
+    return f"{mb / 1024:g} GiB"
+
+
+def check_disk_grows(machine: str, current_mb: int, wanted_mb: int) -> None:
+    """A disk only grows: shrinking would cut off the end of the guest's file system."""
+    if wanted_mb < current_mb:
+        raise DriverError(
+            f'cannot shrink the disk of "{machine}" from {gib(current_mb)} to {gib(wanted_mb)}: disks only grow'
+        )

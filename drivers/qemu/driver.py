@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from dockyard.drivers.base import POWER, Driver, State, flag_values
+from dockyard.drivers.base import POWER, Capability, Driver, State, flag_values
 from dockyard.drivers.guestimage import build, debian, resources, seed, source, tools
 from dockyard.drivers.qemu import accel as accel_mod
 from dockyard.drivers.qemu import boot, cmdline, shares
@@ -115,7 +115,7 @@ def guest_ip_for_mac(link_output, addr_output, mac):
 
 class QemuDriver(Driver):
     name = "qemu"
-    capabilities = POWER
+    capabilities = POWER | {Capability.RESIZE}
     flags = FLAGS
 
     # -- configuration ------------------------------------------------------------------
@@ -569,6 +569,41 @@ class QemuDriver(Driver):
     def restart(self):
         self.stop()
         self.start()
+
+    def resize(self, cpus: int | None = None, memory_mb: int | None = None, disk_mb: int | None = None) -> None:
+        """New CPUs/memory take effect on the next start (they are QEMU flags); the disk grows at once with
+        qemu-img resize and the guest grows its root file system on its next boot (dockyard-growroot)."""
+        changed: dict[str, Any] = {"network": self.config.get("Network", "user")}
+        if changed["network"] == "bridge":  # config.json records the mode and the name apart; the check wants both
+            changed["network"] = f"bridge={self.config.get('Bridge', '')}"
+        for name, value in (("cpus", cpus), ("memory", memory_mb), ("disk_size", disk_mb)):
+            if value is not None:
+                changed[name] = value
+        settings = QemuSettings.from_config(self.config, **changed)
+        if disk_mb is not None:
+            disk = self.path("disk.qcow2")
+            current_mb = -(-int(self._disk_info(disk)["virtual-size"]) // (1 << 20))
+            resources.check_disk_grows(self.machine_name, current_mb, settings.disk_size)
+            if settings.disk_size > current_mb:
+                self.progress(f"Growing the disk to {resources.gib(settings.disk_size)}...")
+                p = subprocess.run(
+                    [tools.find("qemu-img") or "qemu-img", "resize", "-q", disk, f"{settings.disk_size}M"],
+                    capture_output=True,
+                    text=True,
+                )
+                if p.returncode != 0:
+                    raise DriverError(f"cannot grow the disk {disk}: {p.stderr.strip()}")
+        self.config.update(settings.to_config())
+
+    def _disk_info(self, disk: str) -> dict[str, Any]:
+        if not os.path.exists(disk):
+            raise DriverError(f'machine "{self.machine_name}" has no disk ({disk}); remove it and create it again')
+        p = subprocess.run(
+            [tools.find("qemu-img") or "qemu-img", "info", "--output=json", disk], capture_output=True, text=True
+        )
+        if p.returncode != 0:
+            raise DriverError(f"cannot read the disk {disk}: {p.stderr.strip()}")
+        return json.loads(p.stdout)
 
     def remove(self):
         self._stop_forwarder()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from dockyard.drivers.base import POWER, Driver, Flag, Settings, State, flag_values, setting
+from dockyard.drivers.base import POWER, Capability, Driver, Flag, Settings, State, flag_values, setting
 from dockyard.drivers.guestimage import build, resources, seed, source, tools
 from dockyard.drivers.qemu import boot
 from dockyard.drivers.qemu.cmdline import random_mac
@@ -57,7 +57,7 @@ class VirtualBoxSettings(Settings):
 
 class VirtualBoxDriver(Driver):
     name = "virtualbox"
-    capabilities = POWER
+    capabilities = POWER | {Capability.RESIZE}
     flags = [
         Flag(
             "virtualbox-cpu-count",
@@ -446,6 +446,24 @@ class VirtualBoxDriver(Driver):
     def restart(self):
         self.stop()
         self.start()
+
+    def resize(self, cpus: int | None = None, memory_mb: int | None = None, disk_mb: int | None = None) -> None:
+        """modifyvm for CPUs and memory, modifymedium --resize to grow the disk (VirtualBox never shrinks one);
+        the guest grows its root file system on its next boot (dockyard-growroot)."""
+        changed = {
+            name: value
+            for name, value in (("cpus", cpus), ("memory", memory_mb), ("disk_size", disk_mb))
+            if value is not None
+        }
+        settings = VirtualBoxSettings.from_config(self.config, **changed)
+        current_mb = int(self.config["DiskSize"])
+        resources.check_disk_grows(self.machine_name, current_mb, settings.disk_size)
+        if cpus is not None or memory_mb is not None:
+            self.vbm("modifyvm", self.machine_name, "--cpus", settings.cpus, "--memory", settings.memory)
+        if settings.disk_size > current_mb:
+            self.progress(f"Growing the disk to {resources.gib(settings.disk_size)}...")
+            self.vbm("modifymedium", "disk", self.path("disk.vdi"), "--resize", settings.disk_size)
+        self.config.update(settings.to_config())
 
     def remove(self):
         info = self._info()

@@ -5,6 +5,7 @@ import sys
 import click
 
 from dockyard.provisioner.cli import completion, context, create, creds, lifecycle, logs, prune, query, remote, swarmcmd
+from dockyard.provisioner.cli import set as set_command
 from dockyard.provisioner.cli.group import cli
 
 for command in (
@@ -19,6 +20,7 @@ for command in (
     lifecycle.provision,
     lifecycle.regenerate_certs,
     lifecycle.rm,
+    set_command.set_resources,
     query.ls,
     query.env,
     query.config,

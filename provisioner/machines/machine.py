@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dockyard.drivers import registry
-from dockyard.drivers.base import Driver, State
+from dockyard.drivers.base import Capability, Driver, State
+from dockyard.drivers.guestimage import resources
 from dockyard.provisioner import provision
 from dockyard.provisioner.core import engine_client, pki
 from dockyard.provisioner.core.errors import (
@@ -491,6 +492,25 @@ class Machine:
 
     def kill(self, log: Log) -> None:
         self._power_off(log, self.driver.kill, "Killing", "killed")
+
+    def set_resources(
+        self, log: Log, cpus: int | None = None, memory: float | None = None, disk: int | None = None
+    ) -> None:
+        """`dockyard set`: new CPUs, memory (GiB) or disk size (GiB, grows only) for a stopped machine, checked
+        like create's --cpus/--memory/--disk; they take effect on its next start."""
+        self.driver.require(Capability.RESIZE)
+        given = resources.overrides({"cpus": cpus, "memory": memory, "disk": disk})
+        if not given:
+            raise UsageError("nothing to set: give --cpus, --memory or --disk")
+        state = self.state()
+        if state != State.STOPPED:
+            raise DockyardError(
+                f'machine "{self.name}" is {str(state).lower()}: stop it first (dockyard stop {self.name})'
+            )
+        self.driver.progress = log
+        self.driver.resize(given.get("cpus"), given.get("memory_mb"), given.get("disk_mb"))
+        self.save()
+        log(f'Machine "{self.name}" was changed; the changes take effect when it starts.')
 
     def restart(self, log: Log) -> None:
         log(f'Restarting "{self.name}"...')

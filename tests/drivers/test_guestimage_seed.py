@@ -34,7 +34,8 @@ def test_user_data_is_valid_cloud_config():
     (user,) = data["users"]
     assert user["name"] == "docker" and user["ssh_authorized_keys"] == [KEY]
     assert user["sudo"] == "ALL=(ALL) NOPASSWD:ALL" and user["lock_passwd"] is True
-    assert data["runcmd"] == [["touch", "/etc/cloud/cloud-init.disabled"]]
+    enable_growroot = ["systemctl", "enable", "dockyard-growroot.service"]  # grows / after `dockyard set --disk`
+    assert data["runcmd"] == [enable_growroot, ["touch", "/etc/cloud/cloud-init.disabled"]]
     assert "mounts" not in data
 
 
@@ -53,7 +54,8 @@ def test_meta_data_and_network_config():
     assert net["ethernets"]["hostonly"]["dhcp4-overrides"] == {"use-routes": False, "use-dns": False}
     user = yaml.safe_load(files["user-data"])
     assert user["mounts"] == [["hosthome", "/home/alice", "vboxsf", "defaults,nofail", "0", "0"]]
-    assert user["users"][0]["name"] == "core" and "runcmd" not in user
+    assert user["users"][0]["name"] == "core"
+    assert user["runcmd"] == [["systemctl", "enable", "dockyard-growroot.service"]]  # cloud-init stays on
 
 
 def test_hostile_strings_stay_inside_their_yaml_values():

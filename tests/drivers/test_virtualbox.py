@@ -346,3 +346,35 @@ def test_vboxmanage_error_on_stderr_with_exit_zero(tmp_path):
     with pytest.raises(vbox.VBoxError, match="The object is not ready"):
         vbm("list", "vms")
     assert len(vbm.calls) == 3  # retried, as Docker Machine did for this error
+
+
+# -- dockyard set: resources of a stopped machine ----------------------------------------------------------------
+
+
+def test_resize_runs_modifyvm_and_grows_the_medium(fake, tmp_path, image):
+    d = make(tmp_path, image, virtualbox_no_share=True)
+    d.prepare_media()
+    d.register()
+    d.resize(cpus=3, memory_mb=3072, disk_mb=30 * 1024)
+    assert ["modifyvm", "vb1", "--cpus", "3", "--memory", "3072"] in fake.calls()
+    assert ["modifymedium", "disk", d.path("disk.vdi"), "--resize", "30720"] in fake.calls()
+    vm = fake.state()["vms"]["vb1"]
+    assert vm["cpus"] == 3 and vm["memory"] == 3072
+    assert fake.state()["medium_sizes"][d.path("disk.vdi")] == 30 << 30
+    assert (d.config["CPU"], d.config["Memory"], d.config["DiskSize"]) == (3, 3072, 30720)
+    assert any("Growing the disk to 30 GiB" in m for m in d.said)
+
+
+def test_resize_refuses_to_shrink_before_calling_vboxmanage(fake, tmp_path, image):
+    d = make(tmp_path, image, virtualbox_no_share=True)
+    d.prepare_media()
+    d.register()
+    before, calls = dict(d.config), len(fake.calls())
+    with pytest.raises(DriverError, match=r'cannot shrink the disk of "vb1" from 20 GiB to 10 GiB: disks only grow'):
+        d.resize(cpus=2, disk_mb=10 * 1024)
+    assert len(fake.calls()) == calls and d.config == before
+    assert fake.state()["medium_sizes"][d.path("disk.vdi")] == 20 << 30
+    d.resize(memory_mb=1024)  # memory only: no medium change
+    assert fake.calls()[-1] == ["modifyvm", "vb1", "--cpus", str(d.config["CPU"]), "--memory", "1024"]
+    with pytest.raises(DriverError, match="--virtualbox-memory >= 256"):
+        d.resize(memory_mb=100)
