@@ -52,7 +52,8 @@ class Config:
         "labels": ((), "list"),
         "data_root": ("/var/lib/dockyard", "str"),
         "exec_root": ("/run/dockyard", "str"),
-        "storage_driver": ("overlay2", "str"),
+        # "" automatic: overlay2 where a probe mount works in the data-root, else vfs (images/storagedriver.py)
+        "storage_driver": ("", "str"),
         "insecure_registries": ((), "list"),
         "registry_mirrors": ((), "list"),
         "pidfile": (None, "str"),
@@ -142,7 +143,12 @@ def build_parser():
     p.add_argument("--label", dest="labels", action="append", metavar="KEY=VALUE", help="engine label, repeatable")
     p.add_argument("--data-root", dest="data_root", metavar="DIR", help="persistent state (default /var/lib/dockyard)")
     p.add_argument("--exec-root", dest="exec_root", metavar="DIR", help="runtime state (default /run/dockyard)")
-    p.add_argument("--storage-driver", dest="storage_driver", metavar="NAME", help="storage driver (default overlay2)")
+    p.add_argument(
+        "--storage-driver",
+        dest="storage_driver",
+        metavar="NAME",
+        help="storage driver: overlay2 or vfs (default: overlay2 if the data-root can hold overlayfs, else vfs)",
+    )
     p.add_argument(
         "--insecure-registry",
         dest="insecure_registries",

@@ -21,7 +21,8 @@ import uuid
 
 from dockyard.engine.atomicfile import atomic_write
 from dockyard.engine.config import Config
-from dockyard.engine.errors import EngineError
+from dockyard.engine.errors import EngineError, InvalidParameter
+from dockyard.engine.images import storagedriver
 from dockyard.engine.images.overlay import filesystem_of
 from dockyard.engine.images.store import ImageStore
 from dockyard.engine.network.manager import NetworkManager
@@ -93,7 +94,14 @@ def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
             raise EngineError(str(exc)) from None
         config.data_root = remapped_data_root(config.data_root, idmap)
         log.info("user namespace remapping: container root is %d:%d on the host", *idmap.root)
-    images = ImageStore(config.data_root, idmap.shift if idmap else None)
+    try:
+        driver, driver_warning = storagedriver.choose(config.storage_driver, config.data_root)
+    except InvalidParameter as exc:
+        raise EngineError(str(exc)) from None
+    config.storage_driver = driver  # /info Driver: the driver in use, chosen or found
+    if driver_warning:
+        warnings.append(driver_warning)
+    images = ImageStore(config.data_root, idmap.shift if idmap else None, driver)
     volumes = VolumeStore(config.data_root, idmap.root if idmap else None)
     try:
         network = NetworkManager(config.data_root, config.opts, warnings)
@@ -109,7 +117,8 @@ def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
     images.set_usage_check(containers.using_image)
     images.set_running_check(containers.is_running)
     volumes.set_usage_check(containers.using_volume)
-    warn_if_data_root_cannot_hold_overlays(config.data_root, warnings)
+    if driver == "overlay2":
+        warn_if_data_root_cannot_hold_overlays(config.data_root, warnings)
     return Engine(config, engine_id, warnings, images, volumes, network, containers)
 
 

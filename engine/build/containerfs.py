@@ -100,7 +100,7 @@ def _runtime_only(path: str, st: os.stat_result) -> bool:
 
 def changes(images: ImageStore, c: Container) -> List[Dict[str, Any]]:
     """`docker diff`: [{"Path", "Kind"}] of the upper dir, whiteouts as deletions, sorted by path."""
-    upper = images.rootfs.paths(c.id)["upper"]
+    upper = images.rootfs.upper_dir(c.id)
     if not os.path.isdir(upper):
         return []
     img = images.by_id(c.image_id)
@@ -255,7 +255,7 @@ def commit(
         containers.pause(c)
         paused_here = True
     try:
-        upper = images.rootfs.paths(c.id)["upper"]
+        upper = images.rootfs.upper_dir(c.id)
         shift = images.layers.shift
         unshift = layerdiff.unshifter(shift) if shift is not None else None
         fd, path = tempfile.mkstemp(prefix="commit-", suffix=".tar", dir=images.layers.tmp)

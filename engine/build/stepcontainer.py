@@ -75,7 +75,7 @@ def rootfs(c: Container) -> str:
 
 def commit(images: ImageStore, c: Container, tmpdir: str) -> str | None:
     """The container's changes as a new layer; -> its diff ID, None when nothing changed."""
-    upper = images.rootfs.paths(c.id)["upper"]
+    upper = images.rootfs.upper_dir(c.id)
     shift = images.layers.shift
     unshift = layerdiff.unshifter(shift) if shift is not None else None
     fd, path = tempfile.mkstemp(prefix="diff-", suffix=".tar", dir=tmpdir)

@@ -90,6 +90,31 @@ def filesystem_of(path):
     return best
 
 
+def overlay_works_in(directory: str) -> str | None:
+    """Try a tiny overlay mount in `directory` (which must exist); -> None if it works, else why not."""
+    probe = os.path.join(directory, "overlay-probe-%d" % os.getpid())
+    parts = {name: os.path.join(probe, name) for name in ("lower", "upper", "work", "merged")}
+    try:
+        for path in parts.values():
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        data = "lowerdir=%s,upperdir=%s,workdir=%s" % (parts["lower"], parts["upper"], parts["work"])
+        try:
+            mount("overlay", parts["merged"], "overlay", MERGED_FLAGS, data)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        try:
+            # Creating a file is what needs the upper dir's filesystem to support overlayfs.
+            with open(os.path.join(parts["merged"], "probe"), "w") as fh:
+                fh.write("probe")
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        finally:
+            umount(parts["merged"], MNT_DETACH)
+        return None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
 def _mount_in_child(cwd, data, target, flags=MERGED_FLAGS):
     """mount(2) from a forked child that chdir'ed to `cwd` (relative lowerdirs; threads unaffected)."""
     lib = libc()
@@ -109,7 +134,9 @@ def _mount_in_child(cwd, data, target, flags=MERGED_FLAGS):
 
 
 class RootfsManager:
-    """Mounts, unmounts and removes per-container overlay roots."""
+    """Mounts, unmounts and removes per-container overlay roots (the "overlay2" storage driver)."""
+
+    driver = "overlay2"
 
     def __init__(self, data_root: str, layer_store: LayerStore, root_owner: tuple[int, int] | None = None) -> None:
         """root_owner: with user namespace remapping, the host uid/gid of the containers' root, which
@@ -134,6 +161,10 @@ class RootfsManager:
             "work": os.path.join(base, "work"),
             "merged": os.path.join(base, "merged"),
         }
+
+    def upper_dir(self, container_id: str) -> str:
+        """The container's changes (docker diff, commit, build steps): its overlay upper dir."""
+        return self.paths(container_id)["upper"]
 
     def graph_driver_data(self, container_id: str, diff_ids: list[str]) -> dict[str, str]:
         """GraphDriver.Data for container inspect (LowerDir/UpperDir/MergedDir/WorkDir)."""

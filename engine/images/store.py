@@ -21,7 +21,7 @@ from dockyard.engine.atomicfile import atomic_write, atomic_write_json
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
 from dockyard.engine.images import digest, reference
 from dockyard.engine.images.layers import LayerStore, read_json
-from dockyard.engine.images.overlay import RootfsManager
+from dockyard.engine.images.storagedriver import rootfs_manager
 from dockyard.engine.timefmt import rfc3339nano
 
 log = logging.getLogger("dockyard.engine.images")
@@ -135,8 +135,11 @@ class Image:
 class ImageStore:
     """Everything about images on this engine (req.engine.images): configs, tags, layers, overlay roots."""
 
-    def __init__(self, data_root: str, shift: Callable[[int, int], tuple[int, int]] | None = None) -> None:
-        """shift: user namespace remapping (layers are extracted with owners shifted into the range)."""
+    def __init__(
+        self, data_root: str, shift: Callable[[int, int], tuple[int, int]] | None = None, driver: str = "overlay2"
+    ) -> None:
+        """shift: user namespace remapping (layers are extracted with owners shifted into the range).
+        driver: the storage driver of container roots (images.storagedriver)."""
         self.data_root = data_root
         self.root = os.path.join(data_root, "image")
         self.config_dir = os.path.join(self.root, "configs")
@@ -145,7 +148,7 @@ class ImageStore:
             os.makedirs(d, mode=0o700, exist_ok=True)
         self.repos_path = os.path.join(self.root, "repositories.json")
         self.layers = LayerStore(self.root, shift)
-        self.rootfs = RootfsManager(data_root, self.layers, shift(0, 0) if shift else None)
+        self.rootfs = rootfs_manager(driver, data_root, self.layers, shift(0, 0) if shift else None)
         self._lock = threading.RLock()
         self._cache: dict[str, Image] = {}
         self._usage_check: Callable[[str], List[str]] | None = None

@@ -195,8 +195,8 @@ def sizes(c, manager):
 def inspect(c, manager, size=False):
     rec = c.record
     hc = dict(c.host_config)
-    graph = {"Name": "overlay2", "Data": None}
     images = manager.images
+    graph = {"Name": images.rootfs.driver, "Data": None}
     try:
         graph["Data"] = images.rootfs.graph_driver_data(c.id, images.get(c.image_id).diff_ids)
     except Exception:

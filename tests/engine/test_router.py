@@ -149,7 +149,7 @@ def test_config_defaults_and_file_merge(tmp_path):
     assert cfg.tlsverify is True and cfg.tlscacert == "/c/ca.pem"
     assert cfg.labels == ["x=1"] and cfg.data_root == "/srv/dy"
     assert cfg.opts == {"mtu": "1400"}
-    assert cfg.exec_root == "/run/dockyard" and cfg.storage_driver == "overlay2"
+    assert cfg.exec_root == "/run/dockyard" and cfg.storage_driver == ""
     assert cfg.pidfile == "/run/dockyard/dockyard-engine.pid"
     reg = registry_config(cfg)
     assert "10.0.0.0/8" in reg["InsecureRegistryCIDRs"]
