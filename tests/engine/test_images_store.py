@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
-from dockyard.engine.images import loadsave, reference
+from dockyard.engine.images import importer, loadsave, reference
 from dockyard.engine.images.store import ImageStore
 from tests.images import busybox_image_id, busybox_tar, image_config, layer_tar, write_archive
 
@@ -254,7 +254,7 @@ def test_import_with_changes(store):
         "VOLUME /data",
         "ENTRYPOINT /bin/tool",
     ]
-    img = loadsave.import_rootfs(store, io.BytesIO(rootfs), repo="imported", tag="v1", message="hello", changes=changes)
+    img = importer.import_rootfs(store, io.BytesIO(rootfs), repo="imported", tag="v1", message="hello", changes=changes)
     assert store.get("imported:v1") is img
     cfg = img.container_config
     assert cfg["Cmd"] == ["/bin/tool", "x"]
@@ -265,7 +265,7 @@ def test_import_with_changes(store):
     assert cfg["Labels"] == {"a": "b", "c d": "e"} and cfg["Volumes"] == {"/data": {}}
     assert img.config["comment"] == "hello" and img.diff_ids == [sha(rootfs)]
     with pytest.raises(InvalidParameter, match="RUN is not a valid change command"):
-        loadsave.import_rootfs(store, io.BytesIO(rootfs), changes=["RUN true"])
+        importer.import_rootfs(store, io.BytesIO(rootfs), changes=["RUN true"])
 
 
 def test_many_layers_mount_past_the_option_page(store, tmp_path):
