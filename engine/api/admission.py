@@ -21,7 +21,7 @@ from typing import Callable, Deque, Dict
 log = logging.getLogger("dockyard.engine.http")
 
 MAX_PENDING = 128
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 30.0  # generous: a loaded host (or a slow client) can take seconds; slots are capped anyway
 FIRST_REQUEST_TIMEOUT = 30.0
 
 

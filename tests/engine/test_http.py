@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dockyard.engine.api.admission import Admission
+from dockyard.engine.api.admission import HANDSHAKE_TIMEOUT, Admission
 from dockyard.engine.api.http import MAX_JSON_BODY, HttpServer, Response
 from dockyard.engine.api.router import Router
 from dockyard.engine.api.routes import common_headers
@@ -553,7 +553,7 @@ def test_admission_runs_tls_handshakes_without_threads(pki):
         assert len(handed) == 1 and isinstance(handed[0], ssl.SSLSocket)
         assert handed[0].recv(100).startswith(b"GET /_ping")  # the request, decrypted, for the thread
         assert len(adm) == 1  # the stalled one still waits for its handshake ...
-        clock.now += 11
+        clock.now += HANDSHAKE_TIMEOUT + 1
         adm.tick()  # ... until the handshake deadline
         assert len(adm) == 0 and stalled.recv(1) == b""
     finally:
