@@ -121,7 +121,8 @@ def test_seed_mounts_shares_early_and_in_fstab():
             "mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share0 '/home/al ice')",
         ]
     ]
-    assert data["write_files"] == [
+    fstab = [f for f in data["write_files"] if f["path"] == "/etc/fstab"]
+    assert fstab == [
         {
             "path": "/etc/fstab",
             "append": True,
@@ -129,4 +130,6 @@ def test_seed_mounts_shares_early_and_in_fstab():
         }
     ]
     plain = yaml.safe_load(seed.render("m", "iid", "k", [])["user-data"])
-    assert "bootcmd" not in plain and "write_files" not in plain
+    # Without shares: no mounts and no fstab lines (the growroot script is written for every machine).
+    assert "bootcmd" not in plain
+    assert all(f["path"] != "/etc/fstab" for f in plain.get("write_files", []))

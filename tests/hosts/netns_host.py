@@ -605,15 +605,23 @@ class TestHost:
             self.exec("systemctl restart ssh.service", check=True, timeout=timeout)
         else:
             os.kill(self.init_pid, signal.SIGHUP)  # sshd re-execs itself in place and reloads keys
+        # The old listener may answer for a moment, and its re-exec'd per-connection children read the key
+        # files anew, so the new key can be served before the listener itself restarts (a short window with
+        # no listener). Done = the new key served without a failure for a whole second.
+        want = " ".join(public.split()[:2])
         deadline = time.monotonic() + timeout
-        while True:  # the old sshd may still answer for a moment
+        stable_since = None
+        while True:
             try:
-                if self.served_host_key() == " ".join(public.split()[:2]):
-                    return public
+                ok = self.served_host_key() == want
             except (OSError, paramiko.SSHException, EOFError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} still serves the old host key\n" + self._log_tail())
+                ok = False
+            now = time.monotonic()
+            stable_since = (stable_since or now) if ok else None
+            if stable_since is not None and now - stable_since >= 1.0:
+                return public
+            if now > deadline:
+                raise TimeoutError(f"{self.name} does not serve the new host key steadily\n" + self._log_tail())
             time.sleep(0.1)
 
     # ----- shutdown --------------------------------------------------------------------
