@@ -14,6 +14,7 @@ Ranges Docker checks with its own message carry that message (`Int(..., message=
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Mapping
 
 from dockyard.engine.errors import InvalidParameter
@@ -47,12 +48,13 @@ def type_error(path: str, value: Any, go_type: str) -> InvalidParameter:
     )
 
 
-class Node:
+class Node(abc.ABC):
     go_type = "interface {}"
     null_item_ok = False  # may null be an item of a list / a value of a map of these?
 
+    @abc.abstractmethod
     def check(self, value: Any, path: str) -> None:
-        raise NotImplementedError
+        """Raise InvalidParameter (in Go's words) when `value` at `path` is not of this type."""
 
 
 class Any_(Node):

@@ -259,13 +259,18 @@ class RootfsManager:
 
     def layers_in_use(self) -> set[str]:
         """Diff IDs used by any container's rootfs (mounted or not)."""
-        used: set[str] = set()
-        try:
-            names = os.listdir(self.root)
-        except FileNotFoundError:
-            return used
-        for name in names:
-            rec = read_json(os.path.join(self.root, name, "layers.json"))
-            if rec:
-                used.update(rec.get("layers", ()))
+        return layers_recorded_under(self.root)
+
+
+def layers_recorded_under(root: str) -> set[str]:
+    """Diff IDs named by the layers.json of every container directory under `root` (either storage driver)."""
+    used: set[str] = set()
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
         return used
+    for name in names:
+        rec = read_json(os.path.join(root, name, "layers.json"))
+        if rec:
+            used.update(rec.get("layers", ()))
+    return used

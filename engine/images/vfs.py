@@ -29,7 +29,16 @@ from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.errors import SystemFailure, Unsupported
 from dockyard.engine.images import digest, tarsafe
 from dockyard.engine.images.layers import LayerStore, read_json
-from dockyard.engine.images.overlay import MERGED_FLAGS, MNT_DETACH, MS_BIND, MS_NOSUID, MS_REMOUNT, mount, umount
+from dockyard.engine.images.overlay import (
+    MERGED_FLAGS,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NOSUID,
+    MS_REMOUNT,
+    layers_recorded_under,
+    mount,
+    umount,
+)
 
 log = logging.getLogger("dockyard.engine.images")
 
@@ -139,16 +148,7 @@ class VfsRootfsManager:
 
     def layers_in_use(self) -> set[str]:
         """Diff IDs used by any container's rootfs."""
-        used: set[str] = set()
-        try:
-            names = os.listdir(self.root)
-        except FileNotFoundError:
-            return used
-        for name in names:
-            rec = read_json(os.path.join(self.root, name, "layers.json"))
-            if rec:
-                used.update(rec.get("layers", ()))
-        return used
+        return layers_recorded_under(self.root)
 
 
 def copy_layers(
