@@ -11,5 +11,5 @@ sh "$(dirname "$0")/apt-missing.sh" $pkgs  # shellcheck disable=SC2086
 if [ "${1:-}" = "--build" ]; then
     cd "$(dirname "$0")/.."
     export DOCKYARD_IMAGE_CACHE="${DOCKYARD_IMAGE_CACHE:-/var/cache/dockyard-tests/images}"
-    python3 -c 'import os; from dockyard.drivers.guestimage import build; build.ensure_image(os.path.dirname(os.environ["DOCKYARD_IMAGE_CACHE"]))'
+    python3 -c 'import os; from dockyard.drivers.guestimage import build; build.ensure_image(os.path.dirname(os.environ["DOCKYARD_IMAGE_CACHE"]), print)'
 fi
