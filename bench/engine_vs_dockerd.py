@@ -5,85 +5,45 @@ docker-py's low-level API (p50/p95 over --runs runs each), (c) idle RSS of the e
 idle helpers) against dockerd + containerd, (d) 50 containers started in parallel through docker-py until
 all run. Targets: (a), (b) <= 0.5x dockerd; (c) <= 0.3x.
 
-Both engines run inside one test host's network namespace and are reached the same way: over their unix
-sockets (the dockyard engine's through /proc/<host init>/root, dockerd's in a temp dir), no TLS, and every
-container uses `--network none`, so this measures container start, not networking.
+Both engines run inside one test host's network namespace (bench/peers.py: dockerd from the docker-variant
+test rootfs) and are reached the same way: over their unix sockets (the dockyard engine's through
+/proc/<host init>/root, dockerd's in a temp dir), no TLS, and every container uses `--network none`, so this
+measures container start, not networking.
 Run as root: python3 -m bench.engine_vs_dockerd [--runs N]
 """
 
 import argparse
 import concurrent.futures
-import ctypes
-import json
 import math
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from dockyard.provisioner.core.store import Store
-from dockyard.provisioner.machines import machine
-from tests.hosts import netns_host, rootfs
+from bench.peers import (
+    DOCKER_CLI,
+    BenchError,
+    Peers,
+    cmdline,
+    docker_cli,
+    ns_inode,
+    pids,
+    status_int,
+    wait_until,
+)
 from tests.images import busybox_image_id, busybox_tar
 
-DOCKERD = "/usr/sbin/dockerd"
-DOCKER_CLI = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
-SYS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TARGETS = {"a": 0.5, "b": 0.5, "c": 0.3}
 LABEL = "dockyard.bench"
 SLEEP = "299"  # (d)'s containers sleep this long; an unusual number, so their processes can be counted
 
 
-class BenchError(RuntimeError):
-    """The benchmark could not set up or measure something."""
-
-
 # ----- helpers --------------------------------------------------------------------------------------
 
-
-def _die_with_parent():
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _wait_until(pred, timeout, what, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-
-
-def _ns_inode(pid, kind):
-    try:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except OSError:
-        return None
-
-
-def _cmdline(pid):
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _status_int(pid, field):
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+# the names the measurements below were written with (bench/peers.py holds them)
+_wait_until, _ns_inode, _cmdline, _status_int, _pids = wait_until, ns_inode, cmdline, status_int, pids
 
 
 def _pss_kb(pid):
@@ -96,254 +56,12 @@ def _pss_kb(pid):
     return 0
 
 
-def _pids():
-    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
-
-
-def _pids_in_netns(netns):
-    ino = os.stat(f"/run/netns/{netns}").st_ino
-    return [p for p in _pids() if _ns_inode(p, "net") == ino]
-
-
 def _percentile(values, pct):
     ordered = sorted(values)
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def _clean_env(extra):
-    env = {"PATH": SYS_PATH, "LANG": "C.UTF-8"}
-    env.update(extra)
-    return env
-
-
-def _remove_cgroup_tree(name):
-    """Kill what is left in <hierarchy>/<name> and rmdir it, deepest first, in every hierarchy."""
-    trees = [p for p in Path("/sys/fs/cgroup").glob(f"*/{name}") if p.is_dir()]
-    for _ in range(50):
-        left = False
-        for tree in trees:
-            if not tree.exists():
-                continue
-            dirs = sorted((d for d, _, _ in os.walk(tree)), key=len, reverse=True)
-            for d in dirs:
-                try:
-                    for pid in Path(d, "cgroup.procs").read_text().split():
-                        os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    left = True
-        if not left:
-            return
-        time.sleep(0.1)
-    raise BenchError(f"cgroup {name} could not be removed")
-
-
-# ----- Debian's dockerd inside the test host ----------------------------------------------------------
-
-
-def ensure_docker_io(log):
-    """apt-get install docker.io unless dockerd is there; a policy-rc.d keeps its services from starting."""
-    if os.path.exists(DOCKERD):
-        return
-    policy = Path("/usr/sbin/policy-rc.d")
-    ours = not policy.exists()
-    if ours:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = _clean_env({"DEBIAN_FRONTEND": "noninteractive"})
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "docker.io"]
-    try:
-        log("installing docker.io (apt-get; its services are not started)")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:  # stale package lists: refresh once, then retry
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, env=env)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise BenchError(f"apt-get install docker.io failed:\n{proc.stderr[-2000:]}")
-    finally:
-        if ours:
-            policy.unlink()
-    started = [p for p in _pids() if _cmdline(p).split(" ")[0] in (DOCKERD, "/usr/bin/containerd")]
-    if started:
-        raise BenchError(f"installing docker.io started daemons (pids {started}); stop them first")
-
-
-class Dockerd:
-    """dockerd (+ the containerd it manages) in the test host's network namespace, under a temp dir.
-
-    A private mount namespace (with its own /run) keeps its mounts and runtime files out of the
-    machine's; --bridge=none and no iptables/ip-forward/masquerading, so it adds no device or rule anywhere.
-    """
-
-    def __init__(self, host):
-        self.host = host
-        self.dir = Path(tempfile.mkdtemp(prefix="dyb-", dir="/tmp"))  # short: unix socket paths
-        self.sock = str(self.dir / "docker.sock")
-        self.cgroup_parent = "dockyard-bench-dockerd-" + uuid.uuid4().hex[:8]
-        self.proc = None
-        self._log = None
-
-    @property
-    def url(self):
-        return "unix://" + self.sock
-
-    def start(self, timeout=60):
-        # the trust key 20.10 writes goes to the temp dir, not /etc/docker (a daemon.json-only setting)
-        (self.dir / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.dir / "key.json")}))
-        for sub in ("data", "exec"):
-            (self.dir / sub).mkdir()
-        argv = [
-            "nsenter",
-            f"--net=/run/netns/{self.host.netns}",
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            # dockerd and containerd hard-code /run/docker and /run/containerd/s: a private /run
-            "/bin/sh",
-            "-c",
-            'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && exec "$@"',
-            "sh",
-            DOCKERD,
-            "--config-file",
-            str(self.dir / "daemon.json"),
-            "--data-root",
-            str(self.dir / "data"),
-            "--exec-root",
-            str(self.dir / "exec"),
-            "-H",
-            self.url,
-            "--pidfile",
-            str(self.dir / "dockerd.pid"),
-            "--iptables=false",
-            "--ip-forward=false",
-            "--ip-masq=false",
-            "--bridge=none",
-            "--storage-driver=overlay2",
-            "--cgroup-parent",
-            "/" + self.cgroup_parent,
-        ]
-        self._log = open(self.dir / "dockerd.log", "ab")
-        # nsenter, unshare (without --fork) and sh all exec, so this PID is dockerd's
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=_clean_env({"HOME": str(self.dir)}),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-        def up():
-            if self.proc.poll() is not None:
-                raise BenchError(f"dockerd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(2)
-                    s.connect(self.sock)
-                    s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-                    return s.recv(64).startswith(b"HTTP/1.0 200") or None
-            except OSError:
-                return None
-
-        try:
-            _wait_until(up, timeout, "dockerd to answer /_ping")
-        except BenchError as e:
-            raise BenchError(f"{e}\n{self.log_tail()}") from None
-
-    def log_tail(self, n=3000):
-        try:
-            return (self.dir / "dockerd.log").read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def _host_ids(self):
-        """(the host's pid namespace, the PID of the host's launcher), both outside dockerd's world."""
-        try:
-            init = self.host.init_pid
-            return _ns_inode(init, "pid"), _status_int(init, "PPid")
-        except Exception:  # host already gone: whatever is left in its netns is dockerd's
-            return None, None
-
-    def _ours(self, host_ids):
-        host_pidns, launcher = host_ids
-        return [p for p in _pids_in_netns(self.host.netns) if _ns_inode(p, "pid") != host_pidns and p != launcher]
-
-    def processes(self):
-        """dockerd's world: the host's netns outside the host's pid namespace (dockerd, containerd, shims)."""
-        return self._ours(self._host_ids())
-
-    def stop(self):
-        errors = []
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                errors.append("dockerd ignored SIGTERM for 30 s; killed")
-        if self.host.netns and os.path.exists(f"/run/netns/{self.host.netns}"):
-            host_ids = self._host_ids()
-            for _ in range(100):
-                left = self._ours(host_ids)
-                if not left:
-                    break
-                for pid in left:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.05)
-            else:
-                errors.append(f"processes of dockerd survive SIGKILL: {left}")
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self._log:
-            self._log.close()
-        mounts = [
-            ln.split()[4]
-            for ln in Path("/proc/self/mountinfo").read_text().splitlines()
-            if ln.split()[4].startswith(str(self.dir))
-        ]
-        if mounts:
-            errors.append(f"mounts left under {self.dir}: {mounts}")
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        try:
-            _remove_cgroup_tree(self.cgroup_parent)
-        except BenchError as e:
-            errors.append(str(e))
-        if errors:
-            raise BenchError("; ".join(errors))
-
-
 # ----- the dockyard engine -------------------------------------------------------------------------------
-
-
-def provision_engine(host, store, cgroup_parent, log):
-    opts = machine.default_engine_options()
-    # local pulls only: the benchmark never reaches a registry; own cgroup parent so it can be removed
-    opts["ArbitraryFlags"] = [f"cgroup-parent={cgroup_parent}", "registry-pull=local"]
-    machine.create(
-        store,
-        "bench",
-        "generic",
-        {
-            "generic_ip_address": host.ip,
-            "generic_ssh_key": host.key_path,
-            "generic_ssh_user": "root",
-            "generic_ssh_port": 22,
-            "generic_engine_port": 2376,
-        },
-        opts,
-        [],
-        log,
-    )
-    return "unix://" + str(host.rootfs_dir / "run/dockyard/engine.sock")
 
 
 def _comm(pid):
@@ -360,11 +78,6 @@ def engine_processes(host):
 
 
 # ----- measurements ----------------------------------------------------------------------------------------
-
-
-def docker_cli(url, cli_dir, *args, timeout=120):
-    env = _clean_env({"DOCKER_HOST": url, "HOME": cli_dir, "DOCKER_CONFIG": cli_dir})
-    return subprocess.run([DOCKER_CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def bench_cli_run(url, cli_dir, network=("--network", "none")):
@@ -449,33 +162,15 @@ def _row(label, ours, theirs, unit_fmt, target=None):
 def run(args, log):
     import docker
 
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
-        os.environ.pop(var, None)
-    ensure_docker_io(log)
-    root = rootfs.ensure_rootfs(log=log)
     image = busybox_tar()
     image_id = busybox_image_id(image)
-    netns_host.cleanup_stale()
-    engine_cgroup = "dockyard-bench-" + uuid.uuid4().hex[:8]
-    cleanup, results = [], {}
+    peers = Peers(log)
+    results = {}
     t_start = time.monotonic()
     try:
-        # cleanup runs in reverse: containers, dockerd, temp dirs, the host, then the engine's cgroups
-        cleanup.append(("engine cgroups", lambda: _remove_cgroup_tree(engine_cgroup)))
-        host = netns_host.TestHost(root, name="bench")
-        cleanup.append(("test host", host.teardown))
-        host.start()
-        store_dir = tempfile.mkdtemp(prefix="dockyard-bench-store-")
-        cleanup.append(("store", lambda: shutil.rmtree(store_dir, ignore_errors=True)))
-        cli_dir = tempfile.mkdtemp(prefix="dockyard-bench-cli-")
-        cleanup.append(("cli dir", lambda: shutil.rmtree(cli_dir, ignore_errors=True)))
-        log(f"test host {host.netns} at {host.ip}; provisioning the dockyard engine")
-        engines = {"dockyard": provision_engine(host, Store(store_dir), engine_cgroup, lambda line: None)}
-        log("starting Debian's dockerd in the test host's network namespace")
-        dockerd = Dockerd(host)
-        cleanup.append(("dockerd", dockerd.stop))
-        dockerd.start()
-        engines["dockerd"] = dockerd.url
+        peers.start()
+        host, dockerd, cli_dir = peers.host, peers.dockerd, peers.cli_dir
+        engines = dict(peers.urls)
 
         clients = {}
         for name, url in engines.items():
@@ -488,7 +183,7 @@ def run(args, log):
             got = clients[name].images.get("busybox").id
             if got != image_id:
                 raise BenchError(f"{name} has busybox as {got}, expected {image_id}")
-            cleanup.append((f"{name} containers", lambda c=clients[name]: _remove_all(c)))
+            peers.defer(f"{name} containers", lambda c=clients[name]: _remove_all(c))
         versions = {n: c.version() for n, c in clients.items()}
 
         time.sleep(2)  # settle after the load
@@ -532,12 +227,7 @@ def run(args, log):
             "elapsed": time.monotonic() - t_start,
         }
     finally:
-        errors = []
-        for what, fn in reversed(cleanup):
-            try:
-                fn()
-            except Exception as e:  # keep tearing down
-                errors.append(f"{what}: {e}")
+        errors = peers.teardown()
         if errors:
             print("TEARDOWN PROBLEMS:\n  " + "\n  ".join(errors))
         results["teardown_errors"] = errors
