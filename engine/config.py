@@ -12,6 +12,8 @@ from dockyard.engine.listeners import DEFAULT_UNIX_SOCKET
 
 DEFAULT_CONFIG_FILE = "/etc/dockyard/daemon.json"
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "fatal")
+DEFAULT_MAX_CONCURRENT_DOWNLOADS = 3
+DEFAULT_MAX_CONCURRENT_UPLOADS = 5
 
 
 class ConfigError(Exception):
@@ -40,8 +42,10 @@ class Config:
     opts: dict[str, str]
     group: str
     userns_remap: str
+    max_concurrent_downloads: int
+    max_concurrent_uploads: int
 
-    # name -> (default, kind). kind: "str", "bool", "list", "opts"
+    # name -> (default, kind). kind: "str", "bool", "int", "list", "opts"
     FIELDS = {
         "hosts": (None, "list"),
         "tlsverify": (False, "bool"),
@@ -62,6 +66,9 @@ class Config:
         "opts": (None, "opts"),
         "group": ("docker", "str"),
         "userns_remap": ("", "str"),  # "" off; default, USER[:GROUP] or UID[:GID] (engine/runtime/userns.py)
+        # layers of one pull/push transferred at once (dockerd's defaults; 0 means the default, as moby)
+        "max_concurrent_downloads": (DEFAULT_MAX_CONCURRENT_DOWNLOADS, "int"),
+        "max_concurrent_uploads": (DEFAULT_MAX_CONCURRENT_UPLOADS, "int"),
     }
 
     def __init__(self, **values):
@@ -113,6 +120,8 @@ _FILE_KEYS = {
     "opt": "opts",
     "group": "group",
     "userns-remap": "userns_remap",
+    "max-concurrent-downloads": "max_concurrent_downloads",
+    "max-concurrent-uploads": "max_concurrent_uploads",
 }
 
 
@@ -186,12 +195,33 @@ def build_parser():
         help="run containers in user namespaces: their root is a subordinate id of USER on the host (default: "
         "the user dockyard-remap, created if missing); off unless given",
     )
+    p.add_argument(
+        "--max-concurrent-downloads",
+        dest="max_concurrent_downloads",
+        type=_int_flag,
+        metavar="N",
+        help="layers of one pull downloaded at once (default %d)" % DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+    )
+    p.add_argument(
+        "--max-concurrent-uploads",
+        dest="max_concurrent_uploads",
+        type=_int_flag,
+        metavar="N",
+        help="layers of one push uploaded at once (default %d)" % DEFAULT_MAX_CONCURRENT_UPLOADS,
+    )
     p.add_argument("-G", "--group", metavar="GROUP", help="group owning unix sockets (default docker, if it exists)")
     p.add_argument("-v", "--version", action="store_true", help="print version and exit")
     p.add_argument(
         "--bundle-info", dest="bundle_info", action="store_true", help="print build information as JSON and exit"
     )
     return p
+
+
+def _int_flag(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid integer %r" % text) from None
 
 
 def _split_opts(items, origin):
@@ -226,6 +256,8 @@ def _load_file(path):
             raise ConfigError("%s must be true or false" % where)
         if kind == "str" and not isinstance(value, str):
             raise ConfigError("%s must be a string" % where)
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError("%s must be an integer" % where)
         if kind == "list":
             if isinstance(value, str):
                 value = [value]
@@ -265,6 +297,13 @@ def _validate(cfg):
     for reg in cfg.insecure_registries:
         if "://" in reg:
             raise ConfigError("insecure registry %s should not contain '://'" % reg)
+    # moby's checks and words; 0 stands for the default, as in moby's daemon config
+    if cfg.max_concurrent_downloads < 0:
+        raise ConfigError("invalid max concurrent downloads: %d" % cfg.max_concurrent_downloads)
+    if cfg.max_concurrent_uploads < 0:
+        raise ConfigError("invalid max concurrent uploads: %d" % cfg.max_concurrent_uploads)
+    cfg.max_concurrent_downloads = cfg.max_concurrent_downloads or DEFAULT_MAX_CONCURRENT_DOWNLOADS
+    cfg.max_concurrent_uploads = cfg.max_concurrent_uploads or DEFAULT_MAX_CONCURRENT_UPLOADS
     if cfg.userns_remap:
         user, _, group = cfg.userns_remap.partition(":")
         if not user or ":" in group or (user == "default" and group):

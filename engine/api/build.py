@@ -198,6 +198,7 @@ def build(req, builder: Builder):
             policy,
             mirrors=req.engine.config.registry_mirrors,
             certs_dirs=registry_certs_dirs(req.engine.config),
+            max_concurrent=req.engine.config.max_concurrent_downloads,
         )
 
     context = builder.new_context()

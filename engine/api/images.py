@@ -339,6 +339,7 @@ def push_image(req):
             cfg.insecure_registries,
             policy=(cfg.opts or {}).get("registry-pull", "local"),
             certs_dirs=registry_certs_dirs(cfg),
+            max_concurrent=cfg.max_concurrent_uploads,
         )
     except EngineError as exc:
         if out.fail(exc.message):
@@ -472,6 +473,7 @@ def pull_image(req, from_image, tag):
             policy=policy,
             mirrors=cfg.registry_mirrors,
             certs_dirs=registry_certs_dirs(cfg),
+            max_concurrent=cfg.max_concurrent_downloads,
         )
     except EngineError as exc:
         if out.fail(exc.message):

@@ -1,7 +1,7 @@
 """Layer downloads of `docker pull`: parallel, resumable, and never twice at once.
 
-Up to MAX_CONCURRENT layers of one pull download at the same time (dockerd's
-max-concurrent-downloads is 3). A blob is written to <image>/tmp/downloads/<hex>.partial;
+Up to max_concurrent layers of one pull download at the same time (the engine's
+--max-concurrent-downloads, 3 by default as dockerd's). A blob is written to <image>/tmp/downloads/<hex>.partial;
 when the connection breaks, the next attempt asks for the rest with `Range: bytes=N-`
 and the sha256 is computed over the whole file on disk, so a resumed blob is verified
 exactly like one fetched in one go (and a blob that fails verification is deleted, never
@@ -166,7 +166,7 @@ def _fetch_once(reg, blob_digest, path, size, progress):
         resp.close()
 
 
-def pull_layers(store, reg, layers, diff_ids, emit) -> list[tuple[str, dict]]:
+def pull_layers(store, reg, layers, diff_ids, emit, max_concurrent=MAX_CONCURRENT) -> list[tuple[str, dict]]:
     """Download, verify and store the layers not yet in the store; returns [(diff_id, desc)] it added.
 
     emit must be safe to call from several threads. On an error the other downloads stop at
@@ -184,7 +184,7 @@ def pull_layers(store, reg, layers, diff_ids, emit) -> list[tuple[str, dict]]:
     for i, (sid, _, _) in enumerate(todo):
         emit({"status": "Pulling fs layer", "progressDetail": {}, "id": sid})
     for i, (sid, _, _) in enumerate(todo):
-        if i >= MAX_CONCURRENT:
+        if i >= max_concurrent:
             emit({"status": "Waiting", "progressDetail": {}, "id": sid})
     failed = threading.Event()
     lock = threading.Lock()
@@ -197,7 +197,7 @@ def pull_layers(store, reg, layers, diff_ids, emit) -> list[tuple[str, dict]]:
                 added.append((diff_id, desc))
 
     errors = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=MAX_CONCURRENT, thread_name_prefix="pull") as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_concurrent), thread_name_prefix="pull") as pool:
         futures = [pool.submit(one, *item) for item in todo]
         for fut in futures:
             try:

@@ -3,18 +3,20 @@
 Push sends each layer as a gzip blob: a blob the registry already has (HEAD) is skipped, one known to
 live in another repository of the same registry is mounted from there, anything else is compressed
 (deterministically, so a re-push yields the same digest) and uploaded, monolithically when small and in
-Content-Range chunks otherwise. Then the config blob and a schema2 manifest (OCI when the layers came
-from OCI manifests) are PUT. Every answer is read under registry.py's size limits; credentials reach
-only the registry's own host.
+Content-Range chunks otherwise; up to --max-concurrent-uploads layers at once (5, as dockerd). Then the
+config blob and a schema2 manifest (OCI when the layers came from OCI manifests) are PUT. Every answer is
+read under registry.py's size limits; credentials reach only the registry's own host.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import hashlib
 import json
 import logging
 import tempfile
+import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -41,6 +43,7 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 MONOLITHIC_MAX = 4 << 20  # blobs up to this size go in one PUT; larger ones in PATCH chunks
 CHUNK_SIZE = 16 << 20
 GZIP_LEVEL = 6  # zlib's default, as Docker's
+MAX_CONCURRENT_UPLOADS = 5  # dockerd's default max-concurrent-uploads
 
 _DENIED = {401: "unauthorized: authentication required", 403: "denied: requested access to the resource is denied"}
 
@@ -246,8 +249,49 @@ def _tags_to_push(store, repo: str, tag: str) -> List[Tuple[str, Any]]:
     return found
 
 
+def _push_layers(store, up: Uploader, known, layers, source, repo_path, oci, emit: Emit, max_concurrent) -> dict:
+    """Every distinct layer's blob in the registry, up to max_concurrent at once (the engine's
+    --max-concurrent-uploads); -> {diff ID: manifest descriptor}. The first failure is raised once the
+    uploads under way have ended; layers not started by then are not started."""
+    pending = list({layer.diff_id: layer for layer in reversed(layers)}.values())
+    for i, layer in enumerate(pending):
+        if i >= max_concurrent:
+            emit({"status": "Waiting", "progressDetail": {}, "id": _short(layer.diff_id)})
+    lock = threading.Lock()
+
+    def emit_locked(msg):  # uploads report from several threads
+        with lock:
+            emit(msg)
+
+    workers = max(1, min(max_concurrent, len(pending)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
+        futures = [
+            (layer.diff_id, pool.submit(_push_layer, store, up, known, layer, source, repo_path, oci, emit_locked))
+            for layer in pending
+        ]
+        descs, errors = {}, []
+        for diff_id, fut in futures:
+            try:
+                descs[diff_id] = fut.result()
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the others stopped
+                errors.append(exc)
+                for _, other in futures:
+                    other.cancel()
+    if errors:
+        raise errors[0]
+    return descs
+
+
 def push(
-    store, name: str, tag: str, emit: Emit, auth_header=None, insecure_registries=(), policy="local", certs_dirs=()
+    store,
+    name: str,
+    tag: str,
+    emit: Emit,
+    auth_header=None,
+    insecure_registries=(),
+    policy="local",
+    certs_dirs=(),
+    max_concurrent: int = MAX_CONCURRENT_UPLOADS,
 ) -> None:
     """Push repo `name` (tag, or every local tag of it when tag is ""); emit(dict) gets moby's progress JSON."""
     ref = reference.parse(name)
@@ -281,10 +325,7 @@ def push(
         )
         for layer in reversed(layers):
             emit({"status": "Preparing", "progressDetail": {}, "id": _short(layer.diff_id)})
-        descs = {}
-        for layer in reversed(layers):
-            if layer.diff_id not in descs:
-                descs[layer.diff_id] = _push_layer(store, up, known, layer, source, repo_path, oci, emit)
+        descs = _push_layers(store, up, known, layers, source, repo_path, oci, emit, max_concurrent)
         config_digest = digest.of_bytes(img.raw_config)
         if not up.exists(config_digest):
             up.upload(_BytesFile(img.raw_config), config_digest, len(img.raw_config), lambda done: None)

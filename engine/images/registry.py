@@ -11,8 +11,8 @@ size limits. Bearer-token and basic
 auth are supported (X-Registry-Auth), redirects are followed without leaking
 Authorization to another host. TLS trusts the system CAs plus certs.d/<host:port>/*.crt
 and presents certs.d client pairs (*.cert + *.key), as Docker does; --insecure-registry
-hosts are tried over HTTPS without verification, then plain HTTP; localhost and
-127.0.0.0/8 without a certs.d directory are spoken to over plain HTTP. Layer downloads
+hosts, and localhost, 127.0.0.0/8 and ::1 without a certs.d directory, are tried over HTTPS
+without verification, then plain HTTP (dockerd's order). Layer downloads
 (parallel, resumable, shared between pulls) are engine/images/download.py's.
 """
 
@@ -190,14 +190,15 @@ class Registry:
         # the token's scope: pull only, unless a push asks for more (its own repo and mount sources)
         self.scope = scope or ["repository:%s:pull" % repository]
         self.certs_dirs = tuple(certs_dirs or ())
-        # --insecure-registry: HTTPS without verification first, plain HTTP if that fails (Docker's order);
-        # loopback without a certs.d directory: plain HTTP; anything else: verified HTTPS only
+        # --insecure-registry hosts and loopback ones (localhost, 127.0.0.0/8, ::1: insecure by default, as
+        # dockerd's InsecureRegistryCIDRs) without a certs.d directory: HTTPS without verification first,
+        # plain HTTP if that fails (dockerd's order); anything else, and loopback with certs.d: verified HTTPS
         self.verify_tls = True
         self.http_fallback = False
-        if listed_insecure(host, insecure_registries):
+        if listed_insecure(host, insecure_registries) or (
+            is_insecure(host) and not certs_dir_for(host, self.certs_dirs)
+        ):
             self.scheme, self.verify_tls, self.http_fallback = "https", False, True
-        elif is_insecure(host) and not certs_dir_for(host, self.certs_dirs):
-            self.scheme = "http"
         else:
             self.scheme = "https"
         self.token = None
@@ -251,7 +252,7 @@ class Registry:
                 resp = self._open(method, url, sent, body)
             except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
                 if self.http_fallback and url.startswith("https://%s/" % self.host):
-                    # an --insecure-registry host that does not speak TLS: plain HTTP from now on
+                    # an insecure (listed or loopback) host that does not speak TLS: plain HTTP from now on
                     log.info("registry %s: HTTPS failed (%s), trying plain HTTP", self.host, exc)
                     self.http_fallback = False
                     self.scheme = "http"
@@ -457,7 +458,16 @@ def _mirror_registries(host, repo_path, insecure_registries, mirrors, certs_dirs
 
 
 def pull(
-    store, from_image, tag, emit, auth_header=None, insecure_registries=(), policy="local", mirrors=(), certs_dirs=()
+    store,
+    from_image,
+    tag,
+    emit,
+    auth_header=None,
+    insecure_registries=(),
+    policy="local",
+    mirrors=(),
+    certs_dirs=(),
+    max_concurrent=download.MAX_CONCURRENT,
 ):
     """Pull one image; emit(dict) gets moby's JSON progress messages. Returns the Image.
 
@@ -522,7 +532,7 @@ def pull(
 
     added = []
     try:
-        added = download.pull_layers(store, reg, layers, diff_ids, emit_locked)
+        added = download.pull_layers(store, reg, layers, diff_ids, emit_locked, max_concurrent)
         img = store.add_config(config_raw)
     except BaseException as exc:
         added = added or getattr(exc, "added", [])
