@@ -150,6 +150,7 @@ class _Target:
         self.abs = abs_path
         self.shown = shown or abs_path  # the path as the container sees it
         self.prefix = ""  # the mount destination the scope's root is seen at (stopped containers)
+        self.root = ""  # the directory the scope is confined to (a /proc/<pid>/root when running)
         self.pfd, self.name, self.parent_parts = scope.resolve(abs_path, follow_final=follow_final)
 
     def lstat(self):
@@ -203,6 +204,7 @@ def _open_target(req):
     follow = abs_path.endswith("/") or abs_path.endswith("/.")
     try:
         target = _Target(scope, where.inner, follow, abs_path)
+        target.root = where.root
         if where.point is not None:
             target.prefix = os.path.normpath(where.point["Destination"])
         st = target.lstat()
@@ -250,12 +252,38 @@ class _ExactReader:
         return data
 
 
-class _TarWriter:
-    """Streams a subtree to a tarfile without following symlinks (fd-relative all the way)."""
+def mounts_below(ctr, root, container_path):
+    """{mount destination: source} of the volumes and bind mounts strictly below `container_path` of a
+    stopped container (its rootfs at `root` lacks them: a copy of a directory holding them takes them
+    from their sources, as dockerd mounts them for the copy); {} for a running one (/proc/<pid>/root
+    has them in place)."""
+    if root.startswith("/proc/"):
+        return {}
+    base = container_path.rstrip("/") + "/"
+    out = {}
+    for point in getattr(ctr, "mounts", None) or ():
+        dest = os.path.normpath(point.get("Destination") or "/")
+        source = point.get("Source") or ""
+        if dest != "/" and source and point.get("Type") in ("bind", "volume") and dest.startswith(base):
+            out[dest] = os.path.normpath(source)
+    return out
 
-    def __init__(self, tar):
+
+def _container_path(abs_path):
+    clean = abs_path.rstrip("/") or "/"
+    if clean.endswith("/."):
+        clean = clean[:-2] or "/"
+    return clean
+
+
+class _TarWriter:
+    """Streams a subtree to a tarfile without following symlinks (fd-relative all the way); at a
+    destination of `mounts` ({container path: source}) the mount's source is written instead."""
+
+    def __init__(self, tar, mounts=None):
         self.tar = tar
         self.inodes = {}
+        self.mounts = dict(mounts or {})
 
     def _info(self, name, st, link=""):
         info = tarfile.TarInfo(name)
@@ -277,7 +305,28 @@ class _TarWriter:
             return None  # sockets cannot go in a tar
         return info
 
-    def add(self, dir_fd, name, arcname, st):
+    def _add_mount(self, source, arcname, cpath):
+        """The source of the mount at container path `cpath`: a directory's tree or a bound file."""
+        try:
+            st = os.stat(source)  # the operator's path: followed as the mount followed it
+            if stat.S_ISDIR(st.st_mode):
+                fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                name = "."
+            else:
+                real = os.path.realpath(source)
+                fd = os.open(os.path.dirname(real), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                name = os.path.basename(real)
+        except OSError:
+            return  # a bind source gone meanwhile: nothing to copy, as for a vanished file
+        try:
+            self.add(fd, name, arcname, os.stat(name, dir_fd=fd, follow_symlinks=False), cpath)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def add(self, dir_fd, name, arcname, st, cpath=None):
+        """Write `name` (in dir_fd) as `arcname`; cpath is its path in the container (for the mounts)."""
         link = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else ""
         info = self._info(arcname + ("/" if stat.S_ISDIR(st.st_mode) else ""), st, link)
         if info is None:
@@ -304,18 +353,26 @@ class _TarWriter:
             except OSError:
                 return
             try:
-                for entry in sorted(os.listdir(fd)):
+                entries = set(os.listdir(fd))
+                prefix = (cpath.rstrip("/") + "/") if cpath else None
+                if prefix:  # mount points the rootfs may not show (never created there)
+                    entries |= {d[len(prefix) :] for d in self.mounts if os.path.dirname(d) + "/" == prefix}
+                for entry in sorted(entries):
+                    child = prefix + entry if prefix else None
+                    if child in self.mounts:
+                        self._add_mount(self.mounts[child], arcname + "/" + entry, child)
+                        continue
                     try:
                         cst = os.stat(entry, dir_fd=fd, follow_symlinks=False)
                     except OSError:
                         continue
-                    self.add(fd, entry, arcname + "/" + entry, cst)
+                    self.add(fd, entry, arcname + "/" + entry, cst, child)
             finally:
                 os.close(fd)
 
 
 def get_archive(req):
-    _, scope, target, st = _open_target(req)
+    ctr, scope, target, st = _open_target(req)
     try:
         payload = _stat_payload(scope, target, st)
         stream = req.stream(200, "application/x-tar", [(STAT_HEADER, _encode_stat(payload))])
@@ -323,12 +380,16 @@ def get_archive(req):
             return None
         tar = tarfile.open(fileobj=stream, mode="w|", bufsize=256 << 10, format=tarfile.PAX_FORMAT)
         try:
-            writer = _TarWriter(tar)
+            cpath = _container_path(target.shown)
+            writer = _TarWriter(tar, mounts_below(ctr, target.root, cpath))
             rebase = payload["name"]
             if target.name is None:
-                writer.add(target.pfd, ".", rebase.strip("/") or ".", st)
+                # `/` itself: names "/", "/bin", ... as dockerd's (rebased to "/"), which the CLI turns into
+                # DEST/bin for a new DEST (a "." would make it "DEST." instead)
+                base = "" if target.shown == "/" else (rebase.strip("/") or ".")
+                writer.add(target.pfd, ".", base, st, cpath)
             else:
-                writer.add(target.pfd, target.name, rebase, st)
+                writer.add(target.pfd, target.name, rebase, st, cpath)
         finally:
             tar.close()
     finally:

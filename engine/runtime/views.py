@@ -5,6 +5,7 @@ import os
 import time
 
 from dockyard.engine.errors import EngineError, InvalidParameter
+from dockyard.engine.runtime import links
 from dockyard.engine.runtime.netsettings import minimal_settings
 
 INTERNAL_KEYS = ("Rootfs", "MountPoints", "CreatedNs")
@@ -192,9 +193,28 @@ def sizes(c, manager):
     return rw, rootfs
 
 
+def links_view(c, manager):
+    """HostConfig.Links as dockerd's inspect shows them: "/target:/container/alias", with the linked
+    container's current name (whatever form the request gave: "db", "db:alias", "/db:/web/alias")."""
+    out = []
+    for entry in c.host_config.get("Links") or ():
+        try:
+            link = links.parse_link(entry)
+        except InvalidParameter:
+            continue  # checked at create; an older record's odd entry is not shown
+        try:
+            target = manager.get(link.name).name
+        except EngineError:
+            target = link.name  # removed since: shown by the name it was given
+        out.append("/%s:/%s/%s" % (target.lstrip("/"), c.name.lstrip("/"), link.alias))
+    return out or None
+
+
 def inspect(c, manager, size=False):
     rec = c.record
     hc = dict(c.host_config)
+    if hc.get("Links"):
+        hc["Links"] = links_view(c, manager)
     images = manager.images
     graph = {"Name": images.rootfs.driver, "Data": None}
     try:
