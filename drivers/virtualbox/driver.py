@@ -1,8 +1,10 @@
 """The `virtualbox` driver: Docker Machine's VBoxManage sequence with dockyard's guest image and cloud-init.
 
 NAT NIC with an SSH forward on 127.0.0.1 (how dockyard logs in) plus a host-only NIC (how clients reach the
-engine, at the address the guest reports for that NIC). Nothing here has run against a real VirtualBox yet:
-the tests use tests/drivers/fake_vboxmanage.py, which enforces VBoxManage's argument grammar.
+engine, at the address the guest reports for that NIC). Containers' published ports answer on the laptop's
+127.0.0.1 through NAT rules a forwarder process keeps (portfwd); laptop folders are shared at the same paths
+(shares). Nothing here has run against a real VirtualBox yet: the tests use tests/drivers/fake_vboxmanage.py,
+which enforces VBoxManage's argument grammar.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import shlex
 import subprocess
 import time
 from collections.abc import Mapping
@@ -18,14 +21,16 @@ from typing import Any
 from dockyard.drivers.base import POWER, Capability, Driver, Flag, Settings, State, flag_values, setting
 from dockyard.drivers.guestimage import build, resources, seed, source, tools
 from dockyard.drivers.qemu import boot
+from dockyard.drivers.qemu import shares as share_choice
 from dockyard.drivers.qemu.cmdline import random_mac
 from dockyard.drivers.qemu.driver import free_port, guest_ip_for_mac, port_free
-from dockyard.drivers.virtualbox import vbox
+from dockyard.drivers.qemu.portfwd import ForwarderProcess
+from dockyard.drivers.virtualbox import portfwd, shares, vbox
 from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
 STOP_TIMEOUT = 90.0
-SHARE_NAME = "hosthome"
-FILES = ("disk.vdi", "boot.iso", "seed.iso", "serial.log")
+FILES = ("disk.vdi", "boot.iso", "seed.iso", "serial.log", *ForwarderProcess.FILES)
+PORTFWD_MODULE = "dockyard.drivers.virtualbox.portfwd"
 
 
 @dataclasses.dataclass
@@ -94,9 +99,10 @@ class VirtualBoxDriver(Driver):
             is_flag=True,
             envvar="VIRTUALBOX_HOSTONLY_NO_DHCP",
         ),
+        *shares.FLAGS,
         Flag(
             "virtualbox-no-share",
-            "Do not share the user's home folder with the machine",
+            "Do not share the user's home folder with the machine (the same as --no-share)",
             is_flag=True,
             envvar="VIRTUALBOX_NO_SHARE",
         ),
@@ -151,6 +157,9 @@ class VirtualBoxDriver(Driver):
         )
         settings = VirtualBoxSettings.from_flags(values, ssh_user=build.recipe.SSH_USER)
         self.config.update(settings.to_config())
+        chosen = shares.from_flags(values, settings.ssh_user)
+        if chosen is not None:  # else the default (home) is chosen at create time, as qemu does
+            self.config["Shares"] = chosen
 
     # -- addresses --------------------------------------------------------------------------------
     def ssh_host(self):
@@ -234,26 +243,17 @@ class VirtualBoxDriver(Driver):
             seed.nic("nat", self.config["NATMAC"]),
             seed.nic("hostonly", self.config["HostOnlyMAC"], default_route=False),
         ]
-        share = self._share()
-        mounts = [[SHARE_NAME, share[1], "vboxsf", "defaults,nofail", "0", "0"]] if share else []
+        if "Shares" not in self.config:
+            self.config["Shares"], why_not = share_choice.default(self.ssh_user())
+            if why_not:
+                self.progress(f"Warning: {why_not}")
+        for s in self.config["Shares"]:
+            self.progress(f"Sharing {s['Path']}{' (read-only)' if s['ReadOnly'] else ''} with the machine")
         seed.write_seed(
             self.path("seed.iso"),
-            seed.render(
-                self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user(), mounts=mounts
-            ),
+            seed.render(self.machine_name, self.config["InstanceID"], public_key, nics, user=self.ssh_user()),
         )
         self.config["SSHPort"] = free_port()
-
-    def _share(self):
-        """(share name, host path) for the user's home folder, mounted at the same path in the guest."""
-        if self.config.get("NoShare"):
-            return None
-        home = os.path.expanduser("~")
-        guest_home = f"/home/{self.ssh_user()}"
-        # Mounting over the SSH user's own home would hide its authorized_keys.
-        if not os.path.isdir(home) or guest_home == home or guest_home.startswith(home.rstrip("/") + "/"):
-            return None
-        return SHARE_NAME, home
 
     def register(self):
         """Create and configure the VM in VirtualBox (Docker Machine's createvm/modifyvm/storage sequence)."""
@@ -268,7 +268,7 @@ class VirtualBoxDriver(Driver):
             self.path("boot.iso") if os.path.exists(self.path("boot.iso")) else "",
             self.path("seed.iso"),
             self.path("serial.log"),
-            self._share(),
+            self.config.get("Shares") or [],
         )
         # Grow the disk before it is attached: the guest grows its file system on first boot.
         self.vbm("modifymedium", "disk", self.path("disk.vdi"), "--resize", self.config["DiskSize"])
@@ -355,15 +355,21 @@ class VirtualBoxDriver(Driver):
         if info is None:
             raise DriverError(f'machine "{self.machine_name}" does not exist in VirtualBox')
         st = vbox.vm_state(info)
-        if st == State.RUNNING:
-            return
-        if st == State.PAUSED:
-            self.vbm("controlvm", self.machine_name, "resume")
+        if st in (State.RUNNING, State.PAUSED):
+            if st == State.PAUSED:
+                self.vbm("controlvm", self.machine_name, "resume")
+            self._ensure_shares(info, running=True)  # started outside dockyard, perhaps: shares as transient
+            if self.config.get("IPAddress"):
+                self._mount_shares()
+                self._start_forwarder()
             return
         if st == State.STOPPED:  # the NICs and forward can only change while the VM is off
             adapter = self.ensure_hostonly()
             for args in vbox.hostonly_nic_plan(self.machine_name, adapter, self.config["HostOnlyMAC"]):
                 self.vbm(*args)
+            for name in portfwd.leftover_rules(info):  # kept in the settings by a forwarder that did not stop
+                self.vbm("modifyvm", self.machine_name, "--natpf1", "delete", name)
+            self._ensure_shares(info, running=False)
             if not port_free(int(self.config["SSHPort"])):
                 raise DriverError(
                     f"cannot start: 127.0.0.1:{self.config['SSHPort']}, the machine's SSH port, is in "
@@ -385,6 +391,51 @@ class VirtualBoxDriver(Driver):
             what="VirtualBox VM",
         )
         self._learn_ip()
+        self._mount_shares()
+        self._start_forwarder()
+
+    # -- shared folders ----------------------------------------------------------------------------------------
+    def _ensure_shares(self, info, running):
+        """Every share of the machine is a VirtualBox shared folder: added to the settings while the VM is off,
+        as a transient one while it runs. (Machines made before "Shares" was recorded keep what they have.)"""
+        present = vbox.shared_folders(info)
+        for share in self.config.get("Shares") or []:
+            if share["Tag"] not in present:
+                for args in vbox.share_plan(self.machine_name, share, transient=running):
+                    self.vbm(*args)
+
+    def _mount_shares(self):
+        """Mount the shares in the guest at their laptop paths (vboxsf) and keep them in its fstab; a share that
+        cannot be mounted is a warning, not a failed start."""
+        if "Shares" not in self.config:
+            return
+        from dockyard.provisioner.core.ssh import SSHSession  # lazy: loads paramiko
+
+        script = shares.guest_script(self.config["Shares"])
+        with SSHSession(self.ssh_target()) as s:
+            r = s.run(f"sh -c {shlex.quote(script)}", sudo=True, check=False)
+        if r.exit_status != 0:
+            why = " ".join((r.stderr or r.stdout).split()) or f"exit {r.exit_status}"
+            self.progress(
+                f"Warning: the shared folders are not all mounted in the machine ({why}); does its kernel have "
+                "vboxsf (Linux 5.6+, CONFIG_VBOXSF_FS)?"
+            )
+
+    # -- published ports ---------------------------------------------------------------------------------------
+    def _forwarder(self):
+        return ForwarderProcess(self.machine_dir, PORTFWD_MODULE)
+
+    def _start_forwarder(self):
+        """The process that forwards containers' published ports to 127.0.0.1 while this VM runs."""
+        args = ["--vm", self.machine_name, "--vboxmanage", self.vbm.binary]
+        args += ["--engine-host", self.ip(), "--engine-port", str(self.engine_port())]
+        forwarder = self._forwarder()
+        forwarder.start(args)
+        self.progress(f"Published ports will answer on 127.0.0.1 (log: {forwarder.log_path})")
+
+    def published_ports(self):
+        """What the forwarder last did: {"Forwarded": {"8080/tcp": container}, "Conflicts": {...}}."""
+        return self._forwarder().state()
 
     def _running_marker(self):
         """For the boot wait: a true value while VirtualBox says the VM runs."""
@@ -423,6 +474,7 @@ class VirtualBoxDriver(Driver):
                 time.sleep(1)
 
     def stop(self):
+        self._forwarder().stop()
         info = self._info()
         if info is None or vbox.vm_state(info) == State.STOPPED:
             return
@@ -439,6 +491,7 @@ class VirtualBoxDriver(Driver):
         self.vbm("controlvm", self.machine_name, "poweroff")
 
     def kill(self):
+        self._forwarder().stop()
         info = self._info()
         if info is not None and vbox.vm_state(info) not in (State.STOPPED, State.SAVED):
             self.vbm("controlvm", self.machine_name, "poweroff")
@@ -466,6 +519,7 @@ class VirtualBoxDriver(Driver):
         self.config.update(settings.to_config())
 
     def remove(self):
+        self._forwarder().stop()
         info = self._info()
         if info is not None:
             if vbox.vm_state(info) not in (State.STOPPED, State.SAVED):

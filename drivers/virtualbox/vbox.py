@@ -183,9 +183,9 @@ def vbox_mac(mac):
     return mac.replace(":", "").upper()
 
 
-def create_plan(name, basefolder, cpus, memory_mb, ssh_port, nat_mac, disk, boot_iso, seed_iso, serial_log, share=None):
+def create_plan(name, basefolder, cpus, memory_mb, ssh_port, nat_mac, disk, boot_iso, seed_iso, serial_log, shares=()):
     """VBoxManage calls that register and configure the VM (Docker Machine's order; boot from our CD when
-    the image has no boot loader of its own). share: (share name, host path) or None."""
+    the image has no boot loader of its own). shares: [{"Path", "Tag", "ReadOnly"}] (drivers/qemu/shares.py)."""
     plan = [
         ["createvm", "--name", name, "--basefolder", basefolder, "--ostype", "Debian_64", "--register"],
         [
@@ -304,13 +304,34 @@ def create_plan(name, basefolder, cpus, memory_mb, ssh_port, nat_mac, disk, boot
             seed_iso,
         ]
     )
-    if share:
-        share_name, host_path = share
-        plan += [
-            ["sharedfolder", "add", name, "--name", share_name, "--hostpath", host_path],
-            ["setextradata", name, f"VBoxInternal2/SharedFoldersEnableSymlinksCreate/{share_name}", "1"],
-        ]
+    for share in shares:
+        plan += share_plan(name, share)
     return plan
+
+
+def share_plan(name, share, transient=False):
+    """Share a laptop folder with the VM: permanent (in its settings) while it is off, --transient while it runs
+    (until it powers off). The guest may create symlinks in it, as on the laptop."""
+    add = ["sharedfolder", "add", name, "--name", share["Tag"], "--hostpath", share["Path"]]
+    add += ["--readonly"] if share.get("ReadOnly") else []
+    add += ["--transient"] if transient else []
+    return [add, ["setextradata", name, f"VBoxInternal2/SharedFoldersEnableSymlinksCreate/{share['Tag']}", "1"]]
+
+
+def shared_folders(info):
+    """{share name: host path} of the VM's permanent and transient shared folders (showvminfo --machinereadable)."""
+    found = {}
+    for kind in ("Machine", "Transient"):
+        i = 1
+        while f"SharedFolderName{kind}Mapping{i}" in info:
+            found[info[f"SharedFolderName{kind}Mapping{i}"]] = info.get(f"SharedFolderPath{kind}Mapping{i}", "")
+            i += 1
+    return found
+
+
+def nat_rules(info):
+    """{rule name: "name,proto,hostip,hostport,guestip,guestport"} of the VM's NAT port forwards."""
+    return {v.split(",", 1)[0]: v for k, v in info.items() if re.fullmatch(r"Forwarding\(\d+\)", k)}
 
 
 def hostonly_nic_plan(name, adapter, mac):

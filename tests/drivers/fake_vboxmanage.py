@@ -263,6 +263,33 @@ MODIFYVM = {
 }
 
 
+def add_nat_rule(rules, v):
+    """A NAT port-forwarding rule "name,tcp|udp,[hostip],hostport,[guestip],guestport", refused as INATEngine's
+    AddRedirect refuses it: a name or a host port (with its host IP) that a rule of the NIC already has."""
+    parts = v.split(",")
+    if len(parts) != 6 or parts[1] not in ("tcp", "udp") or not parts[3].isdigit() or not parts[5].isdigit():
+        raise Fail(
+            f"VBoxManage: error: Invalid NAT rule '{v}' (expected name,tcp|udp,[hostip],hostport,[guestip],guestport)",
+            SYNTAX,
+        )
+    if parts[0] in rules:
+        raise Fail("VBoxManage: error: A NAT rule of this name already exists")
+    for r in rules.values():
+        f = r.split(",")
+        if f[1] == parts[1] and f[3] == parts[3] and f[2] == parts[2]:
+            raise Fail("VBoxManage: error: A NAT rule for this host port and this host IP already exists")
+    rules[parts[0]] = v
+
+
+def delete_nat_rule(rules, name):
+    if name not in rules:
+        raise Fail(
+            "VBoxManage: error: Code NS_ERROR_INVALID_ARG (0x80070057) - Invalid argument value "
+            f"(extended info not available): no rule named '{name}'"
+        )
+    del rules[name]
+
+
 def cmd_modifyvm(state, args):
     if not args or args[0].startswith("-"):
         raise syntax("Missing VM name")
@@ -324,25 +351,9 @@ def cmd_modifyvm(state, args):
         elif key == "natpf":
             rules = vm["natpf"].setdefault(idx, {})
             if values[0] == "delete":
-                if values[1] not in rules:
-                    raise Fail(
-                        f"VBoxManage: error: Code NS_ERROR_INVALID_ARG (0x80070057) - Invalid argument "
-                        f"value (extended info not available): no rule named '{values[1]}'"
-                    )
-                del rules[values[1]]
+                delete_nat_rule(rules, values[1])
                 continue
-            parts = v.split(",")
-            if len(parts) != 6 or parts[1] not in ("tcp", "udp") or not parts[3].isdigit() or not parts[5].isdigit():
-                raise Fail(
-                    f"VBoxManage: error: Invalid NAT rule '{v}' (expected name,tcp|udp,[hostip],hostport,"
-                    "[guestip],guestport)",
-                    SYNTAX,
-                )
-            if parts[0] in rules:
-                raise Fail("VBoxManage: error: A NAT rule of this name already exists")
-            if any(r.split(",")[3] == parts[3] and r.split(",")[1] == parts[1] for r in rules.values()):
-                raise Fail("VBoxManage: error: A NAT rule for this host port and this host IP already exists")
-            rules[parts[0]] = v
+            add_nat_rule(rules, v)
         elif key in ("uart",):
             if values[0] != "off":
                 integer(opt, str(int(values[0], 16)) if values[0].lower().startswith("0x") else values[0])
@@ -498,35 +509,47 @@ def cmd_modifymedium(state, args):
 
 
 def cmd_sharedfolder(state, args):
+    """sharedfolder add|remove VM --name N [--hostpath P] [--readonly] [--transient]: a permanent share needs the
+    VM's settings (not while it runs), a transient one its running console (gone at power-off)."""
     if len(args) < 2 or args[0] not in ("add", "remove"):
         raise syntax("Invalid sharedfolder subcommand")
     name, vm = find_vm(state, args[1])
-    opts = dict(
-        options(
-            args[2:],
-            {
-                "--name": 1,
-                "--hostpath": 1,
-                "--readonly": 0,
-                "--transient": 0,
-                "--automount": 0,
-                "--auto-mount-point": 1,
-            },
-        )
-    )
+    spec = {"--name": 1, "--transient": 0}
+    if args[0] == "add":
+        spec.update({"--hostpath": 1, "--readonly": 0, "--automount": 0, "--auto-mount-point": 1})
+    opts = dict(options(args[2:], spec))
     share = opts.get("--name", [None])[0]
     if not share:
-        raise syntax("Missing --name")
+        raise syntax("No shared folder name (--name) was given")
+    if any(c in share for c in " \t\n\r"):
+        raise syntax(f"Invalid shared folder name '{share}': contains space")
+    transient = "--transient" in opts
+    if transient and vm["state"] not in ("running", "paused"):
+        raise Fail(f"VBoxManage: error: Machine '{name}' is not currently running.")
+    if not transient:
+        require_unlocked(name, vm)
+    table = vm.setdefault("transient_shares", {}) if transient else vm["shares"]
     if args[0] == "add":
         if "--hostpath" not in opts:
-            raise syntax("Missing --hostpath")
-        if not os.path.isabs(opts["--hostpath"][0]):
-            raise Fail("VBoxManage: error: Shared folder path must be absolute")
-        if share in vm["shares"]:
-            raise Fail(f"VBoxManage: error: Shared folder named '{share}' already exists")
-        vm["shares"][share] = opts["--hostpath"][0]
+            raise syntax("No host path (--hostpath) was given")
+        if share in table:
+            raise Fail(
+                [
+                    f"VBoxManage: error: Shared folder named '{share}' already exists",
+                    "VBoxManage: error: Details: code VBOX_E_OBJECT_IN_USE (0x80bb000c)",
+                ]
+            )
+        table[share] = os.path.abspath(opts["--hostpath"][0])
+        vm.setdefault("readonly_shares", {})[share] = "--readonly" in opts
     else:
-        vm["shares"].pop(share, None)
+        if share not in table:
+            raise Fail(
+                [
+                    f"VBoxManage: error: Could not find a shared folder named '{share}'.",
+                    "VBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001)",
+                ]
+            )
+        del table[share]
 
 
 def cmd_setextradata(state, args):
@@ -571,6 +594,8 @@ def cmd_showvminfo(state, args):
             lines.append(f'Forwarding({j})="{rule}"')
     for j, (share, path) in enumerate(vm["shares"].items(), 1):
         lines += [f'SharedFolderNameMachineMapping{j}="{share}"', f'SharedFolderPathMachineMapping{j}="{path}"']
+    for j, (share, path) in enumerate(vm.get("transient_shares", {}).items(), 1):
+        lines += [f'SharedFolderNameTransientMapping{j}="{share}"', f'SharedFolderPathTransientMapping{j}="{path}"']
     print("\n".join(lines))
 
 
@@ -608,10 +633,30 @@ def cmd_controlvm(state, args):
         raise syntax("Not enough parameters")
     name, vm = find_vm(state, args[0])
     action = args[1]
-    if action not in ("pause", "resume", "reset", "poweroff", "savestate", "acpipowerbutton", "acpisleepbutton"):
+    natpf = re.fullmatch(r"natpf([1-8])", action)
+    if not natpf and action not in (
+        "pause",
+        "resume",
+        "reset",
+        "poweroff",
+        "savestate",
+        "acpipowerbutton",
+        "acpisleepbutton",
+    ):
         raise syntax(f"Invalid parameter '{action}'")
     if vm["state"] not in ("running", "paused"):
         raise Fail([f"VBoxManage: error: Machine '{name}' is not currently running"])
+    if natpf:  # controlvm VM natpfN RULE | natpfN delete NAME: changes the running VM's NAT and its settings
+        if vm["nics"].get(natpf.group(1), {}).get("type") != "nat":
+            raise Fail(f"VBoxManage: error: NIC {natpf.group(1)} is not attached to NAT")
+        rules = vm["natpf"].setdefault(natpf.group(1), {})
+        if len(args) == 4 and args[2] == "delete":
+            delete_nat_rule(rules, args[3])
+        elif len(args) == 3 and len(args[2].split(",")) == 6:
+            add_nat_rule(rules, args[2])
+        else:
+            raise syntax(f"Missing or invalid argument to '{action}'.")
+        return
     if action == "pause":
         vm["state"] = "paused"
     elif action == "resume":
@@ -620,6 +665,7 @@ def cmd_controlvm(state, args):
         vm["state"] = "running"
     elif action in ("poweroff",):
         vm["state"] = "poweroff"
+        vm.pop("transient_shares", None)
         print("0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%")
     elif action == "savestate":
         vm["state"] = "saved"
@@ -628,6 +674,7 @@ def cmd_controlvm(state, args):
             raise Fail("VBoxManage: error: Invalid machine state: Paused")
         if os.environ.get("FAKE_VBOX_IGNORE_ACPI") != "1":
             vm["state"] = "poweroff"
+            vm.pop("transient_shares", None)
 
 
 def cmd_unregistervm(state, args):

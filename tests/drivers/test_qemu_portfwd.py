@@ -60,17 +60,18 @@ def qemu(tmp_path):
     )
     with open(pidfile) as f:
         pid = int(f.read())
-    yield sock
+    yield sock, pid
     os.kill(pid, signal.SIGKILL)
 
 
 def test_forwards_follow_the_wanted_set_and_report_conflicts(qemu):
+    sock, pid = qemu
     lines = []
-    fw = portfwd.Forwards(qemu, lines.append)
+    fw = portfwd.Forwards(portfwd.QemuPorts(sock, pid), lines.append)
     tcp, udp = free_port(), free_port()
     fw.apply({("tcp", tcp): "web", ("udp", udp): "dns"})
     assert not bindable(tcp) and not bindable(udp, socket.SOCK_DGRAM)
-    with QMP(qemu) as q:
+    with QMP(sock) as q:
         table = q.execute("human-monitor-command", **{"command-line": "info usernet"})
     assert f"127.0.0.1 {tcp}" in " ".join(table.split()) and "UDP[HOST_FORWARD]" in table
     assert fw.state()["Forwarded"] == {f"{tcp}/tcp": "web", f"{udp}/udp": "dns"}
@@ -85,6 +86,7 @@ def test_forwards_follow_the_wanted_set_and_report_conflicts(qemu):
         assert fw.state() == {"Forwarded": {}, "Conflicts": {f"{taken}/tcp": "busy"}}
         warnings = [line for line in lines if line.startswith("Warning:")]
         assert len(warnings) == 1 and f"127.0.0.1:{taken}/tcp" in warnings[0] and "busy" in warnings[0]
+        assert "(QEMU: " in warnings[0]
         fw.active.clear()  # the next event retries the conflict, without a second warning
         fw.apply({("tcp", taken): "busy"})
         assert len([line for line in lines if line.startswith("Warning:")]) == 1

@@ -1,11 +1,8 @@
 """The virtualbox driver against tests/drivers/fake_vboxmanage.py (first on PATH): the VBoxManage plan, host-only
 network and DHCP set-up, state parsing, lifecycle and error paths. No real VirtualBox is involved."""
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -15,40 +12,7 @@ from dockyard.drivers.virtualbox import driver as vdriver
 from dockyard.drivers.virtualbox import vbox
 from dockyard.provisioner.core.errors import DriverError, PreCreateCheckError
 
-FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_vboxmanage.py")
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-utils (.ci/vm-deps.sh)")
-
-
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    """PATH starts with a VBoxManage that is the fake; returns a helper to run it and read its state."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    exe = bindir / "VBoxManage"
-    exe.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} "$@"\n')
-    exe.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_VBOX_STATE", str(tmp_path / "vbox.json"))
-    monkeypatch.setenv("DOCKYARD_IMAGE_CACHE", str(tmp_path / "cache"))
-
-    class Fake:
-        def __call__(self, *args):
-            return subprocess.run(["VBoxManage", *args], capture_output=True, text=True)
-
-        def state(self):
-            return json.loads((tmp_path / "vbox.json").read_text())
-
-        def calls(self):
-            return [json.loads(line) for line in (tmp_path / "vbox.json.log").read_text().splitlines()]
-
-    return Fake()
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "cloud.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"], check=True)
-    return str(path)
 
 
 def flags(**kw):
@@ -154,7 +118,7 @@ def test_every_planned_command_is_accepted_by_the_fake(fake, tmp_path, image):
     assert vm["media"]["SATA-2-0"]["path"] == d.path("seed.iso")
     assert vm["nics"]["1"]["type"] == "nat" and vm["nics"]["1"]["mac"] == d.config["NATMAC"].replace(":", "").upper()
     assert vm["natpf"]["1"] == {"ssh": f"ssh,tcp,127.0.0.1,{d.config['SSHPort']},,22"}
-    assert vm["shares"] == {"hosthome": os.path.expanduser("~")}
+    assert vm["shares"] == {"share0": os.path.expanduser("~")}
     assert fake.state()["medium_sizes"][d.path("disk.vdi")] == 20 << 30
     assert d.state() == State.STOPPED
 
