@@ -1,4 +1,5 @@
-"""The build context: the request body (a tar, maybe compressed) spooled to disk and extracted safely.
+"""The build context: the request body (a tar, maybe compressed) extracted safely as it arrives (a
+compressed one is spooled to disk first).
 
 Nothing in the context may lead outside it: tarsafe refuses absolute member names, `..`, hard links
 out of it and relative symlinks that climb above it; here absolute symlinks are refused as well
@@ -37,6 +38,36 @@ def _refuse_absolute_links(member, parts, what):
         raise tarsafe.UnsafeArchive(
             "invalid build context: symlink %r points to the absolute path %r" % (member.name, member.linkname)
         )
+
+
+COMPRESSED_MAGICS = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz: what _plain_tar undoes
+COMPRESSED_MAGIC_LEN = 6
+
+
+class _EndedTar:
+    """A plain tar request body read as a stream, ended properly (see _plain_tar): at its end, zeros up to
+    the next 512-byte block and the two end-of-archive blocks. Counts the bytes received in `total`."""
+
+    def __init__(self, head: bytes, body: BinaryIO) -> None:
+        self.head = head
+        self.body = body
+        self.total = len(head)
+        self.tail: bytes | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = COPY_CHUNK
+        if self.head:
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        if self.tail is None:
+            data = self.body.read(n)
+            if data:
+                self.total += len(data)
+                return data
+            self.tail = b"\0" * ((-self.total) % 512 + 1024)
+        out, self.tail = self.tail[:n], self.tail[n:]
+        return out
 
 
 def _plain_tar(raw: str, out_path: str) -> None:
@@ -93,10 +124,29 @@ class BuildContext:
 
     # -- receiving ---------------------------------------------------------------------------
     def receive(self, body: BinaryIO) -> int:
-        """Spool the body to disk (never held in memory), then extract it; -> bytes received."""
+        """Extract the body (never held in memory); -> bytes received.
+
+        A plain tar (what the CLI sends unless --compress) is extracted as it arrives, while the client
+        still sends; a compressed one is spooled to disk and undone first.
+        """
+        head = body.read(COMPRESSED_MAGIC_LEN)
+        while head and len(head) < COMPRESSED_MAGIC_LEN:
+            more = body.read(COMPRESSED_MAGIC_LEN - len(head))
+            if not more:
+                break
+            head += more
+        if not head:
+            raise ContextError("the build context is empty: send the context as a tar archive")
+        if not head.startswith(COMPRESSED_MAGICS):
+            stream = _EndedTar(head, body)
+            self._extract(stream)
+            while stream.read(COPY_CHUNK):  # whatever follows the end of the archive: read, as before
+                pass
+            return stream.total
         raw = os.path.join(self.dir, "context.raw")
-        total = 0
+        total = len(head)
         with open(raw, "wb") as out:
+            out.write(head)
             while True:
                 chunk = body.read(COPY_CHUNK)
                 if not chunk:
@@ -112,12 +162,16 @@ class BuildContext:
             os.unlink(raw)
         try:
             with open(spool, "rb") as fh:
-                tarsafe.safe_extract(fh, self.root, whiteouts="keep", on_member=_refuse_absolute_links)
-        except tarsafe.UnsafeArchive as exc:
-            raise ContextError("invalid build context: %s" % exc.message.replace("invalid build context: ", ""))
+                self._extract(fh)
         finally:
             os.unlink(spool)
         return total
+
+    def _extract(self, stream) -> None:
+        try:
+            tarsafe.safe_extract(stream, self.root, whiteouts="keep", on_member=_refuse_absolute_links)
+        except tarsafe.UnsafeArchive as exc:
+            raise ContextError("invalid build context: %s" % exc.message.replace("invalid build context: ", ""))
 
     # -- reading -----------------------------------------------------------------------------
     def host_path(self, rel: str, follow: bool = True) -> str:
