@@ -1,12 +1,13 @@
 """Network resource: the built-in networks and user-defined bridge networks."""
 
+import ipaddress
 import re
 
 from dockyard.engine.api import bodies
 from dockyard.engine.api.responses import json_response
 from dockyard.engine.errors import Forbidden, InvalidParameter
 from dockyard.engine.network.attachments import DISCONNECTED, endpoint_request
-from dockyard.engine.network.catalog import BUILTIN
+from dockyard.engine.network.catalog import BUILTIN, Pool6
 
 _FILTERS = ("dangling", "driver", "id", "label", "name", "scope", "type")
 MAX_NETWORK_NAME = 200
@@ -82,22 +83,25 @@ def create_network(req):
         raise InvalidParameter(
             "dockyard supports only the bridge driver for user-defined networks, not %r" % body["Driver"]
         )
-    if body.get("EnableIPv6"):
-        raise InvalidParameter("dockyard networks are IPv4 only")
     if body.get("ConfigOnly") or body.get("ConfigFrom") and (body["ConfigFrom"] or {}).get("Network"):
         raise InvalidParameter("config-only networks are not supported")
     ipam = body.get("IPAM") or {}
     if ipam.get("Driver") not in (None, "", "default"):
         raise InvalidParameter("IPAM driver %r is not supported" % ipam["Driver"])
-    configs = ipam.get("Config") or []
-    if len(configs) > 1:
-        raise InvalidParameter("dockyard networks take one IPv4 subnet")
-    subnet = gateway = ip_range = None
-    aux: dict = {}
-    if configs:
-        cfg = configs[0] or {}
-        subnet, gateway = cfg.get("Subnet") or None, cfg.get("Gateway") or None
-        ip_range, aux = cfg.get("IPRange") or None, dict(cfg.get("AuxiliaryAddresses") or {})
+    v4, v6 = _pools_by_family(ipam.get("Config") or [])
+    if v6 is not None and not body.get("EnableIPv6"):
+        raise InvalidParameter("IPv6 subnet %s given without --ipv6 (EnableIPv6)" % v6.get("Subnet"))
+    subnet, gateway = v4.get("Subnet") or None, v4.get("Gateway") or None
+    ip_range, aux = v4.get("IPRange") or None, dict(v4.get("AuxiliaryAddresses") or {})
+    pool6 = None
+    if body.get("EnableIPv6"):
+        v6 = v6 or {}
+        pool6 = Pool6(
+            v6.get("Subnet") or None,
+            v6.get("Gateway") or None,
+            v6.get("IPRange") or None,
+            dict(v6.get("AuxiliaryAddresses") or {}),
+        )
     net = req.engine.network.create_network(
         name,
         subnet,
@@ -107,8 +111,33 @@ def create_network(req):
         body.get("Options") or {},
         ip_range=ip_range,
         aux_addresses=aux,
+        ipv6=pool6,
     )
     return json_response({"Id": net.id, "Warning": ""}, 201)
+
+
+def _pools_by_family(configs) -> tuple:
+    """IPAM.Config split into its IPv4 entry ({} if none) and IPv6 entry (None if none); the bridge
+    driver takes at most one subnet of each family (dockerd's rule), a gateway or range without a subnet
+    belongs to IPv4."""
+    v4: dict = {}
+    v6 = None
+    for cfg in configs:
+        cfg = cfg or {}
+        subnet = cfg.get("Subnet") or ""
+        try:
+            six = bool(subnet) and ipaddress.ip_network(subnet, strict=False).version == 6
+        except ValueError:
+            raise InvalidParameter("invalid subnet %r" % subnet) from None
+        if six:
+            if v6 is not None:
+                raise InvalidParameter("bridge networks take at most one IPv6 subnet")
+            v6 = cfg
+        else:
+            if v4:
+                raise InvalidParameter("bridge networks take at most one IPv4 subnet")
+            v4 = cfg
+    return v4, v6
 
 
 def remove_network(req):
@@ -157,6 +186,7 @@ def connect_network(req):
     if name in ("host", "none"):
         raise InvalidParameter(HOST_CONFLICT if name == "host" else NONE_CONFLICT)
     request = endpoint_request(name, body.get("EndpointConfig"))
+    network.check_request(name, request)
     with c.lock:
         current = network.attachments(c, fallback=False)
         if name in current:

@@ -1,5 +1,6 @@
 """What a container asks of its networks: the create request's NetworkingConfig.EndpointsConfig and
-later `docker network connect`s, as {network name: {"Aliases": [...], "IPv4Address": "..."}}.
+later `docker network connect`s, as {network name: {"Aliases": [...], "IPv4Address": "...",
+"IPv6Address": "..."}}.
 
 The runtime keeps this in the container's record (NetworkAttachments) so a stopped container
 remembers the networks it was connected to; NetworkManager.connect() attaches them all at start.
@@ -23,8 +24,8 @@ ALIAS_MAX = 255  # a DNS name
 
 
 def endpoint_request(netname: str, endpoint: dict | None) -> dict:
-    """{"Aliases", "IPv4Address"} from one EndpointSettings, with dockerd's errors for what a built-in
-    network cannot have."""
+    """{"Aliases", "IPv4Address", "IPv6Address", "MacAddress"} from one EndpointSettings, with dockerd's
+    errors for what a built-in network cannot have."""
     endpoint = endpoint or {}
     aliases = [str(a) for a in (endpoint.get("Aliases") or []) if a]
     for alias in aliases:
@@ -36,13 +37,19 @@ def endpoint_request(netname: str, endpoint: dict | None) -> dict:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise InvalidParameter("invalid IPv4 address: %s" % ip) from None
+    ip6 = ((endpoint.get("IPAMConfig") or {}).get("IPv6Address") or "").strip()
+    if ip6:
+        try:
+            ip6 = str(ipaddress.IPv6Address(ip6))
+        except ValueError:
+            raise InvalidParameter("invalid IPv6 address: %s" % ip6) from None
     mac = (endpoint.get("MacAddress") or "").strip()
     if mac:
         mac = parse_mac(mac)
         if netname in ("host", "none", CONTAINER_MODE):
             raise InvalidParameter("conflicting options: mac-address and the network mode")
     if netname in NAMELESS:
-        if ip:
+        if ip or ip6:
             raise InvalidParameter("user specified IP address is supported on user defined networks only")
         if aliases:
             raise InvalidParameter("network-scoped alias is supported only for containers in user defined networks")
@@ -51,6 +58,8 @@ def endpoint_request(netname: str, endpoint: dict | None) -> dict:
         out["Aliases"] = list(dict.fromkeys(aliases))
     if ip:
         out["IPv4Address"] = ip
+    if ip6:
+        out["IPv6Address"] = ip6
     if mac:
         out["MacAddress"] = mac
     return out

@@ -11,6 +11,7 @@ from dockyard.engine.network.netns import netns_path, run_in_netns
 log = logging.getLogger("dockyard.engine")
 
 CONTAINER_IFNAME = "eth0"
+IFA_F_NODAD = 0x02  # an IPv6 address usable at once: no duplicate address detection (the engine assigns them)
 
 
 class BridgeError(Exception):
@@ -59,28 +60,32 @@ def mac_for(ip):
 
 
 def overlapping_routes(network, own_devices=()):
-    """Routes of this netns (main table) that overlap `network`, except those on `own_devices`
-    (the engine's own bridges)."""
-    network = ipaddress.IPv4Network(network)
+    """Routes of this netns (main table) that overlap `network` (IPv4 or IPv6), except those on
+    `own_devices` (the engine's own bridges)."""
+    network = ipaddress.ip_network(network)
+    family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
     own = {own_devices} if isinstance(own_devices, str) else set(own_devices)
     found = []
     with _iproute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for route in ipr.get_routes(family=socket.AF_INET, table=254):
+        for route in ipr.get_routes(family=family, table=254):
             dst = route.get_attr("RTA_DST")
             if dst is None:
                 continue  # the default route overlaps everything by design
             dev = names.get(route.get_attr("RTA_OIF"), "")
             if dev in own:
                 continue
-            net = ipaddress.IPv4Network("%s/%d" % (dst, route["dst_len"]), strict=False)
+            net = ipaddress.ip_network("%s/%d" % (dst, route["dst_len"]), strict=False)
+            if net.version == 6 and (net.is_link_local or net.is_multicast):
+                continue  # fe80::/64 and ff00::/8 are on every IPv6 link
             if net.overlaps(network):
                 found.append("%s dev %s" % (net, dev or "?"))
     return found
 
 
-def ensure_bridge(name, gateway, prefixlen, mtu=None):
-    """Create (or fix up) the bridge `name` with gateway/prefixlen as its only IPv4 address, up."""
+def ensure_bridge(name, gateway, prefixlen, mtu=None, gateway6=None, prefixlen6=None):
+    """Create (or fix up) the bridge `name` with gateway/prefixlen as its only IPv4 address, and
+    gateway6/prefixlen6 as its only global IPv6 one when given (link-local ones are the kernel's), up."""
     errors = _netlink_errors()
     try:
         with _iproute() as ipr:
@@ -106,6 +111,19 @@ def ensure_bridge(name, gateway, prefixlen, mtu=None):
                     ipr.addr("del", index=index, address=addr, prefixlen=plen)
             if (str(gateway), prefixlen) not in have:
                 ipr.addr("add", index=index, address=str(gateway), prefixlen=prefixlen)
+            if gateway6 is not None:
+                set_ipv6_disabled(name, False)
+            have6 = [
+                (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                for a in ipr.get_addr(index=index, family=socket.AF_INET6)
+                if not ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS")).is_link_local
+            ]
+            want6 = (str(gateway6), prefixlen6) if gateway6 is not None else None
+            for addr, plen in have6:
+                if (addr, plen) != want6:
+                    ipr.addr("del", index=index, address=addr, prefixlen=plen)
+            if want6 is not None and want6 not in have6:
+                ipr.addr("add", index=index, address=want6[0], prefixlen=want6[1], flags=IFA_F_NODAD)
             ipr.link("set", index=index, state="up")
     except errors as exc:
         raise BridgeError("cannot set up bridge %s: %s" % (name, exc)) from None
@@ -126,7 +144,21 @@ def delete_link(ifname):
     return False
 
 
-def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, default_route=True):
+def set_ipv6_disabled(ifname, disabled):
+    """net.ipv6.conf.<ifname>.disable_ipv6 in the calling thread's network namespace (no-op without IPv6)."""
+    path = "/proc/sys/net/ipv6/conf/%s/disable_ipv6" % ifname
+    try:
+        with open(path, "r+") as fh:
+            if fh.read().strip() != ("1" if disabled else "0"):
+                fh.seek(0)
+                fh.write("1\n" if disabled else "0\n")
+    except FileNotFoundError:
+        if not disabled:
+            raise BridgeError("IPv6 is not available in this kernel (no %s)" % path) from None
+
+
+def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, default_route=True, six=None):
+    """`six`: (address, prefixlen, gateway) of the container's IPv6 address on this link, or None."""
     with _iproute() as ipr:
         lo = _lookup(ipr, "lo")
         if lo is not None:
@@ -137,9 +169,14 @@ def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, defa
         if mtu:
             ipr.link("set", index=eth, mtu=mtu)
         ipr.addr("add", index=eth, address=str(ip), prefixlen=prefixlen)
+        if six is not None:
+            set_ipv6_disabled(ifname, False)
+            ipr.addr("add", index=eth, address=str(six[0]), prefixlen=six[1], flags=IFA_F_NODAD)
         ipr.link("set", index=eth, state="up")
         if default_route:
             ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
+            if six is not None:
+                ipr.route("add", dst="::/0", gateway=str(six[2]), oif=eth, family=socket.AF_INET6)
 
 
 def _isolate_port(ipr, index, veth):
@@ -167,9 +204,11 @@ def attach_container(
     isolated=False,
     ifname=CONTAINER_IFNAME,
     default_route=True,
+    six=None,
 ):
     """veth pair: `veth` on the bridge here, `ifname` (ip, mac, the default route unless told not to)
-    in pid's netns. isolated: the port talks to the bridge (gateway) only, not to other isolated ports."""
+    in pid's netns. isolated: the port talks to the bridge (gateway) only, not to other isolated ports.
+    six: (IPv6 address, prefixlen, IPv6 gateway) on a dual-stack network (its default route too)."""
     errors = _netlink_errors()
     ns_fd = os.open(netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -198,7 +237,7 @@ def attach_container(
     finally:
         os.close(ns_fd)
     try:
-        run_in_netns(netns_path(pid), _configure_inside, ip, prefixlen, gateway, mtu, ifname, default_route)
+        run_in_netns(netns_path(pid), _configure_inside, ip, prefixlen, gateway, mtu, ifname, default_route, six)
     except errors as exc:
         delete_link(veth)
         raise BridgeError("cannot configure %s in the container: %s" % (ifname, exc)) from None

@@ -1,13 +1,15 @@
 """The engine's networks: host, none, the default bridge and user-defined bridge networks.
 
 Persisted in data-root/network/networks.json (IDs, creation times, subnets); each bridged
-network keeps its address leases in its own IPAM file.
+network keeps its address leases in its own IPAM file (and a second one for its IPv6 subnet when it
+was created with --ipv6: dual stack, as dockerd's bridge networks).
 """
 
 import binascii
 import ipaddress
 import os
 import time
+from typing import Dict, NamedTuple, Optional
 
 from dockyard.engine.errors import Conflict, InvalidParameter, NotFound
 from dockyard.engine.network.fsutil import read_json, write_json
@@ -51,7 +53,23 @@ class BridgeNet:
         self.ip_range = record.get("IPRange") or None
         self.aux_addresses = dict(record.get("AuxAddresses") or {})
         self.ipam = Ipam(self.ipam_path, self.subnet, self.gateway, self.ip_range, self.aux_addresses.values())
+        # IPv6 (docker network create --ipv6): a second subnet on the same bridge, its own leases
+        self.ipv6 = bool(record.get("EnableIPv6"))
+        self.subnet6 = ipaddress.IPv6Network(record["Subnet6"]) if self.ipv6 else None
+        self.gateway6 = ipaddress.IPv6Address(record["Gateway6"]) if self.ipv6 else None
+        self.ip_range6 = record.get("IPRange6") or None
+        self.aux_addresses6 = dict(record.get("AuxAddresses6") or {})
+        self.ipam6_path = os.path.join(directory, "ipam6-%s.json" % self.id[:12])
+        self.ipam6 = (
+            Ipam(self.ipam6_path, self.subnet6, self.gateway6, self.ip_range6, self.aux_addresses6.values())
+            if self.ipv6
+            else None
+        )
         self.ready = False  # bridge device set up by this engine process
+
+    def ipams(self):
+        """The network's address pools: IPv4, then IPv6 when enabled."""
+        return [self.ipam] + ([self.ipam6] if self.ipam6 is not None else [])
 
     def record(self):
         return {
@@ -65,29 +83,82 @@ class BridgeNet:
             "Options": self.options,
             "IPRange": self.ip_range,
             "AuxAddresses": self.aux_addresses,
+            "EnableIPv6": self.ipv6,
+            "Subnet6": str(self.subnet6) if self.subnet6 else None,
+            "Gateway6": str(self.gateway6) if self.gateway6 else None,
+            "IPRange6": self.ip_range6,
+            "AuxAddresses6": self.aux_addresses6,
         }
 
 
 def check_pool_extras(network, gateway, ip_range, aux):
     """--ip-range and --aux-address of a network create, with dockerd's errors -> (range text, aux map)."""
+    version = network.version
     if ip_range:
         try:
-            pool = ipaddress.IPv4Network(ip_range, strict=False)
+            pool = ipaddress.ip_network(ip_range, strict=False)
         except ValueError:
-            raise InvalidParameter("invalid ip-range %r (IPv4 CIDR only)" % ip_range) from None
-        if not pool.subnet_of(network):
+            raise InvalidParameter("invalid ip-range %r" % ip_range) from None
+        if pool.version != version or not pool.subnet_of(network):
             raise InvalidParameter("invalid pool request: ip-range %s is not within subnet %s" % (pool, network))
         ip_range = str(pool)
     checked = {}
     for name, addr in (aux or {}).items():
         try:
-            ip = ipaddress.IPv4Address(addr)
+            ip = ipaddress.ip_address(addr)
         except ValueError:
             raise InvalidParameter("invalid auxiliary address %s=%r" % (name, addr)) from None
-        if ip not in network or ip in (network.network_address, network.broadcast_address, gateway):
+        broadcast = network.broadcast_address if version == 4 else None
+        if ip.version != version or ip not in network or ip in (network.network_address, broadcast, gateway):
             raise InvalidParameter("auxiliary address: (%s:%s) must belong to the master pool %s" % (name, ip, network))
         checked[str(name)] = str(ip)
     return ip_range or None, checked
+
+
+class Pool6(NamedTuple):
+    """The IPv6 half of a dual-stack network create (IPAM.Config's IPv6 entry; all empty: pick one)."""
+
+    subnet: Optional[str] = None
+    gateway: Optional[str] = None
+    ip_range: Optional[str] = None
+    aux_addresses: Optional[Dict[str, str]] = None
+
+
+def checked_subnet(subnet, gateway, version, taken):
+    """(network, gateway) of a --subnet/--gateway pair of one family, with dockerd's refusals: not a
+    CIDR of that family, overlapping another network's subnet, a gateway outside it, too small."""
+    try:
+        network = ipaddress.ip_network(subnet, strict=False)
+    except ValueError:
+        raise InvalidParameter("invalid subnet %r" % subnet) from None
+    if network.version != version:
+        raise InvalidParameter("invalid subnet %s: not an IPv%d CIDR" % (network, version))
+    if any(network.overlaps(t) for t in taken if t.version == version):
+        raise Conflict("invalid pool request: Pool overlaps with other one on this address space")
+    if gateway:
+        try:
+            gw = ipaddress.ip_address(gateway)
+        except ValueError:
+            raise InvalidParameter("invalid gateway %r" % gateway) from None
+    else:
+        gw = network.network_address + 1
+    outside = {network.network_address} | ({network.broadcast_address} if version == 4 else set())
+    if gw.version != version or gw not in network or gw in outside:
+        raise InvalidParameter("gateway %s is not a host address of %s" % (gw, network))
+    if network.num_addresses < 4:
+        raise InvalidParameter("subnet %s is too small" % network)
+    return network, gw
+
+
+def pick_ula_subnet(taken, routed):
+    """A /64 of a random unique local prefix (fd00::/8, RFC 4193) that no network uses and the host does
+    not route: the IPv6 subnet of an --ipv6 network created without one (dockerd 20.10 would refuse)."""
+    for _ in range(16):
+        global_id = int.from_bytes(os.urandom(5), "big")
+        network = ipaddress.IPv6Network(((0xFD << 120) | (global_id << 80), 64))
+        if not any(network.overlaps(t) for t in taken if t.version == 6) and not routed(network):
+            return network
+    raise Conflict("could not find an available, non-overlapping IPv6 address pool to assign to the network")
 
 
 class Catalog:
@@ -174,7 +245,7 @@ class Catalog:
 
     # -- user-defined networks -----------------------------------------------------------------
     def _taken(self):
-        return [net.subnet for net in self.bridged()]
+        return [net.subnet for net in self.bridged()] + [net.subnet6 for net in self.bridged() if net.subnet6]
 
     def create(
         self,
@@ -187,31 +258,17 @@ class Catalog:
         routed=lambda network: False,
         ip_range=None,
         aux_addresses=None,
+        ipv6=None,
     ):
-        """A new user-defined bridge network. `routed(network)` says if the host routes it."""
+        """A new user-defined bridge network. `routed(network)` says if the host routes it. `ipv6`
+        (--ipv6): None for IPv4 only, else a Pool6 (its subnet may be empty: a ULA /64 is picked)."""
         if not name or "/" in name or len(name) > 200:
             raise InvalidParameter("invalid network name %r" % name)
         if name in self.names():
             raise Conflict("network with name %s already exists" % name)
         taken = self._taken()
         if subnet:
-            try:
-                network = ipaddress.IPv4Network(subnet, strict=False)
-            except ValueError:
-                raise InvalidParameter("invalid subnet %r (IPv4 CIDR only)" % subnet) from None
-            if any(network.overlaps(t) for t in taken):
-                raise Conflict("invalid pool request: Pool overlaps with other one on this address space")
-            if gateway:
-                try:
-                    gw = ipaddress.IPv4Address(gateway)
-                except ValueError:
-                    raise InvalidParameter("invalid gateway %r" % gateway) from None
-            else:
-                gw = network.network_address + 1
-            if gw not in network or gw in (network.network_address, network.broadcast_address):
-                raise InvalidParameter("gateway %s is not a host address of %s" % (gw, network))
-            if network.num_addresses < 4:
-                raise InvalidParameter("subnet %s is too small" % network)
+            network, gw = checked_subnet(subnet, gateway, 4, taken)
         else:
             if gateway:
                 raise InvalidParameter("a gateway needs a subnet")
@@ -228,6 +285,23 @@ class Catalog:
                     "among the defaults to assign to the network"
                 )
         ip_range, aux_addresses = check_pool_extras(network, gw, ip_range, aux_addresses)
+        six: dict = {"EnableIPv6": False}
+        if ipv6 is not None:
+            if ipv6.subnet:
+                network6, gw6 = checked_subnet(ipv6.subnet, ipv6.gateway, 6, taken)
+            else:
+                if ipv6.gateway or ipv6.ip_range or ipv6.aux_addresses:
+                    raise InvalidParameter("an IPv6 gateway, ip-range or auxiliary addresses need an IPv6 subnet")
+                network6 = pick_ula_subnet(taken, routed)
+                gw6 = network6.network_address + 1
+            range6, aux6 = check_pool_extras(network6, gw6, ipv6.ip_range, ipv6.aux_addresses)
+            six = {
+                "EnableIPv6": True,
+                "Subnet6": str(network6),
+                "Gateway6": str(gw6),
+                "IPRange6": range6,
+                "AuxAddresses6": aux6,
+            }
         net_id = random_id()
         record = {
             "Id": net_id,
@@ -241,6 +315,7 @@ class Catalog:
             "IPRange": ip_range,
             "AuxAddresses": aux_addresses,
         }
+        record.update(six)
         net = BridgeNet(self.dir, name, record)
         self.custom[name] = net
         self.save()
@@ -249,8 +324,9 @@ class Catalog:
     def remove(self, name):
         net = self.custom.pop(name)
         self.save()
-        try:
-            os.unlink(net.ipam_path)
-        except FileNotFoundError:
-            pass
+        for path in (net.ipam_path, net.ipam6_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         return net

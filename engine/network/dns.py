@@ -88,6 +88,9 @@ def hosts_file(hostname, settings=None, domainname="", extra_hosts=()):
         if domainname:
             names.insert(0, "%s.%s" % (hostname, domainname))
         lines.append("%s\t%s" % (ip, " ".join(names)))
+        ip6 = (settings or {}).get("GlobalIPv6Address") or ""
+        if ip6:  # a dual-stack network: the name has both addresses, as in dockerd's hosts file
+            lines.append("%s\t%s" % (ip6, " ".join(names)))
     return "\n".join(lines) + "\n"
 
 

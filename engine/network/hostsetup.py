@@ -1,6 +1,7 @@
-"""The host side of bridged networking: each network's bridge device, IPv4 forwarding, the firewall
-(outbound NAT and isolation between networks), the default bridge's subnet when its usual one is
-taken, and whether containers of a network may talk to each other (enable_icc)."""
+"""The host side of bridged networking: each network's bridge device, IPv4 (and, once a network has
+IPv6, IPv6) forwarding, the firewall (outbound NAT and isolation between networks, for IPv6 the same
+rules in the ip6 family), the default bridge's subnet when its usual one is taken, and whether
+containers of a network may talk to each other (enable_icc)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,10 @@ class HostNetworking:
         self.icc_default = icc_default  # dockerd --icc: the default bridge's enable_icc
         self.explicit_bip = explicit_bip
         self.firewall: nat.Firewall | None = None
+        self.firewall6: nat.Firewall | None = None  # the IPv6 rules, from the first IPv6 network on
         self.nat_method: str | None = None  # "nftables" or "iptables": how masquerading and isolation are installed
         self.host_ready = False
+        self.ipv6_forwarding = False
 
     def own_devices(self) -> List[str]:
         """The bridge devices of this engine's networks."""
@@ -82,10 +85,26 @@ class HostNetworking:
                 self._pick_default_subnet()
                 net = self.catalog.default
             try:
-                bridge.ensure_bridge(net.device, net.gateway, net.subnet.prefixlen, self.mtu)
+                bridge.ensure_bridge(
+                    net.device,
+                    net.gateway,
+                    net.subnet.prefixlen,
+                    self.mtu,
+                    net.gateway6,
+                    net.subnet6.prefixlen if net.subnet6 else None,
+                )
             except bridge.BridgeError as exc:
                 raise NetworkError(str(exc)) from None
             net.ready = True
+            if net.ipv6 and self.ip_forward and not self.ipv6_forwarding:
+                try:
+                    nat.enable_ip_forward(nat.IPV6_FORWARD)  # as dockerd does for an IPv6 bridge
+                    self.ipv6_forwarding = True
+                except OSError as exc:
+                    self._warn(
+                        "IPv6 forwarding is disabled and cannot be enabled (%s): "
+                        "IPv6 containers cannot reach other hosts" % exc
+                    )
             if not self.host_ready:
                 if self.ip_forward:
                     try:
@@ -111,12 +130,26 @@ class HostNetworking:
         whether or not its bridge is up in this engine process (the rules name devices)."""
         if self.firewall is None:
             self.firewall = nat.Firewall()
-        networks = [ruleset.BridgedNetwork(net.device, net.subnet, net.internal) for net in self.catalog.bridged()]
+        bridged = self.catalog.bridged()
+        networks = [ruleset.BridgedNetwork(net.device, net.subnet, net.internal) for net in bridged]
         try:
             self.nat_method = self.firewall.setup(ruleset.engine_rules(networks, masquerade=self.ip_masq))
         except nat.FirewallUnavailable as exc:
             self.nat_method = None
             self._warn(str(exc))
+        # IPv6: the same ruleset over every bridge (isolation), masquerading the IPv6 subnets; kept away
+        # (no ip6 table at all) while no network has IPv6, or until one had in this engine process
+        six = [ruleset.BridgedNetwork(net.device, net.subnet6, net.internal) for net in bridged if net.subnet6]
+        if not six and self.firewall6 is None:
+            return
+        if self.firewall6 is None:
+            self.firewall6 = nat.Firewall(family=6)
+        others = [ruleset.BridgedNetwork(net.device, None, net.internal) for net in bridged if not net.subnet6]
+        rules6 = ruleset.engine_rules(six + others, masquerade=self.ip_masq) if six else []
+        try:
+            self.firewall6.setup(rules6)
+        except nat.FirewallUnavailable as exc:
+            self._warn("IPv6: %s" % exc)
 
     def icc(self, net: BridgeNet) -> bool:
         """Whether containers of `net` may talk to each other (enable_icc; Docker's default: yes)."""

@@ -1,4 +1,5 @@
-"""IPv4 address management for the bridge network: allocations persisted under data-root/network."""
+"""Address management for bridged networks (one Ipam per subnet, IPv4 or IPv6): allocations persisted
+under data-root/network."""
 
 import ipaddress
 import logging
@@ -29,10 +30,13 @@ class Ipam:
         """ip_range (--ip-range): where addresses are handed out from (a fixed --ip may be anywhere in
         the subnet); reserved (--aux-address): addresses never given to a container."""
         self.path = path
-        self.network = ipaddress.IPv4Network(subnet, strict=False)
-        self.gateway = ipaddress.IPv4Address(gateway)
-        self.range = ipaddress.IPv4Network(ip_range, strict=False) if ip_range else self.network
-        self.reserved = frozenset(ipaddress.IPv4Address(a) for a in reserved)
+        self.network = ipaddress.ip_network(subnet, strict=False)
+        self.version = self.network.version
+        self.gateway = self._address(gateway)
+        self.range = ipaddress.ip_network(ip_range, strict=False) if ip_range else self.network
+        self.reserved = frozenset(self._address(a) for a in reserved)
+        if self.range.version != self.version or not self.range.subnet_of(self.network):  # type: ignore[arg-type]
+            raise IpamError("ip-range %s is not in %s" % (self.range, self.network))
         if self.gateway not in self.network:
             raise IpamError("gateway %s is not in %s" % (self.gateway, self.network))
         if self.network.num_addresses < 4:
@@ -41,6 +45,13 @@ class Ipam:
         self._by_ip = {}  # IPv4Address -> owner
         self._last = None
         self._load()
+
+    def _address(self, text):
+        """An address of this subnet's family; ValueError otherwise."""
+        ip = ipaddress.ip_address(str(text))
+        if ip.version != self.version:
+            raise ValueError("%s is not an IPv%d address" % (text, self.version))
+        return ip
 
     # -- persistence -----------------------------------------------------------------
     def _load(self):
@@ -56,14 +67,14 @@ class Ipam:
             raw = {}
         for ip_text, owner in (raw.get("allocations") or {}).items():
             try:
-                ip = ipaddress.IPv4Address(ip_text)
+                ip = self._address(ip_text)
             except ValueError:
                 continue
             if self._assignable(ip):
                 self._by_ip[ip] = owner
         try:
-            last = ipaddress.IPv4Address(raw.get("last") or "0.0.0.0")
-            self._last = last if last in self.network else None
+            last = self._address(raw["last"]) if raw.get("last") else None
+            self._last = last if last is not None and last in self.network else None
         except ValueError:
             self._last = None
 
@@ -80,10 +91,11 @@ class Ipam:
 
     # -- queries -----------------------------------------------------------------------
     def _assignable(self, ip):
+        # IPv6 has no broadcast; its subnet-router anycast address (the network address) stays out too
         return (
             ip in self.network
             and ip != self.network.network_address
-            and ip != self.network.broadcast_address
+            and (self.version == 6 or ip != self.network.broadcast_address)
             and ip != self.gateway
             and ip not in self.reserved
         )
@@ -101,7 +113,7 @@ class Ipam:
 
     def owner_of(self, ip):
         with self._lock:
-            return self._by_ip.get(ipaddress.IPv4Address(ip))
+            return self._by_ip.get(ipaddress.ip_address(ip))
 
     def allocations(self):
         """{address text: owner} of every lease."""
@@ -110,7 +122,7 @@ class Ipam:
 
     def capacity(self):
         """How many addresses the pool can hand out in total (network, broadcast, gateway excluded)."""
-        return self.network.num_addresses - 3
+        return self.network.num_addresses - (3 if self.version == 4 else 2)
 
     # -- changes -----------------------------------------------------------------------
     def allocate(self, owner, preferred=None):
@@ -121,9 +133,9 @@ class Ipam:
                     return ip
             if preferred:
                 try:
-                    ip = ipaddress.IPv4Address(preferred)
+                    ip = self._address(preferred)
                 except ValueError:
-                    raise IpamError("invalid IPv4 address %r" % preferred) from None
+                    raise IpamError("invalid IPv%d address %r" % (self.version, preferred)) from None
                 if not self._assignable(ip):
                     raise IpamError("address %s is not assignable in %s" % (ip, self.network))
                 if ip in self._by_ip:
@@ -137,16 +149,18 @@ class Ipam:
 
     def _next_free(self):
         first = max(int(self.range.network_address), int(self.network.network_address) + 1)
-        last = min(int(self.range.broadcast_address), int(self.network.broadcast_address) - 1)
+        top = int(self.network.broadcast_address) - (1 if self.version == 4 else 0)
+        last = min(int(self.range.broadcast_address), top)
         start = int(self._last) + 1 if self._last else first
         if start > last or start < first:
             start = first
         span = last - first + 1
-        for step in range(span):
-            ip = ipaddress.IPv4Address(first + (start - first + step) % span)
+        # a bounded search: an IPv6 /64 is never walked through, the leases in it are few
+        for step in range(min(span, len(self._by_ip) + len(self.reserved) + 2)):
+            ip = ipaddress.ip_address(first + (start - first + step) % span)
             if self._assignable(ip) and ip not in self._by_ip:
                 return ip
-        raise PoolExhausted("no available IPv4 addresses on network bridge (%s)" % self.network)
+        raise PoolExhausted("no available IPv%d addresses on network bridge (%s)" % (self.version, self.network))
 
     def release(self, owner):
         """Free the owner's lease; returns the released address or None if it had none."""

@@ -12,6 +12,7 @@ the `docker network` descriptions and create/rm are networks.Networks'.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ from dockyard.engine.network.catalog import (
     DEFAULT_BRIDGE,
     BridgeNet,
     Catalog,
+    Pool6,
     random_id,
 )
 from dockyard.engine.network.fsutil import read_json, write_json
@@ -200,9 +202,26 @@ class NetworkManager(NamesMixin):
             validate_ports(host_config, config)
         except PortSpecError as exc:
             raise InvalidParameter(str(exc)) from None
-        return requests_from_create(
+        requests = requests_from_create(
             primary, networking_config, self._resolve_for_create, (config or {}).get("MacAddress") or ""
         )
+        for netname, request in requests.items():
+            self.check_request(netname, request)
+        return requests
+
+    def check_request(self, netname: str, request: dict) -> None:
+        """An endpoint request the network can never meet (400): a fixed IPv6 address (--ip6) on a
+        network without IPv6, or outside its IPv6 subnet."""
+        ip6 = (request or {}).get("IPv6Address")
+        if not ip6:
+            return
+        net = self.catalog.bridge_net(netname)
+        if net is None or net.subnet6 is None:
+            raise InvalidParameter(
+                "invalid address %s: network %s has no IPv6 subnet (create it with --ipv6)" % (ip6, netname)
+            )
+        if ipaddress.IPv6Address(ip6) not in net.subnet6:
+            raise InvalidParameter("invalid address %s: it does not belong to the subnet %s" % (ip6, net.subnet6))
 
     def _resolve_for_create(self, ref):
         try:
@@ -286,6 +305,14 @@ class NetworkManager(NamesMixin):
             ip = net.ipam.allocate(cid, request.get("IPv4Address") or None)
         except IpamError as exc:
             raise NetworkError(str(exc)) from None
+        six = None
+        if net.ipam6 is not None and net.subnet6 is not None:
+            try:
+                ip6 = net.ipam6.allocate(cid, request.get("IPv6Address") or None)
+            except IpamError as exc:
+                net.ipam.release(cid)
+                raise NetworkError(str(exc)) from None
+            six = (ip6, net.subnet6.prefixlen, net.gateway6)
         host_if = bridge.host_ifname(cid, index)
         try:
             bridge.attach_container(
@@ -300,14 +327,19 @@ class NetworkManager(NamesMixin):
                 isolated=not self.icc(net),
                 ifname=bridge.container_ifname(index),
                 default_route=index == 0,
+                six=six,
             )
         except bridge.BridgeError as exc:
-            net.ipam.release(cid)
+            for ipam in net.ipams():
+                ipam.release(cid)
             raise NetworkError(str(exc)) from None
         except BaseException:
-            net.ipam.release(cid)
+            for ipam in net.ipams():
+                ipam.release(cid)
             raise
         endpoint = self._endpoint(cid, name, netname, ip, bindings, pid, request, endpoint_id)
+        if six is not None:
+            endpoint.update({"GlobalIPv6Address": str(six[0]), "IPv6Request": request.get("IPv6Address") or ""})
         endpoint.update({"HostIf": host_if, "Index": index})
         return endpoint
 
@@ -317,7 +349,8 @@ class NetworkManager(NamesMixin):
         if endpoint.get("HostIf"):
             self._delete_veth(cid, endpoint["HostIf"])
         if net is not None:
-            net.ipam.release(cid)
+            for ipam in net.ipams():
+                ipam.release(cid)
 
     def _endpoint(self, cid, name, netname, ip, bindings, pid, request, endpoint_id=None):
         return {
@@ -399,7 +432,8 @@ class NetworkManager(NamesMixin):
                 self._delete_veth(cid, endpoint.get("HostIf") or bridge.host_ifname(cid, endpoint.get("Index", 0)))
         self.ports.release(cid)
         for net in self.catalog.bridged():
-            net.ipam.release(cid)
+            for ipam in net.ipams():
+                ipam.release(cid)
 
     def _delete_veth(self, cid, name=None):
         name = name or bridge.host_ifname(cid)
@@ -426,11 +460,13 @@ class NetworkManager(NamesMixin):
                 self._save_endpoints()
         owners = set(gone) | set(self.ports.owners())
         for net in self.catalog.bridged():
-            owners |= set(net.ipam.allocations().values())
+            for ipam in net.ipams():
+                owners |= set(ipam.allocations().values())
         for cid in owners - running:
             self.ports.release(cid)
             for net in self.catalog.bridged():
-                net.ipam.release(cid)
+                for ipam in net.ipams():
+                    ipam.release(cid)
         with self._lock:
             bridged = [n for eps in self.endpoints.values() for n in eps if self.catalog.bridge_net(n)]
         for cid in running:
@@ -462,7 +498,10 @@ class NetworkManager(NamesMixin):
         if settings is not None:
             net = next(iter((settings.get("Networks") or {}).values()), None) or {}
             settings = dict(
-                settings, IPAddress=settings_ip(settings), Gateway=settings.get("Gateway") or net.get("Gateway", "")
+                settings,
+                IPAddress=settings_ip(settings),
+                Gateway=settings.get("Gateway") or net.get("Gateway", ""),
+                GlobalIPv6Address=settings.get("GlobalIPv6Address") or net.get("GlobalIPv6Address", ""),
             )
         # --link on the default bridge: the runtime's "alias:ip" entries for the linked containers
         link_hosts = (getattr(container, "record", None) or {}).get("LinkHosts") or []
@@ -502,9 +541,13 @@ class NetworkManager(NamesMixin):
         options: dict[str, str] | None = None,
         ip_range: str | None = None,
         aux_addresses: dict[str, str] | None = None,
+        ipv6: Pool6 | None = None,
     ) -> BridgeNet:
-        """A user-defined bridge network (`docker network create`); its bridge comes up now."""
-        return self.networks.create_network(name, subnet, gateway, internal, labels, options, ip_range, aux_addresses)
+        """A user-defined bridge network (`docker network create`); its bridge comes up now. ipv6: the
+        IPv6 pool of a dual-stack network (--ipv6), None for IPv4 only."""
+        return self.networks.create_network(
+            name, subnet, gateway, internal, labels, options, ip_range, aux_addresses, ipv6
+        )
 
     def remove_network(self, ref: str) -> str:
         """`docker network rm`: built-in networks and networks with containers are refused."""

@@ -67,7 +67,7 @@ class NamesMixin:
             raise DnsUnavailable("cannot start the embedded DNS server at 127.0.0.11: %s" % exc) from None
 
     def _dns_lookup(self, cid: str, qname: str) -> Tuple[List[str], bool]:
-        """(addresses, known) of `qname` for container `cid`: the containers sharing one of its
+        """(addresses, known) of `qname` for container `cid` (IPv4 and IPv6 ones): the containers sharing one of its
         user-defined networks by name, short ID, alias or compose service (also as NAME.NETWORK)."""
         qname = qname.rstrip(".").lower()
         found, known = [], False
@@ -88,6 +88,8 @@ class NamesMixin:
                         known = True
                         if ep.get("IPAddress"):
                             found.append(ep["IPAddress"])
+                        if ep.get("GlobalIPv6Address"):  # AAAA answers on dual-stack networks
+                            found.append(ep["GlobalIPv6Address"])
         return list(dict.fromkeys(found)), known
 
     def _dns_upstreams(self, cid: str) -> List[str]:

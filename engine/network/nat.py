@@ -7,6 +7,9 @@ isolation-stage-2 (network isolation). Kernels or sandboxes without nf_tables fa
 to from POSTROUTING and FORWARD); otherwise setup() raises FirewallUnavailable and the engine shows
 the reason in /info Warnings.
 
+IPv6 (dual-stack networks): the same rules in a table `ip6 dockyard` (or through `ip6tables`), by a
+Firewall(family=6); a rule's saddr match is then on the IPv6 header's source address.
+
 Both ways are a sync, not a rebuild: missing rules are added first, then rules that are no longer
 wanted are deleted, so an engine restart or a `network create/rm` never leaves a moment without
 masquerading or isolation for the networks that stay. The rules live in the kernel: they outlive
@@ -39,12 +42,16 @@ log = logging.getLogger("dockyard.engine")
 
 TABLE = "dockyard"
 _NFPROTO_IPV4 = 2
+_NFPROTO_IPV6 = 10
 _NFT_META_IIFNAME, _NFT_META_OIFNAME = 6, 7
 _NFT_CMP_EQ, _NFT_CMP_NEQ = 0, 1
 _NF_DROP, _NF_ACCEPT, _NFT_JUMP = 0, 1, -3
 _NFT_PAYLOAD_NETWORK_HEADER = 1
 _IFNAMSIZ = 16
 _IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+IPV6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
+# The source address in the network header: (offset, length) for IPv4 and IPv6.
+_SADDR_AT = {4: (12, 4), 6: (8, 16)}
 
 # nftables base chains of the table (the isolation chain is a regular chain: no hook).
 _NFT_CHAINS: Tuple[Tuple[str, Dict[str, object]], ...] = (
@@ -59,7 +66,7 @@ class FirewallUnavailable(Exception):
 
 
 def enable_ip_forward(path: str = _IP_FORWARD) -> None:
-    """Turn on IPv4 forwarding for this network namespace (the engine host's)."""
+    """Turn on IPv4 forwarding (or IPv6's: IPV6_FORWARD) for this network namespace (the engine host's)."""
     with open(path, "r+") as fh:
         if fh.read().strip() != "1":
             fh.seek(0)
@@ -90,12 +97,19 @@ def nft_expressions(rule: Rule) -> list:
     for match in rule.matches:
         op = _NFT_CMP_EQ if match.equal else _NFT_CMP_NEQ
         if match.field == SADDR:
-            network = ipaddress.IPv4Network(match.value)
+            network = ipaddress.ip_network(match.value)
+            offset, length = _SADDR_AT[network.version]
             out += [
-                genex("payload", {"dreg": 1, "base": _NFT_PAYLOAD_NETWORK_HEADER, "offset": 12, "len": 4}),
+                genex("payload", {"dreg": 1, "base": _NFT_PAYLOAD_NETWORK_HEADER, "offset": offset, "len": length}),
                 genex(
                     "bitwise",
-                    {"sreg": 1, "dreg": 1, "len": 4, "mask": _data(network.netmask.packed), "xor": _data(b"\0" * 4)},
+                    {
+                        "sreg": 1,
+                        "dreg": 1,
+                        "len": length,
+                        "mask": _data(network.netmask.packed),
+                        "xor": _data(b"\0" * length),
+                    },
                 ),
                 genex("cmp", {"sreg": 1, "op": op, "data": _data(network.network_address.packed)}),
             ]
@@ -142,7 +156,8 @@ def parse_nft_rule(chain: str, expressions) -> Optional[Rule]:
         if action is not None:
             return None  # nothing follows the verdict in our rules
         if name == "payload":
-            if (data.get_attr("NFTA_PAYLOAD_OFFSET"), data.get_attr("NFTA_PAYLOAD_LEN")) != (12, 4):
+            at = (data.get_attr("NFTA_PAYLOAD_OFFSET"), data.get_attr("NFTA_PAYLOAD_LEN"))
+            if at not in _SADDR_AT.values():
                 return None
             field, mask = SADDR, None
         elif name == "bitwise":
@@ -158,11 +173,11 @@ def parse_nft_rule(chain: str, expressions) -> Optional[Rule]:
                 return None
             value = _as_bytes(data.get_attr("NFTA_CMP_DATA").get_attr("NFTA_DATA_VALUE"))
             if field == SADDR:
-                if mask is None or len(value) != 4:
+                if mask is None or len(value) not in (4, 16) or len(mask) != len(value):
                     return None
                 prefix = bin(int.from_bytes(mask, "big")).count("1")
                 try:
-                    network = ipaddress.IPv4Network((ipaddress.IPv4Address(value), prefix))
+                    network = ipaddress.ip_network((ipaddress.ip_address(value), prefix))
                 except ValueError:
                     return None
                 matches.append(Match(SADDR, equal, network))
@@ -202,10 +217,10 @@ def nft_current_rules(nft) -> List[Tuple[int, Rule | None, str]]:
     return found
 
 
-def _nft_sync(rules: Sequence[Rule]) -> None:
+def _nft_sync(rules: Sequence[Rule], family: int = 4) -> None:
     from pyroute2.nftables.main import NFTables
 
-    nft = NFTables(nfgen_family=_NFPROTO_IPV4)
+    nft = NFTables(nfgen_family=_NFPROTO_IPV6 if family == 6 else _NFPROTO_IPV4)
     try:
         tables = [t.get_attr("NFTA_TABLE_NAME") for t in nft.get_tables()]
         if not rules:
@@ -234,8 +249,8 @@ def _nft_sync(rules: Sequence[Rule]) -> None:
         nft.close()
 
 
-def _nft_teardown() -> None:
-    _nft_sync([])
+def _nft_teardown(family: int = 4) -> None:
+    _nft_sync([], family)
 
 
 # -- iptables (legacy or nft-backed binary) ------------------------------------------------------------
@@ -326,9 +341,12 @@ def iptables_teardown(binary: str) -> None:
 
 
 class Firewall:
-    """Keeps the kernel's rules for the engine's networks equal to the last setup() call."""
+    """Keeps the kernel's rules of one address family (4 or 6) for the engine's networks equal to the
+    last setup() call."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: int = 4) -> None:
+        self.family = family
+        self.binary_name = "ip6tables" if family == 6 else "iptables"
         self.rules: List[Rule] = []
         self.method: Optional[str] = None  # "nftables" or "iptables" once set up
 
@@ -336,19 +354,19 @@ class Firewall:
         """Make the installed rules exactly `rules` (ruleset.engine_rules) -> the method used."""
         rules = list(dict.fromkeys(rules))
         try:
-            _nft_sync(rules)
+            _nft_sync(rules, self.family)
             self.method, self.rules = "nftables", rules
             return self.method
         except ImportError as exc:
             nft_error = "pyroute2 is missing (%s)" % exc
         except Exception as exc:  # NetlinkError, OSError: no nf_tables in this kernel/sandbox
             nft_error = "nftables: %s" % (exc,)
-        log.info("nftables setup failed (%s); trying iptables", nft_error)
-        binary = shutil.which("iptables")
+        log.info("nftables setup failed (%s); trying %s", nft_error, self.binary_name)
+        binary = shutil.which(self.binary_name)
         if not binary:
             raise FirewallUnavailable(
                 "outbound NAT and network isolation unavailable: install nftables (kernel nf_tables) or "
-                "iptables (%s; no iptables binary)" % nft_error
+                "iptables (%s; no %s binary)" % (nft_error, self.binary_name)
             )
         try:
             iptables_sync(binary, rules)
@@ -363,9 +381,9 @@ class Firewall:
         """Remove what setup() installed (best effort)."""
         try:
             if self.method == "nftables":
-                _nft_teardown()
+                _nft_teardown(self.family)
             elif self.method == "iptables":
-                binary = shutil.which("iptables")
+                binary = shutil.which(self.binary_name)
                 if binary:
                     iptables_teardown(binary)
         except Exception as exc:

@@ -10,7 +10,7 @@ from typing import Callable, List, Tuple  # List: the class has a method named l
 
 from dockyard.engine.errors import Forbidden, InvalidParameter
 from dockyard.engine.network import bridge, vendor
-from dockyard.engine.network.catalog import BUILTIN, DRIVERS, BridgeNet, Catalog
+from dockyard.engine.network.catalog import BUILTIN, DRIVERS, BridgeNet, Catalog, Pool6
 from dockyard.engine.network.hostsetup import ICC_OPTION, HostNetworking, device_exists, parse_go_bool
 from dockyard.engine.network.settings import network_members
 
@@ -43,6 +43,13 @@ class Networks:
                 ipam_config[0]["IPRange"] = net.ip_range
             if net.aux_addresses:
                 ipam_config[0]["AuxiliaryAddresses"] = dict(net.aux_addresses)
+            if net.subnet6 is not None:
+                six: dict = {"Subnet": str(net.subnet6), "Gateway": str(net.gateway6)}
+                if net.ip_range6:
+                    six["IPRange"] = net.ip_range6
+                if net.aux_addresses6:
+                    six["AuxiliaryAddresses"] = dict(net.aux_addresses6)
+                ipam_config.append(six)
             if net.default:
                 options = {
                     "com.docker.network.bridge.default_bridge": "true",
@@ -67,7 +74,7 @@ class Networks:
             "Scope": "local",
             "Driver": driver,
             "EnableIPv4": net is not None,
-            "EnableIPv6": False,
+            "EnableIPv6": bool(net is not None and net.ipv6),
             "IPAM": {"Driver": "default", "Options": None if name in BUILTIN else {}, "Config": ipam_config},
             "Internal": internal,
             "Attachable": False,
@@ -99,6 +106,7 @@ class Networks:
         options: dict[str, str] | None = None,
         ip_range: str | None = None,
         aux_addresses: dict[str, str] | None = None,
+        ipv6: Pool6 | None = None,
     ) -> BridgeNet:
         """A user-defined bridge network (`docker network create`); its bridge comes up now."""
         with self.lock:
@@ -109,9 +117,16 @@ class Networks:
 
             if ICC_OPTION in (options or {}):
                 parse_go_bool(ICC_OPTION, (options or {})[ICC_OPTION])
-            if subnet and routed(ipaddress.IPv4Network(subnet, strict=False)):
-                raise InvalidParameter("subnet %s overlaps routes of this host" % subnet)
-            net = self.catalog.create(name, subnet, gateway, internal, labels, options, routed, ip_range, aux_addresses)
+            for each in (subnet, ipv6.subnet if ipv6 else None):
+                try:
+                    network = ipaddress.ip_network(each, strict=False) if each else None
+                except ValueError:
+                    continue  # the catalog says what is wrong with it
+                if network is not None and routed(network):
+                    raise InvalidParameter("subnet %s overlaps routes of this host" % each)
+            net = self.catalog.create(
+                name, subnet, gateway, internal, labels, options, routed, ip_range, aux_addresses, ipv6
+            )
             try:
                 self.host.ensure_ready(net)
             except Exception:

@@ -34,6 +34,11 @@ class PortBindError(OSError):
         return self.strerror or super().__str__()
 
 
+def family_of(address):
+    """AF_INET6 for an IPv6 address text, AF_INET otherwise."""
+    return socket.AF_INET6 if ":" in str(address) else socket.AF_INET
+
+
 def _bind_error(proto, host_ip, host_port, exc):
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if exc.errno == errno.EADDRINUSE:
@@ -41,8 +46,14 @@ def _bind_error(proto, host_ip, host_port, exc):
     elif exc.errno == errno.EADDRNOTAVAIL:
         reason = "cannot assign requested address"
     return PortBindError(
-        exc.errno, "Error starting userland proxy: listen %s4 %s:%s: bind: %s" % (proto, host_ip, host_port, reason)
+        exc.errno,
+        "Error starting userland proxy: listen %s%s %s: bind: %s"
+        % (proto, "6" if ":" in host_ip else "4", _host_port_text(host_ip, host_port), reason),
     )
+
+
+def _host_port_text(host_ip, host_port):
+    return "[%s]:%s" % (host_ip, host_port) if ":" in host_ip else "%s:%s" % (host_ip, host_port)
 
 
 def _close(sock):
@@ -132,9 +143,12 @@ class _Proxy:
         )
 
     def _listen_socket(self, kind):
-        sock = socket.socket(socket.AF_INET, kind)
+        family = family_of(self.host_ip)
+        sock = socket.socket(family, kind)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # [::] takes IPv6 only: 0.0.0.0 is a binding of its own
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((self.host_ip, self.host_port))
             if kind == socket.SOCK_STREAM:
                 sock.listen(128)
@@ -188,7 +202,7 @@ class _TcpConn:
         self.proxy = proxy
         self.reg = proxy._reg
         self.client = client
-        self.upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.upstream = socket.socket(family_of(proxy.target[0]), socket.SOCK_STREAM)
         self.upstream.setblocking(False)
         self.connecting = True
         self.closed = False
@@ -374,7 +388,7 @@ class UdpProxy(_Proxy):
             self.tick(force=True)
             if len(self._flows) >= MAX_UDP_FLOWS:
                 return None
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(family_of(self.target[0]), socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.connect(self.target)
@@ -418,11 +432,15 @@ class UdpProxy(_Proxy):
 
 
 def proxies_for(settings):
-    """Proxies for every published port of a container's NetworkSettings (not started)."""
+    """Proxies for every published port of a container's NetworkSettings (not started). An IPv6 host
+    address forwards to the container's IPv6 address when it has one, else to its IPv4 one (as
+    docker-proxy does for dockerd 20.10's IPv6 bindings)."""
     target_ip = settings.get("IPAddress") or ""
+    target_ip6 = settings.get("GlobalIPv6Address") or ""
     for endpoint in (settings.get("Networks") or {}).values():
-        # user-defined networks leave the deprecated top-level IPAddress empty
+        # user-defined networks leave the deprecated top-level addresses empty
         target_ip = target_ip or (endpoint or {}).get("IPAddress") or ""
+        target_ip6 = target_ip6 or (endpoint or {}).get("GlobalIPv6Address") or ""
     if not target_ip:
         return []
     out = []
@@ -435,7 +453,9 @@ def proxies_for(settings):
         if cls is None:
             continue
         for binding in bindings:
-            out.append(cls(binding.get("HostIp") or "0.0.0.0", int(binding["HostPort"]), target_ip, int(port_text)))
+            host_ip = binding.get("HostIp") or "0.0.0.0"
+            target = (target_ip6 or target_ip) if ":" in host_ip else target_ip
+            out.append(cls(host_ip, int(binding["HostPort"]), target, int(port_text)))
     return out
 
 

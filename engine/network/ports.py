@@ -56,7 +56,8 @@ def parse_host_port(text):
 
 
 def parse_host_ip(text):
-    """'' -> '0.0.0.0'; IPv4 addresses as given. IPv6 host addresses are not supported."""
+    """'' -> '0.0.0.0'; IPv4 and IPv6 addresses (`-p [::]:8080:80`, `-p [::1]:8080:80`) as given.
+    An IPv6 binding is a listener of its own (IPv6 only), as docker-proxy's for dockerd 20.10."""
     text = str(text or "").strip()
     if text in ("", "0.0.0.0"):
         return "0.0.0.0"
@@ -64,8 +65,6 @@ def parse_host_ip(text):
         addr = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         raise PortSpecError("invalid host IP %r in port binding" % text) from None
-    if addr.version != 4:
-        raise PortSpecError("IPv6 host address %s is not supported; publish on IPv4" % text)
     return str(addr)
 
 
@@ -169,15 +168,22 @@ def ps_ports(settings, config=None):
 
 
 def _overlaps(ip_a, ip_b):
-    return ip_a == ip_b or "0.0.0.0" in (ip_a, ip_b)
+    """Whether two host addresses' listeners would clash: the same family and address, or a wildcard
+    of that family (IPv6 listeners are IPv6-only, so 0.0.0.0 and :: do not clash)."""
+    if (":" in ip_a) != (":" in ip_b):
+        return False
+    return ip_a == ip_b or bool({"0.0.0.0", "::"} & {ip_a, ip_b})
 
 
 def _probe(host_ip, port, proto):
     """Bind host_ip:port (0: the kernel picks from the ephemeral range) and return the port."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(socket.AF_INET, kind)
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host_ip, port))
         if proto == "tcp":
             sock.listen(1)  # a listener conflicts with other listeners even under SO_REUSEADDR
@@ -264,7 +270,14 @@ class PortAllocator:
             errno.EADDRNOTAVAIL: "cannot assign requested address",
             errno.EACCES: "permission denied",
         }.get(exc.errno, exc.strerror or str(exc))
-        return "Error starting userland proxy: listen %s4 %s:%d: bind: %s" % (req.proto, req.host_ip, port, reason)
+        six = ":" in req.host_ip
+        where = ("[%s]:%d" if six else "%s:%d") % (req.host_ip, port)
+        return "Error starting userland proxy: listen %s%s %s: bind: %s" % (
+            req.proto,
+            "6" if six else "4",
+            where,
+            reason,
+        )
 
     def release(self, owner):
         with self._lock:

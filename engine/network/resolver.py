@@ -87,19 +87,23 @@ def parse_query(data: bytes) -> Optional[Question]:
 
 
 def response(query: bytes, question: Optional[Question], rcode: int, addresses: Sequence[str] = ()) -> bytes:
-    """An answer to `query` (>= 12 bytes): its ID, RD bit and question, RA set, A records for `addresses`."""
+    """An answer to `query` (>= 12 bytes): its ID, RD bit and question, RA set; A records for the IPv4
+    `addresses` of an A question, AAAA records for the IPv6 ones of an AAAA question (none of that
+    family: an empty answer, NODATA)."""
     qid, flags = struct.unpack("!HH", query[:4])
     out_flags = 0x8000 | (flags & 0x0100) | 0x0080 | rcode  # QR, RD copied, RA
     if question is None:
         return struct.pack("!HHHHHH", qid, out_flags, 0, 0, 0, 0)
-    answers = [ipaddress.IPv4Address(a).packed for a in addresses] if question.qtype == TYPE_A else []
+    version = {TYPE_A: 4, TYPE_AAAA: 6}.get(question.qtype)
+    parsed = [ipaddress.ip_address(a) for a in addresses]
+    answers = [a.packed for a in parsed if a.version == version]
     if rcode == NOERROR:
         out_flags |= 0x0400  # AA: the containers' names are ours
     else:
         answers = []
     body = query[12 : question.end]
     for packed in answers:
-        body += struct.pack("!HHHIH", 0xC00C, TYPE_A, CLASS_IN, TTL, 4) + packed
+        body += struct.pack("!HHHIH", 0xC00C, question.qtype, CLASS_IN, TTL, len(packed)) + packed
     return struct.pack("!HHHHHH", qid, out_flags, 1, len(answers), 0, 0) + body
 
 

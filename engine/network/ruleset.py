@@ -8,6 +8,9 @@ Two kinds, over every bridged network of the engine (the default bridge and user
   (forward: `iifname A oifname != A jump stage-2`; stage-2: `oifname B drop` for every bridge B),
   and an internal network's traffic never crosses its bridge in either direction.
 
+The same rules serve IPv6 (nat.py installs them in the ip6 family): isolation over every bridge,
+masquerading for the IPv6 subnets of dual-stack networks.
+
 Traffic between containers of one bridge is switched, not routed, so it never reaches these rules:
 `com.docker.network.bridge.enable_icc=false` is enforced by bridge-port isolation (bridge.py).
 Traffic to the host's own addresses (the gateways) is not forwarded either: like Docker, the
@@ -17,7 +20,7 @@ engine leaves container-to-host traffic alone.
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, List, NamedTuple, Tuple, Union
+from typing import Iterable, List, NamedTuple, Optional, Tuple, Union
 
 NAT_CHAIN = "postrouting"
 FORWARD_CHAIN = "forward"
@@ -33,11 +36,11 @@ SADDR, IIFNAME, OIFNAME = "saddr", "iifname", "oifname"
 
 
 class Match(NamedTuple):
-    """`field == value` (equal) or `field != value`; saddr values are IPv4Networks, names are str."""
+    """`field == value` (equal) or `field != value`; saddr values are IPv4/IPv6Networks, names are str."""
 
     field: str
     equal: bool
-    value: Union[str, ipaddress.IPv4Network]
+    value: Union[str, ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 class Rule(NamedTuple):
@@ -47,14 +50,14 @@ class Rule(NamedTuple):
 
 
 class BridgedNetwork(NamedTuple):
-    """What the rules need to know of one bridged network."""
+    """What the rules need to know of one bridged network (subnet None: none of this family)."""
 
     device: str
-    subnet: ipaddress.IPv4Network
+    subnet: Optional[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]]
     internal: bool = False
 
 
-def masquerade_rule(subnet: ipaddress.IPv4Network, device: str) -> Rule:
+def masquerade_rule(subnet: Union[ipaddress.IPv4Network, ipaddress.IPv6Network], device: str) -> Rule:
     return Rule(NAT_CHAIN, (Match(SADDR, True, subnet), Match(OIFNAME, False, device)), MASQUERADE)
 
 
@@ -80,5 +83,7 @@ def engine_rules(networks: Iterable[BridgedNetwork], masquerade: bool = True) ->
     networks = list(networks)
     rules = []
     if masquerade:
-        rules += [masquerade_rule(net.subnet, net.device) for net in networks if not net.internal]
+        rules += [
+            masquerade_rule(net.subnet, net.device) for net in networks if not net.internal and net.subnet is not None
+        ]
     return rules + isolation_rules(networks)

@@ -13,9 +13,17 @@ def endpoint_settings(catalog: Catalog, netname: str, endpoint: dict | None, ali
     bridged = net is not None and bool(ip)
     aliases = list(endpoint.get("Aliases") or []) if endpoint else list(aliases or [])
     request_ip = (endpoint or {}).get("IPv4Request") or ""
+    request_ip6 = (endpoint or {}).get("IPv6Request") or ""
+    ip6 = (endpoint or {}).get("GlobalIPv6Address") or ""
+    six = net is not None and net.subnet6 is not None and bool(ip6)
+    ipam_config = {}
+    if request_ip:
+        ipam_config["IPv4Address"] = request_ip
+    if request_ip6:
+        ipam_config["IPv6Address"] = request_ip6
     named = net is not None and not net.default
     return {
-        "IPAMConfig": {"IPv4Address": request_ip} if request_ip else None,
+        "IPAMConfig": ipam_config or None,
         "Links": None,
         "Aliases": aliases or None,
         "MacAddress": endpoint.get("MacAddress", "") if endpoint else "",
@@ -26,9 +34,9 @@ def endpoint_settings(catalog: Catalog, netname: str, endpoint: dict | None, ali
         "Gateway": str(net.gateway) if bridged else "",
         "IPAddress": ip or "",
         "IPPrefixLen": net.subnet.prefixlen if bridged else 0,
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "IPv6Gateway": str(net.gateway6) if six and net is not None else "",
+        "GlobalIPv6Address": ip6 if six else "",
+        "GlobalIPv6PrefixLen": net.subnet6.prefixlen if six and net is not None and net.subnet6 else 0,
         "DNSNames": list(endpoint.get("DNSNames") or []) or None if named and endpoint else None,
     }
 
@@ -68,11 +76,11 @@ def network_settings(
         "SecondaryIPv6Addresses": None,
         "EndpointID": top["EndpointID"],
         "Gateway": top["Gateway"],
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "GlobalIPv6Address": top["GlobalIPv6Address"],
+        "GlobalIPv6PrefixLen": top["GlobalIPv6PrefixLen"],
         "IPAddress": top["IPAddress"],
         "IPPrefixLen": top["IPPrefixLen"],
-        "IPv6Gateway": "",
+        "IPv6Gateway": top["IPv6Gateway"],
         "MacAddress": top["MacAddress"],
         "Networks": networks,
     }
@@ -87,11 +95,12 @@ def network_members(catalog: Catalog, netname: str, endpoint_items: list) -> dic
         if ep is None:
             continue
         ip = ep.get("IPAddress") or ""
+        ip6 = ep.get("GlobalIPv6Address") or ""
         out[cid] = {
             "Name": ep.get("Name", ""),
             "EndpointID": ep.get("EndpointID", ""),
             "MacAddress": ep.get("MacAddress", ""),
             "IPv4Address": "%s/%d" % (ip, net.subnet.prefixlen) if ip and net else "",
-            "IPv6Address": "",
+            "IPv6Address": "%s/%d" % (ip6, net.subnet6.prefixlen) if ip6 and net and net.subnet6 else "",
         }
     return out
