@@ -2,10 +2,10 @@
 """Benchmark: `dockyard create -d qemu` until the engine answers, against the raw boot-to-SSH time of the same
 guest image started by a plain qemu command, in the same run (one VM at a time; 1 GiB, 2 vCPUs, restrict=on).
 
-    python3 bench/qemu_create.py [--runs N] [--accel tcg|kvm] [--keep-going]
+    python3 bench/qemu_create.py [--runs N] [--accel tcg|kvm]
 
 Prints each run's breakdown (image prep, QEMU start, boot to SSH, cloud-init, provisioning) and the ratio
-dockyard / raw; the target is <= 1.2. Needs root once to build the guest image (cached afterwards in
+dockyard / raw; the target (issue 11) is <= 1.15. Needs root once to build the guest image (cached afterwards in
 $DOCKYARD_IMAGE_CACHE, default /var/cache/dockyard-tests/images). Nothing leaves 127.0.0.1.
 """
 
@@ -32,6 +32,7 @@ from dockyard.provisioner.core.ssh_keys import generate_keypair  # noqa: E402
 from dockyard.provisioner.core.ssh_target import SSHTarget  # noqa: E402
 
 CACHE = os.environ.get("DOCKYARD_IMAGE_CACHE") or "/var/cache/dockyard-tests/images"
+TARGET = 1.15  # issue 11: create -d qemu <= 1.15x the raw boot of the same image
 UP = re.compile(r"Cloud-init v\. \S+ (running 'init-local'|finished) at .*?Up ([0-9.]+) seconds")
 
 
@@ -195,7 +196,7 @@ def main():
     ratio = statistics.median(dys) / statistics.median(raws)
     print(
         f"median: raw {statistics.median(raws):.1f}s, dockyard {statistics.median(dys):.1f}s, "
-        f"ratio {ratio:.2f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'})"
+        f"ratio {ratio:.2f} (target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'})"
     )
 
 

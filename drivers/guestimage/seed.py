@@ -4,7 +4,7 @@ import secrets
 import shlex
 
 from dockyard import templates
-from dockyard.drivers.guestimage import iso, recipe
+from dockyard.drivers.guestimage import guestunits, iso, recipe
 
 LABEL = "cidata"  # the volume label NoCloud looks for
 
@@ -67,6 +67,9 @@ def render(
         run_once=run_once,
         bootcmd=bootcmd,
         fstab=fstab,
+        guest_files=guestunits.files(),
+        guest_enable=list(guestunits.ENABLED),
+        guest_start=list(guestunits.STARTED),
     )
     return {
         "user-data": templates.render("cloud-init-user-data.j2", **ctx).encode(),

@@ -59,6 +59,10 @@ def build(spec):
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
     argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory_mb}M", "-display", "none", "-vga", "none"]
+    # The RTC follows the host's clock, also while QEMU is frozen by a suspend of the laptop: the guest steps its
+    # system clock to it (guestunits' dockyard-clocksync.timer), no network time needed. slew: lost RTC ticks
+    # are caught up gradually.
+    argv += ["-rtc", "base=utc,clock=host,driftfix=slew"]
     if spec.kernel:
         argv += ["-kernel", spec.kernel, "-append", spec.append]
         if spec.initrd:

