@@ -12,6 +12,7 @@ from dockyard.drivers import registry
 from dockyard.provisioner.cli.common import complete_drivers, info, store_of
 from dockyard.provisioner.cli.context import context_after_create
 from dockyard.provisioner.cli.progress import renderer
+from dockyard.provisioner.core import engine_client
 from dockyard.provisioner.core.errors import DockyardError, PreCreateCheckError, UsageError
 from dockyard.provisioner.machines import batch, cluster, machine
 
@@ -66,6 +67,29 @@ class QuietLog:
             click.echo(line, err=True)
         else:
             self.last = line
+
+
+def engine_warnings(m) -> list[str]:
+    """The engine's own warnings once it runs (/info Warnings: the vfs storage fallback, cgroup controllers it
+    misses...), each as one line; a machine whose engine dockyard did not install has none to show."""
+    if not m.driver.provisions:
+        return []
+    try:
+        status, _, body = engine_client.request(m.url(), m.tls_files(), "GET", "/info", timeout=10)
+        if status != 200:
+            raise DockyardError(f"HTTP {status}")
+        data = json.loads(body)
+        found = (data.get("Warnings") if isinstance(data, dict) else None) or []
+    except (DockyardError, ValueError) as e:
+        return [f"Warning: cannot read the engine's warnings (GET /info): {e}"]
+    lines = [" ".join(str(w).split()) for w in found if str(w).strip()]
+    return [line if LOUD_LINE.match(line) else f"WARNING: {line}" for line in lines]
+
+
+def show_engine_warnings(m, prefix: str = "") -> None:
+    """On stderr, with or without --quiet: they say what will not work as on Docker."""
+    for line in engine_warnings(m):
+        click.echo(prefix + line, err=True)
 
 
 def _driver_option(flag):
@@ -156,7 +180,12 @@ def _kv_list(values, what):
 @click.option(
     "--engine-registry-mirror", multiple=True, envvar="ENGINE_REGISTRY_MIRROR", help="Registry mirror (repeatable)."
 )
-@click.option("--engine-storage-driver", default="overlay2", show_default=True, help="Engine storage driver.")
+@click.option(
+    "--engine-storage-driver",
+    default="",
+    help="Engine storage driver (default: overlay2, or vfs with a warning where the host cannot hold overlayfs; "
+    "--engine docker: overlay2).",
+)
 @click.option(
     "--engine-port",
     type=click.IntRange(1, 65535),
@@ -263,6 +292,7 @@ def create(
             store, names[0], driver, driver_options, engine_options, list(tls_san), show, engine=engine, swarm=swarm
         )
         final = quiet.last if quiet else ""
+        show_engine_warnings(m)
         if with_context:
             context_after_create(m, show)
         if quiet:
@@ -291,6 +321,7 @@ def create(
                 swarm=per_name.get(name, swarm),
                 swarm_ready=gate.wait if gate is not None and not lead else None,
             )
+        show_engine_warnings(m, f"({name}) ")
         if with_context:
             context_after_create(m, log)
 

@@ -46,7 +46,8 @@ def engine_config(engine_options, port):
         "tlscert": REMOTE_CERT,
         "tlskey": REMOTE_KEY,
         "labels": list(engine_options.get("Labels", [])),
-        "storage-driver": engine_options.get("StorageDriver") or "overlay2",
+        # "" lets the engine choose: overlay2, or vfs (with a warning) where the data-root cannot hold overlayfs.
+        "storage-driver": engine_options.get("StorageDriver") or "",
         "insecure-registries": list(engine_options.get("InsecureRegistry", [])),
         "registry-mirrors": list(engine_options.get("RegistryMirror", [])),
         "opts": opts,
