@@ -83,3 +83,17 @@ def test_dockerd_command_line_stays_in_its_namespaces(tmp_path: Path):
     finally:
         d.stop()
     assert not d.dir.exists()
+
+
+def test_report_prints_every_measured_row(capsys):
+    rows = {"dockyard": [1.0, 2.0, 1.5], "dockerd": [2.0, 3.0, 2.5]}
+    results = {
+        "versions": {"dockyard": "0.1.0", "dockerd": "20.10.24"},
+        "elapsed": 1.0,
+        **{key: rows for key in ("build cold", "build cached", "push + pull", "compose up", "compose down")},
+        "compose floor": {"docker-compose start": [0.4], "health intervals": [2.0]},
+    }
+    eco.report(eco.parse_args(["--rounds", "3"]), results)
+    out = capsys.readouterr().out
+    assert out.count("<= 1.0x  MET") == 2 and out.count("MISSED by 1.20x") == 3  # medians 1.5 vs 2.5
+    assert "compose up minus that (info)" in out and "push " not in out.replace("push + pull", "")
