@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any
 
 
 def atomic_write(path: str, data: bytes, *, durable: bool, mode: int = 0o644) -> None:
     """Replace `path` with `data` through a temp file next to it and a rename."""
-    tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex[:12])  # unique per call: threads and processes write at once
+    tmp = "%s.%s.tmp" % (path, os.urandom(6).hex())  # unique per call: threads and processes write at once
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -83,8 +83,9 @@ class Engine:
         return {"Images": len(self.images.ids())}
 
 
-def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
-    """Build every part. Nothing here may start a thread: the fork server must fork a single-threaded daemon."""
+def build_engine(config: Config, engine_id: str, warnings: list[str], forkserver: ForkServer) -> Engine:
+    """Build every part around the running fork server: engine/daemon.py forks it before the daemon's heavy
+    imports, and stops it whatever happens here."""
     idmap: IdMap | None = None
     if config.userns_remap:
         # As dockerd: everything lives under <data-root>/<uid>.<gid>/, layers extracted shifted into the range.
@@ -107,13 +108,7 @@ def build_engine(config: Config, engine_id: str, warnings: list[str]) -> Engine:
         network = NetworkManager(config.data_root, config.opts, warnings)
     except ValueError as exc:  # a bad bip=/mtu=/bridge= engine opt
         raise EngineError("network configuration: %s" % exc) from None
-    forkserver = ForkServer()
-    forkserver.start()
-    try:
-        containers = ContainerManager(config, forkserver, images, volumes, network, idmap)
-    except BaseException:
-        forkserver.stop()
-        raise
+    containers = ContainerManager(config, forkserver, images, volumes, network, idmap)
     images.set_usage_check(containers.using_image)
     images.set_running_check(containers.is_running)
     volumes.set_usage_check(containers.using_volume)

@@ -6,7 +6,6 @@ a result; this module turns results and EngineErrors (status from api.errors) in
 Framing lives in wire.py, response objects in responses.py.
 """
 
-import email.utils
 import json
 import logging
 import socket
@@ -73,6 +72,25 @@ REASONS = {
     501: "Not Implemented",
     503: "Service Unavailable",
 }
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(when=None):
+    """RFC 7231 date, 'Sun, 06 Nov 1994 08:49:37 GMT', as email.utils.formatdate(usegmt=True) writes it
+    (not with it: the email package costs an idle daemon a megabyte); English names whatever the locale."""
+    t = time.gmtime(when)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _WEEKDAYS[t.tm_wday],
+        t.tm_mday,
+        _MONTHS[t.tm_mon - 1],
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )
 
 
 class Request:
@@ -237,7 +255,7 @@ class Connection:
         lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Status"))]
         for name, value in self.server.base_headers:
             lines.append("%s: %s" % (name, value))
-        lines.append("Date: %s" % email.utils.formatdate(usegmt=True))
+        lines.append("Date: %s" % http_date())
         for name, value in extra_headers:
             lines.append("%s: %s" % (name, value))
         if not keep_alive:

@@ -10,7 +10,7 @@ from dockyard.engine.api.responses import Response
 from dockyard.engine.api.router import version_less
 from dockyard.engine.config import registry_certs_dirs
 from dockyard.engine.errors import EngineError, InvalidParameter, Unsupported
-from dockyard.engine.images import importer, loadsave, push, reference, registry
+from dockyard.engine.images import importer, loadsave, reference
 from dockyard.engine.images.store import ZERO_TIME, parse_time
 
 log = logging.getLogger("dockyard.engine.images")
@@ -327,6 +327,8 @@ def search_images(req):
 
 
 def push_image(req):
+    from dockyard.engine.images import push  # on first use: the registry client stays out of an idle engine
+
     cfg = req.engine.config
     out = _LazyStream(req, buffer_all=False)
     try:
@@ -458,6 +460,8 @@ def create_image(req):
 
 
 def pull_image(req, from_image, tag):
+    from dockyard.engine.images import registry  # on first use: the registry client stays out of an idle engine
+
     store = req.engine.images
     cfg = req.engine.config
     policy = (cfg.opts or {}).get("registry-pull", "local")

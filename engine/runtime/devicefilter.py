@@ -12,7 +12,6 @@ returns 0 (deny). Only allow rules: everything not listed is denied.
 import ctypes
 import errno
 import os
-import platform
 import resource
 import struct
 import sys
@@ -173,9 +172,9 @@ def assemble(rules: Iterable["str | DeviceRule"]) -> bytes:
 
 # -- bpf(2) --------------------------------------------------------------------------------------
 def _bpf(cmd: int, attr: ctypes.Array) -> int:
-    number = _SYS_BPF.get(platform.machine())
+    number = _SYS_BPF.get(os.uname().machine)
     if number is None:
-        raise BpfError(errno.ENOSYS, "bpf(2): unknown syscall number on %s" % platform.machine())
+        raise BpfError(errno.ENOSYS, "bpf(2): unknown syscall number on %s" % os.uname().machine)
     ctypes.set_errno(0)
     ret = _libc.syscall(ctypes.c_long(number), ctypes.c_long(cmd), attr, ctypes.c_long(len(attr)))
     if ret < 0:

@@ -8,15 +8,12 @@ child talks to the daemon over the control channel it was given. SIGCHLD is igno
 finished children are reaped by the kernel; they reset it before running anything else.
 """
 
-import logging
 import os
 import signal
 import socket
 import threading
 
 from dockyard.engine.runtime import channel, execproc, libc, supervisor
-
-log = logging.getLogger("dockyard.engine")
 
 TARGETS = {"supervise": supervisor.main, "exec": execproc.main}
 
@@ -106,8 +103,13 @@ class ForkServer:
 
     def start(self):
         if threading.active_count() > 1:
-            # Forking a threaded process could copy a lock held by another thread.
-            log.warning("fork server started while %d threads run", threading.active_count())
+            # Forking a threaded process could copy a lock held by another thread. logging only here: the
+            # daemon forks the server before it imports logging, so the server's image carries none.
+            import logging
+
+            logging.getLogger("dockyard.engine").warning(
+                "fork server started while %d threads run", threading.active_count()
+            )
         parent, child = channel.pair()
         pid = os.fork()
         if pid == 0:

@@ -1,11 +1,11 @@
 """ctypes bindings for syscalls the stdlib lacks: unshare, setns, mount, pivot_root, capset, prctl."""
 
 import ctypes
-import ctypes.util
 import os
-import platform
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter runs on (dlopen(NULL)). Not ctypes.util.find_library: it runs ldconfig in a
+# child and imports subprocess, shutil and more into the fork server, which imports this module (memory).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -78,7 +78,7 @@ _SYS_CAPSET = {
     "i686": 185,
     "i386": 185,
 }
-_ARCH = platform.machine()
+_ARCH = os.uname().machine  # what platform.machine() returns, without importing platform
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]

@@ -6,7 +6,6 @@ logs API streams it (LogReader: rotated files first, in blocks, --tail from the 
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import time
@@ -286,6 +285,8 @@ class JsonLogWriter:
 
 def parse_time(text):
     """RFC 3339 'YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ' -> integer nanoseconds since the epoch."""
+    import calendar  # here: the fork server imports this module (for the supervisor's log writer) and needs none
+
     main, _, frac = text.rstrip("Z").partition(".")
     try:
         sec = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))

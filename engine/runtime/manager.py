@@ -64,7 +64,7 @@ class ContainerManager(ExitsMixin):
         # --engine-opt log-driver=: the driver of containers created without --log-driver (dockerd --log-driver)
         self.default_log_driver = logs.check_log_driver((cfg.opts or {}).get("log-driver") or logs.JSON_FILE)
         self.layout = cgroups.layout()
-        self.forkserver = forkserver  # forked by the caller while the daemon has no threads
+        self.forkserver = forkserver  # forked by engine/daemon.py before the daemon's heavy imports
         self.events = EventBus()
         self.monitor = Monitor(self._supervisor_gone)
         self.containers: dict[str, Container] = {}

@@ -14,17 +14,14 @@ Three steps, usable separately:
 """
 
 import ctypes
-import ctypes.util
 import json
 import os
-import pkgutil
-import platform
 import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 DEFAULT_PROFILE_RESOURCE = "seccomp_default.json"
 
-# Machine names (platform.machine()) -> the Go-style names profiles use in includes/excludes.arches.
+# Machine names (os.uname().machine) -> the Go-style names profiles use in includes/excludes.arches.
 _MACHINE_TO_NATIVE = {
     "x86_64": "amd64",
     "amd64": "amd64",
@@ -114,6 +111,8 @@ class SeccompUnavailable(OSError):
 # -- profiles ------------------------------------------------------------------------------------
 def default_profile() -> Dict[str, Any]:
     """Docker's default profile (a fresh dict each call); works from the zipapp too."""
+    import pkgutil  # here, not at the top: the fork server imports this module (install_bpf) and needs no pkgutil
+
     data = pkgutil.get_data(__name__.rpartition(".")[0], DEFAULT_PROFILE_RESOURCE)
     if data is None:
         raise SeccompUnavailable("the default seccomp profile %s is missing" % DEFAULT_PROFILE_RESOURCE)
@@ -236,8 +235,8 @@ def host_kernel() -> Tuple[int, int]:
 
 
 def native_arch(machine: Optional[str] = None) -> str:
-    """The Go-style architecture name profiles use ('amd64', 'arm64', ...) for platform.machine()."""
-    machine = machine or platform.machine()
+    """The Go-style architecture name profiles use ('amd64', 'arm64', ...) for the machine (os.uname())."""
+    machine = machine or os.uname().machine
     return _MACHINE_TO_NATIVE.get(machine, machine)
 
 
@@ -336,6 +335,8 @@ def _libseccomp() -> ctypes.CDLL:
         return _lib
     if _lib_error is not None:
         raise SeccompUnavailable(_lib_error)
+    import ctypes.util  # here, not at the top: it imports subprocess and more, and the fork server imports this module
+
     names = ["libseccomp.so.2"] + [n for n in [ctypes.util.find_library("seccomp")] if n]
     for name in names:
         try:

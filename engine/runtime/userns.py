@@ -12,7 +12,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import subprocess
 from typing import Any
 
 from dockyard.engine.atomicfile import atomic_write
@@ -152,6 +151,8 @@ def _add_range(path: str, name: str) -> None:
 
 
 def _ensure_default_user() -> None:
+    import subprocess  # here: the fork server imports this module and never runs useradd
+
     try:
         pwd.getpwnam(DEFAULT_USER)
     except KeyError:
