@@ -315,8 +315,9 @@ class ImageStore:
         key = "%s:%s" % (parsed.repo, parsed.tag or reference.DEFAULT_TAG)
         with self._lock:
             old = self._repos["tags"].get(key)
-            self._repos["tags"][key] = image_id
-            self._save_repos()
+            if old != image_id:  # as moby's reference store: the same tag again writes nothing (a cached rebuild)
+                self._repos["tags"][key] = image_id
+                self._save_repos()
             self._write_meta(image_id, {"LastTagTime": rfc3339nano()})
         return old if old != image_id else None
 

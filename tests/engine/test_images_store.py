@@ -292,3 +292,18 @@ def test_reference_parsing():
     assert reference.matches("busybox:lat*", "busybox:latest")
     assert not reference.matches("*", "foo/bar:1")
     assert reference.matches("*/*", "foo/bar:1")
+
+
+def test_tagging_an_image_with_the_tag_it_has_rewrites_nothing(store):
+    """A cached rebuild tags the same image again: repositories.json stays as it is (as moby's reference
+    store), LastTagTime still moves; a tag that moves is written."""
+    load(store, busybox_tar())
+    image_id = busybox_image_id()
+    store.tag(image_id, "again:1")
+    before = os.stat(store.repos_path).st_ino
+    last = store.get(image_id).meta["LastTagTime"]
+    assert store.tag(image_id, "again:1") is None
+    assert os.stat(store.repos_path).st_ino == before
+    assert store.get(image_id).meta["LastTagTime"] >= last
+    store.tag(image_id, "again:2")
+    assert os.stat(store.repos_path).st_ino != before
