@@ -74,13 +74,27 @@ def test_contents(engine_copy, tmp_path):
         assert (
             "__main__.py" in names and "dockyard/engine/daemon.py" in names and "dockyard/engine/api/http.py" in names
         )
-        assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+        assert not any("__pycache__" in n for n in names)
+        # byte code only for the engine's own .py files, compiled here (no stray .pyc of the source tree)
+        engine_py = {n for n in names if n.startswith("dockyard/") and n.endswith(".py")}
+        assert {n for n in names if n.endswith(".pyc")} == {n[:-3] + ".pyc" for n in engine_py}
         assert {zi.date_time for zi in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
         info = json.loads(zf.read(BUNDLE_INFO_NAME))
     assert info["engine_version"] == engine.__version__ and info["api_version"] == "1.50"
     assert info["vendored"] == list(VENDORED_PACKAGES)
     assert bundle_version(path).engine_version == engine.__version__
     assert bundle_version(tmp_path / "nothing.pyz") is None
+
+
+def test_engine_byte_code_serves_this_python_and_others_fall_back(engine_copy, tmp_path):
+    """zipimport cannot cache byte code: the bundle carries this python's, so an engine start compiles nothing;
+    another python version finds a bad magic number and compiles the .py beside it."""
+    path, _ = build_bundle(tmp_path, engine_dir=engine_copy)
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import dockyard.engine.daemon as d; print(d.__file__)"
+    for python, loaded in ((sys.executable, "daemon.pyc"), (_python39(), "daemon.py")):
+        if python:
+            out = subprocess.run([python, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+            assert out.stdout.strip() == f"{path}/dockyard/engine/{loaded}", out.stderr[-2000:]
 
 
 def test_vendored_pure_python_package(engine_copy, tmp_path, monkeypatch):
