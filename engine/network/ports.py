@@ -1,4 +1,10 @@
-"""Published ports: parse PortBindings/ExposedPorts, reserve host ports, shape Ports for the API."""
+"""Published ports: parse PortBindings/ExposedPorts, reserve host ports, shape Ports for the API.
+
+As dockerd 20.10 does (libnetwork's allocatePorts with the userland proxy), a binding on every address
+(HostIp "" or 0.0.0.0) is published on IPv4 (0.0.0.0) and, when this host has IPv6, on IPv6 (::) with
+the same host port: two entries in Ports, two listeners (the IPv6 one IPv6-only). An IPv6 listener
+forwards to the container's IPv6 address if it has one, else to its IPv4 address (portproxy.py).
+"""
 
 import errno
 import ipaddress
@@ -83,6 +89,11 @@ class PortRequest:
     @property
     def key(self):
         return "%d/%s" % (self.container_port, self.proto)
+
+    @property
+    def dual(self):
+        """Published on every address: IPv6's :: too, where the host has IPv6."""
+        return self.host_ip == "0.0.0.0"
 
     def __eq__(self, other):
         return isinstance(other, PortRequest) and all(
@@ -175,6 +186,22 @@ def _overlaps(ip_a, ip_b):
     return ip_a == ip_b or bool({"0.0.0.0", "::"} & {ip_a, ip_b})
 
 
+def ipv6_listenable():
+    """Whether this network namespace can listen on IPv6 (dockerd skips its :: bindings otherwise)."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def _probe(host_ip, port, proto):
     """Bind host_ip:port (0: the kernel picks from the ephemeral range) and return the port."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
@@ -190,6 +217,11 @@ def _probe(host_ip, port, proto):
         return sock.getsockname()[1]
     finally:
         sock.close()
+
+
+def _where(host_ip, port):
+    """host:port as dockerd's port allocator writes it in its errors ("0.0.0.0:80", ":::80")."""
+    return "%s:%d" % (host_ip, port)
 
 
 class PortAllocator:
@@ -226,54 +258,70 @@ class PortAllocator:
         return False
 
     def reserve(self, owner, requests):
-        """Pick a host port for every request; all or nothing. -> list of binding dicts."""
+        """Pick a host port for every request (two bindings, IPv4 and IPv6, for one on every address);
+        all or nothing. -> list of binding dicts."""
         with self._lock:
             self._owners.pop(owner, None)  # a restart re-reserves from scratch
             chosen = []
+            six = any(req.dual for req in requests) and ipv6_listenable()
             for req in requests:
-                chosen.append(self._pick(req, chosen))
+                chosen.extend(self._pick(req, chosen, six and req.dual))
             if chosen:
                 self._owners[owner] = chosen
             self._save()
             return [dict(b) for b in chosen]
 
-    def _pick(self, req, chosen):
-        def binding(port):
-            return {"HostIp": req.host_ip, "HostPort": port, "ContainerPort": req.container_port, "Proto": req.proto}
+    def _pick(self, req, chosen, six=False):
+        """The bindings for one request: its host address's, and with `six` the same port on :: too."""
+        addresses = [req.host_ip] + (["::"] if six else [])
+
+        def bindings(port):
+            return [
+                {"HostIp": ip, "HostPort": port, "ContainerPort": req.container_port, "Proto": req.proto}
+                for ip in addresses
+            ]
 
         if req.lo == 0:
             for _ in range(64):  # the kernel's pick may be one we promised to a stopped proxy
                 try:
                     port = _probe(req.host_ip, 0, req.proto)
                 except OSError as exc:
-                    raise PortAllocationError(self._os_message(req, 0, exc)) from None
-                if not self._taken(req.host_ip, port, req.proto, chosen):
-                    return binding(port)
+                    raise PortAllocationError(self._os_message(req.proto, req.host_ip, 0, exc)) from None
+                if any(self._taken(ip, port, req.proto, chosen) for ip in addresses):
+                    continue
+                try:
+                    for ip in addresses[1:]:
+                        _probe(ip, port, req.proto)
+                except OSError:
+                    continue  # free on IPv4 only: another pick
+                return bindings(port)
             raise PortAllocationError("no free host port for %s on %s" % (req.key, req.host_ip))
         last_error = None
         for port in range(req.lo, req.hi + 1):
-            if self._taken(req.host_ip, port, req.proto, chosen):
-                last_error = "Bind for %s:%d failed: port is already allocated" % (req.host_ip, port)
+            taken = [ip for ip in addresses if self._taken(ip, port, req.proto, chosen)]
+            if taken:
+                last_error = "Bind for %s failed: port is already allocated" % _where(taken[0], port)
                 continue
             try:
-                _probe(req.host_ip, port, req.proto)
+                for ip in addresses:
+                    _probe(ip, port, req.proto)
             except OSError as exc:
-                last_error = self._os_message(req, port, exc)
+                last_error = self._os_message(req.proto, ip, port, exc)
                 continue
-            return binding(port)
+            return bindings(port)
         raise PortAllocationError(last_error)
 
     @staticmethod
-    def _os_message(req, port, exc):
+    def _os_message(proto, host_ip, port, exc):
         reason = {
             errno.EADDRINUSE: "address already in use",
             errno.EADDRNOTAVAIL: "cannot assign requested address",
             errno.EACCES: "permission denied",
         }.get(exc.errno, exc.strerror or str(exc))
-        six = ":" in req.host_ip
-        where = ("[%s]:%d" if six else "%s:%d") % (req.host_ip, port)
+        six = ":" in host_ip
+        where = ("[%s]:%d" if six else "%s:%d") % (host_ip, port)  # Go's net errors bracket IPv6
         return "Error starting userland proxy: listen %s%s %s: bind: %s" % (
-            req.proto,
+            proto,
             "6" if six else "4",
             where,
             reason,

@@ -213,9 +213,9 @@ def test_bridge_endpoint_ports_nat_and_disconnect(world):
     assert out["nat"] == "nftables" and out["warnings"] == []
     assert (s["IPAddress"], s["Gateway"], s["IPPrefixLen"]) == ("172.30.0.2", "172.30.0.1", 24)
     assert s["MacAddress"] == "02:42:ac:1e:00:02"
-    assert s["Ports"] == {
-        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18080"}],
-        "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "15353"}],
+    assert s["Ports"] == {  # as dockerd 20.10: every address is IPv4's and IPv6's, the same port
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18080"}, {"HostIp": "::", "HostPort": "18080"}],
+        "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "15353"}, {"HostIp": "::", "HostPort": "15353"}],
         "9000/tcp": None,
     }
     bridge_ep = s["Networks"]["bridge"]
@@ -242,6 +242,7 @@ def test_bridge_endpoint_ports_nat_and_disconnect(world):
     assert from_client.startswith("hello from web, you are 172.30.0.1")  # via the userland proxy
     assert host.run(_recv_all, "127.0.0.1", 18080).startswith("hello from web")
     assert host.run(_recv_all, HOST_ADDR, 18080).startswith("hello from web")
+    assert host.run(_recv_all, "::1", 18080).startswith("hello from web")  # IPv6 to an IPv4-only container
     assert client.run(_udp, HOST_ADDR, 15353, b"ping") == b"udp:ping"
 
     # outbound: the container reaches the client namespace, masqueraded to the host's address

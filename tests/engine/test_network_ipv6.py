@@ -232,30 +232,46 @@ def test_connect_with_ip6_and_disconnect(world):
         client.networks.get("other6").disconnect("s2")
 
 
+def _answer(world, address, port):
+    """What an HTTP request to [address]:port from the engine's host namespace gets (retried while starting)."""
+    code = (
+        "import socket, time\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        s = socket.create_connection((%r, %d), timeout=3); break\n"
+        "    except OSError: time.sleep(0.1)\n"
+        "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100).decode())\n" % (address, port)
+    )
+    return world.host.python(code).stdout
+
+
 def test_published_ports_on_ipv6_host_addresses(world):
     world.docker("run", "-d", "--name", "web6", "--network", "six", "-p", "[::]:18080:8080", "busybox", *HTTPD)
     world.docker("run", "-d", "--name", "web4", "--network", "plain", "-p", "[::1]:18081:8080", "busybox", *HTTPD)
+    world.docker("run", "-d", "--name", "webd", "--network", "plain", "-p", "18082:8080", "busybox", *HTTPD)
     try:
         ports = json.loads(world.docker("inspect", "-f", "{{json .NetworkSettings.Ports}}", "web6").stdout)
         assert ports == {"8080/tcp": [{"HostIp": "::", "HostPort": "18080"}]}
-        for port in (18080, 18081):  # to the container's IPv6 address, and to an IPv4-only one's address
-            code = (
-                "import socket, time\n"
-                "for _ in range(100):\n"
-                "    try:\n"
-                "        s = socket.create_connection(('::1', %d), timeout=3); break\n"
-                "    except OSError: time.sleep(0.1)\n"
-                "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100).decode())\n" % port
-            )
-            out = world.host.python(code)
-            assert out.stdout.startswith("HTTP/1."), (port, out.stdout, out.stderr)
-        # an IPv6 binding is a listener of its own: the same port on 0.0.0.0 is free for another container
-        world.docker("run", "-d", "--name", "web4b", "--network", "plain", "-p", "18080:8080", "busybox", *HTTPD)
-        p = world.docker("run", "-d", "--name", "web6b", "--network", "six", "-p", "[::]:18080:8080", "busybox",
+        # to the container's IPv6 address, and to an IPv4-only container's IPv4 address
+        assert _answer(world, "::1", 18080).startswith("HTTP/1.")
+        assert _answer(world, "::1", 18081).startswith("HTTP/1.")
+        # every address, as dockerd 20.10: 0.0.0.0 and ::, the same port, both answer
+        ports = json.loads(world.docker("inspect", "-f", "{{json .NetworkSettings.Ports}}", "webd").stdout)
+        assert ports == {
+            "8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18082"}, {"HostIp": "::", "HostPort": "18082"}]
+        }
+        assert _answer(world, "::1", 18082).startswith("HTTP/1.")
+        assert _answer(world, "127.0.0.1", 18082).startswith("HTTP/1.")
+        assert "0.0.0.0:18082->8080/tcp" in world.docker("ps", "--filter", "name=webd").stdout
+        # an IPv6 binding is a listener of its own: [::]:18080 is taken, 127.0.0.1:18080 is not
+        p = world.docker("run", "-d", "--name", "web6b", "--network", "six", "-p", "18080:8080", "busybox",
                          "true", check=False)  # fmt: skip
-        assert p.returncode != 0 and "port is already allocated" in p.stderr
+        assert p.returncode != 0 and "Bind for :::18080 failed: port is already allocated" in p.stderr, p.stderr
+        world.docker("run", "-d", "--name", "web4b", "--network", "plain", "-p", "127.0.0.1:18080:8080", "busybox",
+                     *HTTPD)  # fmt: skip
+        assert _answer(world, "127.0.0.1", 18080).startswith("HTTP/1.")
     finally:
-        world.docker("rm", "-f", "web6", "web4", "web4b", "web6b", check=False)
+        world.docker("rm", "-f", "web6", "web4", "webd", "web4b", "web6b", check=False)
 
 
 @pytest.mark.parametrize(

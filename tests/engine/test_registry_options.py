@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
@@ -104,7 +105,7 @@ def _serve_registry(eng, tmp_path, name, tls=None):
     with socket.socket() as s:  # any free port number; the namespace's own ports are all free
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = tmp_path / (name + ".yml")
+    cfg = tmp_path / (name + ("-tls" if tls else "") + ".yml")
     text = (
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/{name}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
@@ -114,8 +115,12 @@ def _serve_registry(eng, tmp_path, name, tls=None):
     cfg.write_text(text)
     proc = subprocess.Popen(in_net + [REGISTRY, "serve", str(cfg)], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20  # only bounds a registry that never starts
-    while subprocess.run(in_net + ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode:
-        assert proc.poll() is None and time.monotonic() < deadline, "docker-registry did not start"
+    probe = in_net + [sys.executable, "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"]
+    while subprocess.run(probe, capture_output=True).returncode:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("docker-registry did not start")
         time.sleep(0.1)
     return proc, f"127.0.0.1:{port}"
 
@@ -146,7 +151,7 @@ def test_one_at_a_time_on_a_real_engine_and_https_on_loopback(tmp_path, pki):
         assert pulled.count(": Waiting") == 1 and pulled.count(": Pull complete") == 2, pulled
         assert eng.docker("run", "--rm", ref, "cat", "/msg").stdout == "two-layers\n"
         # the same registry storage served over TLS with a certificate no CA of the engine knows
-        secure, tls_host = _serve_registry(eng, tmp_path, "plain", tls=pki)
+        secure, tls_host = _serve_registry(eng, tmp_path, "plain", tls=pki)  # the same storage directory
         procs.append(secure)
         eng.docker("rmi", "-f", image_id)
         out = eng.docker("pull", f"{tls_host}/team/two:1").stdout

@@ -103,12 +103,15 @@ def test_published_ports_nat_and_inspect(dockyard, machine, tmp_path):
     ns = inspect["NetworkSettings"]
     assert ns["IPAddress"].startswith("172.18.") and ns["Gateway"] == "172.18.0.1"
     assert ns["IPPrefixLen"] == 16 and ns["MacAddress"].startswith("02:42:ac:12:")
-    assert ns["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+    # as dockerd 20.10: every address means IPv4's and IPv6's, the same port
+    assert ns["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "::", "HostPort": "8080"}]}
     bridge = ns["Networks"]["bridge"]
     assert bridge["IPAddress"] == ns["IPAddress"] and bridge["EndpointID"] and bridge["NetworkID"]
-    assert docker("port", "web").stdout.strip() == "80/tcp -> 0.0.0.0:8080"
-    assert docker("port", "web", "80").stdout.strip() == "0.0.0.0:8080"
+    assert docker("port", "web").stdout.splitlines() == ["80/tcp -> 0.0.0.0:8080", "80/tcp -> [::]:8080"]
+    assert docker("port", "web", "80").stdout.splitlines()[0] == "0.0.0.0:8080"
     assert "0.0.0.0:8080->80/tcp" in docker("ps").stdout
+    out = host.exec(["python3", "-c", FETCH, "http://[::1]:8080/"])  # the IPv6 listener, to the IPv4 container
+    assert out.stdout.strip() == "hello-dockyard", out.stderr
 
     # inside: eth0 with that address, default route via the bridge, lo up
     addrs = docker("exec", "web", "ip", "-o", "-4", "addr").stdout
@@ -146,7 +149,7 @@ def test_published_ports_nat_and_inspect(dockyard, machine, tmp_path):
 
     # -P: a random host port for every exposed port
     docker("run", "-d", "--name", "auto", "-P", "--expose", "80", "busybox", "sh", "-c", WEB)
-    mapped = docker("port", "auto", "80").stdout.strip()
+    mapped = docker("port", "auto", "80").stdout.splitlines()[0]
     ip, port = mapped.rsplit(":", 1)
     assert ip == "0.0.0.0" and int(port) >= 32768
     assert http_get("http://%s:%s/" % (host.ip, port)) == "hello-dockyard"
@@ -159,7 +162,7 @@ def test_published_ports_nat_and_inspect(dockyard, machine, tmp_path):
     # published ports outlive an engine restart: the proxies live in the supervisors
     dockyard("regenerate-certs", "-f", "net1")
     assert http_get("http://%s:8080/" % host.ip) == "hello-dockyard"
-    assert docker("port", "web").stdout.strip() == "80/tcp -> 0.0.0.0:8080"
+    assert docker("port", "web").stdout.splitlines()[0] == "80/tcp -> 0.0.0.0:8080"
 
     # removal frees the port and the address
     docker("rm", "-f", "web")
@@ -190,7 +193,7 @@ def test_udp_none_host_and_user_defined(dockyard, machine):
     # UDP publish, answered by a python server in a Debian image
     docker("load", "-i", str(images.python_tar()))
     docker("run", "-d", "--name", "udp", "-p", "5353:5353/udp", "pyweb", "python3", "-c", UDP_ECHO)
-    assert docker("port", "udp").stdout.strip() == "5353/udp -> 0.0.0.0:5353"
+    assert docker("port", "udp").stdout.splitlines() == ["5353/udp -> 0.0.0.0:5353", "5353/udp -> [::]:5353"]
     assert udp_ask(host.ip, 5353, b"ping") == b"echo:ping"
 
     # a user-defined bridge network: its own subnet and bridge, published ports work the same
@@ -201,7 +204,7 @@ def test_udp_none_host_and_user_defined(dockyard, machine):
     ns = json.loads(docker("inspect", "api").stdout)[0]["NetworkSettings"]
     assert ns["Networks"]["appnet"]["IPAddress"].startswith("10.90.0.")
     assert ns["Networks"]["appnet"]["NetworkID"] == net_id
-    assert docker("port", "api", "80").stdout.strip() == "0.0.0.0:8090"
+    assert docker("port", "api", "80").stdout.splitlines()[0] == "0.0.0.0:8090"
     busy = docker("network", "rm", "appnet", check=False)
     assert busy.returncode != 0 and "has active endpoints" in busy.stderr
     docker("rm", "-f", "api")
