@@ -26,6 +26,7 @@ from dockyard.engine.errors import InvalidParameter, NotFound
 from dockyard.engine.images import tarsafe
 
 COPY_CHUNK = 1 << 20
+STREAM_CHUNK = 256 << 10  # a plain context is read from the request in pieces this big
 WILDCARDS = "*?["
 
 
@@ -46,27 +47,32 @@ COMPRESSED_MAGIC_LEN = 6
 
 class _EndedTar:
     """A plain tar request body read as a stream, ended properly (see _plain_tar): at its end, zeros up to
-    the next 512-byte block and the two end-of-archive blocks. Counts the bytes received in `total`."""
+    the next 512-byte block and the two end-of-archive blocks. Counts the bytes received in `total`.
+
+    tarfile's stream reads 10 KiB at a time: those are served from STREAM_CHUNK reads of the body.
+    """
 
     def __init__(self, head: bytes, body: BinaryIO) -> None:
-        self.head = head
+        self.buf, self.pos = head, 0
         self.body = body
         self.total = len(head)
-        self.tail: bytes | None = None
+        self.ended = False
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = COPY_CHUNK
-        if self.head:
-            out, self.head = self.head[:n], self.head[n:]
-            return out
-        if self.tail is None:
-            data = self.body.read(n)
+        if self.pos >= len(self.buf):
+            if self.ended:
+                return b""
+            data = self.body.read(STREAM_CHUNK)
             if data:
                 self.total += len(data)
-                return data
-            self.tail = b"\0" * ((-self.total) % 512 + 1024)
-        out, self.tail = self.tail[:n], self.tail[n:]
+            else:
+                self.ended = True
+                data = b"\0" * ((-self.total) % 512 + 1024)
+            self.buf, self.pos = data, 0
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += len(out)
         return out
 
 
