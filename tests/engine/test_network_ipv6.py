@@ -340,3 +340,18 @@ def test_ip6tables_spelling():
         "-A DOCKYARD-ISOLATION-2 -o br-six -j DROP",
     ]
     assert nat.Firewall(family=6).binary_name == "ip6tables"
+
+
+def test_an_engine_restart_keeps_ipv6(world):
+    """Last in the module: the engine restarts in its namespace; running containers keep their IPv6
+    addresses, the ip6 rules stay as they were, a new container gets a fresh address of the same pool."""
+    before = world.host.run(_nft6_dump)
+    s1 = world.endpoint("s1", "six")["GlobalIPv6Address"]
+    world.eng.restart()
+    assert world.host.run(_nft6_dump) == before
+    world.run("s3", "six")
+    s3 = world.endpoint("s3", "six")["GlobalIPv6Address"]
+    assert s3 not in (s1, "fd00:81::42") and ipaddress.IPv6Address(s3) in ipaddress.IPv6Network("fd00:81::100/120")
+    assert world.ping6("s3", s1) and world.ping6("s3", "s2")
+    assert not world.ping6("s3", world.endpoint("o1", "other6")["GlobalIPv6Address"])
+    world.docker("rm", "-f", "s3")
