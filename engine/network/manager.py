@@ -221,7 +221,10 @@ class NetworkManager(NamesMixin):
                 "invalid address %s: network %s has no IPv6 subnet (create it with --ipv6)" % (ip6, netname)
             )
         if ipaddress.IPv6Address(ip6) not in net.subnet6:
-            raise InvalidParameter("invalid address %s: it does not belong to the subnet %s" % (ip6, net.subnet6))
+            # dockerd's words, and the subnet it meant
+            raise InvalidParameter(
+                "Invalid address %s: It does not belong to any of this network's subnets (%s)" % (ip6, net.subnet6)
+            )
 
     def _resolve_for_create(self, ref):
         try:

@@ -314,7 +314,9 @@ def test_bad_ip6_requests_are_refused(world):
     p = world.docker("run", "--rm", "--network", "plain", "--ip6", "fd00:83::5", "busybox", "true", check=False)
     assert p.returncode != 0 and "has no IPv6 subnet" in p.stderr, p.stderr
     p = world.docker("run", "--rm", "--network", "six", "--ip6", "fd00:99::5", "busybox", "true", check=False)
-    assert p.returncode != 0 and "does not belong to the subnet fd00:81::/64" in p.stderr, p.stderr
+    assert p.returncode != 0 and "It does not belong to any of this network's subnets (fd00:81::/64)" in p.stderr, (
+        p.stderr
+    )
     p = world.docker("network", "connect", "--ip6", "fd00:83::5", "plain", "s1", check=False)
     assert p.returncode != 0 and "has no IPv6 subnet" in p.stderr, p.stderr
 
