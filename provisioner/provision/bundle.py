@@ -30,6 +30,9 @@ VENDOR_DIR = "_vendor"
 # (netlink, nftables); imported lazily, and from an on-disk copy (engine/network/vendor.py).
 VENDORED_PACKAGES: tuple[str, ...] = ("pyroute2",)
 
+# zlib's default level: a third of level 9's time (0.09 s against 0.28 s for the engine with its byte code, which
+# the first `create` with a store waits for) for a file 1% larger.
+ZIP_LEVEL = 6
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: timestamps carry no information
 _EXCLUDED_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
@@ -190,7 +193,7 @@ def _zip_bytes(files: list[tuple[str, bytes]]) -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3  # unix, whatever machine builds it
             info.external_attr = 0o644 << 16
-            zf.writestr(info, data, compresslevel=9)
+            zf.writestr(info, data, compresslevel=ZIP_LEVEL)
     return buf.getvalue()
 
 
