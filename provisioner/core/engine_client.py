@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from dockyard.provisioner.core.errors import CertError, EngineUnreachable
 
 debug_log = logging.getLogger(__name__)  # dockyard -D: every request with its status and time
+FAST_POLL_DELAY = 0.05  # wait_ready: seconds between tries while the engine is expected any moment
+FAST_POLL_FOR = 3.0
 
 
 class TLSFiles:
@@ -98,9 +100,13 @@ def wait_ready(
     timeout: float = 60.0,
     on_retry: Callable[[EngineUnreachable | None], None] | None = None,
 ) -> dict[str, str]:
-    """Poll /_ping until it answers; CertError is not retried (it will not fix itself)."""
-    deadline = time.monotonic() + timeout
-    delay, last = 0.1, None
+    """Poll /_ping until it answers; CertError is not retried (it will not fix itself).
+
+    Every FAST_POLL_DELAY for the first FAST_POLL_FOR seconds (a fresh engine answers well within them, and a
+    refused connection costs nothing), then backing off to one try a second."""
+    started = time.monotonic()
+    deadline = started + timeout
+    delay, last = FAST_POLL_DELAY, None
     while True:
         try:
             return ping(url, files, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
@@ -111,7 +117,8 @@ def wait_ready(
         if on_retry:
             on_retry(last)
         time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        if time.monotonic() - started >= FAST_POLL_FOR:
+            delay = min(delay * 2, 1.0)
 
 
 def port_open(host: str, port: int, timeout: float = 2.0) -> bool:

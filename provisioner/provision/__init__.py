@@ -206,12 +206,17 @@ def docker_shim_install_script(
 
 
 def install_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key, cache_dir, log):
-    """Push bundle, certs, config and service; (re)start the engine. Returns the bundle digest."""
-    digest = push_bundle(session, cache_dir, log, remote_digest=facts.bundle_digest)
+    """Push bundle, certs, config and service and (re)start the engine, in one SSH round trip. Returns the bundle
+    digest. The bundle travels only when the host's differs (facts.bundle_digest)."""
+    path, digest = build_bundle(cache_dir)
+    files = []
+    if facts.bundle_digest != digest:
+        log("Copying the engine to the remote machine...")
+        files.append((initsys.BUNDLE_PATH, path.read_bytes(), 0o755))
     log("Copying certs and the engine configuration to the remote machine...")
     service = initsys.for_host(facts.init, session, machine_name, facts.python, engine_options.get("Env", []))
     config = templates.render("engine.json.j2", config=engine_config(engine_options, port)).encode()
-    files = cert_files(ca, server_cert, server_key) + [(initsys.CONFIG_PATH, config, 0o644), service.service_file()]
+    files += cert_files(ca, server_cert, server_key) + [(initsys.CONFIG_PATH, config, 0o644), service.service_file()]
     files.append((DOCKER_SHIM_STAGED, docker_shim(facts.python), 0o755))
     log("Starting the engine...")
     then = f"{docker_shim_install_script()} && {service.register_cmd} && {service.restart_cmd}"
