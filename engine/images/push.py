@@ -2,8 +2,8 @@
 
 Push sends each layer as a gzip blob: a blob the registry already has (HEAD) is skipped, one known to
 live in another repository of the same registry is mounted from there, anything else is compressed
-(deterministically, so a re-push yields the same digest) and uploaded, monolithically when small and in
-Content-Range chunks otherwise; up to --max-concurrent-uploads layers at once (5, as dockerd). Then the
+(layergzip: deterministically, so a re-push yields the same digest) and uploaded, monolithically when small
+and in Content-Range chunks otherwise; up to --max-concurrent-uploads layers at once (5, as dockerd). Then the
 config blob and a schema2 manifest (OCI when the layers came from OCI manifests) are PUT. Every answer is
 read under registry.py's size limits; credentials reach only the registry's own host.
 """
@@ -11,7 +11,6 @@ read under registry.py's size limits; credentials reach only the registry's own 
 from __future__ import annotations
 
 import concurrent.futures
-import gzip
 import hashlib
 import json
 import logging
@@ -21,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from dockyard.engine.errors import EngineError, NotFound
-from dockyard.engine.images import digest, distmeta, reference
+from dockyard.engine.images import digest, distmeta, layergzip, reference
 from dockyard.engine.images.registry import (
     MAX_ERROR_BODY,
     Registry,
@@ -42,7 +41,6 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 MONOLITHIC_MAX = 4 << 20  # blobs up to this size go in one PUT; larger ones in PATCH chunks
 CHUNK_SIZE = 16 << 20
-GZIP_LEVEL = 1  # zlib's fastest, as go-containerregistry (crane, ko) pushes: see compress_layer
 MAX_CONCURRENT_UPLOADS = 5  # dockerd's default max-concurrent-uploads
 
 _DENIED = {401: "unauthorized: authentication required", 403: "denied: requested access to the resource is denied"}
@@ -72,19 +70,10 @@ class _HashingWriter:
 
 
 def compress_layer(layer, tmp) -> Tuple[str, int]:
-    """gzip the layer's tar into the file `tmp` (mtime 0, no name: same bytes every time); -> (digest, size).
-
-    Level 1: compressing is most of a push's time, and zlib's level 6 (dockerd's) took 2-3x longer than
-    dockerd's whole push of incompressible layers (and ~6x on text, for ~12% smaller blobs).
-    """
+    """gzip the layer's tar into the file `tmp` (layergzip: the same bytes every time); -> (digest, size)."""
     sink = _HashingWriter(tmp)
-    gz = gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL, mtime=0)  # type: ignore[arg-type]
-    with layer.open_tar() as src, gz:
-        while True:
-            chunk = src.read(1 << 20)
-            if not chunk:
-                break
-            gz.write(chunk)
+    with layer.open_tar() as src:
+        layergzip.gzip_to(src, sink.write)
     tmp.flush()
     return "sha256:" + sink.sha.hexdigest(), sink.size
 
