@@ -161,10 +161,22 @@ def pick_ula_subnet(taken, routed):
     raise Conflict("could not find an available, non-overlapping IPv6 address pool to assign to the network")
 
 
+def default_ipv6(cidr):
+    """The default bridge's IPv6 fields for fixed-cidr-v6=CIDR (its first address is the gateway)."""
+    try:
+        network = ipaddress.IPv6Network(cidr, strict=False)
+    except ValueError:
+        raise ValueError("invalid fixed-cidr-v6=%r: want an IPv6 CIDR, e.g. fd00:1::/64" % cidr) from None
+    if network.num_addresses < 4:
+        raise ValueError("invalid fixed-cidr-v6=%s: the subnet is too small" % network)
+    return {"EnableIPv6": True, "Subnet6": str(network), "Gateway6": str(network.network_address + 1)}
+
+
 class Catalog:
     """Looks networks up by name, ID or ID prefix; creates and removes user-defined ones."""
 
-    def __init__(self, directory, device=DEFAULT_BRIDGE, bip=None):
+    def __init__(self, directory, device=DEFAULT_BRIDGE, bip=None, fixed_cidr_v6=None):
+        """fixed_cidr_v6: the default bridge's IPv6 subnet (dockerd's --ipv6 --fixed-cidr-v6), or None."""
         self.dir = directory
         self.path = os.path.join(directory, "networks.json")
         self.explicit_bip = bip
@@ -190,6 +202,8 @@ class Catalog:
                 else DEFAULT_POOLS[0]
             )
         record = dict(self.builtin["bridge"], Subnet=str(iface.network), Gateway=str(iface.ip), Device=device)
+        if fixed_cidr_v6:
+            record.update(default_ipv6(fixed_cidr_v6))
         self.default = BridgeNet(directory, "bridge", record, default=True)
         self.custom = {}
         for name, rec in sorted((meta.get("Custom") or {}).items()):

@@ -112,7 +112,11 @@ class NetworkManager(NamesMixin):
         self.dns_fallback = tuple(s for s in (opts.get("dns") or "").split(",") if s) or dns.DEFAULT_NAMESERVERS
         self.explicit_bip = opts.get("bip") or None
         self.warnings = warnings if warnings is not None else []
-        self.catalog = Catalog(self.dir, device, self.explicit_bip)
+        # dockerd's --ipv6 --fixed-cidr-v6 for the default bridge (user networks take --ipv6 at create)
+        fixed_cidr_v6 = opts.get("fixed-cidr-v6") or None
+        if _bool_opt(opts, "ipv6", False) != bool(fixed_cidr_v6):
+            raise ValueError("IPv6 on the default bridge needs both ipv6=true and fixed-cidr-v6=<IPv6 CIDR>")
+        self.catalog = Catalog(self.dir, device, self.explicit_bip, fixed_cidr_v6)
         self._lock = threading.RLock()
         self.host = HostNetworking(
             self.dir,

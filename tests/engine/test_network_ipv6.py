@@ -31,7 +31,7 @@ pytest.importorskip("pyroute2")
 
 DEFAULT_BRIDGE, BIP = "dy6br0", "10.80.0.1/24"
 V4 = {"six": "10.81.0.0/24", "other6": "10.82.0.0/24", "plain": "10.83.0.0/24"}
-V6 = {"six": "fd00:81::/64", "other6": "fd00:82::/64"}
+V6 = {"bridge": "fd00:80::/64", "six": "fd00:81::/64", "other6": "fd00:82::/64"}  # bridge: fixed-cidr-v6
 UPLINK_HOST, UPLINK_OUTSIDE = "fd00:250::1", "fd00:250::2"
 UPLINK4_HOST, UPLINK4_OUTSIDE = "10.250.8.1", "10.250.8.2"
 HTTPD = ("httpd", "-f", "-p", "8080", "-h", "/etc")  # any GET answers "HTTP/1.0 404 ..."
@@ -110,7 +110,8 @@ def world():
         outside.sh("ip", "addr", "add", UPLINK4_OUTSIDE + "/30", "dev", "eth0")
         outside.sh("ip", "-6", "addr", "add", UPLINK_OUTSIDE + "/64", "dev", "eth0", "nodad")
         outside.sh("ip", "link", "set", "eth0", "up")
-        eng = NetnsEngine(host, ["--opt", "bip=" + BIP, "--opt", "bridge=" + DEFAULT_BRIDGE])
+        opts = ["bip=" + BIP, "bridge=" + DEFAULT_BRIDGE, "ipv6=true", "fixed-cidr-v6=" + V6["bridge"]]
+        eng = NetnsEngine(host, [arg for opt in opts for arg in ("--opt", opt)])
         eng.start()
         eng.load_busybox()
         w = World(eng, host, outside)
@@ -121,6 +122,7 @@ def world():
         w.run("s2", "six", "--ip6", "fd00:81::42")
         w.run("o1", "other6")
         w.run("p1", "plain")
+        w.run("d1", "bridge")
         yield w
     finally:
         if eng is not None:
@@ -141,10 +143,39 @@ def test_dual_stack_network_inspect(world):
     assert members["s1"]["IPv4Address"].startswith("10.81.0.")
     plain = json.loads(world.docker("network", "inspect", "plain").stdout)[0]
     assert plain["EnableIPv6"] is False and len(plain["IPAM"]["Config"]) == 1
-    assert json.loads(world.docker("network", "inspect", "bridge").stdout)[0]["EnableIPv6"] is False
     # docker-py sees the same
     client = world.eng.client()
     assert client.networks.get("six").attrs["EnableIPv6"] is True
+
+
+def test_default_bridge_with_fixed_cidr_v6(world):
+    """dockerd's --ipv6 --fixed-cidr-v6 as engine opts: the default bridge is dual-stack."""
+    net = json.loads(world.docker("network", "inspect", "bridge").stdout)[0]
+    assert net["EnableIPv6"] is True
+    assert net["IPAM"]["Config"] == [
+        {"Subnet": "10.80.0.0/24", "Gateway": "10.80.0.1"},
+        {"Subnet": "fd00:80::/64", "Gateway": "fd00:80::1"},
+    ]
+    settings = json.loads(world.docker("inspect", "-f", "{{json .NetworkSettings}}", "d1").stdout)
+    assert settings["GlobalIPv6Address"] == "fd00:80::2" and settings["GlobalIPv6PrefixLen"] == 64  # top level too
+    assert settings["IPv6Gateway"] == "fd00:80::1" == settings["Networks"]["bridge"]["IPv6Gateway"]
+    assert world.ping6("d1", "fd00:80::1") and world.ping6("d1", UPLINK_OUTSIDE)
+    assert not world.ping6("d1", world.endpoint("s2", "six")["GlobalIPv6Address"])  # isolated from six
+
+
+def test_default_bridge_ipv6_opts_are_checked(tmp_path):
+    from dockyard.engine.network.manager import NetworkManager
+
+    for opts, text in (
+        ({"ipv6": "true"}, "needs both"),
+        ({"fixed-cidr-v6": "fd00:1::/64"}, "needs both"),
+        ({"ipv6": "true", "fixed-cidr-v6": "10.1.0.0/16"}, "want an IPv6 CIDR"),
+        ({"ipv6": "true", "fixed-cidr-v6": "fd00:1::/127"}, "too small"),
+    ):
+        with pytest.raises(ValueError, match=text):
+            NetworkManager(str(tmp_path / "x"), opts)
+    ok = NetworkManager(str(tmp_path / "y"), {"ipv6": "true", "fixed-cidr-v6": "fd00:1::1/64"})
+    assert str(ok.catalog.default.subnet6) == "fd00:1::/64" and str(ok.catalog.default.gateway6) == "fd00:1::1"
 
 
 def test_container_addresses_route_and_hosts(world):
