@@ -31,6 +31,7 @@ from dockyard.provisioner.core.ssh_target import SSHTarget
 from dockyard.provisioner.core.store import Store, validate_name
 from dockyard.provisioner.machines import cluster
 from dockyard.provisioner.provision import dockerengine
+from dockyard.provisioner.provision.bundle import build_bundle_in_background
 
 if TYPE_CHECKING:
     from dockyard.provisioner.core.ssh import SSHSession
@@ -577,6 +578,9 @@ def create(
         pki.ensure_ca(pki.CertPaths(store.certs_dir), log)
         pki.ensure_client(pki.CertPaths(store.certs_dir), log)
 
+    if driver.provisions and engine == dockerengine.DEFAULT_ENGINE:
+        # The engine bundle is built (the first time: byte-compiled and zipped) while the driver and SSH work.
+        build_bundle_in_background(store.cache_dir)
     log("Running pre-create checks...")
     driver.pre_create_check()
 
