@@ -5,8 +5,8 @@ the same test host (bench/peers.py), with the same images and inputs, the two en
     WORKDIR, USER, LABEL, EXPOSE, HEALTHCHECK, CMD) from a generated context: a cold build (--no-cache) and
     a fully cached rebuild. Targets: cold <= 1.0x dockerd, cached <= 0.5x.
 (2) `docker push` then (after `docker rmi` of the image) `docker pull` of the same ~100 MB image (busybox
-    and four layers of random bytes) through Debian's docker-registry on 127.0.0.1 inside the host's
-    namespace, plain HTTP, a fresh registry per push. Target: push + pull <= 1.0x.
+    and four layers: two of random bytes, two of text) through Debian's docker-registry on 127.0.0.1 inside
+    the host's namespace, plain HTTP, a fresh registry per push. Target: push + pull <= 1.0x.
 (3) Debian's docker-compose 1.29 with the three-service app of tests/engine/test_compose_app.py (its files,
     used in place): `up -d` until kv and web are healthy and the one-shot job has exited 0, then `down -v`.
     The app's images are built before the timing. Target: <= 0.5x for each.
@@ -100,12 +100,24 @@ def write_build_context(root: Path, small_files: int = 200, assets: int = 4, ass
     return count + 1
 
 
+def pseudo_text(rng: random.Random, size: int) -> bytes:
+    """size bytes of text-like lines (gzip takes them to about a third, like sources and configs)."""
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randrange(2, 10))) for _ in range(800)]
+    block = "".join(" ".join(rng.choices(vocab, k=12)) + "\n" for _ in range(20000)).encode()
+    # distinct blocks beyond deflate's 32 KiB window: no cheaper to compress than one long text
+    out = b"".join(b"# part %d\n" % n + block for n in range(size // len(block) + 1))
+    return out[:size]
+
+
 def big_image_layers(total_mb: int, layers: int = 4, seed: int = 100) -> list[bytes]:
-    """`layers` uncompressed layer tars of random bytes (incompressible, as real binaries nearly are),
-    total_mb MB together; the same bytes for the same arguments."""
+    """`layers` uncompressed layer tars, total_mb MB together: random bytes (binaries, archives: nothing to
+    compress) and text in turn; the same bytes for the same arguments."""
     rng = random.Random(seed)
     size = total_mb * 1024 * 1024 // layers
-    return [layer_tar([(f"data/part{i}.bin", "file", rng.randbytes(size), 0o644)]) for i in range(layers)]
+    return [
+        layer_tar([(f"data/part{i}.bin", "file", rng.randbytes(size) if i % 2 == 0 else pseudo_text(rng, size), 0o644)])
+        for i in range(layers)
+    ]
 
 
 def write_big_image(out: Path, total_mb: int) -> str:

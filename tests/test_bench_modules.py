@@ -4,6 +4,7 @@ breaks bench/ fails here, not only when someone runs a benchmark."""
 from __future__ import annotations
 
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -61,10 +62,12 @@ def test_build_context_is_deterministic(tmp_path: Path):
         assert len(tar.getnames()) == 50
 
 
-def test_big_image_layers_are_sized_and_repeatable():
-    layers = eco.big_image_layers(1, layers=2)
-    assert layers == eco.big_image_layers(1, layers=2) and layers[0] != layers[1]
+def test_big_image_layers_are_sized_repeatable_and_half_compressible():
+    layers = eco.big_image_layers(2, layers=4)
+    assert layers == eco.big_image_layers(2, layers=4) and len(set(layers)) == 4
     assert all(512 * 1024 < len(layer) < 512 * 1024 + 16384 for layer in layers)
+    ratios = [len(zlib.compress(layer, 6)) / len(layer) for layer in layers]
+    assert ratios[0] > 0.95 and ratios[2] > 0.95 and ratios[1] < 0.5 and ratios[3] < 0.5, ratios
 
 
 def test_dockerd_command_line_stays_in_its_namespaces(tmp_path: Path):
