@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 from dockyard.drivers.base import Driver
 from dockyard.provisioner.core.errors import DriverNotFound
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 # name -> "module:Class". Modules are imported only when their driver is used (libcloud is slow to import).
 BUILTIN = {
@@ -41,6 +44,8 @@ def _load(spec: str) -> type[Driver]:
 
 
 def _entry_points() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points  # here: ~10 ms at every CLI start, needed only for plugin drivers
+
     try:
         return {ep.name: ep for ep in entry_points(group="dockyard.drivers")}
     except Exception:
