@@ -28,6 +28,10 @@ DOCKER_SHIM_PATH = "/usr/local/bin/docker"
 DOCKER_SHIM_MARKER = "dockyard docker dial-stdio shim"
 
 
+# --engine-opt keys that are settings of the engine itself rather than entries of its "opts" map.
+TOP_LEVEL_ENGINE_OPTS = ("userns-remap", "max-concurrent-downloads", "max-concurrent-uploads")
+
+
 def engine_config(engine_options, port):
     """The engine's config file (engine.json) from the machine's EngineOptions."""
     opts = {}
@@ -37,8 +41,8 @@ def engine_config(engine_options, port):
     # The engine on its own pulls only from loopback and --insecure-registry hosts; a provisioned
     # machine is meant to pull from Docker Hub like dockerd, unless the user says otherwise.
     opts.setdefault("registry-pull", "all")
-    # --engine-opt userns-remap=... is the engine's own setting (engine.json "userns-remap"), as dockerd's flag.
-    remap = opts.pop("userns-remap", None)
+    # These --engine-opt keys are the engine's own top-level settings (engine.json), as dockerd's flags are.
+    top_level = {key: opts.pop(key) for key in TOP_LEVEL_ENGINE_OPTS if key in opts}
     config = {
         "hosts": [SOCKET, f"tcp://0.0.0.0:{port}"],
         "tlsverify": True,
@@ -52,8 +56,8 @@ def engine_config(engine_options, port):
         "registry-mirrors": list(engine_options.get("RegistryMirror", [])),
         "opts": opts,
     }
-    if remap:
-        config["userns-remap"] = remap
+    for key, value in top_level.items():
+        config[key] = int(value) if key.startswith("max-concurrent-") and value.lstrip("-").isdigit() else value
     return config
 
 

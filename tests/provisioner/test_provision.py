@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from dockyard import templates
+from dockyard.engine import config as engine_settings
 from dockyard.provisioner.core.errors import UnsupportedOS, UsageError
 from dockyard.provisioner.core.store import Store
 from dockyard.provisioner.machines import cluster, machine
@@ -69,6 +70,20 @@ def test_engine_config_keeps_every_engine_flag():
     assert json.loads(rendered) == cfg
     # the user's choice wins over the default pull policy
     assert engine_config({"ArbitraryFlags": ["registry-pull=local"]}, 2376)["opts"]["registry-pull"] == "local"
+
+
+def test_engine_opt_concurrency_limits_reach_the_engine(tmp_path):
+    cfg = engine_config({"ArbitraryFlags": ["max-concurrent-downloads=2", "max-concurrent-uploads=1", "bip=x"]}, 2376)
+    assert "max-concurrent-downloads" not in cfg["opts"] and cfg["opts"]["bip"] == "x"
+    path = tmp_path / "engine.json"
+    path.write_text(templates.render("engine.json.j2", config=cfg))
+    engine_cfg, _ = engine_settings.parse_config(["--config-file", str(path)])
+    assert (engine_cfg.max_concurrent_downloads, engine_cfg.max_concurrent_uploads) == (2, 1)
+    # a value that is no number reaches the engine as given, which refuses to start with a clear error
+    bad = engine_config({"ArbitraryFlags": ["max-concurrent-uploads=many"]}, 2376)
+    path.write_text(templates.render("engine.json.j2", config=bad))
+    with pytest.raises(engine_settings.ConfigError, match="integer"):
+        engine_settings.parse_config(["--config-file", str(path)])
 
 
 class _NoSession:
