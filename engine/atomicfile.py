@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the fork server imports this module
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def atomic_write(path: str, data: bytes, *, durable: bool, mode: int = 0o644) -> None:

@@ -9,13 +9,19 @@ per rule that jumps to the next on any mismatch and returns 1 (allow) when all m
 returns 0 (deny). Only allow rules: everything not listed is denied.
 """
 
+from __future__ import annotations
+
+import collections
 import ctypes
 import errno
 import os
 import resource
 import struct
 import sys
-from typing import Iterable, List, NamedTuple, Optional
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the fork server imports this module
+if TYPE_CHECKING:
+    from typing import Iterable, List, Optional
 
 # bpf(2) commands, types and flags (include/uapi/linux/bpf.h)
 _BPF_PROG_LOAD = 5
@@ -77,13 +83,9 @@ class BpfError(OSError):
         self.log = log
 
 
-class DeviceRule(NamedTuple):
-    """One allow rule: kind 'c', 'b' or 'a' (any); major/minor None for '*'; access from 'rwm'."""
-
-    kind: str
-    major: Optional[int]
-    minor: Optional[int]
-    access: str
+DeviceRule = collections.namedtuple("DeviceRule", "kind major minor access")
+DeviceRule.__doc__ = """One allow rule: kind 'c', 'b' or 'a' (any); major/minor None for '*'; access from 'rwm'.
+(collections.namedtuple, not typing.NamedTuple: the fork server imports this module and no typing.)"""
 
 
 def parse_rule(text: str) -> DeviceRule:

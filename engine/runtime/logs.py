@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Iterator, List
 
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.timefmt import rfc3339nano_ns
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the fork server imports this module
+if TYPE_CHECKING:
+    from typing import Any, Iterator, List
 
 MAX_PARTIAL = 16 * 1024  # like dockerd: a line longer than this is logged in pieces
 

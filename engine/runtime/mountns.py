@@ -17,7 +17,6 @@ import contextlib
 import errno
 import os
 import stat
-from typing import Iterator
 
 from dockyard.engine.runtime import libc, rootpath
 from dockyard.engine.runtime.libc import (
@@ -34,6 +33,10 @@ from dockyard.engine.runtime.libc import (
     mount,
 )
 from dockyard.engine.runtime.rootpath import O_PATH, open_in_root, proc_fd
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the fork server imports this module
+if TYPE_CHECKING:
+    from typing import Iterator
 
 # Docker's defaults.
 MASKED_PATHS = (

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import select
-from typing import Optional
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the fork server imports this module
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 class ProcessGone(ProcessLookupError):

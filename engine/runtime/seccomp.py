@@ -13,11 +13,16 @@ Three steps, usable separately:
                                      right before execve, or export_bpf() it for install_bpf()
 """
 
+from __future__ import annotations
+
 import ctypes
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing's flag without importing typing: the fork server imports this module
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 DEFAULT_PROFILE_RESOURCE = "seccomp_default.json"
 

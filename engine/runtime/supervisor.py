@@ -14,7 +14,6 @@ import signal
 import socket
 import struct
 import time
-import traceback
 
 from dockyard.engine.atomicfile import atomic_write_json
 from dockyard.engine.network import portproxy
@@ -500,8 +499,10 @@ def main(spec, fds):
         try:
             with open(os.path.join(spec["dir"], "supervisor.log"), "a") as fh:
                 fh.write("%s supervisor error: %r\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), exc))
+                import traceback  # only on this path: every supervisor is a fork of the fork server, which has none
+
                 traceback.print_exc(file=fh)
-        except OSError:
+        except (OSError, ImportError):
             pass
         if sup.status is None and sup.pid:
             sup._signal(signal.SIGKILL)

@@ -12,15 +12,19 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from typing import Any
 
 from dockyard.engine.atomicfile import atomic_write
 from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.runtime import rootpath
 
+TYPE_CHECKING = False  # typing's flag without importing typing: the fork server imports this module
+if TYPE_CHECKING:
+    from typing import Any
+
 DEFAULT_USER = "dockyard-remap"
 RANGE_SIZE = 65536
 FIRST_ID = 100000  # where shadow-utils starts the first subordinate range
+OVERFLOW_ID = 65534  # what the kernel shows for a host id the user namespace does not map
 SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"
 
@@ -74,6 +78,18 @@ class IdMap:
     def shift(self, uid: int, gid: int) -> tuple[int, int]:
         """(container uid, gid) -> (host uid, gid); InvalidParameter for ids outside the range."""
         return self.host_uid(uid), self.host_gid(gid)
+
+    @staticmethod
+    def _to_container(table: list[tuple[int, int, int]], hid: int) -> int:
+        for first, host_first, count in table:
+            if host_first <= hid < host_first + count:
+                return first + (hid - host_first)
+        return OVERFLOW_ID
+
+    def container_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """(host uid, gid) -> the ids the container sees; a host id outside the maps shows as the kernel's
+        overflow id (65534, nobody), as it does inside the user namespace."""
+        return self._to_container(self.uids, uid), self._to_container(self.gids, gid)
 
     @property
     def root(self) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import pytest
 from dockyard.engine.api.http import http_date
 from dockyard.engine.api.routes import LAZY_RESOURCES, LazyResource
 from dockyard.engine.errors import SystemFailure
-from tests.engine.engine_helper import http_get
+from tests.engine.engine_helper import REPO, http_get
 
 # Nothing a container's setup needs; each of these was in the fork server before it was forked first.
 HEAVY = (
@@ -29,6 +29,8 @@ HEAVY = (
     "pkgutil",
     "platform",
     "uuid",
+    "typing",
+    "traceback",
     "dockyard.engine.mainloop",
     "dockyard.engine.services",
     "dockyard.engine.config",
@@ -38,15 +40,16 @@ HEAVY = (
 )
 
 
-def imported_after(statement: str) -> set[str]:
+def imported_after(statement: str, *flags: str) -> set[str]:
     """sys.modules of a fresh interpreter after `statement` (printed before anything else is imported)."""
-    code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    code = f"import sys\nsys.path[:0] = {[str(REPO)]!r}\n{statement}\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     return set(out.stdout.split())
 
 
 def test_the_entry_module_imports_only_the_fork_servers_modules():
-    loaded = imported_after("import dockyard.engine.daemon")
+    # -S -I: nothing of site's (which loads typing in some installs) beside what the entry module imports
+    loaded = imported_after("import dockyard.engine.daemon", "-S")
     assert "dockyard.engine.runtime.supervisor" in loaded and "dockyard.engine.runtime.execproc" in loaded
     assert sorted(loaded & set(HEAVY)) == []
 
