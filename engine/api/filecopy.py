@@ -5,6 +5,10 @@ container (its own mounts, volumes included); when stopped, through its overlay 
 under a volume or bind mount, through that mount's source. Every lookup goes through tarsafe.Scope,
 so symlinks inside the container can never lead to host files; uploads are extracted by
 tarsafe.safe_extract.
+
+With --userns-remap, a remapped container's files are shown with its own ids (host 100000 -> 0) and
+uploads are owned by its root (or, with copyUIDGID, by the archive's ids shifted into the map; an id
+outside the map refuses the upload before anything is written), as dockerd maps them.
 """
 
 import base64
@@ -17,7 +21,7 @@ import tarfile
 from dockyard.engine.api.responses import Response
 from dockyard.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemFailure
 from dockyard.engine.images import tarsafe
-from dockyard.engine.runtime import procident
+from dockyard.engine.runtime import procident, userns
 from dockyard.engine.timefmt import rfc3339nano
 
 STAT_HEADER = "X-Docker-Container-Path-Stat"
@@ -87,6 +91,14 @@ def container_root(req, ref):
     if not rootfs or not os.path.isdir(rootfs):
         raise SystemFailure("container %s has no root filesystem" % ctr.id)
     return ctr, rootfs
+
+
+def container_idmap(req, ctr):
+    """The engine's IdMap when `ctr` runs in a remapped user namespace, else None."""
+    idmap = getattr(req.engine.containers, "idmap", None)  # the images tests' stand-in has none
+    if idmap is None or not userns.uses_userns(getattr(ctr, "host_config", None) or {}, idmap):
+        return None
+    return idmap
 
 
 def locate(ctr, root, abs_path):
@@ -278,17 +290,19 @@ def _container_path(abs_path):
 
 class _TarWriter:
     """Streams a subtree to a tarfile without following symlinks (fd-relative all the way); at a
-    destination of `mounts` ({container path: source}) the mount's source is written instead."""
+    destination of `mounts` ({container path: source}) the mount's source is written instead.
+    `ids` turns host (uid, gid) into the container's (user namespace remapping)."""
 
-    def __init__(self, tar, mounts=None):
+    def __init__(self, tar, mounts=None, ids=None):
         self.tar = tar
         self.inodes = {}
         self.mounts = dict(mounts or {})
+        self.ids = ids
 
     def _info(self, name, st, link=""):
         info = tarfile.TarInfo(name)
         info.mode = st.st_mode & 0o7777
-        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uid, info.gid = self.ids(st.st_uid, st.st_gid) if self.ids else (st.st_uid, st.st_gid)
         info.mtime = int(st.st_mtime)
         if stat.S_ISDIR(st.st_mode):
             info.type = tarfile.DIRTYPE
@@ -381,7 +395,8 @@ def get_archive(req):
         tar = tarfile.open(fileobj=stream, mode="w|", bufsize=256 << 10, format=tarfile.PAX_FORMAT)
         try:
             cpath = _container_path(target.shown)
-            writer = _TarWriter(tar, mounts_below(ctr, target.root, cpath))
+            idmap = container_idmap(req, ctr)
+            writer = _TarWriter(tar, mounts_below(ctr, target.root, cpath), idmap.container_ids if idmap else None)
             rebase = payload["name"]
             if target.name is None:
                 # `/` itself: names "/", "/bin", ... as dockerd's (rebased to "/"), which the CLI turns into
@@ -417,14 +432,20 @@ def put_archive(req):
             raise _not_found(path, ctr) from None
         except NotADirectoryError:
             raise InvalidParameter("extraction point is not a directory") from None
+    idmap = container_idmap(req, ctr)
+    if copy_uidgid:  # the archive's ids (shifted into a remapped container's range)
+        owner, shift = None, idmap.shift if idmap else None
+    else:  # the container's root
+        owner, shift = idmap.root if idmap else (0, 0), None
     try:
         tarsafe.safe_extract(
             req.body,
             real,
             root=root,
-            owner=None if copy_uidgid else (0, 0),
+            owner=owner,
             no_overwrite_dir_nondir=no_overwrite,
             allow_devices=False,
+            shift=shift,
         )
     except OSError as exc:
         if exc.errno == errno.EROFS:

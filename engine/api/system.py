@@ -73,11 +73,14 @@ def version(req):
     return version_payload()
 
 
-def security_options():
+def security_options(remapped: bool = False) -> list[str]:
     """/info SecurityOptions, as dockerd words them, for what every container gets by default here:
-    seccomp with Docker's default profile (when libseccomp is there), no_new_privs (dockyard's
-    default, dockerd's --no-new-privileges), and a private cgroup namespace on cgroup v2."""
+    seccomp with Docker's default profile (when libseccomp is there), a user namespace when the
+    engine remaps (--userns-remap), no_new_privs (dockyard's default, dockerd's
+    --no-new-privileges), and a private cgroup namespace on cgroup v2."""
     out = ["name=seccomp,profile=builtin"] if seccomp.available() else []
+    if remapped:
+        out.append("name=userns")
     out.append("name=no-new-privileges")
     if hostinfo.cgroup_version() == "2":
         out.append("name=cgroupns")
@@ -169,8 +172,8 @@ def info_payload(engine):
         "ContainerdCommit": {"ID": ""},
         "RuncCommit": {"ID": ""},
         "InitCommit": {"ID": ""},
-        # Only what is enforced (no AppArmor, no SELinux, no user namespaces by default here).
-        "SecurityOptions": security_options(),
+        # Only what is enforced (no AppArmor, no SELinux; user namespaces with --userns-remap).
+        "SecurityOptions": security_options(getattr(engine.containers, "idmap", None) is not None),
         "CDISpecDirs": [],
         "Warnings": _warnings(features, cfg, engine),
     }
