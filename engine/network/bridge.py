@@ -11,6 +11,8 @@ from dockyard.engine.network.netns import netns_path, run_in_netns
 log = logging.getLogger("dockyard.engine")
 
 CONTAINER_IFNAME = "eth0"
+MAIN_TABLE = 254  # RT_TABLE_MAIN
+RTN_UNICAST = 1
 IFA_F_NODAD = 0x02  # an IPv6 address usable at once: no duplicate address detection (the engine assigns them)
 
 
@@ -158,7 +160,10 @@ def set_ipv6_disabled(ifname, disabled):
 
 
 def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, default_route=True, six=None):
-    """`six`: (address, prefixlen, gateway) of the container's IPv6 address on this link, or None."""
+    """`six`: (address, prefixlen, gateway) of the container's IPv6 address on this link, or None. The IPv4
+    default route is this link's when `default_route`; the IPv6 one when the container has none yet: as
+    dockerd, a container whose first network is IPv4-only gets its IPv6 default route from the first
+    dual-stack network it joins."""
     with _iproute() as ipr:
         lo = _lookup(ipr, "lo")
         if lo is not None:
@@ -175,8 +180,32 @@ def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, defa
         ipr.link("set", index=eth, state="up")
         if default_route:
             ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
-            if six is not None:
-                ipr.route("add", dst="::/0", gateway=str(six[2]), oif=eth, family=socket.AF_INET6)
+        if six is not None and not _has_default_route6(ipr):
+            ipr.route("add", dst="::/0", gateway=str(six[2]), oif=eth, family=socket.AF_INET6)
+
+
+def _has_default_route6(ipr):
+    """Whether the main table of this netns has an IPv6 default route."""
+    for route in ipr.get_routes(family=socket.AF_INET6, table=MAIN_TABLE):
+        if route["dst_len"] == 0 and route.get_attr("RTA_TABLE") == MAIN_TABLE and route["type"] == RTN_UNICAST:
+            return True
+    return False
+
+
+def ensure_default_route6(netns, ifname, gateway6):
+    """Give the container of `netns` an IPv6 default route via gateway6 on `ifname` unless it has one
+    (after the link that had it was disconnected: dockerd moves it to another dual-stack network)."""
+
+    def inside():
+        with _iproute() as ipr:
+            eth = _lookup(ipr, ifname)
+            if eth is not None and not _has_default_route6(ipr):
+                ipr.route("add", dst="::/0", gateway=str(gateway6), oif=eth, family=socket.AF_INET6)
+
+    try:
+        run_in_netns(netns, inside)
+    except _netlink_errors() as exc:
+        raise BridgeError("cannot set the IPv6 default route on %s: %s" % (ifname, exc)) from None
 
 
 def _isolate_port(ipr, index, veth):

@@ -408,7 +408,24 @@ class NetworkManager(NamesMixin):
                 self.ports.release(cid)
             self.endpoints[cid] = current
             self._save_endpoints()
+            if endpoint.get("GlobalIPv6Address"):
+                self._move_default_route6(current)
         return network_settings(self.catalog, current, config, host_config)
+
+    def _move_default_route6(self, endpoints: dict) -> None:
+        """After a dual-stack network left: the IPv6 default route, if it went with it, via the remaining
+        dual-stack network of the lowest interface index (as dockerd picks another gateway endpoint)."""
+        six = [ep for ep in endpoints.values() if ep.get("GlobalIPv6Address") and ep.get("SandboxKey")]
+        if not six:
+            return
+        ep = min(six, key=lambda e: e.get("Index", 0))
+        net = self.catalog.bridge_net(ep.get("Network") or "")
+        if net is None or net.gateway6 is None:
+            return
+        try:
+            bridge.ensure_default_route6(ep["SandboxKey"], bridge.container_ifname(ep.get("Index", 0)), net.gateway6)
+        except (bridge.BridgeError, OSError) as exc:  # the disconnect itself is done
+            log.warning("container %s: no IPv6 default route after the disconnect: %s", ep.get("Name"), exc)
 
     def stopped_settings(self, container: ContainerView) -> dict:
         """NetworkSettings for a created or exited container (no address, no ports)."""
