@@ -112,7 +112,9 @@ def ensure_bridge(name, gateway, prefixlen, mtu=None, gateway6=None, prefixlen6=
                 if (addr, plen) != (str(gateway), prefixlen):
                     ipr.addr("del", index=index, address=addr, prefixlen=plen)
             if (str(gateway), prefixlen) not in have:
-                ipr.addr("add", index=index, address=str(gateway), prefixlen=prefixlen)
+                ipr.addr(
+                    "add", index=index, address=str(gateway), prefixlen=prefixlen, **_broadcast(gateway, prefixlen)
+                )
             if gateway6 is not None:
                 set_ipv6_disabled(name, False)
             have6 = [
@@ -173,7 +175,7 @@ def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, defa
             raise BridgeError("%s did not arrive in the container's namespace" % ifname)
         if mtu:
             ipr.link("set", index=eth, mtu=mtu)
-        ipr.addr("add", index=eth, address=str(ip), prefixlen=prefixlen)
+        ipr.addr("add", index=eth, address=str(ip), prefixlen=prefixlen, **_broadcast(ip, prefixlen))
         if six is not None:
             set_ipv6_disabled(ifname, False)
             ipr.addr("add", index=eth, address=str(six[0]), prefixlen=six[1], flags=IFA_F_NODAD)
@@ -182,6 +184,13 @@ def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, defa
             ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
         if six is not None and not _has_default_route6(ipr):
             ipr.route("add", dst="::/0", gateway=str(six[2]), oif=eth, family=socket.AF_INET6)
+
+
+def _broadcast(ip, prefixlen):
+    """The `broadcast` argument of an IPv4 address (as dockerd sets it, `brd` in `ip addr`); none on /31, /32."""
+    if prefixlen > 30:
+        return {}
+    return {"broadcast": str(ipaddress.IPv4Interface("%s/%d" % (ip, prefixlen)).network.broadcast_address)}
 
 
 def _has_default_route6(ipr):

@@ -1,7 +1,8 @@
 """A container's IPv6 default route comes from a dual-stack network even when its first network is IPv4-only,
 as dockerd gives it: `run --network v4only` then `network connect dual`, several networks at run (docker
 CLI) and at create (docker-py), create + connect + start; when the network holding the route is disconnected,
-the route moves to another dual-stack network the container is on.
+the route moves to another dual-stack network the container is on. Also: IPv4 addresses carry their
+broadcast address (`brd`), as dockerd sets them.
 
 A real engine in a network namespace made here; the host namespace has an address (fd00:99::1) outside
 every container subnet, reached only through the IPv6 default route. Only private addresses, on bridges of
@@ -115,3 +116,16 @@ def test_several_networks_at_run_and_create(eng):
         assert v4.startswith("default via 10.89.0.1 dev eth0") and v6.startswith("default via fd00:89::1 dev eth0")
     finally:
         eng.docker("rm", "-f", "r2", "r3", "r4", "r5", check=False)
+
+
+def test_ipv4_addresses_have_their_broadcast_as_dockerd_sets_them(eng):
+    """`brd` on the container's eth0 and on the network's bridge, as dockerd 20.10 shows them."""
+    eng.docker("run", "-d", "--name", "b1", "--network", "v4only", *SLEEP)
+    try:
+        addr = eng.docker("exec", "b1", "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        assert "/24 brd 10.88.0.255 " in addr
+        device = "br-" + eng.docker("network", "inspect", "-f", "{{.Id}}", "v4only").stdout.strip()[:12]
+        bridge = eng.netns.sh("ip", "-4", "-o", "addr", "show", "dev", device).stdout
+        assert "inet 10.88.0.1/24 brd 10.88.0.255 " in bridge
+    finally:
+        eng.docker("rm", "-f", "b1")
