@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: `dockyard create -d qemu` until the engine answers, against the raw boot-to-SSH time of the same
-guest image started by a plain qemu command, in the same run (one VM at a time; 1 GiB, 2 vCPUs, restrict=on).
+guest image started by a plain qemu command with the same virtual hardware, in the same run (one VM at a time;
+1 GiB, 2 vCPUs, restrict=on).
 
     python3 bench/qemu_create.py [--runs N] [--accel tcg|kvm]
 
@@ -64,6 +65,11 @@ def raw_boot(image, accel, work):
     subprocess.run(
         [
             "qemu-system-x86_64",
+            # the same virtual hardware as dockyard's VMs: without -nodefaults QEMU adds a VGA card, a floppy
+            # controller and more, whose probing makes the boot seconds slower under emulation
+            "-nodefaults",
+            "-vga",
+            "none",
             "-accel",
             accel,
             "-m",

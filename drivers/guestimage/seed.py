@@ -41,6 +41,19 @@ def ninep_mounts(shares):
     return cmds, "".join(lines)
 
 
+# cloud-init's stages after the one that lets SSH in (users, keys): provisioning needs nothing they do.
+LATER_STAGES = ("cloud-config.service", "cloud-final.service")
+
+
+def background_later_stages():
+    """bootcmd entries giving cloud-init's later stages the lowest CPU weight and at most a fifth of a CPU (their
+    cgroup competes with the SSH session's at the top; systemd applies both when they start)."""
+    units = " ".join(LATER_STAGES)
+    return [
+        ["sh", "-c", f"for u in {units}; do systemctl set-property --runtime $u CPUWeight=1 CPUQuota=20%; done; true"]
+    ]
+
+
 def render(
     machine,
     instance,
@@ -66,6 +79,7 @@ def render(
         mounts=[list(m) for m in mounts],
         run_once=run_once,
         bootcmd=bootcmd,
+        background=background_later_stages(),
         fstab=fstab,
         guest_files=guestunits.files(),
         guest_enable=list(guestunits.ENABLED),

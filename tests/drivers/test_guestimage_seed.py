@@ -39,6 +39,10 @@ def test_user_data_is_valid_cloud_config():
     start = ["systemctl", "start", "--no-block", "dockyard-clocksync.timer"]
     assert data["runcmd"] == [enable, start, ["touch", "/etc/cloud/cloud-init.disabled"]]
     assert "mounts" not in data
+    # cloud-init's config and final stages yield the guest's CPUs to provisioning (nothing it needs is in them)
+    (background,) = data["bootcmd"]
+    assert "cloud-config.service cloud-final.service" in background[2]
+    assert "systemctl set-property --runtime $u CPUWeight=1 CPUQuota=20%" in background[2]
 
 
 def test_meta_data_and_network_config():

@@ -113,7 +113,7 @@ def test_seed_mounts_shares_early_and_in_fstab():
         shares=[{"Path": "/home/al ice", "Tag": "share0", "ReadOnly": False}],
     )
     data = yaml.safe_load(files["user-data"])
-    assert data["bootcmd"] == [
+    assert data["bootcmd"][1:] == [  # after the one that puts cloud-init's later stages in the background
         [
             "sh",
             "-c",
@@ -131,5 +131,5 @@ def test_seed_mounts_shares_early_and_in_fstab():
     ]
     plain = yaml.safe_load(seed.render("m", "iid", "k", [])["user-data"])
     # Without shares: no mounts and no fstab lines (the growroot script is written for every machine).
-    assert "bootcmd" not in plain
+    assert plain["bootcmd"] == seed.background_later_stages()
     assert all(f["path"] != "/etc/fstab" for f in plain.get("write_files", []))

@@ -149,6 +149,9 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
         assert dockyard.docker(name, "run", "--rm", "busybox", "echo", "hello", timeout=300).stdout == "hello\n"
         dockyard.docker(name, "create", "--name", "keeper", "busybox", "true")
 
+        # cloud-init's later stages ran in the background of provisioning (lowest CPU weight, a fifth of a CPU)
+        later = dockyard("ssh", name, "systemctl show -p CPUWeight -p CPUQuotaPerSecUSec cloud-final.service")
+        assert sorted(later.stdout.split()) == ["CPUQuotaPerSecUSec=200ms", "CPUWeight=1"]
         check_guest_clock(dockyard, name)
         size = root_fs_bytes(dockyard, name)
         assert 18 << 30 < size <= 20 << 30  # the default 20 GiB disk
