@@ -200,3 +200,17 @@ def test_cp_out_shows_the_containers_ids(eng, remap, tmp_path):
         assert eng.docker("exec", cid, "stat", "-c", "%u:%g", "/o/u2").stdout.strip() == "1000:1001"
     finally:
         eng.docker("rm", "-f", cid)
+
+
+@remap_ok
+def test_a_container_with_userns_host_is_not_mapped(eng, remap):
+    cid = eng.docker("run", "-d", *N, "--userns", "host", "busybox", "sleep", "120").stdout.strip()
+    try:
+        pid = int(eng.docker("inspect", "-f", "{{.State.Pid}}", cid).stdout.strip())
+        root = Path("/proc/%d/root" % pid)
+        assert _cp_in(eng, _tar([("h", 5, 6)]), cid + ":/tmp").returncode == 0
+        assert _cp_in(eng, _tar([("k", 70000, 6)]), cid + ":/tmp", "-a").returncode == 0  # no map to leave
+        assert _owner(root / "tmp" / "h") == (0, 0) and _owner(root / "tmp" / "k") == (70000, 6)
+        assert _cp_out(eng, cid + ":/tmp/k") == {"k": (70000, 6)}
+    finally:
+        eng.docker("rm", "-f", cid)
