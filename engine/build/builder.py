@@ -434,6 +434,8 @@ class Build:
         chmod_text = self.lex.word(inst.flag("chmod") or "", env)
         chmod = copier.parse_chmod(chmod_text)
         from_ref = self.lex.word(inst.flag("from") or "", env)
+        if not from_ref and self._copy_cached(stage, what, sources, dest, chown, chmod_text, add):
+            return
         tmp_c = None
         try:
             if from_ref:
@@ -454,12 +456,7 @@ class Build:
                     "and end with a /" % what
                 )
             content = copier.checksum([(name, path) for name, path, _ in items])
-            created_by = "/bin/sh -c #(nop) %s %s%s in %s " % (
-                what,
-                "".join("--%s=%s " % (k, v) for k, v in (("chown", chown), ("chmod", chmod_text)) if v),
-                content,
-                dest,
-            )
+            created_by = _copy_created_by(what, chown, chmod_text, content, dest)
 
             def write(rootfs, writer):
                 dest_dir_like = dest.endswith("/") or writer.is_dir(dest)
@@ -477,6 +474,19 @@ class Build:
         finally:
             if tmp_c is not None:
                 stepcontainer.remove(self.containers, tmp_c)
+
+    def _copy_cached(self, stage, what, sources, dest, chown, chmod_text, add):
+        """A COPY/ADD from the context answered by the cache from the context's index alone (no file of the
+        context extracted); False when it misses or the index cannot tell (the step then runs as always)."""
+        if self.opts.no_cache or (add and any(copier.is_url(s) for s in sources)):
+            return False
+        if len(sources) > 1 and not dest.endswith("/"):
+            return False  # an error, reported by the full path
+        content = self.context.indexed_checksum(sources)
+        if content is None:
+            return False
+        self._ensure_image(stage)
+        return self._cached(stage, _copy_created_by(what, chown, chmod_text, content, dest), content)
 
     def _source_container(self, ref):
         """A never-started container on the image COPY --from names (a stage, its index or an image)."""
@@ -587,6 +597,12 @@ class Build:
         stage.image_id = img.id
         if cache_key is not None:
             self.b.cache.put(cache_key, img.id)
+
+
+def _copy_created_by(what, chown, chmod_text, content, dest):
+    """The history text (and cache key part) of a COPY/ADD step."""
+    flags = "".join("--%s=%s " % (k, v) for k, v in (("chown", chown), ("chmod", chmod_text)) if v)
+    return "/bin/sh -c #(nop) %s %s%s in %s " % (what, flags, content, dest)
 
 
 def _config_key(stage):

@@ -1,5 +1,9 @@
-"""The build context: the request body (a tar, maybe compressed) extracted safely as it arrives (a
-compressed one is spooled to disk first).
+"""The build context: the request body (a tar, maybe compressed) spooled to disk as a plain tar as it
+arrives (a compressed one is undone first), never held in memory.
+
+A simple context (contextindex.py) is indexed while it arrives and extracted only when a step needs its
+files: a fully cached rebuild reads the Dockerfile, .dockerignore and the COPY/ADD checksums from the tar
+and writes no file. Any other context is extracted at once, as it always was.
 
 Nothing in the context may lead outside it: tarsafe refuses absolute member names, `..`, hard links
 out of it and relative symlinks that climb above it; here absolute symlinks are refused as well
@@ -21,7 +25,7 @@ import stat
 import tempfile
 from typing import BinaryIO
 
-from dockyard.engine.build import dockerignore
+from dockyard.engine.build import contextindex, dockerignore
 from dockyard.engine.errors import InvalidParameter, NotFound
 from dockyard.engine.images import tarsafe
 
@@ -52,9 +56,11 @@ class _EndedTar:
     tarfile's stream reads 10 KiB at a time: those are served from STREAM_CHUNK reads of the body.
     """
 
-    def __init__(self, head: bytes, body: BinaryIO) -> None:
+    def __init__(self, head: bytes, body: BinaryIO, spool: BinaryIO) -> None:
         self.buf, self.pos = head, 0
         self.body = body
+        self.spool = spool  # every byte served is also written here
+        spool.write(head)
         self.total = len(head)
         self.ended = False
 
@@ -70,6 +76,7 @@ class _EndedTar:
             else:
                 self.ended = True
                 data = b"\0" * ((-self.total) % 512 + 1024)
+            self.spool.write(data)
             self.buf, self.pos = data, 0
         out = self.buf[self.pos : self.pos + n]
         self.pos += len(out)
@@ -117,13 +124,27 @@ def clean_relative(path: str, what: str = "path") -> str:
 
 
 class BuildContext:
-    """An extracted context in its own temp dir under the builder's work dir; close() removes it."""
+    """A context in its own temp dir under the builder's work dir; close() removes it.
+
+    `root` is the extracted tree (extracted on first use when the context is indexed)."""
 
     def __init__(self, workdir: str) -> None:
         self.dir = tempfile.mkdtemp(prefix="ctx-", dir=workdir)
-        self.root = os.path.join(self.dir, "context")
-        os.mkdir(self.root, 0o755)
+        self._root = os.path.join(self.dir, "context")
+        self.spool = os.path.join(self.dir, "context.tar")
+        self.index: contextindex.ContextIndex | None = None
         self.ignore: list[dockerignore.Pattern] = []
+
+    @property
+    def root(self) -> str:
+        if self.index is not None:
+            self.index = None
+            with open(self.spool, "rb") as fh:
+                self._extract(fh)
+            os.unlink(self.spool)
+            if self.ignore:
+                dockerignore.apply(self._root, self.ignore)
+        return self._root
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -132,8 +153,8 @@ class BuildContext:
     def receive(self, body: BinaryIO) -> int:
         """Extract the body (never held in memory); -> bytes received.
 
-        A plain tar (what the CLI sends unless --compress) is extracted as it arrives, while the client
-        still sends; a compressed one is spooled to disk and undone first.
+        A plain tar (what the CLI sends unless --compress) is spooled and indexed as it arrives, while the
+        client still sends; a compressed one is spooled to disk and undone first.
         """
         head = body.read(COMPRESSED_MAGIC_LEN)
         while head and len(head) < COMPRESSED_MAGIC_LEN:
@@ -144,10 +165,12 @@ class BuildContext:
         if not head:
             raise ContextError("the build context is empty: send the context as a tar archive")
         if not head.startswith(COMPRESSED_MAGICS):
-            stream = _EndedTar(head, body)
-            self._extract(stream)
-            while stream.read(COPY_CHUNK):  # whatever follows the end of the archive: read, as before
-                pass
+            with open(self.spool, "wb") as out:
+                stream = _EndedTar(head, body, out)
+                index = contextindex.scan(stream, self.spool)
+                while stream.read(COPY_CHUNK):  # the rest (all of it when the scan gave up): spooled too
+                    pass
+            self._index_or_extract(index)
             return stream.total
         raw = os.path.join(self.dir, "context.raw")
         total = len(head)
@@ -161,21 +184,30 @@ class BuildContext:
                 total += len(chunk)
         if total == 0:
             raise ContextError("the build context is empty: send the context as a tar archive")
-        spool = os.path.join(self.dir, "context.tar")
         try:
-            _plain_tar(raw, spool)
+            _plain_tar(raw, self.spool)
         finally:
             os.unlink(raw)
-        try:
-            with open(spool, "rb") as fh:
-                self._extract(fh)
-        finally:
-            os.unlink(spool)
+        with open(self.spool, "rb") as fh:
+            index = contextindex.scan(fh, self.spool)
+        self._index_or_extract(index)
         return total
 
-    def _extract(self, stream) -> None:
+    def _index_or_extract(self, index: contextindex.ContextIndex | None) -> None:
+        """Keep a simple context as its indexed tar; extract any other now (tarsafe's checks and errors)."""
+        if index is not None:
+            self.index = index
+            return
         try:
-            tarsafe.safe_extract(stream, self.root, whiteouts="keep", on_member=_refuse_absolute_links)
+            with open(self.spool, "rb") as fh:
+                self._extract(fh)
+        finally:
+            os.unlink(self.spool)
+
+    def _extract(self, stream) -> None:
+        os.mkdir(self._root, 0o755)
+        try:
+            tarsafe.safe_extract(stream, self._root, whiteouts="keep", on_member=_refuse_absolute_links)
         except tarsafe.UnsafeArchive as exc:
             raise ContextError("invalid build context: %s" % exc.message.replace("invalid build context: ", ""))
 
@@ -193,6 +225,8 @@ class BuildContext:
 
     def read_file(self, rel: str, limit: int) -> bytes | None:
         """A small file of the context (Dockerfile, .dockerignore); None if missing."""
+        if self.index is not None:
+            return self._read_indexed(clean_relative(rel, "dockerfile"), limit)
         try:
             path = self.host_path(clean_relative(rel, "dockerfile"))
         except (FileNotFoundError, NotADirectoryError):
@@ -211,6 +245,18 @@ class BuildContext:
             raise ContextError("%s in the build context is larger than %d bytes" % (rel, limit))
         return data
 
+    def _read_indexed(self, rel: str, limit: int) -> bytes | None:
+        assert self.index is not None
+        entry = self.index.lookup(rel)
+        if entry is None:
+            return None
+        if entry.is_dir:
+            raise ContextError("%s in the build context is not a regular file" % rel)
+        data = self.index.read(entry, limit)
+        if len(data) > limit:
+            raise ContextError("%s in the build context is larger than %d bytes" % (rel, limit))
+        return data
+
     def dockerfile(self, name: str, limit: int) -> bytes:
         name = name or "Dockerfile"
         data = self.read_file(name, limit)
@@ -225,12 +271,26 @@ class BuildContext:
         if data is None:
             return
         self.ignore = dockerignore.parse(data.decode("utf-8", "replace"))
-        dockerignore.apply(self.root, self.ignore)
+        if self.index is not None:
+            self.index.apply_dockerignore(self.ignore)  # and to the tree when it is extracted
+        else:
+            dockerignore.apply(self.root, self.ignore)
 
     # -- COPY sources ------------------------------------------------------------------------
     def sources(self, pattern: str) -> list[tuple[str, str]]:
         """[(context-relative path, host path)] of a COPY/ADD source (wildcards expanded)."""
         return match_sources(self.root, pattern, "build context")
+
+    def indexed_checksum(self, patterns: list[str]) -> str | None:
+        """copier.checksum of these COPY/ADD sources read from the index, without extracting; None when
+        the index cannot tell (no index, wildcards, a missing source): the caller extracts and looks."""
+        if self.index is None or any(c in p for p in patterns for c in WILDCARDS):
+            return None
+        try:
+            rels = [clean_relative(p, "source") for p in patterns]
+        except ContextError:
+            return None
+        return self.index.checksum(rels)
 
 
 def match_sources(root: str, pattern: str, where: str) -> list[tuple[str, str]]:
