@@ -13,6 +13,7 @@ import pytest
 from dockyard.provisioner.provision.bundle import build_bundle
 from tests.engine.certs_helper import make_pki
 from tests.engine.engine_helper import EngineProcess
+from tests.engine.runtime_helper import busybox_engine
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +88,10 @@ def module_engine_starter(bundle):
     starter = EngineStarter(bundle[0], _short_tmpdir())
     yield starter
     starter.cleanup()
+
+
+@pytest.fixture(scope="module")
+def eng():
+    """One engine with busybox per test module (a module that needs another setup defines its own `eng`)."""
+    with busybox_engine() as e:
+        yield e

@@ -3,6 +3,7 @@ root netns), its own cgroup parent (dockyard-test-*, removed afterwards), the bu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from dockyard.engine.runtime import cgroups
@@ -136,3 +138,22 @@ class RuntimeEngine:
                         cg.remove(timeout=2.0)
         cgroups.remove_parent(self.cgroup_parent)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RemapEngine(RuntimeEngine):
+    """An engine started with --userns-remap default (root in its containers is the first subordinate id)."""
+
+    def argv(self):
+        return super().argv() + ["--userns-remap", "default"]
+
+
+@contextlib.contextmanager
+def busybox_engine(engine_class: type[RuntimeEngine] = RuntimeEngine) -> Iterator[RuntimeEngine]:
+    """A started engine with the busybox image loaded; stopped and cleaned up on the way out, also on failure."""
+    e = engine_class()
+    try:
+        e.start()
+        e.load_busybox()
+        yield e
+    finally:
+        e.cleanup()

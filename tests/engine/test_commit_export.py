@@ -7,22 +7,9 @@ import tarfile
 
 import pytest
 
-from tests.engine.runtime_helper import RuntimeEngine
-
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the engine needs root")
 
 CHANGES = "echo hi > /new && echo extra >> /etc/passwd && rm /bin/ls && mkdir -p /d/e && ln -s / /d/root"
-
-
-@pytest.fixture(scope="module")
-def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def _images(eng):

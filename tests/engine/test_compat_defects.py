@@ -23,17 +23,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root"
 NOT_A_MANAGER = 'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join"'
 
 
-@pytest.fixture(scope="module")
-def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
-        yield e
-    finally:
-        e.cleanup()
-
-
 def test_swarm_endpoints_answer_as_dockerd_outside_a_swarm(eng):
     import docker
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from dockyard.engine.runtime import seccomp
-from tests.engine.runtime_helper import RuntimeEngine
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="containers need root"),
@@ -37,17 +36,6 @@ def probe_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe")
     subprocess.run(["gcc", "-static", "-O1", "-o", str(out / "probe"), str(PROBE_SRC)], check=True)
     return out
-
-
-@pytest.fixture(scope="module")
-def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def host_block_device():

@@ -6,20 +6,7 @@ import time
 
 import pytest
 
-from tests.engine.runtime_helper import RuntimeEngine
-
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the engine needs root")
-
-
-@pytest.fixture(scope="module")
-def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def _health(eng, name):

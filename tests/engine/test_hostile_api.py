@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.engine.engine_helper import EngineProcess, client_tls_context, http_get
-from tests.engine.runtime_helper import RuntimeEngine
+from tests.engine.runtime_helper import busybox_engine
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 N = ("--network", "none")
@@ -28,13 +28,8 @@ N = ("--network", "none")
 def eng():
     if os.geteuid() != 0:
         pytest.skip("containers need root")
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
+    with busybox_engine() as e:
         yield e
-    finally:
-        e.cleanup()
 
 
 def api(eng, method, path, body=None, raw=None, headers=None):

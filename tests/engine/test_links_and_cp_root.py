@@ -11,20 +11,7 @@ import tarfile
 
 import pytest
 
-from tests.engine.runtime_helper import RuntimeEngine
-
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
-
-
-@pytest.fixture(scope="module")
-def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def test_links_are_shown_as_dockerd_normalizes_them(eng):

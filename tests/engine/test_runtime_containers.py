@@ -12,22 +12,10 @@ import time
 import pytest
 
 from tests.engine.pty_helper import run_in_pty
-from tests.engine.runtime_helper import RuntimeEngine
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
 N = ("--network", "none")
-
-
-@pytest.fixture(scope="module")
-def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def run(eng, *args, **kw):

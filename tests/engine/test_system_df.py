@@ -5,20 +5,15 @@ import os
 
 import pytest
 
-from tests.engine.runtime_helper import RuntimeEngine
+from tests.engine.runtime_helper import busybox_engine
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the engine needs root")
 
 
 @pytest.fixture
 def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
+    with busybox_engine() as e:
         yield e
-    finally:
-        e.cleanup()
 
 
 def _df_rows(eng):

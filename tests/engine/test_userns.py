@@ -24,7 +24,7 @@ from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.images import tarsafe
 from dockyard.engine.runtime import userns
 from dockyard.provisioner.provision import engine_config
-from tests.engine.runtime_helper import RuntimeEngine
+from tests.engine.runtime_helper import RemapEngine, RuntimeEngine, busybox_engine
 from tests.images import busybox_binary, busybox_layer, image_config, layer_tar, write_archive
 
 N = ("--network", "none")
@@ -118,22 +118,12 @@ def _owner(path):
 
 
 # -- a remapping engine -------------------------------------------------------------------------------
-class RemapEngine(RuntimeEngine):
-    def argv(self):
-        return super().argv() + ["--userns-remap", "default"]
-
-
 @pytest.fixture(scope="module")
 def eng():
     if os.geteuid() != 0 or userns.unsupported_reason() is not None or shutil.which("useradd") is None:
         pytest.skip("needs root, user namespaces and useradd")
-    e = RemapEngine()
-    try:
-        e.start()
-        e.load_busybox()
+    with busybox_engine(RemapEngine) as e:
         yield e
-    finally:
-        e.cleanup()
 
 
 @pytest.fixture(scope="module")

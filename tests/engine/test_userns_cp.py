@@ -19,7 +19,7 @@ import pytest
 
 from dockyard.engine.api import system
 from dockyard.engine.runtime import userns
-from tests.engine.runtime_helper import RuntimeEngine
+from tests.engine.runtime_helper import RemapEngine, busybox_engine
 
 N = ("--network", "none")
 remap_ok = pytest.mark.skipif(
@@ -42,22 +42,12 @@ def test_info_names_userns_only_when_remapping():
     assert "name=userns" not in system.security_options(False)
 
 
-class RemapEngine(RuntimeEngine):
-    def argv(self):
-        return super().argv() + ["--userns-remap", "default"]
-
-
 @pytest.fixture(scope="module")
 def eng():
     if os.geteuid() != 0 or userns.unsupported_reason() is not None or shutil.which("useradd") is None:
         pytest.skip("needs root, user namespaces and useradd")
-    e = RemapEngine()
-    try:
-        e.start()
-        e.load_busybox()
+    with busybox_engine(RemapEngine) as e:
         yield e
-    finally:
-        e.cleanup()
 
 
 @pytest.fixture(scope="module")
