@@ -9,11 +9,12 @@ from dockyard.engine.atomicfile import atomic_write_json
 log = logging.getLogger("dockyard.engine")
 
 
-def write_json(path, obj):
-    """Replace `path` with `obj` as JSON; readers see the old or the new file, never half."""
+def write_json(path, obj, durable=True):
+    """Replace `path` with `obj` as JSON; readers see the old or the new file, never half. `durable`: also
+    after a power cut (fsync); state about running containers only (they do not survive one) skips it."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    atomic_write_json(path, obj, durable=True)
+    atomic_write_json(path, obj, durable=durable)
 
 
 def read_json(path, default=None):

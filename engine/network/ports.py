@@ -240,7 +240,9 @@ class PortAllocator:
             self._owners[owner] = list(items)
 
     def _save(self):
-        write_json(self.path, {"owners": self._owners})
+        # not fsynced: reservations belong to running containers; after a power cut none runs and the
+        # engine's start releases every other owner's (NetworkManager.reconcile), whatever the file held
+        write_json(self.path, {"owners": self._owners}, durable=False)
 
     def bindings_of(self, owner):
         with self._lock:
