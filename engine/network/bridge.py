@@ -162,10 +162,9 @@ def set_ipv6_disabled(ifname, disabled):
 
 
 def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, default_route=True, six=None):
-    """`six`: (address, prefixlen, gateway) of the container's IPv6 address on this link, or None. The IPv4
-    default route is this link's when `default_route`; the IPv6 one when the container has none yet: as
-    dockerd, a container whose first network is IPv4-only gets its IPv6 default route from the first
-    dual-stack network it joins."""
+    """`six`: (address, prefixlen, gateway) of the container's IPv6 address on this link, or None. When
+    `default_route`, the container's default routes go through this link: IPv4, and IPv6 on a dual-stack
+    network (one link holds both, as dockerd's gateway endpoint; see wiring.py)."""
     with _iproute() as ipr:
         lo = _lookup(ipr, "lo")
         if lo is not None:
@@ -182,8 +181,8 @@ def _configure_inside(ip, prefixlen, gateway, mtu, ifname=CONTAINER_IFNAME, defa
         ipr.link("set", index=eth, state="up")
         if default_route:
             ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=eth)
-        if six is not None and not _has_default_route6(ipr):
-            ipr.route("add", dst="::/0", gateway=str(six[2]), oif=eth, family=socket.AF_INET6)
+            if six is not None:
+                ipr.route("add", dst="::/0", gateway=str(six[2]), oif=eth, family=socket.AF_INET6)
 
 
 def _broadcast(ip, prefixlen):
@@ -193,28 +192,47 @@ def _broadcast(ip, prefixlen):
     return {"broadcast": str(ipaddress.IPv4Interface("%s/%d" % (ip, prefixlen)).network.broadcast_address)}
 
 
-def _has_default_route6(ipr):
-    """Whether the main table of this netns has an IPv6 default route."""
-    for route in ipr.get_routes(family=socket.AF_INET6, table=MAIN_TABLE):
-        if route["dst_len"] == 0 and route.get_attr("RTA_TABLE") == MAIN_TABLE and route["type"] == RTN_UNICAST:
-            return True
-    return False
+def _default_routes(ipr, family):
+    """The default routes of the main table of this netns, of one address family."""
+    return [
+        route
+        for route in ipr.get_routes(family=family, table=MAIN_TABLE)
+        if route["dst_len"] == 0 and route.get_attr("RTA_TABLE") == MAIN_TABLE and route["type"] == RTN_UNICAST
+    ]
 
 
-def ensure_default_route6(netns, ifname, gateway6):
-    """Give the container of `netns` an IPv6 default route via gateway6 on `ifname` unless it has one
-    (after the link that had it was disconnected: dockerd moves it to another dual-stack network)."""
+def set_default_routes(netns, ifname, gateway, gateway6=None):
+    """The container of `netns` gets its default routes through `ifname` only: IPv4 via gateway, IPv6 via
+    gateway6 (none when None), replacing those it had (the gateway network changed on a connect or
+    disconnect: dockerd moves both routes to the new one)."""
 
     def inside():
         with _iproute() as ipr:
             eth = _lookup(ipr, ifname)
-            if eth is not None and not _has_default_route6(ipr):
-                ipr.route("add", dst="::/0", gateway=str(gateway6), oif=eth, family=socket.AF_INET6)
+            if eth is None:
+                raise BridgeError("%s is not in the container's namespace" % ifname)
+            for family, dst, via in ((socket.AF_INET, "0.0.0.0/0", gateway), (socket.AF_INET6, "::/0", gateway6)):
+                wanted = str(via) if via is not None else None
+                have = False
+                for route in _default_routes(ipr, family):
+                    if (
+                        wanted is not None
+                        and route.get_attr("RTA_GATEWAY") == wanted
+                        and route.get_attr("RTA_OIF") == eth
+                    ):
+                        have = True
+                        continue
+                    match = {"priority": "RTA_PRIORITY", "oif": "RTA_OIF", "gateway": "RTA_GATEWAY"}
+                    found = {key: route.get_attr(attr) for key, attr in match.items()}
+                    kwargs = {key: value for key, value in found.items() if value is not None}
+                    ipr.route("del", dst=dst, family=family, table=MAIN_TABLE, **kwargs)
+                if wanted is not None and not have:
+                    ipr.route("add", dst=dst, gateway=wanted, oif=eth, family=family)
 
     try:
         run_in_netns(netns, inside)
     except _netlink_errors() as exc:
-        raise BridgeError("cannot set the IPv6 default route on %s: %s" % (ifname, exc)) from None
+        raise BridgeError("cannot set the default routes on %s: %s" % (ifname, exc)) from None
 
 
 def _isolate_port(ipr, index, veth):
@@ -246,7 +264,8 @@ def attach_container(
 ):
     """veth pair: `veth` on the bridge here, `ifname` (ip, mac, the default route unless told not to)
     in pid's netns. isolated: the port talks to the bridge (gateway) only, not to other isolated ports.
-    six: (IPv6 address, prefixlen, IPv6 gateway) on a dual-stack network (its default route too)."""
+    six: (IPv6 address, prefixlen, IPv6 gateway) on a dual-stack network (its default route too when
+    default_route)."""
     errors = _netlink_errors()
     ns_fd = os.open(netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
     try:

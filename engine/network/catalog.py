@@ -44,6 +44,8 @@ class BridgeNet:
         self.created = record["Created"]
         self.subnet = ipaddress.IPv4Network(record["Subnet"])
         self.gateway = ipaddress.IPv4Address(record["Gateway"])
+        # IPAM.Config lists the gateway unless dockerd would not: a --subnet given without a --gateway
+        self.gateway_shown = record.get("GatewayShown", True) is not False
         self.device = record["Device"]
         self.internal = bool(record.get("Internal"))
         self.labels = dict(record.get("Labels") or {})
@@ -57,6 +59,7 @@ class BridgeNet:
         self.ipv6 = bool(record.get("EnableIPv6"))
         self.subnet6 = ipaddress.IPv6Network(record["Subnet6"]) if self.ipv6 else None
         self.gateway6 = ipaddress.IPv6Address(record["Gateway6"]) if self.ipv6 else None
+        self.gateway6_shown = record.get("Gateway6Shown", True) is not False
         self.ip_range6 = record.get("IPRange6") or None
         self.aux_addresses6 = dict(record.get("AuxAddresses6") or {})
         self.ipam6_path = os.path.join(directory, "ipam6-%s.json" % self.id[:12])
@@ -77,6 +80,7 @@ class BridgeNet:
             "Created": self.created,
             "Subnet": str(self.subnet),
             "Gateway": str(self.gateway),
+            "GatewayShown": self.gateway_shown,
             "Device": self.device,
             "Internal": self.internal,
             "Labels": self.labels,
@@ -86,6 +90,7 @@ class BridgeNet:
             "EnableIPv6": self.ipv6,
             "Subnet6": str(self.subnet6) if self.subnet6 else None,
             "Gateway6": str(self.gateway6) if self.gateway6 else None,
+            "Gateway6Shown": self.gateway6_shown,
             "IPRange6": self.ip_range6,
             "AuxAddresses6": self.aux_addresses6,
         }
@@ -109,8 +114,12 @@ def check_pool_extras(network, gateway, ip_range, aux):
         except ValueError:
             raise InvalidParameter("invalid auxiliary address %s=%r" % (name, addr)) from None
         broadcast = network.broadcast_address if version == 4 else None
-        if ip.version != version or ip not in network or ip in (network.network_address, broadcast, gateway):
+        if ip.version != version or ip not in network or ip in (network.network_address, broadcast):
             raise InvalidParameter("auxiliary address: (%s:%s) must belong to the master pool %s" % (name, ip, network))
+        if ip == gateway:  # dockerd allocates the gateway first, then the auxiliary addresses
+            raise InvalidParameter(
+                "failed to allocate secondary ip address (%s:%s): Address already in use" % (name, ip)
+            )
         checked[str(name)] = str(ip)
     return ip_range or None, checked
 
@@ -124,9 +133,23 @@ class Pool6(NamedTuple):
     aux_addresses: Optional[Dict[str, str]] = None
 
 
-def checked_subnet(subnet, gateway, version, taken):
+def first_host(network, ip_range=None):
+    """The gateway dockerd 20.10 picks when none is given: the first address it can hand out, that of the
+    --ip-range if there is one (10.86.0.0/24 with range 10.86.0.128/25: 10.86.0.128), else the subnet's
+    first host address. A range that is not in the subnet is refused later (check_pool_extras)."""
+    try:
+        pool = ipaddress.ip_network(ip_range, strict=False) if ip_range else network
+    except ValueError:
+        pool = network
+    if pool.version != network.version or not pool.subnet_of(network):
+        pool = network
+    return max(pool.network_address, network.network_address + 1)
+
+
+def checked_subnet(subnet, gateway, version, taken, ip_range=None):
     """(network, gateway) of a --subnet/--gateway pair of one family, with dockerd's refusals: not a
-    CIDR of that family, overlapping another network's subnet, a gateway outside it, too small."""
+    CIDR of that family, overlapping another network's subnet, a gateway outside it, too small. No
+    gateway: the first address of ip_range (or of the subnet), as dockerd."""
     try:
         network = ipaddress.ip_network(subnet, strict=False)
     except ValueError:
@@ -141,7 +164,7 @@ def checked_subnet(subnet, gateway, version, taken):
         except ValueError:
             raise InvalidParameter("invalid gateway %r" % gateway) from None
     else:
-        gw = network.network_address + 1
+        gw = first_host(network, ip_range)
     outside = {network.network_address} | ({network.broadcast_address} if version == 4 else set())
     if gw.version != version or gw not in network or gw in outside:
         raise InvalidParameter("gateway %s is not a host address of %s" % (gw, network))
@@ -282,7 +305,7 @@ class Catalog:
             raise Conflict("network with name %s already exists" % name)
         taken = self._taken()
         if subnet:
-            network, gw = checked_subnet(subnet, gateway, 4, taken)
+            network, gw = checked_subnet(subnet, gateway, 4, taken, ip_range)
         else:
             if gateway:
                 raise InvalidParameter("a gateway needs a subnet")
@@ -302,7 +325,7 @@ class Catalog:
         six: dict = {"EnableIPv6": False}
         if ipv6 is not None:
             if ipv6.subnet:
-                network6, gw6 = checked_subnet(ipv6.subnet, ipv6.gateway, 6, taken)
+                network6, gw6 = checked_subnet(ipv6.subnet, ipv6.gateway, 6, taken, ipv6.ip_range)
             else:
                 if ipv6.gateway or ipv6.ip_range or ipv6.aux_addresses:
                     raise InvalidParameter("an IPv6 gateway, ip-range or auxiliary addresses need an IPv6 subnet")
@@ -313,6 +336,8 @@ class Catalog:
                 "EnableIPv6": True,
                 "Subnet6": str(network6),
                 "Gateway6": str(gw6),
+                # dockerd's IPAM.Config shows a gateway only when one was given or the pool was picked
+                "Gateway6Shown": bool(ipv6.gateway or not ipv6.subnet),
                 "IPRange6": range6,
                 "AuxAddresses6": aux6,
             }
@@ -322,6 +347,7 @@ class Catalog:
             "Created": now_rfc3339(),
             "Subnet": str(network),
             "Gateway": str(gw),
+            "GatewayShown": bool(gateway or not subnet),
             "Device": "br-" + net_id[:12],
             "Internal": bool(internal),
             "Labels": dict(labels or {}),

@@ -21,9 +21,9 @@ class PoolExhausted(IpamError):
 class Ipam:
     """Hands out addresses of one subnet to owners (container IDs), one address per owner.
 
-    Allocation is sequential after the last address handed out, wrapping around, so a
-    released address is not reused at once (a stale peer's ARP cache would point at the
-    wrong container). Every change is written to `path` before the call returns.
+    Each allocation takes the lowest free address of the range, so a released address is handed out
+    again at once, as dockerd 20.10 does (measured: with .2, .3, .4 leased, freeing .3 makes the next
+    container .3). Every change is written to `path` before the call returns.
     """
 
     def __init__(self, path, subnet, gateway, ip_range=None, reserved=()):
@@ -43,7 +43,6 @@ class Ipam:
             raise IpamError("subnet %s is too small for containers" % self.network)
         self._lock = threading.Lock()
         self._by_ip = {}  # IPv4Address -> owner
-        self._last = None
         self._load()
 
     def _address(self, text):
@@ -72,11 +71,6 @@ class Ipam:
                 continue
             if self._assignable(ip):
                 self._by_ip[ip] = owner
-        try:
-            last = self._address(raw["last"]) if raw.get("last") else None
-            self._last = last if last is not None and last in self.network else None
-        except ValueError:
-            self._last = None
 
     def _save(self):
         write_json(
@@ -84,7 +78,6 @@ class Ipam:
             {
                 "subnet": str(self.network),
                 "gateway": str(self.gateway),
-                "last": str(self._last) if self._last else None,
                 "allocations": {str(ip): owner for ip, owner in sorted(self._by_ip.items())},
             },
         )
@@ -143,7 +136,6 @@ class Ipam:
             else:
                 ip = self._next_free()
             self._by_ip[ip] = owner
-            self._last = ip
             self._save()
             return ip
 
@@ -151,13 +143,11 @@ class Ipam:
         first = max(int(self.range.network_address), int(self.network.network_address) + 1)
         top = int(self.network.broadcast_address) - (1 if self.version == 4 else 0)
         last = min(int(self.range.broadcast_address), top)
-        start = int(self._last) + 1 if self._last else first
-        if start > last or start < first:
-            start = first
         span = last - first + 1
-        # a bounded search: an IPv6 /64 is never walked through, the leases in it are few
+        # a bounded search: an IPv6 /64 is never walked through, the leases in it are few (of any
+        # leases + reserved + 2 addresses from the start, one is free or the range is full)
         for step in range(min(span, len(self._by_ip) + len(self.reserved) + 2)):
-            ip = ipaddress.ip_address(first + (start - first + step) % span)
+            ip = ipaddress.ip_address(first + step)
             if self._assignable(ip) and ip not in self._by_ip:
                 return ip
         raise PoolExhausted("no available IPv%d addresses on network bridge (%s)" % (self.version, self.network))

@@ -6,7 +6,8 @@ the user process runs, port_proxies() inside the container's supervisor, and
 disconnect() when the container stops or is removed. State lives under
 data-root/network: networks and subnets (networks.json, see catalog.py), address leases
 (ipam*.json), host-port reservations (ports.json) and endpoints (endpoints.json).
-The manager owns the endpoints; bridges, forwarding and firewall rules are hostsetup.HostNetworking's,
+The manager owns the endpoint records; each endpoint's veth and addresses, and which endpoint carries the
+default routes, are wiring.Wiring's; bridges, forwarding and firewall rules are hostsetup.HostNetworking's,
 the `docker network` descriptions and create/rm are networks.Networks'.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import socket
 import threading
 from typing import Dict, Iterable, List, Protocol  # List, Dict: the manager has a method named list
 
@@ -36,7 +36,6 @@ from dockyard.engine.network.catalog import (
 )
 from dockyard.engine.network.fsutil import read_json, write_json
 from dockyard.engine.network.hostsetup import HostNetworking, NetworkError
-from dockyard.engine.network.ipam import IpamError
 from dockyard.engine.network.names import DnsUnavailable, NamesMixin
 from dockyard.engine.network.netns import loopback_up, netns_path, run_in_netns
 from dockyard.engine.network.networks import Networks
@@ -52,6 +51,7 @@ from dockyard.engine.network.ports import (
 )
 from dockyard.engine.network.resolver import EmbeddedDns
 from dockyard.engine.network.settings import network_settings
+from dockyard.engine.network.wiring import Wiring
 
 log = logging.getLogger("dockyard.engine")
 
@@ -129,6 +129,7 @@ class NetworkManager(NamesMixin):
             icc_default=self.icc_default,
             explicit_bip=self.explicit_bip,
         )
+        self.wiring = Wiring(self.dir, self.catalog, self.host, self.mtu)
         self.networks = Networks(self.catalog, self.host, self._lock, self._endpoint_items, self.in_use)
         self._endpoints_path = os.path.join(self.dir, "endpoints.json")
         self.ports = PortAllocator(os.path.join(self.dir, "ports.json"))
@@ -261,7 +262,7 @@ class NetworkManager(NamesMixin):
         if netname in ("host", "none"):
             if netname == "none":
                 run_in_netns(netns_path(pid), loopback_up)
-            endpoint = self._endpoint(cid, name, netname, None, [], pid, {})
+            endpoint = self.wiring.endpoint(cid, name, netname, None, [], pid, {})
             with self._lock:
                 self.endpoints[cid] = {netname: endpoint}
                 self._save_endpoints()
@@ -279,16 +280,25 @@ class NetworkManager(NamesMixin):
                 "%s (%s): %s" % (name or cid[:12], endpoint_id, exc)
             ) from None
         endpoints: Dict[str, dict] = {}
+        gateway_net = self.wiring.gateway_network(wanted)
         try:
             for index, (each, request) in enumerate(wanted.items()):
-                endpoints[each] = self._attach(
-                    cid, name, each, request, pid, index, bindings if index == 0 else [], endpoint_id
+                endpoints[each] = self.wiring.attach(
+                    cid,
+                    name,
+                    each,
+                    request,
+                    pid,
+                    index,
+                    bindings if index == 0 else [],
+                    endpoint_id,
+                    default_route=each == gateway_net,
                 )
                 endpoint_id = None
         except BaseException:
             self.ports.release(cid)
             for each, endpoint in endpoints.items():
-                self._detach(cid, each, endpoint)
+                self.wiring.detach(cid, each, endpoint)
             raise
         for each, endpoint in endpoints.items():
             self._name_endpoint(endpoint, each, cid, name, config, host_config)
@@ -302,78 +312,6 @@ class NetworkManager(NamesMixin):
             raise
         return network_settings(self.catalog, endpoints, config, host_config)
 
-    def _attach(self, cid, name, netname, request, pid, index, bindings, endpoint_id=None):
-        """One veth from the network's bridge into the container's netns (eth<index>) -> the endpoint."""
-        net = self.catalog.bridge_net(netname)
-        if net is None:
-            raise NetworkError("network %s not found" % netname)
-        self.ensure_ready(net)
-        try:
-            ip = net.ipam.allocate(cid, request.get("IPv4Address") or None)
-        except IpamError as exc:
-            raise NetworkError(str(exc)) from None
-        six = None
-        if net.ipam6 is not None and net.subnet6 is not None:
-            try:
-                ip6 = net.ipam6.allocate(cid, request.get("IPv6Address") or None)
-            except IpamError as exc:
-                net.ipam.release(cid)
-                raise NetworkError(str(exc)) from None
-            six = (ip6, net.subnet6.prefixlen, net.gateway6)
-        host_if = bridge.host_ifname(cid, index)
-        try:
-            bridge.attach_container(
-                pid,
-                net.device,
-                host_if,
-                ip,
-                net.subnet.prefixlen,
-                net.gateway,
-                request.get("MacAddress") or bridge.mac_for(ip),
-                self.mtu,
-                isolated=not self.icc(net),
-                ifname=bridge.container_ifname(index),
-                default_route=index == 0,
-                six=six,
-            )
-        except bridge.BridgeError as exc:
-            for ipam in net.ipams():
-                ipam.release(cid)
-            raise NetworkError(str(exc)) from None
-        except BaseException:
-            for ipam in net.ipams():
-                ipam.release(cid)
-            raise
-        endpoint = self._endpoint(cid, name, netname, ip, bindings, pid, request, endpoint_id)
-        if six is not None:
-            endpoint.update({"GlobalIPv6Address": str(six[0]), "IPv6Request": request.get("IPv6Address") or ""})
-        endpoint.update({"HostIf": host_if, "Index": index})
-        return endpoint
-
-    def _detach(self, cid, netname, endpoint):
-        """Undo _attach: the veth (if its netns still exists) and the address lease."""
-        net = self.catalog.bridge_net(netname)
-        if endpoint.get("HostIf"):
-            self._delete_veth(cid, endpoint["HostIf"])
-        if net is not None:
-            for ipam in net.ipams():
-                ipam.release(cid)
-
-    def _endpoint(self, cid, name, netname, ip, bindings, pid, request, endpoint_id=None):
-        return {
-            "Network": netname,
-            "NetworkID": self.catalog.network_id(netname),
-            "Name": name,
-            "EndpointID": endpoint_id or random_id(),
-            "SandboxID": random_id(),
-            "SandboxKey": netns_path(pid) if netname != "host" else "",
-            "IPAddress": str(ip) if ip else "",
-            "MacAddress": (request.get("MacAddress") or bridge.mac_for(ip)) if ip else "",
-            "Bindings": bindings,
-            "Aliases": list(request.get("Aliases") or []),
-            "IPv4Request": request.get("IPv4Address") or "",
-        }
-
     def connect_running(self, container: ContainerView, pid: int, netname: str, request: dict) -> dict:
         """`docker network connect` of a running container: one more interface -> its NetworkSettings."""
         cid, name, config, host_config = _parts(container)
@@ -385,11 +323,13 @@ class NetworkManager(NamesMixin):
                 raise Forbidden("container cannot be disconnected from host network or connected to host network")
             used = {ep.get("Index", 0) for ep in current.values()}
             index = next(i for i in range(len(used) + 1) if i not in used)
-            endpoint = self._attach(cid, name, netname, request, pid, index, [])
+            before = self.wiring.gateway_network(current)
+            endpoint = self.wiring.attach(cid, name, netname, request, pid, index, [])
             self._name_endpoint(endpoint, netname, cid, name, config, host_config)
             current[netname] = endpoint
             self.endpoints[cid] = current
             self._save_endpoints()
+            self.wiring.reroute(before, current)
         self._serve_dns(cid, pid)
         return network_settings(self.catalog, current, config, host_config)
 
@@ -403,29 +343,13 @@ class NetworkManager(NamesMixin):
                 raise Forbidden("container %s is not connected to network %s" % (cid, netname))
             if netname in ("host", "none"):
                 raise Forbidden("container cannot be disconnected from host network or connected to host network")
-            self._detach(cid, netname, endpoint)
+            self.wiring.detach(cid, netname, endpoint)
             if endpoint.get("Bindings"):
                 self.ports.release(cid)
             self.endpoints[cid] = current
             self._save_endpoints()
-            if endpoint.get("GlobalIPv6Address"):
-                self._move_default_route6(current)
+            self.wiring.reroute(self.wiring.gateway_network([*current, netname]), current)
         return network_settings(self.catalog, current, config, host_config)
-
-    def _move_default_route6(self, endpoints: dict) -> None:
-        """After a dual-stack network left: the IPv6 default route, if it went with it, via the remaining
-        dual-stack network of the lowest interface index (as dockerd picks another gateway endpoint)."""
-        six = [ep for ep in endpoints.values() if ep.get("GlobalIPv6Address") and ep.get("SandboxKey")]
-        if not six:
-            return
-        ep = min(six, key=lambda e: e.get("Index", 0))
-        net = self.catalog.bridge_net(ep.get("Network") or "")
-        if net is None or net.gateway6 is None:
-            return
-        try:
-            bridge.ensure_default_route6(ep["SandboxKey"], bridge.container_ifname(ep.get("Index", 0)), net.gateway6)
-        except (bridge.BridgeError, OSError) as exc:  # the disconnect itself is done
-            log.warning("container %s: no IPv6 default route after the disconnect: %s", ep.get("Name"), exc)
 
     def stopped_settings(self, container: ContainerView) -> dict:
         """NetworkSettings for a created or exited container (no address, no ports)."""
@@ -453,25 +377,13 @@ class NetworkManager(NamesMixin):
             endpoints = {netname: {"HostIf": bridge.host_ifname(cid)} for netname in settings.get("Networks") or {}}
         for netname, endpoint in (endpoints or {}).items():
             if self.catalog.bridge_net(netname) is not None:
-                self._delete_veth(cid, endpoint.get("HostIf") or bridge.host_ifname(cid, endpoint.get("Index", 0)))
+                self.wiring.delete_veth(
+                    cid, endpoint.get("HostIf") or bridge.host_ifname(cid, endpoint.get("Index", 0))
+                )
         self.ports.release(cid)
         for net in self.catalog.bridged():
             for ipam in net.ipams():
                 ipam.release(cid)
-
-    def _delete_veth(self, cid, name=None):
-        name = name or bridge.host_ifname(cid)
-        # The veth dies with the container's netns; only load netlink when it is still there
-        # (an ioctl on a socket of this netns; /sys may show another netns' devices).
-        try:
-            socket.if_nametoindex(name)
-        except OSError:
-            return
-        vendor.prepare(self.dir)
-        try:
-            bridge.delete_link(name)
-        except bridge.BridgeError as exc:
-            log.warning("%s", exc)
 
     def reconcile(self, running_ids: Iterable[str]) -> List[str]:
         """After an engine (re)start: forget endpoints, leases and ports of containers not running."""

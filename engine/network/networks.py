@@ -38,13 +38,17 @@ class Networks:
         """Docker's JSON for a network; `verbose` adds its members."""
         net = self.catalog.bridge_net(name)
         if net is not None:
-            ipam_config: List[dict] = [{"Subnet": str(net.subnet), "Gateway": str(net.gateway)}]
+            ipam_config: List[dict] = [{"Subnet": str(net.subnet)}]
+            if net.gateway_shown:
+                ipam_config[0]["Gateway"] = str(net.gateway)
             if net.ip_range:
                 ipam_config[0]["IPRange"] = net.ip_range
             if net.aux_addresses:
                 ipam_config[0]["AuxiliaryAddresses"] = dict(net.aux_addresses)
             if net.subnet6 is not None:
-                six: dict = {"Subnet": str(net.subnet6), "Gateway": str(net.gateway6)}
+                six: dict = {"Subnet": str(net.subnet6)}
+                if net.gateway6_shown:
+                    six["Gateway"] = str(net.gateway6)
                 if net.ip_range6:
                     six["IPRange"] = net.ip_range6
                 if net.aux_addresses6:

@@ -64,8 +64,8 @@ def test_connect_and_disconnect_a_running_container(eng):
         assert nets["neta"]["IPAMConfig"] == {"IPv4Address": "10.71.0.50"}
         members = json.loads(d("network", "inspect", "-f", "{{json .Containers}}", "neta").stdout)
         assert {m["Name"] for m in members.values()} == {"ra", "rb"}
-        # the default route stays on the first network
-        assert "eth0" in d("exec", "rb", "ip", "route", "show", "default").stdout
+        # as dockerd 20.10: the default route goes through the network first by name (neta < netb)
+        assert "dev eth1" in d("exec", "rb", "ip", "route", "show", "default").stdout
         p = d("network", "connect", "neta", "rb", check=False)
         assert p.returncode != 0 and "already exists in network neta" in p.stderr
         p = d("network", "connect", "--ip", "10.71.0.50", "neta", "ra", check=False)
@@ -278,6 +278,9 @@ def test_mac_address(eng):
 
 
 def test_ip_range_and_aux_addresses(eng, tmp_path):
+    """As Debian's dockerd 20.10 (measured): with --ip-range and no --gateway the gateway is the range's
+    first address and IPAM.Config names no gateway; auxiliary addresses may lie in the subnet outside the
+    range, or in the range (skipped); a freed address is handed out again at once, lowest first."""
     d = eng.docker
     d(
         "network",
@@ -285,33 +288,43 @@ def test_ip_range_and_aux_addresses(eng, tmp_path):
         "--subnet",
         "10.73.0.0/24",
         "--ip-range",
-        "10.73.0.128/30",
+        "10.73.0.128/29",
         "--aux-address",
         "router=10.73.0.129",
+        "--aux-address",
+        "outside=10.73.0.5",
         "ranged",
     )
+    names = ["rng0", "rng1", "rng2", "rng3"]
     try:
         ipam = json.loads(d("network", "inspect", "-f", "{{json .IPAM.Config}}", "ranged").stdout)
         assert ipam == [
             {
                 "Subnet": "10.73.0.0/24",
-                "Gateway": "10.73.0.1",
-                "IPRange": "10.73.0.128/30",
-                "AuxiliaryAddresses": {"router": "10.73.0.129"},
+                "IPRange": "10.73.0.128/29",
+                "AuxiliaryAddresses": {"router": "10.73.0.129", "outside": "10.73.0.5"},
             }
         ]
-        got = []
-        for i in range(2):  # 10.73.0.128/30 holds .128-.131; .129 is reserved
-            d("run", "-d", "--name", f"rng{i}", "--network", "ranged", "busybox", "sleep", "300")
-            got.append(addresses(eng, f"rng{i}")["eth0"])
-        assert sorted(got) == ["10.73.0.128", "10.73.0.130"]  # from the range, .129 skipped
+        for name in names[:3]:
+            d("run", "-d", "--name", name, "--network", "ranged", "busybox", "sleep", "300")
+        # .128 is the gateway, .129 reserved: the range's next addresses, in order
+        assert [addresses(eng, n)["eth0"] for n in names[:3]] == ["10.73.0.130", "10.73.0.131", "10.73.0.132"]
+        ep = json.loads(d("inspect", "-f", "{{json .NetworkSettings.Networks.ranged}}", "rng0").stdout)
+        assert ep["Gateway"] == "10.73.0.128"
+        route = d("exec", "rng0", "ip", "-4", "route", "show", "default").stdout
+        assert route.startswith("default via 10.73.0.128 dev eth0")
+        assert d("exec", "rng0", "ping", "-c", "1", "-W", "2", "10.73.0.128", check=False).returncode == 0
+        d("rm", "-f", "rng1")
+        d("run", "-d", "--name", "rng3", "--network", "ranged", "busybox", "sleep", "300")
+        assert addresses(eng, "rng3")["eth0"] == "10.73.0.131"  # the freed one, at once
         # a fixed address may lie outside the range, never on a reserved one
         d("run", "-d", "--name", "rngfix", "--network", "ranged", "--ip", "10.73.0.50", "busybox", "sleep", "300")
         assert addresses(eng, "rngfix")["eth0"] == "10.73.0.50"
-        p = d("run", "--rm", "--network", "ranged", "--ip", "10.73.0.129", "busybox", "true", check=False)
-        assert p.returncode != 0 and "not assignable" in p.stderr
+        for reserved in ("10.73.0.129", "10.73.0.5"):
+            p = d("run", "--rm", "--network", "ranged", "--ip", reserved, "busybox", "true", check=False)
+            assert p.returncode != 0 and "not assignable" in p.stderr
     finally:
-        d("rm", "-f", "rng0", "rng1", "rngfix", check=False)
+        d("rm", "-f", *names, "rngfix", check=False)
         d("network", "rm", "ranged", check=False)
     # the CLI checks some of these itself: the engine's own checks, through docker-py
     import docker
@@ -320,7 +333,16 @@ def test_ip_range_and_aux_addresses(eng, tmp_path):
     for pool, text in (
         ({"subnet": "10.74.0.0/24", "iprange": "10.75.0.0/28"}, "not within subnet"),
         ({"subnet": "10.74.0.0/24", "aux_addresses": {"x": "10.75.0.1"}}, "must belong to the master pool"),
-        ({"subnet": "10.74.0.0/24", "aux_addresses": {"x": "10.74.0.1"}}, "must belong to the master pool"),
+        # dockerd's words when an auxiliary address is the gateway, given or picked (the range's first)
+        ({"subnet": "10.74.0.0/24", "aux_addresses": {"x": "10.74.0.1"}}, "(x:10.74.0.1): Address already in use"),
+        (
+            {"subnet": "10.74.0.0/24", "gateway": "10.74.0.254", "aux_addresses": {"x": "10.74.0.254"}},
+            "Address already in use",
+        ),
+        (
+            {"subnet": "10.74.0.0/24", "iprange": "10.74.0.64/26", "aux_addresses": {"x": "10.74.0.64"}},
+            "Address already in use",
+        ),
         ({"iprange": "10.74.0.0/28"}, "need a subnet"),
     ):
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(**pool)])

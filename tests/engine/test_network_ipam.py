@@ -26,15 +26,26 @@ def test_gateway_in_the_middle_is_never_handed_out(tmp_path):
     assert ipam.capacity() == 5
 
 
-def test_release_does_not_reuse_at_once_and_wraps(tmp_path):
+def test_a_released_address_is_handed_out_again_at_once_lowest_first(tmp_path):
+    """As dockerd 20.10 (measured): the next container gets the lowest free address."""
     ipam = Ipam(str(tmp_path / "ipam.json"), "10.99.0.0/29", "10.99.0.1")  # .2 - .6 usable
     for i in range(3):
         ipam.allocate("c%d" % i)  # .2 .3 .4
-    assert str(ipam.release("c0")) == "10.99.0.2"
-    assert ipam.release("c0") is None
-    assert str(ipam.allocate("d")) == "10.99.0.5"  # after the last one handed out
-    assert str(ipam.allocate("e")) == "10.99.0.6"
-    assert str(ipam.allocate("f")) == "10.99.0.2"  # wrapped around to the freed one
+    assert str(ipam.release("c1")) == "10.99.0.3"
+    assert ipam.release("c1") is None
+    assert str(ipam.allocate("d")) == "10.99.0.3"  # the freed one, at once
+    ipam.release("c0")
+    ipam.release("c2")
+    assert [str(ipam.allocate(o)) for o in ("e", "f", "g")] == ["10.99.0.2", "10.99.0.4", "10.99.0.5"]
+
+
+def test_range_and_reserved_addresses(tmp_path):
+    ipam = Ipam(str(tmp_path / "ipam.json"), "10.99.0.0/24", "10.99.0.128", "10.99.0.128/29", ["10.99.0.129"])
+    assert [str(ipam.allocate(o)) for o in ("a", "b")] == ["10.99.0.130", "10.99.0.131"]
+    ipam.release("a")
+    assert str(ipam.allocate("c")) == "10.99.0.130"
+    six = Ipam(str(tmp_path / "ipam6.json"), "fd00:86::/64", "fd00:86::100", "fd00:86::100/120")
+    assert str(six.allocate("a")) == "fd00:86::101"
 
 
 def test_exhaustion(tmp_path):
@@ -54,9 +65,9 @@ def test_persistence_across_instances(tmp_path):
     first.release("a")
     second = Ipam(path, "172.18.0.0/16", "172.18.0.1")
     assert second.allocations() == {"172.18.0.3": "b"}
-    assert str(second.allocate("c")) == "172.18.0.4"  # the last position survived too
+    assert str(second.allocate("c")) == "172.18.0.2"  # the lowest free one
     on_disk = json.loads((tmp_path / "ipam.json").read_text())
-    assert on_disk["allocations"] == {"172.18.0.3": "b", "172.18.0.4": "c"}
+    assert on_disk["allocations"] == {"172.18.0.2": "c", "172.18.0.3": "b"}
     assert on_disk["subnet"] == "172.18.0.0/16"
 
 

@@ -135,8 +135,9 @@ def test_dual_stack_network_inspect(world):
     net = json.loads(world.docker("network", "inspect", "six").stdout)[0]
     assert net["EnableIPv6"] is True and net["EnableIPv4"] is True
     assert net["IPAM"]["Config"] == [
-        {"Subnet": "10.81.0.0/24", "Gateway": "10.81.0.1"},
-        {"Subnet": "fd00:81::/64", "Gateway": "fd00:81::1", "IPRange": "fd00:81::100/120"},
+        # as dockerd 20.10: no Gateway key when none was given
+        {"Subnet": "10.81.0.0/24"},
+        {"Subnet": "fd00:81::/64", "IPRange": "fd00:81::100/120"},
     ]
     members = {m["Name"]: m for m in net["Containers"].values()}
     assert members["s2"]["IPv6Address"] == "fd00:81::42/64"
@@ -180,8 +181,9 @@ def test_default_bridge_ipv6_opts_are_checked(tmp_path):
 
 def test_container_addresses_route_and_hosts(world):
     s1, s2 = world.endpoint("s1", "six"), world.endpoint("s2", "six")
-    assert ipaddress.IPv6Address(s1["GlobalIPv6Address"]) in ipaddress.IPv6Network("fd00:81::100/120")
-    assert s1["IPv6Gateway"] == "fd00:81::1" and s1["GlobalIPv6PrefixLen"] == 64
+    # dockerd 20.10: without --gateway the range's first address is the gateway, the next one the first container's
+    assert s1["GlobalIPv6Address"] == "fd00:81::101" and s1["Gateway"] == "10.81.0.1"
+    assert s1["IPv6Gateway"] == "fd00:81::100" and s1["GlobalIPv6PrefixLen"] == 64
     assert s2["GlobalIPv6Address"] == "fd00:81::42"
     assert s2["IPAMConfig"] == {"IPv6Address": "fd00:81::42"}
     p1 = world.endpoint("p1", "plain")
@@ -189,14 +191,14 @@ def test_container_addresses_route_and_hosts(world):
     addrs = world.sh("s2", "ip -6 addr show dev eth0", check=True).stdout
     line = next(x for x in addrs.splitlines() if "fd00:81::42" in x)
     assert "inet6 fd00:81::42/64" in line and "tentative" not in line  # usable at once (no DAD)
-    assert "default via fd00:81::1" in world.sh("s2", "ip -6 route", check=True).stdout
+    assert "default via fd00:81::100" in world.sh("s2", "ip -6 route", check=True).stdout
     hosts = world.sh("s2", "cat /etc/hosts", check=True).stdout.splitlines()
     hostname = world.sh("s2", "hostname", check=True).stdout.strip()
     assert "::1\tlocalhost ip6-localhost ip6-loopback" in hosts
     assert "fd00:81::42\t%s" % hostname in hosts and "%s\t%s" % (s2["IPAddress"], hostname) in hosts
     # the same network over IPv6: ping and TCP; the gateway answers
     assert world.ping6("s1", "fd00:81::42") and world.http("s1", "fd00:81::42").startswith("HTTP/1.")
-    assert world.ping6("s1", "fd00:81::1")
+    assert world.ping6("s1", "fd00:81::100")
 
 
 def test_embedded_dns_answers_aaaa(world):
