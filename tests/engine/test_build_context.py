@@ -1,6 +1,7 @@
 """The build context as the engine receives it (engine/build/context.py), without an engine: a plain tar is
-extracted while it arrives, read in small pieces as a socket gives it, also when it lacks the end-of-archive
-blocks (the CLI's `-f -` context); compressed ones are undone; anything unsafe or empty is refused."""
+spooled while it arrives, read in small pieces as a socket gives it, also when it lacks the end-of-archive
+blocks (the CLI's `-f -` context), and extracted (these contexts imply their parent directories, so they
+get no index: test_build_context_index.py); compressed ones are undone; anything unsafe or empty is refused."""
 
 from __future__ import annotations
 
@@ -75,11 +76,11 @@ def extracted(c: BuildContext) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     "body", [tar_of(FILES), unended(FILES), tar_of(FILES) + b"\0" * 9000], ids=["ended", "unended", "trailing"]
 )
-def test_a_plain_tar_is_extracted_as_it_arrives(ctx, body):
+def test_a_plain_tar_is_spooled_as_it_arrives_and_extracted(ctx, body):
     trickle = Trickle(body)
     assert ctx.receive(trickle) == len(body)  # everything is read, also what follows the archive's end
     assert extracted(ctx) == FILES
-    assert not [n for n in os.listdir(ctx.dir) if n != "context"]  # nothing spooled beside it
+    assert os.listdir(ctx.dir) == ["context"]  # the spool is gone once extracted
 
 
 def test_a_compressed_context_is_undone(ctx):
