@@ -32,7 +32,11 @@ DEFAULT_START_INTERVAL = 5 * SECOND
 DEFAULT_RETRIES = 3
 MAX_OUTPUT = 4096  # bytes of a probe's output kept (moby's maxOutputLen)
 MAX_LOG = 5  # probes kept in State.Health.Log
-TICK = 0.1  # the scheduler's resolution (seconds)
+TICK = 0.1  # how soon the scheduler notices a started container (seconds); probes run when due, not on ticks
+MIN_WAIT = 0.002
+# A start noticed later than this was not just made (the engine restarted with the container running): its
+# first probe is one interval from now, as dockerd's monitor after a restore, not at once.
+NOTICE_SLACK = 1.0
 
 
 def check_config(c: Container) -> Optional[Dict[str, Any]]:
@@ -86,11 +90,20 @@ class HealthMonitor:
         self.stopping.set()
 
     def _loop(self) -> None:
-        while not self.stopping.wait(TICK):
+        wait = TICK
+        while not self.stopping.wait(wait):
             try:
                 self._tick()
             except Exception:
                 log.exception("health check scheduler")
+            wait = self.until_next()
+
+    def until_next(self) -> float:
+        """Seconds to the next due probe, at most TICK (new containers are noticed at that pace)."""
+        now = time.monotonic()
+        with self.lock:
+            due = [at for _, at, probing in self.due.values() if not probing]
+        return max(MIN_WAIT, min([TICK] + [at - now for at in due]))
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -106,11 +119,12 @@ class HealthMonitor:
             with self.lock:
                 entry = self.due.get(c.id)
                 if entry is None or entry[0] != started:
-                    # (re)started: the status starts again, the first probe after the start interval
+                    # (re)started: the status starts again, the first probe one (start) interval after the
+                    # start itself (as dockerd's timer), however late this tick noticed it
                     self._record(c, None, reset=True)
                     first = cfg["start_interval"] if cfg["start_period"] else cfg["interval"]
-                    self.due[c.id] = (started, now + first / SECOND, False)
-                    continue
+                    entry = (started, started_monotonic(started, now) + first / SECOND, False)
+                    self.due[c.id] = entry
                 _, at, probing = entry
                 if probing or now < at:
                     continue
@@ -236,3 +250,13 @@ def _go_duration(ns: int) -> str:
     if ns % SECOND == 0:
         return "%ds" % (ns // SECOND)
     return "%gs" % (ns / SECOND)
+
+
+def started_monotonic(started_ns: Any, now: float) -> float:
+    """The monotonic time of a start recorded as wall-clock nanoseconds (StartedNs), when it was just now
+    (within NOTICE_SLACK); else, or if unknown, `now`."""
+    try:
+        ago = (time.time_ns() - int(started_ns)) / SECOND
+    except (TypeError, ValueError):
+        return now
+    return now - ago if 0.0 <= ago <= NOTICE_SLACK else now
