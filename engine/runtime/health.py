@@ -106,7 +106,7 @@ class HealthMonitor:
         return max(MIN_WAIT, min([TICK] + [at - now for at in due]))
 
     def _tick(self) -> None:
-        now = time.monotonic()
+        now, now_ns = time.monotonic(), time.time_ns()  # read together: StartedNs maps onto `now`
         seen = set()
         for c in self.containers.list():
             if not c.running or c.state.get("Paused"):
@@ -123,7 +123,7 @@ class HealthMonitor:
                     # start itself (as dockerd's timer), however late this tick noticed it
                     self._record(c, None, reset=True)
                     first = cfg["start_interval"] if cfg["start_period"] else cfg["interval"]
-                    entry = (started, started_monotonic(started, now) + first / SECOND, False)
+                    entry = (started, started_monotonic(started, now, now_ns) + first / SECOND, False)
                     self.due[c.id] = entry
                 _, at, probing = entry
                 if probing or now < at:
@@ -252,11 +252,11 @@ def _go_duration(ns: int) -> str:
     return "%gs" % (ns / SECOND)
 
 
-def started_monotonic(started_ns: Any, now: float) -> float:
+def started_monotonic(started_ns: Any, now: float, now_ns: int) -> float:
     """The monotonic time of a start recorded as wall-clock nanoseconds (StartedNs), when it was just now
-    (within NOTICE_SLACK); else, or if unknown, `now`."""
+    (within NOTICE_SLACK); else, or if unknown, `now`. `now_ns`: the wall clock read with `now`."""
     try:
-        ago = (time.time_ns() - int(started_ns)) / SECOND
+        ago = (now_ns - int(started_ns)) / SECOND
     except (TypeError, ValueError):
         return now
     return now - ago if 0.0 <= ago <= NOTICE_SLACK else now

@@ -11,25 +11,27 @@ import pytest
 
 from dockyard.engine.runtime import health
 
+NOW_NS = 5_000_000_000_000
+
 
 def test_a_start_just_made_counts_from_the_start():
-    now = time.monotonic()
-    assert health.started_monotonic(time.time_ns() - 300_000_000, now) == pytest.approx(now - 0.3, abs=0.05)
-    assert health.started_monotonic(time.time_ns(), now) == pytest.approx(now, abs=0.05)
+    now, now_ns = 1000.0, 5_000_000_000_000
+    assert health.started_monotonic(now_ns - 300_000_000, now, now_ns) == pytest.approx(999.7)
+    assert health.started_monotonic(now_ns, now, now_ns) == now
 
 
 @pytest.mark.parametrize(
     "started",
     [
-        time.time_ns() - 3600 * health.SECOND,  # found running after an engine restart
-        time.time_ns() + 60 * health.SECOND,  # the wall clock was set back since
+        NOW_NS - 3600 * health.SECOND,  # found running after an engine restart
+        NOW_NS + 60 * health.SECOND,  # the wall clock was set back since
         None,
         "garbage",
     ],
     ids=["long-ago", "future", "none", "garbage"],
 )
 def test_other_starts_count_from_now(started):
-    assert health.started_monotonic(started, 1234.5) == 1234.5
+    assert health.started_monotonic(started, 1234.5, NOW_NS) == 1234.5
 
 
 def test_the_scheduler_sleeps_until_the_next_due_probe():
