@@ -1,11 +1,9 @@
-"""dockyard-engine entry point: forks the fork server, then imports and runs the daemon (engine/mainloop.py).
+"""dockyard-engine entry point: runs the daemon (engine/mainloop.py) with its fork server.
 
-The order is the point. The fork server is forked from an interpreter that has imported only the modules a
-container's setup needs (runtime.forkserver: the supervisor, the exec helper and what they use), before
-the daemon imports its API, images, build and TLS modules and before it reads its certificates. So the fork
-server, and every supervisor and exec helper forked from it, carries none of that: less memory in each of
-them, and no server key in any process that enters a container. The daemon has no threads yet, as a fork
-needs. Keep the imports at the top of this module to the fork server's own.
+The fork server (engine/runtime/forkserver.py) is not forked from the daemon: the daemon starts it on demand
+as a fresh, minimal interpreter that imports only the runtime modules a container's setup needs, and it exits
+by itself when idle. So neither it nor any supervisor or exec helper carries the daemon's API, images, build
+or TLS modules, or its server key, and an idle engine is the daemon alone.
 """
 
 import sys
@@ -15,10 +13,9 @@ from dockyard.engine.runtime.forkserver import ForkServer
 
 def main(argv=None):
     """Run dockyard-engine with `argv` (sys.argv[1:] when None); returns the process exit code."""
-    forkserver = ForkServer()
-    forkserver.start()
+    forkserver = ForkServer()  # started on the first container start (or create), not here
     try:
-        from dockyard.engine.mainloop import run_daemon  # after the fork, on purpose: see the module docstring
+        from dockyard.engine.mainloop import run_daemon
 
         return run_daemon(argv, forkserver)
     finally:

@@ -1,7 +1,8 @@
-"""The daemon's lifecycle after the fork server is up: config, listening sockets, signals, the main loop.
+"""The daemon's lifecycle: config, listening sockets, signals, the main loop.
 
-engine/daemon.py (the entry point) forks the fork server first and only then imports this module, so
-nothing imported here (the API, images, build, TLS) is in the fork server or in any container's setup process.
+engine/daemon.py (the entry point) makes the fork server's handle; the fork server itself is a fresh interpreter
+started on demand (engine/runtime/forkserver.py), so nothing imported here (the API, images, build, TLS) is in
+it or in any container's setup process.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class Daemon:
 
     def __init__(self, config, forkserver: ForkServer):
         self.config = config
-        self.forkserver = forkserver  # already running: forked before the daemon's heavy imports
+        self.forkserver = forkserver  # starts its server on demand
         self.listeners: list[Listener] = []
         self.engine = None
         self.server = None
@@ -166,7 +167,7 @@ class Daemon:
                 sys.stderr.write("\n%s\n%s\n%s\n\n" % ("!" * 78, text, "!" * 78))
                 sys.stderr.flush()
 
-        # The engine's parts (engine/services.py); the runtime's fork server is already running.
+        # The engine's parts (engine/services.py); the runtime's fork server starts with the first container.
         try:
             self.engine = build_engine(cfg, engine_id, warnings, self.forkserver)
             start_engine(self.engine)

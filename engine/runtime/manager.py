@@ -64,7 +64,7 @@ class ContainerManager(ExitsMixin):
         # --engine-opt log-driver=: the driver of containers created without --log-driver (dockerd --log-driver)
         self.default_log_driver = logs.check_log_driver((cfg.opts or {}).get("log-driver") or logs.JSON_FILE)
         self.layout = cgroups.layout()
-        self.forkserver = forkserver  # forked by engine/daemon.py before the daemon's heavy imports
+        self.forkserver = forkserver  # a fresh interpreter started on demand (runtime/forkserver.py)
         self.events = EventBus()
         self.monitor = Monitor(self._supervisor_gone)
         self.containers: dict[str, Container] = {}
@@ -142,6 +142,7 @@ class ContainerManager(ExitsMixin):
 
     # -- create ------------------------------------------------------------------------------
     def create(self, body: dict, name: str | None = None) -> tuple[Container, List[str]]:
+        self.forkserver.warm_up()  # a start usually follows: its server starts while the client talks to us
         if not isinstance(body, dict):
             raise InvalidParameter("config cannot be empty in order to create a container")
         ref = body.get("Image") or ""

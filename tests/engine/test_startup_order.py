@@ -1,5 +1,5 @@
-"""The daemon forks its fork server before its heavy imports: the fork server (and every supervisor and exec
-helper forked from it) carries only the runtime's modules, no TLS library and no server key."""
+"""The fork server is a fresh interpreter that imports only the runtime's modules: it (and every supervisor and
+exec helper forked from it) carries no TLS library and no server key, and the daemon starts it on demand."""
 
 import email.utils
 import subprocess
@@ -54,6 +54,13 @@ def test_the_entry_module_imports_only_the_fork_servers_modules():
     assert sorted(loaded & set(HEAVY)) == []
 
 
+def test_the_fork_servers_interpreter_imports_only_the_runtimes_modules():
+    # what the fork server's `python3 -S -I -c` entry imports (runtime/forkserver.py _ENTRY)
+    loaded = imported_after("import dockyard.engine.runtime.forkserver", "-S", "-I")
+    assert "dockyard.engine.runtime.supervisor" in loaded and "dockyard.engine.runtime.execproc" in loaded
+    assert sorted(loaded & set(HEAVY)) == []
+
+
 def test_the_daemons_modules_are_heavy():
     # The check above can fail: the daemon proper loads what the fork server must not.
     loaded = imported_after("import dockyard.engine.mainloop")
@@ -99,6 +106,10 @@ def test_running_fork_server_has_no_tls_library(start_engine, pki):
     )
     assert http_get("/_ping", unix=start_engine.socket)[0] == 200
     daemon = proc.proc.pid
+    assert [p for p in _children(daemon) if _comm(p) == "dockyard-fork"] == [], "started before any request"
+    # A create starts it (a start is likely to follow), even one for an image that is not there.
+    create = http_get("/containers/create", unix=start_engine.socket, method="POST", body=b'{"Image": "nope"}')
+    assert create[0] == 404, create
     deadline = time.monotonic() + 10
     forks = []
     while not forks and time.monotonic() < deadline:
@@ -111,6 +122,10 @@ def test_running_fork_server_has_no_tls_library(start_engine, pki):
 
     assert tls_libraries(daemon), "the daemon serves TLS: its maps must show the TLS library"
     assert tls_libraries(forks[0]) == []
+    # a fresh interpreter, not a fork of the daemon: no page of the daemon's heap, and from the bundle it runs
+    assert Path(f"/proc/{forks[0]}/exe").resolve() == Path(f"/proc/{daemon}/exe").resolve()
+    cmdline = Path(f"/proc/{forks[0]}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:3] == [b"-S", b"-I"] and str(start_engine.pyz).encode() in cmdline[4], cmdline
 
 
 def test_idle_router_leaves_the_builder_and_the_registry_client_unloaded():
