@@ -7,6 +7,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from dockyard.engine.runtime import channel
 from dockyard.engine.runtime.forkserver import IDLE_EXIT_ENV, ForkServer
+from tests.engine.engine_helper import REPO
 from tests.engine.runtime_helper import RuntimeEngine
 
 N = ("--network", "none")
@@ -178,3 +181,46 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# Runs the server's loop in a child interpreter with select() replaced: the request arrives right after the
+# idle timeout fired, before the server shut its socket down, the window the drain is for.
+_RACE = """
+import json, signal, socket, types
+from dockyard.engine.runtime import channel, forkserver
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+daemon_end, server_end = channel.pair()
+ctl, remote = channel.pair()
+def late_select(r, w, x, timeout):
+    channel.send(daemon_end, {"op": "exec", "spec": {"pid": 0}}, [remote.fileno()])
+    remote.close()
+    return [], [], []
+forkserver.select = types.SimpleNamespace(select=late_select)
+forkserver.serve(server_end, 0.01)
+try:
+    channel.send(daemon_end, {"op": "exec", "spec": {"pid": 0}})
+    after = "sent"
+except OSError as exc:
+    after = type(exc).__name__
+server_end.close()  # as the server's exit does: whatever was left queued is dropped
+ctl.settimeout(20)
+try:
+    reply = channel.recv(ctl)
+except channel.ChannelClosed:
+    reply = None
+print(json.dumps({"reply": reply, "after": after}))
+"""
+
+
+def test_a_request_queued_as_the_idle_exit_begins_is_still_served():
+    out = subprocess.run(
+        [sys.executable, "-c", _RACE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["reply"] and result["reply"].get("gone"), result  # an exec helper was forked and answered
+    assert result["after"] == "BrokenPipeError", result  # later sends fail: the daemon starts a fresh server
