@@ -67,6 +67,8 @@ class ExitsMixin:
                     pass
             c.control = None
             settings = c.state.get("NetworkSettings")
+            if settings is not None:
+                c.network_released.clear()
             finished = int(record.get("finished_ns") or time.time_ns())
             c.state.update(
                 {
@@ -103,8 +105,11 @@ class ExitsMixin:
     def _after_exit(self, c, settings, after_restore):
         t0 = time.monotonic()
         try:
-            if settings is not None:
-                self._disconnect(c, settings)
+            try:
+                if settings is not None:
+                    self._disconnect(c, settings)
+            finally:
+                c.network_released.set()
             if c.removed or c.removing:
                 return
             if c.host_config.get("AutoRemove"):

@@ -37,6 +37,8 @@ from dockyard.engine.timefmt import rfc3339nano_ns
 from dockyard.engine.volumes import VolumeStore
 
 log = logging.getLogger("dockyard.engine")
+# How long a start or stop waits for the previous run's network endpoints to be released (normally milliseconds).
+NETWORK_RELEASE_WAIT = 30
 
 
 class ContainerManager(ExitsMixin):
@@ -251,7 +253,17 @@ class ContainerManager(ExitsMixin):
             raise
 
     def _spawn(self, c: Container) -> None:
+        self._wait_network_released(c)
         self.starter.spawn(c)
+
+    @staticmethod
+    def _wait_network_released(c: Container) -> None:
+        # The previous run's endpoints carry the names this start will use; dockerd too releases them before
+        # a stop returns. Bounded: a stuck netlink call must not wedge the container for good.
+        if not c.network_released.wait(NETWORK_RELEASE_WAIT):
+            log.warning(
+                "network of %s still being released after %d s; starting anyway", c.id[:12], NETWORK_RELEASE_WAIT
+            )
 
     def sock_path(self, c: Container) -> str:
         return self.starter.sock_path(c)
@@ -261,7 +273,9 @@ class ContainerManager(ExitsMixin):
         self.control.kill(c, sig_value, manual)
 
     def stop(self, c: Container, timeout: float | None = None, sig_value: str | int | None = None) -> bool:
-        return self.control.stop(c, timeout, sig_value)
+        stopped = self.control.stop(c, timeout, sig_value)
+        self._wait_network_released(c)
+        return stopped
 
     def restart(self, c: Container, timeout: float | None = None, sig_value: str | int | None = None) -> None:
         if c.running or c.status == "restarting":

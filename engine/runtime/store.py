@@ -68,6 +68,10 @@ class Container:
         self.exit_seq = 0  # bumped at every exit (wait next-exit)
         self.start_seq = 0
         self.restart_timer = None
+        # Cleared from an exit until its network endpoints are released (in the after-exit thread): a start or
+        # a stop waits for it, so a restart never races the old run's veth deletion (the same names are reused).
+        self.network_released = threading.Event()
+        self.network_released.set()
 
     # -- identity ------------------------------------------------------------------------
     @property
