@@ -7,6 +7,8 @@ import datetime
 import functools
 import logging
 import os
+import shlex
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -125,7 +127,7 @@ def default_engine_options() -> dict[str, Any]:
         "InsecureRegistry": [],
         "Labels": [],
         "RegistryMirror": [],
-        "StorageDriver": "overlay2",
+        "StorageDriver": "",  # the engine's choice: overlay2, or vfs where the data-root cannot hold overlayfs
         "TlsVerify": True,
     }
 
@@ -427,14 +429,28 @@ class Machine:
     # -- logs -------------------------------------------------------------------------------------
     def engine_log(self, lines: int) -> str:
         """The last lines of the engine's log on the host (journal, no-init log file, or dockerd's), over SSH."""
+        self._require_engine_log()
+        with self.session() as session:
+            return self._service(session).logs(lines)
+
+    def _require_engine_log(self) -> None:
         if not self.driver.provisions:
             raise DockyardError(
                 f'machine "{self.name}" uses the {self.driver.name} driver: dockyard did not install its engine, '
                 "so it has no engine log to show"
             )
         self.require_running()
+
+    def follow_engine_log(self, lines: int) -> int:
+        """Stream the engine's log to stdout (its last lines, then what comes) until interrupted (Ctrl-C)."""
+        self._require_engine_log()
         with self.session() as session:
-            return self._service(session).logs(lines)
+            # The follower dies with the connection: `cat` sees the channel close, as no PTY sends SIGHUP.
+            command = f"{self._service(session).log_command(lines, follow=True)} & f=$!; cat >/dev/null; kill $f"
+            sudo = "" if session.target.user == "root" else "sudo -n "  # the journal and the log file are root's
+            return session.exec_stream(
+                f"{sudo}sh -c {shlex.quote(command)}", stdin=lambda _send: threading.Event().wait()
+            )
 
     def serial_log_path(self) -> str | None:
         """The VM's serial console log, kept by the local drivers (qemu, virtualbox) in the machine's directory."""

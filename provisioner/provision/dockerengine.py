@@ -204,12 +204,16 @@ class DockerService:
     def stop(self) -> None:
         self._session().run(self.stop_cmd, sudo=True, check=False)
 
-    def logs(self, lines: int = 30) -> str:
+    def log_command(self, lines: int = 30, follow: bool = False) -> str:
+        """The shell command that prints dockerd's last lines (and, with follow, the ones to come)."""
         if self.init == "systemd":
-            cmd = f"journalctl -u docker.service -n {int(lines)} --no-pager -o cat"
-        else:
-            cmd = f"tail -n {int(lines)} {self.log_path} 2>/dev/null"
-        return self._session().run(cmd, sudo=True, check=False).stdout
+            return f"journalctl -u docker.service -n {int(lines)} --no-pager -o cat" + (" -f" if follow else "")
+        if follow:
+            return f"tail -n {int(lines)} -F {self.log_path}"
+        return f"tail -n {int(lines)} {self.log_path} 2>/dev/null"
+
+    def logs(self, lines: int = 30) -> str:
+        return self._session().run(self.log_command(lines), sudo=True, check=False).stdout
 
 
 def service_for(session: SSHSession, facts: Mapping[str, Any], machine: str, engine_options: Mapping[str, Any]):

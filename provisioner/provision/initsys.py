@@ -63,24 +63,31 @@ class InitSystem:
     def stop(self):
         self.s.run(self.stop_cmd, sudo=True, check=False)
 
+    def log_command(self, lines=30, follow=False):
+        """The shell command that prints the engine's last lines (and, with follow, the ones to come)."""
+        return f"tail -n {int(lines)} -F {LOG_PATH}" if follow else f"tail -n {int(lines)} {LOG_PATH} 2>/dev/null"
+
     def logs(self, lines=30):
-        r = self.s.run(f"tail -n {int(lines)} {LOG_PATH} 2>/dev/null", sudo=True, check=False)
-        return r.stdout
+        return self.s.run(self.log_command(lines), sudo=True, check=False).stdout
 
 
 class Systemd(InitSystem):
     name = "systemd"
     template = "engine.service.j2"
     service_path = "/etc/systemd/system/dockyard-engine.service"
-    register_cmd = "systemctl daemon-reload && systemctl enable --no-reload dockyard-engine.service >/dev/null 2>&1"
+    # daemon-reload re-runs every generator (~4 s in a VM under emulation): only when systemd holds an older copy of
+    # the unit (NeedDaemonReload) or has not found it yet; a unit file it never loaded is read on first use.
+    register_cmd = (
+        "{ st=$(systemctl show -p LoadState -p NeedDaemonReload dockyard-engine.service 2>/dev/null); "
+        'case "$st" in *LoadState=loaded*NeedDaemonReload=no*|*NeedDaemonReload=no*LoadState=loaded*) ;; '
+        "*) systemctl daemon-reload;; esac; } && "
+        "systemctl enable --no-reload dockyard-engine.service >/dev/null 2>&1"
+    )
     restart_cmd = "systemctl restart dockyard-engine.service"
     stop_cmd = "systemctl stop dockyard-engine.service"
 
-    def logs(self, lines=30):
-        r = self.s.run(
-            f"journalctl -u dockyard-engine.service -n {int(lines)} --no-pager -o cat", sudo=True, check=False
-        )
-        return r.stdout
+    def log_command(self, lines=30, follow=False):
+        return f"journalctl -u dockyard-engine.service -n {int(lines)} --no-pager -o cat" + (" -f" if follow else "")
 
 
 class OpenRC(InitSystem):

@@ -353,3 +353,60 @@ def test_prune_removes_only_cached_images_no_machine_uses(run, monkeypatch):
     code, _, err = run("prune")
     assert code == 1 and 'not pruning: cannot tell which image machine "half" uses' in err
     assert os.path.isdir(built)
+
+
+def test_follow_file_follows_by_name_across_a_new_boots_log(tmp_path):
+    from dockyard.provisioner.cli.logs import follow_file
+
+    log = tmp_path / "serial.log"
+    log.write_bytes(b"".join(b"boot1 line %d\n" % i for i in range(1, 6)))
+    got, stop = [], threading.Event()
+    follower = threading.Thread(target=follow_file, args=(str(log), 2, got.append, stop.is_set))
+    follower.start()
+    try:
+        _wait(lambda: b"".join(got) == b"boot1 line 4\nboot1 line 5\n")
+        with open(log, "ab") as f:
+            f.write(b"boot1 line 6\n")
+        _wait(lambda: b"".join(got).endswith(b"boot1 line 6\n"))
+        os.replace(log, str(log) + ".prev")  # the next boot: QEMU keeps the old console, starts a new one
+        log.write_bytes(b"boot2 line 1\n")
+        _wait(lambda: b"".join(got).endswith(b"boot2 line 1\n"))
+    finally:
+        stop.set()
+        follower.join(5)
+    assert b"".join(got) == b"boot1 line 4\nboot1 line 5\nboot1 line 6\nboot2 line 1\n"
+
+
+def _wait(cond, timeout=10):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_logs_serial_follow_streams_until_ctrl_c(run):
+    import signal
+
+    assert run("create", "-d", "none", "--url", "tcp://192.0.2.10:2376", "n1")[0] == 0
+    log = os.path.join(run.store, "machines", "n1", "serial.log")
+    with open(log, "w") as f:
+        f.write("old\nlast\n")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dockyard", "--storage-path", run.store, "logs", "--serial", "-f", "-n", "1", "n1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
+    try:
+        assert p.stdout.readline() == b"last\n"
+        with open(log, "a") as f:
+            f.write("new\n")
+        assert p.stdout.readline() == b"new\n"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=10) == 130 and b"Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
