@@ -157,3 +157,17 @@ def busybox_engine(engine_class: type[RuntimeEngine] = RuntimeEngine) -> Iterato
         yield e
     finally:
         e.cleanup()
+
+
+@contextlib.contextmanager
+def remapping_engine() -> Iterator[RuntimeEngine]:
+    """busybox_engine(RemapEngine), or a pytest skip where remapping cannot run (not root, no user namespaces,
+    no useradd to create the remap user)."""
+    import pytest
+
+    from dockyard.engine.runtime import userns
+
+    if os.geteuid() != 0 or userns.unsupported_reason() is not None or shutil.which("useradd") is None:
+        pytest.skip("needs root, user namespaces and useradd")
+    with busybox_engine(RemapEngine) as e:
+        yield e

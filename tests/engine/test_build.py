@@ -17,22 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.engine.runtime import userns
 from tests.engine.engine_helper import http_get
-from tests.engine.runtime_helper import RuntimeEngine
+from tests.engine.runtime_helper import remapping_engine
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
-
-
-@pytest.fixture(scope="module")
-def eng():
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
-        yield e
-    finally:
-        e.cleanup()
 
 
 def write_context(root: Path, files: dict[str, str]) -> Path:
@@ -489,25 +477,13 @@ def test_cli_without_buildkit_variable_falls_back_and_dockerfile_flag_and_iidfil
     assert run_out(eng, "alt:1", "cat", "/x") == "alt\n"
 
 
-class _RemapEngine(RuntimeEngine):
-    def argv(self):
-        return super().argv() + ["--userns-remap", "default"]
-
-
 def test_build_on_a_remapped_engine_keeps_the_containers_ids_in_layers(tmp_path):
-    if userns.unsupported_reason() is not None or shutil.which("useradd") is None:
-        pytest.skip("needs user namespaces and useradd")
-    e = _RemapEngine()
-    try:
-        e.start()
-        e.load_busybox()
+    with remapping_engine() as e:
         df = "FROM busybox\nRUN mkdir /made && touch /made/f && chown 7:8 /made/f\nCOPY --chown=5:6 a /a\nCOPY b /b\n"
         ctx = write_context(tmp_path / "ctx", {"Dockerfile": df, "a": "a", "b": "b"})
         build(e, ctx, "-t", "remap:1")
         out = run_out(e, "remap:1", "stat", "-c", "%u:%g %n", "/made", "/made/f", "/a", "/b")
         assert out == "0:0 /made\n7:8 /made/f\n5:6 /a\n0:0 /b\n"
-    finally:
-        e.cleanup()
 
 
 def test_deletions_and_replaced_directories_become_whiteouts(eng, tmp_path):

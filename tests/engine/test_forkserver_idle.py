@@ -18,7 +18,7 @@ import pytest
 from dockyard.engine.runtime import channel
 from dockyard.engine.runtime.forkserver import IDLE_EXIT_ENV, ForkServer
 from tests.engine.engine_helper import REPO
-from tests.engine.runtime_helper import RuntimeEngine
+from tests.engine.runtime_helper import RuntimeEngine, busybox_engine
 
 N = ("--network", "none")
 
@@ -59,13 +59,8 @@ def quick_idle_engine(monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("containers need root")
     monkeypatch.setenv(IDLE_EXIT_ENV, "1")
-    e = RuntimeEngine()
-    try:
-        e.start()
-        e.load_busybox()
+    with busybox_engine() as e:
         yield e
-    finally:
-        e.cleanup()
 
 
 def test_idle_exit_leaves_containers_running_and_the_next_start_works(quick_idle_engine):

@@ -24,7 +24,7 @@ from dockyard.engine.errors import InvalidParameter
 from dockyard.engine.images import tarsafe
 from dockyard.engine.runtime import userns
 from dockyard.provisioner.provision import engine_config
-from tests.engine.runtime_helper import RemapEngine, RuntimeEngine, busybox_engine
+from tests.engine.runtime_helper import RuntimeEngine, remapping_engine
 from tests.images import busybox_binary, busybox_layer, image_config, layer_tar, write_archive
 
 N = ("--network", "none")
@@ -120,9 +120,7 @@ def _owner(path):
 # -- a remapping engine -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def eng():
-    if os.geteuid() != 0 or userns.unsupported_reason() is not None or shutil.which("useradd") is None:
-        pytest.skip("needs root, user namespaces and useradd")
-    with busybox_engine(RemapEngine) as e:
+    with remapping_engine() as e:
         yield e
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from dockyard.engine.api import system
 from dockyard.engine.runtime import userns
-from tests.engine.runtime_helper import RemapEngine, busybox_engine
+from tests.engine.runtime_helper import remapping_engine
 
 N = ("--network", "none")
 remap_ok = pytest.mark.skipif(
@@ -44,9 +44,7 @@ def test_info_names_userns_only_when_remapping():
 
 @pytest.fixture(scope="module")
 def eng():
-    if os.geteuid() != 0 or userns.unsupported_reason() is not None or shutil.which("useradd") is None:
-        pytest.skip("needs root, user namespaces and useradd")
-    with busybox_engine(RemapEngine) as e:
+    with remapping_engine() as e:
         yield e
 
 
