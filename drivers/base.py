@@ -218,6 +218,17 @@ class Driver(abc.ABC):
         """Give a stopped machine new CPUs, memory (MB) or disk size (MB; grows only) and record them in config."""
         self.require(Capability.RESIZE)
 
+    # -- first boot ---------------------------------------------------------------
+    def first_boot_host(self) -> tuple[str, str] | None:
+        """(init system, python3 path) of a guest that installs files given to set_first_boot on its first boot
+        (so the engine starts during the boot), or None: the driver cannot (the default)."""
+        return None
+
+    def set_first_boot(self, files: list[tuple[str, bytes, int]], command: str) -> None:
+        """Files (remote path, bytes, mode) the guest installs on its first boot, then runs command (as root).
+        Called before create() and only when first_boot_host() is not None."""
+        raise NotSupported(self.name, "set_first_boot")
+
     # -- addresses ----------------------------------------------------------------
     @abc.abstractmethod
     def ip(self) -> str:

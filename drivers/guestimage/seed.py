@@ -54,6 +54,29 @@ def background_later_stages():
     ]
 
 
+FIRST_BOOT_NAME = "dockyard-file{}"  # first-boot files on the seed ISO, next to user-data
+
+
+def first_boot_seed_files(files):
+    """{name on the seed ISO: bytes} of first-boot files [(guest path, bytes, mode)]."""
+    return {FIRST_BOOT_NAME.format(i): data for i, (_, data, _) in enumerate(files)}
+
+
+def first_boot_install(files, command):
+    """bootcmd entry that, once per instance, copies first-boot files from the seed ISO to their paths (root-owned,
+    their modes) and then runs command. They travel on the ISO, not in user-data: cloud-init's YAML parser reads
+    megabytes for seconds under emulation. A failure leaves provisioning over SSH to install everything."""
+    copies = " && ".join(
+        f'install -D -o 0 -g 0 -m {mode:04o} "$d/{FIRST_BOOT_NAME.format(i)}" {shlex.quote(path)}'
+        for i, (path, _, mode) in enumerate(files)
+    )
+    script = (
+        f'd=$(mktemp -d) && mount -o ro LABEL={LABEL} "$d" && '
+        f'{{ {copies}; rc=$?; umount "$d"; rmdir "$d"; [ $rc -eq 0 ]; }} && {{ {command}; }}'
+    )
+    return ["cloud-init-per", "instance", "dockyard-first-boot", "sh", "-c", script]
+
+
 def render(
     machine,
     instance,
@@ -64,10 +87,12 @@ def render(
     run_once=True,
     hostname=None,
     shares=(),
+    first_boot=None,
 ):
-    """The seed's files {name: bytes}: user-data, meta-data, network-config.
+    """The seed's files {name: bytes}: user-data, meta-data, network-config (and first-boot files).
     mounts: fstab-like lists for cloud-init's mounts module. run_once: later boots skip cloud-init.
-    shares: virtio-9p folders [{"Path", "Tag", "ReadOnly"}] mounted at their paths."""
+    shares: virtio-9p folders [{"Path", "Tag", "ReadOnly"}] mounted at their paths.
+    first_boot: (files [(guest path, bytes, mode)], shell command) installed and run early on the first boot."""
     bootcmd, fstab = ninep_mounts(shares)
     ctx = dict(
         machine=machine,
@@ -81,6 +106,7 @@ def render(
         bootcmd=bootcmd,
         background=background_later_stages(),
         fstab=fstab,
+        first_boot=[first_boot_install(*first_boot)] if first_boot else [],
         guest_files=guestunits.files(),
         guest_enable=list(guestunits.ENABLED),
         guest_start=list(guestunits.STARTED),
@@ -89,6 +115,7 @@ def render(
         "user-data": templates.render("cloud-init-user-data.j2", **ctx).encode(),
         "meta-data": templates.render("cloud-init-meta-data.j2", **ctx).encode(),
         "network-config": templates.render("cloud-init-network-config.j2", **ctx).encode(),
+        **(first_boot_seed_files(first_boot[0]) if first_boot else {}),
     }
 
 

@@ -141,6 +141,18 @@ class QemuDriver(Driver):
     def cache_dir(self):
         return build.store_cache_dir(self.machine_dir)
 
+    # -- first boot ------------------------------------------------------------------------
+    _first_boot = None  # (files, command) for the seed, from set_first_boot
+
+    def first_boot_host(self):
+        # dockyard's and Debian's images: systemd and Debian's python3 (another image just gets provisioned
+        # as before: its files or service differ, or its engine does not run). A bridge address is known only
+        # after the boot, too late for the server certificate.
+        return None if self.config.get("Network") == "bridge" else ("systemd", "/usr/bin/python3")
+
+    def set_first_boot(self, files, command):
+        self._first_boot = (list(files), command)
+
     # -- addresses -------------------------------------------------------------------------
     def ip(self):
         if self.config.get("Network") == "bridge":
@@ -263,6 +275,7 @@ class QemuDriver(Driver):
                 nics,
                 user=self.ssh_user(),
                 shares=self.config["Shares"],
+                first_boot=self._first_boot,
             ),
         )
         self.config["GuestUnits"] = guestunits.digest()  # the seed writes them on first boot

@@ -307,8 +307,11 @@ class Machine:
         return False
 
     # -- provisioning ------------------------------------------------------------------------
-    def provision(self, log: Log, step: Step | None = None, session: SSHSession | None = None) -> None:
-        """Full provisioning; keeps containers, images and volumes."""
+    def provision(
+        self, log: Log, step: Step | None = None, session: SSHSession | None = None, *, cert_issued: bool = False
+    ) -> None:
+        """Full provisioning; keeps containers, images and volumes. cert_issued: create() issued the server
+        certificate for the first boot (kept while it covers the machine's address)."""
         step = step or Step(self)
         own = session is None
         session = session or self.session()
@@ -319,7 +322,8 @@ class Machine:
             self.config["Provisioned"] = facts.to_dict()
             step("issuing the server certificate")
             self.copy_client_certs()
-            self.issue_server_cert(log)
+            if not (cert_issued and self.cert_matches_ip()):
+                self.issue_server_cert(log)
             self.save()
             step("installing and starting the engine")
             if docker:
@@ -612,6 +616,7 @@ def create(
     try:
         step("creating the machine")
         m.set_status("Creating", step=step.name)
+        cert_issued = engine == dockerengine.DEFAULT_ENGINE and _give_first_boot_files(m, driver, log)
         log("Creating machine...")
         driver.create()
         m.set_status("Creating", step=step.name)
@@ -621,7 +626,7 @@ def create(
             log("Waiting for SSH to be available...")
             with m.session() as session:
                 m.set_status("Creating", step="provisioning")
-                m.provision(log, step, session)
+                m.provision(log, step, session, cert_issued=cert_issued)
                 if swarm:
                     step("forming the swarm")
                     if swarm_ready is not None:
@@ -638,6 +643,30 @@ def create(
     log("Docker is up and running!" if driver.provisions else "Machine recorded.")
     log(f"To see how to connect your Docker Client to the engine running on this machine, run: dockyard env {name}")
     return m
+
+
+def _give_first_boot_files(m: Machine, driver: Driver, log: Log) -> bool:
+    """For a driver whose guest installs files on its first boot: issue the server certificate now and hand it
+    the engine's files, so the engine starts during the boot and provisioning finds it running. True if given."""
+    host = driver.first_boot_host() if driver.provisions else None
+    if host is None:
+        return False
+    m.copy_client_certs()
+    m.issue_server_cert(log)
+    given = provision.first_boot_files(
+        *host,
+        m.name,
+        m.engine_options,
+        driver.engine_port(),
+        m.path("ca.pem"),
+        m.path("server.pem"),
+        m.path("server-key.pem"),
+        m.store.cache_dir,
+    )
+    if given is None:
+        return False
+    driver.set_first_boot(*given)
+    return True
 
 
 def remove(

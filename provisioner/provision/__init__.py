@@ -7,11 +7,13 @@ Nothing here deletes containers, images or volumes: only files under /etc/dockya
 and the service definition are rewritten.
 """
 
+import hashlib
 import io
 import posixpath
 import shlex
 import tarfile
 import time
+from pathlib import Path
 
 from dockyard import __version__, templates
 from dockyard.provisioner.provision import dockerengine, initsys, osinfo
@@ -26,6 +28,20 @@ SOCKET = "unix:///run/dockyard/engine.sock"
 DOCKER_SHIM_STAGED = initsys.CONFIG_DIR + "/docker-dial-stdio"
 DOCKER_SHIM_PATH = "/usr/local/bin/docker"
 DOCKER_SHIM_MARKER = "dockyard docker dial-stdio shim"
+
+
+# Every file install_engine may write (the service of each init system included).
+INSTALLED_PATHS = (
+    initsys.BUNDLE_PATH,
+    REMOTE_CA,
+    REMOTE_CERT,
+    REMOTE_KEY,
+    initsys.CONFIG_PATH,
+    DOCKER_SHIM_STAGED,
+    initsys.Systemd.service_path,
+    initsys.OpenRC.service_path,
+    initsys.NoInit.service_path,
+)
 
 
 # --engine-opt keys that are settings of the engine itself rather than entries of its "opts" map.
@@ -78,6 +94,9 @@ def _facts_script(machine_name, set_host_name):
         f"echo '==python'; ({osinfo.PYTHON_CHECK})",
         f"echo '==init'; {initsys.DETECT}",
         f"echo '==bundle'; sha256sum {initsys.BUNDLE_PATH} 2>/dev/null",
+        # what install_engine would write, and whether the engine runs from it (then nothing is rewritten)
+        f"echo '==installed'; sha256sum {' '.join(INSTALLED_PATHS)} 2>/dev/null",
+        f"echo '==active'; {initsys.Systemd.running_check}",
     ]
     if set_host_name:
         parts.append(_hostname_script(machine_name))
@@ -87,7 +106,7 @@ def _facts_script(machine_name, set_host_name):
 def _sections(text):
     out, current = {}, None
     for line in text.splitlines():
-        if line.startswith("==") and line[2:] in ("os-release", "python", "init", "bundle"):
+        if line.startswith("==") and line[2:] in ("os-release", "python", "init", "bundle", "installed", "active"):
             current = line[2:]
             out[current] = []
         elif current:
@@ -150,8 +169,11 @@ def push_bundle(session, cache_dir, log, remote_digest=None):
 class HostFacts:
     """What provisioning learned about the host; stored in config.json."""
 
-    def __init__(self, osinfo_, python, init, bundle_digest=""):
+    def __init__(self, osinfo_, python, init, bundle_digest="", installed=None, engine_running=False):
         self.os, self.python, self.init, self.bundle_digest = osinfo_, python, init, bundle_digest
+        # {remote path: sha256} of the engine's files already on the host; is its service running (systemd only)
+        self.installed = dict(installed or {})
+        self.engine_running = engine_running
 
     def to_dict(self):
         return {"OS": self.os.pretty_name, "OSFamily": self.os.family, "Python": self.python, "Init": self.init}
@@ -176,7 +198,13 @@ def prepare_host(session, machine_name, log, set_host_name=True, need_python=Tru
         python = python[0]
     init = sec.get("init", "").strip() or "none"
     bundle = sec.get("bundle", "").split()
-    return HostFacts(info, python, init, bundle[0] if bundle else "")
+    installed = {}
+    for line in sec.get("installed", "").splitlines():
+        digest, _, path = line.partition("  ")
+        if digest and path:
+            installed[path] = digest
+    running = init == "systemd" and sec.get("active", "").strip() == "yes"
+    return HostFacts(info, python, init, bundle[0] if bundle else "", installed, running)
 
 
 def docker_shim(python: str) -> bytes:
@@ -209,21 +237,51 @@ def docker_shim_install_script(
     )
 
 
+def engine_files(init, python, machine_name, engine_options, port, ca, server_cert, server_key, bundle):
+    """(remote path, bytes, mode) of everything install_engine writes, and the shell that registers and
+    (re)starts the service after them. bundle: the engine bundle's path (build_bundle)."""
+    service = initsys.for_host(init, None, machine_name, python, engine_options.get("Env", []))
+    config = templates.render("engine.json.j2", config=engine_config(engine_options, port)).encode()
+    files = [(initsys.BUNDLE_PATH, Path(bundle).read_bytes(), 0o755)]
+    files += cert_files(ca, server_cert, server_key) + [(initsys.CONFIG_PATH, config, 0o644), service.service_file()]
+    files.append((DOCKER_SHIM_STAGED, docker_shim(python), 0o755))
+    then = f"{docker_shim_install_script()} && {service.register_cmd} && {service.restart_cmd}"
+    return files, then
+
+
+def first_boot_files(init, python, machine_name, engine_options, port, ca, server_cert, server_key, cache_dir):
+    """What install_engine would write, for a guest that installs it on its first boot, and the shell that
+    starts the engine there without waiting for it; None for init systems without such a command."""
+    service = initsys.KINDS[init]
+    if not getattr(service, "first_boot_cmd", ""):
+        return None
+    path, _ = build_bundle(cache_dir)
+    files, _ = engine_files(init, python, machine_name, engine_options, port, ca, server_cert, server_key, path)
+    return files, f"{docker_shim_install_script()}; {service.first_boot_cmd}"
+
+
+def already_installed(facts, files):
+    """Does the host's engine run from exactly these files (engine_files), so that nothing needs writing?"""
+    return facts.engine_running and all(facts.installed.get(p) == hashlib.sha256(d).hexdigest() for p, d, _ in files)
+
+
 def install_engine(session, facts, machine_name, engine_options, port, ca, server_cert, server_key, cache_dir, log):
     """Push bundle, certs, config and service and (re)start the engine, in one SSH round trip. Returns the bundle
-    digest. The bundle travels only when the host's differs (facts.bundle_digest)."""
+    digest. The bundle travels only when the host's differs (facts.bundle_digest); when every file already is
+    on the host (a first boot put them there) and the engine runs from them, nothing is written or restarted."""
     path, digest = build_bundle(cache_dir)
-    files = []
-    if facts.bundle_digest != digest:
+    files, then = engine_files(
+        facts.init, facts.python, machine_name, engine_options, port, ca, server_cert, server_key, path
+    )
+    if already_installed(facts, files):
+        log("The engine is already installed and running with this configuration.")
+        return digest
+    if facts.bundle_digest == digest:
+        files = files[1:]
+    else:
         log("Copying the engine to the remote machine...")
-        files.append((initsys.BUNDLE_PATH, path.read_bytes(), 0o755))
     log("Copying certs and the engine configuration to the remote machine...")
-    service = initsys.for_host(facts.init, session, machine_name, facts.python, engine_options.get("Env", []))
-    config = templates.render("engine.json.j2", config=engine_config(engine_options, port)).encode()
-    files += cert_files(ca, server_cert, server_key) + [(initsys.CONFIG_PATH, config, 0o644), service.service_file()]
-    files.append((DOCKER_SHIM_STAGED, docker_shim(facts.python), 0o755))
     log("Starting the engine...")
-    then = f"{docker_shim_install_script()} && {service.register_cmd} && {service.restart_cmd}"
     push_files(session, files, then=then)
     return digest
 

@@ -85,6 +85,17 @@ class Systemd(InitSystem):
     )
     restart_cmd = "systemctl restart dockyard-engine.service"
     stop_cmd = "systemctl stop dockyard-engine.service"
+    # first boot (cloud-init's bootcmd, before the boot reaches network-online.target): queue the start, never wait
+    first_boot_cmd = (
+        "systemctl enable --no-reload dockyard-engine.service >/dev/null 2>&1 && "
+        "systemctl start --no-block dockyard-engine.service"
+    )
+    # prints "yes" when the service is enabled and running, or about to start (a first boot queued it)
+    running_check = (
+        "if systemctl is-enabled --quiet dockyard-engine.service 2>/dev/null && "
+        "{ systemctl is-active --quiet dockyard-engine.service || "
+        "systemctl list-jobs --no-legend dockyard-engine.service 2>/dev/null | grep -q start; }; then echo yes; fi"
+    )
 
     def log_command(self, lines=30, follow=False):
         return f"journalctl -u dockyard-engine.service -n {int(lines)} --no-pager -o cat" + (" -f" if follow else "")

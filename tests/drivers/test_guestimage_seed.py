@@ -132,3 +132,21 @@ def test_read_iso_rejects_non_iso(tmp_path, bad):
     path.write_bytes(bad.encode() * 40000)
     with pytest.raises(pycdlib.pycdlibexception.PyCdlibException):
         iso.read_iso(str(path))
+
+
+def test_first_boot_files_travel_on_the_iso_and_install_once_per_instance(tmp_path):
+    files = [("/usr/local/lib/dockyard/engine.pyz", b"\x00zip", 0o755), ("/etc/dockyard/it's key.pem", b"k", 0o600)]
+    rendered = render(first_boot=(files, "systemctl start --no-block x.service"))
+    bootcmd = yaml.safe_load(rendered["user-data"])["bootcmd"]
+    entry = bootcmd[-1]
+    assert entry[:3] == ["cloud-init-per", "instance", "dockyard-first-boot"] and entry[3:5] == ["sh", "-c"]
+    script = entry[5]
+    assert "mount -o ro LABEL=cidata" in script and script.endswith("{ systemctl start --no-block x.service; }")
+    assert '-m 0755 "$d/dockyard-file0" /usr/local/lib/dockyard/engine.pyz' in script
+    assert "-m 0600 \"$d/dockyard-file1\" '/etc/dockyard/it'\"'\"'s key.pem'" in script
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+    seed.write_seed(tmp_path / "seed.iso", rendered)
+    label, on_iso = iso.read_iso(tmp_path / "seed.iso")
+    assert label == "cidata" and on_iso["dockyard-file0"] == b"\x00zip" and on_iso["dockyard-file1"] == b"k"
+    # without first-boot files the seed is as before
+    assert "cloud-init-per" not in render()["user-data"].decode() and "dockyard-file0" not in render()

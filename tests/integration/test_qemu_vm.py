@@ -131,6 +131,9 @@ def test_qemu_machine_lifecycle(dockyard, guest_image):
             timeout=900,
         )
         assert "Docker is up and running!" in r.stdout
+        # the seed carried the engine's files and started it during the boot: provisioning rewrote nothing
+        assert "already installed and running with this configuration" in r.stdout
+        assert "Copying" not in r.stdout and "Starting the engine" not in r.stdout
         cfg = machine_config(dockyard, name)["Driver"]
         assert cfg["Restrict"] is True and cfg["AccelUsed"] in ("kvm", "tcg")
         url = f"tcp://127.0.0.1:{cfg['EngineHostPort']}"

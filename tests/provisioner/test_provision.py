@@ -346,3 +346,29 @@ def test_uninstall_scripts_are_valid_sh_for_every_init_system():
         script = uninstall_engine_script(kind)
         assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0, script
         assert "rm -rf /etc/dockyard" in script and "/var/lib" not in script
+
+
+def test_provisioning_rewrites_nothing_only_when_the_running_engine_has_every_file(tmp_path):
+    import hashlib
+
+    from dockyard.provisioner.provision import REMOTE_KEY, HostFacts, already_installed, engine_files, first_boot_files
+
+    for name in ("ca.pem", "server.pem", "server-key.pem"):
+        (tmp_path / name).write_bytes(name.encode())
+    bundle = tmp_path / "engine.pyz"
+    bundle.write_bytes(b"PK bundle")
+    certs = [str(tmp_path / n) for n in ("ca.pem", "server.pem", "server-key.pem")]
+    files, then = engine_files("systemd", "/usr/bin/python3", "m1", {}, 2376, *certs, bundle)
+    assert "systemctl restart dockyard-engine.service" in then
+    on_host = {p: hashlib.sha256(d).hexdigest() for p, d, _ in files}
+    info = osinfo.classify({"ID": "debian"})
+    assert already_installed(HostFacts(info, "/usr/bin/python3", "systemd", "", on_host, True), files)
+    # the first boot's engine did not start: everything is pushed and the engine restarted
+    assert not already_installed(HostFacts(info, "/usr/bin/python3", "systemd", "", on_host, False), files)
+    # one file differs (a config changed since the first boot) or is missing
+    changed = dict(on_host, **{initsys.CONFIG_PATH: "0" * 64})
+    assert not already_installed(HostFacts(info, "/usr/bin/python3", "systemd", "", changed, True), files)
+    missing = {p: d for p, d in on_host.items() if p != REMOTE_KEY}
+    assert not already_installed(HostFacts(info, "/usr/bin/python3", "systemd", "", missing, True), files)
+    # a first boot only where the init system can queue the start without waiting for the boot
+    assert first_boot_files("openrc", "/usr/bin/python3", "m1", {}, 2376, *certs, tmp_path / "cache") is None
