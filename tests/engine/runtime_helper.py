@@ -171,3 +171,17 @@ def remapping_engine() -> Iterator[RuntimeEngine]:
         pytest.skip("needs root, user namespaces and useradd")
     with busybox_engine(RemapEngine) as e:
         yield e
+
+
+def child_pids(pid: int) -> list[int]:
+    """The PIDs whose parent is `pid` (from /proc/N/stat; processes that vanish while read are skipped)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found

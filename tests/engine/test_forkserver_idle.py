@@ -18,27 +18,14 @@ import pytest
 from dockyard.engine.runtime import channel
 from dockyard.engine.runtime.forkserver import IDLE_EXIT_ENV, ForkServer
 from tests.engine.engine_helper import REPO
-from tests.engine.runtime_helper import RuntimeEngine, busybox_engine
+from tests.engine.runtime_helper import RuntimeEngine, busybox_engine, child_pids
 
 N = ("--network", "none")
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _fork_servers(eng: RuntimeEngine) -> list[int]:
     out = []
-    for pid in _children(eng.proc.proc.pid):
+    for pid in child_pids(eng.proc.proc.pid):
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() == "dockyard-fork":
                 out.append(pid)

@@ -14,6 +14,7 @@ from dockyard.engine.api.http import http_date
 from dockyard.engine.api.routes import LAZY_RESOURCES, LazyResource
 from dockyard.engine.errors import SystemFailure
 from tests.engine.engine_helper import REPO, http_get
+from tests.engine.runtime_helper import child_pids
 
 # Nothing a container's setup needs; each of these was in the fork server before it was forked first.
 HEAVY = (
@@ -67,19 +68,6 @@ def test_the_daemons_modules_are_heavy():
     assert {"ssl", "logging", "dockyard.engine.api", "dockyard.engine.services"} <= loaded
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _mapped_files(pid: int) -> set[str]:
     lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
     return {line.split()[-1] for line in lines if len(line.split()) >= 6}
@@ -106,16 +94,16 @@ def test_running_fork_server_has_no_tls_library(start_engine, pki):
     )
     assert http_get("/_ping", unix=start_engine.socket)[0] == 200
     daemon = proc.proc.pid
-    assert [p for p in _children(daemon) if _comm(p) == "dockyard-fork"] == [], "started before any request"
+    assert [p for p in child_pids(daemon) if _comm(p) == "dockyard-fork"] == [], "started before any request"
     # A create starts it (a start is likely to follow), even one for an image that is not there.
     create = http_get("/containers/create", unix=start_engine.socket, method="POST", body=b'{"Image": "nope"}')
     assert create[0] == 404, create
     deadline = time.monotonic() + 10
     forks = []
     while not forks and time.monotonic() < deadline:
-        forks = [p for p in _children(daemon) if _comm(p) == "dockyard-fork"]
+        forks = [p for p in child_pids(daemon) if _comm(p) == "dockyard-fork"]
         time.sleep(0.05)
-    assert len(forks) == 1, [(p, _comm(p)) for p in _children(daemon)]
+    assert len(forks) == 1, [(p, _comm(p)) for p in child_pids(daemon)]
 
     def tls_libraries(pid):
         return sorted(f for f in _mapped_files(pid) if "libssl" in Path(f).name or Path(f).name.startswith("_ssl"))
