@@ -12,8 +12,8 @@ import pytest
 from dockyard.drivers.guestimage.resources import default_cpus
 from dockyard.drivers.qemu.settings import host_binary
 from dockyard.provisioner.cli import create as create_cmd
-from dockyard.provisioner.cli.main import main
 from dockyard.provisioner.core import pki
+from tests.cli_runner import cli_runner
 
 
 def fake_tool(directory, name):
@@ -28,17 +28,7 @@ def run(tmp_path, capsys, monkeypatch):
     for k in ("DOCKER_HOST", "DOCKYARD_DRIVER", "MACHINE_DRIVER", "QEMU_BINARY"):
         monkeypatch.delenv(k, raising=False)
 
-    def _run(*args):
-        code = 0
-        try:
-            main(["--storage-path", store, *args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    _run.store = store
-    return _run
+    return cli_runner(store, capsys)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from dockyard.provisioner.cli.main import main
+from tests.cli_runner import cli_runner
 
 
 @pytest.fixture
@@ -20,17 +20,7 @@ def run(tmp_path, capsys, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("SHELL", "/bin/bash")
 
-    def _run(*args):
-        code = 0
-        try:
-            main(["--storage-path", store, *args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    _run.store = store
-    return _run
+    return cli_runner(store, capsys)
 
 
 def test_version(run):

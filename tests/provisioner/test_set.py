@@ -10,8 +10,8 @@ import pytest
 
 from dockyard.drivers.base import State
 from dockyard.drivers.qemu.driver import QemuDriver
-from dockyard.provisioner.cli.main import main
 from dockyard.provisioner.core.store import Store
+from tests.cli_runner import cli_runner
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-utils (.ci/vm-deps.sh)")
 
@@ -22,17 +22,7 @@ def run(tmp_path, capsys, monkeypatch):
     for k in ("DOCKER_HOST", "DOCKYARD_DRIVER", "MACHINE_DRIVER"):
         monkeypatch.delenv(k, raising=False)
 
-    def _run(*args):
-        code = 0
-        try:
-            main(["--storage-path", store, *args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    _run.store = store
-    return _run
+    return cli_runner(store, capsys)
 
 
 def qemu_machine(store_path, name="q1", disk_gib=2):
